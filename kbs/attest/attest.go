@@ -1,0 +1,114 @@
+// Package attest turns hardware evidence from confidential VMs (AMD SEV-SNP
+// attestation reports, Intel TDX quotes) into verified, platform-neutral
+// Claims, and obtains such evidence for the code running inside a CVM.
+//
+// The platform code lives in attest/snp and attest/tdx and wraps
+// github.com/google/go-sev-guest and github.com/google/go-tdx-guest. A
+// simulated TEE for development and tests produces evidence in the same
+// formats, signed under a locally generated vendor chain; it is verified by
+// the same code, and only when its root is passed explicitly. Claims from it
+// carry Simulated = true.
+package attest
+
+import (
+	"context"
+	"crypto/sha256"
+)
+
+// Platform names a confidential-computing platform.
+type Platform string
+
+// The platforms kbs verifies.
+const (
+	SNP Platform = "snp"
+	TDX Platform = "tdx"
+)
+
+// ReportDataSize is the size of the REPORT_DATA field of SNP reports and TDX
+// quotes: 64 bytes, which kbs fills with SHA-512 of a binding string.
+const ReportDataSize = 64
+
+// Evidence is hardware evidence as it crosses the wire. For SNP, Data is the
+// 1184-byte attestation report followed, when present, by the certificate
+// table (the configfs-tsm auxblob / extended-report format holding the VCEK
+// or VLEK). For TDX, Data is the raw quote.
+type Evidence struct {
+	Platform Platform
+	Data     []byte
+}
+
+// Digest returns the SHA-256 of the evidence bytes, as recorded in log
+// entries.
+func (e Evidence) Digest() [32]byte { return sha256.Sum256(e.Data) }
+
+// Issuer produces evidence whose REPORT_DATA is reportData. Implementations:
+// configfs-tsm and /dev/sev-guest inside a CVM, and the simulated TEE.
+type Issuer interface {
+	Platform() Platform
+	Issue(ctx context.Context, reportData [ReportDataSize]byte) (Evidence, error)
+}
+
+// Verifier checks evidence: the signature and certificate chain to a trusted
+// root, the collateral, the platform's fixed safety rules (debug is never
+// allowed), and that REPORT_DATA equals reportData. It returns the claims of
+// evidence that passes, and an error that says precisely what failed
+// otherwise.
+type Verifier interface {
+	Verify(ctx context.Context, ev Evidence, reportData [ReportDataSize]byte) (*Claims, error)
+}
+
+// Claims are the verified contents of evidence, platform neutral where
+// possible. Exactly one of SNP and TDX is set, matching Platform.
+type Claims struct {
+	Platform Platform
+	// Simulated is true when the evidence chains to a simulated-TEE root.
+	Simulated bool
+	// ReportData is the 64-byte REPORT_DATA the evidence binds.
+	ReportData [ReportDataSize]byte
+	// Measurement is the launch measurement: SNP MEASUREMENT (48 bytes),
+	// TDX MRTD (48 bytes).
+	Measurement []byte
+	// EvidenceDigest is the SHA-256 of the evidence bytes.
+	EvidenceDigest [32]byte
+
+	SNP *SNPClaims
+	TDX *TDXClaims
+}
+
+// SNPClaims are the fields of a verified SEV-SNP attestation report.
+type SNPClaims struct {
+	Version      uint32
+	GuestSVN     uint32
+	Policy       uint64 // guest policy; bit 19 is DEBUG
+	FamilyID     []byte // 16 bytes
+	ImageID      []byte // 16 bytes
+	VMPL         uint32
+	CurrentTCB   uint64 // TCB_VERSION as 64-bit little-endian value
+	ReportedTCB  uint64
+	CommittedTCB uint64
+	LaunchTCB    uint64
+	HostData     []byte // 32 bytes
+	IDKeyDigest  []byte // 48 bytes
+	ReportID     []byte // 32 bytes
+	ChipID       []byte // 64 bytes
+	Product      string // "Milan", "Genoa", ...
+	// SignerKey says which key signed the report: "vcek" or "vlek".
+	SignerKey string
+}
+
+// TDXClaims are the fields of a verified TDX quote (v4).
+type TDXClaims struct {
+	MRTD          []byte    // 48 bytes
+	RTMR          [4][]byte // 48 bytes each
+	MRConfigID    []byte    // 48 bytes
+	MROwner       []byte    // 48 bytes
+	MROwnerConfig []byte    // 48 bytes
+	XFAM          uint64
+	TDAttributes  uint64 // bit 0 is DEBUG
+	TEETCBSVN     []byte // 16 bytes
+	MRSeam        []byte // 48 bytes
+	MRSignerSeam  []byte // 48 bytes
+	// TCBStatus is the TCB level status from Intel's TCB info collateral
+	// ("UpToDate", "SWHardeningNeeded", ...), empty when not evaluated.
+	TCBStatus string
+}
