@@ -143,4 +143,3 @@ func NewSealer(tee, simPath string) (Sealer, error) {
 		return nil, fmt.Errorf("unknown sealer %q (want snp or sim)", tee)
 	}
 }
-
