@@ -126,9 +126,12 @@ type Manifest struct {
 	Version uint64 `json:"version"`
 	Hash    string `json:"hash"`
 	Body    []byte `json:"body"`
-	// Signatures are the detached owner signatures (DER ECDSA or Ed25519)
-	// over Body. Version 1 may have none: it is trusted by configuration.
-	Signatures [][]byte `json:"signatures"`
+	// Signatures are the detached owner signatures over Body, each the
+	// base64 text of a DER ECDSA P-256/SHA-256 or Ed25519 signature (what
+	// `kbsctl manifest sign`, `cosign sign-blob --key` and `openssl dgst
+	// -sha256 -sign key.pem | base64 -w0` print). Version 1 has none: it is
+	// trusted by configuration.
+	Signatures []string `json:"signatures"`
 	LogIndex   uint64   `json:"log_index"`
 }
 
@@ -141,8 +144,9 @@ type ManifestHistory struct {
 // ManifestUpdate is the body of PUT /v1/manifest: version N+1 with the
 // signatures of at least threshold distinct owners of version N over Body.
 type ManifestUpdate struct {
-	Body       []byte   `json:"body"`
-	Signatures [][]byte `json:"signatures"`
+	Body []byte `json:"body"`
+	// Signatures are base64 detached signatures, as in Manifest.
+	Signatures []string `json:"signatures"`
 }
 
 // KeyUpload is the body of POST /v1/keys. Sealed is the key material sealed

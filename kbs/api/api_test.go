@@ -105,7 +105,7 @@ func TestValidKeyID(t *testing.T) {
 		{"demo/a", true}, {"a", true}, {"team-1/model_2/v.3", true},
 		{"", false}, {"/a", false}, {"a/", false}, {"a//b", false}, {"a/../b", false},
 		{".", false}, {"a b", false}, {"a\nb", false}, {"ä", false}, {"a*", false},
-		{string(bytes.Repeat([]byte{'a'}, 129)), false},
+		{string(bytes.Repeat([]byte{'a'}, 257)), false},
 	} {
 		if err := ValidKeyID(tt.id); (err == nil) != tt.ok {
 			t.Errorf("ValidKeyID(%q) = %v, want ok=%v", tt.id, err, tt.ok)

@@ -85,9 +85,9 @@ func ParseNonce(s string) ([]byte, error) {
 }
 
 // MaxKeyIDLen is the longest key id accepted.
-const MaxKeyIDLen = 128
+const MaxKeyIDLen = 256
 
-// ValidKeyID reports whether id is a well-formed key id: 1 to 128 bytes of
+// ValidKeyID reports whether id is a well-formed key id: 1 to 256 bytes of
 // ASCII letters, digits and "._-", in one or more segments separated by
 // single "/"; no segment is empty, "." or "..". Key ids appear in URLs,
 // log entries, binding strings and file names, so the alphabet is small.
