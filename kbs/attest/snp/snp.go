@@ -186,11 +186,10 @@ func DefaultRoots() ([]Root, error) {
 		if err := c.FromKDSCertBytes(b.vcek); err != nil {
 			return nil, fmt.Errorf("snp: embedded %s roots: %v", b.line, err)
 		}
-		if err := l.FromKDSCertBytes(b.vlek); err != nil {
-			return nil, fmt.Errorf("snp: embedded %s VLEK roots: %v", b.line, err)
-		}
 		r := Root{ProductLine: b.line, ARK: c.Ark, ASK: c.Ask}
-		if l.Ark != nil && l.Asvk != nil && l.Ark.Equal(c.Ark) {
+		// A VLEK bundle that does not parse (go-sev-guest v0.15.0's Turin one
+		// has trailing bytes) only means no VLEK support for that line.
+		if err := l.FromKDSCertBytes(b.vlek); err == nil && l.Ark != nil && l.Asvk != nil && l.Ark.Equal(c.Ark) {
 			r.ASVK = l.Asvk
 		}
 		out = append(out, r)
