@@ -82,7 +82,7 @@ func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.CodeEvidenceRejected, "%v", err)
 	}
 	am := b.active.Load()
-	class, _, err := am.m.AuthorizeRelease(manifestClaims(claims), req.KeyIDs)
+	class, _, err := am.m.AuthorizeRelease(ManifestClaims(claims), req.KeyIDs)
 	if err != nil {
 		return api.Errorf(api.CodePolicyDenied, "%v", err)
 	}
@@ -160,9 +160,9 @@ func releaseEntry(c *attest.Claims, class string, keys []tlogKey, workerKey []by
 	return e
 }
 
-// manifestClaims maps verified attestation claims to the manifest's
+// ManifestClaims maps verified attestation claims to the manifest's
 // platform-neutral claims, field by field.
-func manifestClaims(c *attest.Claims) *manifest.Claims {
+func ManifestClaims(c *attest.Claims) *manifest.Claims {
 	mc := &manifest.Claims{Platform: string(c.Platform), Simulated: c.Simulated, Measurement: c.Measurement}
 	if s := c.SNP; s != nil {
 		mc.SNP = &manifest.SNPClaims{
