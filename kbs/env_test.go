@@ -462,4 +462,3 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
-
