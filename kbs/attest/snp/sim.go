@@ -267,6 +267,8 @@ type SimIssuer struct {
 	hwid  []byte
 	tcb   uint64
 	opts  SimOptions
+	// mutate, when set (tests only), edits each report before signing.
+	mutate func(*spb.Report)
 }
 
 // NewSimIssuer returns an issuer of simulated SNP evidence for the sim in
@@ -359,6 +361,9 @@ func (s *SimIssuer) Issue(_ context.Context, reportData [attest.ReportDataSize]b
 		CommittedMajor:  1,
 		LaunchTcb:       s.tcb,
 		Signature:       make([]byte, abi.SignatureSize),
+	}
+	if s.mutate != nil {
+		s.mutate(r)
 	}
 	raw, err := abi.ReportToAbiBytes(r)
 	if err != nil {
