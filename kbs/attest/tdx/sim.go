@@ -3,6 +3,7 @@ package tdx
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -656,16 +657,22 @@ func (s *simIssuer) Issue(ctx context.Context, reportData [attest.ReportDataSize
 	return attest.Evidence{Platform: attest.TDX, Data: raw}, nil
 }
 
-// rawSign signs SHA-256(msg) and returns r || s, 32 bytes each.
+// rawSign signs SHA-256(msg) deterministically (RFC 6979), so that the QE
+// report of an issuer is the same across restarts, as on hardware, and
+// returns r || s, 32 bytes each.
 func rawSign(key *ecdsa.PrivateKey, msg []byte) ([]byte, error) {
 	h := sha256.Sum256(msg)
-	r, s, err := ecdsa.Sign(rand.Reader, key, h[:])
+	der, err := key.Sign(nil, h[:], crypto.SHA256)
 	if err != nil {
 		return nil, err
 	}
+	var sig struct{ R, S *big.Int }
+	if rest, err := asn1.Unmarshal(der, &sig); err != nil || len(rest) != 0 {
+		return nil, fmt.Errorf("tdx: decoding signature: %v", err)
+	}
 	out := make([]byte, 64)
-	r.FillBytes(out[:32])
-	s.FillBytes(out[32:])
+	sig.R.FillBytes(out[:32])
+	sig.S.FillBytes(out[32:])
 	return out, nil
 }
 
