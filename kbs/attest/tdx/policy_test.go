@@ -11,7 +11,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
-func realClaims(t *testing.T) *attest.Claims {
+func realClaims(t testing.TB) *attest.Claims {
 	t.Helper()
 	c, err := mustVerifier(t, Options{Now: fixed(realNow)}).Verify(context.Background(), tdxEvidence(realQuote(t)), realReportData(t))
 	if err != nil {
