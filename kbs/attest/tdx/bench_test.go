@@ -51,3 +51,22 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	b.Run("sim-collateral/cold", func(b *testing.B) { run(b, cold, sraw, srd, simPolicy()) })
 	b.Run("sim-collateral/warm", func(b *testing.B) { run(b, opts, sraw, srd, simPolicy()) })
 }
+
+// BenchmarkQuoteSignature is the floor of a warm verification: one ECDSA
+// P-256 verification of the real quote's signature.
+func BenchmarkQuoteSignature(b *testing.B) {
+	raw := realQuote(b)
+	q, err := parseQuote(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	key, err := p256Key(q.GetSignedData().GetEcdsaAttestationKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if !verifyRawSignature(key, signedMessage(raw), q.GetSignedData().GetSignature()) {
+			b.Fatal("signature does not verify")
+		}
+	}
+}

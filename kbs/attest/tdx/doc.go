@@ -52,7 +52,9 @@
 //   - without the CRLs: no revocation check of the intermediate and PCK
 //     certificates, nor of the TCB signing certificate.
 //
-// Options.RequireCollateral turns a missing TCB info or QE identity into
+// Collateral that is present is always checked: if it is invalid, expired
+// at Now, or rejects the platform, Verify fails with ErrCollateral; it is
+// never skipped. Options.RequireCollateral turns a missing TCB info or QE identity into
 // ErrCollateralUnavailable. Online mode (Options.Online) fetches the
 // collateral from Intel PCS on every uncached verification, stores it in the
 // cache, and falls back to the cache when a fetch fails.

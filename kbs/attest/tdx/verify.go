@@ -253,7 +253,12 @@ func claimsOf(q *pb.QuoteV4, ev attest.Evidence, e *chainEntry) *attest.Claims {
 // give precise errors, then go-tdx-guest's verify.TdxQuote with a fresh
 // Options (the library writes into it), which repeats them and adds the
 // collateral checks.
-func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, now time.Time) (*chainEntry, error) {
+func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, now time.Time) (_ *chainEntry, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: panic while verifying: %v", ErrMalformedQuote, r)
+		}
+	}()
 	chain, err := parseChain(q)
 	if err != nil {
 		return nil, err
@@ -296,7 +301,7 @@ func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, no
 	}
 	e.simulated = true
 	for _, ch := range chains {
-		if ch[len(ch)-1].Equal(intelRoot) {
+		if bytes.Equal(ch[len(ch)-1].RawSubjectPublicKeyInfo, intelRoot.RawSubjectPublicKeyInfo) {
 			e.simulated = false
 		}
 	}
