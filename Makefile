@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean
+.PHONY: all build test lint fuzz bench run clean crash-kbsd
 
 all: build
 
@@ -36,6 +36,12 @@ bench:
 # Development broker: simulated TEE, embedded log, state in ./kbs-dev.
 run: build
 	./bin/kbsd --dev
+
+# kill -9 loop against a real kbsd during concurrent releases (long version of
+# TestCrashDuringReleases; CRASH_ITERATIONS cycles).
+CRASH_ITERATIONS ?= 100
+crash-kbsd:
+	KBS_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(GO) test -count=1 -timeout 60m -run '^TestCrashDuringReleases$$' -v ./daemon
 
 clean:
 	rm -rf bin
