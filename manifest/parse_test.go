@@ -237,3 +237,24 @@ func TestDevDocument(t *testing.T) {
 		t.Errorf("service does not match its pinned claims:\n%s", r)
 	}
 }
+
+// TestDocsExample checks that the annotated example in docs/manifest.md is
+// the valid fixture, byte for byte.
+func TestDocsExample(t *testing.T) {
+	doc, err := os.ReadFile("../docs/manifest.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```json\n")
+	if !ok {
+		t.Fatal("docs/manifest.md has no json example")
+	}
+	example, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("unterminated json example")
+	}
+	if example != string(readFile(t, "valid/full.json")) {
+		t.Error("the example in docs/manifest.md differs from testdata/manifest/valid/full.json")
+	}
+	mustParse(t, []byte(example))
+}
