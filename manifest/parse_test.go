@@ -236,6 +236,23 @@ func TestDevDocument(t *testing.T) {
 	if r := m.MatchService(claims); !r.OK() {
 		t.Errorf("service does not match its pinned claims:\n%s", r)
 	}
+
+	tc := tdxClaims()
+	tv, err := manifest.PinTDX(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcls := manifest.Class{TDX: []manifest.TDXValues{tv}}
+	m = mustParse(t, mustEncode(t, manifest.DevDocument(owner, client, tcls, tcls)))
+	if class, r, err := m.AuthorizeRelease(tc, []string{"demo/a"}); err != nil || class != "demo-worker" {
+		t.Errorf("AuthorizeRelease(TDX) = %q, %v\n%s", class, err, r)
+	}
+	if _, err := manifest.PinTDX(claims); err == nil {
+		t.Error("PinTDX(SNP claims) succeeded")
+	}
+	if _, err := manifest.PinSNP(tc); err == nil {
+		t.Error("PinSNP(TDX claims) succeeded")
+	}
 }
 
 // TestDocsExample checks that the annotated example in docs/manifest.md is

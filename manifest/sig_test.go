@@ -160,6 +160,13 @@ func TestVerifyErrors(t *testing.T) {
 			}
 		})
 	}
+	many := make([]string, 33)
+	for i := range many {
+		many[i] = s1
+	}
+	if _, err := manifest.Verify(v1, v2, many); err == nil || !strings.Contains(err.Error(), "33 signatures") {
+		t.Errorf("Verify(33 signatures) = %v", err)
+	}
 	// Signatures with surrounding whitespace (files end in a newline) work.
 	if _, err := manifest.Verify(v1, v2, []string{s1 + "\n", " " + s3}); err != nil {
 		t.Errorf("Verify with whitespace = %v", err)
