@@ -153,7 +153,6 @@ func NewVerifier(opts Options) (*Verifier, error) {
 			return nil, fmt.Errorf("snp: root %d: product line, ARK and ASK are required", i)
 		}
 		v.roots[r.ProductLine] = append(v.roots[r.ProductLine], &trust.AMDRootCerts{
-			Product:      r.ProductLine,
 			ProductLine:  r.ProductLine,
 			ProductCerts: &trust.ProductCerts{Ark: r.ARK, Ask: r.ASK, Asvk: r.ASVK},
 		})
