@@ -16,6 +16,10 @@
 // claims then say Simulated = true. Nothing trusts a sim by default. Anyone
 // who can read the directory can forge evidence under its root: it is a
 // development tool, not a security boundary.
+//
+// The SNP part uses go-sev-guest's testing package, which registers the
+// flags -product and -product_name on flag.CommandLine in any binary that
+// imports this package.
 package sim
 
 import (
