@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/google/go-sev-guest/verify"
 )
 
 // BenchmarkVerifyValidate measures Verify followed by Validate on simulated
@@ -77,5 +79,20 @@ func BenchmarkVerifyValidate(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkReportSignature is one ECDSA P-384 report signature check, the
+// floor of a warm verification.
+func BenchmarkReportSignature(b *testing.B) {
+	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
+	_, chain, err := loadSim(testSim(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := verify.SnpReportSignature(ev.Data[:ReportSize], chain[2]); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

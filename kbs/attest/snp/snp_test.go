@@ -72,6 +72,9 @@ func TestRealMilanOffline(t *testing.T) {
 		t.Errorf("Verify(real debug report) = %v, want ErrDebug", err)
 	}
 	c := claimsOf(ev, parsed, entry)
+	if c.Simulated {
+		t.Errorf("claims of AMD-rooted evidence say Simulated")
+	}
 	if c.SNP.Product != "Milan" || c.SNP.Policy != 0xb0000 || c.SNP.SignerKey != "vcek" || c.ReportData != milanReportData {
 		t.Errorf("claims = %+v", c.SNP)
 	}
