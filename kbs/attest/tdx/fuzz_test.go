@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-tdx-guest/abi"
+	"google.golang.org/protobuf/proto"
 )
 
 func fuzzSeeds(f *testing.F) {
@@ -51,7 +52,9 @@ func FuzzParseQuote(f *testing.F) {
 		if !bytes.Equal(out, data) {
 			t.Fatalf("round trip changed the quote: %d bytes in, %d out", len(data), len(out))
 		}
-		_ = q2
+		if !proto.Equal(q1, q2) {
+			t.Fatalf("parseQuote not deterministic: two parses differ")
+		}
 		_ = chainCacheKey(data)
 	})
 }
