@@ -267,7 +267,7 @@ func quoteOf(c *attest.Claims) *pb.QuoteV4 {
 			TeeType:            abi.TeeTDX,
 			QeSvn:              z(2),
 			PceSvn:             z(2),
-			QeVendorId:         IntelQEVendorID,
+			QeVendorId:         intelQEVendorID,
 			UserData:           z(20),
 		},
 		TdQuoteBody: &pb.TDQuoteBody{
