@@ -49,6 +49,18 @@ func TestVerifyRealQuoteOffline(t *testing.T) {
 	if got := hex.EncodeToString(c.TDX.MRSeam); got != hex.EncodeToString(DefaultSimMRSeam[:]) {
 		t.Errorf("MRSeam = %s", got)
 	}
+	// The embedded root is the one Intel's chain in the quote ends at.
+	q, err := parseQuote(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := parseChain(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !chain.root.Equal(IntelRoot()) {
+		t.Error("the real quote's root certificate is not IntelRoot()")
+	}
 }
 
 // TestVerifyRealQuoteIntelCollateral runs the collateral checks on the real
