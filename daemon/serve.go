@@ -19,6 +19,7 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/cvm"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/keystore"
 	"github.com/kbs-dev/kbs/tlog/boltlog"
@@ -281,7 +282,15 @@ func readManifest(file string, sigFiles []string) ([]byte, []string, error) {
 }
 
 // hardwareIssuer returns the issuer of the broker's own evidence on real
-// hardware.
+// hardware: configfs-tsm, or /dev/sev-guest on older kernels. The platform
+// it finds must be the one --tee names.
 func hardwareIssuer(tee string) (attest.Issuer, error) {
-	return nil, fmt.Errorf("self-attestation on %s: no hardware issuer in this build", tee)
+	iss, err := cvm.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("self-attestation: %w (kbsd must run inside a confidential VM; use --dev elsewhere)", err)
+	}
+	if string(iss.Platform()) != tee {
+		return nil, fmt.Errorf("self-attestation: this machine is a %s guest, not --tee %s", iss.Platform(), tee)
+	}
+	return iss, nil
 }

@@ -23,14 +23,12 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// simPlatforms are the platforms the simulated TEE provides in this build.
+// simPlatforms are the platforms every release test runs on.
 func simPlatforms(t *testing.T, dir string) []attest.Platform {
-	var ps []attest.Platform
-	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
-		if _, err := sim.NewIssuer(dir, p, sim.Options{}); err == nil {
-			ps = append(ps, p)
-		} else {
-			t.Logf("no simulated %s: %v", p, err)
+	ps := []attest.Platform{attest.SNP, attest.TDX}
+	for _, p := range ps {
+		if _, err := sim.NewIssuer(dir, p, sim.Options{}); err != nil {
+			t.Fatalf("simulated %s: %v", p, err)
 		}
 	}
 	return ps
@@ -133,6 +131,23 @@ func TestRejections(t *testing.T) {
 		{"debug policy", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
 			w := e.newWorker(attest.SNP, sim.Options{Debug: true}, api.KEMX25519)
 			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"wrong TDX MRTD", 403, api.CodePolicyDenied, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{Measurement: bytes.Repeat([]byte{7}, 48)}, api.KEMX25519)
+			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"TDX debug attribute", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{Debug: true}, api.KEMX25519)
+			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"TDX evidence bound to another worker key", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{}, api.KEMX25519)
+			req := e.releaseReq(w, e.challenge(), "demo/a")
+			req.HPKEPublicKey = good.pub
+			st, ae, _ := e.release(req)
 			return st, ae
 		}},
 		{"replayed nonce", 401, api.CodeNonceInvalid, func() (int, *api.Error) {
