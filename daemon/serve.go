@@ -201,7 +201,7 @@ func serve(ctx context.Context, c *Config) error {
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
 	if dev != nil {
-		dev.printNextSteps(os.Stderr, c, addrs)
+		dev.printNextSteps(os.Stderr, c, addrs, id.NoteKey)
 	}
 
 	var serveErr error
