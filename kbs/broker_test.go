@@ -600,3 +600,20 @@ func TestRestartKeepsIdentityAndKeys(t *testing.T) {
 		t.Fatalf("after restart: %q %v", got, err)
 	}
 }
+
+func TestAttestationRateLimited(t *testing.T) {
+	e := newEnv(t)
+	e.b.limit = newRateLimiter(1, 2, e.clock.Now)
+	nonce := hex.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	for i := 0; i < 2; i++ {
+		e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+	}
+	if st, ae := e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil); st != 429 || ae.Code != api.CodeRateLimited {
+		t.Fatalf("third attestation in a burst of 2: %d %+v, want 429", st, ae)
+	}
+	if st, ae := e.do("POST", api.PathChallenge, nil, nil); st != 429 {
+		t.Fatalf("challenge with an empty bucket: %d %+v, want 429", st, ae)
+	}
+	e.clock.Advance(time.Second)
+	e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+}
