@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -616,4 +617,60 @@ func TestAttestationRateLimited(t *testing.T) {
 	}
 	e.clock.Advance(time.Second)
 	e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+}
+
+// TestPendingManifest simulates a crash between the durable manifest entry
+// and the activation (and one before the entry): the next start activates
+// the logged version and drops the unlogged one.
+func TestPendingManifest(t *testing.T) {
+	for _, logged := range []bool{true, false} {
+		e := newEnv(t)
+		body := e.nextManifest(t)
+		next, err := manifest.Parse(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := e.treeSize()
+		sigs := signAll(t, body, e.owners...)
+		pending := pendingRecord{Hash: next.Hash(), SizeFrom: size, manifestRecord: manifestRecord{Version: 2, Hash: next.Hash(), Body: body, Signatures: sigs}}
+		if err := e.db.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(bucketBroker).Put(keyPending, mustJSON(&pending))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if logged {
+			fps := e.b.active.Load().m.OwnerFingerprints()
+			entry, err := tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeManifest, Time: time.Now(), Manifest: &tlog.ManifestEntry{
+				Version: 2, Hash: next.Hash(), Previous: next.Previous(), Body: body, Signers: fps,
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := e.log.Append(context.Background(), entry); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.close()
+		e.open(t)
+		want := uint64(1)
+		if logged {
+			want = 2
+		}
+		if _, v := e.b.ActiveManifest(); v != want {
+			t.Errorf("logged=%v: active version %d after restart, want %d", logged, v, want)
+		}
+		if logged {
+			var m api.Manifest
+			e.mustOK(e.do("GET", api.PathManifest, nil, &m))
+			if m.LogIndex != size {
+				t.Errorf("recovered manifest log index %d, want %d", m.LogIndex, size)
+			}
+		}
+		e.db.View(func(tx *bbolt.Tx) error {
+			if tx.Bucket(bucketBroker).Get(keyPending) != nil {
+				t.Errorf("logged=%v: pending record left after restart", logged)
+			}
+			return nil
+		})
+	}
 }
