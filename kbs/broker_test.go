@@ -632,7 +632,7 @@ func TestPendingManifest(t *testing.T) {
 		}
 		size := e.treeSize()
 		sigs := signAll(t, body, e.owners...)
-		pending := pendingRecord{Hash: next.Hash(), SizeFrom: size, manifestRecord: manifestRecord{Version: 2, Hash: next.Hash(), Body: body, Signatures: sigs}}
+		pending := pendingRecord{SizeFrom: size, Manifest: manifestRecord{Version: 2, Hash: next.Hash(), Body: body, Signatures: sigs}}
 		if err := e.db.Update(func(tx *bbolt.Tx) error {
 			return tx.Bucket(bucketBroker).Put(keyPending, mustJSON(&pending))
 		}); err != nil {
@@ -672,5 +672,20 @@ func TestPendingManifest(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// TestTamperedManifestState checks that a manifest record written into the
+// database by the host (not logged, not signed) stops the broker at start.
+func TestTamperedManifestState(t *testing.T) {
+	e := newEnv(t)
+	body := e.nextManifest(t)
+	rec := manifestRecord{Version: 2, Hash: manifest.HashOf(body), Body: body, Signatures: nil, LogIndex: 1}
+	if err := e.db.Update(func(tx *bbolt.Tx) error { return putManifestRecord(tx.Bucket(bucketBroker), &rec) }); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	if err := e.tryOpen(t); err == nil || !strings.Contains(err.Error(), "does not check out") {
+		t.Fatalf("start with a forged manifest record: %v", err)
 	}
 }
