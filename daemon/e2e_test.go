@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ type daemon struct {
 	data string
 	tcp  string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *lockedBuffer
 	hc   *http.Client
 }
 
@@ -72,7 +73,7 @@ func freePort(t testing.TB) string {
 // startDaemon runs kbsd --dev in data and waits until it answers.
 func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, data: data, tcp: freePort(t), out: new(bytes.Buffer)}
+	d := &daemon{t: t, data: data, tcp: freePort(t), out: new(lockedBuffer)}
 	args := append([]string{"--dev", "--data", data, "--listen-tcp", d.tcp}, extra...)
 	d.cmd = exec.Command(kbsdBin, args...)
 	d.cmd.Stdout = d.out
@@ -102,6 +103,25 @@ func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// lockedBuffer collects the daemon's output; the test reads it while the
+// process writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func (d *daemon) exited() bool {
