@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean
+.PHONY: all build test lint fuzz bench run clean test-trillian
 
 all: build
 
@@ -29,6 +29,17 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# The Trillian log backend (tlog/trillianlog) against a real trillian_log_server
+# and trillian_log_signer on a private PostgreSQL, started and stopped by
+# scripts/trillian.sh (which installs PostgreSQL and builds Trillian if needed).
+TRILLIAN_TEST_DIR ?= $(CURDIR)/.cache/trillian-test
+test-trillian:
+	@set -e; export TRILLIAN_RUN_DIR=$(TRILLIAN_TEST_DIR); \
+	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
+	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
+	  status=0; $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... || status=$$?; \
+	  scripts/trillian.sh down; exit $$status
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...

@@ -25,8 +25,9 @@
 #   TRILLIAN_RUN_DIR   run directory (database, logs, pid files, env file)
 #   KBS_CACHE_DIR      cache of built binaries
 #   TRILLIAN_PG_PORT, TRILLIAN_RPC_PORT, TRILLIAN_HTTP_PORT,
-#   TRILLIAN_SIGNER_HTTP_PORT   loopback ports (default: first free from 25432,
-#                               28090, 28091, 28092)
+#   TRILLIAN_SIGNER_HTTP_PORT   loopback ports (default: the first free ones
+#                               from 25432 and 28090 up; the signer's own
+#                               gRPC port is the next free one)
 #   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 10ms; Trillian's
 #                               own default is 100ms)
 #   TRILLIAN_BATCH_SIZE         leaves per sequencing pass (default 1000)
@@ -139,11 +140,15 @@ up() {
   mkdir -p "$run_dir"
   chmod 755 "$run_dir"
 
-  local pg_port rpc_port http_port signer_port
+  # From here on, a failure stops whatever was started.
+  trap 'st=$?; if [ $st -ne 0 ]; then down; fi; exit $st' EXIT
+
+  local pg_port rpc_port http_port signer_port signer_rpc_port
   pg_port="${TRILLIAN_PG_PORT:-$(free_port 25432)}"
   rpc_port="${TRILLIAN_RPC_PORT:-$(free_port 28090)}"
   http_port="${TRILLIAN_HTTP_PORT:-$(free_port $((rpc_port + 1)))}"
   signer_port="${TRILLIAN_SIGNER_HTTP_PORT:-$(free_port $((http_port + 1)))}"
+  signer_rpc_port="$(free_port $((signer_port + 1)))"
 
   # A private cluster: loopback only, trust authentication (nothing but this
   # machine can connect), fsync and synchronous commit left on (durable).
@@ -169,7 +174,8 @@ up() {
     --rpc_endpoint="127.0.0.1:$rpc_port" --http_endpoint="127.0.0.1:$http_port"
   wait_port "$rpc_port" trillian_log_server
   start_bg log_signer "$bins/trillian_log_signer" "${common[@]}" \
-    --force_master --election_system=noop --http_endpoint="127.0.0.1:$signer_port" \
+    --force_master --election_system=noop \
+    --rpc_endpoint="127.0.0.1:$signer_rpc_port" --http_endpoint="127.0.0.1:$signer_port" \
     --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-10ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-1000}"
   wait_port "$signer_port" trillian_log_signer
 
