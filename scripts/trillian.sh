@@ -35,7 +35,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 run_dir="${TRILLIAN_RUN_DIR:-$repo/.cache/trillian}"
-cache_root="${KBS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kbs}"
+cache_root="${KBS_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/kbs}"
 export PATH="/usr/local/go/bin:$PATH"
 
 die() { echo "trillian.sh: $*" >&2; exit 1; }
