@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean test-trillian
+.PHONY: all build test lint fuzz bench run clean test-trillian bench-logs
 
 all: build
 
@@ -39,6 +39,16 @@ test-trillian:
 	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
 	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
 	  status=0; $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... || status=$$?; \
+	  scripts/trillian.sh down; exit $$status
+
+# Log backends side by side (boltlog, Trillian on PostgreSQL, Tessera POSIX);
+# a separate module (bench/logs) keeps Tessera out of kbs's dependencies.
+BENCH_LOGS_FLAGS ?= -duration 5s
+bench-logs:
+	@set -e; export TRILLIAN_RUN_DIR=$(CURDIR)/.cache/trillian-bench; \
+	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
+	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
+	  status=0; (cd bench/logs && $(GO) run . $(BENCH_LOGS_FLAGS)) || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 
 bench:
