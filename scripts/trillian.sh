@@ -31,6 +31,9 @@
 #   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 10ms; Trillian's
 #                               own default is 100ms)
 #   TRILLIAN_BATCH_SIZE         leaves per sequencing pass (default 1000)
+#
+# The servers run with --quota_system=noop: a private test stack needs no
+# admission control (production deployments may prefer Trillian's quotas).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -169,7 +172,7 @@ up() {
     die "loading Trillian's schema failed: $(tail -5 "$run_dir/schema.log")"
 
   local uri="postgresql:///trillian?host=127.0.0.1&port=$pg_port&user=postgres&sslmode=disable"
-  local common=(--storage_system=postgresql --quota_system=postgresql --postgresql_uri="$uri" --logtostderr)
+  local common=(--storage_system=postgresql --quota_system=noop --postgresql_uri="$uri" --logtostderr)
   start_bg log_server "$bins/trillian_log_server" "${common[@]}" \
     --rpc_endpoint="127.0.0.1:$rpc_port" --http_endpoint="127.0.0.1:$http_port"
   wait_port "$rpc_port" trillian_log_server

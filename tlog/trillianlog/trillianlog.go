@@ -106,7 +106,7 @@ type Config struct {
 	// PollInterval is how often the Log asks Trillian for a new root while
 	// appends wait for integration. After a second without a new root (or
 	// on errors) the interval doubles, up to MaxPollInterval. Optional;
-	// defaults 3ms and 200ms. Set PollInterval to a fraction of the
+	// defaults 5ms and 200ms. Set PollInterval to a fraction of the
 	// signer's --sequencer_interval.
 	PollInterval, MaxPollInterval time.Duration
 
@@ -199,7 +199,7 @@ func New(ctx context.Context, cfg Config) (*Log, error) {
 		done:    make(chan struct{}),
 	}
 	if l.minPoll <= 0 {
-		l.minPoll = 3 * time.Millisecond
+		l.minPoll = 5 * time.Millisecond
 	}
 	if l.maxPoll < l.minPoll {
 		l.maxPoll = max(200*time.Millisecond, l.minPoll)
