@@ -60,16 +60,16 @@ type Class struct {
 
 // SNPValues are reference values for an AMD SEV-SNP attestation report.
 type SNPValues struct {
-	Measurement HexList   `json:"measurement"` // 48 bytes each; "any" is not allowed
-	HostData    HexList   `json:"host_data"`   // 32 bytes each
-	FamilyID    HexList   `json:"family_id"`   // 16 bytes each
-	ImageID     HexList   `json:"image_id"`    // 16 bytes each
-	MaxPolicy   Bits      `json:"max_policy"`  // most permissive guest policy accepted
-	VMPL        UintList  `json:"vmpl"`        // 0..3
-	MinTCB      TCB       `json:"min_tcb"`     // component-wise minimum REPORTED_TCB
-	MinGuestSVN MinUint   `json:"min_guest_svn"`
-	Product     NameList  `json:"product"`  // "Milan", "Genoa", "Turin"
-	ChipIDs     HexList   `json:"chip_ids"` // 64 bytes each
+	Measurement HexList  `json:"measurement"` // 48 bytes each; "any" is not allowed
+	HostData    HexList  `json:"host_data"`   // 32 bytes each
+	FamilyID    HexList  `json:"family_id"`   // 16 bytes each
+	ImageID     HexList  `json:"image_id"`    // 16 bytes each
+	MaxPolicy   Bits     `json:"max_policy"`  // most permissive guest policy accepted
+	VMPL        UintList `json:"vmpl"`        // 0..3
+	MinTCB      TCB      `json:"min_tcb"`     // component-wise minimum REPORTED_TCB
+	MinGuestSVN MinUint  `json:"min_guest_svn"`
+	Product     NameList `json:"product"`  // "Milan", "Genoa", "Turin"
+	ChipIDs     HexList  `json:"chip_ids"` // 64 bytes each
 }
 
 // TDXValues are reference values for an Intel TDX quote.
@@ -83,7 +83,7 @@ type TDXValues struct {
 	MROwner       HexList  `json:"mrowner"`
 	MROwnerConfig HexList  `json:"mrownerconfig"`
 	XFAM          BitsList `json:"xfam"`
-	TDAttributes  BitsList `json:"td_attributes"` // bit 0 (DEBUG) is never allowed
+	TDAttributes  BitsList `json:"td_attributes"`   // bit 0 (DEBUG) is never allowed
 	MinTEETCBSVN  HexValue `json:"min_tee_tcb_svn"` // 16 bytes, compared byte by byte
 	MRSeam        HexList  `json:"mrseam"`
 }
@@ -271,14 +271,85 @@ func Encode(d *Document) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
 	if err := enc.Encode(&c); err != nil {
 		return nil, fmt.Errorf("couldn't encode manifest: %w", err)
 	}
-	if _, err := Parse(buf.Bytes()); err != nil {
+	root, err := parseTree(buf.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("couldn't encode manifest: %w", err)
+	}
+	var out bytes.Buffer
+	format(&out, root, "")
+	out.WriteByte('\n')
+	if _, err := Parse(out.Bytes()); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	return out.Bytes(), nil
+}
+
+// format writes n as indented JSON; arrays of scalars stay on one line.
+func format(w *bytes.Buffer, n *node, indent string) {
+	switch n.kind {
+	case jNull:
+		w.WriteString("null")
+	case jBool:
+		w.WriteString(strconv.FormatBool(n.b))
+	case jNumber:
+		w.WriteString(n.s)
+	case jString:
+		writeString(w, n.s)
+	case jObject:
+		if len(n.keys) == 0 {
+			w.WriteString("{}")
+			return
+		}
+		w.WriteString("{\n")
+		for i, k := range n.keys {
+			w.WriteString(indent + "  ")
+			writeString(w, k)
+			w.WriteString(": ")
+			format(w, n.vals[i], indent+"  ")
+			if i < len(n.keys)-1 {
+				w.WriteByte(',')
+			}
+			w.WriteByte('\n')
+		}
+		w.WriteString(indent + "}")
+	case jArray:
+		flat := true
+		for _, e := range n.elems {
+			flat = flat && e.kind != jObject && e.kind != jArray
+		}
+		if flat {
+			w.WriteByte('[')
+			for i, e := range n.elems {
+				if i > 0 {
+					w.WriteString(", ")
+				}
+				format(w, e, indent)
+			}
+			w.WriteByte(']')
+			return
+		}
+		w.WriteString("[\n")
+		for i, e := range n.elems {
+			w.WriteString(indent + "  ")
+			format(w, e, indent+"  ")
+			if i < len(n.elems)-1 {
+				w.WriteByte(',')
+			}
+			w.WriteByte('\n')
+		}
+		w.WriteString(indent + "]")
+	}
+}
+
+func writeString(w *bytes.Buffer, s string) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // strings always encode
+	w.Write(bytes.TrimSuffix(b.Bytes(), []byte("\n")))
 }
 
 // DevDocument returns the content of a version-1 development manifest: one

@@ -34,21 +34,27 @@ const (
 const tdDebug = 1
 
 var (
-	nameRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	keyIDRE   = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
-	prevRE    = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-	hex64RE   = regexp.MustCompile(`^0x[0-9a-fA-F]{1,16}$`)
-	prefixRE  = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$`)
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	keyIDRE  = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
+	prevRE   = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	hex64RE  = regexp.MustCompile(`^0x[0-9a-fA-F]{1,16}$`)
+	prefixRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$`)
 )
 
 // MaxKeyIDLen is the longest key id, and the longest key id pattern.
 const MaxKeyIDLen = 256
 
 // CheckKeyID reports whether id is a valid key id: segments of letters,
-// digits, '.', '_' and '-' separated by '/', at most MaxKeyIDLen bytes.
+// digits, '.', '_' and '-' separated by '/', none of them "." or "..", at
+// most MaxKeyIDLen bytes.
 func CheckKeyID(id string) error {
 	if len(id) > MaxKeyIDLen || !keyIDRE.MatchString(id) {
-		return fmt.Errorf("invalid key id %q: want segments of [A-Za-z0-9._-] separated by '/', at most %d bytes", id, MaxKeyIDLen)
+		return fmt.Errorf("invalid key id %q: want segments of [A-Za-z0-9._-] separated by '/', at most %d bytes", clip(id), MaxKeyIDLen)
+	}
+	for _, seg := range strings.Split(id, "/") {
+		if seg == "." || seg == ".." {
+			return fmt.Errorf("invalid key id %q: \".\" and \"..\" are not allowed as segments", clip(id))
+		}
 	}
 	return nil
 }

@@ -57,12 +57,15 @@ type pubKey struct {
 // parsePublicKeyPEM parses one PEM "PUBLIC KEY" block (PKIX), ECDSA P-256 or
 // Ed25519, with nothing but whitespace around it.
 func parsePublicKeyPEM(s string) (*pubKey, error) {
+	if !strings.HasPrefix(s, "-----BEGIN ") {
+		return nil, errors.New("want exactly one PEM \"PUBLIC KEY\" block and nothing else")
+	}
 	block, rest := pem.Decode([]byte(s))
 	if block == nil {
 		return nil, errors.New("want a PEM \"PUBLIC KEY\" block")
 	}
-	if len(bytes.TrimSpace(rest)) != 0 || strings.TrimSpace(s[:strings.Index(s, "-----BEGIN")]) != "" {
-		return nil, errors.New("want exactly one PEM block and nothing else")
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("want exactly one PEM \"PUBLIC KEY\" block and nothing else")
 	}
 	if block.Type != "PUBLIC KEY" {
 		return nil, fmt.Errorf("want a PEM \"PUBLIC KEY\" block, got %q", clip(block.Type))
