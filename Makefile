@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean
+.PHONY: all build test lint fuzz bench run clean demo
 
 all: build
 
@@ -36,6 +36,12 @@ bench:
 # Development broker: simulated TEE, embedded log, state in ./kbs-dev.
 run: build
 	./bin/kbsd --dev
+
+# The whole story end to end against a fresh dev broker (scripts/demo.sh):
+# verify, upload, attested release, encrypted prompts through the example
+# worker, manifest v2 rollout, a refused worker, audit. CI runs it.
+demo: build
+	./scripts/demo.sh
 
 clean:
 	rm -rf bin
