@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean demo
+.PHONY: all build test lint fuzz bench run clean demo crash-kbsd
 
 all: build
 
@@ -42,6 +42,12 @@ run: build
 # worker, manifest v2 rollout, a refused worker, audit. CI runs it.
 demo: build
 	./scripts/demo.sh
+
+# kill -9 loop against a real kbsd during concurrent releases (long version of
+# TestCrashDuringReleases; CRASH_ITERATIONS cycles).
+CRASH_ITERATIONS ?= 100
+crash-kbsd:
+	KBS_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(GO) test -count=1 -timeout 60m -run '^TestCrashDuringReleases$$' -v ./daemon
 
 clean:
 	rm -rf bin

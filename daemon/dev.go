@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
@@ -97,45 +98,8 @@ func devKey(keyFile, pubFile string) (string, error) {
 	return string(pub), nil
 }
 
-// simClass returns reference values that accept exactly the default
-// evidence of every simulated platform, learned by verifying a sample.
-func (d *devSetup) simClass(ctx context.Context) (manifest.Class, error) {
-	var cl manifest.Class
-	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
-		iss, err := sim.NewIssuer(d.simDir, p, sim.Options{})
-		if err != nil {
-			continue // platform not simulated in this build
-		}
-		var rd [attest.ReportDataSize]byte
-		ev, err := iss.Issue(ctx, rd)
-		if err != nil {
-			return cl, err
-		}
-		c, err := d.verifier.Verify(ctx, ev, rd)
-		if err != nil {
-			return cl, fmt.Errorf("simulated %s evidence does not verify: %w", p, err)
-		}
-		mc := toManifestClaims(c)
-		switch p {
-		case attest.SNP:
-			v, err := manifest.PinSNP(mc)
-			if err != nil {
-				return cl, err
-			}
-			cl.SNP = append(cl.SNP, v)
-		case attest.TDX:
-			v, err := manifest.PinTDX(mc)
-			if err != nil {
-				return cl, err
-			}
-			cl.TDX = append(cl.TDX, v)
-		}
-	}
-	return cl, nil
-}
-
 func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clientPub string) error {
-	cl, err := d.simClass(ctx)
+	cl, err := kbs.SimClass(ctx, d.simDir, d.verifier)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/attest"
@@ -98,7 +99,7 @@ func serve(ctx context.Context, c *Config) error {
 		FreelistType: bbolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return fmt.Errorf("couldn't open %s: another kbsd holds it", filepath.Join(c.Data, "kbs.db"))
 		}
 		return fmt.Errorf("couldn't open the database: %w", err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/keystore"
+	"github.com/kbs-dev/kbs/tlog"
 )
 
 // handlerFunc is an API handler: it writes a success answer itself, or
@@ -37,7 +38,12 @@ func (b *Broker) Handler() http.Handler {
 	route("POST "+api.PathRelease, "release", b.handleRelease)
 	route("GET "+api.PathLogProof, "log_proof", b.handleLogProof)
 	route("GET "+api.PathLogConsistency, "log_consistency", b.handleLogConsistency)
-	route("GET "+api.PathLogPrefix+"{path...}", "log_tiles", b.handleTiles)
+	// C2SP tlog-tiles, served by the log package with its own errors.
+	tiles := tlog.NewHandler(b.cfg.Log)
+	mux.HandleFunc("GET "+api.PathLogPrefix, func(w http.ResponseWriter, r *http.Request) {
+		b.m.request("log_tiles", "served")
+		tiles.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("GET "+api.PathHealth, b.handleHealth)
 	mux.HandleFunc("GET "+api.PathMetrics, b.handleMetrics)
 	return &notFound{mux: mux, b: b}

@@ -150,4 +150,3 @@ func (b *Broker) handleListKeys(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
-

@@ -2,10 +2,7 @@ package kbs
 
 import (
 	"context"
-	"encoding/base64"
-	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/tlog"
@@ -15,20 +12,11 @@ import (
 // the entry's exact bytes as extra data, the inclusion proof and the signed
 // checkpoint. The file alone proves what was logged.
 func (b *Broker) receipt(ctx context.Context, entry []byte, index uint64, cp tlog.SignedCheckpoint) (string, error) {
-	proof, err := b.cfg.Log.InclusionProof(ctx, index, cp.Size)
+	r, err := tlog.NewReceipt(ctx, b.cfg.Log, index, entry, cp)
 	if err != nil {
 		return "", logUnavailable(err)
 	}
-	var s strings.Builder
-	s.WriteString("c2sp.org/tlog-proof@v1\n")
-	s.WriteString("extra " + base64.StdEncoding.EncodeToString(entry) + "\n")
-	fmt.Fprintf(&s, "index %d\n", index)
-	for _, h := range proof {
-		s.WriteString(base64.StdEncoding.EncodeToString(h[:]) + "\n")
-	}
-	s.WriteString("\n")
-	s.Write(cp.Note)
-	return s.String(), nil
+	return string(r), nil
 }
 
 // handleLogProof serves GET /v1/log/proof?index=I&size=N (size defaults to

@@ -45,7 +45,7 @@ func (b *Broker) handlePutManifest(w http.ResponseWriter, r *http.Request) error
 	}
 	next, err := manifest.Parse(req.Body)
 	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "manifest: %v", err)
+		return api.Errorf(api.CodeBadRequest, "%v", err)
 	}
 	b.manifestMu.Lock()
 	defer b.manifestMu.Unlock()

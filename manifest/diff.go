@@ -45,17 +45,23 @@ func Diff(old, new *Manifest) []Change {
 	var out []Change
 	// An entity's ancestors are entities whose path is a prefix of it; a
 	// leaf is compared only when all its ancestors exist on both sides.
-	ancestorsBoth := func(path string) bool {
-		for p, l := range a {
-			if l.entity && p != path && strings.HasPrefix(path, p) {
-				if _, ok := b[p]; !ok {
-					return false
-				}
-			}
+	var entities []string
+	for p, l := range a {
+		if l.entity {
+			entities = append(entities, p)
 		}
-		for p, l := range b {
-			if l.entity && p != path && strings.HasPrefix(path, p) {
-				if _, ok := a[p]; !ok {
+	}
+	for p, l := range b {
+		if _, ok := a[p]; l.entity && !ok {
+			entities = append(entities, p)
+		}
+	}
+	ancestorsBoth := func(path string) bool {
+		for _, p := range entities {
+			if p != path && strings.HasPrefix(path, p) {
+				_, inA := a[p]
+				_, inB := b[p]
+				if !inA || !inB {
 					return false
 				}
 			}

@@ -373,7 +373,8 @@ func DevDocument(ownerPEM, clientPEM string, service, worker Class) *Document {
 // PinSNP returns SNP reference values that accept exactly the given claims'
 // measurement, host data, family and image id, guest policy, VMPL, reported
 // TCB, guest SVN, product and chip id. It is meant for development manifests
-// and as a starting point to edit; debug policy bits are cleared.
+// and as a starting point to edit; the DEBUG and unknown policy bits are
+// cleared and the reserved bit 17 set.
 func PinSNP(c *Claims) (SNPValues, error) {
 	if c == nil || c.SNP == nil {
 		return SNPValues{}, fmt.Errorf("manifest: claims hold no SNP fields")
@@ -388,7 +389,7 @@ func PinSNP(c *Claims) (SNPValues, error) {
 		HostData:    Hexes(clone(s.HostData)),
 		FamilyID:    Hexes(clone(s.FamilyID)),
 		ImageID:     Hexes(clone(s.ImageID)),
-		MaxPolicy:   Bits{Value: s.Policy &^ policyDebug},
+		MaxPolicy:   Bits{Value: (s.Policy&^policyDebug | policyReserved17) & policyKnown},
 		VMPL:        UintList{Values: []uint32{s.VMPL}},
 		MinTCB:      TCB{Bootloader: t.bootloader, TEE: t.tee, SNP: t.snp, Microcode: t.microcode},
 		MinGuestSVN: MinUint{Value: s.GuestSVN},

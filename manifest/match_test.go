@@ -152,18 +152,18 @@ func TestMatchSNPPolicyRules(t *testing.T) {
 		ok     bool
 	}{
 		{"0x30000", 0x30000, true},
-		{"0x30000", 0x20000, true},            // SMT off is stricter
-		{"0x30000", 0x30000 | 1<<18, false},   // MIGRATE_MA not permitted
-		{"0x30000", 0x30000 | 1<<21, false},   // CXL_ALLOW not permitted
-		{"0x30000", 0x30000 | 1<<20, true},    // SINGLE_SOCKET is a restriction
-		{"0x130000", 0x30000, false},          // SINGLE_SOCKET required
-		{"0x130000", 0x130000, true},          //
-		{"0x30105", 0x30104, false},           // ABI 1.4 below 1.5
-		{"0x30105", 0x30200, true},            // ABI 2.0
-		{"0x70000", 0x70000 | 1<<19, false},   // debug never
-		{"any", 0x30000 | 1<<19, false},       // debug never, even with "any"
+		{"0x30000", 0x20000, true},             // SMT off is stricter
+		{"0x30000", 0x30000 | 1<<18, false},    // MIGRATE_MA not permitted
+		{"0x30000", 0x30000 | 1<<21, false},    // CXL_ALLOW not permitted
+		{"0x30000", 0x30000 | 1<<20, true},     // SINGLE_SOCKET is a restriction
+		{"0x130000", 0x30000, false},           // SINGLE_SOCKET required
+		{"0x130000", 0x130000, true},           //
+		{"0x30105", 0x30104, false},            // ABI 1.4 below 1.5
+		{"0x30105", 0x30200, true},             // ABI 2.0
+		{"0x70000", 0x70000 | 1<<19, false},    // debug never
+		{"any", 0x30000 | 1<<19, false},        // debug never, even with "any"
 		{"any", 0x3ffff | 1<<21 | 1<<18, true}, //
-		{"0x30000", 0x10000, false},           // reserved bit 17 clear
+		{"0x30000", 0x10000, false},            // reserved bit 17 clear
 	}
 	for _, tc := range tests {
 		b := strings.Replace(string(base), `"max_policy": "0x30000"`, `"max_policy": "`+tc.max+`"`, 2)

@@ -236,4 +236,42 @@ func TestDevDocument(t *testing.T) {
 	if r := m.MatchService(claims); !r.OK() {
 		t.Errorf("service does not match its pinned claims:\n%s", r)
 	}
+
+	tc := tdxClaims()
+	tv, err := manifest.PinTDX(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcls := manifest.Class{TDX: []manifest.TDXValues{tv}}
+	m = mustParse(t, mustEncode(t, manifest.DevDocument(owner, client, tcls, tcls)))
+	if class, r, err := m.AuthorizeRelease(tc, []string{"demo/a"}); err != nil || class != "demo-worker" {
+		t.Errorf("AuthorizeRelease(TDX) = %q, %v\n%s", class, err, r)
+	}
+	if _, err := manifest.PinTDX(claims); err == nil {
+		t.Error("PinTDX(SNP claims) succeeded")
+	}
+	if _, err := manifest.PinSNP(tc); err == nil {
+		t.Error("PinSNP(TDX claims) succeeded")
+	}
+}
+
+// TestDocsExample checks that the annotated example in docs/manifest.md is
+// the valid fixture, byte for byte.
+func TestDocsExample(t *testing.T) {
+	doc, err := os.ReadFile("../docs/manifest.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(doc), "```json\n")
+	if !ok {
+		t.Fatal("docs/manifest.md has no json example")
+	}
+	example, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("unterminated json example")
+	}
+	if example != string(readFile(t, "valid/full.json")) {
+		t.Error("the example in docs/manifest.md differs from testdata/manifest/valid/full.json")
+	}
+	mustParse(t, []byte(example))
 }

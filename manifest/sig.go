@@ -211,6 +211,9 @@ func Verify(prev, next *Manifest, sigs []string) ([]string, error) {
 		return nil, fmt.Errorf("%w: version %d names previous %s, version %d is %s",
 			ErrPreviousMismatch, next.doc.Version, next.doc.Previous, prev.doc.Version, prev.hash)
 	}
+	if len(sigs) > maxOwners {
+		return nil, fmt.Errorf("manifest: %d signatures, more than the %d owners a manifest may have", len(sigs), maxOwners)
+	}
 	signers := map[string]int{}
 	for i, s := range sigs {
 		sig, err := decodeSignature(s)

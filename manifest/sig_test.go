@@ -19,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/kbs-dev/kbs/manifest"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
 )
 
 func parsePub(t testing.TB, b []byte) crypto.PublicKey {
@@ -158,6 +159,13 @@ func TestVerifyErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+	many := make([]string, 33)
+	for i := range many {
+		many[i] = s1
+	}
+	if _, err := manifest.Verify(v1, v2, many); err == nil || !strings.Contains(err.Error(), "33 signatures") {
+		t.Errorf("Verify(33 signatures) = %v", err)
 	}
 	// Signatures with surrounding whitespace (files end in a newline) work.
 	if _, err := manifest.Verify(v1, v2, []string{s1 + "\n", " " + s3}); err != nil {
@@ -330,5 +338,41 @@ func TestOpenSSL(t *testing.T) {
 	}
 	if out := run(nil, "pkeyutl", "-verify", "-pubin", "-inkey", "owner3.pub", "-rawin", "-in", "v2.json", "-sigfile", "ed.sig"); !strings.Contains(string(out), "Signature Verified Successfully") {
 		t.Errorf("openssl pkeyutl -verify: %s", out)
+	}
+}
+
+// TestCosignKey signs with a key in the format `cosign generate-key-pair`
+// writes (an "ENCRYPTED SIGSTORE PRIVATE KEY" PEM block) and verifies the
+// signature as an owner signature.
+func TestCosignKey(t *testing.T) {
+	k := mustECDSA(t)
+	pass := []byte("correct horse")
+	enc, err := cryptoutils.MarshalPrivateKeyToEncryptedDER(k, func(bool) ([]byte, error) { return pass, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: string(cryptoutils.EncryptedSigstorePrivateKeyPEMType), Bytes: enc})
+	if _, err := manifest.ParsePrivateKey(keyPEM, []byte("wrong")); err == nil {
+		t.Error("ParsePrivateKey accepted a wrong password")
+	}
+	signer, err := manifest.ParsePrivateKey(keyPEM, pass)
+	if err != nil {
+		t.Fatalf("ParsePrivateKey(cosign key) = %v", err)
+	}
+	pubPEM, err := cryptoutils.MarshalPublicKeyToPEM(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := mustParse(t, readFile(t, "valid/snp.json")).Document()
+	d.Owners.Keys = []string{string(pubPEM)}
+	v1 := mustParse(t, mustEncode(t, d))
+	d.Version, d.Previous = 2, v1.Hash()
+	v2 := mustParse(t, mustEncode(t, d))
+	sig, err := manifest.Sign(signer, v2.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := manifest.Verify(v1, v2, []string{sig}); err != nil {
+		t.Errorf("Verify(cosign-key signature) = %v", err)
 	}
 }

@@ -16,6 +16,10 @@
 // claims then say Simulated = true. Nothing trusts a sim by default. Anyone
 // who can read the directory can forge evidence under its root: it is a
 // development tool, not a security boundary.
+//
+// The SNP part uses go-sev-guest's testing package, which registers the
+// flags -product and -product_name on flag.CommandLine in any binary that
+// imports this package.
 package sim
 
 import (
@@ -38,18 +42,10 @@ const RootFileName = "root.pem"
 // RootFile returns the path of dir's root.pem.
 func RootFile(dir string) string { return filepath.Join(dir, RootFileName) }
 
-// Default measurements of simulated evidence: SHA-384 of fixed labels, so a
-// development manifest can name them.
-var (
-	DefaultSNPMeasurement = label("kbs sim: snp measurement")
-	DefaultTDXMRTD        = label("kbs sim: tdx mrtd")
-	DefaultTDXRTMR        = [4][48]byte{
-		label("kbs sim: tdx rtmr0"), label("kbs sim: tdx rtmr1"),
-		label("kbs sim: tdx rtmr2"), label("kbs sim: tdx rtmr3"),
-	}
-)
-
-func label(s string) [48]byte { return sha512.Sum384([]byte(s)) }
+// DefaultSNPMeasurement is the MEASUREMENT of simulated SNP evidence unless
+// Options say otherwise: SHA-384 of a fixed label, so a development manifest
+// can name it. (The TDX defaults are in tdx.go.)
+var DefaultSNPMeasurement = sha512.Sum384([]byte("kbs sim: snp measurement"))
 
 // Options choose the contents of simulated evidence. The zero value gives
 // evidence of a healthy guest with the default measurements.

@@ -111,9 +111,9 @@ func (p *Policy) Check() error {
 	bytesField("ImageID", p.ImageID, p.AnyImageID, abi.ImageIDSize)
 	switch {
 	case p.AnyVMPL && p.VMPL != nil:
-		errs = append(errs, errors.New("VMPL: both a value and AnyVMPL"))
+		errs = append(errs, errors.New("policy field VMPL: both a value and AnyVMPL"))
 	case !p.AnyVMPL && p.VMPL == nil:
-		errs = append(errs, errors.New("VMPL: neither a value nor AnyVMPL"))
+		errs = append(errs, errors.New("policy field VMPL: neither a value nor AnyVMPL"))
 	case p.VMPL != nil && *p.VMPL > 3:
 		errs = append(errs, fmt.Errorf("VMPL: %d, want 0-3", *p.VMPL))
 	}
@@ -127,9 +127,9 @@ func (p *Policy) Check() error {
 	}
 	switch {
 	case p.AnyProduct && p.Products != nil:
-		errs = append(errs, errors.New("Products: both a list and AnyProduct"))
+		errs = append(errs, errors.New("policy field Products: both a list and AnyProduct"))
 	case !p.AnyProduct && len(p.Products) == 0:
-		errs = append(errs, errors.New("Products: neither a list nor AnyProduct"))
+		errs = append(errs, errors.New("policy field Products: neither a list nor AnyProduct"))
 	}
 	switch {
 	case p.AnyChipID && p.ChipIDs != nil:

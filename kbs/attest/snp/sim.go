@@ -82,9 +82,6 @@ func GenerateSim(dir string) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
 	ark, err := rsa.GenerateKey(rand.Reader, 3072)
 	if err != nil {
 		return err
@@ -95,6 +92,14 @@ func GenerateSim(dir string) error {
 	}
 	vcek, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
+		return err
+	}
+	return generateSim(dir, ark, ask, vcek)
+}
+
+// generateSim writes a sim hierarchy with the given keys to dir.
+func generateSim(dir string, ark, ask *rsa.PrivateKey, vcek *ecdsa.PrivateKey) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	var hwid [abi.ChipIDSize]byte
@@ -267,6 +272,8 @@ type SimIssuer struct {
 	hwid  []byte
 	tcb   uint64
 	opts  SimOptions
+	// mutate, when set (tests only), edits each report before signing.
+	mutate func(*spb.Report)
 }
 
 // NewSimIssuer returns an issuer of simulated SNP evidence for the sim in
@@ -359,6 +366,9 @@ func (s *SimIssuer) Issue(_ context.Context, reportData [attest.ReportDataSize]b
 		CommittedMajor:  1,
 		LaunchTcb:       s.tcb,
 		Signature:       make([]byte, abi.SignatureSize),
+	}
+	if s.mutate != nil {
+		s.mutate(r)
 	}
 	raw, err := abi.ReportToAbiBytes(r)
 	if err != nil {

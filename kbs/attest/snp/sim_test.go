@@ -3,40 +3,26 @@ package snp
 import (
 	"context"
 	"os"
-	"sync"
 	"testing"
+	"time"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
-var (
-	simOnce sync.Once
-	simDir  string
-	simErr  error
-)
-
-// testSim returns a sim directory shared by the package's tests (RSA key
-// generation is slow).
+// testSim returns the committed sim fixture (see gen.go).
 func testSim(t testing.TB) string {
 	t.Helper()
-	simOnce.Do(func() {
-		simDir, simErr = os.MkdirTemp("", "snp-sim-")
-		if simErr == nil {
-			simErr = GenerateSim(simDir)
-		}
-	})
-	if simErr != nil {
-		t.Fatal(simErr)
-	}
-	return simDir
+	return "testdata/sim"
 }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if simDir != "" {
-		os.RemoveAll(simDir)
+// simNow is a time at which the sim fixture's certificates are valid.
+func simNow(t testing.TB) time.Time {
+	t.Helper()
+	certs, err := SimRoots(testSim(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	os.Exit(code)
+	return certs[0].NotBefore.Add(24 * time.Hour)
 }
 
 func simVerifier(t testing.TB, dir string) *Verifier {
@@ -45,7 +31,8 @@ func simVerifier(t testing.TB, dir string) *Verifier {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewVerifier(Options{Roots: RootsFromCerts(certs)})
+	now := simNow(t)
+	v, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,8 +63,22 @@ func TestSimRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify(sim evidence) = %v", err)
 	}
-	if c.SNP.Product != "Milan" || c.ReportData != rd || c.SNP.SignerKey != "vcek" {
+	if !c.Simulated || c.SNP.Product != "Milan" || c.ReportData != rd || c.SNP.SignerKey != "vcek" {
 		t.Errorf("claims = %+v", c.SNP)
+	}
+}
+
+func TestGenerateSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("generates RSA keys")
+	}
+	dir := t.TempDir()
+	if err := GenerateSim(dir); err != nil {
+		t.Fatal(err)
+	}
+	rd := [64]byte{4}
+	if _, err := simVerifier(t, dir).Verify(context.Background(), issue(t, dir, SimOptions{}, rd), rd); err != nil {
+		t.Fatalf("Verify(fresh sim evidence) = %v", err)
 	}
 	// GenerateSim keeps existing material.
 	before, _ := os.ReadFile(dir + "/vcek.key")
@@ -87,5 +88,12 @@ func TestSimRoundTrip(t *testing.T) {
 	after, _ := os.ReadFile(dir + "/vcek.key")
 	if string(before) != string(after) {
 		t.Errorf("GenerateSim replaced an existing sim")
+	}
+	// A damaged sim is reported, not silently replaced.
+	if err := os.WriteFile(dir+"/vcek.pem", []byte("junk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := GenerateSim(dir); err == nil {
+		t.Errorf("GenerateSim accepted a damaged sim")
 	}
 }

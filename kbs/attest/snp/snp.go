@@ -13,7 +13,9 @@
 // family and image id, guest policy, VMPL, minimum TCB and guest SVN,
 // product and chip id.
 //
-// Trust: only the roots in Options.Roots (by default AMD's). The certificate
+// Trust: only the roots in Options.Roots (by default AMD's). Claims of
+// evidence that chains to any other root (the simulated TEE's) carry
+// Simulated = true. The certificate
 // table in the evidence is untrusted input; its ARK and ASK are ignored and
 // the VCEK/VLEK is trusted only after it chains to a trusted root. The
 // on-disk cache holds only endorsement certificates, which are re-verified
@@ -41,6 +43,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -105,6 +108,7 @@ type Verifier struct {
 	online   bool
 	getter   trust.HTTPSGetter
 	roots    map[string][]*trust.AMDRootCerts
+	amdARKs  []*x509.Certificate // AMD's own ARKs, to mark other roots' claims Simulated
 
 	mu     sync.Mutex
 	chains map[[32]byte]*chainEntry
@@ -118,6 +122,7 @@ type chainEntry struct {
 	exts        *kds.Extensions
 	root        *trust.AMDRootCerts
 	productLine string
+	simulated   bool // the root is not one of AMD's
 	notBefore   time.Time
 	notAfter    time.Time
 }
@@ -138,12 +143,16 @@ func NewVerifier(opts Options) (*Verifier, error) {
 	if v.now == nil {
 		v.now = time.Now
 	}
+	amd, err := DefaultRoots()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range amd {
+		v.amdARKs = append(v.amdARKs, r.ARK)
+	}
 	roots := opts.Roots
 	if roots == nil {
-		var err error
-		if roots, err = DefaultRoots(); err != nil {
-			return nil, err
-		}
+		roots = amd
 	}
 	if len(roots) == 0 {
 		return nil, errors.New("snp: no trusted roots")
@@ -153,7 +162,6 @@ func NewVerifier(opts Options) (*Verifier, error) {
 			return nil, fmt.Errorf("snp: root %d: product line, ARK and ASK are required", i)
 		}
 		v.roots[r.ProductLine] = append(v.roots[r.ProductLine], &trust.AMDRootCerts{
-			Product:      r.ProductLine,
 			ProductLine:  r.ProductLine,
 			ProductCerts: &trust.ProductCerts{Ark: r.ARK, Ask: r.ASK, Asvk: r.ASVK},
 		})
@@ -310,6 +318,7 @@ func (v *Verifier) authenticate(ctx context.Context, ev *Evidence) (*chainEntry,
 		return nil, fmt.Errorf("%w: no %s root verifies the %v certificate", ErrChain, productLine, key)
 	}
 	entry = &chainEntry{cert: cert, key: key, exts: exts, root: root, productLine: productLine,
+		simulated: !slices.ContainsFunc(v.amdARKs, root.ProductCerts.Ark.Equal),
 		notBefore: cert.NotBefore, notAfter: cert.NotAfter}
 	for _, c := range []*x509.Certificate{root.ProductCerts.Ark, root.ProductCerts.Ask, root.ProductCerts.Asvk} {
 		if c == nil {
@@ -518,6 +527,7 @@ func claimsOf(ev attest.Evidence, p *Evidence, e *chainEntry) *attest.Claims {
 	r := p.Proto
 	c := &attest.Claims{
 		Platform:       attest.SNP,
+		Simulated:      e.simulated,
 		Measurement:    bytes.Clone(r.GetMeasurement()),
 		EvidenceDigest: ev.Digest(),
 		SNP: &attest.SNPClaims{
