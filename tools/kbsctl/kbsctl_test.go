@@ -237,8 +237,9 @@ func TestFlow(t *testing.T) {
 	if k, err := parseKeyFile(kb); err != nil || k.Version != 2 || !bytes.Equal(k.Material, bytes.Repeat([]byte{7}, 32)) {
 		t.Fatalf("worker key demo/b = %+v, %v", k, err)
 	}
-	// The same with the post-quantum KEM.
+	// The same with the post-quantum KEM, and with simulated TDX evidence.
 	ctl(t, 0, append(wstate, "key", "get", "--pq", "--manifest", mf, "--tee", "sim", "--sim-dir", d.simDir(), "--id", "demo/a", "--out", filepath.Join(dir, "worker-pq"))...)
+	ctl(t, 0, append(wstate, "key", "get", "--manifest", mf, "--tee", "sim", "--sim-platform", "tdx", "--sim-dir", d.simDir(), "--id", "demo/a", "--out", filepath.Join(dir, "worker-tdx"))...)
 	// Offline receipt verification, and a tampered receipt.
 	receipt := filepath.Join(wout, "demo", "a.receipt")
 	out, _ = ctl(t, 0, append(wstate, "receipt", "verify", receipt)...)
@@ -278,13 +279,18 @@ func TestFlow(t *testing.T) {
 
 	// manifest check: simulated evidence, explained field by field.
 	ev := filepath.Join(dir, "evidence.bin")
-	writeSimEvidence(t, d.simDir(), ev, nil)
+	writeSimEvidence(t, d.simDir(), attest.SNP, ev, nil)
+	evTDX := filepath.Join(dir, "evidence-tdx.bin")
+	writeSimEvidence(t, d.simDir(), attest.TDX, evTDX, nil)
+	out, _ = ctl(t, 0, append(g, "manifest", "check", "--manifest", mf, "--platform", "tdx", "--evidence", evTDX)...)
+	contains(t, out, "class demo-worker: MATCH")
+	contains(t, out, "report data "+strings.Repeat("0", 128)+" (not checked")
 	out, _ = ctl(t, 0, append(g, "manifest", "check", "--manifest", mf, "--platform", "snp", "--evidence", ev, "--offline")...)
 	contains(t, out, "class demo-worker: MATCH")
 	ctl(t, 0, append(g, "manifest", "check", "--manifest", mf, "--platform", "snp", "--evidence", ev, "--class", "service", "--report-data", strings.Repeat("00", 64))...)
 	ctl(t, 1, append(g, "manifest", "check", "--manifest", mf, "--platform", "snp", "--evidence", ev, "--report-data", strings.Repeat("11", 64))...)
 	bad := filepath.Join(dir, "evidence-bad.bin")
-	writeSimEvidence(t, d.simDir(), bad, bytes.Repeat([]byte{0xcd}, 48))
+	writeSimEvidence(t, d.simDir(), attest.SNP, bad, bytes.Repeat([]byte{0xcd}, 48))
 	out, _ = ctl(t, 1, append(g, "manifest", "check", "--manifest", mf, "--platform", "snp", "--evidence", bad)...)
 	contains(t, out, "FAIL measurement")
 
@@ -338,7 +344,7 @@ func TestFlow(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ar); err != nil {
 		t.Fatal(err)
 	}
-	if len(ar.Manifests) != 2 || ar.Counts["release"] != 3 || ar.Counts["key-upload"] != 3 || ar.Counts["key-delete"] != 1 || len(ar.Anomalies) != 0 || ar.PreviousSize == nil {
+	if len(ar.Manifests) != 2 || ar.Counts["release"] != 4 || ar.Counts["key-upload"] != 3 || ar.Counts["key-delete"] != 1 || len(ar.Anomalies) != 0 || ar.PreviousSize == nil {
 		t.Fatalf("audit --json = %+v", ar)
 	}
 	out, _ = ctl(t, 0, append(g, "audit", "--csv")...)
@@ -370,9 +376,9 @@ func b64Flip(t *testing.T, s string) string {
 	return s[:i] + string(c) + s[i+1:]
 }
 
-func writeSimEvidence(t *testing.T, simDir, file string, measurement []byte) {
+func writeSimEvidence(t *testing.T, simDir string, p attest.Platform, file string, measurement []byte) {
 	t.Helper()
-	iss, err := sim.NewIssuer(simDir, attest.SNP, sim.Options{Measurement: measurement})
+	iss, err := sim.NewIssuer(simDir, p, sim.Options{Measurement: measurement})
 	if err != nil {
 		t.Fatal(err)
 	}

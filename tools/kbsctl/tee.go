@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/hex"
 	"fmt"
 
-	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
-	tsmreport "github.com/google/go-configfs-tsm/report"
-
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/cvm"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
@@ -23,10 +20,10 @@ type teeFlags struct {
 func (t *teeFlags) register(fs interface {
 	StringVar(p *string, name, value, usage string)
 }) {
-	fs.StringVar(&t.tee, "tee", "", "where evidence comes from: snp or tdx (configfs-tsm in this CVM), or sim (a simulated TEE directory)")
+	fs.StringVar(&t.tee, "tee", "", "where evidence comes from: snp or tdx (this CVM, through configfs-tsm or /dev/sev-guest), or sim (a simulated TEE directory)")
 	fs.StringVar(&t.simDir, "sim-dir", "kbs-dev/sim", "with --tee sim: the simulated TEE directory")
 	fs.StringVar(&t.simMeasurement, "sim-measurement", "", "with --tee sim: the launch measurement to claim (96 hex digits; default the sim's)")
-	fs.StringVar(&t.simPlatform, "sim-platform", "snp", "with --tee sim: the simulated platform")
+	fs.StringVar(&t.simPlatform, "sim-platform", "snp", "with --tee sim: the simulated platform (snp or tdx)")
 }
 
 // issuer returns the evidence issuer the flags select.
@@ -49,36 +46,22 @@ func (t *teeFlags) issuer() (attest.Issuer, error) {
 		}
 		return iss, nil
 	case "snp":
-		return &tsmIssuer{platform: attest.SNP}, nil
+		iss, err := cvm.NewTSMIssuer(attest.SNP)
+		if err != nil {
+			// Kernels before configfs-tsm: the /dev/sev-guest ioctl.
+			if iss, err2 := cvm.NewSevGuestIssuer(); err2 == nil {
+				return iss, nil
+			}
+			return nil, fmt.Errorf("--tee snp: %w", err)
+		}
+		return iss, nil
 	case "tdx":
-		return &tsmIssuer{platform: attest.TDX}, nil
+		iss, err := cvm.NewTSMIssuer(attest.TDX)
+		if err != nil {
+			return nil, fmt.Errorf("--tee tdx: %w", err)
+		}
+		return iss, nil
 	default:
 		return nil, usageErr("--tee %q: want snp, tdx or sim", t.tee)
 	}
-}
-
-// tsmIssuer obtains evidence from the Linux configfs-tsm report interface
-// (/sys/kernel/config/tsm/report) inside an SEV-SNP or TDX guest. SNP
-// evidence is the report followed by the certificate table (auxblob); TDX
-// evidence is the quote.
-type tsmIssuer struct {
-	platform attest.Platform
-}
-
-func (t *tsmIssuer) Platform() attest.Platform { return t.platform }
-
-func (t *tsmIssuer) Issue(_ context.Context, rd [attest.ReportDataSize]byte) (attest.Evidence, error) {
-	resp, err := linuxtsm.GetReport(&tsmreport.Request{InBlob: rd[:], GetAuxBlob: t.platform == attest.SNP})
-	if err != nil {
-		return attest.Evidence{}, fmt.Errorf("configfs-tsm report: %w", err)
-	}
-	want := map[attest.Platform]string{attest.SNP: "sev_guest", attest.TDX: "tdx_guest"}[t.platform]
-	if resp.Provider != want {
-		return attest.Evidence{}, fmt.Errorf("configfs-tsm provider is %q, not %q: this is not a %s guest", resp.Provider, want, t.platform)
-	}
-	data := append([]byte(nil), resp.OutBlob...)
-	if t.platform == attest.SNP {
-		data = append(data, resp.AuxBlob...)
-	}
-	return attest.Evidence{Platform: t.platform, Data: data}, nil
 }
