@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean test-trillian bench-logs
+.PHONY: all build test lint fuzz bench run clean demo crash-kbsd test-trillian bench-logs
 
 all: build
 
@@ -57,6 +57,18 @@ bench:
 # Development broker: simulated TEE, embedded log, state in ./kbs-dev.
 run: build
 	./bin/kbsd --dev
+
+# The whole story end to end against a fresh dev broker (scripts/demo.sh):
+# verify, upload, attested release, encrypted prompts through the example
+# worker, manifest v2 rollout, a refused worker, audit. CI runs it.
+demo: build
+	./scripts/demo.sh
+
+# kill -9 loop against a real kbsd during concurrent releases (long version of
+# TestCrashDuringReleases; CRASH_ITERATIONS cycles).
+CRASH_ITERATIONS ?= 100
+crash-kbsd:
+	KBS_CRASH_ITERATIONS=$(CRASH_ITERATIONS) $(GO) test -count=1 -timeout 60m -run '^TestCrashDuringReleases$$' -v ./daemon
 
 clean:
 	rm -rf bin

@@ -42,12 +42,11 @@ var (
 // EmptyRoot is the root hash of the empty tree: SHA-256 of the empty string.
 var EmptyRoot = Hash(sha256.Sum256(nil))
 
-// CheckEntry reports whether entry can be appended to a log: it must be 1 to
-// MaxEntrySize bytes. The error wraps ErrInvalidArgument.
+// CheckEntry reports whether entry can be appended to a log: it must be at
+// most MaxEntrySize bytes, so that tlog-tiles entry bundles can carry it.
+// (RFC 6962 allows empty entries; kbs entries are never empty.) The error
+// wraps ErrInvalidArgument.
 func CheckEntry(entry []byte) error {
-	if len(entry) == 0 {
-		return fmt.Errorf("%w: empty entry", ErrInvalidArgument)
-	}
 	if len(entry) > MaxEntrySize {
 		return fmt.Errorf("%w: entry is %d bytes, more than %d", ErrInvalidArgument, len(entry), MaxEntrySize)
 	}

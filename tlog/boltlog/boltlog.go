@@ -463,6 +463,50 @@ func (l *Log) HashTile(ctx context.Context, level int, index uint64, width int) 
 	return data, err
 }
 
+// Verify checks the whole stored log: every entry hashes to its stored leaf
+// hash, every stored interior hash is the hash of its children, and the
+// root matches the checkpoint. It reads the whole log (O(n)); Open does the
+// O(log n) part of these checks.
+func (l *Log) Verify(ctx context.Context) error {
+	cp := l.cp.Load()
+	return l.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(l.bucket)
+		if _, err := l.check(b); err != nil {
+			return err
+		}
+		hashes := b.Bucket(hashesBucket)
+		c := b.Bucket(entriesBucket).Cursor()
+		r := &hashReader{b: hashes, limit: 0, pendingBase: 0, pending: make([]tlog.Hash, 0, sumdb.StoredHashCount(int64(cp.Size)))}
+		var k [8]byte
+		i := int64(0)
+		for key, v := c.First(); key != nil && i < int64(cp.Size); key, v = c.Next() {
+			if i%4096 == 0 && ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if decodeKey(key) != i {
+				return fmt.Errorf("boltlog: entry %d missing", i)
+			}
+			hs, err := sumdb.StoredHashes(i, v, r)
+			if err != nil {
+				return err
+			}
+			for j, h := range hs {
+				x := int64(len(r.pending) + j)
+				binary.BigEndian.PutUint64(k[:], uint64(x))
+				if stored := hashes.Get(k[:]); string(stored) != string(h[:]) {
+					return fmt.Errorf("boltlog: stored hash %d does not match entry %d", x, i)
+				}
+			}
+			r.pending = append(r.pending, hs...)
+			i++
+		}
+		if i != int64(cp.Size) {
+			return fmt.Errorf("boltlog: %d entries stored, checkpoint says %d", i, cp.Size)
+		}
+		return nil
+	})
+}
+
 // read runs f with a reader of the stored hashes of the tree of size n.
 func (l *Log) read(n int64, f func(sumdb.HashReader) error) error {
 	return l.db.View(func(tx *bolt.Tx) error {
