@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean demo crash-kbsd test-trillian bench-logs
+.PHONY: all build test lint fuzz bench run clean demo crash-kbsd test-trillian bench-logs demo-trillian
 
 all: build
 
@@ -39,6 +39,16 @@ test-trillian:
 	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
 	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
 	  status=0; $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... || status=$$?; \
+	  scripts/trillian.sh down; exit $$status
+
+# make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
+# stopped by scripts/trillian.sh).
+demo-trillian: build
+	@set -e; export TRILLIAN_RUN_DIR=$(CURDIR)/.cache/trillian-demo; \
+	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
+	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
+	  status=0; KBSD_ARGS="--log-backend trillian --trillian-addr $$KBS_TRILLIAN_ADDR --trillian-tree-id $$KBS_TRILLIAN_TREE_ID" \
+	    ./scripts/demo.sh || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 
 # Log backends side by side (boltlog, Trillian on PostgreSQL, Tessera POSIX);
