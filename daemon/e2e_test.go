@@ -491,7 +491,9 @@ func TestProductionRefusals(t *testing.T) {
 		{[]string{"--data", dir, "--tee", "tdx", "--manifest", "x"}, "TDX has no hardware-derived sealing key"},
 		{[]string{"--data", dir}, "--tee snp|tdx is required"},
 		{[]string{"--tee", "snp"}, "--data is required"},
-		{[]string{"--dev", "--log-backend", "trillian"}, "log-backend"},
+		{[]string{"--dev", "--log-backend", "trillian"}, "--trillian-addr"},
+		{[]string{"--dev", "--log-backend", "etcd"}, "want bolt or trillian"},
+		{[]string{"--dev", "--trillian-tree-id", "5"}, "need --log-backend trillian"},
 		{[]string{"--dev", "--product", "Milan"}, "flag provided but not defined: -product"},
 	} {
 		out, err := exec.Command(kbsdBin, tt.args...).CombinedOutput()

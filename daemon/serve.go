@@ -22,7 +22,6 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest/cvm"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/keystore"
-	"github.com/kbs-dev/kbs/tlog/boltlog"
 )
 
 // HTTP server limits. Bodies are limited per endpoint by the broker.
@@ -121,7 +120,7 @@ func serve(ctx context.Context, c *Config) error {
 	if created {
 		logger.Info("created broker identity", "note_key", id.NoteKey, "tls_spki_sha256", id.TLSSPKISHA256)
 	}
-	tl, err := boltlog.New(db, boltlog.Config{Signer: id.Checkpoints})
+	tl, err := openLog(ctx, c, db, id.Checkpoints, logger)
 	if err != nil {
 		return fmt.Errorf("couldn't open the transparency log: %w", err)
 	}
