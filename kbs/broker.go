@@ -114,6 +114,22 @@ type Broker struct {
 	keyMu      sync.Mutex // serializes key uploads and deletes
 
 	closing atomic.Bool
+	// appendFailing is set while appends to the log fail (health checks
+	// report it), and cleared by the next successful append.
+	appendFailing atomic.Bool
+}
+
+// append appends entry to the log, durably, and tracks the log's health.
+func (b *Broker) append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
+	idx, cp, err := b.cfg.Log.Append(ctx, entry)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.appendFailing.Store(true)
+		}
+		return 0, cp, err
+	}
+	b.appendFailing.Store(false)
+	return idx, cp, nil
 }
 
 // activeManifest is a manifest version the broker activated.
@@ -243,7 +259,7 @@ func (b *Broker) logIdentity(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't encode the identity entry: %w", err)
 	}
-	idx, _, err := b.cfg.Log.Append(ctx, entry)
+	idx, _, err := b.append(ctx, entry)
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't log the broker identity: %w", err)
 	}
@@ -496,7 +512,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 	}); err != nil {
 		return nil, fmt.Errorf("couldn't record the pending manifest: %w", err)
 	}
-	idx, _, err := b.cfg.Log.Append(ctx, entry)
+	idx, _, err := b.append(ctx, entry)
 	if err != nil {
 		// The pending record stays: if the entry did reach the log after
 		// all, the next start activates it (the log is the truth).

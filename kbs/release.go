@@ -107,7 +107,7 @@ func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("couldn't encode the release entry: %w", err)
 	}
-	idx, cp, err := b.cfg.Log.Append(ctx, entry)
+	idx, cp, err := b.append(ctx, entry)
 	if err != nil {
 		return logUnavailable(err)
 	}
