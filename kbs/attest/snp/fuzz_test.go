@@ -30,6 +30,9 @@ func fuzzSeeds(f *testing.F) []byte {
 func FuzzParseEvidence(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if IsSimulated(data) != IsSimulated(data) {
+			t.Fatalf("IsSimulated is not deterministic")
+		}
 		ev, err := ParseEvidence(data)
 		ev2, err2 := ParseEvidence(data)
 		if (err == nil) != (err2 == nil) {

@@ -97,3 +97,12 @@ func TestGenerateSim(t *testing.T) {
 		t.Errorf("GenerateSim accepted a damaged sim")
 	}
 }
+
+func TestIsSimulatedHardware(t *testing.T) {
+	if IsSimulated(milanEvidence(t, true).Data) {
+		t.Errorf("IsSimulated(real Milan evidence) = true")
+	}
+	if IsSimulated(milanEvidence(t, false).Data) || IsSimulated(nil) {
+		t.Errorf("IsSimulated(no table) = true")
+	}
+}
