@@ -15,7 +15,7 @@ import (
 // with REPORT_DATA {1}.
 func fuzzSeeds(f *testing.F) []byte {
 	real := milanEvidence(f, true).Data
-	sim, err := os.ReadFile("testdata/sim-evidence.bin")
+	sim, err := os.ReadFile("../../../testdata/snp/sim-evidence.bin")
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 // testSim returns the committed sim fixture (see gen.go).
 func testSim(t testing.TB) string {
 	t.Helper()
-	return "testdata/sim"
+	return "../../../testdata/snp/sim"
 }
 
 // simNow is a time at which the sim fixture's certificates are valid.
