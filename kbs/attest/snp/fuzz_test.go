@@ -30,7 +30,8 @@ func fuzzSeeds(f *testing.F) []byte {
 func FuzzParseEvidence(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if IsSimulated(data) != IsSimulated(data) {
+		sim1, sim2 := IsSimulated(data), IsSimulated(data)
+		if sim1 != sim2 {
 			t.Fatalf("IsSimulated is not deterministic")
 		}
 		ev, err := ParseEvidence(data)
@@ -39,6 +40,9 @@ func FuzzParseEvidence(f *testing.F) {
 			t.Fatalf("non-deterministic: %v then %v", err, err2)
 		}
 		if err != nil {
+			if sim1 {
+				t.Fatalf("IsSimulated(unparsable evidence) = true")
+			}
 			return
 		}
 		if !bytes.Equal(ev.Marshal(), ev2.Marshal()) {
