@@ -31,6 +31,11 @@
 //
 // Every rejection wraps one of the Err* sentinels of this package, so callers
 // and tests can tell them apart with errors.Is.
+//
+// The simulated TEE's SNP part also lives here (sim.go): GenerateSim makes a
+// fake AMD hierarchy with fresh keys, NewSimIssuer signs reports under it,
+// and SimRoots/RootsFromCerts turn it into Options.Roots. Package
+// kbs/attest/sim composes it with the simulated TDX.
 package snp
 
 import (
