@@ -146,6 +146,7 @@ func TestVerifyRealQuoteNegative(t *testing.T) {
 		{name: "attestation key", ev: tdxEvidence(flip(raw, attestKeyOff+5)), rd: rd, want: ErrAttestationKeyBinding},
 		{name: "QE vendor", ev: tdxEvidence(flip(raw, qeVendorOff)), rd: rd, want: ErrQEVendor},
 		{name: "truncated", ev: tdxEvidence(raw[:900]), rd: rd, want: ErrMalformedQuote},
+		{name: "oversized", ev: tdxEvidence(append(bytes.Clone(raw), make([]byte, MaxQuoteSize)...)), rd: rd, want: ErrMalformedQuote},
 		{name: "quote version 3", ev: tdxEvidence(flip(raw, 0)), rd: rd, want: ErrMalformedQuote},
 		{name: "SNP platform", ev: attest.Evidence{Platform: attest.SNP, Data: raw}, rd: rd, want: ErrNotTDX},
 	} {
