@@ -504,3 +504,37 @@ func TestNewVerifierOptions(t *testing.T) {
 		t.Error("IntelRoot is not the Intel SGX Root CA")
 	}
 }
+
+// TestChainForm: the PCK chain must be three PEM certificates with Intel's
+// names, each issued by the next.
+func TestChainForm(t *testing.T) {
+	q, err := parseQuote(realQuote(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := parseChain(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chain.checkNames(); err != nil {
+		t.Fatalf("checkNames(real chain) = %v", err)
+	}
+	for _, edit := range []func(c *pckChain){
+		func(c *pckChain) { c.leaf.Subject.CommonName = "Intel SGX PCK Certificate " },
+		func(c *pckChain) { c.intermediate.Subject.CommonName = "Intel SGX PCK Processor CA" },
+		func(c *pckChain) { c.root.Subject.CommonName = "Rogue Root CA" },
+		func(c *pckChain) { c.leaf.SignatureAlgorithm = x509.ECDSAWithSHA384 },
+		func(c *pckChain) { c.intermediate, c.root = c.root, c.intermediate },
+	} {
+		c, _ := parseChain(q)
+		edit(c)
+		wantOnly(t, c.checkNames(), ErrCertChain)
+	}
+	pcd := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData()
+	full := pcd.PckCertChain
+	for _, bad := range [][]byte{full[:len(full)/2], append(bytes.Clone(full), "junk"...), []byte("not PEM")} {
+		pcd.PckCertChain = bad
+		_, err := parseChain(q)
+		wantOnly(t, err, ErrCertChain)
+	}
+}
