@@ -65,7 +65,7 @@ type Policy struct {
 
 const measurementSize = 48
 
-// check returns the fields the policy checks, or an ErrPolicy error.
+// check reports an invalid policy as an ErrPolicy error.
 func (p *Policy) check() error {
 	for _, f := range p.Any {
 		if !slices.Contains(Fields, f) {
@@ -122,64 +122,69 @@ func (p *Policy) check() error {
 // itself, so that a mismatch yields a precise error (a *MismatchError that
 // unwraps to ErrMRTD, ErrRTMR, ...), then hands the claims with every option
 // p sets to go-tdx-guest's validate.TdxQuote, which also enforces the
-// architecturally fixed bits of XFAM and TD_ATTRIBUTES (ErrValidate).
+// architecturally fixed bits of XFAM and TD_ATTRIBUTES (ErrValidate). It
+// returns the first failure; ValidateAll returns them all.
 //
 // REPORT_DATA, the quote header (QE vendor, QE and PCE SVN) and the
 // signatures are Verify's job: Verify binds REPORT_DATA and fixes the vendor,
 // the collateral judges the QE and PCE SVNs.
 func Validate(c *attest.Claims, p Policy) error {
+	if errs := ValidateAll(c, p); len(errs) > 0 {
+		return errs[0]
+	}
+	return nil
+}
+
+// ValidateAll is Validate reporting every failure, for explaining field by
+// field why evidence does not match: an invalid policy or claims alone, else
+// the debug bit and each mismatching field in the order of Fields, else a
+// rejection by go-tdx-guest. It returns nil when the claims satisfy p.
+func ValidateAll(c *attest.Claims, p Policy) []error {
 	if err := p.check(); err != nil {
-		return err
+		return []error{err}
 	}
 	if c == nil || c.Platform != attest.TDX || c.TDX == nil {
-		return ErrClaims
+		return []error{ErrClaims}
 	}
 	t := c.TDX
-	if t.TDAttributes&tdAttributesDebug != 0 {
-		return fmt.Errorf("%w: TD_ATTRIBUTES %#016x", ErrDebug, t.TDAttributes)
-	}
 	if len(t.MRTD) != measurementSize || len(t.MRConfigID) != measurementSize || len(t.MROwner) != measurementSize ||
 		len(t.MROwnerConfig) != measurementSize || len(t.MRSeam) != measurementSize || len(t.TEETCBSVN) != 16 {
-		return fmt.Errorf("%w: field of the wrong size", ErrClaims)
+		return []error{fmt.Errorf("%w: field of the wrong size", ErrClaims)}
 	}
 	for _, r := range t.RTMR {
 		if len(r) != measurementSize {
-			return fmt.Errorf("%w: RTMR of the wrong size", ErrClaims)
+			return []error{fmt.Errorf("%w: RTMR of the wrong size", ErrClaims)}
 		}
 	}
 
-	mismatch := func(f Field, got, want []byte, err error) error {
-		if want == nil || bytes.Equal(got, want) {
-			return nil
-		}
-		return &MismatchError{Field: f, Got: hex.EncodeToString(got), Want: hex.EncodeToString(want), Err: err}
+	var errs []error
+	if t.TDAttributes&tdAttributesDebug != 0 {
+		errs = append(errs, fmt.Errorf("%w: TD_ATTRIBUTES %#016x", ErrDebug, t.TDAttributes))
 	}
-	errs := []error{
-		mismatch(FieldMRTD, t.MRTD, p.MRTD, ErrMRTD),
-		mismatch(FieldRTMR0, t.RTMR[0], p.RTMR[0], ErrRTMR),
-		mismatch(FieldRTMR1, t.RTMR[1], p.RTMR[1], ErrRTMR),
-		mismatch(FieldRTMR2, t.RTMR[2], p.RTMR[2], ErrRTMR),
-		mismatch(FieldRTMR3, t.RTMR[3], p.RTMR[3], ErrRTMR),
-		mismatch(FieldMRConfigID, t.MRConfigID, p.MRConfigID, ErrMRConfigID),
-		mismatch(FieldMROwner, t.MROwner, p.MROwner, ErrMROwner),
-		mismatch(FieldMROwnerConfig, t.MROwnerConfig, p.MROwnerConfig, ErrMROwnerConfig),
-	}
-	for _, err := range errs {
-		if err != nil {
-			return err
+	mismatch := func(f Field, got, want []byte, err error) {
+		if want != nil && !bytes.Equal(got, want) {
+			errs = append(errs, &MismatchError{Field: f, Got: hex.EncodeToString(got), Want: hex.EncodeToString(want), Err: err})
 		}
 	}
+	mismatch(FieldMRTD, t.MRTD, p.MRTD, ErrMRTD)
+	for i, f := range rtmrFields {
+		mismatch(f, t.RTMR[i], p.RTMR[i], ErrRTMR)
+	}
+	mismatch(FieldMRConfigID, t.MRConfigID, p.MRConfigID, ErrMRConfigID)
+	mismatch(FieldMROwner, t.MROwner, p.MROwner, ErrMROwner)
+	mismatch(FieldMROwnerConfig, t.MROwnerConfig, p.MROwnerConfig, ErrMROwnerConfig)
 	if p.XFAM != nil && t.XFAM != *p.XFAM {
-		return &MismatchError{Field: FieldXFAM, Got: fmt.Sprintf("%#x", t.XFAM), Want: fmt.Sprintf("%#x", *p.XFAM), Err: ErrXFAM}
+		errs = append(errs, &MismatchError{Field: FieldXFAM, Got: fmt.Sprintf("%#x", t.XFAM), Want: fmt.Sprintf("%#x", *p.XFAM), Err: ErrXFAM})
 	}
 	if p.TDAttributes != nil && t.TDAttributes != *p.TDAttributes {
-		return &MismatchError{Field: FieldTDAttributes, Got: fmt.Sprintf("%#x", t.TDAttributes), Want: fmt.Sprintf("%#x", *p.TDAttributes), Err: ErrTDAttributes}
+		errs = append(errs, &MismatchError{Field: FieldTDAttributes, Got: fmt.Sprintf("%#x", t.TDAttributes), Want: fmt.Sprintf("%#x", *p.TDAttributes), Err: ErrTDAttributes})
 	}
 	if p.MinTEETCBSVN != nil {
 		for i := range p.MinTEETCBSVN {
 			if t.TEETCBSVN[i] < p.MinTEETCBSVN[i] {
-				return &MismatchError{Field: FieldMinTEETCBSVN, Got: hex.EncodeToString(t.TEETCBSVN),
-					Want: fmt.Sprintf("at least %s (component %d)", hex.EncodeToString(p.MinTEETCBSVN), i), Err: ErrTEETCBSVN}
+				errs = append(errs, &MismatchError{Field: FieldMinTEETCBSVN, Got: hex.EncodeToString(t.TEETCBSVN),
+					Want: fmt.Sprintf("at least %s (component %d)", hex.EncodeToString(p.MinTEETCBSVN), i), Err: ErrTEETCBSVN})
+				break
 			}
 		}
 	}
@@ -187,9 +192,13 @@ func Validate(c *attest.Claims, p Policy) error {
 	if p.MRSeam != nil {
 		i := slices.IndexFunc(p.MRSeam, func(m []byte) bool { return bytes.Equal(m, t.MRSeam) })
 		if i < 0 {
-			return &MismatchError{Field: FieldMRSeam, Got: hex.EncodeToString(t.MRSeam), Want: fmt.Sprintf("one of %d allowed values", len(p.MRSeam)), Err: ErrMRSeam}
+			errs = append(errs, &MismatchError{Field: FieldMRSeam, Got: hex.EncodeToString(t.MRSeam), Want: fmt.Sprintf("one of %d allowed values", len(p.MRSeam)), Err: ErrMRSeam})
+		} else {
+			mrSeam = p.MRSeam[i]
 		}
-		mrSeam = p.MRSeam[i]
+	}
+	if len(errs) > 0 {
+		return errs
 	}
 
 	// The same checks once more, by go-tdx-guest.
@@ -219,7 +228,7 @@ func Validate(c *attest.Claims, p Policy) error {
 		},
 	}
 	if err := libValidate(quoteOf(c), opts); err != nil {
-		return fmt.Errorf("%w: %v", ErrValidate, err)
+		return []error{fmt.Errorf("%w: %v", ErrValidate, err)}
 	}
 	return nil
 }
@@ -258,7 +267,7 @@ func quoteOf(c *attest.Claims) *pb.QuoteV4 {
 			TeeType:            abi.TeeTDX,
 			QeSvn:              z(2),
 			PceSvn:             z(2),
-			QeVendorId:         IntelQEVendorID,
+			QeVendorId:         intelQEVendorID,
 			UserData:           z(20),
 		},
 		TdQuoteBody: &pb.TDQuoteBody{

@@ -145,3 +145,33 @@ func TestValidateClaims(t *testing.T) {
 	debug.TDX = &dt
 	wantOnly(t, Validate(&debug, Policy{Any: Fields}), ErrDebug)
 }
+
+// TestValidateAll reports every mismatching field, in the order of Fields.
+func TestValidateAll(t *testing.T) {
+	c := realClaims(t)
+	if errs := ValidateAll(c, realPolicy(c)); errs != nil {
+		t.Fatalf("ValidateAll(matching policy) = %v", errs)
+	}
+	p := realPolicy(c)
+	bad := bytes.Repeat([]byte{0xcd}, 48)
+	p.MRTD, p.RTMR[1], p.MRSeam = bad, bad, [][]byte{bad}
+	a := uint64(0)
+	p.TDAttributes = &a
+	errs := ValidateAll(c, p)
+	want := []Field{FieldMRTD, FieldRTMR1, FieldTDAttributes, FieldMRSeam}
+	if len(errs) != len(want) {
+		t.Fatalf("ValidateAll = %v, want %d mismatches", errs, len(want))
+	}
+	for i, err := range errs {
+		var me *MismatchError
+		if !errors.As(err, &me) || me.Field != want[i] {
+			t.Errorf("ValidateAll[%d] = %v, want a mismatch on %s", i, err, want[i])
+		}
+	}
+	if err := Validate(c, p); !errors.Is(err, ErrMRTD) {
+		t.Errorf("Validate = %v, want the first mismatch (MRTD)", err)
+	}
+	if errs := ValidateAll(c, Policy{}); len(errs) != 1 || !errors.Is(errs[0], ErrPolicy) {
+		t.Errorf("ValidateAll(zero policy) = %v, want one ErrPolicy", errs)
+	}
+}

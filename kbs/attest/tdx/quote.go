@@ -29,8 +29,8 @@ const (
 	attestationKeyEnd = signatureEnd + 64
 )
 
-// IntelQEVendorID is QE_VENDOR_ID of quotes from Intel's quoting enclave.
-var IntelQEVendorID = []byte{0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07}
+// intelQEVendorID is QE_VENDOR_ID of quotes from Intel's quoting enclave.
+var intelQEVendorID = []byte{0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07}
 
 // tdAttributesDebug is bit 0 of TD_ATTRIBUTES: the TD runs in debug mode,
 // the host can read and write its memory.
@@ -102,10 +102,8 @@ func (c *pckChain) checkNames() error {
 		{c.intermediate, c.root, "Intel SGX PCK Platform CA"},
 		{c.leaf, c.intermediate, "Intel SGX PCK Certificate"},
 	} {
+		// go-tdx-guest v0.3.1 accepts only the Platform CA as intermediate.
 		cn := x.cn
-		if x.cert == c.intermediate && x.cert.Subject.CommonName == "Intel SGX PCK Processor CA" {
-			cn = "Intel SGX PCK Processor CA"
-		}
 		if x.cert.Subject.CommonName != cn {
 			return fmt.Errorf("%w: subject CN %q, want %q", ErrCertChain, x.cert.Subject.CommonName, cn)
 		}

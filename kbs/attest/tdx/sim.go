@@ -223,6 +223,19 @@ type simPKI struct {
 // the existing parents; material that does not fit together is an error,
 // never overwritten. The collateral cache is (re)issued when it is missing,
 // does not verify, or expires within 30 days.
+//
+// The files (PEM; keys PKCS#8, mode 0600):
+//
+//	tdx-root.pem, tdx-root.key            "Intel SGX Root CA" (self-signed, 25 years)
+//	tdx-pck-ca.pem, tdx-pck-ca.key        "Intel SGX PCK Platform CA" (20 years)
+//	tdx-pck.pem, tdx-pck.key              "Intel SGX PCK Certificate" with SGX extensions (10 years)
+//	tdx-tcb-signing.pem, tdx-tcb-signing.key  "Intel SGX TCB Signing" (10 years)
+//	tdx-attestation.key                   the quoting enclave's attestation key
+//	tdx-collateral/                       TCB info, QE identity, PCK CRL, root CRL (1 year)
+//
+// The CRL distribution points of the sim root, CA and TCB signing
+// certificates start with https://kbs-sim.invalid/, which tells sim quotes
+// apart at a glance; it is never a reason to trust them.
 func GenerateSim(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("tdx: sim dir: %w", err)
@@ -599,7 +612,7 @@ func newSimIssuer(pki *simPKI, opts SimOptions) (*simIssuer, error) {
 			TeeType:            abi.TeeTDX,
 			QeSvn:              []byte{0, 0},
 			PceSvn:             []byte{0, 0},
-			QeVendorId:         IntelQEVendorID,
+			QeVendorId:         intelQEVendorID,
 			UserData:           simHeaderUserData,
 		},
 		body: body,

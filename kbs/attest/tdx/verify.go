@@ -193,7 +193,7 @@ func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [a
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(q.GetHeader().GetQeVendorId(), IntelQEVendorID) {
+	if !bytes.Equal(q.GetHeader().GetQeVendorId(), intelQEVendorID) {
 		return nil, fmt.Errorf("%w: QE_VENDOR_ID %x", ErrQEVendor, q.GetHeader().GetQeVendorId())
 	}
 	now := v.now()
