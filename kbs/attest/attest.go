@@ -94,6 +94,14 @@ type SNPClaims struct {
 	Product      string // "Milan", "Genoa", ...
 	// SignerKey says which key signed the report: "vcek" or "vlek".
 	SignerKey string
+	// PlatformInfo is the PLATFORM_INFO field (bit 0: SMT enabled on the
+	// host, bit 1: TSME enabled).
+	PlatformInfo uint64
+	// Report is the raw, signature-verified 1184-byte report, and
+	// EndorsementKey the DER certificate (VCEK or VLEK) that verified it;
+	// policy validation re-reads both.
+	Report         []byte
+	EndorsementKey []byte
 }
 
 // TDXClaims are the fields of a verified TDX quote (v4).

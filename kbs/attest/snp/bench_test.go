@@ -1,0 +1,98 @@
+package snp
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-sev-guest/verify"
+)
+
+// BenchmarkVerifyValidate measures Verify followed by Validate on simulated
+// evidence (same formats and key types as hardware: ECDSA P-384 report
+// signature, RSA-PSS certificate chain): cold builds a new Verifier per
+// operation, so every chain is verified; warm reuses one, so the chain
+// comes from the cache. Real-Milan measures signature + chain on the real
+// report (its debug policy ends Verify before Validate).
+func BenchmarkVerifyValidate(b *testing.B) {
+	ctx := context.Background()
+	dir := testSim(b)
+	rd := [64]byte{5}
+	ev := issue(b, dir, SimOptions{}, rd)
+	pol := simPolicy(b, dir)
+	roots := simVerifier(b, dir).rootList()
+	now := simNow(b)
+	opts := Options{Roots: roots, Now: func() time.Time { return now }}
+	run := func(b *testing.B, v *Verifier) {
+		c, err := v.Verify(ctx, ev, rd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := Validate(c, pol); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			v, err := NewVerifier(opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			run(b, v)
+		}
+	})
+	b.Run("warm", func(b *testing.B) {
+		v, err := NewVerifier(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		run(b, v)
+		for b.Loop() {
+			run(b, v)
+		}
+	})
+	b.Run("verify-only-warm", func(b *testing.B) {
+		v, err := NewVerifier(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if _, err := v.Verify(ctx, ev, rd); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	real := milanEvidence(b, true)
+	for _, mode := range []string{"real-milan-cold", "real-milan-warm"} {
+		b.Run(mode, func(b *testing.B) {
+			v := amdVerifier(b, milanNow, "")
+			for b.Loop() {
+				if mode == "real-milan-cold" {
+					v = amdVerifier(b, milanNow, "")
+				}
+				parsed, err := ParseEvidence(real.Data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := v.authenticate(ctx, parsed); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkReportSignature is one ECDSA P-384 report signature check, the
+// floor of a warm verification.
+func BenchmarkReportSignature(b *testing.B) {
+	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
+	_, chain, err := loadSim(testSim(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := verify.SnpReportSignature(ev.Data[:ReportSize], chain[2]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

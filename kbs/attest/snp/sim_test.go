@@ -1,0 +1,108 @@
+package snp
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
+)
+
+// testSim returns the committed sim fixture (see gen.go).
+func testSim(t testing.TB) string {
+	t.Helper()
+	return "../../../testdata/snp/sim"
+}
+
+// simNow is a time at which the sim fixture's certificates are valid.
+func simNow(t testing.TB) time.Time {
+	t.Helper()
+	certs, err := SimRoots(testSim(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0].NotBefore.Add(24 * time.Hour)
+}
+
+func simVerifier(t testing.TB, dir string) *Verifier {
+	t.Helper()
+	certs, err := SimRoots(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := simNow(t)
+	v, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func issue(t testing.TB, dir string, opts SimOptions, rd [64]byte) attest.Evidence {
+	t.Helper()
+	iss, err := NewSimIssuer(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := iss.Issue(context.Background(), rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func TestSimRoundTrip(t *testing.T) {
+	dir := testSim(t)
+	rd := [64]byte{1, 2, 3}
+	ev := issue(t, dir, SimOptions{}, rd)
+	if !IsSimulated(ev.Data) {
+		t.Errorf("IsSimulated(sim evidence) = false")
+	}
+	c, err := simVerifier(t, dir).Verify(context.Background(), ev, rd)
+	if err != nil {
+		t.Fatalf("Verify(sim evidence) = %v", err)
+	}
+	if !c.Simulated || c.SNP.Product != "Milan" || c.ReportData != rd || c.SNP.SignerKey != "vcek" {
+		t.Errorf("claims = %+v", c.SNP)
+	}
+}
+
+func TestGenerateSim(t *testing.T) {
+	if testing.Short() {
+		t.Skip("generates RSA keys")
+	}
+	dir := t.TempDir()
+	if err := GenerateSim(dir); err != nil {
+		t.Fatal(err)
+	}
+	rd := [64]byte{4}
+	if _, err := simVerifier(t, dir).Verify(context.Background(), issue(t, dir, SimOptions{}, rd), rd); err != nil {
+		t.Fatalf("Verify(fresh sim evidence) = %v", err)
+	}
+	// GenerateSim keeps existing material.
+	before, _ := os.ReadFile(dir + "/vcek.key")
+	if err := GenerateSim(dir); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(dir + "/vcek.key")
+	if string(before) != string(after) {
+		t.Errorf("GenerateSim replaced an existing sim")
+	}
+	// A damaged sim is reported, not silently replaced.
+	if err := os.WriteFile(dir+"/vcek.pem", []byte("junk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := GenerateSim(dir); err == nil {
+		t.Errorf("GenerateSim accepted a damaged sim")
+	}
+}
+
+func TestIsSimulatedHardware(t *testing.T) {
+	if IsSimulated(milanEvidence(t, true).Data) {
+		t.Errorf("IsSimulated(real Milan evidence) = true")
+	}
+	if IsSimulated(milanEvidence(t, false).Data) || IsSimulated(nil) {
+		t.Errorf("IsSimulated(no table) = true")
+	}
+}

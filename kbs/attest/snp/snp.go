@@ -1,0 +1,579 @@
+// Package snp verifies AMD SEV-SNP attestation evidence and checks it
+// against reference values.
+//
+// Verification is split the way go-sev-guest splits it. A Verifier (this
+// file) establishes that a report is authentic and safe to read: the report
+// parses, its ECDSA P-384 signature verifies under the VCEK or VLEK, that
+// certificate chains to a trusted AMD root (the ARK/ASK/ASVK embedded in
+// go-sev-guest unless other roots are passed explicitly) at the verifier's
+// Now, the report agrees with its certificate (reported TCB, chip id), the
+// TCB values are consistent (reported ≤ committed ≤ current), debugging is
+// off, and REPORT_DATA equals the caller's binding. Validate (policy.go) then
+// checks every reference value a Policy names: measurement, host data,
+// family and image id, guest policy, VMPL, minimum TCB and guest SVN,
+// product and chip id.
+//
+// Trust: only the roots in Options.Roots (by default AMD's). Claims of
+// evidence that chains to any other root (the simulated TEE's) carry
+// Simulated = true. The certificate
+// table in the evidence is untrusted input; its ARK and ASK are ignored and
+// the VCEK/VLEK is trusted only after it chains to a trusted root. The
+// on-disk cache holds only endorsement certificates, which are re-verified
+// against the roots whenever they are used for the first time.
+//
+// Offline is the default: the endorsement certificate comes from the
+// evidence's certificate table or the cache, nothing is fetched and no CRL is
+// consulted. Options.Online fetches missing certificates from AMD's KDS and
+// checks the ASK against AMD's CRL.
+//
+// A successful chain verification is remembered per endorsement certificate
+// (that is, per chip and TCB), so a warm Verify costs one signature check.
+//
+// Every rejection wraps one of the Err* sentinels of this package, so callers
+// and tests can tell them apart with errors.Is.
+//
+// The simulated TEE's SNP part also lives here (sim.go): GenerateSim makes a
+// fake AMD hierarchy with fresh keys, NewSimIssuer signs reports under it,
+// and SimRoots/RootsFromCerts turn it into Options.Roots. Package
+// kbs/attest/sim composes it with the simulated TDX.
+package snp
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
+	spb "github.com/google/go-sev-guest/proto/sevsnp"
+	"github.com/google/go-sev-guest/verify"
+	"github.com/google/go-sev-guest/verify/trust"
+	"github.com/kbs-dev/kbs/kbs/attest"
+)
+
+// Errors returned by Verify. Each rejection wraps exactly one of them.
+var (
+	ErrMalformed          = errors.New("snp: malformed evidence")
+	ErrNoCertificate      = errors.New("snp: endorsement certificate (VCEK/VLEK) not in the evidence or the cache")
+	ErrCertificateExpired = errors.New("snp: certificate not valid at the verification time")
+	ErrSignature          = errors.New("snp: report signature does not verify")
+	ErrChain              = errors.New("snp: endorsement key does not chain to a trusted AMD root")
+	ErrRevoked            = errors.New("snp: revocation check failed")
+	ErrCertMismatch       = errors.New("snp: report does not match its endorsement certificate")
+	ErrTCBInconsistent    = errors.New("snp: TCB values inconsistent (want reported ≤ committed ≤ current)")
+	ErrDebug              = errors.New("snp: guest policy allows debugging")
+	ErrReportData         = errors.New("snp: REPORT_DATA does not match the expected binding")
+)
+
+// Options configure a Verifier. The zero value verifies offline against
+// AMD's embedded roots at time.Now.
+type Options struct {
+	// Now returns the time at which certificates must be valid.
+	// Optional; default time.Now.
+	Now func() time.Time
+	// CacheDir is a directory of endorsement certificates: the VCEK of every
+	// verified report is stored there (keyed by chip id and reported TCB), so
+	// later evidence without a certificate table verifies offline. In online
+	// mode, certificates fetched from AMD's KDS are cached there too.
+	// Optional; no disk cache when empty.
+	CacheDir string
+	// Roots are the trusted AMD root chains. Optional; nil trusts the ARK,
+	// ASK and ASVK of Milan, Genoa and Turin embedded in go-sev-guest. When
+	// set, only these roots are trusted.
+	Roots []Root
+	// Online fetches missing certificates from AMD's KDS and checks AMD's
+	// CRL. Default false: nothing leaves the machine.
+	Online bool
+	// Getter fetches URLs in online mode. Optional; default go-sev-guest's
+	// retrying HTTPS getter.
+	Getter trust.HTTPSGetter
+}
+
+// Root is one trusted AMD key hierarchy for a product line.
+type Root struct {
+	ProductLine string            // "Milan", "Genoa", "Turin"
+	ARK         *x509.Certificate // self-signed root
+	ASK         *x509.Certificate // signs VCEKs
+	ASVK        *x509.Certificate // signs VLEKs; optional
+}
+
+// Verifier verifies SNP evidence. It is safe for concurrent use.
+type Verifier struct {
+	now      func() time.Time
+	cacheDir string
+	online   bool
+	getter   trust.HTTPSGetter
+	roots    map[string][]*trust.AMDRootCerts
+	amdARKs  []*x509.Certificate // AMD's own ARKs, to mark other roots' claims Simulated
+
+	mu     sync.Mutex
+	chains map[[32]byte]*chainEntry
+}
+
+// chainEntry remembers an endorsement certificate that chained to a trusted
+// root, and the window in which that result holds.
+type chainEntry struct {
+	cert        *x509.Certificate
+	key         abi.ReportSigner
+	exts        *kds.Extensions
+	root        *trust.AMDRootCerts
+	productLine string
+	simulated   bool // the root is not one of AMD's
+	notBefore   time.Time
+	notAfter    time.Time
+}
+
+// maxChains bounds the chain cache; it is emptied when full.
+const maxChains = 4096
+
+// NewVerifier returns a Verifier for opts.
+func NewVerifier(opts Options) (*Verifier, error) {
+	v := &Verifier{
+		now:      opts.Now,
+		cacheDir: opts.CacheDir,
+		online:   opts.Online,
+		getter:   opts.Getter,
+		roots:    map[string][]*trust.AMDRootCerts{},
+		chains:   map[[32]byte]*chainEntry{},
+	}
+	if v.now == nil {
+		v.now = time.Now
+	}
+	amd, err := DefaultRoots()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range amd {
+		v.amdARKs = append(v.amdARKs, r.ARK)
+	}
+	roots := opts.Roots
+	if roots == nil {
+		roots = amd
+	}
+	if len(roots) == 0 {
+		return nil, errors.New("snp: no trusted roots")
+	}
+	for i, r := range roots {
+		if r.ProductLine == "" || r.ARK == nil || r.ASK == nil {
+			return nil, fmt.Errorf("snp: root %d: product line, ARK and ASK are required", i)
+		}
+		v.roots[r.ProductLine] = append(v.roots[r.ProductLine], &trust.AMDRootCerts{
+			ProductLine:  r.ProductLine,
+			ProductCerts: &trust.ProductCerts{Ark: r.ARK, Ask: r.ASK, Asvk: r.ASVK},
+		})
+	}
+	if v.online {
+		if v.getter == nil {
+			v.getter = trust.DefaultHTTPSGetter()
+		}
+		if v.cacheDir != "" {
+			v.getter = &cachingGetter{dir: v.cacheDir, next: v.getter}
+		}
+	}
+	return v, nil
+}
+
+// DefaultRoots returns AMD's ARK/ASK/ASVK for Milan, Genoa and Turin as
+// embedded in go-sev-guest.
+func DefaultRoots() ([]Root, error) {
+	roots, err := defaultRoots()
+	return slices.Clone(roots), err
+}
+
+var defaultRoots = sync.OnceValues(parseDefaultRoots)
+
+func parseDefaultRoots() ([]Root, error) {
+	bundles := []struct {
+		line       string
+		vcek, vlek []byte
+	}{
+		{"Milan", trust.AskArkMilanVcekBytes, trust.AskArkMilanVlekBytes},
+		{"Genoa", trust.AskArkGenoaVcekBytes, trust.AskArkGenoaVlekBytes},
+		{"Turin", trust.AskArkTurinVcekBytes, trust.AskArkTurinVlekBytes},
+	}
+	var out []Root
+	for _, b := range bundles {
+		var c, l trust.ProductCerts
+		if err := c.FromKDSCertBytes(b.vcek); err != nil {
+			return nil, fmt.Errorf("snp: embedded %s roots: %v", b.line, err)
+		}
+		r := Root{ProductLine: b.line, ARK: c.Ark, ASK: c.Ask}
+		// A VLEK bundle that does not parse (go-sev-guest v0.15.0's Turin one
+		// has trailing bytes) only means no VLEK support for that line.
+		if err := l.FromKDSCertBytes(b.vlek); err == nil && l.Ark != nil && l.Asvk != nil && l.Ark.Equal(c.Ark) {
+			r.ASVK = l.Asvk
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Verify checks SNP evidence as described in the package documentation and
+// returns its claims. reportData is the expected REPORT_DATA.
+func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [attest.ReportDataSize]byte) (c *attest.Claims, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = nil, fmt.Errorf("%w: verifier panic: %v", ErrMalformed, r)
+		}
+	}()
+	if ev.Platform != attest.SNP {
+		return nil, fmt.Errorf("%w: platform %q, want %q", ErrMalformed, ev.Platform, attest.SNP)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	parsed, err := ParseEvidence(ev.Data)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := v.authenticate(ctx, parsed)
+	if err != nil {
+		return nil, err
+	}
+	r := parsed.Proto
+	if err := checkAgainstCert(r, entry); err != nil {
+		return nil, err
+	}
+	if err := checkTCBOrder(r); err != nil {
+		return nil, err
+	}
+	pol, err := abi.ParseSnpPolicy(r.GetPolicy())
+	if err != nil {
+		return nil, fmt.Errorf("%w: guest policy: %v", ErrMalformed, err)
+	}
+	if pol.Debug {
+		return nil, fmt.Errorf("%w: guest policy 0x%x has DEBUG (bit 19) set", ErrDebug, r.GetPolicy())
+	}
+	if !bytes.Equal(r.GetReportData(), reportData[:]) {
+		return nil, fmt.Errorf("%w: report has %s…, want %s…", ErrReportData,
+			hex.EncodeToString(r.GetReportData()[:8]), hex.EncodeToString(reportData[:8]))
+	}
+	return claimsOf(ev, parsed, entry), nil
+}
+
+// authenticate checks the report's signature and its endorsement
+// certificate's chain, using the chain cache when it can.
+func (v *Verifier) authenticate(ctx context.Context, ev *Evidence) (*chainEntry, error) {
+	key, err := ev.signer()
+	if err != nil {
+		return nil, err
+	}
+	der, err := v.endorsementCert(ctx, ev, key)
+	if err != nil {
+		return nil, err
+	}
+	now := v.now()
+	id := sha256.Sum256(der)
+	v.mu.Lock()
+	entry := v.chains[id]
+	v.mu.Unlock()
+	if entry != nil && entry.key == key && !now.Before(entry.notBefore) && !now.After(entry.notAfter) {
+		if err := verify.SnpReportSignature(ev.Report, entry.cert); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		}
+		if err := v.checkRevocation(ctx, entry, now); err != nil {
+			return nil, err
+		}
+		return entry, nil
+	}
+
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v certificate: %v", ErrMalformed, key, err)
+	}
+	if now.Before(cert.NotBefore) || now.After(cert.NotAfter) {
+		return nil, fmt.Errorf("%w: %v certificate valid %s to %s, now is %s", ErrCertificateExpired,
+			key, cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	// The signature under the (not yet trusted) certificate first, so that a
+	// damaged report and an untrusted key give different errors.
+	if err := verify.SnpReportSignature(ev.Report, cert); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+	}
+	exts, err := kds.CertificateExtensions(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v certificate extensions: %v", ErrChain, key, err)
+	}
+	productLine := productLineOf(ev.Proto, exts, key)
+	chain := &spb.CertificateChain{Extras: map[string][]byte{}}
+	if key == abi.VlekReportSigner {
+		chain.VlekCert = der
+	} else {
+		chain.VcekCert = der
+	}
+	opts := &verify.Options{
+		CheckRevocations:    false, // done below against the root that matched
+		DisableCertFetching: true,  // the certificate is already in hand
+		Getter:              v.getter,
+		Now:                 now,
+		TrustedRoots:        v.roots,
+	}
+	if err := verify.SnpAttestationContext(ctx, &spb.Attestation{Report: ev.Proto, CertificateChain: chain}, opts); err != nil {
+		for _, r := range v.roots[productLine] {
+			for _, c := range []*x509.Certificate{r.ProductCerts.Ark, r.ProductCerts.Ask, r.ProductCerts.Asvk} {
+				if c != nil && (now.Before(c.NotBefore) || now.After(c.NotAfter)) {
+					return nil, fmt.Errorf("%w: %s root certificate %q valid %s to %s: %v", ErrCertificateExpired,
+						productLine, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), err)
+				}
+			}
+		}
+		return nil, fmt.Errorf("%w: %v", ErrChain, err)
+	}
+	root := v.matchRoot(productLine, key, cert, now)
+	if root == nil {
+		return nil, fmt.Errorf("%w: no %s root verifies the %v certificate", ErrChain, productLine, key)
+	}
+	entry = &chainEntry{cert: cert, key: key, exts: exts, root: root, productLine: productLine,
+		simulated: !slices.ContainsFunc(v.amdARKs, root.ProductCerts.Ark.Equal),
+		notBefore: cert.NotBefore, notAfter: cert.NotAfter}
+	for _, c := range []*x509.Certificate{root.ProductCerts.Ark, root.ProductCerts.Ask, root.ProductCerts.Asvk} {
+		if c == nil {
+			continue
+		}
+		if c.NotBefore.After(entry.notBefore) {
+			entry.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(entry.notAfter) {
+			entry.notAfter = c.NotAfter
+		}
+	}
+	if err := v.checkRevocation(ctx, entry, now); err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	if len(v.chains) >= maxChains {
+		clear(v.chains)
+	}
+	v.chains[id] = entry
+	v.mu.Unlock()
+	if key == abi.VcekReportSigner {
+		v.storeCert(ev.Proto, der)
+	}
+	return entry, nil
+}
+
+// matchRoot returns the root of productLine that verifies cert.
+func (v *Verifier) matchRoot(productLine string, key abi.ReportSigner, cert *x509.Certificate, now time.Time) *trust.AMDRootCerts {
+	for _, r := range v.roots[productLine] {
+		opts := r.X509Options(now, key)
+		if opts == nil {
+			continue
+		}
+		if _, err := cert.Verify(*opts); err == nil {
+			return r
+		}
+	}
+	return nil
+}
+
+func (v *Verifier) checkRevocation(ctx context.Context, e *chainEntry, now time.Time) error {
+	if !v.online {
+		return nil
+	}
+	opts := &verify.Options{Getter: v.getter, Now: now}
+	if err := verify.VcekNotRevokedContext(ctx, e.root, e.cert, opts); err != nil {
+		return fmt.Errorf("%w: %v", ErrRevoked, err)
+	}
+	return nil
+}
+
+// endorsementCert returns the DER of the certificate of the key that signed
+// the report: from the certificate table, else the disk cache, else (online)
+// AMD's KDS.
+func (v *Verifier) endorsementCert(ctx context.Context, ev *Evidence, key abi.ReportSigner) ([]byte, error) {
+	guid := abi.VcekGUID
+	if key == abi.VlekReportSigner {
+		guid = abi.VlekGUID
+	}
+	if der := ev.cert(guid); len(der) > 0 {
+		return der, nil
+	}
+	if key == abi.VlekReportSigner {
+		return nil, fmt.Errorf("%w: VLEK-signed report without a VLEK in its certificate table", ErrNoCertificate)
+	}
+	if v.cacheDir != "" {
+		if der, err := os.ReadFile(filepath.Join(v.cacheDir, vcekFileName(ev.Proto))); err == nil {
+			return der, nil
+		}
+	}
+	if !v.online {
+		return nil, fmt.Errorf("%w: offline, and no VCEK cached for chip %s… at TCB 0x%016x", ErrNoCertificate,
+			hex.EncodeToString(ev.Proto.GetChipId()[:8]), ev.Proto.GetReportedTcb())
+	}
+	att, err := verify.GetAttestationFromReportContext(ctx, ev.Proto, &verify.Options{Getter: v.getter, Now: v.now()})
+	if err != nil || len(att.GetCertificateChain().GetVcekCert()) == 0 {
+		return nil, fmt.Errorf("%w: fetching the VCEK from AMD KDS: %v", ErrNoCertificate, err)
+	}
+	return att.GetCertificateChain().GetVcekCert(), nil
+}
+
+func vcekFileName(r *spb.Report) string {
+	return fmt.Sprintf("vcek-%s-%016x.der", hex.EncodeToString(r.GetChipId()), r.GetReportedTcb())
+}
+
+// storeCert writes a verified VCEK to the disk cache. Failures only cost a
+// later offline verification, so they are ignored.
+func (v *Verifier) storeCert(r *spb.Report, der []byte) {
+	if v.cacheDir == "" {
+		return
+	}
+	_ = writeFileAtomic(filepath.Join(v.cacheDir, vcekFileName(r)), der, 0o644)
+}
+
+func writeFileAtomic(name string, data []byte, perm os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		return err
+	}
+	if old, err := os.ReadFile(name); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(name), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), name)
+}
+
+// cachingGetter serves KDS certificate downloads from a directory, and
+// fetches and stores them on a miss. CRLs are never cached on disk (the
+// library keeps them in memory until their NextUpdate).
+type cachingGetter struct {
+	dir  string
+	next trust.HTTPSGetter
+}
+
+func (g *cachingGetter) Get(url string) ([]byte, error) {
+	return g.GetContext(context.Background(), url)
+}
+
+func (g *cachingGetter) GetContext(ctx context.Context, url string) ([]byte, error) {
+	if bytes.HasSuffix([]byte(url), []byte("/crl")) {
+		return trust.GetWith(ctx, g.next, url)
+	}
+	h := sha256.Sum256([]byte(url))
+	name := filepath.Join(g.dir, "kds", hex.EncodeToString(h[:])+".bin")
+	if b, err := os.ReadFile(name); err == nil {
+		return b, nil
+	}
+	b, err := trust.GetWith(ctx, g.next, url)
+	if err != nil {
+		return nil, err
+	}
+	_ = writeFileAtomic(name, b, 0o644)
+	return b, nil
+}
+
+// productLineOf names the product line of the chip that made the report:
+// from the CPUID fields of v3+ reports, else from the certificate.
+func productLineOf(r *spb.Report, exts *kds.Extensions, key abi.ReportSigner) string {
+	if fms := r.GetCpuid1EaxFms(); fms != 0 {
+		return kds.ProductLineFromFms(fms)
+	}
+	if p, err := kds.ParseProductName(exts.ProductName, key); err == nil {
+		return kds.ProductLine(p)
+	}
+	return ""
+}
+
+// checkAgainstCert checks that the report's reported TCB is the TCB its
+// certificate was issued for, and that a VCEK-signed report names the chip
+// the VCEK belongs to.
+func checkAgainstCert(r *spb.Report, e *chainEntry) error {
+	if uint64(e.exts.TCBVersion) != r.GetReportedTcb() {
+		return fmt.Errorf("%w: REPORTED_TCB 0x%016x, %v certificate issued for TCB 0x%016x", ErrCertMismatch,
+			r.GetReportedTcb(), e.key, uint64(e.exts.TCBVersion))
+	}
+	if e.key == abi.VcekReportSigner && !allZero(r.GetChipId()) && !bytes.Equal(r.GetChipId(), e.exts.HWID) {
+		return fmt.Errorf("%w: CHIP_ID %s… is not the VCEK's hwID %s…", ErrCertMismatch,
+			hex.EncodeToString(r.GetChipId()[:8]), hex.EncodeToString(e.exts.HWID[:min(8, len(e.exts.HWID))]))
+	}
+	return nil
+}
+
+// checkTCBOrder enforces reported ≤ committed ≤ current, component-wise.
+func checkTCBOrder(r *spb.Report) error {
+	reported := kds.DecomposeTCBVersion(kds.TCBVersion(r.GetReportedTcb()))
+	committed := kds.DecomposeTCBVersion(kds.TCBVersion(r.GetCommittedTcb()))
+	current := kds.DecomposeTCBVersion(kds.TCBVersion(r.GetCurrentTcb()))
+	if !kds.TCBPartsLE(reported, committed) {
+		return fmt.Errorf("%w: REPORTED_TCB 0x%016x above COMMITTED_TCB 0x%016x", ErrTCBInconsistent, r.GetReportedTcb(), r.GetCommittedTcb())
+	}
+	if !kds.TCBPartsLE(committed, current) {
+		return fmt.Errorf("%w: COMMITTED_TCB 0x%016x above CURRENT_TCB 0x%016x", ErrTCBInconsistent, r.GetCommittedTcb(), r.GetCurrentTcb())
+	}
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func claimsOf(ev attest.Evidence, p *Evidence, e *chainEntry) *attest.Claims {
+	r := p.Proto
+	c := &attest.Claims{
+		Platform:       attest.SNP,
+		Simulated:      e.simulated,
+		Measurement:    bytes.Clone(r.GetMeasurement()),
+		EvidenceDigest: ev.Digest(),
+		SNP: &attest.SNPClaims{
+			Version:        r.GetVersion(),
+			GuestSVN:       r.GetGuestSvn(),
+			Policy:         r.GetPolicy(),
+			FamilyID:       bytes.Clone(r.GetFamilyId()),
+			ImageID:        bytes.Clone(r.GetImageId()),
+			VMPL:           r.GetVmpl(),
+			CurrentTCB:     r.GetCurrentTcb(),
+			ReportedTCB:    r.GetReportedTcb(),
+			CommittedTCB:   r.GetCommittedTcb(),
+			LaunchTCB:      r.GetLaunchTcb(),
+			HostData:       bytes.Clone(r.GetHostData()),
+			IDKeyDigest:    bytes.Clone(r.GetIdKeyDigest()),
+			ReportID:       bytes.Clone(r.GetReportId()),
+			ChipID:         bytes.Clone(r.GetChipId()),
+			Product:        e.productLine,
+			SignerKey:      signerName(e.key),
+			PlatformInfo:   r.GetPlatformInfo(),
+			Report:         bytes.Clone(p.Report),
+			EndorsementKey: bytes.Clone(e.cert.Raw),
+		},
+	}
+	copy(c.ReportData[:], r.GetReportData())
+	return c
+}
+
+func signerName(k abi.ReportSigner) string {
+	if k == abi.VlekReportSigner {
+		return "vlek"
+	}
+	return "vcek"
+}

@@ -1,0 +1,72 @@
+package tdx
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
+)
+
+// BenchmarkVerifyValidate measures Verify followed by Validate:
+//
+//	real: go-tdx-guest's Sapphire Rapids quote, Intel root, offline without
+//	      collateral;
+//	sim:  a sim quote with the sim collateral (TCB info, QE identity, both
+//	      CRLs), as go-tdx-guest checks it;
+//
+// cold with the chain cache disabled, warm with it enabled.
+func BenchmarkVerifyValidate(b *testing.B) {
+	ctx := context.Background()
+	run := func(b *testing.B, opts Options, raw []byte, rd [attest.ReportDataSize]byte, p Policy) {
+		v := mustVerifier(b, opts)
+		ev := tdxEvidence(raw)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			c, err := v.Verify(ctx, ev, rd)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := Validate(c, p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	raw, rd := realQuote(b), realReportData(b)
+	p := realPolicy(realClaims(b))
+	b.Run("real/cold", func(b *testing.B) { run(b, Options{Now: fixed(realNow), ChainCacheSize: -1}, raw, rd, p) })
+	b.Run("real/warm", func(b *testing.B) { run(b, Options{Now: fixed(realNow)}, raw, rd, p) })
+
+	dir := newSimDir(b)
+	srd := reportData("bench")
+	sraw := simQuote(b, dir, SimOptions{}, srd)
+	opts, err := SimVerifierOptions(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts.Now = fixed(time.Now())
+	cold := opts
+	cold.ChainCacheSize = -1
+	b.Run("sim-collateral/cold", func(b *testing.B) { run(b, cold, sraw, srd, simPolicy()) })
+	b.Run("sim-collateral/warm", func(b *testing.B) { run(b, opts, sraw, srd, simPolicy()) })
+}
+
+// BenchmarkQuoteSignature is the floor of a warm verification: one ECDSA
+// P-256 verification of the real quote's signature.
+func BenchmarkQuoteSignature(b *testing.B) {
+	raw := realQuote(b)
+	q, err := parseQuote(raw)
+	if err != nil {
+		b.Fatal(err)
+	}
+	key, err := p256Key(q.GetSignedData().GetEcdsaAttestationKey())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if !verifyRawSignature(key, signedMessage(raw), q.GetSignedData().GetSignature()) {
+			b.Fatal("signature does not verify")
+		}
+	}
+}

@@ -1,0 +1,68 @@
+package tdx_test
+
+import (
+	"context"
+	"crypto/sha512"
+	"fmt"
+	"log"
+	"os"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx"
+)
+
+// A simulated TD attests; the verifier trusts the sim root only because it
+// is passed explicitly, and marks the claims simulated.
+func Example() {
+	dir, err := os.MkdirTemp("", "tdx-sim")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := tdx.GenerateSim(dir); err != nil {
+		log.Fatal(err)
+	}
+	issuer, err := tdx.NewSimIssuer(dir, tdx.SimOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	binding := sha512.Sum512([]byte("kbs-release-v1\n..."))
+	ev, err := issuer.Issue(context.Background(), binding)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	opts, err := tdx.SimVerifierOptions(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	v, err := tdx.NewVerifier(opts)
+	if err != nil {
+		log.Fatal(err)
+	}
+	claims, err := v.Verify(context.Background(), ev, binding)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(claims.Platform, claims.Simulated, claims.TDX.TCBStatus)
+
+	policy := tdx.Policy{
+		MRTD: tdx.DefaultSimMRTD[:],
+		Any:  []tdx.Field{tdx.FieldRTMR0, tdx.FieldRTMR1, tdx.FieldRTMR2, tdx.FieldRTMR3, tdx.FieldMRConfigID, tdx.FieldMROwner, tdx.FieldMROwnerConfig, tdx.FieldXFAM, tdx.FieldTDAttributes, tdx.FieldMinTEETCBSVN, tdx.FieldMRSeam},
+	}
+	fmt.Println(tdx.Validate(claims, policy))
+	fmt.Println(tdx.Validate(claims, tdx.Policy{}))
+
+	// The same quote under the default (Intel) root is rejected.
+	hw, err := tdx.NewVerifier(tdx.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, err = hw.Verify(context.Background(), attest.Evidence{Platform: attest.TDX, Data: ev.Data}, binding)
+	fmt.Println(err != nil)
+	// Output:
+	// tdx true UpToDate
+	// <nil>
+	// tdx: invalid policy: mrtd is neither set nor listed in Any
+	// true
+}

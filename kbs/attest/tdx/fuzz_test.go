@@ -1,0 +1,155 @@
+package tdx
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-tdx-guest/abi"
+	"github.com/google/go-tdx-guest/pcs"
+	"google.golang.org/protobuf/proto"
+)
+
+func fuzzSeeds(f *testing.F) {
+	raw, err := os.ReadFile(realQuoteFile)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(raw)
+	f.Add(raw[:QuoteMinSizeForTest])
+	f.Add(flip(raw, signatureOff))
+	dir := f.TempDir()
+	if err := GenerateSim(dir); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(simQuote(f, dir, SimOptions{}, reportData("fuzz")))
+}
+
+// QuoteMinSizeForTest is the shortest input go-tdx-guest's parser reads.
+const QuoteMinSizeForTest = abi.QuoteMinSize
+
+// FuzzParseQuote: parsing never panics, is deterministic, fails only with
+// ErrMalformedQuote, and what parses serializes back to the same bytes.
+func FuzzParseQuote(f *testing.F) {
+	fuzzSeeds(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		q1, err1 := parseQuote(data)
+		q2, err2 := parseQuote(data)
+		if (err1 == nil) != (err2 == nil) || (err1 != nil && err1.Error() != err2.Error()) {
+			t.Fatalf("parseQuote not deterministic: %v, %v", err1, err2)
+		}
+		if err1 != nil {
+			if !errors.Is(err1, ErrMalformedQuote) {
+				t.Fatalf("parseQuote error %v is not ErrMalformedQuote", err1)
+			}
+			return
+		}
+		out, err := abi.QuoteToAbiBytes(q1)
+		if err != nil {
+			t.Fatalf("QuoteToAbiBytes(parsed quote) = %v", err)
+		}
+		if !bytes.Equal(out, data) {
+			t.Fatalf("round trip changed the quote: %d bytes in, %d out", len(data), len(out))
+		}
+		if !proto.Equal(q1, q2) {
+			t.Fatalf("parseQuote not deterministic: two parses differ")
+		}
+		_ = chainCacheKey(data)
+	})
+}
+
+// FuzzVerify: Verify never panics and gives the same answer cold and warm.
+func FuzzVerify(f *testing.F) {
+	fuzzSeeds(f)
+	rd := realReportData(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v := mustVerifier(t, Options{Now: fixed(realNow)})
+		ev := tdxEvidence(data)
+		c1, err1 := v.Verify(context.Background(), ev, rd)
+		c2, err2 := v.Verify(context.Background(), ev, rd) // warm if the first passed
+		if (err1 == nil) != (err2 == nil) || (err1 != nil && err1.Error() != err2.Error()) {
+			t.Fatalf("Verify not deterministic: %v, %v", err1, err2)
+		}
+		if err1 == nil && (!bytes.Equal(c1.Measurement, c2.Measurement) || c1.EvidenceDigest != c2.EvidenceDigest) {
+			t.Fatalf("Verify claims differ cold and warm")
+		}
+		if err1 == nil && c1.Simulated {
+			t.Fatalf("quote verified under the Intel root is marked simulated")
+		}
+	})
+}
+
+// FuzzCollateralCache: the collateral cache is on the host's disk, so its
+// files are untrusted. A fuzzed TCB info or QE identity file never panics
+// and never passes unless it still carries the collateral Intel's (here: the
+// sim's) TCB signing key signed, and the answer is the same on every try.
+func FuzzCollateralCache(f *testing.F) {
+	dir := f.TempDir()
+	if err := GenerateSim(dir); err != nil {
+		f.Fatal(err)
+	}
+	src := filepath.Join(dir, SimCollateralDir)
+	files, err := os.ReadDir(src)
+	if err != nil {
+		f.Fatal(err)
+	}
+	orig := map[string][]byte{}
+	for _, e := range files {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			f.Fatal(err)
+		}
+		orig[e.Name()] = b
+	}
+	tcbFile := cacheFileName(pcs.TcbInfoURL(hex.EncodeToString(simFMSPC)))
+	qeFile := cacheFileName(pcs.QeIdentityURL())
+	f.Add(false, orig[tcbFile])
+	f.Add(true, orig[qeFile])
+	rd := reportData("fuzz collateral")
+	raw := simQuote(f, dir, SimOptions{}, rd)
+	roots, err := SimRoots(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, qe bool, data []byte) {
+		cdir := t.TempDir()
+		for name, b := range orig {
+			if err := os.WriteFile(filepath.Join(cdir, name), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		target := tcbFile
+		if qe {
+			target = qeFile
+		}
+		if err := os.WriteFile(filepath.Join(cdir, target), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var errs [2]error
+		for i := range errs {
+			v := mustVerifier(t, Options{Now: fixed(now), TrustedRoots: roots, CollateralDir: cdir, RequireCollateral: true})
+			_, errs[i] = v.Verify(context.Background(), tdxEvidence(raw), rd)
+		}
+		if (errs[0] == nil) != (errs[1] == nil) || (errs[0] != nil && errs[0].Error() != errs[1].Error()) {
+			t.Fatalf("Verify not deterministic: %v, %v", errs[0], errs[1])
+		}
+		if errs[0] != nil && !errors.Is(errs[0], ErrCollateral) && !errors.Is(errs[0], ErrCollateralUnavailable) {
+			t.Fatalf("bad collateral gave %v, want ErrCollateral or ErrCollateralUnavailable", errs[0])
+		}
+		if errs[0] == nil {
+			// Only a file that still holds the signed body may pass.
+			var r cachedResponse
+			var o cachedResponse
+			if json.Unmarshal(data, &r) != nil || json.Unmarshal(orig[target], &o) != nil || !bytes.Equal(r.Body, o.Body) {
+				t.Fatalf("altered collateral %q accepted", data)
+			}
+		}
+	})
+}

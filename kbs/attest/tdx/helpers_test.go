@@ -1,0 +1,141 @@
+package tdx
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
+)
+
+// The real quote: go-tdx-guest's Sapphire Rapids sample, copied by
+// testdata/tdx/gen.go. Its PCK leaf is valid from 2022-09-20 to 2029-09-20.
+const (
+	realQuoteFile     = "../../../testdata/tdx/quote-spr.dat"
+	intelCollateral   = "../../../testdata/tdx/intel-collateral"
+	realMRTD          = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
+	realReportDataHex = "6c62dec1b8191749a31dab490be532a35944dea47caef1f980863993d9899545eb7406a38d1eed313b987a467dacead6f0c87a6d766c66f6f29f8acb281f1113"
+)
+
+// realNow lies inside the validity of the real quote's PCK chain.
+var realNow = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
+
+func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
+
+func realQuote(t testing.TB) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(realQuoteFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func realReportData(t testing.TB) [attest.ReportDataSize]byte {
+	t.Helper()
+	var rd [attest.ReportDataSize]byte
+	b, err := hex.DecodeString(realReportDataHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(rd[:], b)
+	return rd
+}
+
+func tdxEvidence(raw []byte) attest.Evidence { return attest.Evidence{Platform: attest.TDX, Data: raw} }
+
+func mustVerifier(t testing.TB, opts Options) *Verifier {
+	t.Helper()
+	v, err := NewVerifier(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// newSimDir generates a sim PKI in a fresh directory.
+func newSimDir(t testing.TB) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "sim")
+	if err := GenerateSim(dir); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func simVerifier(t testing.TB, dir string, now time.Time) *Verifier {
+	t.Helper()
+	opts, err := SimVerifierOptions(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Now = fixed(now)
+	return mustVerifier(t, opts)
+}
+
+func simQuote(t testing.TB, dir string, opts SimOptions, rd [attest.ReportDataSize]byte) []byte {
+	t.Helper()
+	iss, err := NewSimIssuer(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := iss.Issue(context.Background(), rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Platform != attest.TDX {
+		t.Fatalf("sim evidence platform = %q, want tdx", ev.Platform)
+	}
+	return ev.Data
+}
+
+func reportData(label string) [attest.ReportDataSize]byte {
+	var rd [attest.ReportDataSize]byte
+	copy(rd[:], label)
+	return rd
+}
+
+// allErrs are the sentinels of Verify and Validate; a rejection must match
+// exactly one of them.
+var allErrs = []error{
+	ErrNotTDX, ErrMalformedQuote, ErrQEVendor, ErrCertChain, ErrCertExpired, ErrCertNotYetValid,
+	ErrUntrustedRoot, ErrQEReportSignature, ErrAttestationKeyBinding, ErrQuoteSignature,
+	ErrCollateralUnavailable, ErrCollateral, ErrReportData, ErrDebug,
+	ErrPolicy, ErrClaims, ErrMRTD, ErrRTMR, ErrMRConfigID, ErrMROwner, ErrMROwnerConfig, ErrXFAM,
+	ErrTDAttributes, ErrTEETCBSVN, ErrMRSeam, ErrValidate,
+}
+
+// wantOnly fails unless err matches want and no other sentinel.
+func wantOnly(t testing.TB, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("error = %v, want %v", err, want)
+	}
+	for _, other := range allErrs {
+		if other != want && errors.Is(err, other) {
+			t.Fatalf("error %v matches %v too, want only %v", err, other, want)
+		}
+	}
+}
+
+// simPolicy is a policy that the default sim quote satisfies, with every
+// field set.
+func simPolicy() Policy {
+	xfam, attrs := DefaultSimXFAM, DefaultSimTDAttributes
+	zero := make([]byte, 48)
+	return Policy{
+		MRTD:          DefaultSimMRTD[:],
+		RTMR:          [4][]byte{DefaultSimRTMR[0][:], DefaultSimRTMR[1][:], DefaultSimRTMR[2][:], DefaultSimRTMR[3][:]},
+		MRConfigID:    zero,
+		MROwner:       zero,
+		MROwnerConfig: zero,
+		XFAM:          &xfam,
+		TDAttributes:  &attrs,
+		MinTEETCBSVN:  DefaultSimTEETCBSVN[:],
+		MRSeam:        [][]byte{make([]byte, 48), DefaultSimMRSeam[:]},
+	}
+}
