@@ -1,0 +1,443 @@
+package manifest
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Schema is the value of the "schema" field of every manifest this package
+// reads and writes.
+const Schema = "kbs-manifest/v1"
+
+// Any is the JSON value that explicitly allows any value of a reference
+// field.
+const Any = "any"
+
+// ServiceClass names the broker's own reference values in MatchClass and in
+// reports; it cannot be used as a worker class name.
+const ServiceClass = "service"
+
+// MaxSize is the largest manifest accepted, in bytes.
+const MaxSize = 48 << 10
+
+// Known SEV-SNP product lines accepted in "product".
+var snpProducts = []string{"Milan", "Genoa", "Turin"}
+
+// Document is the content of a manifest (see docs/manifest.md). Parse fills
+// one from a manifest's bytes; Encode turns one into new manifest bytes.
+// Changing a Document never changes the Manifest it came from.
+type Document struct {
+	Schema   string `json:"schema"`
+	Version  uint64 `json:"version"`
+	Previous string `json:"previous"`
+	// AllowSimulated accepts evidence from the simulated TEE (development).
+	AllowSimulated bool             `json:"allow_simulated"`
+	Owners         Owners           `json:"owners"`
+	Service        Class            `json:"service"`
+	Workers        map[string]Class `json:"workers"`
+	Clients        []Client         `json:"clients"`
+	Keys           []KeyRule        `json:"keys"`
+}
+
+// Owners are the keys that may sign the next version.
+type Owners struct {
+	Threshold int `json:"threshold"`
+	// Keys are PEM-encoded PKIX public keys (ECDSA P-256 or Ed25519).
+	Keys []string `json:"keys"`
+}
+
+// Class is a set of alternative reference values; evidence matches the class
+// when it matches any one alternative of its platform.
+type Class struct {
+	SNP []SNPValues `json:"snp,omitempty"`
+	TDX []TDXValues `json:"tdx,omitempty"`
+}
+
+// SNPValues are reference values for an AMD SEV-SNP attestation report.
+type SNPValues struct {
+	Measurement HexList  `json:"measurement"` // 48 bytes each; "any" is not allowed
+	HostData    HexList  `json:"host_data"`   // 32 bytes each
+	FamilyID    HexList  `json:"family_id"`   // 16 bytes each
+	ImageID     HexList  `json:"image_id"`    // 16 bytes each
+	MaxPolicy   Bits     `json:"max_policy"`  // most permissive guest policy accepted
+	VMPL        UintList `json:"vmpl"`        // 0..3
+	MinTCB      TCB      `json:"min_tcb"`     // component-wise minimum REPORTED_TCB
+	MinGuestSVN MinUint  `json:"min_guest_svn"`
+	Product     NameList `json:"product"`  // "Milan", "Genoa", "Turin"
+	ChipIDs     HexList  `json:"chip_ids"` // 64 bytes each
+}
+
+// TDXValues are reference values for an Intel TDX quote.
+type TDXValues struct {
+	MRTD          HexList  `json:"mrtd"` // 48 bytes each; "any" is not allowed
+	RTMR0         HexList  `json:"rtmr0"`
+	RTMR1         HexList  `json:"rtmr1"`
+	RTMR2         HexList  `json:"rtmr2"`
+	RTMR3         HexList  `json:"rtmr3"`
+	MRConfigID    HexList  `json:"mrconfigid"`
+	MROwner       HexList  `json:"mrowner"`
+	MROwnerConfig HexList  `json:"mrownerconfig"`
+	XFAM          BitsList `json:"xfam"`
+	TDAttributes  BitsList `json:"td_attributes"`   // bit 0 (DEBUG) is never allowed
+	MinTEETCBSVN  HexValue `json:"min_tee_tcb_svn"` // 16 bytes, compared byte by byte
+	MRSeam        HexList  `json:"mrseam"`
+}
+
+// Client is a party that may upload keys whose ids match Keys.
+type Client struct {
+	Name      string   `json:"name"`
+	PublicKey string   `json:"public_key"` // PEM PKIX, ECDSA P-256 or Ed25519
+	Keys      []string `json:"keys"`       // key id patterns
+}
+
+// KeyRule says which worker classes may receive the keys whose ids match.
+type KeyRule struct {
+	Match     string   `json:"match"`
+	ReleaseTo []string `json:"release_to"`
+}
+
+// HexList is an allow list of byte strings, written as hex, or "any".
+type HexList struct {
+	Any    bool
+	Values [][]byte
+}
+
+// AnyHex allows any value.
+var AnyHex = HexList{Any: true}
+
+// Hexes is an allow list of the given values.
+func Hexes(v ...[]byte) HexList { return HexList{Values: v} }
+
+// BitsList is an allow list of 64-bit values written as "0x…" strings, or
+// "any".
+type BitsList struct {
+	Any    bool
+	Values []uint64
+}
+
+// Bits is a 64-bit value written as a "0x…" string, or "any".
+type Bits struct {
+	Any   bool
+	Value uint64
+}
+
+// UintList is an allow list of small integers, or "any".
+type UintList struct {
+	Any    bool
+	Values []uint32
+}
+
+// MinUint is a minimum, or "any".
+type MinUint struct {
+	Any   bool
+	Value uint32
+}
+
+// NameList is an allow list of names, or "any".
+type NameList struct {
+	Any    bool
+	Values []string
+}
+
+// HexValue is one byte string written as hex, or "any".
+type HexValue struct {
+	Any   bool
+	Value []byte
+}
+
+// TCB is a component-wise minimum SEV-SNP TCB, or "any".
+type TCB struct {
+	Any        bool
+	Bootloader uint8
+	TEE        uint8
+	SNP        uint8
+	Microcode  uint8
+}
+
+var anyJSON = []byte(`"` + Any + `"`)
+
+// MarshalJSON implements json.Marshaler.
+func (l HexList) MarshalJSON() ([]byte, error) {
+	if l.Any {
+		return anyJSON, nil
+	}
+	s := make([]string, len(l.Values))
+	for i, v := range l.Values {
+		s[i] = hex.EncodeToString(v)
+	}
+	return json.Marshal(s)
+}
+
+// MarshalJSON implements json.Marshaler.
+func (l BitsList) MarshalJSON() ([]byte, error) {
+	if l.Any {
+		return anyJSON, nil
+	}
+	s := make([]string, len(l.Values))
+	for i, v := range l.Values {
+		s[i] = hex64(v)
+	}
+	return json.Marshal(s)
+}
+
+// MarshalJSON implements json.Marshaler.
+func (b Bits) MarshalJSON() ([]byte, error) {
+	if b.Any {
+		return anyJSON, nil
+	}
+	return json.Marshal(hex64(b.Value))
+}
+
+// MarshalJSON implements json.Marshaler.
+func (l UintList) MarshalJSON() ([]byte, error) {
+	if l.Any {
+		return anyJSON, nil
+	}
+	if l.Values == nil {
+		return []byte("[]"), nil
+	}
+	return json.Marshal(l.Values)
+}
+
+// MarshalJSON implements json.Marshaler.
+func (m MinUint) MarshalJSON() ([]byte, error) {
+	if m.Any {
+		return anyJSON, nil
+	}
+	return json.Marshal(m.Value)
+}
+
+// MarshalJSON implements json.Marshaler.
+func (l NameList) MarshalJSON() ([]byte, error) {
+	if l.Any {
+		return anyJSON, nil
+	}
+	if l.Values == nil {
+		return []byte("[]"), nil
+	}
+	return json.Marshal(l.Values)
+}
+
+// MarshalJSON implements json.Marshaler.
+func (h HexValue) MarshalJSON() ([]byte, error) {
+	if h.Any {
+		return anyJSON, nil
+	}
+	return json.Marshal(hex.EncodeToString(h.Value))
+}
+
+// MarshalJSON implements json.Marshaler.
+func (t TCB) MarshalJSON() ([]byte, error) {
+	if t.Any {
+		return anyJSON, nil
+	}
+	return json.Marshal(struct {
+		Bootloader uint8 `json:"bootloader"`
+		TEE        uint8 `json:"tee"`
+		SNP        uint8 `json:"snp"`
+		Microcode  uint8 `json:"microcode"`
+	}{t.Bootloader, t.TEE, t.SNP, t.Microcode})
+}
+
+func hex64(v uint64) string { return "0x" + strconv.FormatUint(v, 16) }
+
+func (t TCB) String() string {
+	if t.Any {
+		return Any
+	}
+	return fmt.Sprintf("bootloader=%d tee=%d snp=%d microcode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
+}
+
+// Encode returns the bytes of a manifest holding d: indented JSON with a final
+// newline. It fails, naming the field, when d is not a valid manifest, so
+// that what it returns always parses back to a Manifest with the same
+// content.
+func Encode(d *Document) ([]byte, error) {
+	c := *d
+	if c.Workers == nil {
+		c.Workers = map[string]Class{}
+	}
+	if c.Clients == nil {
+		c.Clients = []Client{}
+	}
+	if c.Keys == nil {
+		c.Keys = []KeyRule{}
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(&c); err != nil {
+		return nil, fmt.Errorf("couldn't encode manifest: %w", err)
+	}
+	root, err := parseTree(buf.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("couldn't encode manifest: %w", err)
+	}
+	var out bytes.Buffer
+	format(&out, root, "")
+	out.WriteByte('\n')
+	if _, err := Parse(out.Bytes()); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// format writes n as indented JSON; arrays of scalars stay on one line.
+func format(w *bytes.Buffer, n *node, indent string) {
+	switch n.kind {
+	case jNull:
+		w.WriteString("null")
+	case jBool:
+		w.WriteString(strconv.FormatBool(n.b))
+	case jNumber:
+		w.WriteString(n.s)
+	case jString:
+		writeString(w, n.s)
+	case jObject:
+		if len(n.keys) == 0 {
+			w.WriteString("{}")
+			return
+		}
+		w.WriteString("{\n")
+		for i, k := range n.keys {
+			w.WriteString(indent + "  ")
+			writeString(w, k)
+			w.WriteString(": ")
+			format(w, n.vals[i], indent+"  ")
+			if i < len(n.keys)-1 {
+				w.WriteByte(',')
+			}
+			w.WriteByte('\n')
+		}
+		w.WriteString(indent + "}")
+	case jArray:
+		flat := true
+		for _, e := range n.elems {
+			flat = flat && e.kind != jObject && e.kind != jArray
+		}
+		if flat {
+			w.WriteByte('[')
+			for i, e := range n.elems {
+				if i > 0 {
+					w.WriteString(", ")
+				}
+				format(w, e, indent)
+			}
+			w.WriteByte(']')
+			return
+		}
+		w.WriteString("[\n")
+		for i, e := range n.elems {
+			w.WriteString(indent + "  ")
+			format(w, e, indent+"  ")
+			if i < len(n.elems)-1 {
+				w.WriteByte(',')
+			}
+			w.WriteByte('\n')
+		}
+		w.WriteString(indent + "]")
+	}
+}
+
+func writeString(w *bytes.Buffer, s string) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // strings always encode
+	w.Write(bytes.TrimSuffix(b.Bytes(), []byte("\n")))
+}
+
+// DevDocument returns the content of a version-1 development manifest: one
+// owner key, service reference values, one worker class "demo-worker", a
+// client "demo-client" that may write keys matching "demo/*", and "demo/*"
+// released to "demo-worker". Simulated evidence is allowed. ownerPEM and
+// clientPEM are PEM PKIX public keys.
+func DevDocument(ownerPEM, clientPEM string, service, worker Class) *Document {
+	return &Document{
+		Schema:         Schema,
+		Version:        1,
+		AllowSimulated: true,
+		Owners:         Owners{Threshold: 1, Keys: []string{ownerPEM}},
+		Service:        service,
+		Workers:        map[string]Class{"demo-worker": worker},
+		Clients:        []Client{{Name: "demo-client", PublicKey: clientPEM, Keys: []string{"demo/*"}}},
+		Keys:           []KeyRule{{Match: "demo/*", ReleaseTo: []string{"demo-worker"}}},
+	}
+}
+
+// PinSNP returns SNP reference values that accept exactly the given claims'
+// measurement, host data, family and image id, guest policy, VMPL, reported
+// TCB, guest SVN, product and chip id. It is meant for development manifests
+// and as a starting point to edit; the DEBUG and unknown policy bits are
+// cleared and the reserved bit 17 set.
+func PinSNP(c *Claims) (SNPValues, error) {
+	if c == nil || c.SNP == nil {
+		return SNPValues{}, fmt.Errorf("manifest: claims hold no SNP fields")
+	}
+	s := c.SNP
+	t, ok := decodeTCB(s.Product, s.ReportedTCB)
+	if !ok {
+		return SNPValues{}, fmt.Errorf("manifest: unknown SNP product %q", s.Product)
+	}
+	return SNPValues{
+		Measurement: Hexes(clone(c.Measurement)),
+		HostData:    Hexes(clone(s.HostData)),
+		FamilyID:    Hexes(clone(s.FamilyID)),
+		ImageID:     Hexes(clone(s.ImageID)),
+		MaxPolicy:   Bits{Value: (s.Policy&^policyDebug | policyReserved17) & policyKnown},
+		VMPL:        UintList{Values: []uint32{s.VMPL}},
+		MinTCB:      TCB{Bootloader: t.bootloader, TEE: t.tee, SNP: t.snp, Microcode: t.microcode},
+		MinGuestSVN: MinUint{Value: s.GuestSVN},
+		Product:     NameList{Values: []string{s.Product}},
+		ChipIDs:     Hexes(clone(s.ChipID)),
+	}, nil
+}
+
+// PinTDX returns TDX reference values that accept exactly the given claims.
+// Like PinSNP it is meant for development manifests; the debug attribute is
+// cleared.
+func PinTDX(c *Claims) (TDXValues, error) {
+	if c == nil || c.TDX == nil {
+		return TDXValues{}, fmt.Errorf("manifest: claims hold no TDX fields")
+	}
+	t := c.TDX
+	return TDXValues{
+		MRTD:          Hexes(clone(t.MRTD)),
+		RTMR0:         Hexes(clone(t.RTMR[0])),
+		RTMR1:         Hexes(clone(t.RTMR[1])),
+		RTMR2:         Hexes(clone(t.RTMR[2])),
+		RTMR3:         Hexes(clone(t.RTMR[3])),
+		MRConfigID:    Hexes(clone(t.MRConfigID)),
+		MROwner:       Hexes(clone(t.MROwner)),
+		MROwnerConfig: Hexes(clone(t.MROwnerConfig)),
+		XFAM:          BitsList{Values: []uint64{t.XFAM}},
+		TDAttributes:  BitsList{Values: []uint64{t.TDAttributes &^ tdDebug}},
+		MinTEETCBSVN:  HexValue{Value: clone(t.TEETCBSVN)},
+		MRSeam:        Hexes(clone(t.MRSeam)),
+	}, nil
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// sortedClasses returns the worker class names in order.
+func sortedClasses(m map[string]Class) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func quoteAll(v []string) string {
+	q := make([]string, len(v))
+	for i, s := range v {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
+}

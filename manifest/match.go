@@ -1,0 +1,536 @@
+package manifest
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Claims are verified attestation claims, as the broker's verifier produced
+// them. This package does not check evidence: the caller maps its verified
+// claims into Claims (one field per field) and Match compares them with
+// reference values. Exactly one of SNP and TDX is set, matching Platform.
+type Claims struct {
+	Platform string // "snp" or "tdx"
+	// Simulated is true for evidence from the simulated TEE.
+	Simulated bool
+	// Measurement is the launch measurement: SNP MEASUREMENT, TDX MRTD.
+	Measurement []byte
+
+	SNP *SNPClaims
+	TDX *TDXClaims
+}
+
+// SNPClaims are the fields of a verified SEV-SNP attestation report.
+type SNPClaims struct {
+	Policy       uint64 // guest policy; bit 19 is DEBUG
+	VMPL         uint32
+	FamilyID     []byte // 16 bytes
+	ImageID      []byte // 16 bytes
+	CurrentTCB   uint64 // TCB_VERSION values
+	ReportedTCB  uint64
+	CommittedTCB uint64
+	LaunchTCB    uint64
+	GuestSVN     uint32
+	Product      string // "Milan", "Genoa", "Turin"
+	ChipID       []byte // 64 bytes
+	HostData     []byte // 32 bytes
+}
+
+// TDXClaims are the fields of a verified TDX quote.
+type TDXClaims struct {
+	MRTD          []byte    // 48 bytes
+	RTMR          [4][]byte // 48 bytes each
+	MRConfigID    []byte    // 48 bytes
+	MROwner       []byte    // 48 bytes
+	MROwnerConfig []byte    // 48 bytes
+	XFAM          uint64
+	TDAttributes  uint64 // bit 0 is DEBUG
+	TEETCBSVN     []byte // 16 bytes
+	MRSeam        []byte // 48 bytes
+}
+
+// Platform names used in Claims and reports.
+const (
+	PlatformSNP = "snp"
+	PlatformTDX = "tdx"
+)
+
+// Check is one compared field.
+type Check struct {
+	Field    string `json:"field"`
+	Expected string `json:"expected"`
+	Actual   string `json:"actual"`
+	OK       bool   `json:"ok"`
+}
+
+// Alternative is the comparison with one set of reference values.
+type Alternative struct {
+	// Name is the path of the values in the manifest, e.g. `snp[0]`.
+	Name    string  `json:"name"`
+	Matched bool    `json:"matched"`
+	Checks  []Check `json:"checks"`
+}
+
+// ClassResult is the comparison with one class.
+type ClassResult struct {
+	Class   string `json:"class"`
+	Matched bool   `json:"matched"`
+	// Checks are the class-wide checks (platform, simulated TEE).
+	Checks       []Check       `json:"checks"`
+	Alternatives []Alternative `json:"alternatives"`
+}
+
+// Report is the result of matching claims against one or more classes.
+type Report struct {
+	Platform  string        `json:"platform"`
+	Simulated bool          `json:"simulated"`
+	Classes   []ClassResult `json:"classes"`
+}
+
+// Matched returns the names of the classes that matched, in report order.
+func (r *Report) Matched() []string {
+	var out []string
+	for _, c := range r.Classes {
+		if c.Matched {
+			out = append(out, c.Class)
+		}
+	}
+	return out
+}
+
+// OK reports whether some class matched.
+func (r *Report) OK() bool { return len(r.Matched()) > 0 }
+
+// String renders the report as a table, one line per checked field.
+func (r *Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "platform %s", r.Platform)
+	if r.Simulated {
+		b.WriteString(" (simulated)")
+	}
+	b.WriteString("\n")
+	mark := func(ok bool) string {
+		if ok {
+			return "ok  "
+		}
+		return "FAIL"
+	}
+	for _, c := range r.Classes {
+		verdict := "no match"
+		if c.Matched {
+			verdict = "MATCH"
+		}
+		fmt.Fprintf(&b, "class %s: %s\n", c.Class, verdict)
+		for _, ch := range c.Checks {
+			fmt.Fprintf(&b, "  %s %-26s expected %s, actual %s\n", mark(ch.OK), ch.Field, ch.Expected, ch.Actual)
+		}
+		for _, a := range c.Alternatives {
+			fmt.Fprintf(&b, "  %s: %s\n", a.Name, map[bool]string{true: "match", false: "no match"}[a.Matched])
+			for _, ch := range a.Checks {
+				fmt.Fprintf(&b, "    %s %-24s expected %s, actual %s\n", mark(ch.OK), ch.Field, ch.Expected, ch.Actual)
+			}
+		}
+	}
+	return b.String()
+}
+
+// Summary is a one-line explanation fit for an error message: the matching
+// classes, or for each class the fields that failed.
+func (r *Report) Summary() string {
+	if m := r.Matched(); len(m) > 0 {
+		return "matches " + strings.Join(m, ", ")
+	}
+	var parts []string
+	for _, c := range r.Classes {
+		var fails []string
+		for _, ch := range c.Checks {
+			if !ch.OK {
+				fails = append(fails, fmt.Sprintf("%s expected %s, actual %s", ch.Field, ch.Expected, ch.Actual))
+			}
+		}
+		for _, a := range c.Alternatives {
+			var af []string
+			for _, ch := range a.Checks {
+				if !ch.OK {
+					af = append(af, fmt.Sprintf("%s expected %s, actual %s", ch.Field, ch.Expected, ch.Actual))
+				}
+			}
+			fails = append(fails, a.Name+": "+strings.Join(af, "; "))
+		}
+		parts = append(parts, fmt.Sprintf("%s: %s", c.Class, strings.Join(fails, " | ")))
+	}
+	if len(parts) == 0 {
+		return "no class to match"
+	}
+	return "matches no class: " + strings.Join(parts, "; ")
+}
+
+// MatchClass compares claims with one class: ServiceClass for the broker's
+// own reference values, or a worker class name.
+func (m *Manifest) MatchClass(class string, c *Claims) (*Report, error) {
+	var cl Class
+	if class == ServiceClass {
+		cl = m.doc.Service
+	} else {
+		var ok bool
+		if cl, ok = m.doc.Workers[class]; !ok {
+			return nil, fmt.Errorf("manifest: no worker class %q (have %s)", class, quoteAll(m.WorkerClasses()))
+		}
+	}
+	r := newReport(c)
+	r.Classes = append(r.Classes, m.matchClass(class, cl, c))
+	return r, nil
+}
+
+// MatchService compares claims with the broker's own reference values.
+func (m *Manifest) MatchService(c *Claims) *Report {
+	r, _ := m.MatchClass(ServiceClass, c)
+	return r
+}
+
+// Match compares claims with every worker class, in name order.
+func (m *Manifest) Match(c *Claims) *Report {
+	r := newReport(c)
+	for _, name := range m.WorkerClasses() {
+		r.Classes = append(r.Classes, m.matchClass(name, m.doc.Workers[name], c))
+	}
+	return r
+}
+
+func newReport(c *Claims) *Report {
+	if c == nil {
+		return &Report{}
+	}
+	return &Report{Platform: c.Platform, Simulated: c.Simulated}
+}
+
+// ErrNoMatch: the claims match no worker class.
+var ErrNoMatch = errors.New("evidence matches no worker class")
+
+// ErrKeyNotAllowed: a matching class may not receive a requested key.
+var ErrKeyNotAllowed = errors.New("key may not be released to this worker")
+
+// ReleaseError is the error of AuthorizeRelease; Report explains the match.
+type ReleaseError struct {
+	Err    error // ErrNoMatch or ErrKeyNotAllowed
+	Report *Report
+	// Denied are the key ids no matching class may receive.
+	Denied []string
+}
+
+func (e *ReleaseError) Error() string {
+	if errors.Is(e.Err, ErrKeyNotAllowed) {
+		return fmt.Sprintf("%v: classes %s may not receive %s", e.Err,
+			quoteAll(e.Report.Matched()), quoteAll(e.Denied))
+	}
+	return fmt.Sprintf("%v: %s", e.Err, e.Report.Summary())
+}
+
+func (e *ReleaseError) Unwrap() error { return e.Err }
+
+// AuthorizeRelease decides a key release: it matches claims against every
+// worker class and returns the first matching class (in name order) that may
+// receive every key in keyIDs, with the report. Otherwise it returns a
+// *ReleaseError wrapping ErrNoMatch or ErrKeyNotAllowed.
+func (m *Manifest) AuthorizeRelease(c *Claims, keyIDs []string) (string, *Report, error) {
+	r := m.Match(c)
+	matched := r.Matched()
+	if len(matched) == 0 {
+		return "", r, &ReleaseError{Err: ErrNoMatch, Report: r}
+	}
+	for _, class := range matched {
+		ok := true
+		for _, id := range keyIDs {
+			ok = ok && m.ReleaseAllowed(class, id)
+		}
+		if ok {
+			return class, r, nil
+		}
+	}
+	var denied []string
+	for _, id := range keyIDs {
+		allowed := false
+		for _, class := range matched {
+			allowed = allowed || m.ReleaseAllowed(class, id)
+		}
+		if !allowed {
+			denied = append(denied, id)
+		}
+	}
+	if len(denied) == 0 {
+		// Each key is allowed to some matching class, but no single class
+		// may receive them all.
+		denied = append(denied, keyIDs...)
+	}
+	return "", r, &ReleaseError{Err: ErrKeyNotAllowed, Report: r, Denied: denied}
+}
+
+func (m *Manifest) matchClass(name string, cl Class, c *Claims) ClassResult {
+	res := ClassResult{Class: name}
+	if c == nil {
+		res.Checks = append(res.Checks, Check{Field: "claims", Expected: "verified claims", Actual: "none"})
+		return res
+	}
+	var platforms []string
+	if len(cl.SNP) > 0 {
+		platforms = append(platforms, PlatformSNP)
+	}
+	if len(cl.TDX) > 0 {
+		platforms = append(platforms, PlatformTDX)
+	}
+	platformOK := (c.Platform == PlatformSNP && len(cl.SNP) > 0 && c.SNP != nil) ||
+		(c.Platform == PlatformTDX && len(cl.TDX) > 0 && c.TDX != nil)
+	actual := c.Platform
+	if actual == "" {
+		actual = "(none)"
+	}
+	if (c.Platform == PlatformSNP && c.SNP == nil) || (c.Platform == PlatformTDX && c.TDX == nil) {
+		actual += " (claims incomplete)"
+	}
+	res.Checks = append(res.Checks, Check{Field: "platform", Expected: oneOf(platforms), Actual: actual, OK: platformOK})
+	simOK := !c.Simulated || m.doc.AllowSimulated
+	simExp := "real hardware"
+	if m.doc.AllowSimulated {
+		simExp = "real or simulated"
+	}
+	res.Checks = append(res.Checks, Check{Field: "simulated", Expected: simExp, Actual: map[bool]string{true: "simulated", false: "real hardware"}[c.Simulated], OK: simOK})
+	if !platformOK {
+		return res
+	}
+	switch c.Platform {
+	case PlatformSNP:
+		for i, v := range cl.SNP {
+			a := matchSNP(v, c)
+			a.Name = indexPath("snp", i)
+			res.Alternatives = append(res.Alternatives, a)
+			res.Matched = res.Matched || a.Matched
+		}
+	case PlatformTDX:
+		for i, v := range cl.TDX {
+			a := matchTDX(v, c.TDX)
+			a.Name = indexPath("tdx", i)
+			res.Alternatives = append(res.Alternatives, a)
+			res.Matched = res.Matched || a.Matched
+		}
+	}
+	res.Matched = res.Matched && simOK
+	return res
+}
+
+type checker struct{ a Alternative }
+
+func (k *checker) add(field, expected, actual string, ok bool) {
+	k.a.Checks = append(k.a.Checks, Check{Field: field, Expected: expected, Actual: actual, OK: ok})
+}
+
+func (k *checker) done() Alternative {
+	k.a.Matched = true
+	for _, c := range k.a.Checks {
+		k.a.Matched = k.a.Matched && c.OK
+	}
+	return k.a
+}
+
+func (k *checker) hexIn(field string, l HexList, v []byte) {
+	if l.Any {
+		k.add(field, Any, hexOrNone(v), true)
+		return
+	}
+	ok := false
+	exp := make([]string, len(l.Values))
+	for i, x := range l.Values {
+		ok = ok || bytes.Equal(x, v)
+		exp[i] = hex.EncodeToString(x)
+	}
+	k.add(field, oneOf(exp), hexOrNone(v), ok)
+}
+
+func (k *checker) bitsIn(field string, l BitsList, v uint64) {
+	if l.Any {
+		k.add(field, Any, hex64(v), true)
+		return
+	}
+	ok := false
+	exp := make([]string, len(l.Values))
+	for i, x := range l.Values {
+		ok = ok || x == v
+		exp[i] = hex64(x)
+	}
+	k.add(field, oneOf(exp), hex64(v), ok)
+}
+
+func oneOf(v []string) string {
+	if len(v) == 1 {
+		return v[0]
+	}
+	return "one of [" + strings.Join(v, ", ") + "]"
+}
+
+func hexOrNone(b []byte) string {
+	if len(b) == 0 {
+		return "(none)"
+	}
+	return hex.EncodeToString(b)
+}
+
+func matchSNP(v SNPValues, c *Claims) Alternative {
+	s := c.SNP
+	var k checker
+	k.hexIn("measurement", v.Measurement, c.Measurement)
+	k.hexIn("host_data", v.HostData, s.HostData)
+	k.hexIn("family_id", v.FamilyID, s.FamilyID)
+	k.hexIn("image_id", v.ImageID, s.ImageID)
+
+	k.add("policy.debug", "0 (never allowed)", strconv.FormatUint(s.Policy>>19&1, 10), s.Policy&policyDebug == 0)
+	if v.MaxPolicy.Any {
+		k.add("policy", Any+" (debug aside)", hex64(s.Policy), true)
+	} else {
+		why := policyViolations(v.MaxPolicy.Value, s.Policy)
+		actual := hex64(s.Policy)
+		if why != "" {
+			actual += " (" + why + ")"
+		}
+		k.add("policy", "at most "+hex64(v.MaxPolicy.Value), actual, why == "")
+	}
+
+	if v.VMPL.Any {
+		k.add("vmpl", Any, strconv.FormatUint(uint64(s.VMPL), 10), true)
+	} else {
+		ok := false
+		exp := make([]string, len(v.VMPL.Values))
+		for i, x := range v.VMPL.Values {
+			ok = ok || x == s.VMPL
+			exp[i] = strconv.FormatUint(uint64(x), 10)
+		}
+		k.add("vmpl", oneOf(exp), strconv.FormatUint(uint64(s.VMPL), 10), ok)
+	}
+
+	if v.MinTCB.Any {
+		k.add("reported_tcb", Any, hex64(s.ReportedTCB), true)
+	} else if t, ok := decodeTCB(s.Product, s.ReportedTCB); !ok {
+		k.add("reported_tcb", "at least "+v.MinTCB.String(), fmt.Sprintf("%s (unknown product %q: layout unknown)", hex64(s.ReportedTCB), s.Product), false)
+	} else {
+		for _, p := range []struct {
+			name     string
+			min, got uint8
+		}{
+			{"bootloader", v.MinTCB.Bootloader, t.bootloader},
+			{"tee", v.MinTCB.TEE, t.tee},
+			{"snp", v.MinTCB.SNP, t.snp},
+			{"microcode", v.MinTCB.Microcode, t.microcode},
+		} {
+			k.add("reported_tcb."+p.name, "at least "+strconv.Itoa(int(p.min)), strconv.Itoa(int(p.got)), p.got >= p.min)
+		}
+	}
+
+	if v.MinGuestSVN.Any {
+		k.add("guest_svn", Any, strconv.FormatUint(uint64(s.GuestSVN), 10), true)
+	} else {
+		k.add("guest_svn", "at least "+strconv.FormatUint(uint64(v.MinGuestSVN.Value), 10), strconv.FormatUint(uint64(s.GuestSVN), 10), s.GuestSVN >= v.MinGuestSVN.Value)
+	}
+
+	prod := s.Product
+	if prod == "" {
+		prod = "(none)"
+	}
+	if v.Product.Any {
+		k.add("product", Any, prod, true)
+	} else {
+		ok := false
+		for _, p := range v.Product.Values {
+			ok = ok || p == s.Product
+		}
+		k.add("product", oneOf(v.Product.Values), prod, ok)
+	}
+	k.hexIn("chip_id", v.ChipIDs, s.ChipID)
+	return k.done()
+}
+
+// policyViolations explains how a report's guest policy exceeds max, or
+// returns "".
+func policyViolations(max, got uint64) string {
+	var why []string
+	if got&policyReserved17 == 0 {
+		why = append(why, "reserved bit 17 is 0")
+	}
+	if extra := got &^ uint64(policyKnown); extra != 0 {
+		why = append(why, "unknown bits "+hex64(extra))
+	}
+	if abi, minABI := got&0xffff, max&0xffff; abi < minABI {
+		why = append(why, fmt.Sprintf("ABI %d.%d below %d.%d", abi>>8, abi&0xff, minABI>>8, minABI&0xff))
+	}
+	names := []struct {
+		bit  uint64
+		name string
+	}{
+		{policySMT, "SMT"}, {policyMigrateMA, "MIGRATE_MA"}, {policyDebug, "DEBUG"}, {policyCXLAllow, "CXL_ALLOW"},
+		{policySingleSocket, "SINGLE_SOCKET"}, {policyMemAES256XTS, "MEM_AES_256_XTS"}, {policyRAPLDis, "RAPL_DIS"},
+		{policyCTHiding, "CIPHERTEXT_HIDING"}, {policyPageSwapDis, "PAGE_SWAP_DISABLE"},
+	}
+	for _, n := range names {
+		if n.bit&policyPermissions != 0 && got&n.bit != 0 && max&n.bit == 0 {
+			why = append(why, n.name+" set but not permitted")
+		}
+		if n.bit&policyRestrictions != 0 && max&n.bit != 0 && got&n.bit == 0 {
+			why = append(why, n.name+" required but not set")
+		}
+	}
+	return strings.Join(why, ", ")
+}
+
+func matchTDX(v TDXValues, t *TDXClaims) Alternative {
+	var k checker
+	k.hexIn("mrtd", v.MRTD, t.MRTD)
+	k.hexIn("rtmr0", v.RTMR0, t.RTMR[0])
+	k.hexIn("rtmr1", v.RTMR1, t.RTMR[1])
+	k.hexIn("rtmr2", v.RTMR2, t.RTMR[2])
+	k.hexIn("rtmr3", v.RTMR3, t.RTMR[3])
+	k.hexIn("mrconfigid", v.MRConfigID, t.MRConfigID)
+	k.hexIn("mrowner", v.MROwner, t.MROwner)
+	k.hexIn("mrownerconfig", v.MROwnerConfig, t.MROwnerConfig)
+	k.bitsIn("xfam", v.XFAM, t.XFAM)
+	k.add("td_attributes.debug", "0 (never allowed)", strconv.FormatUint(t.TDAttributes&tdDebug, 10), t.TDAttributes&tdDebug == 0)
+	k.bitsIn("td_attributes", v.TDAttributes, t.TDAttributes)
+	if v.MinTEETCBSVN.Any {
+		k.add("tee_tcb_svn", Any, hexOrNone(t.TEETCBSVN), true)
+	} else {
+		ok := len(t.TEETCBSVN) == len(v.MinTEETCBSVN.Value)
+		var low []string
+		for i := 0; ok && i < len(t.TEETCBSVN); i++ {
+			if t.TEETCBSVN[i] < v.MinTEETCBSVN.Value[i] {
+				ok = false
+				low = append(low, fmt.Sprintf("byte %d: %d < %d", i, t.TEETCBSVN[i], v.MinTEETCBSVN.Value[i]))
+			}
+		}
+		actual := hexOrNone(t.TEETCBSVN)
+		if len(low) > 0 {
+			actual += " (" + strings.Join(low, ", ") + ")"
+		} else if !ok {
+			actual += fmt.Sprintf(" (want %d bytes)", len(v.MinTEETCBSVN.Value))
+		}
+		k.add("tee_tcb_svn", "at least "+hex.EncodeToString(v.MinTEETCBSVN.Value)+" in every byte", actual, ok)
+	}
+	k.hexIn("mrseam", v.MRSeam, t.MRSeam)
+	return k.done()
+}
+
+// tcbParts are the security patch levels of an SNP TCB_VERSION.
+type tcbParts struct{ bootloader, tee, snp, microcode uint8 }
+
+// decodeTCB splits a TCB_VERSION by the product's layout: Milan and Genoa
+// put BOOT_LOADER, TEE, SNP and MICROCODE in bytes 0, 1, 6 and 7; Turin puts
+// FMC, BOOT_LOADER, TEE, SNP and MICROCODE in bytes 0, 1, 2, 3 and 7.
+func decodeTCB(product string, v uint64) (tcbParts, bool) {
+	b := func(i uint) uint8 { return uint8(v >> (8 * i)) }
+	switch product {
+	case "Milan", "Genoa":
+		return tcbParts{bootloader: b(0), tee: b(1), snp: b(6), microcode: b(7)}, true
+	case "Turin":
+		return tcbParts{bootloader: b(1), tee: b(2), snp: b(3), microcode: b(7)}, true
+	}
+	return tcbParts{}, false
+}

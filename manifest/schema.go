@@ -1,0 +1,719 @@
+package manifest
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Guest policy bits of SEV-SNP (SEV-SNP firmware ABI, GUEST_POLICY).
+const (
+	policySMT          = 1 << 16
+	policyReserved17   = 1 << 17 // must be 1
+	policyMigrateMA    = 1 << 18
+	policyDebug        = 1 << 19
+	policySingleSocket = 1 << 20
+	policyCXLAllow     = 1 << 21
+	policyMemAES256XTS = 1 << 22
+	policyRAPLDis      = 1 << 23
+	policyCTHiding     = 1 << 24
+	policyPageSwapDis  = 1 << 25
+	policyKnown        = 1<<26 - 1
+
+	// Permissions: the report may set them only if max_policy does.
+	policyPermissions = policySMT | policyMigrateMA | policyDebug | policyCXLAllow
+	// Restrictions: the report must set them if max_policy does.
+	policyRestrictions = policySingleSocket | policyMemAES256XTS | policyRAPLDis | policyCTHiding | policyPageSwapDis
+)
+
+// tdDebug is TD_ATTRIBUTES bit 0.
+const tdDebug = 1
+
+var (
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	keyIDRE  = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
+	prevRE   = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	hex64RE  = regexp.MustCompile(`^0x[0-9a-fA-F]{1,16}$`)
+	prefixRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*/?$`)
+)
+
+// MaxKeyIDLen is the longest key id, and the longest key id pattern.
+const MaxKeyIDLen = 256
+
+// CheckKeyID reports whether id is a valid key id: segments of letters,
+// digits, '.', '_' and '-' separated by '/', none of them "." or "..", at
+// most MaxKeyIDLen bytes.
+func CheckKeyID(id string) error {
+	if len(id) > MaxKeyIDLen || !keyIDRE.MatchString(id) {
+		return fmt.Errorf("invalid key id %q: want segments of [A-Za-z0-9._-] separated by '/', at most %d bytes", clip(id), MaxKeyIDLen)
+	}
+	for _, seg := range strings.Split(id, "/") {
+		if seg == "." || seg == ".." {
+			return fmt.Errorf("invalid key id %q: \".\" and \"..\" are not allowed as segments", clip(id))
+		}
+	}
+	return nil
+}
+
+// checkPattern validates a key id pattern: a key id; or a prefix of key id
+// characters (which may end in '/') followed by a final '*'; or "*" alone.
+func checkPattern(p string) error {
+	if len(p) > MaxKeyIDLen {
+		return fmt.Errorf("key id pattern longer than %d bytes", MaxKeyIDLen)
+	}
+	if p == "*" {
+		return nil
+	}
+	if body, ok := strings.CutSuffix(p, "*"); ok {
+		if !prefixRE.MatchString(body) {
+			return fmt.Errorf("invalid key id pattern %q: '*' may only end a prefix of key id characters", p)
+		}
+		return nil
+	}
+	if err := CheckKeyID(p); err != nil {
+		return fmt.Errorf("invalid key id pattern %q: want a key id, or a prefix followed by '*'", p)
+	}
+	return nil
+}
+
+// matchPattern reports whether key id matches pattern p.
+func matchPattern(p, id string) bool {
+	if body, ok := strings.CutSuffix(p, "*"); ok {
+		return len(id) > len(body) && strings.HasPrefix(id, body)
+	}
+	return p == id
+}
+
+// decodeDocument converts and validates a parsed JSON tree.
+func decodeDocument(root *node) (*Document, error) {
+	o, err := asObject(root, "")
+	if err != nil {
+		return nil, err
+	}
+	d := &Document{}
+	if n, p := o.get("schema"); n != nil {
+		s, err := asString(n, p)
+		o.fail(err)
+		if err == nil && s != Schema {
+			o.fail(fieldErr(p, "unsupported schema %q, want %q", s, Schema))
+		}
+		d.Schema = s
+	}
+	if n, p := o.get("version"); n != nil {
+		v, err := asUint(n, p, 1<<53-1)
+		o.fail(err)
+		if err == nil && v == 0 {
+			o.fail(fieldErr(p, "versions start at 1"))
+		}
+		d.Version = v
+	}
+	if n, p := o.get("previous"); n != nil {
+		s, err := asString(n, p)
+		o.fail(err)
+		switch {
+		case err != nil:
+		case d.Version == 1 && s != "":
+			o.fail(fieldErr(p, "must be empty in version 1"))
+		case d.Version > 1 && !prevRE.MatchString(s):
+			o.fail(fieldErr(p, "want \"sha256:\" and 64 lowercase hex digits, got %q", s))
+		}
+		d.Previous = s
+	}
+	if n, p := o.get("allow_simulated"); n != nil {
+		b, err := asBool(n, p)
+		o.fail(err)
+		d.AllowSimulated = b
+	}
+	if n, p := o.get("owners"); n != nil {
+		ow, err := decodeOwners(n, p)
+		o.fail(err)
+		d.Owners = ow
+	}
+	if n, p := o.get("service"); n != nil {
+		c, err := decodeClass(n, p)
+		o.fail(err)
+		d.Service = c
+	}
+	if n, p := o.get("workers"); n != nil {
+		w, err := decodeWorkers(n, p)
+		o.fail(err)
+		d.Workers = w
+	}
+	if n, p := o.get("clients"); n != nil {
+		c, err := decodeClients(n, p)
+		o.fail(err)
+		d.Clients = c
+	}
+	if n, p := o.get("keys"); n != nil {
+		k, err := decodeKeyRules(n, p, d.Workers)
+		o.fail(err)
+		d.Keys = k
+	}
+	if err := o.done(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+const maxOwners = 32
+
+func decodeOwners(n *node, path string) (Owners, error) {
+	var ow Owners
+	o, err := asObject(n, path)
+	if err != nil {
+		return ow, err
+	}
+	var threshold uint64
+	if tn, p := o.get("threshold"); tn != nil {
+		threshold, err = asUint(tn, p, maxOwners)
+		o.fail(err)
+		if err == nil && threshold == 0 {
+			o.fail(fieldErr(p, "must be at least 1"))
+		}
+	}
+	if kn, p := o.get("keys"); kn != nil {
+		elems, err := asArray(kn, p)
+		o.fail(err)
+		if err == nil && len(elems) == 0 {
+			o.fail(fieldErr(p, "at least one owner key is required"))
+		}
+		if len(elems) > maxOwners {
+			o.fail(fieldErr(p, "at most %d owner keys", maxOwners))
+		}
+		seen := map[string]int{}
+		for i, e := range elems {
+			ep := indexPath(p, i)
+			s, err := asString(e, ep)
+			if err != nil {
+				o.fail(err)
+				break
+			}
+			k, err := parsePublicKeyPEM(s)
+			if err != nil {
+				o.fail(fieldErr(ep, "%v", err))
+				break
+			}
+			if j, dup := seen[k.fingerprint]; dup {
+				o.fail(fieldErr(ep, "the same key as keys[%d] (%s)", j, k.fingerprint))
+				break
+			}
+			seen[k.fingerprint] = i
+			ow.Keys = append(ow.Keys, s)
+		}
+		if o.err == nil && threshold > uint64(len(elems)) {
+			o.fail(fieldErr(memberPath(path, "threshold"), "%d exceeds the number of owner keys (%d)", threshold, len(elems)))
+		}
+	}
+	ow.Threshold = int(threshold)
+	return ow, o.done()
+}
+
+func decodeWorkers(n *node, path string) (map[string]Class, error) {
+	if n.kind != jObject {
+		return nil, fieldErr(path, "want an object of worker classes, got %v", n.kind)
+	}
+	w := make(map[string]Class, len(n.keys))
+	for i, name := range n.keys {
+		p := keyPath(path, name)
+		if !nameRE.MatchString(name) {
+			return nil, fieldErr(p, "invalid class name: want 1-64 of [A-Za-z0-9._-], starting with a letter or digit")
+		}
+		if name == ServiceClass {
+			return nil, fieldErr(p, "%q is reserved for the broker's own reference values", ServiceClass)
+		}
+		c, err := decodeClass(n.vals[i], p)
+		if err != nil {
+			return nil, err
+		}
+		w[name] = c
+	}
+	return w, nil
+}
+
+func decodeClass(n *node, path string) (Class, error) {
+	var c Class
+	o, err := asObject(n, path)
+	if err != nil {
+		return c, err
+	}
+	if sn, p := o.optional("snp"); sn != nil {
+		elems, err := asArray(sn, p)
+		o.fail(err)
+		if err == nil && len(elems) == 0 {
+			o.fail(fieldErr(p, "empty: leave the field out to accept no SNP evidence"))
+		}
+		for i, e := range elems {
+			v, err := decodeSNP(e, indexPath(p, i))
+			if err != nil {
+				o.fail(err)
+				break
+			}
+			c.SNP = append(c.SNP, v)
+		}
+	}
+	if tn, p := o.optional("tdx"); tn != nil {
+		elems, err := asArray(tn, p)
+		o.fail(err)
+		if err == nil && len(elems) == 0 {
+			o.fail(fieldErr(p, "empty: leave the field out to accept no TDX evidence"))
+		}
+		for i, e := range elems {
+			v, err := decodeTDX(e, indexPath(p, i))
+			if err != nil {
+				o.fail(err)
+				break
+			}
+			c.TDX = append(c.TDX, v)
+		}
+	}
+	if err := o.done(); err != nil {
+		return c, err
+	}
+	if len(c.SNP) == 0 && len(c.TDX) == 0 {
+		return c, fieldErr(path, "no reference values: give \"snp\" or \"tdx\" alternatives")
+	}
+	return c, nil
+}
+
+func decodeSNP(n *node, path string) (SNPValues, error) {
+	var v SNPValues
+	o, err := asObject(n, path)
+	if err != nil {
+		return v, err
+	}
+	hexField := func(name string, size int, anyOK bool) HexList {
+		fn, p := o.get(name)
+		if fn == nil {
+			return HexList{}
+		}
+		l, err := decodeHexList(fn, p, size, anyOK)
+		o.fail(err)
+		return l
+	}
+	v.Measurement = hexField("measurement", 48, false)
+	v.HostData = hexField("host_data", 32, true)
+	v.FamilyID = hexField("family_id", 16, true)
+	v.ImageID = hexField("image_id", 16, true)
+	if fn, p := o.get("max_policy"); fn != nil {
+		b, err := decodeBits(fn, p)
+		o.fail(err)
+		if err == nil && !b.Any {
+			switch {
+			case b.Value&policyDebug != 0:
+				o.fail(fieldErr(p, "sets DEBUG (bit 19): debug guests are never allowed"))
+			case b.Value&policyReserved17 == 0:
+				o.fail(fieldErr(p, "bit 17 is reserved and must be 1 (for example 0x30000)"))
+			case b.Value&^uint64(policyKnown) != 0:
+				o.fail(fieldErr(p, "sets reserved bits %s", hex64(b.Value&^uint64(policyKnown))))
+			}
+		}
+		v.MaxPolicy = b
+	}
+	if fn, p := o.get("vmpl"); fn != nil {
+		l, err := decodeUintList(fn, p, 3)
+		o.fail(err)
+		v.VMPL = l
+	}
+	if fn, p := o.get("min_tcb"); fn != nil {
+		t, err := decodeTCBMin(fn, p)
+		o.fail(err)
+		v.MinTCB = t
+	}
+	if fn, p := o.get("min_guest_svn"); fn != nil {
+		if isAny(fn) {
+			v.MinGuestSVN = MinUint{Any: true}
+		} else {
+			x, err := asUint(fn, p, math.MaxUint32)
+			if err != nil {
+				err = fieldErr(p, "want an integer 0..%d or %q", uint32(math.MaxUint32), Any)
+			}
+			o.fail(err)
+			v.MinGuestSVN = MinUint{Value: uint32(x)}
+		}
+	}
+	if fn, p := o.get("product"); fn != nil {
+		l, err := decodeNameList(fn, p, snpProducts)
+		o.fail(err)
+		v.Product = l
+	}
+	v.ChipIDs = hexField("chip_ids", 64, true)
+	return v, o.done()
+}
+
+func decodeTDX(n *node, path string) (TDXValues, error) {
+	var v TDXValues
+	o, err := asObject(n, path)
+	if err != nil {
+		return v, err
+	}
+	hexField := func(name string, anyOK bool) HexList {
+		fn, p := o.get(name)
+		if fn == nil {
+			return HexList{}
+		}
+		l, err := decodeHexList(fn, p, 48, anyOK)
+		o.fail(err)
+		return l
+	}
+	v.MRTD = hexField("mrtd", false)
+	v.RTMR0 = hexField("rtmr0", true)
+	v.RTMR1 = hexField("rtmr1", true)
+	v.RTMR2 = hexField("rtmr2", true)
+	v.RTMR3 = hexField("rtmr3", true)
+	v.MRConfigID = hexField("mrconfigid", true)
+	v.MROwner = hexField("mrowner", true)
+	v.MROwnerConfig = hexField("mrownerconfig", true)
+	if fn, p := o.get("xfam"); fn != nil {
+		l, err := decodeBitsList(fn, p)
+		o.fail(err)
+		v.XFAM = l
+	}
+	if fn, p := o.get("td_attributes"); fn != nil {
+		l, err := decodeBitsList(fn, p)
+		o.fail(err)
+		for i, x := range l.Values {
+			if x&tdDebug != 0 {
+				o.fail(fieldErr(indexPath(p, i), "sets DEBUG (bit 0): debug TDs are never allowed"))
+			}
+		}
+		v.TDAttributes = l
+	}
+	if fn, p := o.get("min_tee_tcb_svn"); fn != nil {
+		if isAny(fn) {
+			v.MinTEETCBSVN = HexValue{Any: true}
+		} else {
+			b, err := decodeHex(fn, p, 16)
+			o.fail(err)
+			v.MinTEETCBSVN = HexValue{Value: b}
+		}
+	}
+	v.MRSeam = hexField("mrseam", true)
+	return v, o.done()
+}
+
+func decodeHex(n *node, path string, size int) ([]byte, error) {
+	s, err := asString(n, path)
+	if err != nil {
+		return nil, err
+	}
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != size {
+		return nil, fieldErr(path, "want %d bytes as %d hex digits, got %q", size, 2*size, clip(s))
+	}
+	return b, nil
+}
+
+func decodeHexList(n *node, path string, size int, anyOK bool) (HexList, error) {
+	if isAny(n) {
+		if !anyOK {
+			return HexList{}, fieldErr(path, "%q is not allowed here: list the accepted values", Any)
+		}
+		return HexList{Any: true}, nil
+	}
+	elems, err := listOrAny(n, path, anyOK)
+	if err != nil {
+		return HexList{}, err
+	}
+	var l HexList
+	for i, e := range elems {
+		b, err := decodeHex(e, indexPath(path, i), size)
+		if err != nil {
+			return HexList{}, err
+		}
+		for j, prev := range l.Values {
+			if bytes.Equal(prev, b) {
+				return HexList{}, fieldErr(indexPath(path, i), "duplicate of [%d]", j)
+			}
+		}
+		l.Values = append(l.Values, b)
+	}
+	return l, nil
+}
+
+func listOrAny(n *node, path string, anyOK bool) ([]*node, error) {
+	if n.kind != jArray {
+		if anyOK {
+			return nil, fieldErr(path, "want a list of accepted values or %q, got %v", Any, n.kind)
+		}
+		return nil, fieldErr(path, "want a list of accepted values, got %v", n.kind)
+	}
+	if len(n.elems) == 0 {
+		return nil, fieldErr(path, "empty list accepts nothing: list values or say %q", Any)
+	}
+	return n.elems, nil
+}
+
+func decodeBits(n *node, path string) (Bits, error) {
+	if isAny(n) {
+		return Bits{Any: true}, nil
+	}
+	s, err := asString(n, path)
+	if err != nil || !hex64RE.MatchString(s) {
+		return Bits{}, fieldErr(path, "want a \"0x\"-prefixed hex value of at most 64 bits or %q", Any)
+	}
+	v, _ := strconv.ParseUint(s[2:], 16, 64)
+	return Bits{Value: v}, nil
+}
+
+func decodeBitsList(n *node, path string) (BitsList, error) {
+	if isAny(n) {
+		return BitsList{Any: true}, nil
+	}
+	elems, err := listOrAny(n, path, true)
+	if err != nil {
+		return BitsList{}, err
+	}
+	var l BitsList
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		b, err := decodeBits(e, ep)
+		if err != nil || b.Any {
+			return BitsList{}, fieldErr(ep, "want a \"0x\"-prefixed hex value of at most 64 bits")
+		}
+		for j, prev := range l.Values {
+			if prev == b.Value {
+				return BitsList{}, fieldErr(ep, "duplicate of [%d]", j)
+			}
+		}
+		l.Values = append(l.Values, b.Value)
+	}
+	return l, nil
+}
+
+func decodeUintList(n *node, path string, max uint64) (UintList, error) {
+	if isAny(n) {
+		return UintList{Any: true}, nil
+	}
+	elems, err := listOrAny(n, path, true)
+	if err != nil {
+		return UintList{}, err
+	}
+	var l UintList
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		x, err := asUint(e, ep, max)
+		if err != nil {
+			return UintList{}, err
+		}
+		for j, prev := range l.Values {
+			if uint64(prev) == x {
+				return UintList{}, fieldErr(ep, "duplicate of [%d]", j)
+			}
+		}
+		l.Values = append(l.Values, uint32(x))
+	}
+	return l, nil
+}
+
+func decodeNameList(n *node, path string, known []string) (NameList, error) {
+	if isAny(n) {
+		return NameList{Any: true}, nil
+	}
+	elems, err := listOrAny(n, path, true)
+	if err != nil {
+		return NameList{}, err
+	}
+	var l NameList
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		s, err := asString(e, ep)
+		if err != nil {
+			return NameList{}, err
+		}
+		ok := false
+		for _, k := range known {
+			ok = ok || s == k
+		}
+		if !ok {
+			return NameList{}, fieldErr(ep, "unknown value %q, want one of %s", clip(s), quoteAll(known))
+		}
+		for j, prev := range l.Values {
+			if prev == s {
+				return NameList{}, fieldErr(ep, "duplicate of [%d]", j)
+			}
+		}
+		l.Values = append(l.Values, s)
+	}
+	return l, nil
+}
+
+func decodeTCBMin(n *node, path string) (TCB, error) {
+	if isAny(n) {
+		return TCB{Any: true}, nil
+	}
+	if n.kind != jObject {
+		return TCB{}, fieldErr(path, "want an object {bootloader, tee, snp, microcode} or %q, got %v", Any, n.kind)
+	}
+	o, _ := asObject(n, path)
+	var t TCB
+	for _, f := range []struct {
+		name string
+		dst  *uint8
+	}{{"bootloader", &t.Bootloader}, {"tee", &t.TEE}, {"snp", &t.SNP}, {"microcode", &t.Microcode}} {
+		if fn, p := o.get(f.name); fn != nil {
+			x, err := asUint(fn, p, 255)
+			o.fail(err)
+			*f.dst = uint8(x)
+		}
+	}
+	return t, o.done()
+}
+
+const maxPatterns = 256
+
+func decodeClients(n *node, path string) ([]Client, error) {
+	elems, err := asArray(n, path)
+	if err != nil {
+		return nil, err
+	}
+	clients := []Client{}
+	names := map[string]int{}
+	fps := map[string]int{}
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		o, err := asObject(e, ep)
+		if err != nil {
+			return nil, err
+		}
+		var c Client
+		if fn, p := o.get("name"); fn != nil {
+			s, err := asString(fn, p)
+			o.fail(err)
+			if err == nil && !nameRE.MatchString(s) {
+				o.fail(fieldErr(p, "invalid client name %q: want 1-64 of [A-Za-z0-9._-], starting with a letter or digit", clip(s)))
+			} else if j, dup := names[s]; dup && err == nil {
+				o.fail(fieldErr(p, "duplicate client name %q (also clients[%d])", s, j))
+			}
+			names[s] = i
+			c.Name = s
+		}
+		if fn, p := o.get("public_key"); fn != nil {
+			s, err := asString(fn, p)
+			o.fail(err)
+			if err == nil {
+				k, err := parsePublicKeyPEM(s)
+				if err != nil {
+					o.fail(fieldErr(p, "%v", err))
+				} else if j, dup := fps[k.fingerprint]; dup {
+					o.fail(fieldErr(p, "the same key as clients[%d] (%s)", j, k.fingerprint))
+				} else {
+					fps[k.fingerprint] = i
+				}
+			}
+			c.PublicKey = s
+		}
+		if fn, p := o.get("keys"); fn != nil {
+			l, err := decodePatterns(fn, p)
+			o.fail(err)
+			c.Keys = l
+		}
+		if err := o.done(); err != nil {
+			return nil, err
+		}
+		clients = append(clients, c)
+	}
+	return clients, nil
+}
+
+func decodePatterns(n *node, path string) ([]string, error) {
+	elems, err := asArray(n, path)
+	if err != nil {
+		return nil, err
+	}
+	if len(elems) == 0 {
+		return nil, fieldErr(path, "empty list: give at least one key id pattern")
+	}
+	if len(elems) > maxPatterns {
+		return nil, fieldErr(path, "at most %d patterns", maxPatterns)
+	}
+	var l []string
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		s, err := asString(e, ep)
+		if err != nil {
+			return nil, err
+		}
+		if err := checkPattern(s); err != nil {
+			return nil, fieldErr(ep, "%v", err)
+		}
+		for j, prev := range l {
+			if prev == s {
+				return nil, fieldErr(ep, "duplicate of [%d]", j)
+			}
+		}
+		l = append(l, s)
+	}
+	return l, nil
+}
+
+func decodeKeyRules(n *node, path string, workers map[string]Class) ([]KeyRule, error) {
+	elems, err := asArray(n, path)
+	if err != nil {
+		return nil, err
+	}
+	rules := []KeyRule{}
+	seen := map[string]int{}
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		o, err := asObject(e, ep)
+		if err != nil {
+			return nil, err
+		}
+		var r KeyRule
+		if fn, p := o.get("match"); fn != nil {
+			s, err := asString(fn, p)
+			if err == nil {
+				if perr := checkPattern(s); perr != nil {
+					err = fieldErr(p, "%v", perr)
+				} else if j, dup := seen[s]; dup {
+					err = fieldErr(p, "duplicate rule for %q (also keys[%d])", s, j)
+				}
+			}
+			o.fail(err)
+			seen[s] = i
+			r.Match = s
+		}
+		if fn, p := o.get("release_to"); fn != nil {
+			elems, err := asArray(fn, p)
+			o.fail(err)
+			if err == nil && len(elems) == 0 {
+				o.fail(fieldErr(p, "empty list: give at least one worker class, or drop the rule"))
+			}
+			for j, c := range elems {
+				cp := indexPath(p, j)
+				s, err := asString(c, cp)
+				if err != nil {
+					o.fail(err)
+					break
+				}
+				if _, ok := workers[s]; !ok && workers != nil {
+					o.fail(fieldErr(cp, "unknown worker class %q", clip(s)))
+					break
+				}
+				for k, prev := range r.ReleaseTo {
+					if prev == s {
+						o.fail(fieldErr(cp, "duplicate of [%d]", k))
+					}
+				}
+				r.ReleaseTo = append(r.ReleaseTo, s)
+			}
+		}
+		if err := o.done(); err != nil {
+			return nil, err
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
+
+// clip shortens s for error messages.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:77] + "..."
+	}
+	return s
+}
