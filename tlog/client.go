@@ -19,7 +19,7 @@ import (
 type TileClient struct {
 	prefix string
 	hc     *http.Client
-	// Parallel is how many tiles and bundles Entries fetches at once.
+	// parallel is how many entry bundles Entries fetches at once.
 	parallel int
 }
 
