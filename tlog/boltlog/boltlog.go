@@ -515,7 +515,7 @@ func (l *Log) Verify(ctx context.Context) error {
 
 const (
 	cacheLevel = 6
-	maxCached  = 1 << 20
+	maxCached  = 1 << 18 // about 25 MB; covers logs of 8M entries
 )
 
 // read runs f with a reader of the stored hashes of the tree of size n.
