@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean demo crash-kbsd
+.PHONY: all build test lint fuzz bench run clean demo crash-kbsd test-trillian bench-logs demo-trillian
 
 all: build
 
@@ -29,6 +29,37 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# The Trillian log backend (tlog/trillianlog) against a real trillian_log_server
+# and trillian_log_signer on a private PostgreSQL, started and stopped by
+# scripts/trillian.sh (which installs PostgreSQL and builds Trillian if needed).
+TRILLIAN_TEST_DIR ?= $(CURDIR)/.cache/trillian-test
+test-trillian:
+	@set -e; export TRILLIAN_RUN_DIR=$(TRILLIAN_TEST_DIR); \
+	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
+	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
+	  status=0; $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... || status=$$?; \
+	  scripts/trillian.sh down; exit $$status
+
+# make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
+# stopped by scripts/trillian.sh).
+demo-trillian: build
+	@set -e; export TRILLIAN_RUN_DIR=$(CURDIR)/.cache/trillian-demo; \
+	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
+	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
+	  status=0; KBSD_ARGS="--log-backend trillian --trillian-addr $$KBS_TRILLIAN_ADDR --trillian-tree-id $$KBS_TRILLIAN_TREE_ID" \
+	    ./scripts/demo.sh || status=$$?; \
+	  scripts/trillian.sh down; exit $$status
+
+# Log backends side by side (boltlog, Trillian on PostgreSQL, Tessera POSIX);
+# a separate module (bench/logs) keeps Tessera out of kbs's dependencies.
+BENCH_LOGS_FLAGS ?= -duration 5s
+bench-logs:
+	@set -e; export TRILLIAN_RUN_DIR=$(CURDIR)/.cache/trillian-bench; \
+	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
+	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
+	  status=0; (cd bench/logs && $(GO) run . $(BENCH_LOGS_FLAGS)) || status=$$?; \
+	  scripts/trillian.sh down; exit $$status
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...

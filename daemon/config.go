@@ -37,8 +37,18 @@ type Config struct {
 	// 127.0.0.1:8443. "none" disables it.
 	ListenTCP string
 	// LogBackend selects the transparency log backend: "bolt" (embedded,
-	// default).
+	// default) or "trillian" (a Trillian log tree; docs/scale-out.md).
 	LogBackend string
+	// TrillianAddr and TrillianTreeID name the Trillian log server (gRPC
+	// host:port) and tree. Required with LogBackend "trillian".
+	TrillianAddr   string
+	TrillianTreeID int64
+	// TrillianState is where kbsd keeps its last signed checkpoint over the
+	// Trillian tree. Optional; default Data/trillian-state.json.
+	TrillianState string
+	// TrillianAdopt lets kbsd start without a state file on a tree that
+	// already has leaves (it replays and trusts the tree).
+	TrillianAdopt bool
 	// LogFormat is "text" (default) or "json"; LogLevel is trace, debug,
 	// info (default), warn or error.
 	LogFormat string
@@ -81,7 +91,11 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.TEE, "tee", "", "platform: snp or tdx (with --dev: the simulated platform, default snp)")
 	fs.StringVar(&c.ListenUnix, "listen-unix", "", `unix socket path (default DATA/kbs.sock; "none" to disable)`)
 	fs.StringVar(&c.ListenTCP, "listen-tcp", "127.0.0.1:8443", `TLS listen address ("none" to disable)`)
-	fs.StringVar(&c.LogBackend, "log-backend", "bolt", "transparency log backend: bolt")
+	fs.StringVar(&c.LogBackend, "log-backend", "bolt", "transparency log backend: bolt or trillian")
+	fs.StringVar(&c.TrillianAddr, "trillian-addr", "", "Trillian log server gRPC address HOST:PORT (with --log-backend trillian)")
+	fs.Int64Var(&c.TrillianTreeID, "trillian-tree-id", 0, "Trillian log tree id (with --log-backend trillian)")
+	fs.StringVar(&c.TrillianState, "trillian-state", "", "kbsd's last signed checkpoint over the Trillian tree (default DATA/trillian-state.json)")
+	fs.BoolVar(&c.TrillianAdopt, "trillian-adopt", false, "start without a state file on a non-empty Trillian tree, trusting it (see docs/scale-out.md)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "cache for vendor certificates and collateral (default DATA/cache)")
@@ -210,8 +224,17 @@ func (c *Config) check() error {
 	if c.TEE != "snp" && c.TEE != "tdx" {
 		return fmt.Errorf("--tee %q: want snp or tdx", c.TEE)
 	}
-	if c.LogBackend != "bolt" {
-		return fmt.Errorf("--log-backend %q: this build has only the embedded backend \"bolt\"", c.LogBackend)
+	switch c.LogBackend {
+	case "bolt":
+		if c.TrillianAddr != "" || c.TrillianTreeID != 0 || c.TrillianState != "" || c.TrillianAdopt {
+			return errors.New("--trillian-* flags need --log-backend trillian")
+		}
+	case "trillian":
+		if c.TrillianAddr == "" || c.TrillianTreeID <= 0 {
+			return errors.New("--log-backend trillian needs --trillian-addr HOST:PORT and --trillian-tree-id N")
+		}
+	default:
+		return fmt.Errorf("--log-backend %q: want bolt or trillian", c.LogBackend)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)

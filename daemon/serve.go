@@ -19,9 +19,9 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/cvm"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/keystore"
-	"github.com/kbs-dev/kbs/tlog/boltlog"
 )
 
 // HTTP server limits. Bodies are limited per endpoint by the broker.
@@ -120,7 +120,7 @@ func serve(ctx context.Context, c *Config) error {
 	if created {
 		logger.Info("created broker identity", "note_key", id.NoteKey, "tls_spki_sha256", id.TLSSPKISHA256)
 	}
-	tl, err := boltlog.New(db, boltlog.Config{Signer: id.Checkpoints})
+	tl, err := openLog(ctx, c, db, id.Checkpoints, logger)
 	if err != nil {
 		return fmt.Errorf("couldn't open the transparency log: %w", err)
 	}
@@ -200,7 +200,7 @@ func serve(ctx context.Context, c *Config) error {
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
 	if dev != nil {
-		dev.printNextSteps(os.Stderr, c, addrs)
+		dev.printNextSteps(os.Stderr, c, addrs, id.NoteKey)
 	}
 
 	var serveErr error
@@ -281,7 +281,15 @@ func readManifest(file string, sigFiles []string) ([]byte, []string, error) {
 }
 
 // hardwareIssuer returns the issuer of the broker's own evidence on real
-// hardware.
+// hardware: configfs-tsm, or /dev/sev-guest on older kernels. The platform
+// it finds must be the one --tee names.
 func hardwareIssuer(tee string) (attest.Issuer, error) {
-	return nil, fmt.Errorf("self-attestation on %s: no hardware issuer in this build", tee)
+	iss, err := cvm.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("self-attestation: %w (kbsd must run inside a confidential VM; use --dev elsewhere)", err)
+	}
+	if string(iss.Platform()) != tee {
+		return nil, fmt.Errorf("self-attestation: this machine is a %s guest, not --tee %s", iss.Platform(), tee)
+	}
+	return iss, nil
 }

@@ -134,9 +134,8 @@ type manifestRecord struct {
 // pendingRecord marks a manifest version whose log entry may have been
 // appended but that was not yet activated (a crash in between).
 type pendingRecord struct {
-	Hash     string `json:"hash"`
-	SizeFrom uint64 `json:"size_from"`
-	manifestRecord
+	SizeFrom uint64         `json:"size_from"`
+	Manifest manifestRecord `json:"manifest"`
 }
 
 var (
@@ -283,8 +282,8 @@ func (b *Broker) recoverPending(ctx context.Context) error {
 		}
 		for i, raw := range entries {
 			e, err := tlog.DecodeEntry(raw)
-			if err == nil && e.Type == tlog.TypeManifest && e.Manifest.Hash == p.Hash {
-				p.LogIndex = p.SizeFrom + uint64(i)
+			if err == nil && e.Type == tlog.TypeManifest && e.Manifest.Hash == p.Manifest.Hash {
+				p.Manifest.LogIndex = p.SizeFrom + uint64(i)
 				found = true
 				break
 			}
@@ -293,12 +292,12 @@ func (b *Broker) recoverPending(ctx context.Context) error {
 	return b.cfg.DB.Update(func(tx *bbolt.Tx) error {
 		bb := tx.Bucket(bucketBroker)
 		if found {
-			b.log.Warn("activating a manifest version logged before a crash", "version", p.Version, "log_index", p.LogIndex)
-			if err := putManifestRecord(bb, &p.manifestRecord); err != nil {
+			b.log.Warn("activating a manifest version logged before a crash", "version", p.Manifest.Version, "log_index", p.Manifest.LogIndex)
+			if err := putManifestRecord(bb, &p.Manifest); err != nil {
 				return err
 			}
 		} else {
-			b.log.Warn("dropping a manifest update that never reached the log", "version", p.Version)
+			b.log.Warn("dropping a manifest update that never reached the log", "version", p.Manifest.Version)
 		}
 		return bb.Delete(keyPending)
 	})
@@ -333,9 +332,9 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 			return fmt.Errorf("kbs: the configured manifest (%s) is not the version 1 this broker's chain starts from (%s); later versions come only through PUT %s",
 				manifest.HashOf(b.cfg.InitialManifest), manifest.HashOf(initial), api.PathManifest)
 		}
-		m, err := manifest.Parse(latest.Body)
+		m, err := b.checkStoredChain(ctx)
 		if err != nil {
-			return fmt.Errorf("kbs: stored manifest version %d no longer parses: %w", latest.Version, err)
+			return fmt.Errorf("kbs: the stored manifest chain does not check out (the database was modified?): %w", err)
 		}
 		b.active.Store(&activeManifest{m: m, rec: *latest})
 		b.log.Info("active manifest", "version", latest.Version, "hash", latest.Hash, "log_index", latest.LogIndex)
@@ -357,6 +356,63 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 	}
 	_, err = b.activate(ctx, m, b.cfg.InitialSignatures, signers)
 	return err
+}
+
+// checkStoredChain re-verifies the manifest chain kept in the database,
+// which the host can write: version 1 with its owners' signatures, each
+// later version with the signatures of its predecessor's owners, and every
+// version's log entry (same bytes) included in the current signed
+// checkpoint. It returns the latest version.
+func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, error) {
+	recs, err := b.history()
+	if err != nil {
+		return nil, err
+	}
+	cp, err := b.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var prev *manifest.Manifest
+	for i, rec := range recs {
+		m, err := manifest.Parse(rec.Body)
+		if err != nil {
+			return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		}
+		if m.Version() != uint64(i+1) || rec.Version != m.Version() || rec.Hash != m.Hash() {
+			return nil, fmt.Errorf("record %d holds version %d (%s)", i+1, m.Version(), m.Hash())
+		}
+		if prev == nil {
+			_, err = verifySelfSigned(m, rec.Signatures)
+		} else {
+			_, err = manifest.Verify(prev, m, rec.Signatures)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		}
+		if rec.LogIndex >= cp.Size {
+			return nil, fmt.Errorf("version %d: log index %d is beyond the log (size %d)", rec.Version, rec.LogIndex, cp.Size)
+		}
+		ents, err := b.cfg.Log.Entries(ctx, rec.LogIndex, rec.LogIndex+1)
+		if err != nil {
+			return nil, err
+		}
+		proof, err := b.cfg.Log.InclusionProof(ctx, rec.LogIndex, cp.Size)
+		if err != nil {
+			return nil, err
+		}
+		if err := tlog.VerifyInclusion(cp, rec.LogIndex, ents[0], proof); err != nil {
+			return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		}
+		e, err := tlog.DecodeEntry(ents[0])
+		if err != nil || e.Type != tlog.TypeManifest || !bytes.Equal(e.Manifest.Body, rec.Body) {
+			return nil, fmt.Errorf("version %d: log entry %d is not this manifest", rec.Version, rec.LogIndex)
+		}
+		prev = m
+	}
+	if prev == nil {
+		return nil, errors.New("no manifest")
+	}
+	return prev, nil
 }
 
 // verifySelfSigned checks that version 1 carries signatures of at least its
@@ -430,7 +486,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 		return nil, logUnavailable(err)
 	}
 	rec := manifestRecord{Version: m.Version(), Hash: m.Hash(), Body: m.Bytes(), Signatures: sigs}
-	pending := pendingRecord{Hash: m.Hash(), SizeFrom: cp.Size, manifestRecord: rec}
+	pending := pendingRecord{SizeFrom: cp.Size, Manifest: rec}
 	if err := b.cfg.DB.Update(func(tx *bbolt.Tx) error {
 		raw, err := json.Marshal(&pending)
 		if err != nil {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -23,14 +24,12 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// simPlatforms are the platforms the simulated TEE provides in this build.
+// simPlatforms are the platforms every release test runs on.
 func simPlatforms(t *testing.T, dir string) []attest.Platform {
-	var ps []attest.Platform
-	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
-		if _, err := sim.NewIssuer(dir, p, sim.Options{}); err == nil {
-			ps = append(ps, p)
-		} else {
-			t.Logf("no simulated %s: %v", p, err)
+	ps := []attest.Platform{attest.SNP, attest.TDX}
+	for _, p := range ps {
+		if _, err := sim.NewIssuer(dir, p, sim.Options{}); err != nil {
+			t.Fatalf("simulated %s: %v", p, err)
 		}
 	}
 	return ps
@@ -133,6 +132,23 @@ func TestRejections(t *testing.T) {
 		{"debug policy", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
 			w := e.newWorker(attest.SNP, sim.Options{Debug: true}, api.KEMX25519)
 			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"wrong TDX MRTD", 403, api.CodePolicyDenied, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{Measurement: bytes.Repeat([]byte{7}, 48)}, api.KEMX25519)
+			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"TDX debug attribute", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{Debug: true}, api.KEMX25519)
+			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"TDX evidence bound to another worker key", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{}, api.KEMX25519)
+			req := e.releaseReq(w, e.challenge(), "demo/a")
+			req.HPKEPublicKey = good.pub
+			st, ae, _ := e.release(req)
 			return st, ae
 		}},
 		{"replayed nonce", 401, api.CodeNonceInvalid, func() (int, *api.Error) {
@@ -583,5 +599,93 @@ func TestRestartKeepsIdentityAndKeys(t *testing.T) {
 	got, err := api.Open(w.sk, api.ReleaseInfo("demo/a", 1, rel.LogIndex), rel.Keys[0].Sealed)
 	if err != nil || string(got) != "kept" {
 		t.Fatalf("after restart: %q %v", got, err)
+	}
+}
+
+func TestAttestationRateLimited(t *testing.T) {
+	e := newEnv(t)
+	e.b.limit = newRateLimiter(1, 2, e.clock.Now)
+	nonce := hex.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	for i := 0; i < 2; i++ {
+		e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+	}
+	if st, ae := e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil); st != 429 || ae.Code != api.CodeRateLimited {
+		t.Fatalf("third attestation in a burst of 2: %d %+v, want 429", st, ae)
+	}
+	if st, ae := e.do("POST", api.PathChallenge, nil, nil); st != 429 {
+		t.Fatalf("challenge with an empty bucket: %d %+v, want 429", st, ae)
+	}
+	e.clock.Advance(time.Second)
+	e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+}
+
+// TestPendingManifest simulates a crash between the durable manifest entry
+// and the activation (and one before the entry): the next start activates
+// the logged version and drops the unlogged one.
+func TestPendingManifest(t *testing.T) {
+	for _, logged := range []bool{true, false} {
+		e := newEnv(t)
+		body := e.nextManifest(t)
+		next, err := manifest.Parse(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := e.treeSize()
+		sigs := signAll(t, body, e.owners...)
+		pending := pendingRecord{SizeFrom: size, Manifest: manifestRecord{Version: 2, Hash: next.Hash(), Body: body, Signatures: sigs}}
+		if err := e.db.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(bucketBroker).Put(keyPending, mustJSON(&pending))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if logged {
+			fps := e.b.active.Load().m.OwnerFingerprints()
+			entry, err := tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeManifest, Time: time.Now(), Manifest: &tlog.ManifestEntry{
+				Version: 2, Hash: next.Hash(), Previous: next.Previous(), Body: body, Signers: fps,
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := e.log.Append(context.Background(), entry); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.close()
+		e.open(t)
+		want := uint64(1)
+		if logged {
+			want = 2
+		}
+		if _, v := e.b.ActiveManifest(); v != want {
+			t.Errorf("logged=%v: active version %d after restart, want %d", logged, v, want)
+		}
+		if logged {
+			var m api.Manifest
+			e.mustOK(e.do("GET", api.PathManifest, nil, &m))
+			if m.LogIndex != size {
+				t.Errorf("recovered manifest log index %d, want %d", m.LogIndex, size)
+			}
+		}
+		e.db.View(func(tx *bbolt.Tx) error {
+			if tx.Bucket(bucketBroker).Get(keyPending) != nil {
+				t.Errorf("logged=%v: pending record left after restart", logged)
+			}
+			return nil
+		})
+	}
+}
+
+// TestTamperedManifestState checks that a manifest record written into the
+// database by the host (not logged, not signed) stops the broker at start.
+func TestTamperedManifestState(t *testing.T) {
+	e := newEnv(t)
+	body := e.nextManifest(t)
+	rec := manifestRecord{Version: 2, Hash: manifest.HashOf(body), Body: body, Signatures: nil, LogIndex: 1}
+	if err := e.db.Update(func(tx *bbolt.Tx) error { return putManifestRecord(tx.Bucket(bucketBroker), &rec) }); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	if err := e.tryOpen(t); err == nil || !strings.Contains(err.Error(), "does not check out") {
+		t.Fatalf("start with a forged manifest record: %v", err)
 	}
 }

@@ -6,7 +6,8 @@
 # openssl and with kbsctl), a worker with a wrong measurement refused, and an
 # audit of the log. Every step is checked; any failure fails the demo.
 #
-# Needs: bin/kbsd and bin/kbsctl (make build), openssl.
+# Needs: bin/kbsd and bin/kbsctl (make build), openssl. KBSD_ARGS adds kbsd
+# flags.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -55,7 +56,9 @@ export KBS_STATE=$T/client-state
 SIMROOT=$T/kbs/sim/root.pem
 
 step "start kbsd --dev (simulated SNP TEE) in $T/kbs"
-"$KBSD" --dev --data "$T/kbs" --listen-tcp 127.0.0.1:0 >"$T/kbsd.log" 2>&1 &
+# KBSD_ARGS adds kbsd flags (make demo-trillian: the log on a Trillian tree).
+# shellcheck disable=SC2086
+"$KBSD" --dev --data "$T/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-} >"$T/kbsd.log" 2>&1 &
 KBSD_PID=$!
 for _ in $(seq 1 300); do
   [ -S "$T/kbs/kbs.sock" ] && grep -q 'kbsd serving' "$T/kbsd.log" && break
