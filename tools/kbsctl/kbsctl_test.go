@@ -478,7 +478,7 @@ func TestRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyDir(t, filepath.Join(dir, "old"), data)
-	d = startKbsd(t, data)
+	startKbsd(t, data)
 	_, errOut := ctl(t, 1, append(g, "verify", "--manifest", mf)...)
 	contains(t, errOut, "rolled back")
 	contains(t, errOut, "verified checkpoint:")
