@@ -746,3 +746,19 @@ func TestLogFailureReleasesNothing(t *testing.T) {
 		t.Fatalf("healthz after recovery: %v %v", resp, err)
 	}
 }
+
+func TestSNPTCBString(t *testing.T) {
+	for _, tt := range []struct {
+		product string
+		tcb     uint64
+		want    string
+	}{
+		{"Milan", 0xd516000000000004, "bl=4,tee=0,snp=22,ucode=213"},
+		{"Genoa", 0x0803000000000102, "bl=2,tee=1,snp=3,ucode=8"},
+		{"Turin", 0x0102, "reported_tcb=0000000000000102"},
+	} {
+		if got := snpTCB(tt.product, tt.tcb); got != tt.want {
+			t.Errorf("snpTCB(%s, %#x) = %q, want %q", tt.product, tt.tcb, got, tt.want)
+		}
+	}
+}
