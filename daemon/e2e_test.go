@@ -525,3 +525,18 @@ func TestDevTDXBroker(t *testing.T) {
 		t.Errorf("only %d log lines", len(lines))
 	}
 }
+
+// TestUnsignedInitialManifestHint: a first start with a version 1 that its
+// owners did not sign is refused, with the commands that sign it. (The dev
+// data directory stands in for a production one: the check is the same.)
+func TestUnsignedInitialManifestHint(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "kbs-dev")
+	d := startDaemon(t, data)
+	d.stop()
+	os.Remove(filepath.Join(data, "manifest.json.sig"))
+	os.Remove(filepath.Join(data, "kbs.db"))
+	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "kbsctl manifest sign --key OWNER.key") {
+		t.Fatalf("start with an unsigned version 1: %v\n%s", err, out)
+	}
+}

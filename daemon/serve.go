@@ -152,6 +152,9 @@ func serve(ctx context.Context, c *Config) error {
 		AttestationRate:   c.AttestationRate,
 		AttestationBurst:  int(2 * c.AttestationRate),
 	})
+	if errors.Is(err, kbs.ErrInitialSignatures) {
+		return fmt.Errorf("%w\nsign it with each owner key, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default)", err, c.Manifest)
+	}
 	if err != nil {
 		return err
 	}

@@ -99,6 +99,10 @@ type Config struct {
 	AttestationBurst int
 }
 
+// ErrInitialSignatures is returned by New when the version-1 manifest lacks
+// signatures of its own owners' threshold.
+var ErrInitialSignatures = errors.New("initial manifest not signed by its owners")
+
 // Broker serves the kbs API. Create it with New; serve Handler.
 type Broker struct {
 	cfg    Config
@@ -472,7 +476,7 @@ func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
 		}
 	}
 	if len(seen) < m.Threshold() {
-		return nil, fmt.Errorf("version 1 needs signatures of %d of its own owners, has %d valid", m.Threshold(), len(seen))
+		return nil, fmt.Errorf("%w: version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid", ErrInitialSignatures, m.Threshold(), len(seen))
 	}
 	var fps []string
 	for fp := range seen {
