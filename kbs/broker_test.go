@@ -262,6 +262,18 @@ func TestRejections(t *testing.T) {
 		{"manifest replay of version 1", 409, api.CodeConflict, func() (int, *api.Error) {
 			return e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: e.manifest, Signatures: signAll(t, e.manifest, e.owners...)}, nil)
 		}},
+		{"manifest that this broker does not match", 409, api.CodeConflict, func() (int, *api.Error) {
+			m, _ := manifest.Parse(e.nextManifest(t))
+			d := m.Document()
+			for i := range d.Service.SNP {
+				d.Service.SNP[i].Measurement = manifest.Hexes(otherMeasurement)
+			}
+			body, err := manifest.Encode(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)}, nil)
+		}},
 		{"malformed manifest", 400, api.CodeBadRequest, func() (int, *api.Error) {
 			return e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: []byte(`{"schema":"kbs-manifest/v1"}`)}, nil)
 		}},
