@@ -458,6 +458,10 @@ func TestEndToEnd(t *testing.T) {
 			receipts = append(receipts, rel.Receipt)
 		}
 	}
+	// Against the real process too: a replayed release and a worker with
+	// another measurement get their error, no key, and the log does not grow.
+	replayAndMismatch(t, d)
+
 	noteKey, hpkePub := c.att.NoteKey, c.att.HPKEPublicKey
 	d.stop()
 	if !strings.Contains(d.out.String(), "final checkpoint") {
@@ -538,5 +542,54 @@ func TestUnsignedInitialManifestHint(t *testing.T) {
 	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "kbsctl manifest sign --key OWNER.key") {
 		t.Fatalf("start with an unsigned version 1: %v\n%s", err, out)
+	}
+}
+
+func treeSize(t *testing.T, d *daemon) uint64 {
+	t.Helper()
+	var p api.InclusionProof
+	d.mustCall("GET", api.PathLogProof+"?index=0", nil, &p)
+	return p.TreeSize
+}
+
+func replayAndMismatch(t *testing.T, d *daemon) {
+	t.Helper()
+	simDir := filepath.Join(d.data, "sim")
+	request := func(opts sim.Options) *api.ReleaseRequest {
+		var ch api.Challenge
+		d.mustCall("POST", api.PathChallenge, nil, &ch)
+		sk, _ := api.GenerateKey(api.KEMX25519)
+		pub := api.MarshalPublicKey(sk.PublicKey())
+		iss, err := sim.NewIssuer(simDir, attest.SNP, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := iss.Issue(context.Background(), api.ReportData(api.WorkerBinding(ch.Nonce, pub)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &api.ReleaseRequest{Platform: "snp", Nonce: ch.Nonce, Evidence: ev.Data, HPKEPublicKey: pub, KeyIDs: []string{"demo/e2e"}}
+	}
+	used := request(sim.Options{})
+	d.mustCall("POST", api.PathRelease, used, nil)
+	for _, tt := range []struct {
+		name   string
+		req    *api.ReleaseRequest
+		status int
+		code   string
+	}{
+		{"replayed release", used, 401, api.CodeNonceInvalid},
+		{"another measurement", request(sim.Options{Measurement: bytes.Repeat([]byte{9}, 48)}), 403, api.CodePolicyDenied},
+		{"debug guest", request(sim.Options{Debug: true}), 403, api.CodeEvidenceRejected},
+	} {
+		before := treeSize(t, d)
+		var rel api.Release
+		st, ae, err := d.call("POST", api.PathRelease, tt.req, &rel)
+		if err != nil || st != tt.status || ae == nil || ae.Code != tt.code || rel.Keys != nil {
+			t.Errorf("%s: %d %+v %v, want %d %s", tt.name, st, ae, err, tt.status, tt.code)
+		}
+		if after := treeSize(t, d); after != before {
+			t.Errorf("%s: the log grew %d -> %d", tt.name, before, after)
+		}
 	}
 }
