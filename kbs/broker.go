@@ -243,7 +243,7 @@ func (b *Broker) logIdentity(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't read the log checkpoint: %w", err)
 	}
-	// The identity evidence binds the keys to the empty nonce and the
+	// The identity evidence binds the keys, with an all-zero nonce, to the
 	// checkpoint before the identity entry.
 	rd := api.ReportData(api.BrokerBinding(make([]byte, api.NonceSize), id.NoteKey, id.HPKEPublicKey, id.TLSSPKISHA256, string(cp.Note)))
 	ev, err := b.cfg.Issuer.Issue(ctx, rd)

@@ -27,7 +27,7 @@
 //	POST   /v1/keys                            KeyUpload -> KeyUploadResult
 //	DELETE /v1/keys/{id}                       KeyDelete -> KeyDeleteResult
 //	GET    /v1/keys                            -> KeyList
-//	POST   /v1/release/challenge               -> Challenge
+//	POST   /v1/release/challenge               (no body) -> Challenge
 //	POST   /v1/release                         ReleaseRequest -> Release
 //	GET    /v1/log/proof?index=&size=          -> InclusionProof
 //	GET    /v1/log/consistency?old=&new=       -> ConsistencyProof
