@@ -430,6 +430,12 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("dev file %s: %v", f, err)
 		}
 	}
+	if fi, err := os.Stat(filepath.Join(data, "kbs.sock")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode: %v %v, want 0600", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(data); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("data directory mode: %v %v, want 0700", fi.Mode(), err)
+	}
 	if !strings.Contains(d.out.String(), "Next steps") {
 		t.Errorf("kbsd --dev printed no next steps:\n%s", d.out)
 	}
