@@ -39,6 +39,7 @@
 package boltlog
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -315,7 +316,7 @@ func (l *Log) commitBatch(batch []*request) {
 	}
 	l.cp.Store(&cp)
 	for i, r := range batch {
-		r.done <- result{index: first + uint64(i), cp: cp}
+		r.done <- result{index: first + uint64(i), cp: cloneCheckpoint(cp)}
 	}
 }
 
@@ -382,7 +383,14 @@ func (l *Log) commit(batch []*request) (uint64, tlog.SignedCheckpoint, error) {
 
 // Checkpoint implements tlog.Backend.
 func (l *Log) Checkpoint(ctx context.Context) (tlog.SignedCheckpoint, error) {
-	return *l.cp.Load(), nil
+	return cloneCheckpoint(*l.cp.Load()), nil
+}
+
+// cloneCheckpoint gives callers their own copy of the note, so that what
+// they do with it cannot touch the log's record of its last checkpoint.
+func cloneCheckpoint(cp tlog.SignedCheckpoint) tlog.SignedCheckpoint {
+	cp.Note = bytes.Clone(cp.Note)
+	return cp
 }
 
 // Entries implements tlog.Backend.
