@@ -275,12 +275,27 @@ func (l *Log) failure() error {
 	return nil
 }
 
-// writer commits queued appends in batches until reqs is closed.
+// maxBatchBytes bounds the entry bytes of one transaction.
+const maxBatchBytes = 16 << 20
+
+// writer commits queued appends in batches until reqs is closed. A batch
+// takes every append waiting when the previous commit ends, up to MaxBatch
+// entries and maxBatchBytes bytes.
 func (l *Log) writer() {
 	defer close(l.done)
 	batch := make([]*request, 0, l.max)
-	for r := range l.reqs {
-		batch = append(batch[:0], r)
+	var carry *request
+	for {
+		if carry == nil {
+			r, ok := <-l.reqs
+			if !ok {
+				return
+			}
+			carry = r
+		}
+		batch = append(batch[:0], carry)
+		size := len(carry.entry)
+		carry = nil
 	fill:
 		for len(batch) < l.max {
 			select {
@@ -288,6 +303,11 @@ func (l *Log) writer() {
 				if !ok {
 					break fill
 				}
+				if size+len(r.entry) > maxBatchBytes {
+					carry = r
+					break fill
+				}
+				size += len(r.entry)
 				batch = append(batch, r)
 			default:
 				break fill
