@@ -1,0 +1,351 @@
+package tlog
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// MaxEntrySize is the largest encoded entry the log accepts: the largest
+// length a C2SP tlog-tiles entry bundle can carry (a big-endian uint16).
+const MaxEntrySize = 1<<16 - 1
+
+// Entry types.
+const (
+	TypeManifest  = "manifest"
+	TypeIdentity  = "identity"
+	TypeKeyUpload = "key-upload"
+	TypeKeyDelete = "key-delete"
+	TypeRelease   = "release"
+)
+
+// Entry is one leaf of the log. Exactly the payload field that matches Type
+// is set. Entries never hold key material.
+type Entry struct {
+	Type      string         `json:"type"`
+	Time      time.Time      `json:"time"`
+	Manifest  *ManifestEntry `json:"manifest,omitempty"`
+	Identity  *IdentityEntry `json:"identity,omitempty"`
+	KeyUpload *KeyEntry      `json:"key_upload,omitempty"`
+	KeyDelete *KeyEntry      `json:"key_delete,omitempty"`
+	Release   *ReleaseEntry  `json:"release,omitempty"`
+}
+
+// ManifestEntry records a manifest version. Body is the manifest's exact
+// bytes; Hash is "sha256:<hex>" of Body.
+type ManifestEntry struct {
+	Version  uint64 `json:"version"`
+	Hash     string `json:"hash"`
+	Previous string `json:"previous,omitempty"`
+	Body     []byte `json:"body"`
+	// Signers are the fingerprints ("sha256:<hex>" of the DER
+	// SubjectPublicKeyInfo) of the owner keys whose signatures admitted
+	// this version.
+	Signers []string `json:"signers"`
+}
+
+// IdentityEntry records the broker's identity keys, at first boot and on
+// rotation.
+type IdentityEntry struct {
+	NoteKey        string `json:"note_key"`
+	HPKEPublicKey  []byte `json:"hpke_public_key"`
+	TLSSPKISHA256  string `json:"tls_spki_sha256"`
+	Platform       string `json:"platform"`
+	Simulated      bool   `json:"simulated"`
+	EvidenceDigest string `json:"evidence_digest"`
+}
+
+// KeyEntry records a key upload or deletion (metadata only).
+type KeyEntry struct {
+	ID      string `json:"id"`
+	Version uint64 `json:"version"`
+	Client  string `json:"client"`
+}
+
+// KeyRef names one version of a key.
+type KeyRef struct {
+	ID      string `json:"id"`
+	Version uint64 `json:"version"`
+}
+
+// ReleaseEntry records a key release to a worker.
+type ReleaseEntry struct {
+	Keys            []KeyRef `json:"keys"`
+	WorkerClass     string   `json:"worker_class"`
+	Platform        string   `json:"platform"`
+	Simulated       bool     `json:"simulated"`
+	Measurement     string   `json:"measurement"`
+	ChipID          string   `json:"chip_id,omitempty"`
+	TCB             string   `json:"tcb,omitempty"`
+	EvidenceDigest  string   `json:"evidence_digest"`
+	WorkerKeyDigest string   `json:"worker_key_digest"`
+	ManifestHash    string   `json:"manifest_hash"`
+}
+
+// EncodeEntry validates e and returns its canonical JSON encoding. Time is
+// encoded in UTC. The result is what DecodeEntry accepts, byte for byte.
+func EncodeEntry(e *Entry) ([]byte, error) {
+	if e == nil {
+		return nil, errors.New("tlog: nil entry")
+	}
+	c := *e
+	c.Time = c.Time.UTC().Round(0)
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return nil, fmt.Errorf("tlog: couldn't encode entry: %w", err)
+	}
+	if len(b) > MaxEntrySize {
+		return nil, fmt.Errorf("tlog: encoded entry is %d bytes, more than %d", len(b), MaxEntrySize)
+	}
+	return b, nil
+}
+
+// DecodeEntry parses an entry strictly: at most MaxEntrySize bytes, one JSON
+// object, no unknown fields, no duplicate keys, no trailing data, a valid
+// payload for its type, and the canonical encoding EncodeEntry produces (so
+// every entry has exactly one byte representation).
+func DecodeEntry(b []byte) (*Entry, error) {
+	if len(b) > MaxEntrySize {
+		return nil, fmt.Errorf("tlog: entry is %d bytes, more than %d", len(b), MaxEntrySize)
+	}
+	if err := checkDuplicateKeys(b); err != nil {
+		return nil, fmt.Errorf("tlog: malformed entry: %w", err)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	var e Entry
+	if err := d.Decode(&e); err != nil {
+		return nil, fmt.Errorf("tlog: malformed entry: %w", err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, errors.New("tlog: malformed entry: trailing data after the JSON object")
+	}
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	if e.Time.Location() != time.UTC {
+		return nil, errors.New("tlog: entry time is not in UTC")
+	}
+	c, err := json.Marshal(&e)
+	if err != nil || !bytes.Equal(c, b) {
+		return nil, errors.New("tlog: entry is not in canonical encoding")
+	}
+	return &e, nil
+}
+
+// checkDuplicateKeys walks the JSON value in b and rejects any object with
+// two keys that encoding/json would treat as the same field (it matches
+// names case-insensitively).
+func checkDuplicateKeys(b []byte) error {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var walk func(depth int) error
+	walk = func(depth int) error {
+		if depth > 32 {
+			return errors.New("JSON nested too deeply")
+		}
+		t, err := d.Token()
+		if err != nil {
+			return err
+		}
+		switch t {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for d.More() {
+				k, err := d.Token()
+				if err != nil {
+					return err
+				}
+				ks, _ := k.(string)
+				fk := strings.ToLower(ks)
+				if seen[fk] {
+					return fmt.Errorf("duplicate key %q", ks)
+				}
+				seen[fk] = true
+				if err := walk(depth + 1); err != nil {
+					return err
+				}
+			}
+			_, err = d.Token()
+			return err
+		case json.Delim('['):
+			for d.More() {
+				if err := walk(depth + 1); err != nil {
+					return err
+				}
+			}
+			_, err = d.Token()
+			return err
+		}
+		return nil
+	}
+	return walk(0)
+}
+
+func (e *Entry) validate() error {
+	if e.Time.IsZero() {
+		return errors.New("tlog: entry has no time")
+	}
+	if y := e.Time.Year(); y < 2000 || y > 9999 {
+		return fmt.Errorf("tlog: entry time %v out of range", e.Time)
+	}
+	n := 0
+	for _, set := range []bool{e.Manifest != nil, e.Identity != nil, e.KeyUpload != nil, e.KeyDelete != nil, e.Release != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("tlog: entry of type %q must have exactly one payload, has %d", e.Type, n)
+	}
+	var err error
+	switch e.Type {
+	case TypeManifest:
+		if e.Manifest == nil {
+			return errors.New("tlog: manifest entry without manifest payload")
+		}
+		err = e.Manifest.validate()
+	case TypeIdentity:
+		if e.Identity == nil {
+			return errors.New("tlog: identity entry without identity payload")
+		}
+		err = e.Identity.validate()
+	case TypeKeyUpload:
+		if e.KeyUpload == nil {
+			return errors.New("tlog: key-upload entry without key_upload payload")
+		}
+		err = e.KeyUpload.validate()
+	case TypeKeyDelete:
+		if e.KeyDelete == nil {
+			return errors.New("tlog: key-delete entry without key_delete payload")
+		}
+		err = e.KeyDelete.validate()
+	case TypeRelease:
+		if e.Release == nil {
+			return errors.New("tlog: release entry without release payload")
+		}
+		err = e.Release.validate()
+	default:
+		return fmt.Errorf("tlog: unknown entry type %q", e.Type)
+	}
+	if err != nil {
+		return fmt.Errorf("tlog: invalid %s entry: %w", e.Type, err)
+	}
+	return nil
+}
+
+// checkDigest reports whether s is "sha256:" followed by 64 lowercase hex
+// digits.
+func checkDigest(field, s string) error {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	if !ok || len(h) != 64 || strings.ToLower(h) != h {
+		return fmt.Errorf("%s %q is not sha256:<64 lowercase hex digits>", field, s)
+	}
+	if _, err := hex.DecodeString(h); err != nil {
+		return fmt.Errorf("%s %q is not sha256:<64 lowercase hex digits>", field, s)
+	}
+	return nil
+}
+
+func checkPlatform(p string) error {
+	if p != "snp" && p != "tdx" {
+		return fmt.Errorf("platform %q is not snp or tdx", p)
+	}
+	return nil
+}
+
+func (m *ManifestEntry) validate() error {
+	if m.Version == 0 {
+		return errors.New("version must be at least 1")
+	}
+	if err := checkDigest("hash", m.Hash); err != nil {
+		return err
+	}
+	if m.Version == 1 && m.Previous != "" {
+		return errors.New("version 1 must not have a previous hash")
+	}
+	if m.Version > 1 {
+		if err := checkDigest("previous", m.Previous); err != nil {
+			return err
+		}
+	}
+	if len(m.Body) == 0 {
+		return errors.New("empty manifest body")
+	}
+	if len(m.Signers) == 0 {
+		return errors.New("no signers")
+	}
+	for _, s := range m.Signers {
+		if err := checkDigest("signer", s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (i *IdentityEntry) validate() error {
+	if i.NoteKey == "" {
+		return errors.New("empty note_key")
+	}
+	if len(i.HPKEPublicKey) == 0 {
+		return errors.New("empty hpke_public_key")
+	}
+	if h, err := hex.DecodeString(i.TLSSPKISHA256); err != nil || len(h) != 32 || strings.ToLower(i.TLSSPKISHA256) != i.TLSSPKISHA256 {
+		return fmt.Errorf("tls_spki_sha256 %q is not 64 lowercase hex digits", i.TLSSPKISHA256)
+	}
+	if err := checkPlatform(i.Platform); err != nil {
+		return err
+	}
+	return checkDigest("evidence_digest", i.EvidenceDigest)
+}
+
+func (k *KeyEntry) validate() error {
+	if k.ID == "" {
+		return errors.New("empty key id")
+	}
+	if k.Version == 0 {
+		return errors.New("key version must be at least 1")
+	}
+	if k.Client == "" {
+		return errors.New("empty client")
+	}
+	return nil
+}
+
+func (r *ReleaseEntry) validate() error {
+	if len(r.Keys) == 0 {
+		return errors.New("no keys")
+	}
+	for _, k := range r.Keys {
+		if k.ID == "" {
+			return errors.New("empty key id")
+		}
+		if k.Version == 0 {
+			return fmt.Errorf("key %q: version must be at least 1", k.ID)
+		}
+	}
+	if r.WorkerClass == "" {
+		return errors.New("empty worker_class")
+	}
+	if err := checkPlatform(r.Platform); err != nil {
+		return err
+	}
+	if r.Measurement == "" {
+		return errors.New("empty measurement")
+	}
+	if err := checkDigest("evidence_digest", r.EvidenceDigest); err != nil {
+		return err
+	}
+	if err := checkDigest("worker_key_digest", r.WorkerKeyDigest); err != nil {
+		return err
+	}
+	return checkDigest("manifest_hash", r.ManifestHash)
+}
