@@ -177,6 +177,24 @@ func (c *TileClient) ConsistencyProof(ctx context.Context, cp SignedCheckpoint, 
 	return p, nil
 }
 
+// Sync fetches the log's latest checkpoint, verifies its signature with v,
+// proves it consistent with v's last verified checkpoint using
+// authenticated tiles, and records it in v's store. A rollback or fork is
+// returned as a *ForkError.
+func (c *TileClient) Sync(ctx context.Context, v *Verifier) (SignedCheckpoint, error) {
+	msg, err := c.Checkpoint(ctx)
+	if err != nil {
+		return SignedCheckpoint{}, err
+	}
+	cp, err := v.VerifyCheckpoint(msg)
+	if err != nil {
+		return SignedCheckpoint{}, err
+	}
+	return v.UpdateWith(msg, func(oldSize uint64) ([]Hash, error) {
+		return c.ConsistencyProof(ctx, cp, oldSize)
+	})
+}
+
 // Entries fetches the entries [start, cp.Size) of the tree of cp, verifies
 // each against cp (every entry bundle against its level-0 hash tile, every
 // tile up to cp's root), and calls f with each entry in index order. f

@@ -192,10 +192,10 @@ func FuzzDecodeEntry(f *testing.F) {
 }
 
 // TestLargestManifestFits documents the room for manifest bodies: a 46 KiB
-// manifest with 16 signers fits in one entry (base64 grows it by 4/3), a
+// manifest with 32 signers (the most manifest.Verify accepts) fits in one entry (base64 grows it by 4/3), a
 // 48 KiB one does not.
 func TestLargestManifestFits(t *testing.T) {
-	signers := make([]string, 16)
+	signers := make([]string, 32)
 	for i := range signers {
 		signers[i] = testDigest
 	}

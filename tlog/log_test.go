@@ -772,3 +772,46 @@ func TestReceiptFixture(t *testing.T) {
 	os.WriteFile("testdata/receipt.tlog-proof", r, 0o644)
 	os.WriteFile("testdata/receipt.vkey", []byte(l.vkey+"\n"), 0o644)
 }
+
+func TestTileClientSync(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, 300)
+	srv := httptest.NewServer(tlog.NewHandler(l))
+	defer srv.Close()
+	c := tlog.NewTileClient(srv.URL+"/log", nil)
+	v, _ := tlog.NewVerifier(origin, l.vkey, tlog.FileStore{Dir: t.TempDir()})
+	if cp, err := c.Sync(ctx, v); err != nil || cp.Size != 300 {
+		t.Fatalf("first Sync = %d, %v", cp.Size, err)
+	}
+	l.add(t, 333)
+	if cp, err := c.Sync(ctx, v); err != nil || cp.Size != 633 {
+		t.Fatalf("second Sync = %d, %v", cp.Size, err)
+	}
+	if latest, _, _ := v.Latest(); latest.Size != 633 {
+		t.Fatalf("stored size %d", latest.Size)
+	}
+	// A forked log under the same key, larger than what v saw.
+	forked := newTestLogPrefix(t, "fork ", 700)
+	fsrv := httptest.NewServer(tlog.NewHandler(forked))
+	defer fsrv.Close()
+	var fe *tlog.ForkError
+	if _, err := tlog.NewTileClient(fsrv.URL+"/log", nil).Sync(ctx, v); !errors.As(err, &fe) || fe.Old.Size != 633 || fe.New.Size != 700 {
+		t.Fatalf("Sync with a forked log = %v, want *ForkError", err)
+	}
+}
+
+type failingBackend struct{ tlog.Backend }
+
+func (failingBackend) HashTile(context.Context, int, uint64, int) ([]byte, error) {
+	return nil, errors.New("disk on fire")
+}
+
+func TestHandlerErrorLog(t *testing.T) {
+	l := newTestLog(t, 3)
+	var logged error
+	h := tlog.NewHandler(failingBackend{l}, tlog.WithErrorLog(func(_ *http.Request, err error) { logged = err }))
+	w := get(t, h, "GET", "/log/tile/0/000.p/3")
+	if w.Code != 503 || strings.Contains(w.Body.String(), "fire") || logged == nil || !strings.Contains(logged.Error(), "fire") {
+		t.Fatalf("backend failure: %d %q, logged %v", w.Code, w.Body, logged)
+	}
+}

@@ -39,6 +39,7 @@
 package boltlog
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -274,12 +275,27 @@ func (l *Log) failure() error {
 	return nil
 }
 
-// writer commits queued appends in batches until reqs is closed.
+// maxBatchBytes bounds the entry bytes of one transaction.
+const maxBatchBytes = 16 << 20
+
+// writer commits queued appends in batches until reqs is closed. A batch
+// takes every append waiting when the previous commit ends, up to MaxBatch
+// entries and maxBatchBytes bytes.
 func (l *Log) writer() {
 	defer close(l.done)
 	batch := make([]*request, 0, l.max)
-	for r := range l.reqs {
-		batch = append(batch[:0], r)
+	var carry *request
+	for {
+		if carry == nil {
+			r, ok := <-l.reqs
+			if !ok {
+				return
+			}
+			carry = r
+		}
+		batch = append(batch[:0], carry)
+		size := len(carry.entry)
+		carry = nil
 	fill:
 		for len(batch) < l.max {
 			select {
@@ -287,6 +303,11 @@ func (l *Log) writer() {
 				if !ok {
 					break fill
 				}
+				if size+len(r.entry) > maxBatchBytes {
+					carry = r
+					break fill
+				}
+				size += len(r.entry)
 				batch = append(batch, r)
 			default:
 				break fill
@@ -315,7 +336,7 @@ func (l *Log) commitBatch(batch []*request) {
 	}
 	l.cp.Store(&cp)
 	for i, r := range batch {
-		r.done <- result{index: first + uint64(i), cp: cp}
+		r.done <- result{index: first + uint64(i), cp: cloneCheckpoint(cp)}
 	}
 }
 
@@ -382,7 +403,14 @@ func (l *Log) commit(batch []*request) (uint64, tlog.SignedCheckpoint, error) {
 
 // Checkpoint implements tlog.Backend.
 func (l *Log) Checkpoint(ctx context.Context) (tlog.SignedCheckpoint, error) {
-	return *l.cp.Load(), nil
+	return cloneCheckpoint(*l.cp.Load()), nil
+}
+
+// cloneCheckpoint gives callers their own copy of the note, so that what
+// they do with it cannot touch the log's record of its last checkpoint.
+func cloneCheckpoint(cp tlog.SignedCheckpoint) tlog.SignedCheckpoint {
+	cp.Note = bytes.Clone(cp.Note)
+	return cp
 }
 
 // Entries implements tlog.Backend.
@@ -554,6 +582,9 @@ type hashReader struct {
 }
 
 func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	if out, ok := r.scan(indexes); ok {
+		return out, nil
+	}
 	out := make([]tlog.Hash, len(indexes))
 	var k [8]byte
 	for i, x := range indexes {
@@ -585,6 +616,39 @@ func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		}
 	}
 	return out, nil
+}
+
+// scan reads a dense, ascending run of committed stored hashes (such as a
+// hash tile's) with one cursor walk instead of a lookup each. It reports
+// false if indexes do not qualify or anything is amiss; ReadHashes then
+// falls back to lookups, which report errors precisely.
+func (r *hashReader) scan(indexes []int64) ([]tlog.Hash, bool) {
+	n := len(indexes)
+	if n < 16 || r.pending != nil || indexes[0] < 0 || indexes[n-1] >= r.limit || indexes[n-1]-indexes[0] > 4*int64(n) {
+		return nil, false
+	}
+	for i := 1; i < n; i++ {
+		if indexes[i] <= indexes[i-1] {
+			return nil, false
+		}
+	}
+	out := make([]tlog.Hash, n)
+	c := r.b.Cursor()
+	i := 0
+	for k, v := c.Seek(key(uint64(indexes[0]))); k != nil && i < n; k, v = c.Next() {
+		x := decodeKey(k)
+		if x > indexes[i] {
+			return nil, false // missing hash
+		}
+		if x == indexes[i] {
+			if len(v) != len(out[i]) {
+				return nil, false
+			}
+			copy(out[i][:], v)
+			i++
+		}
+	}
+	return out, i == n
 }
 
 func key(i uint64) []byte {
