@@ -85,8 +85,8 @@ type globals struct {
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT (default $KBS_ADDR, else unix://kbs-dev/kbs.sock)")
-	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities (default $KBS_STATE, else the user config dir)")
+	fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT ($KBS_ADDR sets the default)")
+	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities ($KBS_STATE sets the default)")
 	fs.StringVar(&g.simRoot, "sim-root", g.simRoot, "accept simulated-TEE evidence under this root.pem (development only)")
 	fs.BoolVar(&g.json, "json", g.json, "print machine-readable JSON on stdout")
 }
