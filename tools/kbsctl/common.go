@@ -30,7 +30,7 @@ func (e *env) verifier(offline bool) (attest.Verifier, error) {
 	v, err := verify.New(verify.Options{
 		SimRootFile: e.g.simRoot,
 		CacheDir:    filepath.Join(e.g.state, "cache"),
-		Offline:     offline,
+		Offline:     offline || e.g.offline,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("couldn't set up evidence verification: %w", err)

@@ -12,7 +12,7 @@
 // --state DIR (last verified checkpoints and broker identities; default
 // $KBS_STATE, else the user config directory's kbs/), --sim-root FILE
 // (accept simulated-TEE evidence under this root), --json (machine-readable
-// output on stdout).
+// output on stdout), --offline (no certificate or revocation fetches).
 //
 // Exit status: 0 success, 1 a verification or policy failure (evidence,
 // manifest, proofs, receipts, a forked or rolled back log, a request the
@@ -82,6 +82,7 @@ type globals struct {
 	state   string
 	simRoot string
 	json    bool
+	offline bool
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
@@ -89,6 +90,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities ($KBS_STATE sets the default)")
 	fs.StringVar(&g.simRoot, "sim-root", g.simRoot, "accept simulated-TEE evidence under this root.pem (development only)")
 	fs.BoolVar(&g.json, "json", g.json, "print machine-readable JSON on stdout")
+	fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
 }
 
 func defaultGlobals() *globals {
