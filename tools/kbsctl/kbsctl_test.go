@@ -366,8 +366,9 @@ func TestFlow(t *testing.T) {
 	contains(t, out, "2 signer(s)")
 
 	// Delete a key.
-	out, _ = ctl(t, 0, append(g, "key", "rm", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b")...)
+	out, _ = ctl(t, 0, append(g, "key", "rm", "--client-key", clientKey, "--id", "demo/b")...)
 	contains(t, out, "deleted demo/b")
+	ctl(t, 2, "--addr", d.unix, "--state", filepath.Join(dir, "empty"), "key", "rm", "--client-key", clientKey, "--id", "demo/a")
 	ctl(t, 2, append(g, "key", "rm", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b")...)
 
 	// Auditor: fresh state with the note key, then the client's state.

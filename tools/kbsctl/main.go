@@ -50,7 +50,7 @@ Usage:
 Client:
   verify --manifest FILE [--follow]           verify the broker, store its checkpoint
   key put --manifest FILE --client-key FILE --id ID (--file F | --generate --out F)
-  key rm --manifest FILE --client-key FILE --id ID
+  key rm [--manifest FILE] --client-key FILE --id ID
   key ls                                      list key metadata
   prompt encrypt|decrypt --key FILE           AES-256-GCM prompts (stdin to stdout)
   prompt send --worker URL --key FILE         encrypt stdin, ask a worker, decrypt the answer
