@@ -112,11 +112,19 @@ func startProxy(t *testing.T, upstream string) (string, *tamperProxy) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv := &http.Server{Handler: p.handler(upstream)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "unix://" + sock, p
+}
+
+// handler forwards requests to the broker's unix socket upstream.
+func (p *tamperProxy) handler(upstream string) http.Handler {
 	up := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", upstream)
 	}}}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://kbs"+r.URL.RequestURI(), r.Body)
 		req.Header.Set("Content-Type", r.Header.Get("Content-Type"))
 		resp, err := up.Do(req)
@@ -141,10 +149,7 @@ func startProxy(t *testing.T, upstream string) (string, *tamperProxy) {
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
 		w.WriteHeader(resp.StatusCode)
 		w.Write(body)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return "unix://" + sock, p
+	})
 }
 
 func (p *tamperProxy) set(f func(*api.Attestation)) {
@@ -272,6 +277,28 @@ func TestVerifyBrokerTampered(t *testing.T) {
 				t.Fatal("a failed verification changed the stored checkpoint")
 			}
 		})
+	}
+
+	// A TLS-terminating proxy with its own certificate in front of the
+	// broker: the attested TLS key is not the connection's.
+	mitm := httptest.NewUnstartedServer((&tamperProxy{}).handler(sock))
+	mitm.Config.ErrorLog = log.New(io.Discard, "", 0)
+	mitm.StartTLS()
+	defer mitm.Close()
+	cm, err := client.New(client.Config{Addr: mitm.URL, Verifier: v, Checkpoints: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cm.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: origin})
+	var ve *client.VerifyError
+	if !errors.As(err, &ve) || ve.Step != "TLS binding" {
+		t.Fatalf("VerifyBroker through a TLS proxy = %v, want a TLS binding failure", err)
+	}
+	if cm.TLSPin() != "" {
+		t.Fatal("a failed TLS binding set a pin")
+	}
+	if _, err := cm.Keys(ctx); !errors.Is(err, client.ErrNotPinned) {
+		t.Fatalf("Keys through the proxy after a failed verification = %v, want ErrNotPinned", err)
 	}
 
 	// Untampered, the same client state verifies and advances.
