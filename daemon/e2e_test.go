@@ -503,14 +503,25 @@ func TestProductionRefusals(t *testing.T) {
 	}
 }
 
-// TestDevTDXBroker runs the dev broker on the simulated TDX platform: its
-// own evidence is a TDX quote that the client verifies.
+// TestDevTDXBroker runs the dev broker on the simulated TDX platform, with
+// JSON logs: its own evidence is a TDX quote that the client verifies, and
+// every line it writes is a JSON object.
 func TestDevTDXBroker(t *testing.T) {
-	d := startDaemon(t, filepath.Join(t.TempDir(), "kbs-dev"), "--tee", "tdx")
-	defer d.stop()
+	d := startDaemon(t, filepath.Join(t.TempDir(), "kbs-dev"), "--tee", "tdx", "--log-format", "json")
 	c := newClient(t, d)
 	c.verifyBroker()
 	if c.att.Platform != "tdx" || !c.att.Simulated {
 		t.Fatalf("attestation platform %q simulated %v", c.att.Platform, c.att.Simulated)
+	}
+	d.stop()
+	lines := strings.Split(strings.TrimSpace(d.out.String()), "\n")
+	for _, l := range lines {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Errorf("log line is not JSON: %q", l)
+		}
+	}
+	if len(lines) < 5 {
+		t.Errorf("only %d log lines", len(lines))
 	}
 }

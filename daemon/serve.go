@@ -200,7 +200,14 @@ func serve(ctx context.Context, c *Config) error {
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
 	if dev != nil {
-		dev.printNextSteps(os.Stderr, c, addrs, id.NoteKey)
+		var steps strings.Builder
+		dev.printNextSteps(&steps, c, addrs, id.NoteKey)
+		if c.LogFormat == "json" {
+			// Keep stderr one JSON object per line.
+			logger.Info("development mode: next steps", "text", steps.String())
+		} else {
+			os.Stderr.WriteString(steps.String())
+		}
 	}
 
 	var serveErr error

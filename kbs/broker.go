@@ -114,12 +114,30 @@ type Broker struct {
 	keyMu      sync.Mutex // serializes key uploads and deletes
 
 	closing atomic.Bool
+	// appendFailing is set while appends to the log fail (health checks
+	// report it), and cleared by the next successful append.
+	appendFailing atomic.Bool
+}
+
+// append appends entry to the log, durably, and tracks the log's health.
+func (b *Broker) append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
+	idx, cp, err := b.cfg.Log.Append(ctx, entry)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.appendFailing.Store(true)
+		}
+		return 0, cp, err
+	}
+	b.appendFailing.Store(false)
+	return idx, cp, nil
 }
 
 // activeManifest is a manifest version the broker activated.
 type activeManifest struct {
 	m   *manifest.Manifest
 	rec manifestRecord
+	// entry is the exact log entry at rec.LogIndex.
+	entry []byte
 }
 
 // manifestRecord is what the broker stores for each activated version.
@@ -243,7 +261,7 @@ func (b *Broker) logIdentity(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't encode the identity entry: %w", err)
 	}
-	idx, _, err := b.cfg.Log.Append(ctx, entry)
+	idx, _, err := b.append(ctx, entry)
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't log the broker identity: %w", err)
 	}
@@ -332,11 +350,11 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 			return fmt.Errorf("kbs: the configured manifest (%s) is not the version 1 this broker's chain starts from (%s); later versions come only through PUT %s",
 				manifest.HashOf(b.cfg.InitialManifest), manifest.HashOf(initial), api.PathManifest)
 		}
-		m, err := b.checkStoredChain(ctx)
+		m, entry, err := b.checkStoredChain(ctx)
 		if err != nil {
 			return fmt.Errorf("kbs: the stored manifest chain does not check out (the database was modified?): %w", err)
 		}
-		b.active.Store(&activeManifest{m: m, rec: *latest})
+		b.active.Store(&activeManifest{m: m, rec: *latest, entry: entry})
 		b.log.Info("active manifest", "version", latest.Version, "hash", latest.Hash, "log_index", latest.LogIndex)
 		return nil
 	}
@@ -362,24 +380,25 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 // which the host can write: version 1 with its owners' signatures, each
 // later version with the signatures of its predecessor's owners, and every
 // version's log entry (same bytes) included in the current signed
-// checkpoint. It returns the latest version.
-func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, error) {
+// checkpoint. It returns the latest version and its log entry.
+func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, []byte, error) {
 	recs, err := b.history()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cp, err := b.cfg.Log.Checkpoint(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var prev *manifest.Manifest
+	var entry []byte
 	for i, rec := range recs {
 		m, err := manifest.Parse(rec.Body)
 		if err != nil {
-			return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+			return nil, nil, fmt.Errorf("version %d: %w", rec.Version, err)
 		}
 		if m.Version() != uint64(i+1) || rec.Version != m.Version() || rec.Hash != m.Hash() {
-			return nil, fmt.Errorf("record %d holds version %d (%s)", i+1, m.Version(), m.Hash())
+			return nil, nil, fmt.Errorf("record %d holds version %d (%s)", i+1, m.Version(), m.Hash())
 		}
 		if prev == nil {
 			_, err = verifySelfSigned(m, rec.Signatures)
@@ -387,32 +406,32 @@ func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, erro
 			_, err = manifest.Verify(prev, m, rec.Signatures)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+			return nil, nil, fmt.Errorf("version %d: %w", rec.Version, err)
 		}
 		if rec.LogIndex >= cp.Size {
-			return nil, fmt.Errorf("version %d: log index %d is beyond the log (size %d)", rec.Version, rec.LogIndex, cp.Size)
+			return nil, nil, fmt.Errorf("version %d: log index %d is beyond the log (size %d)", rec.Version, rec.LogIndex, cp.Size)
 		}
 		ents, err := b.cfg.Log.Entries(ctx, rec.LogIndex, rec.LogIndex+1)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		proof, err := b.cfg.Log.InclusionProof(ctx, rec.LogIndex, cp.Size)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if err := tlog.VerifyInclusion(cp, rec.LogIndex, ents[0], proof); err != nil {
-			return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+			return nil, nil, fmt.Errorf("version %d: %w", rec.Version, err)
 		}
 		e, err := tlog.DecodeEntry(ents[0])
 		if err != nil || e.Type != tlog.TypeManifest || !bytes.Equal(e.Manifest.Body, rec.Body) {
-			return nil, fmt.Errorf("version %d: log entry %d is not this manifest", rec.Version, rec.LogIndex)
+			return nil, nil, fmt.Errorf("version %d: log entry %d is not this manifest", rec.Version, rec.LogIndex)
 		}
-		prev = m
+		prev, entry = m, ents[0]
 	}
 	if prev == nil {
-		return nil, errors.New("no manifest")
+		return nil, nil, errors.New("no manifest")
 	}
-	return prev, nil
+	return prev, entry, nil
 }
 
 // verifySelfSigned checks that version 1 carries signatures of at least its
@@ -496,7 +515,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 	}); err != nil {
 		return nil, fmt.Errorf("couldn't record the pending manifest: %w", err)
 	}
-	idx, _, err := b.cfg.Log.Append(ctx, entry)
+	idx, _, err := b.append(ctx, entry)
 	if err != nil {
 		// The pending record stays: if the entry did reach the log after
 		// all, the next start activates it (the log is the truth).
@@ -512,7 +531,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 	}); err != nil {
 		return nil, fmt.Errorf("couldn't activate manifest version %d: %w", rec.Version, err)
 	}
-	am := &activeManifest{m: m, rec: rec}
+	am := &activeManifest{m: m, rec: rec, entry: entry}
 	b.active.Store(am)
 	b.log.Info("activated manifest", "version", rec.Version, "hash", rec.Hash, "log_index", idx)
 	return am, nil

@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -687,5 +690,75 @@ func TestTamperedManifestState(t *testing.T) {
 	e.close()
 	if err := e.tryOpen(t); err == nil || !strings.Contains(err.Error(), "does not check out") {
 		t.Fatalf("start with a forged manifest record: %v", err)
+	}
+}
+
+// failingLog is a log whose appends fail on demand.
+type failingLog struct {
+	tlog.Backend
+	fail atomic.Bool
+}
+
+func (f *failingLog) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
+	if f.fail.Load() {
+		return 0, tlog.SignedCheckpoint{}, errors.New("disk on fire")
+	}
+	return f.Backend.Append(ctx, entry)
+}
+
+// TestLogFailureReleasesNothing: when the log cannot be written, a valid
+// release gets 503 and no key, uploads and manifest updates do nothing,
+// and the health check fails until an append succeeds again.
+func TestLogFailureReleasesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.mustOK2(e.upload("demo/a", 1, []byte("never leaves")))
+	fl := &failingLog{Backend: e.log}
+	e.srv.Close()
+	b, err := New(context.Background(), Config{DB: e.db, Log: fl, Keys: e.keys, Identity: e.id,
+		Issuer: e.b.cfg.Issuer, Verifier: e.verifier, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b = b
+	e.srv = httptest.NewServer(b.Handler())
+	fl.fail.Store(true)
+	w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
+	before := e.state()
+	if st, ae, rel := e.release(e.releaseReq(w, e.challenge(), "demo/a")); st != 503 || ae.Code != api.CodeLogUnavailable || rel.Keys != nil {
+		t.Fatalf("release with a failing log: %d %+v %+v", st, ae, rel)
+	}
+	if st, ae, _ := e.upload("demo/a", 2, []byte("x")); st != 503 || ae.Code != api.CodeLogUnavailable {
+		t.Fatalf("upload with a failing log: %d %+v", st, ae)
+	}
+	body := e.nextManifest(t)
+	if st, ae := e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)}, nil); st != 503 {
+		t.Fatalf("manifest update with a failing log: %d %+v", st, ae)
+	}
+	if after := e.state(); !reflect.DeepEqual(before, after) {
+		t.Fatalf("state changed: %+v -> %+v", before, after)
+	}
+	if resp, err := http.Get(e.srv.URL + "/healthz"); err != nil || resp.StatusCode != 503 {
+		t.Fatalf("healthz with failing appends: %v %v", resp, err)
+	}
+	fl.fail.Store(false)
+	e.mustOK2r(e.release(e.releaseReq(w, e.challenge(), "demo/a")))
+	if resp, err := http.Get(e.srv.URL + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz after recovery: %v %v", resp, err)
+	}
+}
+
+func TestSNPTCBString(t *testing.T) {
+	for _, tt := range []struct {
+		product string
+		tcb     uint64
+		want    string
+	}{
+		{"Milan", 0xd516000000000004, "bl=4,tee=0,snp=22,ucode=213"},
+		{"Genoa", 0x0803000000000102, "bl=2,tee=1,snp=3,ucode=8"},
+		{"Turin", 0x0102, "reported_tcb=0000000000000102"},
+	} {
+		if got := snpTCB(tt.product, tt.tcb); got != tt.want {
+			t.Errorf("snpTCB(%s, %#x) = %q, want %q", tt.product, tt.tcb, got, tt.want)
+		}
 	}
 }

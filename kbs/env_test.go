@@ -289,8 +289,12 @@ func (e *env) do(method, path string, body any, out any) (int, *api.Error) {
 		e.t.Fatal(err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		// An error answer is exactly an error body: no key, sealed or not,
+		// can ride along.
 		var eb api.ErrorBody
-		if err := json.Unmarshal(raw, &eb); err != nil || eb.Error == nil {
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&eb); err != nil || eb.Error == nil {
 			e.t.Fatalf("%s %s: status %d with a body that is not an error body: %q", method, path, resp.StatusCode, raw)
 		}
 		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {

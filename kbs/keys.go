@@ -70,7 +70,7 @@ func (b *Broker) handleUpload(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return api.Errorf(api.CodeBadRequest, "upload cannot be logged: %v", err)
 	}
-	idx, cp, err := b.cfg.Log.Append(r.Context(), entry)
+	idx, cp, err := b.append(r.Context(), entry)
 	if err != nil {
 		return logUnavailable(err)
 	}
@@ -120,7 +120,7 @@ func (b *Broker) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return api.Errorf(api.CodeBadRequest, "deletion cannot be logged: %v", err)
 	}
-	idx, cp, err := b.cfg.Log.Append(r.Context(), entry)
+	idx, cp, err := b.append(r.Context(), entry)
 	if err != nil {
 		return logUnavailable(err)
 	}

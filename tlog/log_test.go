@@ -608,8 +608,8 @@ func TestTileClientEntries(t *testing.T) {
 	}
 }
 
-// tamper serves the log but changes one entry of one bundle, or one hash of
-// one tile.
+// tamper serves the log but flips a bit at off in the response for path,
+// or (off < 0) cuts the response short by -off bytes.
 type tamper struct {
 	h    http.Handler
 	path string
@@ -621,8 +621,12 @@ func (tp *tamper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Header.Del("Accept-Encoding")
 	tp.h.ServeHTTP(rec, r)
 	b := rec.Body.Bytes()
-	if r.URL.Path == tp.path && tp.off < len(b) {
-		b[tp.off] ^= 1
+	if r.URL.Path == tp.path {
+		if tp.off < 0 {
+			b = b[:len(b)+tp.off]
+		} else if tp.off < len(b) {
+			b[tp.off] ^= 1
+		}
 	}
 	w.WriteHeader(rec.Code)
 	w.Write(b)
@@ -643,6 +647,11 @@ func TestTileClientDetectsTampering(t *testing.T) {
 		{"/log/tile/0/001", 40, "does not verify"},
 		{"/log/tile/0/002.p/88", 0, "does not verify"},
 		{"/log/tile/1/000.p/2", 33, "does not verify"},
+		{"/log/tile/0/001", -1, "tile is 8191 bytes, want 8192"},
+		{"/log/tile/0/000", -32, "tile is 8160 bytes, want 8192"},
+		{"/log/tile/entries/001", -1, "truncated in entry 255"},
+		{"/log/tile/entries/002.p/88", -300, "truncated"},
+		{"/log/tile/1/000.p/2", -1, "tile is 63 bytes, want 64"},
 	}
 	for _, tc := range cases {
 		srv := httptest.NewServer(&tamper{h: tlog.NewHandler(l), path: tc.path, off: tc.off})

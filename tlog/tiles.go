@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // TileHeight is the height of C2SP tlog-tiles tiles: 8 levels, 256 hashes.
@@ -221,14 +222,21 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if t.Entries && strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Set("Vary", "Accept-Encoding")
-		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		zw := gzipWriters.Get().(*gzip.Writer)
+		zw.Reset(w)
 		zw.Write(data)
 		zw.Close()
+		gzipWriters.Put(zw)
 		return
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.Write(data)
 }
+
+var gzipWriters = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
+	return zw
+}}
 
 func (h *handler) read(ctx context.Context, t TilePath) ([]byte, error) {
 	if !t.Entries {

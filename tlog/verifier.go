@@ -185,6 +185,11 @@ func (v *Verifier) Latest() (SignedCheckpoint, bool, error) {
 // stored checkpoint, the proof is ignored and msg is trusted on first use.
 // A smaller tree, another root at the same size, or a proof that fails is
 // reported as a *ForkError; the stored checkpoint then stays as it was.
+//
+// Pass Update only checkpoints that claim to be the log's latest (from
+// /log/checkpoint or the broker's attestation): a smaller one is a
+// rollback. Older checkpoints, such as a receipt's, are checked with
+// VerifyReceipt and, against a newer one, CheckConsistency.
 func (v *Verifier) Update(msg []byte, consistency []Hash) (SignedCheckpoint, error) {
 	cp, err := v.VerifyCheckpoint(msg)
 	if err != nil {

@@ -89,6 +89,12 @@ type Log struct {
 
 	cp atomic.Pointer[tlog.SignedCheckpoint]
 
+	// upper caches committed stored hashes of subtrees of at least
+	// 2^cacheLevel leaves (immutable once committed), which most proofs
+	// share; at most maxCached of them.
+	upper  sync.Map // int64 → tlog.Hash
+	cached atomic.Int64
+
 	mu     sync.RWMutex // guards closed and sends on reqs
 	closed bool
 	reqs   chan *request
@@ -507,10 +513,15 @@ func (l *Log) Verify(ctx context.Context) error {
 	})
 }
 
+const (
+	cacheLevel = 6
+	maxCached  = 1 << 18 // about 25 MB; covers logs of 8M entries
+)
+
 // read runs f with a reader of the stored hashes of the tree of size n.
 func (l *Log) read(n int64, f func(sumdb.HashReader) error) error {
 	return l.db.View(func(tx *bolt.Tx) error {
-		return f(&hashReader{b: tx.Bucket(l.bucket).Bucket(hashesBucket), limit: sumdb.StoredHashCount(n)})
+		return f(&hashReader{b: tx.Bucket(l.bucket).Bucket(hashesBucket), limit: sumdb.StoredHashCount(n), log: l})
 	})
 }
 
@@ -539,6 +550,7 @@ type hashReader struct {
 	limit       int64
 	pendingBase int64
 	pending     []tlog.Hash
+	log         *Log // if set, use and fill log.upper (committed reads only)
 }
 
 func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
@@ -552,12 +564,25 @@ func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 			out[i] = r.pending[x-r.pendingBase]
 			continue
 		}
+		if r.log != nil {
+			if h, ok := r.log.upper.Load(x); ok {
+				out[i] = h.(tlog.Hash)
+				continue
+			}
+		}
 		binary.BigEndian.PutUint64(k[:], uint64(x))
 		v := r.b.Get(k[:])
 		if len(v) != len(out[i]) {
 			return nil, fmt.Errorf("boltlog: stored hash %d is missing or corrupt", x)
 		}
 		copy(out[i][:], v)
+		if r.log != nil && r.log.cached.Load() < maxCached {
+			if level, _ := sumdb.SplitStoredHashIndex(x); level >= cacheLevel {
+				if _, loaded := r.log.upper.LoadOrStore(x, out[i]); !loaded {
+					r.log.cached.Add(1)
+				}
+			}
+		}
 	}
 	return out, nil
 }
