@@ -253,8 +253,13 @@ func TestVerifyBrokerTampered(t *testing.T) {
 			a.Manifest.Version = 2
 		}, "is not yours"},
 		{"manifest hash", func(a *api.Attestation) { a.Manifest.Hash = "sha256:" + strings.Repeat("0", 64) }, "manifest"},
-		{"inclusion proof", func(a *api.Attestation) { a.Manifest.InclusionProof[0][0] ^= 1 }, "log entry"},
-		{"manifest index", func(a *api.Attestation) { a.Manifest.LogIndex = 0 }, "log entry"},
+		{"inclusion proof", func(a *api.Attestation) { a.Manifest.InclusionProof[0][0] ^= 1 }, "manifest inclusion"},
+		{"manifest index", func(a *api.Attestation) { a.Manifest.LogIndex = 0 }, "manifest inclusion"},
+		{"manifest entry", func(a *api.Attestation) { a.Manifest.Entry = a.Manifest.Entry[:len(a.Manifest.Entry)-1] }, "manifest inclusion"},
+		{"inclusion proof, entry from the bundle", func(a *api.Attestation) {
+			a.Manifest.Entry = nil
+			a.Manifest.InclusionProof[0][0] ^= 1
+		}, "log entry"},
 		{"consistency proof", func(a *api.Attestation) { a.ConsistencyProof[0][0] ^= 1 }, "consistency proof failed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
