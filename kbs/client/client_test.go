@@ -112,11 +112,19 @@ func startProxy(t *testing.T, upstream string) (string, *tamperProxy) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv := &http.Server{Handler: p.handler(upstream)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "unix://" + sock, p
+}
+
+// handler forwards requests to the broker's unix socket upstream.
+func (p *tamperProxy) handler(upstream string) http.Handler {
 	up := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", upstream)
 	}}}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://kbs"+r.URL.RequestURI(), r.Body)
 		req.Header.Set("Content-Type", r.Header.Get("Content-Type"))
 		resp, err := up.Do(req)
@@ -141,10 +149,7 @@ func startProxy(t *testing.T, upstream string) (string, *tamperProxy) {
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
 		w.WriteHeader(resp.StatusCode)
 		w.Write(body)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return "unix://" + sock, p
+	})
 }
 
 func (p *tamperProxy) set(f func(*api.Attestation)) {
@@ -248,8 +253,13 @@ func TestVerifyBrokerTampered(t *testing.T) {
 			a.Manifest.Version = 2
 		}, "is not yours"},
 		{"manifest hash", func(a *api.Attestation) { a.Manifest.Hash = "sha256:" + strings.Repeat("0", 64) }, "manifest"},
-		{"inclusion proof", func(a *api.Attestation) { a.Manifest.InclusionProof[0][0] ^= 1 }, "log entry"},
-		{"manifest index", func(a *api.Attestation) { a.Manifest.LogIndex = 0 }, "log entry"},
+		{"inclusion proof", func(a *api.Attestation) { a.Manifest.InclusionProof[0][0] ^= 1 }, "manifest inclusion"},
+		{"manifest index", func(a *api.Attestation) { a.Manifest.LogIndex = 0 }, "manifest inclusion"},
+		{"manifest entry", func(a *api.Attestation) { a.Manifest.Entry = a.Manifest.Entry[:len(a.Manifest.Entry)-1] }, "manifest inclusion"},
+		{"inclusion proof, entry from the bundle", func(a *api.Attestation) {
+			a.Manifest.Entry = nil
+			a.Manifest.InclusionProof[0][0] ^= 1
+		}, "log entry"},
 		{"consistency proof", func(a *api.Attestation) { a.ConsistencyProof[0][0] ^= 1 }, "consistency proof failed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -272,6 +282,28 @@ func TestVerifyBrokerTampered(t *testing.T) {
 				t.Fatal("a failed verification changed the stored checkpoint")
 			}
 		})
+	}
+
+	// A TLS-terminating proxy with its own certificate in front of the
+	// broker: the attested TLS key is not the connection's.
+	mitm := httptest.NewUnstartedServer((&tamperProxy{}).handler(sock))
+	mitm.Config.ErrorLog = log.New(io.Discard, "", 0)
+	mitm.StartTLS()
+	defer mitm.Close()
+	cm, err := client.New(client.Config{Addr: mitm.URL, Verifier: v, Checkpoints: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cm.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: origin})
+	var ve *client.VerifyError
+	if !errors.As(err, &ve) || ve.Step != "TLS binding" {
+		t.Fatalf("VerifyBroker through a TLS proxy = %v, want a TLS binding failure", err)
+	}
+	if cm.TLSPin() != "" {
+		t.Fatal("a failed TLS binding set a pin")
+	}
+	if _, err := cm.Keys(ctx); !errors.Is(err, client.ErrNotPinned) {
+		t.Fatalf("Keys through the proxy after a failed verification = %v, want ErrNotPinned", err)
 	}
 
 	// Untampered, the same client state verifies and advances.
