@@ -15,9 +15,12 @@
 // forked, or serves another tree is refused with an error wrapping
 // tlog.ErrConflict, and the Log stops appending.
 //
-// Reads (entries, proofs, tiles) are served from Trillian and are not
-// re-verified on each call: clients and auditors check them against the
-// signed checkpoints, which is where the trust lies.
+// The inclusion proof of an entry in the checkpoint its Append returned (a
+// receipt) is computed from the nodes of that verified replay, checked, and
+// kept for the last few checkpoints, so receipts cost no Trillian round
+// trip. Other reads (entries, older proofs, tiles) are served from Trillian
+// and are not re-verified on each call: clients and auditors check them
+// against the signed checkpoints, which is where the trust lies.
 //
 // # Durability
 //
