@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/google/trillian/types"
 	"github.com/kbs-dev/kbs/tlog"
 	"github.com/kbs-dev/kbs/tlog/tlogtest"
+	"github.com/transparency-dev/merkle/proof"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -37,6 +39,8 @@ type fakeTrillian struct {
 	loseNext  int // QueueLeaf calls that queue but answer Unavailable
 	downNext  int // calls that fail with Unavailable without effect
 	integrate bool
+
+	inclusionCalls int // GetInclusionProof calls answered
 }
 
 func newFake(tree int64) *fakeTrillian {
@@ -165,6 +169,7 @@ func (f *fakeTrillian) GetInclusionProof(ctx context.Context, req *trillian.GetI
 	if err := f.check(req.LogId); err != nil {
 		return nil, err
 	}
+	f.inclusionCalls++
 	if req.TreeSize > int64(len(f.leaves)) {
 		return &trillian.GetInclusionProofResponse{}, nil // as Trillian does
 	}
@@ -419,3 +424,60 @@ func TestStateTampering(t *testing.T) {
 // fastPoll: the fake integrates on every root request, so waiting for
 // Trillian's signer is pointless.
 const fastPoll = 50 * time.Microsecond
+
+// TestReceiptProofsLocal checks that the inclusion proof of an appended
+// entry in the checkpoint Append returned is computed without asking
+// Trillian, and verifies; other proofs are Trillian's.
+func TestReceiptProofsLocal(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(13)
+	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+	type ack struct {
+		e   []byte
+		idx uint64
+		cp  tlog.SignedCheckpoint
+	}
+	acks := make(chan ack, 100)
+	var wg sync.WaitGroup
+	for g := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				e := []byte(fmt.Sprintf("g%d-%d", g, i))
+				idx, cp, err := l.Append(ctx, e)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				acks <- ack{e, idx, cp}
+			}
+		}()
+	}
+	wg.Wait()
+	close(acks)
+	for a := range acks {
+		p, err := l.InclusionProof(ctx, a.idx, a.cp.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proof.VerifyInclusion(hasher, a.idx, a.cp.Size, hasher.HashLeaf(a.e), hashesOf(p), a.cp.Hash[:]); err != nil {
+			t.Fatalf("proof of %d in %d: %v", a.idx, a.cp.Size, err)
+		}
+	}
+	f.mu.Lock()
+	calls := f.inclusionCalls
+	f.mu.Unlock()
+	if calls != 0 {
+		t.Errorf("receipt proofs asked Trillian %d times, want 0", calls)
+	}
+	if _, err := l.InclusionProof(ctx, 0, 100); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	calls = f.inclusionCalls
+	f.mu.Unlock()
+	if calls != 1 {
+		t.Errorf("an older entry's proof asked Trillian %d times, want 1", calls)
+	}
+}

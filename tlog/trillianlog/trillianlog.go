@@ -15,9 +15,12 @@
 // forked, or serves another tree is refused with an error wrapping
 // tlog.ErrConflict, and the Log stops appending.
 //
-// Reads (entries, proofs, tiles) are served from Trillian and are not
-// re-verified on each call: clients and auditors check them against the
-// signed checkpoints, which is where the trust lies.
+// The inclusion proof of an entry in the checkpoint its Append returned (a
+// receipt) is computed from the nodes of that verified replay, checked, and
+// kept for the last few checkpoints, so receipts cost no Trillian round
+// trip. Other reads (entries, older proofs, tiles) are served from Trillian
+// and are not re-verified on each call: clients and auditors check them
+// against the signed checkpoints, which is where the trust lies.
 //
 // # Durability
 //
@@ -54,6 +57,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -62,6 +66,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/kbs-dev/kbs/tlog"
 	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -149,6 +154,7 @@ type Log struct {
 	st      state          // last signed checkpoint, persisted
 	rng     *compact.Range // compact range of st's tree
 	waiters map[leafID]*waiter
+	proofs  []recentProofs // of the entries appended through this Log
 	closed  bool
 	failed  error // permanent: Trillian contradicts what was signed
 
@@ -324,11 +330,18 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 
-	// Replay the new leaves into a copy of the compact range.
+	// Replay the new leaves into a copy of the compact range, keeping every
+	// node it computes: with the nodes of the old range, they are all the
+	// nodes of inclusion proofs of the new leaves in the new tree.
 	rng, err := rangeFactory.NewRange(0, old.Size, append([][]byte(nil), l.rng.Hashes()...))
 	if err != nil {
 		return false, err
 	}
+	nodes := map[compact.NodeID][]byte{}
+	for i, id := range compact.RangeNodes(0, old.Size, nil) {
+		nodes[id] = l.rng.Hashes()[i]
+	}
+	visit := func(id compact.NodeID, h []byte) { nodes[id] = h }
 	type hit struct {
 		w     *waiter
 		index uint64
@@ -348,7 +361,7 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 				}
 			}
 			lh := hasher.HashLeaf(lf.LeafValue)
-			if err := rng.Append(lh, nil); err != nil {
+			if err := rng.Append(lh, visit); err != nil {
 				l.mu.RUnlock()
 				return false, err
 			}
@@ -381,9 +394,16 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	l.tiles.addLeaves(old.Size, newLeaves)
+	proofs := recentProofs{size: root.Size, byIndex: make(map[uint64][]tlog.Hash, len(hits))}
+	for _, h := range hits {
+		if p, ok := proveFromNodes(nodes, h.index, root); ok {
+			proofs.byIndex[h.index] = p
+		}
+	}
 
 	l.mu.Lock()
 	l.st, l.rng = st, rng
+	l.proofs = append(l.proofs[max(0, len(l.proofs)+1-keptProofSets):], proofs)
 	for _, h := range hits {
 		h.w.index, h.w.found, h.w.cp = h.index, true, cp
 	}
@@ -392,6 +412,46 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		close(h.w.done)
 	}
 	return true, nil
+}
+
+// recentProofs holds the inclusion proofs, in the tree of the given size, of
+// the entries whose appends that tree completed: Append's callers ask for
+// exactly those (receipts), and they are computed without asking Trillian.
+type recentProofs struct {
+	size    uint64
+	byIndex map[uint64][]tlog.Hash
+}
+
+// keptProofSets is how many signed trees' proofs are kept.
+const keptProofSets = 16
+
+// proveFromNodes computes the inclusion proof of index in root's tree from
+// the nodes given, and verifies it; ok is false if a node is missing or the
+// proof does not verify.
+func proveFromNodes(nodes map[compact.NodeID][]byte, index uint64, root tlog.Root) (p []tlog.Hash, ok bool) {
+	pn, err := proof.Inclusion(index, root.Size)
+	if err != nil {
+		return nil, false
+	}
+	hs := make([][]byte, len(pn.IDs))
+	for i, id := range pn.IDs {
+		if hs[i] = nodes[id]; hs[i] == nil {
+			return nil, false
+		}
+	}
+	hs, err = pn.Rehash(hs, hasher.HashChildren)
+	if err != nil {
+		return nil, false
+	}
+	leaf := nodes[compact.NewNodeID(0, index)]
+	if leaf == nil || proof.VerifyInclusion(hasher, index, root.Size, leaf, hs, root.Hash[:]) != nil {
+		return nil, false
+	}
+	out := make([]tlog.Hash, len(hs))
+	for i, h := range hs {
+		out[i] = tlog.Hash(h)
+	}
+	return out, true
 }
 
 // leaves fetches count leaves from start, all of which are in Trillian's
@@ -624,6 +684,14 @@ func (l *Log) InclusionProof(ctx context.Context, index, treeSize uint64) ([]tlo
 	if size := l.size(); treeSize > size {
 		return nil, fmt.Errorf("%w: tree size %d, log size %d", tlog.ErrOutOfRange, treeSize, size)
 	}
+	l.mu.RLock()
+	for _, rp := range l.proofs {
+		if p, ok := rp.byIndex[index]; ok && rp.size == treeSize {
+			l.mu.RUnlock()
+			return slices.Clone(p), nil
+		}
+	}
+	l.mu.RUnlock()
 	resp, err := l.client.GetInclusionProof(ctx, &trillian.GetInclusionProofRequest{
 		LogId: l.tree, LeafIndex: int64(index), TreeSize: int64(treeSize),
 	})
