@@ -220,6 +220,14 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.loadManifest(ctx); err != nil {
 		return nil, err
 	}
+	// A broker that its own manifest does not describe still serves (the
+	// owners may be rolling out a new manifest), but clients will reject
+	// it: say so loudly.
+	if am := b.active.Load(); am != nil {
+		if err := b.checkServesManifest(ctx, am.m); err != nil {
+			b.log.Error("this broker does not match the active manifest's service reference values; clients will refuse it until the owners publish a manifest that lists it", "error", err)
+		}
+	}
 	return b, nil
 }
 

@@ -13,10 +13,12 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/bbolt"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
@@ -773,4 +775,34 @@ func TestSNPTCBString(t *testing.T) {
 			t.Errorf("snpTCB(%s, %#x) = %q, want %q", tt.product, tt.tcb, got, tt.want)
 		}
 	}
+}
+
+// TestStartWarnsWhenNotDescribed: a broker whose evidence its active
+// manifest does not describe starts, and says loudly that clients will
+// refuse it.
+func TestStartWarnsWhenNotDescribed(t *testing.T) {
+	var buf bytes.Buffer
+	logger := hclog.New(&hclog.LoggerOptions{Output: &syncWriter{w: &buf}, Level: hclog.Info})
+	e := newEnvWith(t, func(d *manifest.Document) {
+		for i := range d.Service.SNP {
+			d.Service.SNP[i].Measurement = manifest.Hexes(otherMeasurement)
+		}
+	}, logger)
+	if _, v := e.b.ActiveManifest(); v != 1 {
+		t.Fatalf("active version %d", v)
+	}
+	if !strings.Contains(buf.String(), "clients will refuse it") {
+		t.Errorf("no warning in the log:\n%s", buf.String())
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }
