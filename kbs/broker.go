@@ -217,6 +217,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.recoverPending(ctx); err != nil {
 		return nil, err
 	}
+	if err := b.settleKeys(ctx); err != nil {
+		return nil, fmt.Errorf("kbs: couldn't settle staged key changes: %w", err)
+	}
 	if err := b.loadManifest(ctx); err != nil {
 		return nil, err
 	}

@@ -806,3 +806,66 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// TestStagedKeyChangesSettled simulates crashes between staging a key
+// change and committing it: at the next start, changes whose entry is in
+// the log are committed and the others dropped; a staged key is never
+// released and a key whose deletion is staged no longer is.
+func TestStagedKeyChangesSettled(t *testing.T) {
+	e := newEnv(t)
+	e.mustOK2(e.upload("demo/del-logged", 1, []byte("x")))
+	e.mustOK2(e.upload("demo/del-lost", 1, []byte("y")))
+	ctx := context.Background()
+	now := time.Now()
+	size := e.treeSize()
+	logEntry := func(typ string, id string, v uint64) {
+		k := &tlog.KeyEntry{ID: id, Version: v, Client: "demo-client"}
+		ent := &tlog.Entry{Type: typ, Time: now}
+		if typ == tlog.TypeKeyUpload {
+			ent.KeyUpload = k
+		} else {
+			ent.KeyDelete = k
+		}
+		raw, err := tlog.EncodeEntry(ent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.log.Append(ctx, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(e.keys.PreparePut("demo/put-logged", 1, "demo-client", []byte("logged"), size, now))
+	must(e.keys.PreparePut("demo/put-lost", 1, "demo-client", []byte("lost"), size, now))
+	must(e.keys.PrepareDelete("demo/del-logged", 1, size, now))
+	must(e.keys.PrepareDelete("demo/del-lost", 1, size, now))
+	logEntry(tlog.TypeKeyUpload, "demo/put-logged", 1)
+	logEntry(tlog.TypeKeyDelete, "demo/del-logged", 1)
+
+	// Before the restart: nothing staged is released, and neither is a key
+	// whose deletion is staged.
+	w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
+	for _, id := range []string{"demo/put-logged", "demo/put-lost", "demo/del-logged", "demo/del-lost"} {
+		if st, ae, _ := e.release(e.releaseReq(w, e.challenge(), id)); st != 404 {
+			t.Errorf("release of %s while staged: %d %+v, want 404", id, st, ae)
+		}
+	}
+	e.close()
+	e.open(t)
+	if p, _ := e.keys.PendingChanges(); len(p) != 0 {
+		t.Fatalf("staged changes left after restart: %+v", p)
+	}
+	for id, want := range map[string]int{"demo/put-logged": 200, "demo/put-lost": 404, "demo/del-logged": 404, "demo/del-lost": 200} {
+		if st, ae, _ := e.release(e.releaseReq(w, e.challenge(), id)); st != want {
+			t.Errorf("release of %s after restart: %d %+v, want %d", id, st, ae, want)
+		}
+	}
+	if n, _ := e.keys.NextVersion("demo/put-lost"); n != 1 {
+		t.Errorf("NextVersion of a dropped upload = %d, want 1", n)
+	}
+}
