@@ -320,29 +320,40 @@ func toHashes(bs [][]byte) []tlog.Hash {
 // client.
 func (c *client) upload(id string, version uint64, material []byte) *api.KeyUploadResult {
 	c.t.Helper()
+	res, err := c.tryUpload(id, version, material)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return res
+}
+
+// tryUpload is upload that returns its error (for other goroutines).
+func (c *client) tryUpload(id string, version uint64, material []byte) (*api.KeyUploadResult, error) {
 	key := c.clientKey()
 	sealed, err := api.Seal(c.att.HPKEPublicKey, api.UploadInfo(id, version), material)
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, err
 	}
 	sig, err := api.SignStatement(key, api.UploadStatement("demo-client", id, version, c.att.HPKEPublicKey, sealed))
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, err
 	}
 	var res api.KeyUploadResult
-	c.d.mustCall("POST", api.PathKeys, api.KeyUpload{Client: "demo-client", ID: id, Version: version, Sealed: sealed, Signature: sig}, &res)
-	return &res
+	st, ae, err := c.d.call("POST", api.PathKeys, api.KeyUpload{Client: "demo-client", ID: id, Version: version, Sealed: sealed, Signature: sig}, &res)
+	if err != nil || st != 200 {
+		return nil, fmt.Errorf("upload %s v%d: %d %+v %v", id, version, st, ae, err)
+	}
+	return &res, nil
 }
 
 func (c *client) clientKey() crypto.Signer {
-	c.t.Helper()
 	pemBytes, err := os.ReadFile(filepath.Join(c.d.data, "client.key"))
 	if err != nil {
-		c.t.Fatal(err)
+		panic(err)
 	}
 	k, err := manifest.ParsePrivateKey(pemBytes, nil)
 	if err != nil {
-		c.t.Fatal(err)
+		panic(err)
 	}
 	return k
 }
