@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,29 +59,29 @@ type daemon struct {
 	cmd  *exec.Cmd
 	out  *lockedBuffer
 	hc   *http.Client
+	// done is closed when the process has exited, with waitErr.
+	done    chan struct{}
+	waitErr error
 }
 
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// startDaemon runs kbsd --dev in data and waits until it answers.
+// startDaemon runs kbsd --dev in data and waits until it answers. The TCP
+// listener takes a free port (127.0.0.1:0) and the test reads it from the
+// log, so parallel test processes never race for a port.
 func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, data: data, tcp: freePort(t), out: new(lockedBuffer)}
-	args := append([]string{"--dev", "--data", data, "--listen-tcp", d.tcp}, extra...)
+	d := &daemon{t: t, data: data, out: new(lockedBuffer)}
+	args := append([]string{"--dev", "--data", data, "--listen-tcp", "127.0.0.1:0"}, extra...)
 	d.cmd = exec.Command(kbsdBin, args...)
 	d.cmd.Stdout = d.out
 	d.cmd.Stderr = d.out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.done = make(chan struct{})
+	go func() {
+		d.waitErr = d.cmd.Wait()
+		close(d.done)
+	}()
 	sock := filepath.Join(data, "kbs.sock")
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -88,62 +89,51 @@ func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 			return dl.DialContext(ctx, "unix", sock)
 		},
 	}}
+	addr := regexp.MustCompile(`https://(127\.0\.0\.1:[0-9]+)`)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := d.hc.Get("http://kbsd/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return d
+		if m := addr.FindStringSubmatch(d.out.String()); m != nil {
+			resp, err := d.hc.Get("http://kbsd/healthz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					d.tcp = m[1]
+					return d
+				}
 			}
 		}
 		if time.Now().After(deadline) || d.exited() {
 			d.kill()
-			t.Fatalf("kbsd did not come up: %v\n%s", err, d.out)
+			t.Fatalf("kbsd did not come up:\n%s", d.out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// lockedBuffer collects the daemon's output; the test reads it while the
-// process writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
+// exited reports whether the process has exited.
 func (d *daemon) exited() bool {
-	return d.cmd.ProcessState != nil
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // kill sends SIGKILL and waits.
 func (d *daemon) kill() {
 	d.cmd.Process.Signal(syscall.SIGKILL)
-	d.cmd.Wait()
+	<-d.done
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop() {
 	d.t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			d.t.Fatalf("kbsd exited with %v\n%s", err, d.out)
+	case <-d.done:
+		if d.waitErr != nil {
+			d.t.Fatalf("kbsd exited with %v\n%s", d.waitErr, d.out)
 		}
 	case <-time.After(20 * time.Second):
 		d.kill()
@@ -609,4 +599,23 @@ func replayAndMismatch(t *testing.T, d *daemon) {
 			t.Errorf("%s: the log grew %d -> %d", tt.name, before, after)
 		}
 	}
+}
+
+// lockedBuffer collects the daemon's output; the test reads it while the
+// process writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
