@@ -125,7 +125,7 @@ func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clien
 	return os.WriteFile(d.manifestFile, body, 0o644)
 }
 
-func (d *devSetup) printNextSteps(w io.Writer, c *Config, addrs []string) {
+func (d *devSetup) printNextSteps(w io.Writer, c *Config, addrs []string, noteKey string) {
 	dir := c.Data
 	q := func(s string) string {
 		if strings.ContainsAny(s, " '\"$") {
@@ -152,12 +152,13 @@ Next steps, in another terminal:
   bin/kbsctl --sim-root %s key put --manifest %s --client-key %s --id demo/prompt-key --generate --out prompt.key
   # 3. fetch it as a simulated worker, with its receipt
   bin/kbsctl --sim-root %s key get --manifest %s --tee sim --sim-dir %s --id demo/prompt-key --out worker-keys
-  # 4. audit the log
-  bin/kbsctl --sim-root %s audit
+  # 4. check the worker's receipt, then audit the whole log
+  bin/kbsctl receipt verify --note-key %s worker-keys/demo/prompt-key.receipt
+  bin/kbsctl --sim-root %s audit --note-key %s
 
 `, c.TEE, strings.Join(addrs, " and "), q(dir), q(sock),
 		q(sim.RootFile(d.simDir)), q(d.manifestFile),
 		q(sim.RootFile(d.simDir)), q(d.manifestFile), q(filepath.Join(dir, "client.key")),
 		q(sim.RootFile(d.simDir)), q(d.manifestFile), q(d.simDir),
-		q(sim.RootFile(d.simDir)))
+		q(noteKey), q(sim.RootFile(d.simDir)), q(noteKey))
 }

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ type daemon struct {
 	data string
 	tcp  string
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *lockedBuffer
 	hc   *http.Client
 }
 
@@ -72,7 +73,7 @@ func freePort(t testing.TB) string {
 // startDaemon runs kbsd --dev in data and waits until it answers.
 func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, data: data, tcp: freePort(t), out: new(bytes.Buffer)}
+	d := &daemon{t: t, data: data, tcp: freePort(t), out: new(lockedBuffer)}
 	args := append([]string{"--dev", "--data", data, "--listen-tcp", d.tcp}, extra...)
 	d.cmd = exec.Command(kbsdBin, args...)
 	d.cmd.Stdout = d.out
@@ -102,6 +103,25 @@ func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// lockedBuffer collects the daemon's output; the test reads it while the
+// process writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func (d *daemon) exited() bool {
@@ -382,13 +402,12 @@ func (c *client) checkReceipt(receipt string) *tlog.Entry {
 	return e
 }
 
+// simulatedPlatforms are the platforms the end-to-end test runs on: both.
 func simulatedPlatforms(t testing.TB, simDir string) []attest.Platform {
-	var ps []attest.Platform
-	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
-		if _, err := sim.NewIssuer(simDir, p, sim.Options{}); err == nil {
-			ps = append(ps, p)
-		} else {
-			t.Logf("no simulated %s in this build: %v", p, err)
+	ps := []attest.Platform{attest.SNP, attest.TDX}
+	for _, p := range ps {
+		if _, err := sim.NewIssuer(simDir, p, sim.Options{}); err != nil {
+			t.Fatalf("simulated %s: %v", p, err)
 		}
 	}
 	return ps
@@ -410,6 +429,12 @@ func TestEndToEnd(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(data, f)); err != nil {
 			t.Errorf("dev file %s: %v", f, err)
 		}
+	}
+	if fi, err := os.Stat(filepath.Join(data, "kbs.sock")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode: %v %v, want 0600", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(data); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("data directory mode: %v %v, want 0700", fi.Mode(), err)
 	}
 	if !strings.Contains(d.out.String(), "Next steps") {
 		t.Errorf("kbsd --dev printed no next steps:\n%s", d.out)
@@ -439,6 +464,10 @@ func TestEndToEnd(t *testing.T) {
 			receipts = append(receipts, rel.Receipt)
 		}
 	}
+	// Against the real process too: a replayed release and a worker with
+	// another measurement get their error, no key, and the log does not grow.
+	replayAndMismatch(t, d)
+
 	noteKey, hpkePub := c.att.NoteKey, c.att.HPKEPublicKey
 	d.stop()
 	if !strings.Contains(d.out.String(), "final checkpoint") {
@@ -480,6 +509,93 @@ func TestProductionRefusals(t *testing.T) {
 		out, err := exec.Command(kbsdBin, tt.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tt.want) {
 			t.Errorf("kbsd %v: %v, output %q; want failure mentioning %q", tt.args, err, out, tt.want)
+		}
+	}
+}
+
+// TestDevTDXBroker runs the dev broker on the simulated TDX platform, with
+// JSON logs: its own evidence is a TDX quote that the client verifies, and
+// every line it writes is a JSON object.
+func TestDevTDXBroker(t *testing.T) {
+	d := startDaemon(t, filepath.Join(t.TempDir(), "kbs-dev"), "--tee", "tdx", "--log-format", "json")
+	c := newClient(t, d)
+	c.verifyBroker()
+	if c.att.Platform != "tdx" || !c.att.Simulated {
+		t.Fatalf("attestation platform %q simulated %v", c.att.Platform, c.att.Simulated)
+	}
+	d.stop()
+	lines := strings.Split(strings.TrimSpace(d.out.String()), "\n")
+	for _, l := range lines {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Errorf("log line is not JSON: %q", l)
+		}
+	}
+	if len(lines) < 5 {
+		t.Errorf("only %d log lines", len(lines))
+	}
+}
+
+// TestUnsignedInitialManifestHint: a first start with a version 1 that its
+// owners did not sign is refused, with the commands that sign it. (The dev
+// data directory stands in for a production one: the check is the same.)
+func TestUnsignedInitialManifestHint(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "kbs-dev")
+	d := startDaemon(t, data)
+	d.stop()
+	os.Remove(filepath.Join(data, "manifest.json.sig"))
+	os.Remove(filepath.Join(data, "kbs.db"))
+	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "kbsctl manifest sign --key OWNER.key") {
+		t.Fatalf("start with an unsigned version 1: %v\n%s", err, out)
+	}
+}
+
+func treeSize(t *testing.T, d *daemon) uint64 {
+	t.Helper()
+	var p api.InclusionProof
+	d.mustCall("GET", api.PathLogProof+"?index=0", nil, &p)
+	return p.TreeSize
+}
+
+func replayAndMismatch(t *testing.T, d *daemon) {
+	t.Helper()
+	simDir := filepath.Join(d.data, "sim")
+	request := func(opts sim.Options) *api.ReleaseRequest {
+		var ch api.Challenge
+		d.mustCall("POST", api.PathChallenge, nil, &ch)
+		sk, _ := api.GenerateKey(api.KEMX25519)
+		pub := api.MarshalPublicKey(sk.PublicKey())
+		iss, err := sim.NewIssuer(simDir, attest.SNP, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := iss.Issue(context.Background(), api.ReportData(api.WorkerBinding(ch.Nonce, pub)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &api.ReleaseRequest{Platform: "snp", Nonce: ch.Nonce, Evidence: ev.Data, HPKEPublicKey: pub, KeyIDs: []string{"demo/e2e"}}
+	}
+	used := request(sim.Options{})
+	d.mustCall("POST", api.PathRelease, used, nil)
+	for _, tt := range []struct {
+		name   string
+		req    *api.ReleaseRequest
+		status int
+		code   string
+	}{
+		{"replayed release", used, 401, api.CodeNonceInvalid},
+		{"another measurement", request(sim.Options{Measurement: bytes.Repeat([]byte{9}, 48)}), 403, api.CodePolicyDenied},
+		{"debug guest", request(sim.Options{Debug: true}), 403, api.CodeEvidenceRejected},
+	} {
+		before := treeSize(t, d)
+		var rel api.Release
+		st, ae, err := d.call("POST", api.PathRelease, tt.req, &rel)
+		if err != nil || st != tt.status || ae == nil || ae.Code != tt.code || rel.Keys != nil {
+			t.Errorf("%s: %d %+v %v, want %d %s", tt.name, st, ae, err, tt.status, tt.code)
+		}
+		if after := treeSize(t, d); after != before {
+			t.Errorf("%s: the log grew %d -> %d", tt.name, before, after)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/cvm"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/keystore"
 )
@@ -151,6 +152,9 @@ func serve(ctx context.Context, c *Config) error {
 		AttestationRate:   c.AttestationRate,
 		AttestationBurst:  int(2 * c.AttestationRate),
 	})
+	if errors.Is(err, kbs.ErrInitialSignatures) {
+		return fmt.Errorf("%w\nsign it with each owner key, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default)", err, c.Manifest)
+	}
 	if err != nil {
 		return err
 	}
@@ -199,7 +203,14 @@ func serve(ctx context.Context, c *Config) error {
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
 	if dev != nil {
-		dev.printNextSteps(os.Stderr, c, addrs)
+		var steps strings.Builder
+		dev.printNextSteps(&steps, c, addrs, id.NoteKey)
+		if c.LogFormat == "json" {
+			// Keep stderr one JSON object per line.
+			logger.Info("development mode: next steps", "text", steps.String())
+		} else {
+			os.Stderr.WriteString(steps.String())
+		}
 	}
 
 	var serveErr error
@@ -280,7 +291,15 @@ func readManifest(file string, sigFiles []string) ([]byte, []string, error) {
 }
 
 // hardwareIssuer returns the issuer of the broker's own evidence on real
-// hardware.
+// hardware: configfs-tsm, or /dev/sev-guest on older kernels. The platform
+// it finds must be the one --tee names.
 func hardwareIssuer(tee string) (attest.Issuer, error) {
-	return nil, fmt.Errorf("self-attestation on %s: no hardware issuer in this build", tee)
+	iss, err := cvm.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("self-attestation: %w (kbsd must run inside a confidential VM; use --dev elsewhere)", err)
+	}
+	if string(iss.Platform()) != tee {
+		return nil, fmt.Errorf("self-attestation: this machine is a %s guest, not --tee %s", iss.Platform(), tee)
+	}
+	return iss, nil
 }

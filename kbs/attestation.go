@@ -61,6 +61,7 @@ func (b *Broker) handleAttestation(w http.ResponseWriter, r *http.Request) error
 			Hash:           am.rec.Hash,
 			Body:           am.rec.Body,
 			LogIndex:       am.rec.LogIndex,
+			Entry:          am.entry,
 			InclusionProof: hashesToBytes(incl),
 		},
 		Since: since,

@@ -99,6 +99,10 @@ type Config struct {
 	AttestationBurst int
 }
 
+// ErrInitialSignatures is returned by New when the version-1 manifest lacks
+// signatures of its own owners' threshold.
+var ErrInitialSignatures = errors.New("initial manifest not signed by its owners")
+
 // Broker serves the kbs API. Create it with New; serve Handler.
 type Broker struct {
 	cfg    Config
@@ -114,12 +118,30 @@ type Broker struct {
 	keyMu      sync.Mutex // serializes key uploads and deletes
 
 	closing atomic.Bool
+	// appendFailing is set while appends to the log fail (health checks
+	// report it), and cleared by the next successful append.
+	appendFailing atomic.Bool
+}
+
+// append appends entry to the log, durably, and tracks the log's health.
+func (b *Broker) append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
+	idx, cp, err := b.cfg.Log.Append(ctx, entry)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.appendFailing.Store(true)
+		}
+		return 0, cp, err
+	}
+	b.appendFailing.Store(false)
+	return idx, cp, nil
 }
 
 // activeManifest is a manifest version the broker activated.
 type activeManifest struct {
 	m   *manifest.Manifest
 	rec manifestRecord
+	// entry is the exact log entry at rec.LogIndex.
+	entry []byte
 }
 
 // manifestRecord is what the broker stores for each activated version.
@@ -134,9 +156,8 @@ type manifestRecord struct {
 // pendingRecord marks a manifest version whose log entry may have been
 // appended but that was not yet activated (a crash in between).
 type pendingRecord struct {
-	Hash     string `json:"hash"`
-	SizeFrom uint64 `json:"size_from"`
-	manifestRecord
+	SizeFrom uint64         `json:"size_from"`
+	Manifest manifestRecord `json:"manifest"`
 }
 
 var (
@@ -196,8 +217,19 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.recoverPending(ctx); err != nil {
 		return nil, err
 	}
+	if err := b.settleKeys(ctx); err != nil {
+		return nil, fmt.Errorf("kbs: couldn't settle staged key changes: %w", err)
+	}
 	if err := b.loadManifest(ctx); err != nil {
 		return nil, err
+	}
+	// A broker that its own manifest does not describe still serves (the
+	// owners may be rolling out a new manifest), but clients will reject
+	// it: say so loudly.
+	if am := b.active.Load(); am != nil {
+		if err := b.checkServesManifest(ctx, am.m); err != nil {
+			b.log.Error("this broker does not match the active manifest's service reference values; clients will refuse it until the owners publish a manifest that lists it", "error", err)
+		}
 	}
 	return b, nil
 }
@@ -222,7 +254,7 @@ func (b *Broker) logIdentity(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't read the log checkpoint: %w", err)
 	}
-	// The identity evidence binds the keys to the empty nonce and the
+	// The identity evidence binds the keys, with an all-zero nonce, to the
 	// checkpoint before the identity entry.
 	rd := api.ReportData(api.BrokerBinding(make([]byte, api.NonceSize), id.NoteKey, id.HPKEPublicKey, id.TLSSPKISHA256, string(cp.Note)))
 	ev, err := b.cfg.Issuer.Issue(ctx, rd)
@@ -244,7 +276,7 @@ func (b *Broker) logIdentity(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't encode the identity entry: %w", err)
 	}
-	idx, _, err := b.cfg.Log.Append(ctx, entry)
+	idx, _, err := b.append(ctx, entry)
 	if err != nil {
 		return fmt.Errorf("kbs: couldn't log the broker identity: %w", err)
 	}
@@ -283,8 +315,8 @@ func (b *Broker) recoverPending(ctx context.Context) error {
 		}
 		for i, raw := range entries {
 			e, err := tlog.DecodeEntry(raw)
-			if err == nil && e.Type == tlog.TypeManifest && e.Manifest.Hash == p.Hash {
-				p.LogIndex = p.SizeFrom + uint64(i)
+			if err == nil && e.Type == tlog.TypeManifest && e.Manifest.Hash == p.Manifest.Hash {
+				p.Manifest.LogIndex = p.SizeFrom + uint64(i)
 				found = true
 				break
 			}
@@ -293,12 +325,12 @@ func (b *Broker) recoverPending(ctx context.Context) error {
 	return b.cfg.DB.Update(func(tx *bbolt.Tx) error {
 		bb := tx.Bucket(bucketBroker)
 		if found {
-			b.log.Warn("activating a manifest version logged before a crash", "version", p.Version, "log_index", p.LogIndex)
-			if err := putManifestRecord(bb, &p.manifestRecord); err != nil {
+			b.log.Warn("activating a manifest version logged before a crash", "version", p.Manifest.Version, "log_index", p.Manifest.LogIndex)
+			if err := putManifestRecord(bb, &p.Manifest); err != nil {
 				return err
 			}
 		} else {
-			b.log.Warn("dropping a manifest update that never reached the log", "version", p.Version)
+			b.log.Warn("dropping a manifest update that never reached the log", "version", p.Manifest.Version)
 		}
 		return bb.Delete(keyPending)
 	})
@@ -333,11 +365,11 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 			return fmt.Errorf("kbs: the configured manifest (%s) is not the version 1 this broker's chain starts from (%s); later versions come only through PUT %s",
 				manifest.HashOf(b.cfg.InitialManifest), manifest.HashOf(initial), api.PathManifest)
 		}
-		m, err := manifest.Parse(latest.Body)
+		m, entry, err := b.checkStoredChain(ctx)
 		if err != nil {
-			return fmt.Errorf("kbs: stored manifest version %d no longer parses: %w", latest.Version, err)
+			return fmt.Errorf("kbs: the stored manifest chain does not check out (the database was modified?): %w", err)
 		}
-		b.active.Store(&activeManifest{m: m, rec: *latest})
+		b.active.Store(&activeManifest{m: m, rec: *latest, entry: entry})
 		b.log.Info("active manifest", "version", latest.Version, "hash", latest.Hash, "log_index", latest.LogIndex)
 		return nil
 	}
@@ -357,6 +389,64 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 	}
 	_, err = b.activate(ctx, m, b.cfg.InitialSignatures, signers)
 	return err
+}
+
+// checkStoredChain re-verifies the manifest chain kept in the database,
+// which the host can write: version 1 with its owners' signatures, each
+// later version with the signatures of its predecessor's owners, and every
+// version's log entry (same bytes) included in the current signed
+// checkpoint. It returns the latest version and its log entry.
+func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, []byte, error) {
+	recs, err := b.history()
+	if err != nil {
+		return nil, nil, err
+	}
+	cp, err := b.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var prev *manifest.Manifest
+	var entry []byte
+	for i, rec := range recs {
+		m, err := manifest.Parse(rec.Body)
+		if err != nil {
+			return nil, nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		}
+		if m.Version() != uint64(i+1) || rec.Version != m.Version() || rec.Hash != m.Hash() {
+			return nil, nil, fmt.Errorf("record %d holds version %d (%s)", i+1, m.Version(), m.Hash())
+		}
+		if prev == nil {
+			_, err = verifySelfSigned(m, rec.Signatures)
+		} else {
+			_, err = manifest.Verify(prev, m, rec.Signatures)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		}
+		if rec.LogIndex >= cp.Size {
+			return nil, nil, fmt.Errorf("version %d: log index %d is beyond the log (size %d)", rec.Version, rec.LogIndex, cp.Size)
+		}
+		ents, err := b.cfg.Log.Entries(ctx, rec.LogIndex, rec.LogIndex+1)
+		if err != nil {
+			return nil, nil, err
+		}
+		proof, err := b.cfg.Log.InclusionProof(ctx, rec.LogIndex, cp.Size)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := tlog.VerifyInclusion(cp, rec.LogIndex, ents[0], proof); err != nil {
+			return nil, nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		}
+		e, err := tlog.DecodeEntry(ents[0])
+		if err != nil || e.Type != tlog.TypeManifest || !bytes.Equal(e.Manifest.Body, rec.Body) {
+			return nil, nil, fmt.Errorf("version %d: log entry %d is not this manifest", rec.Version, rec.LogIndex)
+		}
+		prev, entry = m, ents[0]
+	}
+	if prev == nil {
+		return nil, nil, errors.New("no manifest")
+	}
+	return prev, entry, nil
 }
 
 // verifySelfSigned checks that version 1 carries signatures of at least its
@@ -397,7 +487,7 @@ func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
 		}
 	}
 	if len(seen) < m.Threshold() {
-		return nil, fmt.Errorf("version 1 needs signatures of %d of its own owners, has %d valid", m.Threshold(), len(seen))
+		return nil, fmt.Errorf("%w: version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid", ErrInitialSignatures, m.Threshold(), len(seen))
 	}
 	var fps []string
 	for fp := range seen {
@@ -430,7 +520,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 		return nil, logUnavailable(err)
 	}
 	rec := manifestRecord{Version: m.Version(), Hash: m.Hash(), Body: m.Bytes(), Signatures: sigs}
-	pending := pendingRecord{Hash: m.Hash(), SizeFrom: cp.Size, manifestRecord: rec}
+	pending := pendingRecord{SizeFrom: cp.Size, Manifest: rec}
 	if err := b.cfg.DB.Update(func(tx *bbolt.Tx) error {
 		raw, err := json.Marshal(&pending)
 		if err != nil {
@@ -440,7 +530,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 	}); err != nil {
 		return nil, fmt.Errorf("couldn't record the pending manifest: %w", err)
 	}
-	idx, _, err := b.cfg.Log.Append(ctx, entry)
+	idx, _, err := b.append(ctx, entry)
 	if err != nil {
 		// The pending record stays: if the entry did reach the log after
 		// all, the next start activates it (the log is the truth).
@@ -456,7 +546,7 @@ func (b *Broker) activate(ctx context.Context, m *manifest.Manifest, sigs []stri
 	}); err != nil {
 		return nil, fmt.Errorf("couldn't activate manifest version %d: %w", rec.Version, err)
 	}
-	am := &activeManifest{m: m, rec: rec}
+	am := &activeManifest{m: m, rec: rec, entry: entry}
 	b.active.Store(am)
 	b.log.Info("activated manifest", "version", rec.Version, "hash", rec.Hash, "log_index", idx)
 	return am, nil

@@ -6,14 +6,20 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/bbolt"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -23,14 +29,12 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// simPlatforms are the platforms the simulated TEE provides in this build.
+// simPlatforms are the platforms every release test runs on.
 func simPlatforms(t *testing.T, dir string) []attest.Platform {
-	var ps []attest.Platform
-	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
-		if _, err := sim.NewIssuer(dir, p, sim.Options{}); err == nil {
-			ps = append(ps, p)
-		} else {
-			t.Logf("no simulated %s: %v", p, err)
+	ps := []attest.Platform{attest.SNP, attest.TDX}
+	for _, p := range ps {
+		if _, err := sim.NewIssuer(dir, p, sim.Options{}); err != nil {
+			t.Fatalf("simulated %s: %v", p, err)
 		}
 	}
 	return ps
@@ -133,6 +137,23 @@ func TestRejections(t *testing.T) {
 		{"debug policy", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
 			w := e.newWorker(attest.SNP, sim.Options{Debug: true}, api.KEMX25519)
 			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"wrong TDX MRTD", 403, api.CodePolicyDenied, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{Measurement: bytes.Repeat([]byte{7}, 48)}, api.KEMX25519)
+			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"TDX debug attribute", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{Debug: true}, api.KEMX25519)
+			st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/a"))
+			return st, ae
+		}},
+		{"TDX evidence bound to another worker key", 403, api.CodeEvidenceRejected, func() (int, *api.Error) {
+			w := e.newWorker(attest.TDX, sim.Options{}, api.KEMX25519)
+			req := e.releaseReq(w, e.challenge(), "demo/a")
+			req.HPKEPublicKey = good.pub
+			st, ae, _ := e.release(req)
 			return st, ae
 		}},
 		{"replayed nonce", 401, api.CodeNonceInvalid, func() (int, *api.Error) {
@@ -242,6 +263,18 @@ func TestRejections(t *testing.T) {
 		}},
 		{"manifest replay of version 1", 409, api.CodeConflict, func() (int, *api.Error) {
 			return e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: e.manifest, Signatures: signAll(t, e.manifest, e.owners...)}, nil)
+		}},
+		{"manifest that this broker does not match", 409, api.CodeConflict, func() (int, *api.Error) {
+			m, _ := manifest.Parse(e.nextManifest(t))
+			d := m.Document()
+			for i := range d.Service.SNP {
+				d.Service.SNP[i].Measurement = manifest.Hexes(otherMeasurement)
+			}
+			body, err := manifest.Encode(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)}, nil)
 		}},
 		{"malformed manifest", 400, api.CodeBadRequest, func() (int, *api.Error) {
 			return e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: []byte(`{"schema":"kbs-manifest/v1"}`)}, nil)
@@ -583,5 +616,256 @@ func TestRestartKeepsIdentityAndKeys(t *testing.T) {
 	got, err := api.Open(w.sk, api.ReleaseInfo("demo/a", 1, rel.LogIndex), rel.Keys[0].Sealed)
 	if err != nil || string(got) != "kept" {
 		t.Fatalf("after restart: %q %v", got, err)
+	}
+}
+
+func TestAttestationRateLimited(t *testing.T) {
+	e := newEnv(t)
+	e.b.limit = newRateLimiter(1, 2, e.clock.Now)
+	nonce := hex.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	for i := 0; i < 2; i++ {
+		e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+	}
+	if st, ae := e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil); st != 429 || ae.Code != api.CodeRateLimited {
+		t.Fatalf("third attestation in a burst of 2: %d %+v, want 429", st, ae)
+	}
+	if st, ae := e.do("POST", api.PathChallenge, nil, nil); st != 429 {
+		t.Fatalf("challenge with an empty bucket: %d %+v, want 429", st, ae)
+	}
+	e.clock.Advance(time.Second)
+	e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
+}
+
+// TestPendingManifest simulates a crash between the durable manifest entry
+// and the activation (and one before the entry): the next start activates
+// the logged version and drops the unlogged one.
+func TestPendingManifest(t *testing.T) {
+	for _, logged := range []bool{true, false} {
+		e := newEnv(t)
+		body := e.nextManifest(t)
+		next, err := manifest.Parse(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := e.treeSize()
+		sigs := signAll(t, body, e.owners...)
+		pending := pendingRecord{SizeFrom: size, Manifest: manifestRecord{Version: 2, Hash: next.Hash(), Body: body, Signatures: sigs}}
+		if err := e.db.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(bucketBroker).Put(keyPending, mustJSON(&pending))
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if logged {
+			fps := e.b.active.Load().m.OwnerFingerprints()
+			entry, err := tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeManifest, Time: time.Now(), Manifest: &tlog.ManifestEntry{
+				Version: 2, Hash: next.Hash(), Previous: next.Previous(), Body: body, Signers: fps,
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := e.log.Append(context.Background(), entry); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.close()
+		e.open(t)
+		want := uint64(1)
+		if logged {
+			want = 2
+		}
+		if _, v := e.b.ActiveManifest(); v != want {
+			t.Errorf("logged=%v: active version %d after restart, want %d", logged, v, want)
+		}
+		if logged {
+			var m api.Manifest
+			e.mustOK(e.do("GET", api.PathManifest, nil, &m))
+			if m.LogIndex != size {
+				t.Errorf("recovered manifest log index %d, want %d", m.LogIndex, size)
+			}
+		}
+		e.db.View(func(tx *bbolt.Tx) error {
+			if tx.Bucket(bucketBroker).Get(keyPending) != nil {
+				t.Errorf("logged=%v: pending record left after restart", logged)
+			}
+			return nil
+		})
+	}
+}
+
+// TestTamperedManifestState checks that a manifest record written into the
+// database by the host (not logged, not signed) stops the broker at start.
+func TestTamperedManifestState(t *testing.T) {
+	e := newEnv(t)
+	body := e.nextManifest(t)
+	rec := manifestRecord{Version: 2, Hash: manifest.HashOf(body), Body: body, Signatures: nil, LogIndex: 1}
+	if err := e.db.Update(func(tx *bbolt.Tx) error { return putManifestRecord(tx.Bucket(bucketBroker), &rec) }); err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	if err := e.tryOpen(t); err == nil || !strings.Contains(err.Error(), "does not check out") {
+		t.Fatalf("start with a forged manifest record: %v", err)
+	}
+}
+
+// failingLog is a log whose appends fail on demand.
+type failingLog struct {
+	tlog.Backend
+	fail atomic.Bool
+}
+
+func (f *failingLog) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
+	if f.fail.Load() {
+		return 0, tlog.SignedCheckpoint{}, errors.New("disk on fire")
+	}
+	return f.Backend.Append(ctx, entry)
+}
+
+// TestLogFailureReleasesNothing: when the log cannot be written, a valid
+// release gets 503 and no key, uploads and manifest updates do nothing,
+// and the health check fails until an append succeeds again.
+func TestLogFailureReleasesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.mustOK2(e.upload("demo/a", 1, []byte("never leaves")))
+	fl := &failingLog{Backend: e.log}
+	e.srv.Close()
+	b, err := New(context.Background(), Config{DB: e.db, Log: fl, Keys: e.keys, Identity: e.id,
+		Issuer: e.b.cfg.Issuer, Verifier: e.verifier, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b = b
+	e.srv = httptest.NewServer(b.Handler())
+	fl.fail.Store(true)
+	w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
+	before := e.state()
+	if st, ae, rel := e.release(e.releaseReq(w, e.challenge(), "demo/a")); st != 503 || ae.Code != api.CodeLogUnavailable || rel.Keys != nil {
+		t.Fatalf("release with a failing log: %d %+v %+v", st, ae, rel)
+	}
+	if st, ae, _ := e.upload("demo/a", 2, []byte("x")); st != 503 || ae.Code != api.CodeLogUnavailable {
+		t.Fatalf("upload with a failing log: %d %+v", st, ae)
+	}
+	body := e.nextManifest(t)
+	if st, ae := e.do("PUT", api.PathManifest, api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)}, nil); st != 503 {
+		t.Fatalf("manifest update with a failing log: %d %+v", st, ae)
+	}
+	if after := e.state(); !reflect.DeepEqual(before, after) {
+		t.Fatalf("state changed: %+v -> %+v", before, after)
+	}
+	if resp, err := http.Get(e.srv.URL + "/healthz"); err != nil || resp.StatusCode != 503 {
+		t.Fatalf("healthz with failing appends: %v %v", resp, err)
+	}
+	fl.fail.Store(false)
+	e.mustOK2r(e.release(e.releaseReq(w, e.challenge(), "demo/a")))
+	if resp, err := http.Get(e.srv.URL + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("healthz after recovery: %v %v", resp, err)
+	}
+}
+
+func TestSNPTCBString(t *testing.T) {
+	for _, tt := range []struct {
+		product string
+		tcb     uint64
+		want    string
+	}{
+		{"Milan", 0xd516000000000004, "bl=4,tee=0,snp=22,ucode=213"},
+		{"Genoa", 0x0803000000000102, "bl=2,tee=1,snp=3,ucode=8"},
+		{"Turin", 0x0102, "reported_tcb=0000000000000102"},
+	} {
+		if got := snpTCB(tt.product, tt.tcb); got != tt.want {
+			t.Errorf("snpTCB(%s, %#x) = %q, want %q", tt.product, tt.tcb, got, tt.want)
+		}
+	}
+}
+
+// TestStartWarnsWhenNotDescribed: a broker whose evidence its active
+// manifest does not describe starts, and says loudly that clients will
+// refuse it.
+func TestStartWarnsWhenNotDescribed(t *testing.T) {
+	var buf bytes.Buffer
+	logger := hclog.New(&hclog.LoggerOptions{Output: &syncWriter{w: &buf}, Level: hclog.Info})
+	e := newEnvWith(t, func(d *manifest.Document) {
+		for i := range d.Service.SNP {
+			d.Service.SNP[i].Measurement = manifest.Hexes(otherMeasurement)
+		}
+	}, logger)
+	if _, v := e.b.ActiveManifest(); v != 1 {
+		t.Fatalf("active version %d", v)
+	}
+	if !strings.Contains(buf.String(), "clients will refuse it") {
+		t.Errorf("no warning in the log:\n%s", buf.String())
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// TestStagedKeyChangesSettled simulates crashes between staging a key
+// change and committing it: at the next start, changes whose entry is in
+// the log are committed and the others dropped; a staged key is never
+// released and a key whose deletion is staged no longer is.
+func TestStagedKeyChangesSettled(t *testing.T) {
+	e := newEnv(t)
+	e.mustOK2(e.upload("demo/del-logged", 1, []byte("x")))
+	e.mustOK2(e.upload("demo/del-lost", 1, []byte("y")))
+	ctx := context.Background()
+	now := time.Now()
+	size := e.treeSize()
+	logEntry := func(typ string, id string, v uint64) {
+		k := &tlog.KeyEntry{ID: id, Version: v, Client: "demo-client"}
+		ent := &tlog.Entry{Type: typ, Time: now}
+		if typ == tlog.TypeKeyUpload {
+			ent.KeyUpload = k
+		} else {
+			ent.KeyDelete = k
+		}
+		raw, err := tlog.EncodeEntry(ent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.log.Append(ctx, raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(e.keys.PreparePut("demo/put-logged", 1, "demo-client", []byte("logged"), size, now))
+	must(e.keys.PreparePut("demo/put-lost", 1, "demo-client", []byte("lost"), size, now))
+	must(e.keys.PrepareDelete("demo/del-logged", 1, size, now))
+	must(e.keys.PrepareDelete("demo/del-lost", 1, size, now))
+	logEntry(tlog.TypeKeyUpload, "demo/put-logged", 1)
+	logEntry(tlog.TypeKeyDelete, "demo/del-logged", 1)
+
+	// Before the restart: nothing staged is released, and neither is a key
+	// whose deletion is staged.
+	w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
+	for _, id := range []string{"demo/put-logged", "demo/put-lost", "demo/del-logged", "demo/del-lost"} {
+		if st, ae, _ := e.release(e.releaseReq(w, e.challenge(), id)); st != 404 {
+			t.Errorf("release of %s while staged: %d %+v, want 404", id, st, ae)
+		}
+	}
+	e.close()
+	e.open(t)
+	if p, _ := e.keys.PendingChanges(); len(p) != 0 {
+		t.Fatalf("staged changes left after restart: %+v", p)
+	}
+	for id, want := range map[string]int{"demo/put-logged": 200, "demo/put-lost": 404, "demo/del-logged": 404, "demo/del-lost": 200} {
+		if st, ae, _ := e.release(e.releaseReq(w, e.challenge(), id)); st != want {
+			t.Errorf("release of %s after restart: %d %+v, want %d", id, st, ae, want)
+		}
+	}
+	if n, _ := e.keys.NextVersion("demo/put-lost"); n != 1 {
+		t.Errorf("NextVersion of a dropped upload = %d, want 1", n)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 	sumdb "golang.org/x/mod/sumdb/tlog"
@@ -100,6 +101,7 @@ type env struct {
 	owners   []*ecdsa.PrivateKey
 	client   *ecdsa.PrivateKey
 	manifest []byte
+	logger   hclog.Logger
 }
 
 func pubPEM(t testing.TB, k *ecdsa.PrivateKey) string {
@@ -173,6 +175,13 @@ func signAll(t testing.TB, body []byte, keys ...*ecdsa.PrivateKey) []string {
 // newEnv starts a broker in a fresh data directory.
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, nil, nil)
+}
+
+// newEnvWith starts a broker whose version-1 manifest is the test document
+// changed by edit (when not nil), logging to logger (when not nil).
+func newEnvWith(t testing.TB, edit func(*manifest.Document), logger hclog.Logger) *env {
+	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: time.Now()}}
 	var err error
 	e.verifier, err = verify.New(verify.Options{SimRootFile: sim.RootFile(e.simDir), Offline: true})
@@ -185,7 +194,12 @@ func newEnv(t testing.TB) *env {
 	}
 	e.owners = []*ecdsa.PrivateKey{newKey(t), newKey(t)}
 	e.client = newKey(t)
-	e.manifest, err = manifest.Encode(testDocument(t, cl, e.owners, e.client))
+	doc := testDocument(t, cl, e.owners, e.client)
+	if edit != nil {
+		edit(doc)
+	}
+	e.logger = logger
+	e.manifest, err = manifest.Encode(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,6 +246,7 @@ func (e *env) tryOpen(t testing.TB) error {
 		InitialManifest:   e.manifest,
 		InitialSignatures: signAll(t, e.manifest, e.owners...),
 		Now:               e.clock.Now,
+		Logger:            e.logger,
 		NonceTTL:          time.Minute,
 		MaxNonces:         64,
 		AttestationRate:   1000,
@@ -289,8 +304,12 @@ func (e *env) do(method, path string, body any, out any) (int, *api.Error) {
 		e.t.Fatal(err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		// An error answer is exactly an error body: no key, sealed or not,
+		// can ride along.
 		var eb api.ErrorBody
-		if err := json.Unmarshal(raw, &eb); err != nil || eb.Error == nil {
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&eb); err != nil || eb.Error == nil {
 			e.t.Fatalf("%s %s: status %d with a body that is not an error body: %q", method, path, resp.StatusCode, raw)
 		}
 		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {

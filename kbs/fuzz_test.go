@@ -151,3 +151,43 @@ func FuzzReleaseHandler(f *testing.F) {
 		}
 	})
 }
+
+// FuzzKeyHandlers sends arbitrary bodies to POST /v1/keys and DELETE
+// /v1/keys/{id} of a live broker (seeded with valid, signed requests): an
+// accepted request grows the log by exactly one entry; a rejected one is a
+// 4xx error body and changes neither the log nor the key store.
+func FuzzKeyHandlers(f *testing.F) {
+	e := newEnv(f)
+	e.mustOK2(e.upload("demo/f", 1, []byte("fuzz key")))
+	f.Add(false, mustJSON(e.uploadReq("demo-client", e.client, "demo/f", 2, []byte("v2"))))
+	f.Add(false, mustJSON(e.uploadReq("demo-client", e.client, "demo/g", 1, []byte("g"))))
+	sig, _ := api.SignStatement(e.client, api.DeleteStatement("demo-client", "demo/f", 1, e.id.HPKEPublicKey))
+	f.Add(true, mustJSON(api.KeyDelete{Client: "demo-client", Version: 1, Signature: sig}))
+	files, _ := filepath.Glob("testdata/requests/*.json")
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		f.Add(false, b)
+		f.Add(true, b)
+	}
+	f.Fuzz(func(t *testing.T, del bool, body []byte) {
+		e.t = t
+		before := e.state()
+		method, path := "POST", api.PathKeys
+		if del {
+			method, path = "DELETE", api.PathKeys+"/demo/f"
+		}
+		st, ae := e.do(method, path, body, nil)
+		if st == 200 {
+			if after := e.treeSize(); after != before.size+1 {
+				t.Fatalf("accepted %s grew the log %d -> %d", method, before.size, after)
+			}
+			return
+		}
+		if st >= 500 {
+			t.Fatalf("status %d: %+v", st, ae)
+		}
+		if after := e.state(); !reflect.DeepEqual(before, after) {
+			t.Fatalf("rejected %s (%d %s) changed state", method, st, ae.Code)
+		}
+	})
+}

@@ -189,6 +189,10 @@ func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "log unavailable", http.StatusServiceUnavailable)
 		return
 	}
+	if b.appendFailing.Load() {
+		http.Error(w, "log appends are failing", http.StatusServiceUnavailable)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintln(w, "ok")
 }

@@ -1,9 +1,12 @@
 package kbs
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 
 	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/keystore"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -70,11 +73,13 @@ func (b *Broker) handleUpload(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return api.Errorf(api.CodeBadRequest, "upload cannot be logged: %v", err)
 	}
-	idx, cp, err := b.cfg.Log.Append(r.Context(), entry)
+	// Stage the key, log the upload, then commit: a key is never released
+	// without its upload in the log, and a crash in between is settled
+	// against the log at the next start.
+	idx, cp, err := b.staged(r.Context(), req.ID, entry, func(logSize uint64) error {
+		return b.cfg.Keys.PreparePut(req.ID, req.Version, req.Client, material, logSize, b.now())
+	})
 	if err != nil {
-		return logUnavailable(err)
-	}
-	if err := b.cfg.Keys.Put(req.ID, req.Version, req.Client, material, b.now()); err != nil {
 		return err
 	}
 	b.m.uploads.Add(1)
@@ -120,11 +125,12 @@ func (b *Broker) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return api.Errorf(api.CodeBadRequest, "deletion cannot be logged: %v", err)
 	}
-	idx, cp, err := b.cfg.Log.Append(r.Context(), entry)
+	// Stage the deletion (the key stops being released), log it, then
+	// shred.
+	idx, cp, err := b.staged(r.Context(), keyID, entry, func(logSize uint64) error {
+		return b.cfg.Keys.PrepareDelete(keyID, req.Version, logSize, b.now())
+	})
 	if err != nil {
-		return logUnavailable(err)
-	}
-	if err := b.cfg.Keys.Delete(keyID, req.Version, b.now()); err != nil {
 		return err
 	}
 	b.m.deletes.Add(1)
@@ -148,5 +154,79 @@ func (b *Broker) handleListKeys(w http.ResponseWriter, r *http.Request) error {
 		out.Keys[i] = api.KeyInfo{ID: m.ID, Version: m.Version, Client: m.Client, Created: m.Created, Deleted: m.Deleted}
 	}
 	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// staged runs a key store change through the log: prepare stages it, the
+// entry is appended durably, and the change is committed; if the append
+// fails the change is aborted. The caller holds keyMu.
+func (b *Broker) staged(ctx context.Context, id string, entry []byte, prepare func(logSize uint64) error) (uint64, tlog.SignedCheckpoint, error) {
+	cp, err := b.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return 0, cp, logUnavailable(err)
+	}
+	if err := prepare(cp.Size); err != nil {
+		return 0, cp, err
+	}
+	idx, cp, err := b.append(ctx, entry)
+	if err != nil {
+		if aerr := b.cfg.Keys.Abort(id); aerr != nil {
+			b.log.Error("couldn't abort a staged key change", "id", id, "error", aerr)
+		}
+		return 0, cp, logUnavailable(err)
+	}
+	if err := b.cfg.Keys.Commit(id); err != nil {
+		return 0, cp, fmt.Errorf("couldn't commit key %q after logging it at %d: %w", id, idx, err)
+	}
+	return idx, cp, nil
+}
+
+// settleKeys commits the key changes a crash left staged whose log entry
+// is in the log, and aborts the others.
+func (b *Broker) settleKeys(ctx context.Context) error {
+	pending, err := b.cfg.Keys.PendingChanges()
+	if err != nil || len(pending) == 0 {
+		return err
+	}
+	cp, err := b.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range pending {
+		logged := false
+		if p.LogSize < cp.Size {
+			ents, err := b.cfg.Log.Entries(ctx, p.LogSize, cp.Size)
+			if err != nil {
+				return err
+			}
+			for _, raw := range ents {
+				e, err := tlog.DecodeEntry(raw)
+				if err != nil {
+					continue
+				}
+				var k *tlog.KeyEntry
+				switch {
+				case p.Op == keystore.OpPut && e.Type == tlog.TypeKeyUpload:
+					k = e.KeyUpload
+				case p.Op == keystore.OpDelete && e.Type == tlog.TypeKeyDelete:
+					k = e.KeyDelete
+				}
+				if k != nil && k.ID == p.ID && k.Version == p.Version {
+					logged = true
+					break
+				}
+			}
+		}
+		if logged {
+			b.log.Warn("committing a key change logged before a crash", "id", p.ID, "op", p.Op, "version", p.Version)
+			err = b.cfg.Keys.Commit(p.ID)
+		} else {
+			b.log.Warn("dropping a key change that never reached the log", "id", p.ID, "op", p.Op, "version", p.Version)
+			err = b.cfg.Keys.Abort(p.ID)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/google/go-sev-guest/kds"
+
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/manifest"
@@ -107,7 +109,7 @@ func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("couldn't encode the release entry: %w", err)
 	}
-	idx, cp, err := b.cfg.Log.Append(ctx, entry)
+	idx, cp, err := b.append(ctx, entry)
 	if err != nil {
 		return logUnavailable(err)
 	}
@@ -153,11 +155,23 @@ func releaseEntry(c *attest.Claims, class string, keys []tlogKey, workerKey []by
 	switch {
 	case c.SNP != nil:
 		e.ChipID = hex.EncodeToString(c.SNP.ChipID)
-		e.TCB = fmt.Sprintf("reported_tcb=%016x", c.SNP.ReportedTCB)
+		e.TCB = snpTCB(c.SNP.Product, c.SNP.ReportedTCB)
 	case c.TDX != nil:
 		e.TCB = "tee_tcb_svn=" + hex.EncodeToString(c.TDX.TEETCBSVN)
 	}
 	return e
+}
+
+// snpTCB formats a reported TCB_VERSION: by component for the Milan and
+// Genoa layout, in hex for others (Turin's layout differs).
+func snpTCB(product string, tcb uint64) string {
+	switch product {
+	case "Milan", "Genoa":
+		p := kds.DecomposeTCBVersion(kds.TCBVersion(tcb))
+		return fmt.Sprintf("bl=%d,tee=%d,snp=%d,ucode=%d", p.BlSpl, p.TeeSpl, p.SnpSpl, p.UcodeSpl)
+	default:
+		return fmt.Sprintf("reported_tcb=%016x", tcb)
+	}
 }
 
 // ManifestClaims maps verified attestation claims to the manifest's

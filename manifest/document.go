@@ -22,8 +22,11 @@ const Any = "any"
 // reports; it cannot be used as a worker class name.
 const ServiceClass = "service"
 
-// MaxSize is the largest manifest accepted, in bytes.
-const MaxSize = 48 << 10
+// MaxSize is the largest manifest accepted, in bytes. Every manifest version
+// is logged whole, base64-encoded inside a log entry, and log entries are at
+// most 65535 bytes (the C2SP entry-bundle limit); 46 KiB leaves room for the
+// entry's other fields with up to 32 signers.
+const MaxSize = 46 << 10
 
 // Known SEV-SNP product lines accepted in "product".
 var snpProducts = []string{"Milan", "Genoa", "Turin"}

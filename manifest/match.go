@@ -126,12 +126,12 @@ func (r *Report) String() string {
 		}
 		fmt.Fprintf(&b, "class %s: %s\n", c.Class, verdict)
 		for _, ch := range c.Checks {
-			fmt.Fprintf(&b, "  %s %-22s expected %s, actual %s\n", mark(ch.OK), ch.Field, ch.Expected, ch.Actual)
+			fmt.Fprintf(&b, "  %s %-26s expected %s, actual %s\n", mark(ch.OK), ch.Field, ch.Expected, ch.Actual)
 		}
 		for _, a := range c.Alternatives {
 			fmt.Fprintf(&b, "  %s: %s\n", a.Name, map[bool]string{true: "match", false: "no match"}[a.Matched])
 			for _, ch := range a.Checks {
-				fmt.Fprintf(&b, "    %s %-20s expected %s, actual %s\n", mark(ch.OK), ch.Field, ch.Expected, ch.Actual)
+				fmt.Fprintf(&b, "    %s %-24s expected %s, actual %s\n", mark(ch.OK), ch.Field, ch.Expected, ch.Actual)
 			}
 		}
 	}
@@ -291,7 +291,7 @@ func (m *Manifest) matchClass(name string, cl Class, c *Claims) ClassResult {
 	if (c.Platform == PlatformSNP && c.SNP == nil) || (c.Platform == PlatformTDX && c.TDX == nil) {
 		actual += " (claims incomplete)"
 	}
-	res.Checks = append(res.Checks, Check{Field: "platform", Expected: "one of " + strings.Join(platforms, ", "), Actual: actual, OK: platformOK})
+	res.Checks = append(res.Checks, Check{Field: "platform", Expected: oneOf(platforms), Actual: actual, OK: platformOK})
 	simOK := !c.Simulated || m.doc.AllowSimulated
 	simExp := "real hardware"
 	if m.doc.AllowSimulated {
@@ -473,7 +473,7 @@ func policyViolations(max, got uint64) string {
 	}
 	for _, n := range names {
 		if n.bit&policyPermissions != 0 && got&n.bit != 0 && max&n.bit == 0 {
-			why = append(why, n.name+" allowed but not permitted")
+			why = append(why, n.name+" set but not permitted")
 		}
 		if n.bit&policyRestrictions != 0 && max&n.bit != 0 && got&n.bit == 0 {
 			why = append(why, n.name+" required but not set")

@@ -6,6 +6,31 @@
 // The log is an RFC 6962 Merkle tree over SHA-256. Everything a client or an
 // auditor needs to check it is published in C2SP formats, so tools written by
 // others can check it too.
+//
+// # Broker side
+//
+// A Backend appends entries durably and signs checkpoints with a
+// CheckpointSigner, which refuses to sign a checkpoint that contradicts the
+// last one the backend persisted (a smaller size, another root for a size,
+// or a tree that does not extend it). NewReceipt turns an append into a
+// C2SP tlog-proof@v1 receipt carrying the entry's bytes; NewHandler serves
+// the log as C2SP tlog-tiles under /log/. Entries (EncodeEntry) are strict,
+// canonical JSON and never hold key material.
+//
+// # Client side
+//
+// Nothing a client receives from the broker or the host is trusted until it
+// is verified against the log's note key, which the client gets from the
+// broker's hardware attestation. OpenCheckpoint and VerifyReceipt check
+// signatures and proofs; a Verifier also keeps the last verified checkpoint
+// per log (FileStore) and reports a log that shrinks or forks as a
+// *ForkError carrying both signed checkpoints as evidence. TileClient reads
+// a log through its tiles and verifies every tile and entry against a
+// verified checkpoint before handing it out, for auditors.
+//
+// Proof checks on the client side use github.com/transparency-dev/merkle,
+// an implementation independent of the golang.org/x/mod/sumdb/tlog code the
+// embedded backend builds proofs with.
 package tlog
 
 import (

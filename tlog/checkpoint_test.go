@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -126,6 +127,11 @@ func TestOpenCheckpoint(t *testing.T) {
 		if _, err := OpenCheckpoint(msg[:i], testOrigin, v); err == nil {
 			t.Fatalf("checkpoint truncated to %d bytes accepted", i)
 		}
+	}
+	// The fixture's checkpoint (the fuzz seed) verifies.
+	_, v0, _ := testKeys(t, 0)
+	if _, err := OpenCheckpoint(testdataCheckpoint(t), testOrigin, v0); err != nil {
+		t.Errorf("testdata checkpoint: %v", err)
 	}
 	// A note whose text is signed but is not a checkpoint.
 	junk, _ := note.Sign(&note.Note{Text: testOrigin + "\nnot a size\n"}, s)
@@ -254,7 +260,23 @@ func TestCheckpointSigner(t *testing.T) {
 	}
 }
 
+// testdataCheckpoint returns the signed checkpoint of the receipt fixture
+// (signed by testKeys(t, 0)).
+func testdataCheckpoint(t testing.TB) []byte {
+	b, err := os.ReadFile("testdata/receipt.tlog-proof")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cp, ok := bytes.Cut(b, []byte("\n\n"))
+	if !ok {
+		t.Fatal("bad receipt fixture")
+	}
+	return cp
+}
+
 func FuzzParseCheckpoint(f *testing.F) {
+	note := testdataCheckpoint(f)
+	f.Add(note[:bytes.Index(note, []byte("\n\n"))+1])
 	f.Add(FormatCheckpoint(testOrigin, Root{Size: 5, Hash: EmptyRoot}))
 	f.Add([]byte("example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"))
 	f.Add([]byte("o\n0\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\next\n"))
@@ -275,7 +297,8 @@ func FuzzParseCheckpoint(f *testing.F) {
 }
 
 func FuzzOpenCheckpoint(f *testing.F) {
-	s, v, _ := testKeys(f, 1)
+	s, v, _ := testKeys(f, 0)
+	f.Add(testdataCheckpoint(f))
 	for _, n := range []uint64{0, 1, 1 << 40} {
 		msg, _ := note.Sign(&note.Note{Text: string(FormatCheckpoint(testOrigin, Root{Size: n, Hash: EmptyRoot}))}, s)
 		f.Add(msg)

@@ -1,6 +1,7 @@
 package tlog
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +19,7 @@ import (
 type TileClient struct {
 	prefix string
 	hc     *http.Client
-	// Parallel is how many tiles and bundles Entries fetches at once.
+	// parallel is how many entry bundles Entries fetches at once.
 	parallel int
 }
 
@@ -81,7 +82,12 @@ func (c *TileClient) get(ctx context.Context, path string, max int) ([]byte, err
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("tlog: couldn't fetch %s: %s", path, resp.Status)
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(max)+1))
+	var buf bytes.Buffer
+	if resp.ContentLength > 0 && resp.ContentLength <= int64(max) {
+		buf.Grow(int(resp.ContentLength))
+	}
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, int64(max)+1))
+	b := buf.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("tlog: couldn't fetch %s: %w", path, err)
 	}
@@ -91,8 +97,9 @@ func (c *TileClient) get(ctx context.Context, path string, max int) ([]byte, err
 	return b, nil
 }
 
-// tileReader adapts a TileClient to sumdb's TileReader, caching tiles
-// above level 0 (they are shared by many reads). Cached tiles are only
+// tileReader adapts a TileClient to sumdb's TileReader, caching the tiles
+// that many reads share: those above level 0 and partial ones (the right
+// edge of the tree). Cached tiles are only
 // used through sumdb.TileHashReader, which authenticates them on every
 // read.
 type tileReader struct {
@@ -115,7 +122,7 @@ func (r *tileReader) ReadTiles(tiles []sumdb.Tile) ([][]byte, error) {
 	out := make([][]byte, len(tiles))
 	for i, t := range tiles {
 		p := TilePath{Level: t.L, N: uint64(t.N), Width: t.W}
-		if t.L == 0 {
+		if t.L == 0 && t.W == 256 {
 			d, err := r.c.Tile(r.ctx, p)
 			if err != nil {
 				return nil, err
@@ -168,6 +175,24 @@ func (c *TileClient) ConsistencyProof(ctx context.Context, cp SignedCheckpoint, 
 		return nil, fmt.Errorf("tlog: couldn't build consistency proof from tiles: %w", err)
 	}
 	return p, nil
+}
+
+// Sync fetches the log's latest checkpoint, verifies its signature with v,
+// proves it consistent with v's last verified checkpoint using
+// authenticated tiles, and records it in v's store. A rollback or fork is
+// returned as a *ForkError.
+func (c *TileClient) Sync(ctx context.Context, v *Verifier) (SignedCheckpoint, error) {
+	msg, err := c.Checkpoint(ctx)
+	if err != nil {
+		return SignedCheckpoint{}, err
+	}
+	cp, err := v.VerifyCheckpoint(msg)
+	if err != nil {
+		return SignedCheckpoint{}, err
+	}
+	return v.UpdateWith(msg, func(oldSize uint64) ([]Hash, error) {
+		return c.ConsistencyProof(ctx, cp, oldSize)
+	})
 }
 
 // Entries fetches the entries [start, cp.Size) of the tree of cp, verifies

@@ -116,9 +116,6 @@ func DecodeEntry(b []byte) (*Entry, error) {
 	if len(b) > MaxEntrySize {
 		return nil, fmt.Errorf("tlog: entry is %d bytes, more than %d", len(b), MaxEntrySize)
 	}
-	if err := checkDuplicateKeys(b); err != nil {
-		return nil, fmt.Errorf("tlog: malformed entry: %w", err)
-	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	var e Entry
@@ -134,8 +131,14 @@ func DecodeEntry(b []byte) (*Entry, error) {
 	if e.Time.Location() != time.UTC {
 		return nil, errors.New("tlog: entry time is not in UTC")
 	}
+	// The canonical re-encoding check also rules out duplicate and
+	// case-variant keys (the re-encoding has each field once, spelled one
+	// way); the slower key walk runs only to name the problem.
 	c, err := json.Marshal(&e)
 	if err != nil || !bytes.Equal(c, b) {
+		if err := checkDuplicateKeys(b); err != nil {
+			return nil, fmt.Errorf("tlog: malformed entry: %w", err)
+		}
 		return nil, errors.New("tlog: entry is not in canonical encoding")
 	}
 	return &e, nil

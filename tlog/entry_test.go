@@ -190,3 +190,21 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+// TestLargestManifestFits documents the room for manifest bodies: a 46 KiB
+// manifest with 32 signers (the most manifest.Verify accepts) fits in one entry (base64 grows it by 4/3), a
+// 48 KiB one does not.
+func TestLargestManifestFits(t *testing.T) {
+	signers := make([]string, 32)
+	for i := range signers {
+		signers[i] = testDigest
+	}
+	e := &Entry{Type: TypeManifest, Time: testTime, Manifest: &ManifestEntry{Version: 2, Hash: testDigest, Previous: testDigest2, Body: make([]byte, 46<<10), Signers: signers}}
+	if _, err := EncodeEntry(e); err != nil {
+		t.Errorf("46 KiB manifest: %v", err)
+	}
+	e.Manifest.Body = make([]byte, 48<<10)
+	if _, err := EncodeEntry(e); err == nil {
+		t.Errorf("48 KiB manifest fits, MaxEntrySize changed?")
+	}
+}

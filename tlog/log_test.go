@@ -608,8 +608,8 @@ func TestTileClientEntries(t *testing.T) {
 	}
 }
 
-// tamper serves the log but changes one entry of one bundle, or one hash of
-// one tile.
+// tamper serves the log but flips a bit at off in the response for path,
+// or (off < 0) cuts the response short by -off bytes.
 type tamper struct {
 	h    http.Handler
 	path string
@@ -621,8 +621,12 @@ func (tp *tamper) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Header.Del("Accept-Encoding")
 	tp.h.ServeHTTP(rec, r)
 	b := rec.Body.Bytes()
-	if r.URL.Path == tp.path && tp.off < len(b) {
-		b[tp.off] ^= 1
+	if r.URL.Path == tp.path {
+		if tp.off < 0 {
+			b = b[:len(b)+tp.off]
+		} else if tp.off < len(b) {
+			b[tp.off] ^= 1
+		}
 	}
 	w.WriteHeader(rec.Code)
 	w.Write(b)
@@ -643,6 +647,11 @@ func TestTileClientDetectsTampering(t *testing.T) {
 		{"/log/tile/0/001", 40, "does not verify"},
 		{"/log/tile/0/002.p/88", 0, "does not verify"},
 		{"/log/tile/1/000.p/2", 33, "does not verify"},
+		{"/log/tile/0/001", -1, "tile is 8191 bytes, want 8192"},
+		{"/log/tile/0/000", -32, "tile is 8160 bytes, want 8192"},
+		{"/log/tile/entries/001", -1, "truncated in entry 255"},
+		{"/log/tile/entries/002.p/88", -300, "truncated"},
+		{"/log/tile/1/000.p/2", -1, "tile is 63 bytes, want 64"},
 	}
 	for _, tc := range cases {
 		srv := httptest.NewServer(&tamper{h: tlog.NewHandler(l), path: tc.path, off: tc.off})
@@ -762,4 +771,47 @@ func TestReceiptFixture(t *testing.T) {
 	}
 	os.WriteFile("testdata/receipt.tlog-proof", r, 0o644)
 	os.WriteFile("testdata/receipt.vkey", []byte(l.vkey+"\n"), 0o644)
+}
+
+func TestTileClientSync(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, 300)
+	srv := httptest.NewServer(tlog.NewHandler(l))
+	defer srv.Close()
+	c := tlog.NewTileClient(srv.URL+"/log", nil)
+	v, _ := tlog.NewVerifier(origin, l.vkey, tlog.FileStore{Dir: t.TempDir()})
+	if cp, err := c.Sync(ctx, v); err != nil || cp.Size != 300 {
+		t.Fatalf("first Sync = %d, %v", cp.Size, err)
+	}
+	l.add(t, 333)
+	if cp, err := c.Sync(ctx, v); err != nil || cp.Size != 633 {
+		t.Fatalf("second Sync = %d, %v", cp.Size, err)
+	}
+	if latest, _, _ := v.Latest(); latest.Size != 633 {
+		t.Fatalf("stored size %d", latest.Size)
+	}
+	// A forked log under the same key, larger than what v saw.
+	forked := newTestLogPrefix(t, "fork ", 700)
+	fsrv := httptest.NewServer(tlog.NewHandler(forked))
+	defer fsrv.Close()
+	var fe *tlog.ForkError
+	if _, err := tlog.NewTileClient(fsrv.URL+"/log", nil).Sync(ctx, v); !errors.As(err, &fe) || fe.Old.Size != 633 || fe.New.Size != 700 {
+		t.Fatalf("Sync with a forked log = %v, want *ForkError", err)
+	}
+}
+
+type failingBackend struct{ tlog.Backend }
+
+func (failingBackend) HashTile(context.Context, int, uint64, int) ([]byte, error) {
+	return nil, errors.New("disk on fire")
+}
+
+func TestHandlerErrorLog(t *testing.T) {
+	l := newTestLog(t, 3)
+	var logged error
+	h := tlog.NewHandler(failingBackend{l}, tlog.WithErrorLog(func(_ *http.Request, err error) { logged = err }))
+	w := get(t, h, "GET", "/log/tile/0/000.p/3")
+	if w.Code != 503 || strings.Contains(w.Body.String(), "fire") || logged == nil || !strings.Contains(logged.Error(), "fire") {
+		t.Fatalf("backend failure: %d %q, logged %v", w.Code, w.Body, logged)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // TileHeight is the height of C2SP tlog-tiles tiles: 8 levels, 256 hashes.
@@ -173,11 +174,27 @@ func DecodeBundle(b []byte, want int) ([][]byte, error) {
 // are immutable and served with long-lived cache headers; the checkpoint is
 // not cached. Malformed paths get 400, resources beyond the latest
 // checkpoint 404, backend failures 503, each with a JSON error body.
-func NewHandler(b Backend) http.Handler {
-	return &handler{b: b}
+func NewHandler(b Backend, opts ...HandlerOption) http.Handler {
+	h := &handler{b: b}
+	for _, o := range opts {
+		o(h)
+	}
+	return h
 }
 
-type handler struct{ b Backend }
+// A HandlerOption configures NewHandler.
+type HandlerOption func(*handler)
+
+// WithErrorLog makes the handler report backend failures (the 503s, whose
+// details the client does not see) to f.
+func WithErrorLog(f func(r *http.Request, err error)) HandlerOption {
+	return func(h *handler) { h.logf = f }
+}
+
+type handler struct {
+	b    Backend
+	logf func(*http.Request, error)
+}
 
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -194,7 +211,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p == "checkpoint" {
 		cp, err := h.b.Checkpoint(ctx)
 		if err != nil {
-			writeBackendError(w, err)
+			h.backendError(w, r, err)
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -213,7 +230,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	data, err := h.read(ctx, t)
 	if err != nil {
-		writeBackendError(w, err)
+		h.backendError(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -221,14 +238,21 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if t.Entries && strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
 		w.Header().Set("Content-Encoding", "gzip")
 		w.Header().Set("Vary", "Accept-Encoding")
-		zw, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
+		zw := gzipWriters.Get().(*gzip.Writer)
+		zw.Reset(w)
 		zw.Write(data)
 		zw.Close()
+		gzipWriters.Put(zw)
 		return
 	}
 	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.Write(data)
 }
+
+var gzipWriters = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed)
+	return zw
+}}
 
 func (h *handler) read(ctx context.Context, t TilePath) ([]byte, error) {
 	if !t.Entries {
@@ -245,7 +269,7 @@ func (h *handler) read(ctx context.Context, t TilePath) ([]byte, error) {
 	return EncodeBundle(es)
 }
 
-func writeBackendError(w http.ResponseWriter, err error) {
+func (h *handler) backendError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrOutOfRange):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
@@ -254,6 +278,9 @@ func writeBackendError(w http.ResponseWriter, err error) {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "request canceled")
 	default:
+		if h.logf != nil {
+			h.logf(r, err)
+		}
 		writeError(w, http.StatusServiceUnavailable, "log_unavailable", "the log could not be read")
 	}
 }

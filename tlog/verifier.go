@@ -185,7 +185,19 @@ func (v *Verifier) Latest() (SignedCheckpoint, bool, error) {
 // stored checkpoint, the proof is ignored and msg is trusted on first use.
 // A smaller tree, another root at the same size, or a proof that fails is
 // reported as a *ForkError; the stored checkpoint then stays as it was.
+//
+// Pass Update only checkpoints that claim to be the log's latest (from
+// /log/checkpoint or the broker's attestation): a smaller one is a
+// rollback. Older checkpoints, such as a receipt's, are checked with
+// VerifyReceipt and, against a newer one, CheckConsistency.
 func (v *Verifier) Update(msg []byte, consistency []Hash) (SignedCheckpoint, error) {
+	return v.UpdateWith(msg, func(uint64) ([]Hash, error) { return consistency, nil })
+}
+
+// UpdateWith is Update with the consistency proof computed by prove, which
+// is called (under the store's lock) with the size of the last verified
+// checkpoint, and only when that size is above 0 and below msg's size.
+func (v *Verifier) UpdateWith(msg []byte, prove func(oldSize uint64) ([]Hash, error)) (SignedCheckpoint, error) {
 	cp, err := v.VerifyCheckpoint(msg)
 	if err != nil {
 		return SignedCheckpoint{}, err
@@ -200,7 +212,13 @@ func (v *Verifier) Update(msg []byte, consistency []Hash) (SignedCheckpoint, err
 		if err != nil {
 			return nil, fmt.Errorf("tlog: stored checkpoint: %w", err)
 		}
-		if err := CheckConsistency(last, cp, consistency); err != nil {
+		var p []Hash
+		if last.Size > 0 && last.Size < cp.Size {
+			if p, err = prove(last.Size); err != nil {
+				return nil, fmt.Errorf("tlog: couldn't get a consistency proof from size %d: %w", last.Size, err)
+			}
+		}
+		if err := CheckConsistency(last, cp, p); err != nil {
 			return nil, err
 		}
 		if cp.Size == last.Size {

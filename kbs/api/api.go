@@ -27,7 +27,7 @@
 //	POST   /v1/keys                            KeyUpload -> KeyUploadResult
 //	DELETE /v1/keys/{id}                       KeyDelete -> KeyDeleteResult
 //	GET    /v1/keys                            -> KeyList
-//	POST   /v1/release/challenge               -> Challenge
+//	POST   /v1/release/challenge               (no body) -> Challenge
 //	POST   /v1/release                         ReleaseRequest -> Release
 //	GET    /v1/log/proof?index=&size=          -> InclusionProof
 //	GET    /v1/log/consistency?old=&new=       -> ConsistencyProof
@@ -116,7 +116,12 @@ type ManifestRef struct {
 	Body []byte `json:"body"`
 	// LogIndex is the index of the manifest's log entry.
 	LogIndex uint64 `json:"log_index"`
-	// InclusionProof proves LogIndex in the attestation's checkpoint.
+	// Entry is the exact bytes of that log entry (a tlog manifest entry
+	// whose body is Body), so that the client can check InclusionProof
+	// without fetching it.
+	Entry []byte `json:"entry"`
+	// InclusionProof proves Entry at LogIndex in the attestation's
+	// checkpoint.
 	InclusionProof [][]byte `json:"inclusion_proof"`
 }
 

@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -157,6 +159,53 @@ func FuzzParsePublicKey(f *testing.F) {
 		}
 		if got := MarshalPublicKey(pk); !bytes.Equal(got, b) {
 			t.Fatalf("round trip: %x -> %x", b, got)
+		}
+	})
+}
+
+func FuzzParseNonce(f *testing.F) {
+	f.Add(hex.EncodeToString(bytes.Repeat([]byte{0xab}, 32)))
+	f.Add("00")
+	f.Add("ZZ")
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := ParseNonce(s)
+		if err != nil {
+			return
+		}
+		if len(b) < 16 || len(b) > 64 {
+			t.Fatalf("accepted a %d-byte nonce", len(b))
+		}
+		if got := hex.EncodeToString(b); got != strings.ToLower(s) {
+			t.Fatalf("round trip %q -> %q", s, got)
+		}
+	})
+}
+
+// FuzzKeyIDInfo checks that every accepted key id keeps the HPKE info and
+// the signed statements unambiguous: they split back into their fields.
+func FuzzKeyIDInfo(f *testing.F) {
+	for _, s := range []string{"demo/a", "a", "team-1/model_2/v.3", "a/../b", "a\nb", ""} {
+		f.Add(s, uint64(1), uint64(7))
+	}
+	f.Fuzz(func(t *testing.T, id string, version, index uint64) {
+		if ValidKeyID(id) != nil {
+			return
+		}
+		if len(id) > MaxKeyIDLen || strings.ContainsAny(id, "\n\r \\") {
+			t.Fatalf("accepted key id %q", id)
+		}
+		for _, seg := range strings.Split(id, "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				t.Fatalf("accepted key id %q with segment %q", id, seg)
+			}
+		}
+		lines := strings.Split(string(ReleaseInfo(id, version, index).Bytes()), "\n")
+		if len(lines) != 5 || lines[2] != id || lines[3] != strconv.FormatUint(version, 10) || lines[4] != strconv.FormatUint(index, 10) {
+			t.Fatalf("info for %q splits into %q", id, lines)
+		}
+		st := strings.Split(string(UploadStatement("c", id, version, nil, nil)), "\n")
+		if len(st) != 7 || st[2] != id {
+			t.Fatalf("upload statement for %q splits into %q", id, st)
 		}
 	})
 }

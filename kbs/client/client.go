@@ -34,7 +34,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -483,10 +482,4 @@ func (m *memStore) Update(origin string, f func([]byte) ([]byte, error)) error {
 	}
 	m.notes[origin] = bytes.Clone(n)
 	return nil
-}
-
-// certSPKI returns the hex SHA-256 of a certificate's SubjectPublicKeyInfo.
-func certSPKI(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-	return hex.EncodeToString(sum[:])
 }

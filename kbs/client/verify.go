@@ -222,8 +222,14 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	if err != nil {
 		return nil, &VerifyError{Step: "manifest inclusion", Err: err}
 	}
-	raw, err := c.entryWithProof(ctx, cp, att.Manifest.LogIndex, proof)
-	if err != nil {
+	raw := att.Manifest.Entry
+	if raw != nil {
+		if err := tlog.VerifyInclusion(cp, att.Manifest.LogIndex, raw, proof); err != nil {
+			return nil, &VerifyError{Step: "manifest inclusion", Err: err}
+		}
+	} else if raw, err = c.entryWithProof(ctx, cp, att.Manifest.LogIndex, proof); err != nil {
+		// An older broker without the entry in the answer: read it from
+		// the log's entry bundle.
 		return nil, err
 	}
 	if err := CheckManifestEntry(raw, b.Manifest); err != nil {

@@ -28,6 +28,12 @@
 // later compromise of the running broker's store, not against an old copy
 // unsealed by the same broker (see SECURITY.md, known gaps).
 //
+// Changes can be staged (PreparePut, PrepareDelete), then committed or
+// aborted, so that the broker can make a change durable in the
+// transparency log between staging and committing: a staged key is never
+// released, a key whose deletion is staged no longer is, and after a crash
+// PendingChanges tells which changes to settle against the log.
+//
 // A Store is safe for concurrent use. Mutations are serialized.
 package keystore
 
@@ -88,6 +94,7 @@ type keyRecord struct {
 	Deleted    bool            `json:"deleted,omitempty"`
 	WrappedDEK []byte          `json:"wrapped_dek,omitempty"`
 	Versions   []versionRecord `json:"versions,omitempty"`
+	Pending    *pendingRecord  `json:"pending,omitempty"`
 }
 
 type versionRecord struct {
@@ -193,10 +200,56 @@ func (s *Store) NextVersion(id string) (uint64, error) {
 	return next, err
 }
 
-// Put stores version of key id with material, uploaded by client. version
-// must equal NextVersion(id), else Put returns an error wrapping
-// ErrVersion and stores nothing.
+// Put stores version of key id with material, uploaded by client, at once
+// (PreparePut and Commit in one step). version must equal NextVersion(id),
+// else Put returns an error wrapping ErrVersion and stores nothing.
 func (s *Store) Put(id string, version uint64, client string, material []byte, now time.Time) error {
+	if err := s.PreparePut(id, version, client, material, 0, now); err != nil {
+		return err
+	}
+	return s.Commit(id)
+}
+
+// Delete crypto-shreds key id at once (PrepareDelete and Commit in one
+// step).
+func (s *Store) Delete(id string, version uint64, now time.Time) error {
+	if err := s.PrepareDelete(id, version, 0, now); err != nil {
+		return err
+	}
+	return s.Commit(id)
+}
+
+// Pending is a staged change of a key id: prepared, not yet committed or
+// aborted. The broker stages a change, logs it, then commits it; after a
+// crash it commits the pending changes the log holds and aborts the
+// others.
+type Pending struct {
+	ID      string
+	Op      string // "put" or "delete"
+	Version uint64
+	Client  string
+	// LogSize is the log's size when the change was staged: its log entry,
+	// if any, is at this index or later.
+	LogSize uint64
+}
+
+// Staged operations.
+const (
+	OpPut    = "put"
+	OpDelete = "delete"
+)
+
+type pendingRecord struct {
+	Op      string        `json:"op"`
+	LogSize uint64        `json:"log_size"`
+	Version versionRecord `json:"version"`
+}
+
+// PreparePut stages version of key id with material: it is stored
+// (encrypted) but not released by Get until Commit. version must equal
+// NextVersion(id) (ErrVersion otherwise). A change already staged for id
+// is replaced.
+func (s *Store) PreparePut(id string, version uint64, client string, material []byte, logSize uint64, now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Update(func(tx *bbolt.Tx) error {
@@ -211,21 +264,21 @@ func (s *Store) Put(id string, version uint64, client string, material []byte, n
 		if version != want {
 			return fmt.Errorf("%w: key %q needs version %d, got %d", ErrVersion, id, want, version)
 		}
-		if rec == nil || rec.Deleted {
+		if rec == nil {
+			rec = &keyRecord{ID: id, Created: now.UTC()}
+		}
+		if rec.WrappedDEK == nil {
+			// A new or deleted key gets a fresh data key.
 			dek := make([]byte, 32)
 			if _, err := rand.Read(dek); err != nil {
 				return err
 			}
 			wrapped, err := seal(s.master, dek, dekAD(id))
+			clear(dek)
 			if err != nil {
 				return err
 			}
-			created := now
-			if rec != nil {
-				created = rec.Created
-			}
-			rec = &keyRecord{ID: id, Created: created, WrappedDEK: wrapped}
-			clear(dek)
+			rec.WrappedDEK = wrapped
 		}
 		dek, err := s.dek(rec)
 		if err != nil {
@@ -235,15 +288,114 @@ func (s *Store) Put(id string, version uint64, client string, material []byte, n
 		if err != nil {
 			return err
 		}
-		rec.Version = version
-		rec.Client = client
-		rec.Versions = append(rec.Versions, versionRecord{Version: version, Client: client, Created: now.UTC(), Ciphertext: ct})
+		rec.Pending = &pendingRecord{Op: OpPut, LogSize: logSize,
+			Version: versionRecord{Version: version, Client: client, Created: now.UTC(), Ciphertext: ct}}
 		return putRecord(tx, rec)
 	})
 }
 
-// Get returns the latest version of key id. It returns ErrNotFound for
-// unknown and deleted ids.
+// PrepareDelete stages the deletion of key id, whose latest version must
+// be version (ErrVersion otherwise; ErrNotFound for unknown or deleted
+// keys). From then on Get no longer returns the key; Commit shreds it,
+// Abort restores it.
+func (s *Store) PrepareDelete(id string, version uint64, logSize uint64, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		rec, err := getRecord(tx, id)
+		if err != nil {
+			return err
+		}
+		if rec == nil || rec.Deleted || rec.Version == 0 {
+			return fmt.Errorf("%w: key %q", ErrNotFound, id)
+		}
+		if rec.Version != version {
+			return fmt.Errorf("%w: key %q is at version %d, not %d", ErrVersion, id, rec.Version, version)
+		}
+		rec.Pending = &pendingRecord{Op: OpDelete, LogSize: logSize, Version: versionRecord{Version: version, Created: now.UTC()}}
+		return putRecord(tx, rec)
+	})
+}
+
+// Commit applies the change staged for key id: a put becomes the latest
+// version; a delete destroys the data key and every ciphertext
+// (crypto-shredding), keeping the metadata so that versions are never
+// reused.
+func (s *Store) Commit(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		rec, err := getRecord(tx, id)
+		if err != nil {
+			return err
+		}
+		if rec == nil || rec.Pending == nil {
+			return fmt.Errorf("keystore: no change staged for key %q", id)
+		}
+		p := rec.Pending
+		rec.Pending = nil
+		switch p.Op {
+		case OpPut:
+			if p.Version.Version != rec.Version+1 {
+				return fmt.Errorf("%w: staged version %d of key %q does not follow %d", ErrVersion, p.Version.Version, id, rec.Version)
+			}
+			rec.Version = p.Version.Version
+			rec.Client = p.Version.Client
+			rec.Deleted = false
+			rec.Versions = append(rec.Versions, p.Version)
+		case OpDelete:
+			rec.Deleted = true
+			rec.WrappedDEK = nil
+			rec.Versions = nil
+		default:
+			return fmt.Errorf("keystore: unknown staged operation %q for key %q", p.Op, id)
+		}
+		return putRecord(tx, rec)
+	})
+}
+
+// Abort drops the change staged for key id, if any.
+func (s *Store) Abort(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		rec, err := getRecord(tx, id)
+		if err != nil || rec == nil || rec.Pending == nil {
+			return err
+		}
+		rec.Pending = nil
+		if rec.Version == 0 {
+			// Never committed: the id does not exist.
+			return tx.Bucket(bucketRoot).Bucket(bucketKeys).Delete([]byte(id))
+		}
+		if rec.Deleted {
+			rec.WrappedDEK = nil // the fresh data key of the aborted put
+		}
+		return putRecord(tx, rec)
+	})
+}
+
+// PendingChanges lists the staged changes, sorted by key id.
+func (s *Store) PendingChanges() ([]Pending, error) {
+	var out []Pending
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketRoot).Bucket(bucketKeys).ForEach(func(k, v []byte) error {
+			var rec keyRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("corrupt record for key %q: %w", k, err)
+			}
+			if p := rec.Pending; p != nil {
+				out = append(out, Pending{ID: rec.ID, Op: p.Op, Version: p.Version.Version, Client: p.Version.Client, LogSize: p.LogSize})
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Get returns the latest committed version of key id. It returns
+// ErrNotFound for unknown and deleted ids, and for ids whose deletion is
+// staged.
 func (s *Store) Get(id string) (Key, error) {
 	var k Key
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -251,7 +403,7 @@ func (s *Store) Get(id string) (Key, error) {
 		if err != nil {
 			return err
 		}
-		if rec == nil || rec.Deleted || len(rec.Versions) == 0 {
+		if rec == nil || rec.Deleted || len(rec.Versions) == 0 || (rec.Pending != nil && rec.Pending.Op == OpDelete) {
 			return fmt.Errorf("%w: key %q", ErrNotFound, id)
 		}
 		dek, err := s.dek(rec)
@@ -259,6 +411,9 @@ func (s *Store) Get(id string) (Key, error) {
 			return err
 		}
 		v := rec.Versions[len(rec.Versions)-1]
+		if v.Version != rec.Version {
+			return fmt.Errorf("corrupt record for key %q: latest version %d, stored %d", id, rec.Version, v.Version)
+		}
 		m, err := open(dek, v.Ciphertext, materialAD(id, v.Version))
 		if err != nil {
 			return fmt.Errorf("couldn't decrypt key %q version %d: %w", id, v.Version, err)
@@ -269,31 +424,6 @@ func (s *Store) Get(id string) (Key, error) {
 	return k, err
 }
 
-// Delete crypto-shreds key id: it removes the data key and every
-// ciphertext, keeping the metadata so that versions are never reused.
-// version must be the latest version (ErrVersion otherwise); deleting an
-// unknown or deleted key returns ErrNotFound.
-func (s *Store) Delete(id string, version uint64, now time.Time) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.db.Update(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
-		if err != nil {
-			return err
-		}
-		if rec == nil || rec.Deleted {
-			return fmt.Errorf("%w: key %q", ErrNotFound, id)
-		}
-		if rec.Version != version {
-			return fmt.Errorf("%w: key %q is at version %d, not %d", ErrVersion, id, rec.Version, version)
-		}
-		rec.Deleted = true
-		rec.WrappedDEK = nil
-		rec.Versions = nil
-		return putRecord(tx, rec)
-	})
-}
-
 // Meta returns the metadata of key id, deleted or not, or ErrNotFound.
 func (s *Store) Meta(id string) (Meta, error) {
 	var m Meta
@@ -302,7 +432,7 @@ func (s *Store) Meta(id string) (Meta, error) {
 		if err != nil {
 			return err
 		}
-		if rec == nil {
+		if rec == nil || rec.Version == 0 {
 			return fmt.Errorf("%w: key %q", ErrNotFound, id)
 		}
 		m = rec.meta()
@@ -320,7 +450,9 @@ func (s *Store) List() ([]Meta, error) {
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("corrupt record for key %q: %w", k, err)
 			}
-			out = append(out, rec.meta())
+			if rec.Version > 0 {
+				out = append(out, rec.meta())
+			}
 			return nil
 		})
 	})

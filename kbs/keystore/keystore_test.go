@@ -193,3 +193,89 @@ func TestNewSealer(t *testing.T) {
 		t.Errorf("NewSealer(snp) = %v, %v", s, err)
 	}
 }
+
+func TestStagedChanges(t *testing.T) {
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "kbs.db"))
+	defer db.Close()
+	s, err := Open(context.Background(), db, &SimSealer{Path: filepath.Join(dir, "k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1700000000, 0)
+	// A staged put of a new key is invisible, and aborting it leaves nothing.
+	if err := s.PreparePut("demo/a", 1, "c", []byte("one"), 5, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get("demo/a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get of a staged key = %v, want ErrNotFound", err)
+	}
+	if l, _ := s.List(); len(l) != 0 {
+		t.Fatalf("List shows a staged key: %+v", l)
+	}
+	p, err := s.PendingChanges()
+	if err != nil || len(p) != 1 || p[0] != (Pending{ID: "demo/a", Op: OpPut, Version: 1, Client: "c", LogSize: 5}) {
+		t.Fatalf("PendingChanges = %+v, %v", p, err)
+	}
+	if err := s.Abort("demo/a"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.NextVersion("demo/a"); n != 1 {
+		t.Fatalf("NextVersion after abort = %d, want 1", n)
+	}
+	// Staged, then committed.
+	if err := s.PreparePut("demo/a", 1, "c", []byte("one"), 5, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit("demo/a"); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := s.Get("demo/a"); err != nil || string(k.Material) != "one" {
+		t.Fatalf("Get after commit = %+v, %v", k, err)
+	}
+	// A second version staged: the first is still what Get returns.
+	if err := s.PreparePut("demo/a", 2, "c", []byte("two"), 6, now); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := s.Get("demo/a"); k.Version != 1 {
+		t.Fatalf("Get with version 2 staged = version %d, want 1", k.Version)
+	}
+	s.Abort("demo/a")
+	if k, _ := s.Get("demo/a"); k.Version != 1 || string(k.Material) != "one" {
+		t.Fatalf("Get after aborting version 2 = %+v", k)
+	}
+	// A staged delete hides the key at once; abort restores it.
+	if err := s.PrepareDelete("demo/a", 1, 7, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get("demo/a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get with its deletion staged = %v, want ErrNotFound", err)
+	}
+	s.Abort("demo/a")
+	if _, err := s.Get("demo/a"); err != nil {
+		t.Fatalf("Get after aborted delete: %v", err)
+	}
+	if err := s.PrepareDelete("demo/a", 1, 7, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit("demo/a"); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.Meta("demo/a"); err != nil || !m.Deleted {
+		t.Fatalf("Meta after committed delete = %+v, %v", m, err)
+	}
+	if err := s.Commit("demo/a"); err == nil {
+		t.Fatal("Commit with nothing staged succeeded")
+	}
+	// A put staged on a deleted key and aborted leaves it deleted.
+	if err := s.PreparePut("demo/a", 2, "c", []byte("again"), 8, now); err != nil {
+		t.Fatal(err)
+	}
+	s.Abort("demo/a")
+	if m, _ := s.Meta("demo/a"); !m.Deleted || m.Version != 1 {
+		t.Fatalf("Meta after aborted re-upload = %+v", m)
+	}
+	if p, _ := s.PendingChanges(); len(p) != 0 {
+		t.Fatalf("PendingChanges at the end = %+v", p)
+	}
+}

@@ -149,7 +149,7 @@ func main() {
 	write("invalid/truncated.err", []byte("invalid JSON: unexpected end of document\n"))
 	big := s[:len(s)-2] + strings.Repeat(" ", manifest.MaxSize) + "}\n"
 	write("invalid/oversize.json", []byte(big))
-	write("invalid/oversize.err", []byte("more than the limit of 49152\n"))
+	write("invalid/oversize.err", []byte(fmt.Sprintf("more than the limit of %d\n", manifest.MaxSize)))
 	write("invalid/top-level-array.json", []byte("[]\n"))
 	write("invalid/top-level-array.err", []byte("want an object, got array\n"))
 }

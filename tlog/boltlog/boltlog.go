@@ -39,6 +39,7 @@
 package boltlog
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -88,6 +89,12 @@ type Log struct {
 	max    int
 
 	cp atomic.Pointer[tlog.SignedCheckpoint]
+
+	// upper caches committed stored hashes of subtrees of at least
+	// 2^cacheLevel leaves (immutable once committed), which most proofs
+	// share; at most maxCached of them.
+	upper  sync.Map // int64 → tlog.Hash
+	cached atomic.Int64
 
 	mu     sync.RWMutex // guards closed and sends on reqs
 	closed bool
@@ -268,12 +275,27 @@ func (l *Log) failure() error {
 	return nil
 }
 
-// writer commits queued appends in batches until reqs is closed.
+// maxBatchBytes bounds the entry bytes of one transaction.
+const maxBatchBytes = 16 << 20
+
+// writer commits queued appends in batches until reqs is closed. A batch
+// takes every append waiting when the previous commit ends, up to MaxBatch
+// entries and maxBatchBytes bytes.
 func (l *Log) writer() {
 	defer close(l.done)
 	batch := make([]*request, 0, l.max)
-	for r := range l.reqs {
-		batch = append(batch[:0], r)
+	var carry *request
+	for {
+		if carry == nil {
+			r, ok := <-l.reqs
+			if !ok {
+				return
+			}
+			carry = r
+		}
+		batch = append(batch[:0], carry)
+		size := len(carry.entry)
+		carry = nil
 	fill:
 		for len(batch) < l.max {
 			select {
@@ -281,6 +303,11 @@ func (l *Log) writer() {
 				if !ok {
 					break fill
 				}
+				if size+len(r.entry) > maxBatchBytes {
+					carry = r
+					break fill
+				}
+				size += len(r.entry)
 				batch = append(batch, r)
 			default:
 				break fill
@@ -309,7 +336,7 @@ func (l *Log) commitBatch(batch []*request) {
 	}
 	l.cp.Store(&cp)
 	for i, r := range batch {
-		r.done <- result{index: first + uint64(i), cp: cp}
+		r.done <- result{index: first + uint64(i), cp: cloneCheckpoint(cp)}
 	}
 }
 
@@ -376,7 +403,14 @@ func (l *Log) commit(batch []*request) (uint64, tlog.SignedCheckpoint, error) {
 
 // Checkpoint implements tlog.Backend.
 func (l *Log) Checkpoint(ctx context.Context) (tlog.SignedCheckpoint, error) {
-	return *l.cp.Load(), nil
+	return cloneCheckpoint(*l.cp.Load()), nil
+}
+
+// cloneCheckpoint gives callers their own copy of the note, so that what
+// they do with it cannot touch the log's record of its last checkpoint.
+func cloneCheckpoint(cp tlog.SignedCheckpoint) tlog.SignedCheckpoint {
+	cp.Note = bytes.Clone(cp.Note)
+	return cp
 }
 
 // Entries implements tlog.Backend.
@@ -507,10 +541,15 @@ func (l *Log) Verify(ctx context.Context) error {
 	})
 }
 
+const (
+	cacheLevel = 6
+	maxCached  = 1 << 18 // about 25 MB; covers logs of 8M entries
+)
+
 // read runs f with a reader of the stored hashes of the tree of size n.
 func (l *Log) read(n int64, f func(sumdb.HashReader) error) error {
 	return l.db.View(func(tx *bolt.Tx) error {
-		return f(&hashReader{b: tx.Bucket(l.bucket).Bucket(hashesBucket), limit: sumdb.StoredHashCount(n)})
+		return f(&hashReader{b: tx.Bucket(l.bucket).Bucket(hashesBucket), limit: sumdb.StoredHashCount(n), log: l})
 	})
 }
 
@@ -539,9 +578,13 @@ type hashReader struct {
 	limit       int64
 	pendingBase int64
 	pending     []tlog.Hash
+	log         *Log // if set, use and fill log.upper (committed reads only)
 }
 
 func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	if out, ok := r.scan(indexes); ok {
+		return out, nil
+	}
 	out := make([]tlog.Hash, len(indexes))
 	var k [8]byte
 	for i, x := range indexes {
@@ -552,14 +595,60 @@ func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 			out[i] = r.pending[x-r.pendingBase]
 			continue
 		}
+		if r.log != nil {
+			if h, ok := r.log.upper.Load(x); ok {
+				out[i] = h.(tlog.Hash)
+				continue
+			}
+		}
 		binary.BigEndian.PutUint64(k[:], uint64(x))
 		v := r.b.Get(k[:])
 		if len(v) != len(out[i]) {
 			return nil, fmt.Errorf("boltlog: stored hash %d is missing or corrupt", x)
 		}
 		copy(out[i][:], v)
+		if r.log != nil && r.log.cached.Load() < maxCached {
+			if level, _ := sumdb.SplitStoredHashIndex(x); level >= cacheLevel {
+				if _, loaded := r.log.upper.LoadOrStore(x, out[i]); !loaded {
+					r.log.cached.Add(1)
+				}
+			}
+		}
 	}
 	return out, nil
+}
+
+// scan reads a dense, ascending run of committed stored hashes (such as a
+// hash tile's) with one cursor walk instead of a lookup each. It reports
+// false if indexes do not qualify or anything is amiss; ReadHashes then
+// falls back to lookups, which report errors precisely.
+func (r *hashReader) scan(indexes []int64) ([]tlog.Hash, bool) {
+	n := len(indexes)
+	if n < 16 || r.pending != nil || indexes[0] < 0 || indexes[n-1] >= r.limit || indexes[n-1]-indexes[0] > 4*int64(n) {
+		return nil, false
+	}
+	for i := 1; i < n; i++ {
+		if indexes[i] <= indexes[i-1] {
+			return nil, false
+		}
+	}
+	out := make([]tlog.Hash, n)
+	c := r.b.Cursor()
+	i := 0
+	for k, v := c.Seek(key(uint64(indexes[0]))); k != nil && i < n; k, v = c.Next() {
+		x := decodeKey(k)
+		if x > indexes[i] {
+			return nil, false // missing hash
+		}
+		if x == indexes[i] {
+			if len(v) != len(out[i]) {
+				return nil, false
+			}
+			copy(out[i][:], v)
+			i++
+		}
+	}
+	return out, i == n
 }
 
 func key(i uint64) []byte {

@@ -453,3 +453,38 @@ func TestReadersDuringAppends(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestLargeBatches appends more concurrent maximum-size entries than one
+// transaction takes (maxBatchBytes), so batches split on bytes.
+func TestLargeBatches(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, nil)
+	const n = maxBatchBytes/tlog.MaxEntrySize + 60
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			e := bytes.Repeat([]byte{byte(i)}, tlog.MaxEntrySize)
+			idx, cp, err := l.Append(ctx, e)
+			if err == nil && cp.Size <= idx {
+				err = fmt.Errorf("index %d not in checkpoint %d", idx, cp.Size)
+			}
+			errs <- err
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if cp, _ := l.Checkpoint(ctx); cp.Size != n {
+		t.Fatalf("size %d, want %d", cp.Size, n)
+	}
+	if err := l.Verify(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -11,7 +11,8 @@
 // and its proof verifier), never with the backend's own code. Checkpoints
 // are verified with golang.org/x/mod/sumdb/note.
 //
-// Errors the suite requires: arguments beyond the latest signed checkpoint
+// A new log's checkpoint must be the signed empty tree (size 0, the SHA-256
+// of the empty string). Errors the suite requires: arguments beyond the latest signed checkpoint
 // wrap tlog.ErrOutOfRange; arguments wrong at any size (start > end, a tile
 // width outside 1..256, a level outside 0..63, an entry over
 // tlog.MaxEntrySize)

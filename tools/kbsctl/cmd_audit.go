@@ -6,9 +6,11 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kbs-dev/kbs/kbs/client"
@@ -92,10 +94,38 @@ func (a *auditor) anomaly(index uint64, format string, args ...any) {
 	a.r.Anomalies = append(a.r.Anomalies, fmt.Sprintf("entry %d: ", index)+fmt.Sprintf(format, args...))
 }
 
-func (a *auditor) entry(index uint64, raw []byte) {
-	en, err := tlog.DecodeEntry(raw)
-	if err != nil {
-		a.anomaly(index, "malformed entry: %v", err)
+// decoded is an entry decoded (strictly) ahead of the replay.
+type decoded struct {
+	index uint64
+	entry *tlog.Entry
+	err   error
+}
+
+// decodeBatch decodes raw entries starting at index first on every CPU:
+// strict decoding is the bulk of an audit's work, the replay is cheap and
+// sequential.
+func decodeBatch(first uint64, raws [][]byte) []decoded {
+	out := make([]decoded, len(raws))
+	workers := min(runtime.GOMAXPROCS(0), len(raws))
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(raws); i += workers {
+				e, err := tlog.DecodeEntry(raws[i])
+				out[i] = decoded{index: first + uint64(i), entry: e, err: err}
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (a *auditor) entry(d decoded) {
+	index, en := d.index, d.entry
+	if d.err != nil {
+		a.anomaly(index, "malformed entry: %v", d.err)
 		return
 	}
 	a.r.Counts[en.Type]++
@@ -312,11 +342,27 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 		a.noteKey = st.NoteKey
 	}
 	prog := newProgress(e.stderr, cp.Size)
+	const batch = 4096
+	var pending [][]byte
+	var first uint64
+	flush := func() {
+		for _, d := range decodeBatch(first, pending) {
+			a.entry(d)
+		}
+		first += uint64(len(pending))
+		pending = pending[:0]
+		prog.update(first)
+	}
 	err = tiles.Entries(ctx, cp, 0, func(i uint64, entry []byte) error {
-		a.entry(i, entry)
-		prog.update(i + 1)
+		pending = append(pending, entry)
+		if len(pending) == batch {
+			flush()
+		}
 		return nil
 	})
+	if err == nil {
+		flush()
+	}
 	prog.done()
 	if err != nil {
 		return &client.VerifyError{Step: "log tiles", Err: err}

@@ -150,17 +150,19 @@ AES-256 key and writes it as a key file (mode 0600) to --out.`)
 }
 
 func cmdKeyRm(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("key rm", "--manifest FILE --client-key FILE --id ID",
+	fs := e.newFlags("key rm", "[--manifest FILE] --client-key FILE --id ID",
 		`Verifies the broker, then deletes (crypto-shreds) every version of a key with
-a deletion signed by your client key, and verifies the receipt.`)
-	mf := fs.String("manifest", "", "your copy of the manifest (required)")
+a deletion signed by your client key, and verifies the receipt. Without
+--manifest, the broker is verified against the manifest it was verified
+against last time from this state directory.`)
+	mf := fs.String("manifest", "", "your copy of the manifest (default: the one verified last time)")
 	keyPath := fs.String("client-key", "", "your client signing key, PEM (required)")
 	id := fs.String("id", "", "key id (required)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if *mf == "" || *keyPath == "" || *id == "" {
-		return usageErr("key rm: --manifest, --client-key and --id are required")
+	if *keyPath == "" || *id == "" {
+		return usageErr("key rm: --client-key and --id are required")
 	}
 	if err := api.ValidKeyID(*id); err != nil {
 		return usageErr("--id: %v", err)
@@ -169,7 +171,12 @@ a deletion signed by your client key, and verifies the receipt.`)
 	if err != nil {
 		return err
 	}
-	b, err := e.verifyBroker(ctx, *mf, false, false)
+	var b *client.Broker
+	if *mf != "" {
+		b, err = e.verifyBroker(ctx, *mf, false, false)
+	} else {
+		b, err = e.verifyRemembered(ctx)
+	}
 	if err != nil {
 		return err
 	}

@@ -328,7 +328,7 @@ of a class (default: every worker class). Exits 1 when nothing matches.`)
 	evFile := fs.String("evidence", "", "evidence file: SNP report (+ certificate table) or TDX quote (required)")
 	class := fs.String("class", "", `class to match: "service" or a worker class (default: all worker classes)`)
 	rdHex := fs.String("report-data", "", "expected REPORT_DATA, 128 hex digits (default: not checked)")
-	offline := fs.Bool("offline", false, "do not fetch certificates or revocation lists")
+	offline := &e.g.offline
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}

@@ -30,7 +30,7 @@ func (e *env) verifier(offline bool) (attest.Verifier, error) {
 	v, err := verify.New(verify.Options{
 		SimRootFile: e.g.simRoot,
 		CacheDir:    filepath.Join(e.g.state, "cache"),
-		Offline:     offline,
+		Offline:     offline || e.g.offline,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("couldn't set up evidence verification: %w", err)
@@ -91,16 +91,9 @@ func (e *env) verifyBroker(ctx context.Context, manifestFile string, follow, acc
 	if err != nil {
 		return nil, err
 	}
-	opts := client.VerifyOptions{Follow: follow, AcceptNewLog: acceptNewLog}
-	if st != nil {
-		opts.KnownOrigin = st.Origin
-	}
-	b, err := c.VerifyBroker(ctx, mine, opts)
+	b, err := e.verifyWith(ctx, c, st, mine, client.VerifyOptions{Follow: follow, AcceptNewLog: acceptNewLog})
 	if err != nil {
 		return nil, err
-	}
-	if err := e.state().SaveBroker(b); err != nil {
-		return nil, fmt.Errorf("couldn't save the broker state: %w", err)
 	}
 	if len(b.Followed) > 0 {
 		backup := fmt.Sprintf("%s.v%d", manifestFile, mine.Version())
@@ -110,6 +103,46 @@ func (e *env) verifyBroker(ctx context.Context, manifestFile string, follow, acc
 		if err := client.WriteFileAtomic(manifestFile, b.Manifest.Bytes(), 0o644); err != nil {
 			return nil, fmt.Errorf("couldn't store the followed manifest: %w", err)
 		}
+	}
+	return b, nil
+}
+
+// verifyRemembered verifies the broker at --addr against the manifest it
+// was last verified against from this state directory: the broker's active
+// manifest is accepted as the reference only if its hash is the remembered
+// one, and then everything is verified afresh.
+func (e *env) verifyRemembered(ctx context.Context) (*client.Broker, error) {
+	c, st, err := e.client(false)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, usageErr("no --manifest, and %s was never verified from %s: pass --manifest", e.g.addr, e.g.state)
+	}
+	am, err := c.Manifest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if h := manifest.HashOf(am.Body); h != st.ManifestHash {
+		return nil, failErr("the broker's active manifest (%s) is not the one verified before (%s): pass --manifest, or run 'kbsctl verify --follow'", h, st.ManifestHash)
+	}
+	mine, err := manifest.Parse(am.Body)
+	if err != nil {
+		return nil, failErr("the remembered manifest does not parse: %w", err)
+	}
+	return e.verifyWith(ctx, c, st, mine, client.VerifyOptions{})
+}
+
+func (e *env) verifyWith(ctx context.Context, c *client.Client, st *client.BrokerState, mine *manifest.Manifest, opts client.VerifyOptions) (*client.Broker, error) {
+	if st != nil {
+		opts.KnownOrigin = st.Origin
+	}
+	b, err := c.VerifyBroker(ctx, mine, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.state().SaveBroker(b); err != nil {
+		return nil, fmt.Errorf("couldn't save the broker state: %w", err)
 	}
 	return b, nil
 }

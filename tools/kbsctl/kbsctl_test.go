@@ -4,7 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"io/fs"
@@ -328,9 +333,42 @@ func TestFlow(t *testing.T) {
 		t.Fatalf("verify --follow kept no copy of version 1: %v", err)
 	}
 
+	// Owners: version 3 adds a second owner and raises the threshold to 2;
+	// version 4 then needs both. A client two versions behind follows both.
+	behind := filepath.Join(dir, "behind.json")
+	copyFile(t, mf, behind)
+	owner2 := filepath.Join(dir, "owner2.key")
+	owner2Pub := writeECKey(t, owner2)
+	v3 := filepath.Join(dir, "manifest-v3.json")
+	ctl(t, 0, "manifest", "next", "--add-owner", owner2Pub, "--threshold", "2", "--out", v3, mf)
+	writeSig(t, ownerKey, v3, v3+".sig")
+	ctl(t, 0, append(g, "manifest", "set", "--sig", v3+".sig", v3)...)
+	v4 := filepath.Join(dir, "manifest-v4.json")
+	ctl(t, 0, "manifest", "next", "--out", v4, v3)
+	writeSig(t, ownerKey, v4, v4+".sig1")
+	_, errOut = ctl(t, 1, append(g, "manifest", "set", "--sig", v4+".sig1", v4)...)
+	contains(t, errOut, "too few owner signatures")
+	_, errOut = ctl(t, 1, append(g, "manifest", "set", "--sig", v4+".sig1", "--sig", v4+".sig1", v4)...)
+	contains(t, errOut, "signed more than once")
+	writeSig(t, owner2, v4, v4+".sig2")
+	ctl(t, 1, append(g, "manifest", "set", "--sig", v4+".sig1", "--sig", v4+".sig2", v3)...)
+	out, _ = ctl(t, 0, append(g, "manifest", "set", "--sig", v4+".sig1", "--sig", v4+".sig2", v4)...)
+	contains(t, out, "signed by 2 owner(s)")
+	out, _ = ctl(t, 0, append(g, "verify", "--follow", "--manifest", behind)...)
+	contains(t, out, "followed manifest version 3")
+	contains(t, out, "followed manifest version 4")
+	contains(t, out, "owners.threshold: 1 -> 2")
+	if !bytes.Equal(mustRead(t, behind), mustRead(t, v4)) {
+		t.Fatal("verify --follow did not store version 4")
+	}
+	copyFile(t, v4, mf)
+	out, _ = ctl(t, 0, append(g, "manifest", "history", "--manifest", v3)...)
+	contains(t, out, "2 signer(s)")
+
 	// Delete a key.
-	out, _ = ctl(t, 0, append(g, "key", "rm", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b")...)
+	out, _ = ctl(t, 0, append(g, "key", "rm", "--client-key", clientKey, "--id", "demo/b")...)
 	contains(t, out, "deleted demo/b")
+	ctl(t, 2, "--addr", d.unix, "--state", filepath.Join(dir, "empty"), "key", "rm", "--client-key", clientKey, "--id", "demo/a")
 	ctl(t, 2, append(g, "key", "rm", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b")...)
 
 	// Auditor: fresh state with the note key, then the client's state.
@@ -344,7 +382,7 @@ func TestFlow(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ar); err != nil {
 		t.Fatal(err)
 	}
-	if len(ar.Manifests) != 2 || ar.Counts["release"] != 4 || ar.Counts["key-upload"] != 3 || ar.Counts["key-delete"] != 1 || len(ar.Anomalies) != 0 || ar.PreviousSize == nil {
+	if len(ar.Manifests) != 4 || ar.Counts["release"] != 4 || ar.Counts["key-upload"] != 3 || ar.Counts["key-delete"] != 1 || len(ar.Anomalies) != 0 || ar.PreviousSize == nil {
 		t.Fatalf("audit --json = %+v", ar)
 	}
 	out, _ = ctl(t, 0, append(g, "audit", "--csv")...)
@@ -354,6 +392,30 @@ func TestFlow(t *testing.T) {
 	contains(t, out, vr.Origin+"\n")
 	out, _ = ctl(t, 0, append(gTLS, "log", "verify")...)
 	contains(t, out, "consistent with the stored size")
+}
+
+// writeECKey writes a new ECDSA P-256 key (PKCS #8 PEM) and its public key
+// (PKIX PEM, file + ".pub"), and returns the public key file.
+func writeECKey(t *testing.T, file string) string {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(k)
+	pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+	os.WriteFile(file+".pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+	return file + ".pub"
+}
+
+// writeSig signs manifest with key through 'kbsctl manifest sign'.
+func writeSig(t *testing.T, key, manifestFile, sigFile string) {
+	t.Helper()
+	sig, _ := ctl(t, 0, "manifest", "sign", "--key", key, manifestFile)
+	if err := os.WriteFile(sigFile, []byte(sig), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func mustRead(t *testing.T, f string) []byte {
@@ -478,7 +540,7 @@ func TestRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyDir(t, filepath.Join(dir, "old"), data)
-	d = startKbsd(t, data)
+	startKbsd(t, data)
 	_, errOut := ctl(t, 1, append(g, "verify", "--manifest", mf)...)
 	contains(t, errOut, "rolled back")
 	contains(t, errOut, "verified checkpoint:")

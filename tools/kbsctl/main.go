@@ -12,7 +12,7 @@
 // --state DIR (last verified checkpoints and broker identities; default
 // $KBS_STATE, else the user config directory's kbs/), --sim-root FILE
 // (accept simulated-TEE evidence under this root), --json (machine-readable
-// output on stdout).
+// output on stdout), --offline (no certificate or revocation fetches).
 //
 // Exit status: 0 success, 1 a verification or policy failure (evidence,
 // manifest, proofs, receipts, a forked or rolled back log, a request the
@@ -50,7 +50,7 @@ Usage:
 Client:
   verify --manifest FILE [--follow]           verify the broker, store its checkpoint
   key put --manifest FILE --client-key FILE --id ID (--file F | --generate --out F)
-  key rm --manifest FILE --client-key FILE --id ID
+  key rm [--manifest FILE] --client-key FILE --id ID
   key ls                                      list key metadata
   prompt encrypt|decrypt --key FILE           AES-256-GCM prompts (stdin to stdout)
   prompt send --worker URL --key FILE         encrypt stdin, ask a worker, decrypt the answer
@@ -82,13 +82,15 @@ type globals struct {
 	state   string
 	simRoot string
 	json    bool
+	offline bool
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT (default $KBS_ADDR, else unix://kbs-dev/kbs.sock)")
-	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities (default $KBS_STATE, else the user config dir)")
+	fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT ($KBS_ADDR sets the default)")
+	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities ($KBS_STATE sets the default)")
 	fs.StringVar(&g.simRoot, "sim-root", g.simRoot, "accept simulated-TEE evidence under this root.pem (development only)")
 	fs.BoolVar(&g.json, "json", g.json, "print machine-readable JSON on stdout")
+	fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
 }
 
 func defaultGlobals() *globals {

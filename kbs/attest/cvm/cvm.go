@@ -47,19 +47,22 @@ var providers = map[string]attest.Platform{
 // Detect returns an issuer for this machine's TEE: configfs-tsm when the
 // kernel offers it (SNP or TDX, as its provider says), else /dev/sev-guest.
 func Detect() (attest.Issuer, error) {
+	var tsmErr error
 	if _, err := os.Stat(tsmReportDir); err == nil {
 		c, err := linuxtsm.MakeClient()
-		if err != nil {
-			return nil, fmt.Errorf("configfs-tsm: %v", err)
+		if err == nil {
+			var p attest.Platform
+			if p, err = probeProvider(c); err == nil {
+				return &tsmIssuer{client: c, platform: p}, nil
+			}
 		}
-		p, err := probeProvider(c)
-		if err != nil {
-			return nil, err
-		}
-		return &tsmIssuer{client: c, platform: p}, nil
+		tsmErr = fmt.Errorf("configfs-tsm: %w", err)
 	}
 	if _, err := os.Stat(sevGuestDev); err == nil {
 		return NewSevGuestIssuer()
+	}
+	if tsmErr != nil {
+		return nil, fmt.Errorf("%w (and %s absent)", tsmErr, sevGuestDev)
 	}
 	return nil, fmt.Errorf("%w: %s missing and %s absent", ErrNoTEE, tsmReportDir, sevGuestDev)
 }

@@ -15,7 +15,7 @@ import (
 // with REPORT_DATA {1}.
 func fuzzSeeds(f *testing.F) []byte {
 	real := milanEvidence(f, true).Data
-	sim, err := os.ReadFile("testdata/sim-evidence.bin")
+	sim, err := os.ReadFile("../../../testdata/snp/sim-evidence.bin")
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -30,12 +30,19 @@ func fuzzSeeds(f *testing.F) []byte {
 func FuzzParseEvidence(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
+		sim1, sim2 := IsSimulated(data), IsSimulated(data)
+		if sim1 != sim2 {
+			t.Fatalf("IsSimulated is not deterministic")
+		}
 		ev, err := ParseEvidence(data)
 		ev2, err2 := ParseEvidence(data)
 		if (err == nil) != (err2 == nil) {
 			t.Fatalf("non-deterministic: %v then %v", err, err2)
 		}
 		if err != nil {
+			if sim1 {
+				t.Fatalf("IsSimulated(unparsable evidence) = true")
+			}
 			return
 		}
 		if !bytes.Equal(ev.Marshal(), ev2.Marshal()) {

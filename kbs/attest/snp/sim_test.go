@@ -12,7 +12,7 @@ import (
 // testSim returns the committed sim fixture (see gen.go).
 func testSim(t testing.TB) string {
 	t.Helper()
-	return "testdata/sim"
+	return "../../../testdata/snp/sim"
 }
 
 // simNow is a time at which the sim fixture's certificates are valid.
@@ -95,5 +95,14 @@ func TestGenerateSim(t *testing.T) {
 	}
 	if err := GenerateSim(dir); err == nil {
 		t.Errorf("GenerateSim accepted a damaged sim")
+	}
+}
+
+func TestIsSimulatedHardware(t *testing.T) {
+	if IsSimulated(milanEvidence(t, true).Data) {
+		t.Errorf("IsSimulated(real Milan evidence) = true")
+	}
+	if IsSimulated(milanEvidence(t, false).Data) || IsSimulated(nil) {
+		t.Errorf("IsSimulated(no table) = true")
 	}
 }

@@ -31,6 +31,11 @@
 //
 // Every rejection wraps one of the Err* sentinels of this package, so callers
 // and tests can tell them apart with errors.Is.
+//
+// The simulated TEE's SNP part also lives here (sim.go): GenerateSim makes a
+// fake AMD hierarchy with fresh keys, NewSimIssuer signs reports under it,
+// and SimRoots/RootsFromCerts turn it into Options.Roots. Package
+// kbs/attest/sim composes it with the simulated TDX.
 package snp
 
 import (
@@ -180,6 +185,13 @@ func NewVerifier(opts Options) (*Verifier, error) {
 // DefaultRoots returns AMD's ARK/ASK/ASVK for Milan, Genoa and Turin as
 // embedded in go-sev-guest.
 func DefaultRoots() ([]Root, error) {
+	roots, err := defaultRoots()
+	return slices.Clone(roots), err
+}
+
+var defaultRoots = sync.OnceValues(parseDefaultRoots)
+
+func parseDefaultRoots() ([]Root, error) {
 	bundles := []struct {
 		line       string
 		vcek, vlek []byte
@@ -215,6 +227,9 @@ func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [a
 	}()
 	if ev.Platform != attest.SNP {
 		return nil, fmt.Errorf("%w: platform %q, want %q", ErrMalformed, ev.Platform, attest.SNP)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	parsed, err := ParseEvidence(ev.Data)
 	if err != nil {

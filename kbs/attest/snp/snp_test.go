@@ -23,14 +23,14 @@ var (
 
 func milanEvidence(t testing.TB, withTable bool) attest.Evidence {
 	t.Helper()
-	report, err := os.ReadFile("testdata/milan-report.bin")
+	report, err := os.ReadFile("../../../testdata/snp/milan-report.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !withTable {
 		return attest.Evidence{Platform: attest.SNP, Data: report}
 	}
-	vcek, err := os.ReadFile("testdata/milan-vcek.der")
+	vcek, err := os.ReadFile("../../../testdata/snp/milan-vcek.der")
 	if err != nil {
 		t.Fatal(err)
 	}

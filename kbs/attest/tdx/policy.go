@@ -65,7 +65,7 @@ type Policy struct {
 
 const measurementSize = 48
 
-// check returns the fields the policy checks, or an ErrPolicy error.
+// check reports an invalid policy as an ErrPolicy error.
 func (p *Policy) check() error {
 	for _, f := range p.Any {
 		if !slices.Contains(Fields, f) {

@@ -102,10 +102,8 @@ func (c *pckChain) checkNames() error {
 		{c.intermediate, c.root, "Intel SGX PCK Platform CA"},
 		{c.leaf, c.intermediate, "Intel SGX PCK Certificate"},
 	} {
+		// go-tdx-guest v0.3.1 accepts only the Platform CA as intermediate.
 		cn := x.cn
-		if x.cert == c.intermediate && x.cert.Subject.CommonName == "Intel SGX PCK Processor CA" {
-			cn = "Intel SGX PCK Processor CA"
-		}
 		if x.cert.Subject.CommonName != cn {
 			return fmt.Errorf("%w: subject CN %q, want %q", ErrCertChain, x.cert.Subject.CommonName, cn)
 		}

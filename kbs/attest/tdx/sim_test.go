@@ -155,6 +155,15 @@ func TestSimQuote(t *testing.T) {
 		t.Errorf("sim claims = %+v", c2.TDX)
 	}
 
+	// A TDX module of major version 1 (TEE_TCB_SVN[1] > 0) is matched
+	// against the TDX module identities of the sim TCB info.
+	svn := []byte{5, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	raw3 := simQuote(t, dir, SimOptions{TEETCBSVN: svn}, rd)
+	c3, err := simVerifier(t, dir, time.Now()).Verify(context.Background(), tdxEvidence(raw3), rd)
+	if err != nil || c3.TDX.TCBStatus != "UpToDate" || !bytes.Equal(c3.TDX.TEETCBSVN, svn) {
+		t.Errorf("TDX module 1.x quote: %v", err)
+	}
+
 	if _, err := NewSimIssuer(dir, SimOptions{MRTD: []byte{1}}); err == nil {
 		t.Error("NewSimIssuer with a 1-byte MRTD succeeded")
 	}

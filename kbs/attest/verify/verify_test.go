@@ -145,11 +145,11 @@ func TestSimulatedTDX(t *testing.T) {
 // TestHardwareEvidenceNotRoutedToSim checks that real evidence goes to the
 // vendor verifiers even when a sim root is configured.
 func TestHardwareEvidenceNotRoutedToSim(t *testing.T) {
-	report, err := os.ReadFile("../snp/testdata/milan-report.bin")
+	report, err := os.ReadFile("../../../testdata/snp/milan-report.bin")
 	if err != nil {
 		t.Fatal(err)
 	}
-	vcek, err := os.ReadFile("../snp/testdata/milan-vcek.der")
+	vcek, err := os.ReadFile("../../../testdata/snp/milan-vcek.der")
 	if err != nil {
 		t.Fatal(err)
 	}
