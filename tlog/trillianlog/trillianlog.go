@@ -337,11 +337,17 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	nodes := map[compact.NodeID][]byte{}
-	for i, id := range compact.RangeNodes(0, old.Size, nil) {
-		nodes[id] = l.rng.Hashes()[i]
+	// A long catch-up (a start after many foreign appends) has no waiters
+	// and keeps no nodes.
+	var nodes map[compact.NodeID][]byte
+	var visit compact.VisitFn
+	if root.Size-old.Size <= maxProofBatch {
+		nodes = map[compact.NodeID][]byte{}
+		for i, id := range compact.RangeNodes(0, old.Size, nil) {
+			nodes[id] = l.rng.Hashes()[i]
+		}
+		visit = func(id compact.NodeID, h []byte) { nodes[id] = h }
 	}
-	visit := func(id compact.NodeID, h []byte) { nodes[id] = h }
 	type hit struct {
 		w     *waiter
 		index uint64
@@ -396,6 +402,9 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 	l.tiles.addLeaves(old.Size, newLeaves)
 	proofs := recentProofs{size: root.Size, byIndex: make(map[uint64][]tlog.Hash, len(hits))}
 	for _, h := range hits {
+		if nodes == nil {
+			break
+		}
 		if p, ok := proveFromNodes(nodes, h.index, root); ok {
 			proofs.byIndex[h.index] = p
 		}
@@ -422,8 +431,12 @@ type recentProofs struct {
 	byIndex map[uint64][]tlog.Hash
 }
 
-// keptProofSets is how many signed trees' proofs are kept.
-const keptProofSets = 16
+// keptProofSets is how many signed trees' proofs are kept, and
+// maxProofBatch the largest catch-up whose proofs are computed locally.
+const (
+	keptProofSets = 16
+	maxProofBatch = 1 << 16
+)
 
 // proveFromNodes computes the inclusion proof of index in root's tree from
 // the nodes given, and verifies it; ok is false if a node is missing or the
