@@ -266,6 +266,10 @@ func (c *client) verifyBroker() {
 	if api.SPKISHA256(spki) != att.TLSSPKISHA256 {
 		t.Fatal("TLS certificate is not the attested one")
 	}
+	if conn, err := tls.Dial("tcp", c.d.tcp, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err == nil {
+		conn.Close()
+		t.Fatal("kbsd accepted TLS 1.2")
+	}
 	c.att = att
 }
 
