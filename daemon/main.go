@@ -3,12 +3,46 @@
 // signed manifest, and releases prompt-encryption keys only to compliant
 // workers, logging every manifest version and every release in a
 // transparency log before it takes effect.
+//
+// # Development
+//
+//	kbsd --dev [--data DIR] [--listen-tcp ADDR]
+//
+// runs on any Linux machine with a simulated TEE. DIR (default ./kbs-dev)
+// holds everything and is reused when it exists: kbs.db (bbolt: log, key
+// store, broker state), kbs.sock, manifest.json with manifest.json.sig,
+// owner.key/owner.pub and client.key/client.pub (ECDSA P-256 PEM, dev
+// only), and sim/ (the simulated vendor chain, root.pem, and the file that
+// stands in for the hardware sealing key). It prints the commands to try.
+//
+// # Production
+//
+//	kbsd --data DIR --manifest FILE --tee snp [--manifest-sig FILE ...]
+//	     [--listen-unix PATH] [--listen-tcp ADDR] [--log-format json]
+//
+// The first start logs the broker's identity and FILE (version 1, signed by
+// at least its threshold of its own owners: FILE.sig is read when no
+// --manifest-sig is given). Later versions arrive only through PUT
+// /v1/manifest. The key store is sealed with the SEV-SNP derived key; TDX has
+// no such key, so --tee tdx is refused until a recovery sealer exists. The
+// simulated TEE is refused outside --dev.
+//
+// Flags may also come from a JSON config file (--config FILE) whose keys
+// are the flag names; flags on the command line win.
+//
+// On SIGINT or SIGTERM kbsd stops accepting connections, finishes the
+// requests in flight, closes the log (every acknowledged entry and its
+// checkpoint are already durable) and closes the database.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 const usage = `kbsd: attested key broker with a transparency log.
@@ -21,20 +55,28 @@ Flags:
 `
 
 func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
 	fs := flag.NewFlagSet("kbsd", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	dev := fs.Bool("dev", false, "development mode: simulated TEE, generated dev keys and manifest (never in production)")
-	_ = fs.String("data", "", "data directory (default ./kbs-dev with --dev)")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			os.Exit(0)
+	cfg, err := parseFlags(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
 		}
-		os.Exit(2)
+		fmt.Fprintln(os.Stderr, "kbsd:", err)
+		return 2
 	}
-	_ = dev
-	fmt.Fprintln(os.Stderr, "kbsd: the daemon is not implemented yet")
-	os.Exit(1)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "kbsd:", err)
+		return 1
+	}
+	return 0
 }

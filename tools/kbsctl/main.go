@@ -1,36 +1,297 @@
 // Command kbsctl is the kbs command-line tool for every role: clients verify
-// the broker and upload keys, workers fetch keys, owners sign and roll out
-// manifests, and auditors check the transparency log.
+// the broker and upload keys, workers fetch keys and serve encrypted
+// prompts, owners sign and roll out manifests, and auditors check the
+// transparency log.
+//
+// Usage:
+//
+//	kbsctl [global flags] <command> [flags] [args]
+//
+// Global flags (also accepted after the command): --addr unix://PATH |
+// https://HOST:PORT (default $KBS_ADDR, else unix://kbs-dev/kbs.sock),
+// --state DIR (last verified checkpoints and broker identities; default
+// $KBS_STATE, else the user config directory's kbs/), --sim-root FILE
+// (accept simulated-TEE evidence under this root), --json (machine-readable
+// output on stdout), --offline (no certificate or revocation fetches).
+//
+// Exit status: 0 success, 1 a verification or policy failure (evidence,
+// manifest, proofs, receipts, a forked or rolled back log, a request the
+// broker refused by policy), 2 a usage or I/O error.
+//
+// What kbsctl trusts: the manifest file the caller passes (its own copy),
+// the vendor roots embedded in the attestation libraries (and a sim root
+// only when --sim-root names it), and the state directory. Everything the
+// broker says is verified by kbs/client before it is used or stored.
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/tlog"
 )
 
 const usage = `kbsctl: client, worker, owner and auditor tool for kbs.
 
 Usage:
-  kbsctl [global flags] <command> [flags]
+  kbsctl [global flags] <command> [flags] [args]
 
-Commands: verify, key, manifest, log, audit, receipt, prompt, worker.
+Client:
+  verify --manifest FILE [--follow]           verify the broker, store its checkpoint
+  key put --manifest FILE --client-key FILE --id ID (--file F | --generate --out F)
+  key rm [--manifest FILE] --client-key FILE --id ID
+  key ls                                      list key metadata
+  prompt encrypt|decrypt --key FILE           AES-256-GCM prompts (stdin to stdout)
+  prompt send --worker URL --key FILE         encrypt stdin, ask a worker, decrypt the answer
+Worker:
+  key get --manifest FILE --tee snp|tdx|sim [--sim-dir DIR] [--sim-measurement HEX] --id ID... --out DIR
+  worker run --manifest FILE --tee ... --id ID... --listen ADDR
+Owner:
+  manifest sign --key FILE MANIFEST           print a base64 signature (openssl/cosign compatible)
+  manifest set --sig FILE [--sig FILE...] MANIFEST
+  manifest next [--add-owner PEM] [--threshold N] MANIFEST
+  manifest history [--manifest FILE]
+  manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline]
+Auditor:
+  log checkpoint                              fetch and verify the latest checkpoint
+  log verify                                  check consistency with the stored checkpoint
+  audit [--manifest FILE] [--csv]             verify every entry; manifest history and releases
+  receipt verify [--note-key KEY] FILE        check a receipt offline
+
+Run 'kbsctl <command> -h' for the flags of a command.
+
+Exit status: 0 success, 1 verification or policy failure, 2 usage or I/O error.
 
 Global flags:
 `
 
+// globals are the flags every command accepts.
+type globals struct {
+	addr    string
+	state   string
+	simRoot string
+	json    bool
+	offline bool
+}
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT ($KBS_ADDR sets the default)")
+	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities ($KBS_STATE sets the default)")
+	fs.StringVar(&g.simRoot, "sim-root", g.simRoot, "accept simulated-TEE evidence under this root.pem (development only)")
+	fs.BoolVar(&g.json, "json", g.json, "print machine-readable JSON on stdout")
+	fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
+}
+
+func defaultGlobals() *globals {
+	g := &globals{addr: os.Getenv("KBS_ADDR"), state: os.Getenv("KBS_STATE")}
+	if g.addr == "" {
+		g.addr = "unix://kbs-dev/kbs.sock"
+	}
+	if g.state == "" {
+		if d, err := os.UserConfigDir(); err == nil {
+			g.state = filepath.Join(d, "kbs")
+		} else {
+			g.state = ".kbs-state"
+		}
+	}
+	return g
+}
+
+// env is what a command runs with.
+type env struct {
+	g      *globals
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+type command struct {
+	name string
+	run  func(ctx context.Context, e *env, args []string) error
+}
+
+var commands = []command{
+	{"verify", cmdVerify},
+	{"key", cmdKey},
+	{"manifest", cmdManifest},
+	{"log", cmdLog},
+	{"audit", cmdAudit},
+	{"receipt", cmdReceipt},
+	{"prompt", cmdPrompt},
+	{"worker", cmdWorker},
+}
+
 func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes kbsctl with args and returns the exit status.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	g := defaultGlobals()
 	fs := flag.NewFlagSet("kbsctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	g.register(fs)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
+		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if err == flag.ErrHelp {
-			os.Exit(0)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
 		}
-		os.Exit(2)
+		return 2
 	}
-	fmt.Fprintln(os.Stderr, "kbsctl: no commands are implemented yet")
-	os.Exit(2)
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	name := fs.Arg(0)
+	e := &env{g: g, stdin: stdin, stdout: stdout, stderr: stderr}
+	for _, c := range commands {
+		if c.name == name {
+			return report(stderr, c.run(ctx, e, fs.Args()[1:]))
+		}
+	}
+	fmt.Fprintf(stderr, "kbsctl: unknown command %q (want %s)\n", name, commandNames())
+	return 2
+}
+
+func commandNames() string {
+	var n []string
+	for _, c := range commands {
+		n = append(n, c.name)
+	}
+	sort.Strings(n)
+	return strings.Join(n, ", ")
+}
+
+// exitError carries an exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErr is a usage error (exit 2).
+func usageErr(format string, args ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}
+
+// failErr is a verification or policy failure (exit 1).
+func failErr(format string, args ...any) error {
+	return &exitError{code: 1, err: fmt.Errorf(format, args...)}
+}
+
+// errHelp is returned after printing a command's help (exit 0).
+var errHelp = errors.New("help")
+
+// report prints err and returns the exit status it maps to.
+func report(w io.Writer, err error) int {
+	if err == nil || errors.Is(err, errHelp) {
+		return 0
+	}
+	code := exitCode(err)
+	var fe *tlog.ForkError
+	if errors.As(err, &fe) {
+		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %v\n%s", err, fe.Evidence())
+		return code
+	}
+	if code == 1 {
+		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %v\n", err)
+	} else {
+		fmt.Fprintf(w, "kbsctl: %v\n", err)
+	}
+	return code
+}
+
+// exitCode maps an error to 1 (verification or policy failure) or 2.
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	var (
+		ve *client.VerifyError
+		fe *tlog.ForkError
+		ae *api.Error
+	)
+	switch {
+	case errors.As(err, &ve), errors.As(err, &fe), errors.Is(err, client.ErrNewLog), errors.Is(err, client.ErrPinMismatch):
+		return 1
+	case errors.As(err, &ae):
+		switch ae.Code {
+		case api.CodeUnauthorized, api.CodeNonceInvalid, api.CodeEvidenceRejected, api.CodePolicyDenied,
+			api.CodeForbidden, api.CodeConflict:
+			return 1
+		}
+	}
+	return 2
+}
+
+// newFlags returns a command's flag set with the global flags registered.
+func (e *env) newFlags(name, args, doc string) *flag.FlagSet {
+	fs := flag.NewFlagSet("kbsctl "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	e.g.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage: kbsctl %s %s\n\n%s\n\nFlags:\n", name, args, doc)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses a command's flags; nargs is the exact number of positional
+// arguments (-1: any).
+func parse(fs *flag.FlagSet, args []string, nargs int) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		return &exitError{code: 2, err: err}
+	}
+	if nargs >= 0 && fs.NArg() != nargs {
+		fs.Usage()
+		if nargs == 0 {
+			return usageErr("unexpected arguments: %q", fs.Args())
+		}
+		return usageErr("want %d argument(s), got %d", nargs, fs.NArg())
+	}
+	return nil
+}
+
+// subcommand dispatches "kbsctl NAME SUB ...".
+func subcommand(ctx context.Context, e *env, name string, args []string, subs map[string]func(context.Context, *env, []string) error) error {
+	var names []string
+	for n := range subs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if len(args) == 0 {
+		return usageErr("kbsctl %s: want a subcommand: %s", name, strings.Join(names, ", "))
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprintf(e.stderr, "Usage: kbsctl %s <%s> [flags]\n", name, strings.Join(names, "|"))
+		return errHelp
+	}
+	f, ok := subs[args[0]]
+	if !ok {
+		return usageErr("kbsctl %s: unknown subcommand %q (want %s)", name, args[0], strings.Join(names, ", "))
+	}
+	return f(ctx, e, args[1:])
 }

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is kbsd's configuration: command-line flags, optionally preset by
+// a JSON config file whose keys are the flag names.
+type Config struct {
+	// Dev runs the development broker: simulated TEE, generated keys and
+	// manifest in Data. Never in production.
+	Dev bool
+	// Data is the data directory. Required without Dev; default ./kbs-dev
+	// with Dev.
+	Data string
+	// Manifest is the version-1 manifest file. Required on a first
+	// production start; optional later (it must then be the version 1 the
+	// broker started from).
+	Manifest string
+	// ManifestSigs are files holding base64 owner signatures over
+	// Manifest. Optional; default Manifest + ".sig" when it exists.
+	ManifestSigs []string
+	// TEE is the platform kbsd runs on: "snp" or "tdx" ("tdx" is refused
+	// for now: no sealing key). With Dev it picks the simulated platform;
+	// default "snp".
+	TEE string
+	// ListenUnix is the unix socket path. Optional; default Data/kbs.sock.
+	// "none" disables it.
+	ListenUnix string
+	// ListenTCP is the TLS listen address. Optional; default
+	// 127.0.0.1:8443. "none" disables it.
+	ListenTCP string
+	// LogBackend selects the transparency log backend: "bolt" (embedded,
+	// default) or "trillian" (a Trillian log tree; docs/scale-out.md).
+	LogBackend string
+	// TrillianAddr and TrillianTreeID name the Trillian log server (gRPC
+	// host:port) and tree. Required with LogBackend "trillian".
+	TrillianAddr   string
+	TrillianTreeID int64
+	// TrillianState is where kbsd keeps its last signed checkpoint over the
+	// Trillian tree. Optional; default Data/trillian-state.json.
+	TrillianState string
+	// TrillianAdopt lets kbsd start without a state file on a tree that
+	// already has leaves (it replays and trusts the tree).
+	TrillianAdopt bool
+	// LogFormat is "text" (default) or "json"; LogLevel is trace, debug,
+	// info (default), warn or error.
+	LogFormat string
+	LogLevel  string
+	// CacheDir caches vendor certificates and collateral. Optional; default
+	// Data/cache.
+	CacheDir string
+	// Offline forbids fetching certificates and revocation lists from the
+	// vendors: evidence must carry its certificates. Always on with Dev.
+	Offline bool
+	// NonceTTL, MaxChallenges and AttestationRate tune the challenge table
+	// and the rate limit of attestation and challenge requests.
+	NonceTTL        time.Duration
+	MaxChallenges   int
+	AttestationRate float64
+	// ShutdownTimeout bounds how long in-flight requests may take to finish
+	// on shutdown. Optional; default 10s.
+	ShutdownTimeout time.Duration
+}
+
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	*s = append(*s, v)
+	return nil
+}
+
+// parseFlags reads the config file (if --config is given) and then the
+// flags, which win over the file.
+func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
+	c := &Config{}
+	var configFile string
+	var sigs stringList
+	fs.StringVar(&configFile, "config", "", "JSON config file whose keys are flag names (flags win)")
+	fs.BoolVar(&c.Dev, "dev", false, "development mode: simulated TEE, generated dev keys and manifest (never in production)")
+	fs.StringVar(&c.Data, "data", "", "data directory (default ./kbs-dev with --dev)")
+	fs.StringVar(&c.Manifest, "manifest", "", "version-1 manifest file (required on first start, except with --dev)")
+	fs.Var(&sigs, "manifest-sig", "file with a base64 owner signature over the manifest (repeatable; default MANIFEST.sig)")
+	fs.StringVar(&c.TEE, "tee", "", "platform: snp or tdx (with --dev: the simulated platform, default snp)")
+	fs.StringVar(&c.ListenUnix, "listen-unix", "", `unix socket path (default DATA/kbs.sock; "none" to disable)`)
+	fs.StringVar(&c.ListenTCP, "listen-tcp", "127.0.0.1:8443", `TLS listen address ("none" to disable)`)
+	fs.StringVar(&c.LogBackend, "log-backend", "bolt", "transparency log backend: bolt or trillian")
+	fs.StringVar(&c.TrillianAddr, "trillian-addr", "", "Trillian log server gRPC address HOST:PORT (with --log-backend trillian)")
+	fs.Int64Var(&c.TrillianTreeID, "trillian-tree-id", 0, "Trillian log tree id (with --log-backend trillian)")
+	fs.StringVar(&c.TrillianState, "trillian-state", "", "kbsd's last signed checkpoint over the Trillian tree (default DATA/trillian-state.json)")
+	fs.BoolVar(&c.TrillianAdopt, "trillian-adopt", false, "start without a state file on a non-empty Trillian tree, trusting it (see docs/scale-out.md)")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&c.CacheDir, "cache-dir", "", "cache for vendor certificates and collateral (default DATA/cache)")
+	fs.BoolVar(&c.Offline, "offline", false, "never fetch certificates or revocation lists (evidence must carry its certificates)")
+	fs.DurationVar(&c.NonceTTL, "challenge-ttl", 60*time.Second, "lifetime of a release challenge nonce")
+	fs.IntVar(&c.MaxChallenges, "max-challenges", 100000, "most pending release challenges")
+	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation and challenge requests per second (burst twice that)")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time in-flight requests get to finish on shutdown")
+
+	// A first pass finds --config; the file presets values, then the
+	// command line is parsed again so that it wins.
+	pre := flag.NewFlagSet("", flag.ContinueOnError)
+	pre.SetOutput(discard{})
+	pre.StringVar(&configFile, "config", "", "")
+	if err := pre.Parse(filterConfig(args)); err != nil {
+		return nil, err
+	}
+	if configFile != "" {
+		if err := applyConfigFile(fs, configFile); err != nil {
+			return nil, err
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	c.ManifestSigs = sigs
+	return c, c.check()
+}
+
+// filterConfig returns only the --config flag and its value from args.
+func filterConfig(args []string) []string {
+	var out []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "-config" || a == "--config" {
+			out = append(out, a)
+			if i+1 < len(args) {
+				out = append(out, args[i+1])
+			}
+			i++
+		} else if strings.HasPrefix(a, "-config=") || strings.HasPrefix(a, "--config=") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// applyConfigFile sets flags from a JSON object of flag names to values
+// (strings, numbers, booleans, or lists of strings for repeatable flags).
+func applyConfigFile(fs *flag.FlagSet, file string) error {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("couldn't read config file: %w", err)
+	}
+	var m map[string]any
+	d := json.NewDecoder(strings.NewReader(string(raw)))
+	d.UseNumber()
+	if err := d.Decode(&m); err != nil {
+		return fmt.Errorf("config file %s: not a JSON object: %w", file, err)
+	}
+	for k, v := range m {
+		if k == "config" {
+			return fmt.Errorf("config file %s: \"config\" cannot be set from a config file", file)
+		}
+		if fs.Lookup(k) == nil {
+			return fmt.Errorf("config file %s: unknown setting %q", file, k)
+		}
+		var vals []string
+		switch v := v.(type) {
+		case string:
+			vals = []string{v}
+		case bool:
+			vals = []string{fmt.Sprint(v)}
+		case json.Number:
+			vals = []string{v.String()}
+		case []any:
+			for _, e := range v {
+				s, ok := e.(string)
+				if !ok {
+					return fmt.Errorf("config file %s: %q: list elements must be strings", file, k)
+				}
+				vals = append(vals, s)
+			}
+		default:
+			return fmt.Errorf("config file %s: %q: unsupported value %v", file, k, v)
+		}
+		for _, s := range vals {
+			if err := fs.Set(k, s); err != nil {
+				return fmt.Errorf("config file %s: %q: %w", file, k, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Config) check() error {
+	if c.Dev {
+		if c.Data == "" {
+			c.Data = "kbs-dev"
+		}
+		if c.TEE == "" {
+			c.TEE = "snp"
+		}
+		c.Offline = true
+	} else {
+		if c.Data == "" {
+			return errors.New("--data is required (or use --dev for a development broker)")
+		}
+		switch c.TEE {
+		case "snp", "tdx":
+		case "sim":
+			return errors.New("the simulated TEE is for development only: use --dev")
+		case "":
+			return errors.New("--tee snp|tdx is required (or use --dev for a development broker)")
+		default:
+			return fmt.Errorf("--tee %q: want snp or tdx", c.TEE)
+		}
+	}
+	if c.TEE != "snp" && c.TEE != "tdx" {
+		return fmt.Errorf("--tee %q: want snp or tdx", c.TEE)
+	}
+	switch c.LogBackend {
+	case "bolt":
+		if c.TrillianAddr != "" || c.TrillianTreeID != 0 || c.TrillianState != "" || c.TrillianAdopt {
+			return errors.New("--trillian-* flags need --log-backend trillian")
+		}
+	case "trillian":
+		if c.TrillianAddr == "" || c.TrillianTreeID <= 0 {
+			return errors.New("--log-backend trillian needs --trillian-addr HOST:PORT and --trillian-tree-id N")
+		}
+	default:
+		return fmt.Errorf("--log-backend %q: want bolt or trillian", c.LogBackend)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	}
+	if c.ListenUnix == "none" && c.ListenTCP == "none" {
+		return errors.New("nothing to listen on: both --listen-unix and --listen-tcp are \"none\"")
+	}
+	if c.NonceTTL <= 0 || c.MaxChallenges <= 0 || c.AttestationRate <= 0 {
+		return errors.New("--challenge-ttl, --max-challenges and --attestation-rate must be positive")
+	}
+	return nil
+}

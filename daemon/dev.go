@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/kbs-dev/kbs/kbs"
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/attest/verify"
+	"github.com/kbs-dev/kbs/kbs/keystore"
+	"github.com/kbs-dev/kbs/manifest"
+)
+
+// devSetup is what --dev prepares in the data directory.
+type devSetup struct {
+	sealer       keystore.Sealer
+	issuer       attest.Issuer
+	verifier     attest.Verifier
+	simDir       string
+	manifestFile string
+}
+
+// prepareDev creates (or reuses) the development files in c.Data: the
+// simulated TEE, owner and client keys, and the version-1 dev manifest
+// signed by the owner key.
+func prepareDev(ctx context.Context, c *Config, logger hclog.Logger) (*devSetup, error) {
+	logger.Warn("DEVELOPMENT MODE: simulated TEE, sealing key in a plain file, dev keys unencrypted on disk; never use --dev in production")
+	d := &devSetup{simDir: filepath.Join(c.Data, "sim"), manifestFile: filepath.Join(c.Data, "manifest.json")}
+	if err := sim.Init(d.simDir); err != nil {
+		return nil, fmt.Errorf("couldn't set up the simulated TEE: %w", err)
+	}
+	d.sealer = &keystore.SimSealer{Path: filepath.Join(d.simDir, "sealing.key")}
+	var err error
+	if d.issuer, err = sim.NewIssuer(d.simDir, attest.Platform(c.TEE), sim.Options{}); err != nil {
+		return nil, fmt.Errorf("simulated %s: %w", c.TEE, err)
+	}
+	if d.verifier, err = verify.New(verify.Options{SimRootFile: sim.RootFile(d.simDir), CacheDir: c.CacheDir, Offline: true}); err != nil {
+		return nil, err
+	}
+	ownerPub, err := devKey(filepath.Join(c.Data, "owner.key"), filepath.Join(c.Data, "owner.pub"))
+	if err != nil {
+		return nil, err
+	}
+	clientPub, err := devKey(filepath.Join(c.Data, "client.key"), filepath.Join(c.Data, "client.pub"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(d.manifestFile); errors.Is(err, fs.ErrNotExist) {
+		if err := d.writeManifest(ctx, c, ownerPub, clientPub); err != nil {
+			return nil, fmt.Errorf("couldn't create the dev manifest: %w", err)
+		}
+		logger.Info("created the dev manifest", "file", d.manifestFile)
+	}
+	return d, nil
+}
+
+// devKey loads or creates an ECDSA P-256 key pair as PKCS #8 and PKIX PEM
+// files and returns the public key PEM.
+func devKey(keyFile, pubFile string) (string, error) {
+	if pub, err := os.ReadFile(pubFile); err == nil {
+		if _, err := os.Stat(keyFile); err == nil {
+			return string(pub), nil
+		}
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return "", err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", err
+	}
+	pub := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+	if err := os.WriteFile(pubFile, pub, 0o644); err != nil {
+		return "", err
+	}
+	return string(pub), nil
+}
+
+func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clientPub string) error {
+	cl, err := kbs.SimClass(ctx, d.simDir, d.verifier)
+	if err != nil {
+		return err
+	}
+	body, err := manifest.Encode(manifest.DevDocument(ownerPub, clientPub, cl, cl))
+	if err != nil {
+		return err
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(c.Data, "owner.key"))
+	if err != nil {
+		return err
+	}
+	owner, err := manifest.ParsePrivateKey(keyPEM, nil)
+	if err != nil {
+		return err
+	}
+	sig, err := manifest.Sign(owner, body)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(d.manifestFile+".sig", []byte(sig+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(d.manifestFile, body, 0o644)
+}
+
+func (d *devSetup) printNextSteps(w io.Writer, c *Config, addrs []string, noteKey string) {
+	dir := c.Data
+	q := func(s string) string {
+		if strings.ContainsAny(s, " '\"$") {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+		return s
+	}
+	sock := ""
+	if c.ListenUnix != "none" {
+		sock = "unix://" + c.ListenUnix
+	} else {
+		sock = addrs[0]
+	}
+	fmt.Fprintf(w, `
+kbsd is running in DEVELOPMENT mode (simulated %s TEE) on %s.
+State lives in %s and survives restarts; delete it to start over.
+
+Next steps, in another terminal:
+  export KBS_ADDR=%s
+  make build
+  # 1. verify the broker against the dev manifest (stores the checkpoint)
+  bin/kbsctl --sim-root %s verify --manifest %s
+  # 2. upload a prompt key as the dev client
+  bin/kbsctl --sim-root %s key put --manifest %s --client-key %s --id demo/prompt-key --generate --out prompt.key
+  # 3. fetch it as a simulated worker, with its receipt
+  bin/kbsctl --sim-root %s key get --manifest %s --tee sim --sim-dir %s --id demo/prompt-key --out worker-keys
+  # 4. check the worker's receipt, then audit the whole log
+  bin/kbsctl receipt verify --note-key %s worker-keys/demo/prompt-key.receipt
+  bin/kbsctl --sim-root %s audit --note-key %s
+
+`, c.TEE, strings.Join(addrs, " and "), q(dir), q(sock),
+		q(sim.RootFile(d.simDir)), q(d.manifestFile),
+		q(sim.RootFile(d.simDir)), q(d.manifestFile), q(filepath.Join(dir, "client.key")),
+		q(sim.RootFile(d.simDir)), q(d.manifestFile), q(d.simDir),
+		q(noteKey), q(sim.RootFile(d.simDir)), q(noteKey))
+}

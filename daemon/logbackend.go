@@ -1,0 +1,34 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/kbs-dev/kbs/tlog"
+	"github.com/kbs-dev/kbs/tlog/boltlog"
+	"github.com/kbs-dev/kbs/tlog/trillianlog"
+	bolt "go.etcd.io/bbolt"
+)
+
+// openLog opens the transparency log backend that c selects: the embedded
+// log in db, or a Trillian tree (docs/scale-out.md), whose state file
+// defaults to DATA/trillian-state.json.
+func openLog(ctx context.Context, c *Config, db *bolt.DB, signer *tlog.CheckpointSigner, logger hclog.Logger) (tlog.Backend, error) {
+	if c.LogBackend != "trillian" {
+		return boltlog.New(db, boltlog.Config{Signer: signer})
+	}
+	state := c.TrillianState
+	if state == "" {
+		state = filepath.Join(c.Data, "trillian-state.json")
+	}
+	logger.Info("using a Trillian log", "addr", c.TrillianAddr, "tree", c.TrillianTreeID, "state", state)
+	return trillianlog.New(ctx, trillianlog.Config{
+		Addr:      c.TrillianAddr,
+		TreeID:    c.TrillianTreeID,
+		Signer:    signer,
+		StatePath: state,
+		Adopt:     c.TrillianAdopt,
+		Logger:    logger.Named("trillian"),
+	})
+}

@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/kbs-dev/kbs/kbs"
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/cvm"
+	"github.com/kbs-dev/kbs/kbs/attest/verify"
+	"github.com/kbs-dev/kbs/kbs/keystore"
+)
+
+// HTTP server limits. Bodies are limited per endpoint by the broker.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 16 << 10
+)
+
+func newLogger(c *Config) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "kbsd",
+		Level:      hclog.LevelFromString(c.LogLevel),
+		JSONFormat: c.LogFormat == "json",
+		Output:     os.Stderr,
+	})
+}
+
+// serve runs kbsd until ctx is done. Start-up order: data directory,
+// database, key store (unsealing the master key), identity, log, broker,
+// listeners. Shutdown order is the reverse: stop accepting, drain, close
+// the log, close the database.
+func serve(ctx context.Context, c *Config) error {
+	logger := newLogger(c)
+	if err := os.MkdirAll(c.Data, 0o700); err != nil {
+		return fmt.Errorf("couldn't create the data directory: %w", err)
+	}
+	if c.ListenUnix == "" {
+		c.ListenUnix = filepath.Join(c.Data, "kbs.sock")
+	}
+	if c.CacheDir == "" {
+		c.CacheDir = filepath.Join(c.Data, "cache")
+	}
+
+	var (
+		sealer   keystore.Sealer
+		issuer   attest.Issuer
+		verifier attest.Verifier
+		dev      *devSetup
+		err      error
+	)
+	if c.Dev {
+		dev, err = prepareDev(ctx, c, logger)
+		if err != nil {
+			return err
+		}
+		sealer, issuer, verifier = dev.sealer, dev.issuer, dev.verifier
+		if c.Manifest == "" {
+			c.Manifest = dev.manifestFile
+		}
+	} else {
+		if sealer, err = keystore.NewSealer(c.TEE, ""); err != nil {
+			return err
+		}
+		if issuer, err = hardwareIssuer(c.TEE); err != nil {
+			return err
+		}
+		if verifier, err = verify.New(verify.Options{CacheDir: c.CacheDir, Offline: c.Offline}); err != nil {
+			return fmt.Errorf("couldn't set up evidence verification: %w", err)
+		}
+	}
+
+	var manifestBody []byte
+	var manifestSigs []string
+	if c.Manifest != "" {
+		if manifestBody, manifestSigs, err = readManifest(c.Manifest, c.ManifestSigs); err != nil {
+			return err
+		}
+	}
+
+	db, err := bbolt.Open(filepath.Join(c.Data, "kbs.db"), 0o600, &bbolt.Options{
+		Timeout:      2 * time.Second,
+		FreelistType: bbolt.FreelistMapType,
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return fmt.Errorf("couldn't open %s: another kbsd holds it", filepath.Join(c.Data, "kbs.db"))
+		}
+		return fmt.Errorf("couldn't open the database: %w", err)
+	}
+	defer func() {
+		if err := db.Close(); err != nil {
+			logger.Error("couldn't close the database", "error", err)
+		}
+	}()
+	store, err := keystore.Open(ctx, db, sealer)
+	if err != nil {
+		return fmt.Errorf("couldn't open the key store: %w", err)
+	}
+	id, created, err := kbs.LoadIdentity(ctx, store)
+	if err != nil {
+		return err
+	}
+	if created {
+		logger.Info("created broker identity", "note_key", id.NoteKey, "tls_spki_sha256", id.TLSSPKISHA256)
+	}
+	tl, err := openLog(ctx, c, db, id.Checkpoints, logger)
+	if err != nil {
+		return fmt.Errorf("couldn't open the transparency log: %w", err)
+	}
+	logClosed := false
+	closeLog := func() {
+		if logClosed {
+			return
+		}
+		logClosed = true
+		if err := tl.Close(); err != nil {
+			logger.Error("couldn't close the log", "error", err)
+		}
+	}
+	defer closeLog()
+
+	broker, err := kbs.New(ctx, kbs.Config{
+		DB:                db,
+		Log:               tl,
+		Keys:              store,
+		Identity:          id,
+		Issuer:            issuer,
+		Verifier:          verifier,
+		Simulated:         c.Dev,
+		InitialManifest:   manifestBody,
+		InitialSignatures: manifestSigs,
+		Logger:            logger.Named("broker"),
+		NonceTTL:          c.NonceTTL,
+		MaxNonces:         c.MaxChallenges,
+		AttestationRate:   c.AttestationRate,
+		AttestationBurst:  int(2 * c.AttestationRate),
+	})
+	if errors.Is(err, kbs.ErrInitialSignatures) {
+		return fmt.Errorf("%w\nsign it with each owner key, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default)", err, c.Manifest)
+	}
+	if err != nil {
+		return err
+	}
+	handler := broker.Handler()
+
+	var servers []*http.Server
+	errc := make(chan error, 2)
+	newServer := func() *http.Server {
+		return &http.Server{
+			Handler:           handler,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			WriteTimeout:      writeTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+			ErrorLog:          logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+		}
+	}
+	var addrs []string
+	if c.ListenUnix != "none" {
+		ln, err := listenUnix(c.ListenUnix)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(c.ListenUnix)
+		srv := newServer()
+		servers = append(servers, srv)
+		go func() { errc <- srv.Serve(ln) }()
+		addrs = append(addrs, "unix://"+c.ListenUnix)
+	}
+	if c.ListenTCP != "none" {
+		ln, err := net.Listen("tcp", c.ListenTCP)
+		if err != nil {
+			return fmt.Errorf("couldn't listen on %s: %w", c.ListenTCP, err)
+		}
+		srv := newServer()
+		srv.TLSConfig = &tls.Config{
+			MinVersion:   tls.VersionTLS13,
+			Certificates: []tls.Certificate{id.TLS},
+		}
+		servers = append(servers, srv)
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+		addrs = append(addrs, "https://"+ln.Addr().String())
+	}
+	hash, version := broker.ActiveManifest()
+	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
+		"note_key", id.NoteKey, "simulated", c.Dev)
+	if dev != nil {
+		var steps strings.Builder
+		dev.printNextSteps(&steps, c, addrs, id.NoteKey)
+		if c.LogFormat == "json" {
+			// Keep stderr one JSON object per line.
+			logger.Info("development mode: next steps", "text", steps.String())
+		} else {
+			os.Stderr.WriteString(steps.String())
+		}
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case serveErr = <-errc:
+		logger.Error("listener failed", "error", serveErr)
+	}
+	// 1. Stop accepting and fail health checks; 2. finish in-flight requests.
+	broker.Close()
+	sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			logger.Warn("in-flight requests did not finish in time", "error", err)
+			srv.Close()
+		}
+	}
+	// 3. Close the log: appends in flight complete durably or fail; the
+	// latest checkpoint is durable with the last entry. 4. The deferred
+	// db.Close runs last.
+	if cp, err := tl.Checkpoint(context.Background()); err == nil {
+		logger.Info("final checkpoint", "size", cp.Size)
+	}
+	closeLog()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+// listenUnix listens on a unix socket readable and writable by the owner
+// only, replacing a stale socket file left by a crash.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&fs.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if conn, err := net.Dial("unix", path); err == nil {
+			conn.Close()
+			return nil, fmt.Errorf("%s: another kbsd is listening", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("couldn't listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// readManifest reads the manifest and its signature files (default
+// FILE.sig when it exists).
+func readManifest(file string, sigFiles []string) ([]byte, []string, error) {
+	body, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil, fmt.Errorf("couldn't read the manifest: %w", err)
+	}
+	if len(sigFiles) == 0 {
+		if _, err := os.Stat(file + ".sig"); err == nil {
+			sigFiles = []string{file + ".sig"}
+		}
+	}
+	var sigs []string
+	for _, f := range sigFiles {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("couldn't read manifest signature: %w", err)
+		}
+		sigs = append(sigs, strings.TrimSpace(string(raw)))
+	}
+	return body, sigs, nil
+}
+
+// hardwareIssuer returns the issuer of the broker's own evidence on real
+// hardware: configfs-tsm, or /dev/sev-guest on older kernels. The platform
+// it finds must be the one --tee names.
+func hardwareIssuer(tee string) (attest.Issuer, error) {
+	iss, err := cvm.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("self-attestation: %w (kbsd must run inside a confidential VM; use --dev elsewhere)", err)
+	}
+	if string(iss.Platform()) != tee {
+		return nil, fmt.Errorf("self-attestation: this machine is a %s guest, not --tee %s", iss.Platform(), tee)
+	}
+	return iss, nil
+}

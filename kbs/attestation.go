@@ -1,0 +1,88 @@
+package kbs
+
+import (
+	"net/http"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+// handleAttestation serves GET /v1/attestation?nonce=HEX&since=N: fresh
+// evidence binding the client's nonce, the broker's identity keys and the
+// current checkpoint, with the active manifest, its inclusion proof and a
+// consistency proof from since.
+func (b *Broker) handleAttestation(w http.ResponseWriter, r *http.Request) error {
+	nonce, err := api.ParseNonce(r.URL.Query().Get("nonce"))
+	if err != nil {
+		return api.Errorf(api.CodeBadRequest, "%v", err)
+	}
+	since, _, err := queryUint(r, "since")
+	if err != nil {
+		return err
+	}
+	if !b.limit.allow() {
+		return api.Errorf(api.CodeRateLimited, "too many attestation requests; retry shortly")
+	}
+	ctx := r.Context()
+	am := b.active.Load()
+	cp, err := b.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return logUnavailable(err)
+	}
+	if since > cp.Size {
+		return api.Errorf(api.CodeConflict, "since=%d is beyond this log's tree size %d: the log you saw is not this one, or it was rolled back", since, cp.Size)
+	}
+	incl, err := b.cfg.Log.InclusionProof(ctx, am.rec.LogIndex, cp.Size)
+	if err != nil {
+		return logUnavailable(err)
+	}
+	var cons []tlog.Hash
+	if since > 0 && since < cp.Size {
+		if cons, err = b.cfg.Log.ConsistencyProof(ctx, since, cp.Size); err != nil {
+			return logUnavailable(err)
+		}
+	}
+	id := b.cfg.Identity
+	rd := api.ReportData(api.BrokerBinding(nonce, id.NoteKey, id.HPKEPublicKey, id.TLSSPKISHA256, string(cp.Note)))
+	ev, err := b.cfg.Issuer.Issue(ctx, rd)
+	if err != nil {
+		return err // 500: the broker cannot attest itself
+	}
+	ans := api.Attestation{
+		Platform:      string(ev.Platform),
+		Simulated:     b.cfg.Simulated,
+		Evidence:      ev.Data,
+		NoteKey:       id.NoteKey,
+		HPKEPublicKey: id.HPKEPublicKey,
+		TLSSPKISHA256: id.TLSSPKISHA256,
+		Checkpoint:    string(cp.Note),
+		Manifest: api.ManifestRef{
+			Version:        am.rec.Version,
+			Hash:           am.rec.Hash,
+			Body:           am.rec.Body,
+			LogIndex:       am.rec.LogIndex,
+			Entry:          am.entry,
+			InclusionProof: hashesToBytes(incl),
+		},
+		Since: since,
+	}
+	if since > 0 {
+		ans.ConsistencyProof = hashesToBytes(cons)
+		if ans.ConsistencyProof == nil {
+			ans.ConsistencyProof = [][]byte{}
+		}
+	}
+	writeJSON(w, http.StatusOK, ans)
+	return nil
+}
+
+func hashesToBytes(hs []tlog.Hash) [][]byte {
+	if hs == nil {
+		return nil
+	}
+	out := make([][]byte, len(hs))
+	for i := range hs {
+		out[i] = append([]byte(nil), hs[i][:]...)
+	}
+	return out
+}

@@ -1,0 +1,485 @@
+// Package client is the Go client of kbsd: the transport (a unix socket, or
+// TCP with TLS 1.3), the API calls of DESIGN.md §5, and the client side of
+// the trust argument — verifying the broker before handing it anything.
+//
+// # What it trusts and guarantees
+//
+// A Client trusts nothing the broker says until VerifyBroker has checked it:
+// fresh hardware evidence (through the attest.Verifier it is given, which
+// decides which vendor or simulated roots count) whose REPORT_DATA binds the
+// client's nonce, the broker's log key, HPKE key, TLS key and the current
+// checkpoint; the evidence's claims against the service reference values of
+// the caller's own manifest; the broker's active manifest byte for byte
+// against the caller's (or, when following, through a chain of versions
+// each signed by the owners of the one before and each included in the
+// log); the inclusion of that manifest in the signed checkpoint; and the
+// consistency of that checkpoint with the last one this client verified
+// (kept in a tlog.CheckpointStore). The checkpoint is stored only when all
+// of this holds.
+//
+// Over TCP, the broker's TLS certificate is never checked against a CA: the
+// SHA-256 of its SubjectPublicKeyInfo is pinned through the attestation
+// binding. The attestation answer itself is accepted only if it arrived on a
+// connection with the key it binds; from then on every connection must
+// present that key. A pin can be restored from an earlier verification
+// (Config.TLSPin).
+//
+// The plain API methods (Manifest, Keys, ...) return what the broker sent,
+// decoded and size-limited but otherwise unverified; the Verify* methods
+// and VerifyBroker say what they check.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+// Config configures a Client.
+type Config struct {
+	// Addr is the broker's address: "unix://PATH" or "https://HOST:PORT".
+	// Required.
+	Addr string
+	// Verifier checks the broker's evidence. Required for VerifyBroker.
+	Verifier attest.Verifier
+	// Checkpoints keeps the last verified checkpoint of each log. Optional;
+	// default an in-memory store (nothing survives the process).
+	Checkpoints tlog.CheckpointStore
+	// TLSPin is the hex SHA-256 of the broker's TLS SubjectPublicKeyInfo
+	// learned by an earlier VerifyBroker. Optional: VerifyBroker sets it.
+	TLSPin string
+	// AllowUnpinned lets requests other than the attestation use a TLS
+	// connection before a pin is known. Set it only for reads whose answers
+	// are verified by other means (checkpoints, tiles and proofs, signed
+	// manifests). Optional; default false.
+	AllowUnpinned bool
+	// Timeout bounds each HTTP request. Optional; default 30s.
+	Timeout time.Duration
+	// Now returns the current time. Optional; default time.Now.
+	Now func() time.Time
+}
+
+// Client talks to one broker. It is safe for concurrent use.
+type Client struct {
+	cfg  Config
+	base string // URL prefix of every request
+
+	pinned   *http.Client // every request but the attestation
+	unpinned *http.Client // the attestation (checked against the answer)
+
+	mu  sync.Mutex
+	pin string
+}
+
+// Errors callers branch on.
+var (
+	// ErrNotPinned reports a TLS request made before the broker's TLS key
+	// was pinned by VerifyBroker or Config.TLSPin.
+	ErrNotPinned = errors.New("the broker's TLS key is not pinned yet: verify the broker first")
+	// ErrPinMismatch reports a TLS connection whose key is not the pinned
+	// one.
+	ErrPinMismatch = errors.New("the broker's TLS key is not the attested one")
+)
+
+// Response size limits: generous for the largest legitimate answers.
+const (
+	maxJSONAnswer = 32 << 20 // manifest history of many 48 KiB versions
+)
+
+// New returns a client of the broker at cfg.Addr. It does not connect.
+func New(cfg Config) (*Client, error) {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Checkpoints == nil {
+		cfg.Checkpoints = &memStore{}
+	}
+	c := &Client{cfg: cfg, pin: strings.ToLower(cfg.TLSPin)}
+	switch {
+	case strings.HasPrefix(cfg.Addr, "unix://"):
+		path := strings.TrimPrefix(cfg.Addr, "unix://")
+		if path == "" {
+			return nil, fmt.Errorf("client: address %q has no socket path", cfg.Addr)
+		}
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", path)
+			},
+			MaxIdleConns:    4,
+			IdleConnTimeout: 30 * time.Second,
+		}
+		hc := &http.Client{Transport: tr, Timeout: cfg.Timeout}
+		c.pinned, c.unpinned = hc, hc
+		c.base = "http://kbs"
+	case strings.HasPrefix(cfg.Addr, "https://"):
+		u, err := url.Parse(cfg.Addr)
+		if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return nil, fmt.Errorf("client: address %q: want https://HOST:PORT", cfg.Addr)
+		}
+		c.base = "https://" + u.Host
+		c.pinned = c.tlsClient(c.checkPinned)
+		c.unpinned = c.tlsClient(func(tls.ConnectionState) error { return nil })
+	default:
+		return nil, fmt.Errorf("client: address %q: want unix://PATH or https://HOST:PORT", cfg.Addr)
+	}
+	return c, nil
+}
+
+// tlsClient returns an HTTP client whose TLS connections are checked only
+// by verify: the broker's certificate is self-signed and authenticated
+// through the attestation binding, never through a CA.
+func (c *Client) tlsClient(verify func(tls.ConnectionState) error) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{
+			MinVersion: tls.VersionTLS13,
+			// The chain is not checked against any CA on purpose; the
+			// key is checked by VerifyConnection (pinned) or against the
+			// attestation answer (VerifyBroker).
+			InsecureSkipVerify: true,
+			VerifyConnection:   verify,
+		},
+		ForceAttemptHTTP2: true,
+		MaxIdleConns:      4,
+		IdleConnTimeout:   30 * time.Second,
+	}
+	return &http.Client{Transport: tr, Timeout: c.cfg.Timeout}
+}
+
+func (c *Client) checkPinned(cs tls.ConnectionState) error {
+	pin := c.TLSPin()
+	if pin == "" {
+		if c.cfg.AllowUnpinned {
+			return nil
+		}
+		return ErrNotPinned
+	}
+	got, err := peerSPKI(&cs)
+	if err != nil {
+		return err
+	}
+	if got != pin {
+		return fmt.Errorf("%w: connection key %s, pinned %s", ErrPinMismatch, got, pin)
+	}
+	return nil
+}
+
+// peerSPKI returns the hex SHA-256 of the peer certificate's
+// SubjectPublicKeyInfo.
+func peerSPKI(cs *tls.ConnectionState) (string, error) {
+	if cs == nil || len(cs.PeerCertificates) == 0 {
+		return "", errors.New("client: the broker presented no TLS certificate")
+	}
+	sum := sha256.Sum256(cs.PeerCertificates[0].RawSubjectPublicKeyInfo)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// TLSPin returns the pinned hex SHA-256 of the broker's TLS key, or "" (no
+// pin yet, or a unix socket).
+func (c *Client) TLSPin() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pin
+}
+
+func (c *Client) setPin(p string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pin = p
+}
+
+// IsTLS reports whether the client talks TLS over TCP.
+func (c *Client) IsTLS() bool { return strings.HasPrefix(c.base, "https://") }
+
+// Addr returns the broker address.
+func (c *Client) Addr() string { return c.cfg.Addr }
+
+// HTTPClient returns the HTTP client used for every request but the
+// attestation (pinned over TLS), for readers such as tlog.TileClient.
+func (c *Client) HTTPClient() *http.Client { return c.pinned }
+
+// LogURL returns the URL prefix of the C2SP tlog-tiles API.
+func (c *Client) LogURL() string { return c.base + strings.TrimSuffix(api.PathLogPrefix, "/") }
+
+// Tiles returns a tile client of the broker's log.
+func (c *Client) Tiles() *tlog.TileClient { return tlog.NewTileClient(c.LogURL(), c.pinned) }
+
+// do sends a request and decodes a JSON answer into out (when non-nil). A
+// broker error answer becomes an *api.Error with its status.
+func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, body, out any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, fmt.Errorf("client: couldn't encode request: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, &TransportError{Addr: c.cfg.Addr, Err: err}
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONAnswer+1))
+	if err != nil {
+		return nil, &TransportError{Addr: c.cfg.Addr, Err: err}
+	}
+	if len(raw) > maxJSONAnswer {
+		return nil, fmt.Errorf("client: %s %s: answer larger than %d bytes", method, path, maxJSONAnswer)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var eb api.ErrorBody
+		if json.Unmarshal(raw, &eb) == nil && eb.Error != nil && eb.Error.Code != "" {
+			eb.Error.Status = resp.StatusCode
+			return nil, eb.Error
+		}
+		return nil, &api.Error{Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(firstLine(raw))), Status: resp.StatusCode}
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return nil, fmt.Errorf("client: %s %s: malformed answer: %w", method, path, err)
+		}
+	}
+	return resp, nil
+}
+
+func firstLine(b []byte) []byte {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	return b
+}
+
+// TransportError reports that the broker could not be reached or the
+// connection failed (including a TLS key that is not the pinned one).
+type TransportError struct {
+	Addr string
+	Err  error
+}
+
+func (e *TransportError) Error() string { return fmt.Sprintf("client: %s: %v", e.Addr, e.Err) }
+func (e *TransportError) Unwrap() error { return e.Err }
+
+// Attestation fetches GET /v1/attestation with nonce and since (0: no
+// consistency proof), and returns the answer with the TLS state of the
+// connection it came on (nil on a unix socket). Nothing is verified; see
+// VerifyBroker.
+func (c *Client) Attestation(ctx context.Context, nonce []byte, since uint64) (*api.Attestation, *tls.ConnectionState, error) {
+	q := url.Values{"nonce": {hex.EncodeToString(nonce)}}
+	if since > 0 {
+		q.Set("since", strconv.FormatUint(since, 10))
+	}
+	var a api.Attestation
+	resp, err := c.do(ctx, c.unpinned, http.MethodGet, api.PathAttestation+"?"+q.Encode(), nil, &a)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &a, resp.TLS, nil
+}
+
+// Manifest fetches the active manifest with its signatures.
+func (c *Client) Manifest(ctx context.Context) (*api.Manifest, error) {
+	var m api.Manifest
+	_, err := c.do(ctx, c.pinned, http.MethodGet, api.PathManifest, nil, &m)
+	return &m, err
+}
+
+// ManifestHistory fetches every manifest version the broker activated.
+func (c *Client) ManifestHistory(ctx context.Context) (*api.ManifestHistory, error) {
+	var h api.ManifestHistory
+	_, err := c.do(ctx, c.pinned, http.MethodGet, api.PathManifestHistory, nil, &h)
+	return &h, err
+}
+
+// PutManifest proposes a new manifest version with owner signatures.
+func (c *Client) PutManifest(ctx context.Context, body []byte, sigs []string) (*api.Manifest, error) {
+	var m api.Manifest
+	_, err := c.do(ctx, c.pinned, http.MethodPut, api.PathManifest, &api.ManifestUpdate{Body: body, Signatures: sigs}, &m)
+	return &m, err
+}
+
+// Keys lists key metadata.
+func (c *Client) Keys(ctx context.Context) (*api.KeyList, error) {
+	var l api.KeyList
+	_, err := c.do(ctx, c.pinned, http.MethodGet, api.PathKeys, nil, &l)
+	return &l, err
+}
+
+// UploadKey sends a sealed, signed key upload (see Broker.UploadKey for the
+// verified path).
+func (c *Client) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUploadResult, error) {
+	var r api.KeyUploadResult
+	_, err := c.do(ctx, c.pinned, http.MethodPost, api.PathKeys, req, &r)
+	return &r, err
+}
+
+// DeleteKey sends a signed key deletion.
+func (c *Client) DeleteKey(ctx context.Context, id string, req *api.KeyDelete) (*api.KeyDeleteResult, error) {
+	if err := api.ValidKeyID(id); err != nil {
+		return nil, err
+	}
+	var r api.KeyDeleteResult
+	_, err := c.do(ctx, c.pinned, http.MethodDelete, api.PathKeys+"/"+id, req, &r)
+	return &r, err
+}
+
+// Challenge asks for a release nonce.
+func (c *Client) Challenge(ctx context.Context) (*api.Challenge, error) {
+	var ch api.Challenge
+	_, err := c.do(ctx, c.pinned, http.MethodPost, api.PathChallenge, struct{}{}, &ch)
+	return &ch, err
+}
+
+// Release sends a release request.
+func (c *Client) Release(ctx context.Context, req *api.ReleaseRequest) (*api.Release, error) {
+	var r api.Release
+	_, err := c.do(ctx, c.pinned, http.MethodPost, api.PathRelease, req, &r)
+	return &r, err
+}
+
+// InclusionProof fetches the inclusion proof of index in the tree of size.
+func (c *Client) InclusionProof(ctx context.Context, index, size uint64) ([]tlog.Hash, error) {
+	var p api.InclusionProof
+	q := "?index=" + strconv.FormatUint(index, 10) + "&size=" + strconv.FormatUint(size, 10)
+	if _, err := c.do(ctx, c.pinned, http.MethodGet, api.PathLogProof+q, nil, &p); err != nil {
+		return nil, err
+	}
+	if p.Index != index || p.TreeSize != size {
+		return nil, fmt.Errorf("client: asked for the proof of %d in %d, got %d in %d", index, size, p.Index, p.TreeSize)
+	}
+	return toHashes(p.Proof)
+}
+
+// ConsistencyProof fetches the consistency proof between two tree sizes.
+func (c *Client) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]tlog.Hash, error) {
+	if oldSize == 0 || oldSize == newSize {
+		return []tlog.Hash{}, nil
+	}
+	var p api.ConsistencyProof
+	q := "?old=" + strconv.FormatUint(oldSize, 10) + "&new=" + strconv.FormatUint(newSize, 10)
+	if _, err := c.do(ctx, c.pinned, http.MethodGet, api.PathLogConsistency+q, nil, &p); err != nil {
+		return nil, err
+	}
+	if p.Old != oldSize || p.New != newSize {
+		return nil, fmt.Errorf("client: asked for consistency %d..%d, got %d..%d", oldSize, newSize, p.Old, p.New)
+	}
+	return toHashes(p.Proof)
+}
+
+// Checkpoint fetches the log's latest signed checkpoint note (unverified).
+func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
+	return c.Tiles().Checkpoint(ctx)
+}
+
+func toHashes(p [][]byte) ([]tlog.Hash, error) {
+	if len(p) > 63 {
+		return nil, fmt.Errorf("client: proof of %d hashes is too long", len(p))
+	}
+	out := make([]tlog.Hash, len(p))
+	for i, h := range p {
+		if len(h) != len(tlog.Hash{}) {
+			return nil, fmt.Errorf("client: proof hash %d is %d bytes, want 32", i, len(h))
+		}
+		copy(out[i][:], h)
+	}
+	return out, nil
+}
+
+// Entry fetches the log entry at index from its entry bundle and checks it
+// against the verified checkpoint cp with an inclusion proof (fetched from
+// the broker, checked against cp's root). The returned bytes are therefore
+// exactly what the log holds at index.
+func (c *Client) Entry(ctx context.Context, cp tlog.SignedCheckpoint, index uint64) ([]byte, error) {
+	proof, err := c.InclusionProof(ctx, index, cp.Size)
+	if err != nil {
+		return nil, err
+	}
+	return c.entryWithProof(ctx, cp, index, proof)
+}
+
+func (c *Client) entryWithProof(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, proof []tlog.Hash) ([]byte, error) {
+	if index >= cp.Size {
+		return nil, fmt.Errorf("client: entry %d is not in a tree of size %d", index, cp.Size)
+	}
+	n := index / 256
+	w := int(min(cp.Size-n*256, 256))
+	b, err := c.Tiles().Tile(ctx, tlog.TilePath{Entries: true, N: n, Width: w})
+	if err != nil {
+		return nil, err
+	}
+	es, err := tlog.DecodeBundle(b, w)
+	if err != nil {
+		return nil, err
+	}
+	e := es[index%256]
+	if err := tlog.VerifyInclusion(cp, index, e, proof); err != nil {
+		return nil, &VerifyError{Step: "log entry", Err: err}
+	}
+	return bytes.Clone(e), nil
+}
+
+// VerifyError reports that something the broker presented failed
+// verification: evidence, a binding, a manifest, a proof, a receipt. Step
+// names what was being checked.
+type VerifyError struct {
+	Step string
+	Err  error
+}
+
+func (e *VerifyError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *VerifyError) Unwrap() error { return e.Err }
+
+func verr(step string, format string, args ...any) error {
+	return &VerifyError{Step: step, Err: fmt.Errorf(format, args...)}
+}
+
+// memStore is an in-memory tlog.CheckpointStore.
+type memStore struct {
+	mu    sync.Mutex
+	notes map[string][]byte
+}
+
+func (m *memStore) Update(origin string, f func([]byte) ([]byte, error)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, err := f(m.notes[origin])
+	if err != nil || n == nil {
+		return err
+	}
+	if m.notes == nil {
+		m.notes = map[string][]byte{}
+	}
+	m.notes[origin] = bytes.Clone(n)
+	return nil
+}

@@ -1,0 +1,413 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/attest/verify"
+	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+var kbsdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "client-test-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	kbsdBin = filepath.Join(dir, "kbsd")
+	cmd := exec.Command("go", "build", "-o", kbsdBin, "github.com/kbs-dev/kbs/daemon")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "couldn't build kbsd:", err)
+		os.RemoveAll(dir)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// startKbsd starts kbsd --dev in data (unix socket only) and returns its
+// socket path.
+func startKbsd(t *testing.T, data string) string {
+	t.Helper()
+	var log bytes.Buffer
+	var mu sync.Mutex
+	cmd := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none", "--attestation-rate", "1000")
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(p) })
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
+		mu.Lock()
+		ok := bytes.Contains(log.Bytes(), []byte("kbsd serving"))
+		mu.Unlock()
+		if ok {
+			return filepath.Join(data, "kbs.sock")
+		}
+		select {
+		case <-done:
+			t.Fatalf("kbsd exited:\n%s", log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatal("kbsd did not start")
+	return ""
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// tamperProxy serves on a unix socket and forwards to the broker's socket,
+// rewriting attestation answers with mutate (when set).
+type tamperProxy struct {
+	mu     sync.Mutex
+	mutate func(*api.Attestation)
+}
+
+func startProxy(t *testing.T, upstream string) (string, *tamperProxy) {
+	t.Helper()
+	p := &tamperProxy{}
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: p.handler(upstream)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "unix://" + sock, p
+}
+
+// handler forwards requests to the broker's unix socket upstream.
+func (p *tamperProxy) handler(upstream string) http.Handler {
+	up := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", upstream)
+	}}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://kbs"+r.URL.RequestURI(), r.Body)
+		req.Header.Set("Content-Type", r.Header.Get("Content-Type"))
+		resp, err := up.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		p.mu.Lock()
+		mutate := p.mutate
+		p.mu.Unlock()
+		if r.URL.Path == api.PathAttestation && resp.StatusCode == http.StatusOK && mutate != nil {
+			var a api.Attestation
+			if err := json.Unmarshal(body, &a); err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			mutate(&a)
+			body, _ = json.Marshal(&a)
+		}
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		w.Write(body)
+	})
+}
+
+func (p *tamperProxy) set(f func(*api.Attestation)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mutate = f
+}
+
+// storeWith is an in-memory checkpoint store preset with one note.
+type storeWith struct {
+	mu    sync.Mutex
+	notes map[string][]byte
+}
+
+func (s *storeWith) Update(origin string, f func([]byte) ([]byte, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := f(s.notes[origin])
+	if err != nil || n == nil {
+		return err
+	}
+	s.notes[origin] = bytes.Clone(n)
+	return nil
+}
+
+func (s *storeWith) get(origin string) []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.notes[origin]
+}
+
+// TestVerifyBrokerTampered checks that every field of the attestation answer
+// is verified: a proxy changes one at a time, VerifyBroker fails with a
+// verification error, and the stored checkpoint does not move.
+func TestVerifyBrokerTampered(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "kbs")
+	sock := startKbsd(t, data)
+	addr, proxy := startProxy(t, sock)
+	v, err := verify.New(verify.Options{SimRootFile: sim.RootFile(filepath.Join(data, "sim")), Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := manifest.Parse(mustRead(t, filepath.Join(data, "manifest.json")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	// Baseline: verify, then grow the log with an upload so that later
+	// attestations carry a consistency proof from the stored size.
+	store := &storeWith{notes: map[string][]byte{}}
+	c, err := client.New(client.Config{Addr: addr, Verifier: v, Checkpoints: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.VerifyBroker(ctx, mine, client.VerifyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Previous != nil || b.Manifest.Hash() != mine.Hash() || !b.Service.OK() {
+		t.Fatalf("baseline verification = %+v", b)
+	}
+	signer, err := readKey(t, filepath.Join(data, "client.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.UploadKey(ctx, signer, "demo-client", "demo/t", 1, bytes.Repeat([]byte{1}, 32)); err != nil {
+		t.Fatal(err)
+	}
+	// UploadKey stored the receipt's checkpoint; go back to the baseline
+	// so that the attestation must prove consistency from it.
+	baseline := b.Checkpoint.Note
+	origin := b.Origin
+	store.notes[origin] = baseline
+
+	otherManifest := func() []byte {
+		d := mine.Document()
+		d.Version, d.Previous = 2, mine.Hash()
+		body, err := manifest.Encode(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}()
+
+	for _, tc := range []struct {
+		name   string
+		mutate func(*api.Attestation)
+		want   string
+	}{
+		{"evidence", func(a *api.Attestation) { a.Evidence[0x60] ^= 1 }, "broker evidence"},
+		{"note key", func(a *api.Attestation) { a.NoteKey = strings.Replace(a.NoteKey, "+", "+0", 1) }, "note key"},
+		{"hpke key", func(a *api.Attestation) { a.HPKEPublicKey[5] ^= 1 }, "broker evidence"},
+		{"tls key", func(a *api.Attestation) { a.TLSSPKISHA256 = strings.Repeat("0", 64) }, "broker evidence"},
+		{"checkpoint", func(a *api.Attestation) { a.Checkpoint = strings.Replace(a.Checkpoint, "\n3\n", "\n2\n", 1) }, "broker evidence"},
+		{"simulated flag", func(a *api.Attestation) { a.Simulated = false }, "simulated"},
+		{"platform", func(a *api.Attestation) { a.Platform = "tdx" }, "broker evidence"},
+		{"manifest body", func(a *api.Attestation) {
+			a.Manifest.Body = otherManifest
+			a.Manifest.Hash = manifest.HashOf(otherManifest)
+			a.Manifest.Version = 2
+		}, "is not yours"},
+		{"manifest hash", func(a *api.Attestation) { a.Manifest.Hash = "sha256:" + strings.Repeat("0", 64) }, "manifest"},
+		{"inclusion proof", func(a *api.Attestation) { a.Manifest.InclusionProof[0][0] ^= 1 }, "manifest inclusion"},
+		{"manifest index", func(a *api.Attestation) { a.Manifest.LogIndex = 0 }, "manifest inclusion"},
+		{"manifest entry", func(a *api.Attestation) { a.Manifest.Entry = a.Manifest.Entry[:len(a.Manifest.Entry)-1] }, "manifest inclusion"},
+		{"inclusion proof, entry from the bundle", func(a *api.Attestation) {
+			a.Manifest.Entry = nil
+			a.Manifest.InclusionProof[0][0] ^= 1
+		}, "log entry"},
+		{"consistency proof", func(a *api.Attestation) { a.ConsistencyProof[0][0] ^= 1 }, "consistency proof failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy.set(tc.mutate)
+			defer proxy.set(nil)
+			c, err := client.New(client.Config{Addr: addr, Verifier: v, Checkpoints: store})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: origin})
+			var ve *client.VerifyError
+			var fe *tlog.ForkError
+			if !errors.As(err, &ve) && !errors.As(err, &fe) {
+				t.Fatalf("VerifyBroker = %v, want a verification error", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("VerifyBroker = %v, want an error about %q", err, tc.want)
+			}
+			if !bytes.Equal(store.get(origin), baseline) {
+				t.Fatal("a failed verification changed the stored checkpoint")
+			}
+		})
+	}
+
+	// A TLS-terminating proxy with its own certificate in front of the
+	// broker: the attested TLS key is not the connection's.
+	mitm := httptest.NewUnstartedServer((&tamperProxy{}).handler(sock))
+	mitm.Config.ErrorLog = log.New(io.Discard, "", 0)
+	mitm.StartTLS()
+	defer mitm.Close()
+	cm, err := client.New(client.Config{Addr: mitm.URL, Verifier: v, Checkpoints: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cm.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: origin})
+	var ve *client.VerifyError
+	if !errors.As(err, &ve) || ve.Step != "TLS binding" {
+		t.Fatalf("VerifyBroker through a TLS proxy = %v, want a TLS binding failure", err)
+	}
+	if cm.TLSPin() != "" {
+		t.Fatal("a failed TLS binding set a pin")
+	}
+	if _, err := cm.Keys(ctx); !errors.Is(err, client.ErrNotPinned) {
+		t.Fatalf("Keys through the proxy after a failed verification = %v, want ErrNotPinned", err)
+	}
+
+	// Untampered, the same client state verifies and advances.
+	b, err = c.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: origin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Previous == nil || b.Previous.Size != 2 || b.Checkpoint.Size != 3 {
+		t.Fatalf("after the upload: previous %v, size %d", b.Previous, b.Checkpoint.Size)
+	}
+	// Another log at a known address is refused unless accepted.
+	if _, err := c.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: "kbs/other"}); !errors.Is(err, client.ErrNewLog) {
+		t.Fatalf("VerifyBroker with another known origin = %v, want ErrNewLog", err)
+	}
+	if _, err := c.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: "kbs/other", AcceptNewLog: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A release through the verified broker: keys open, the receipt checks.
+	iss, err := sim.NewIssuer(filepath.Join(data, "sim"), attest.SNP, sim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := b.FetchKeys(ctx, iss, []string{"demo/t"}, api.KEMX25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rel.Keys) != 1 || !bytes.Equal(rel.Keys[0].Material, bytes.Repeat([]byte{1}, 32)) || rel.Class != "demo-worker" {
+		t.Fatalf("FetchKeys = %+v", rel)
+	}
+}
+
+func mustRead(t *testing.T, f string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func readKey(t *testing.T, f string) (*ecdsa.PrivateKey, error) {
+	t.Helper()
+	k, err := manifest.ParsePrivateKey(mustRead(t, f), nil)
+	if err != nil {
+		return nil, err
+	}
+	return k.(*ecdsa.PrivateKey), nil
+}
+
+// TestTLSPinning checks that TLS requests go only to the pinned key.
+func TestTLSPinning(t *testing.T) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"keys":[]}`))
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+	sum := sha256.Sum256(srv.Certificate().RawSubjectPublicKeyInfo)
+	good := hex.EncodeToString(sum[:])
+	for _, tc := range []struct {
+		name     string
+		pin      string
+		unpinned bool
+		want     error
+	}{
+		{"right pin", good, false, nil},
+		{"right pin upper case", strings.ToUpper(good), false, nil},
+		{"wrong pin", strings.Repeat("ab", 32), false, client.ErrPinMismatch},
+		{"no pin", "", false, client.ErrNotPinned},
+		{"no pin allowed", "", true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := client.New(client.Config{Addr: srv.URL, TLSPin: tc.pin, AllowUnpinned: tc.unpinned})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Keys(context.Background())
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("Keys() = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestNewAddress(t *testing.T) {
+	for _, tt := range []struct {
+		addr string
+		ok   bool
+	}{
+		{"unix:///run/kbs.sock", true},
+		{"unix://kbs-dev/kbs.sock", true},
+		{"https://127.0.0.1:8443", true},
+		{"https://kbs.example:8443/", true},
+		{"unix://", false},
+		{"http://127.0.0.1:8443", false},
+		{"https://user@host:1", false},
+		{"https://host:1/path", false},
+		{"https://", false},
+		{"127.0.0.1:8443", false},
+	} {
+		_, err := client.New(client.Config{Addr: tt.addr})
+		if (err == nil) != tt.ok {
+			t.Errorf("New(%q) error = %v, want ok %v", tt.addr, err, tt.ok)
+		}
+	}
+}

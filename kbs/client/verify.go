@@ -1,0 +1,393 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+// VerifyOptions tune VerifyBroker.
+type VerifyOptions struct {
+	// Follow accepts a broker whose active manifest is a later version than
+	// the caller's, if every version in between is in the broker's history,
+	// signed by the threshold of owners of the version before it, and
+	// included in the log. Without Follow any difference fails.
+	Follow bool
+	// KnownOrigin is the log origin the caller verified at this address
+	// before ("" if none). A broker presenting another log fails with
+	// ErrNewLog unless AcceptNewLog is set: a broker that lost or replaced
+	// its log would otherwise start a fresh history unnoticed.
+	KnownOrigin  string
+	AcceptNewLog bool
+}
+
+// ErrNewLog reports a broker whose log is not the one verified before at
+// its address.
+var ErrNewLog = errors.New("the broker presents a different log than the one verified before at this address")
+
+// Broker is a broker that passed VerifyBroker. Its fields are what the
+// verification established.
+type Broker struct {
+	// Platform and Simulated describe the broker's evidence; Claims are its
+	// verified claims and Service the field-by-field match against the
+	// service reference values.
+	Platform  attest.Platform
+	Simulated bool
+	Claims    *attest.Claims
+	Service   *manifest.Report
+	// NoteKey is the log's note verifier key and Origin its checkpoint
+	// origin.
+	NoteKey string
+	Origin  string
+	// HPKEPublicKey is the broker's attested HPKE key (wire encoding).
+	HPKEPublicKey []byte
+	// TLSSPKISHA256 is the attested TLS key hash (pinned over TCP).
+	TLSSPKISHA256 string
+	// Checkpoint is the verified, stored checkpoint; Previous the one that
+	// was stored before (nil on first use).
+	Checkpoint tlog.SignedCheckpoint
+	Previous   *tlog.SignedCheckpoint
+	// Manifest is the broker's active manifest: the caller's own, or the
+	// last version of Followed.
+	Manifest         *manifest.Manifest
+	ManifestLogIndex uint64
+	// Followed are the versions accepted through VerifyOptions.Follow,
+	// oldest first. Empty when the broker runs the caller's manifest.
+	Followed []FollowedVersion
+
+	c   *Client
+	log *tlog.Verifier
+}
+
+// FollowedVersion is one manifest version accepted through its chain.
+type FollowedVersion struct {
+	Manifest *manifest.Manifest
+	// Signers are the fingerprints of the owners whose signatures admitted
+	// it.
+	Signers  []string
+	LogIndex uint64
+	// Changes are the differences from the version before.
+	Changes []manifest.Change
+}
+
+// NewNonce returns a fresh 32-byte nonce.
+func NewNonce() ([]byte, error) {
+	n := make([]byte, api.NonceSize)
+	if _, err := rand.Read(n); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// LogVerifier returns the client-side verifier of the log with note key
+// vkey, backed by the client's checkpoint store.
+func (c *Client) LogVerifier(vkey string) (*tlog.Verifier, error) {
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		return nil, fmt.Errorf("bad note key %q: %w", vkey, err)
+	}
+	if !strings.HasPrefix(v.Name(), tlog.OriginPrefix) {
+		return nil, fmt.Errorf("note key name %q is not a kbs log origin (%s...)", v.Name(), tlog.OriginPrefix)
+	}
+	return tlog.NewVerifier(v.Name(), vkey, c.cfg.Checkpoints)
+}
+
+// VerifyBroker checks the broker against mine, the caller's own manifest
+// (see the package documentation for every check), and stores the new
+// checkpoint only when everything holds. Failures of verification are
+// *VerifyError, *tlog.ForkError (a rolled back or forked log, carrying both
+// checkpoints) or ErrNewLog; failures to reach the broker are
+// *TransportError or *api.Error.
+func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts VerifyOptions) (*Broker, error) {
+	if c.cfg.Verifier == nil {
+		return nil, errors.New("client: VerifyBroker needs Config.Verifier")
+	}
+	if mine == nil {
+		return nil, errors.New("client: VerifyBroker needs the caller's manifest")
+	}
+	nonce, err := NewNonce()
+	if err != nil {
+		return nil, err
+	}
+	var since uint64
+	if opts.KnownOrigin != "" {
+		if last, ok, err := c.latest(opts.KnownOrigin); err != nil {
+			return nil, err
+		} else if ok {
+			since = last.Size
+		}
+	}
+	att, tlsState, err := c.Attestation(ctx, nonce, since)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeConflict && since > 0 {
+		// The broker's log is smaller than the one we verified: fetch its
+		// checkpoint anyway, to report the rollback with both checkpoints.
+		since = 0
+		att, tlsState, err = c.Attestation(ctx, nonce, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	// 1. The log key, and the binding of everything to the evidence.
+	lv, err := c.LogVerifier(att.NoteKey)
+	if err != nil {
+		return nil, &VerifyError{Step: "note key", Err: err}
+	}
+	origin := lv.Origin()
+	binding := api.BrokerBinding(nonce, att.NoteKey, att.HPKEPublicKey, att.TLSSPKISHA256, att.Checkpoint)
+	ev := attest.Evidence{Platform: attest.Platform(att.Platform), Data: att.Evidence}
+	claims, err := c.cfg.Verifier.Verify(ctx, ev, api.ReportData(binding))
+	if err != nil {
+		return nil, &VerifyError{Step: "broker evidence", Err: err}
+	}
+	if claims.Platform != ev.Platform {
+		return nil, verr("broker evidence", "platform %q claimed, evidence is %q", att.Platform, claims.Platform)
+	}
+	if att.Simulated != claims.Simulated {
+		return nil, verr("broker evidence", "the broker says simulated=%v, its evidence says simulated=%v", att.Simulated, claims.Simulated)
+	}
+	if _, err := api.ParsePublicKey(att.HPKEPublicKey); err != nil {
+		return nil, &VerifyError{Step: "broker HPKE key", Err: err}
+	}
+
+	// 2. Over TCP, the answer must have come on a connection with the
+	// attested TLS key; from now on every connection must use it.
+	if c.IsTLS() {
+		got, err := peerSPKI(tlsState)
+		if err != nil {
+			return nil, &VerifyError{Step: "TLS binding", Err: err}
+		}
+		if got != strings.ToLower(att.TLSSPKISHA256) {
+			return nil, verr("TLS binding", "the connection's TLS key %s is not the attested %s", got, att.TLSSPKISHA256)
+		}
+		c.setPin(got)
+	}
+
+	// 3. The signed checkpoint, and the log's identity at this address.
+	cp, err := lv.VerifyCheckpoint([]byte(att.Checkpoint))
+	if err != nil {
+		return nil, &VerifyError{Step: "checkpoint", Err: err}
+	}
+	if opts.KnownOrigin != "" && opts.KnownOrigin != origin && !opts.AcceptNewLog {
+		return nil, fmt.Errorf("%w: verified %s before, now %s", ErrNewLog, opts.KnownOrigin, origin)
+	}
+
+	// 4. The active manifest: the caller's, or a signed chain from it.
+	b := &Broker{
+		Platform: claims.Platform, Simulated: claims.Simulated, Claims: claims,
+		NoteKey: att.NoteKey, Origin: origin, HPKEPublicKey: att.HPKEPublicKey,
+		TLSSPKISHA256: strings.ToLower(att.TLSSPKISHA256), Checkpoint: cp,
+		ManifestLogIndex: att.Manifest.LogIndex, c: c, log: lv,
+	}
+	body := att.Manifest.Body
+	if h := manifest.HashOf(body); h != att.Manifest.Hash {
+		return nil, verr("manifest", "the broker's manifest hashes to %s, it says %s", h, att.Manifest.Hash)
+	}
+	switch {
+	case bytes.Equal(body, mine.Bytes()):
+		b.Manifest = mine
+	case !opts.Follow:
+		return nil, verr("manifest", "the broker's active manifest (version %d, %s) is not yours (version %d, %s); use --follow to accept a later version through its signed chain",
+			att.Manifest.Version, att.Manifest.Hash, mine.Version(), mine.Hash())
+	case att.Manifest.Version <= mine.Version():
+		return nil, verr("manifest", "the broker's active manifest is version %d (%s), not later than yours (version %d, %s): refusing a rollback or a divergent chain",
+			att.Manifest.Version, att.Manifest.Hash, mine.Version(), mine.Hash())
+	default:
+		if b.Followed, err = c.followChain(ctx, cp, mine, att.Manifest.Version); err != nil {
+			return nil, err
+		}
+		last := b.Followed[len(b.Followed)-1].Manifest
+		if !bytes.Equal(last.Bytes(), body) {
+			return nil, verr("manifest chain", "version %d of the history (%s) is not the active manifest (%s)", last.Version(), last.Hash(), att.Manifest.Hash)
+		}
+		b.Manifest = last
+	}
+	if b.Manifest.Version() != att.Manifest.Version {
+		return nil, verr("manifest", "the broker says version %d, the manifest is version %d", att.Manifest.Version, b.Manifest.Version())
+	}
+
+	// 5. The active manifest is in the log.
+	proof, err := toHashes(att.Manifest.InclusionProof)
+	if err != nil {
+		return nil, &VerifyError{Step: "manifest inclusion", Err: err}
+	}
+	raw := att.Manifest.Entry
+	if raw != nil {
+		if err := tlog.VerifyInclusion(cp, att.Manifest.LogIndex, raw, proof); err != nil {
+			return nil, &VerifyError{Step: "manifest inclusion", Err: err}
+		}
+	} else if raw, err = c.entryWithProof(ctx, cp, att.Manifest.LogIndex, proof); err != nil {
+		// An older broker without the entry in the answer: read it from
+		// the log's entry bundle.
+		return nil, err
+	}
+	if err := CheckManifestEntry(raw, b.Manifest); err != nil {
+		return nil, &VerifyError{Step: "manifest inclusion", Err: fmt.Errorf("log entry %d: %w", att.Manifest.LogIndex, err)}
+	}
+
+	// 6. The broker's evidence against the service reference values.
+	b.Service = b.Manifest.MatchService(ManifestClaims(claims))
+	if !b.Service.OK() {
+		return nil, &VerifyError{Step: "service reference values", Err: errors.New(b.Service.Summary())}
+	}
+
+	// 7. Consistency with the last verified checkpoint, then store.
+	if err := c.advance(ctx, lv, cp, since, att.ConsistencyProof, &b.Previous); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// latest returns the stored checkpoint of origin, if any.
+func (c *Client) latest(origin string) (tlog.SignedCheckpoint, bool, error) {
+	var raw []byte
+	err := c.cfg.Checkpoints.Update(origin, func(old []byte) ([]byte, error) {
+		raw = bytes.Clone(old)
+		return nil, nil
+	})
+	if err != nil || raw == nil {
+		return tlog.SignedCheckpoint{}, false, err
+	}
+	_, r, err := tlog.ParseCheckpoint(checkpointText(raw))
+	if err != nil {
+		return tlog.SignedCheckpoint{}, false, fmt.Errorf("client: stored checkpoint of %s: %w", origin, err)
+	}
+	return tlog.SignedCheckpoint{Origin: origin, Root: r, Note: raw}, true, nil
+}
+
+// checkpointText returns the signed text of a note (before the blank line).
+func checkpointText(n []byte) []byte {
+	if i := bytes.Index(n, []byte("\n\n")); i >= 0 {
+		return n[:i+1]
+	}
+	return n
+}
+
+// advance checks that cp is consistent with the stored checkpoint of lv's
+// log and stores cp when it is newer. proof is a consistency proof from
+// size since (as the attestation carried it); another proof is fetched
+// when the stored size differs. A stored checkpoint larger than cp is a
+// rollback (*tlog.ForkError).
+func (c *Client) advance(ctx context.Context, lv *tlog.Verifier, cp tlog.SignedCheckpoint, since uint64, rawProof [][]byte, prev **tlog.SignedCheckpoint) error {
+	last, ok, err := lv.Latest()
+	if err != nil {
+		return err
+	}
+	var proof []tlog.Hash
+	if ok {
+		if prev != nil {
+			l := last
+			*prev = &l
+		}
+		switch {
+		case last.Size > cp.Size:
+			// A rollback: CheckConsistency reports it with both checkpoints.
+		case last.Size == since && rawProof != nil:
+			if proof, err = toHashes(rawProof); err != nil {
+				return &VerifyError{Step: "consistency proof", Err: err}
+			}
+		default:
+			if proof, err = c.ConsistencyProof(ctx, last.Size, cp.Size); err != nil {
+				return err
+			}
+		}
+		if err := tlog.CheckConsistency(last, cp, proof); err != nil {
+			return err
+		}
+	}
+	_, err = lv.Update(cp.Note, proof)
+	return err
+}
+
+// followChain verifies the versions after mine up to version to: each in
+// the broker's history, signed by the owners of the version before, and
+// included in the log of the verified checkpoint cp.
+func (c *Client) followChain(ctx context.Context, cp tlog.SignedCheckpoint, mine *manifest.Manifest, to uint64) ([]FollowedVersion, error) {
+	hist, err := c.ManifestHistory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byVersion := map[uint64]api.Manifest{}
+	for _, h := range hist.Manifests {
+		byVersion[h.Version] = h
+	}
+	if h, ok := byVersion[mine.Version()]; !ok || h.Hash != mine.Hash() {
+		return nil, verr("manifest chain", "your manifest (version %d, %s) is not in the broker's history", mine.Version(), mine.Hash())
+	}
+	var out []FollowedVersion
+	prev := mine
+	for v := mine.Version() + 1; v <= to; v++ {
+		h, ok := byVersion[v]
+		if !ok {
+			return nil, verr("manifest chain", "version %d is missing from the broker's history", v)
+		}
+		next, err := manifest.Parse(h.Body)
+		if err != nil {
+			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d: %w", v, err)}
+		}
+		if next.Version() != v {
+			return nil, verr("manifest chain", "history entry %d holds version %d", v, next.Version())
+		}
+		signers, err := manifest.Verify(prev, next, h.Signatures)
+		if err != nil {
+			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d: %w", v, err)}
+		}
+		raw, err := c.Entry(ctx, cp, h.LogIndex)
+		if err != nil {
+			return nil, err
+		}
+		if err := CheckManifestEntry(raw, next); err != nil {
+			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d at log index %d: %w", v, h.LogIndex, err)}
+		}
+		out = append(out, FollowedVersion{Manifest: next, Signers: signers, LogIndex: h.LogIndex, Changes: manifest.Diff(prev, next)})
+		prev = next
+	}
+	return out, nil
+}
+
+// CheckManifestEntry checks that raw is the log entry recording m.
+func CheckManifestEntry(raw []byte, m *manifest.Manifest) error {
+	e, err := tlog.DecodeEntry(raw)
+	if err != nil {
+		return err
+	}
+	if e.Type != tlog.TypeManifest {
+		return fmt.Errorf("entry is a %s entry, not a manifest entry", e.Type)
+	}
+	me := e.Manifest
+	if me.Version != m.Version() || me.Hash != m.Hash() || !bytes.Equal(me.Body, m.Bytes()) {
+		return fmt.Errorf("entry records version %d (%s), not version %d (%s)", me.Version, me.Hash, m.Version(), m.Hash())
+	}
+	return nil
+}
+
+// ManifestClaims maps verified attestation claims to the manifest's
+// platform-neutral claims, field by field.
+func ManifestClaims(c *attest.Claims) *manifest.Claims {
+	mc := &manifest.Claims{Platform: string(c.Platform), Simulated: c.Simulated, Measurement: c.Measurement}
+	if s := c.SNP; s != nil {
+		mc.SNP = &manifest.SNPClaims{
+			Policy: s.Policy, VMPL: s.VMPL, FamilyID: s.FamilyID, ImageID: s.ImageID,
+			CurrentTCB: s.CurrentTCB, ReportedTCB: s.ReportedTCB, CommittedTCB: s.CommittedTCB, LaunchTCB: s.LaunchTCB,
+			GuestSVN: s.GuestSVN, Product: s.Product, ChipID: s.ChipID, HostData: s.HostData,
+		}
+	}
+	if t := c.TDX; t != nil {
+		mc.TDX = &manifest.TDXClaims{
+			MRTD: t.MRTD, RTMR: t.RTMR, MRConfigID: t.MRConfigID, MROwner: t.MROwner, MROwnerConfig: t.MROwnerConfig,
+			XFAM: t.XFAM, TDAttributes: t.TDAttributes, TEETCBSVN: t.TEETCBSVN, MRSeam: t.MRSeam,
+		}
+	}
+	return mc
+}

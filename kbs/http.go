@@ -1,0 +1,211 @@
+package kbs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/keystore"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+// handlerFunc is an API handler: it writes a success answer itself, or
+// returns an error that writeError maps to a status and an api.ErrorBody.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// Handler returns the broker's HTTP handler: every endpoint of the API, the
+// log tiles, /healthz and /metrics.
+func (b *Broker) Handler() http.Handler {
+	mux := http.NewServeMux()
+	route := func(pattern, name string, h handlerFunc) {
+		mux.HandleFunc(pattern, b.wrap(name, h))
+	}
+	route("GET "+api.PathAttestation, "attestation", b.handleAttestation)
+	route("GET "+api.PathManifest, "manifest", b.handleGetManifest)
+	route("GET "+api.PathManifestHistory, "manifest_history", b.handleManifestHistory)
+	route("PUT "+api.PathManifest, "manifest_put", b.handlePutManifest)
+	route("POST "+api.PathKeys, "key_upload", b.handleUpload)
+	route("GET "+api.PathKeys, "key_list", b.handleListKeys)
+	route("DELETE "+api.PathKeys+"/{id...}", "key_delete", b.handleDelete)
+	route("POST "+api.PathChallenge, "challenge", b.handleChallenge)
+	route("POST "+api.PathRelease, "release", b.handleRelease)
+	route("GET "+api.PathLogProof, "log_proof", b.handleLogProof)
+	route("GET "+api.PathLogConsistency, "log_consistency", b.handleLogConsistency)
+	// C2SP tlog-tiles, served by the log package with its own errors.
+	tiles := tlog.NewHandler(b.cfg.Log)
+	mux.HandleFunc("GET "+api.PathLogPrefix, func(w http.ResponseWriter, r *http.Request) {
+		b.m.request("log_tiles", "served")
+		tiles.ServeHTTP(w, r)
+	})
+	mux.HandleFunc("GET "+api.PathHealth, b.handleHealth)
+	mux.HandleFunc("GET "+api.PathMetrics, b.handleMetrics)
+	return &notFound{mux: mux, b: b}
+}
+
+// notFound turns the mux's text 404 and 405 answers into JSON errors.
+type notFound struct {
+	mux *http.ServeMux
+	b   *Broker
+}
+
+func (m *notFound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := m.mux.Handler(r); pattern != "" {
+		m.mux.ServeHTTP(w, r)
+		return
+	}
+	for _, method := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		r2 := r.Clone(r.Context())
+		r2.Method = method
+		if _, pattern := m.mux.Handler(r2); pattern != "" {
+			m.b.writeError(w, r, "other", api.Errorf(api.CodeMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+			return
+		}
+	}
+	m.b.writeError(w, r, "other", api.Errorf(api.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+}
+
+// wrap adds error mapping and request counting to h.
+func (b *Broker) wrap(route string, h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			b.writeError(w, r, route, err)
+			return
+		}
+		b.m.request(route, "ok")
+	}
+}
+
+// writeError is the one place where errors become HTTP statuses. API errors
+// keep their code and message. Known sentinels map to their codes. Anything
+// else is a 500 with a generic message; its details go to the log only.
+func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string, err error) {
+	var (
+		ae    *api.Error
+		se    *statusError
+		mbe   *http.MaxBytesError
+		cause error
+	)
+	switch {
+	case errors.As(err, &se):
+		ae, cause = se.err, se.cause
+	case errors.As(err, &ae):
+	case errors.As(err, &mbe):
+		ae = api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", mbe.Limit)
+	case errors.Is(err, keystore.ErrNotFound):
+		ae = api.Errorf(api.CodeNotFound, "%v", err)
+	case errors.Is(err, keystore.ErrVersion):
+		ae = api.Errorf(api.CodeConflict, "%v", err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		ae, cause = api.Errorf(api.CodeUnavailable, "request canceled or timed out"), err
+	default:
+		ae, cause = api.Errorf(api.CodeInternal, "internal error"), err
+	}
+	status := api.StatusOf(ae.Code)
+	args := []any{"method", r.Method, "path", r.URL.Path, "status", status, "code", ae.Code, "message", ae.Message}
+	if cause != nil {
+		args = append(args, "cause", cause.Error())
+	}
+	if status >= 500 {
+		b.log.Error("request failed", args...)
+	} else {
+		b.log.Debug("request rejected", args...)
+	}
+	b.m.request(route, ae.Code)
+	writeJSON(w, status, api.ErrorBody{Error: &api.Error{Code: ae.Code, Message: ae.Message}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body = []byte(`{"error":{"code":"internal","message":"couldn't encode the answer"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
+
+// decodeBody reads at most limit bytes of r's body and decodes it strictly
+// into v: one JSON object, no unknown fields, nothing after it.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", limit)
+		}
+		return api.Errorf(api.CodeBadRequest, "couldn't read the request body: %v", err)
+	}
+	return decodeJSON(body, v)
+}
+
+// decodeJSON is the strict decoder of every request body. It is separate
+// from decodeBody so the fuzz targets reach it directly.
+func decodeJSON(body []byte, v any) error {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return api.Errorf(api.CodeBadRequest, "empty request body")
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return api.Errorf(api.CodeBadRequest, "malformed JSON body: %v", err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return api.Errorf(api.CodeBadRequest, "malformed JSON body: data after the object")
+	}
+	return nil
+}
+
+// queryUint parses an optional unsigned decimal query parameter.
+func queryUint(r *http.Request, name string) (v uint64, present bool, err error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return 0, false, nil
+	}
+	v, err = strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, true, api.Errorf(api.CodeBadRequest, "parameter %s: %q is not an unsigned decimal integer", name, s)
+	}
+	return v, true, nil
+}
+
+func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if b.closing.Load() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if _, err := b.cfg.Log.Checkpoint(ctx); err != nil {
+		http.Error(w, "log unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if b.appendFailing.Load() {
+		http.Error(w, "log appends are failing", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "ok")
+}
+
+func (b *Broker) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	var g gauges
+	if cp, err := b.cfg.Log.Checkpoint(r.Context()); err == nil {
+		g.treeSize = cp.Size
+	}
+	g.pendingNonces = b.nonces.len()
+	if am := b.active.Load(); am != nil {
+		g.manifestVer = am.rec.Version
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	b.m.write(w, g)
+}

@@ -1,0 +1,195 @@
+package kbs
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/google/go-sev-guest/kds"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+// handleChallenge serves POST /v1/release/challenge: a fresh single-use
+// nonce for one release.
+func (b *Broker) handleChallenge(w http.ResponseWriter, r *http.Request) error {
+	if !b.limit.allow() {
+		return api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
+	}
+	nonce, exp, ok := b.nonces.issue()
+	if !ok {
+		return api.Errorf(api.CodeRateLimited, "too many pending challenges; retry after some expire")
+	}
+	writeJSON(w, http.StatusOK, api.Challenge{Nonce: nonce[:], Expires: exp.UTC()})
+	return nil
+}
+
+// checkReleaseRequest validates the shape of a release request.
+func checkReleaseRequest(req *api.ReleaseRequest) error {
+	if req.Platform != string(attest.SNP) && req.Platform != string(attest.TDX) {
+		return api.Errorf(api.CodeBadRequest, "platform %q: want snp or tdx", req.Platform)
+	}
+	if len(req.Nonce) != api.NonceSize {
+		return api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(req.Nonce), api.NonceSize)
+	}
+	if len(req.Evidence) == 0 {
+		return api.Errorf(api.CodeBadRequest, "no evidence")
+	}
+	if len(req.KeyIDs) == 0 || len(req.KeyIDs) > api.MaxReleaseKeys {
+		return api.Errorf(api.CodeBadRequest, "%d key ids: want 1 to %d", len(req.KeyIDs), api.MaxReleaseKeys)
+	}
+	seen := map[string]bool{}
+	for _, id := range req.KeyIDs {
+		if err := api.ValidKeyID(id); err != nil {
+			return api.Errorf(api.CodeBadRequest, "%v", err)
+		}
+		if seen[id] {
+			return api.Errorf(api.CodeBadRequest, "key id %q requested twice", id)
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
+// handleRelease serves POST /v1/release. The order is the security
+// argument: consume the nonce, verify the evidence and its binding to the
+// worker's key, match the manifest's class and key policy, read the keys,
+// append the release entry durably, and only then seal the keys to the
+// worker key and answer with the receipt.
+func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
+	start := time.Now()
+	var req api.ReleaseRequest
+	if err := decodeBody(w, r, api.MaxReleaseBody, &req); err != nil {
+		return err
+	}
+	if err := checkReleaseRequest(&req); err != nil {
+		return err
+	}
+	workerKey, err := api.ParsePublicKey(req.HPKEPublicKey)
+	if err != nil {
+		return api.Errorf(api.CodeBadRequest, "hpke_public_key: %v", err)
+	}
+	if !b.nonces.consume(req.Nonce) {
+		return api.Errorf(api.CodeNonceInvalid, "nonce unknown, already used or expired; get a new one from %s", api.PathChallenge)
+	}
+	ctx := r.Context()
+	rd := api.ReportData(api.WorkerBinding(req.Nonce, req.HPKEPublicKey))
+	claims, err := b.cfg.Verifier.Verify(ctx, attest.Evidence{Platform: attest.Platform(req.Platform), Data: req.Evidence}, rd)
+	if err != nil {
+		return api.Errorf(api.CodeEvidenceRejected, "%v", err)
+	}
+	am := b.active.Load()
+	class, _, err := am.m.AuthorizeRelease(ManifestClaims(claims), req.KeyIDs)
+	if err != nil {
+		return api.Errorf(api.CodePolicyDenied, "%v", err)
+	}
+	keys := make([]tlogKey, len(req.KeyIDs))
+	for i, id := range req.KeyIDs {
+		k, err := b.cfg.Keys.Get(id)
+		if err != nil {
+			return err
+		}
+		keys[i] = tlogKey{ref: tlog.KeyRef{ID: k.ID, Version: k.Version}, material: k.Material}
+	}
+	defer func() {
+		for _, k := range keys {
+			clear(k.material)
+		}
+	}()
+	entry, err := tlog.EncodeEntry(&tlog.Entry{
+		Type:    tlog.TypeRelease,
+		Time:    b.now(),
+		Release: releaseEntry(claims, class, keys, req.HPKEPublicKey, am.rec.Hash),
+	})
+	if err != nil {
+		return fmt.Errorf("couldn't encode the release entry: %w", err)
+	}
+	idx, cp, err := b.append(ctx, entry)
+	if err != nil {
+		return logUnavailable(err)
+	}
+	ans := api.Release{LogIndex: idx, Class: class, Keys: make([]api.ReleasedKey, len(keys))}
+	for i, k := range keys {
+		sealed, err := api.SealTo(workerKey, api.ReleaseInfo(k.ref.ID, k.ref.Version, idx), k.material)
+		if err != nil {
+			return fmt.Errorf("couldn't seal key %q: %w", k.ref.ID, err)
+		}
+		ans.Keys[i] = api.ReleasedKey{ID: k.ref.ID, Version: k.ref.Version, Sealed: sealed}
+	}
+	if ans.Receipt, err = b.receipt(ctx, entry, idx, cp); err != nil {
+		return err
+	}
+	b.m.releases.Add(1)
+	b.m.keysOut.Add(uint64(len(keys)))
+	b.m.releaseLatency(time.Since(start))
+	b.log.Info("released keys", "class", class, "keys", len(keys), "platform", req.Platform, "log_index", idx)
+	writeJSON(w, http.StatusOK, ans)
+	return nil
+}
+
+type tlogKey struct {
+	ref      tlog.KeyRef
+	material []byte
+}
+
+func releaseEntry(c *attest.Claims, class string, keys []tlogKey, workerKey []byte, manifestHash string) *tlog.ReleaseEntry {
+	refs := make([]tlog.KeyRef, len(keys))
+	for i, k := range keys {
+		refs[i] = k.ref
+	}
+	e := &tlog.ReleaseEntry{
+		Keys:            refs,
+		WorkerClass:     class,
+		Platform:        string(c.Platform),
+		Simulated:       c.Simulated,
+		Measurement:     hex.EncodeToString(c.Measurement),
+		EvidenceDigest:  digestString(c.EvidenceDigest),
+		WorkerKeyDigest: digestString(sha256.Sum256(workerKey)),
+		ManifestHash:    manifestHash,
+	}
+	switch {
+	case c.SNP != nil:
+		e.ChipID = hex.EncodeToString(c.SNP.ChipID)
+		e.TCB = snpTCB(c.SNP.Product, c.SNP.ReportedTCB)
+	case c.TDX != nil:
+		e.TCB = "tee_tcb_svn=" + hex.EncodeToString(c.TDX.TEETCBSVN)
+	}
+	return e
+}
+
+// snpTCB formats a reported TCB_VERSION: by component for the Milan and
+// Genoa layout, in hex for others (Turin's layout differs).
+func snpTCB(product string, tcb uint64) string {
+	switch product {
+	case "Milan", "Genoa":
+		p := kds.DecomposeTCBVersion(kds.TCBVersion(tcb))
+		return fmt.Sprintf("bl=%d,tee=%d,snp=%d,ucode=%d", p.BlSpl, p.TeeSpl, p.SnpSpl, p.UcodeSpl)
+	default:
+		return fmt.Sprintf("reported_tcb=%016x", tcb)
+	}
+}
+
+// ManifestClaims maps verified attestation claims to the manifest's
+// platform-neutral claims, field by field.
+func ManifestClaims(c *attest.Claims) *manifest.Claims {
+	mc := &manifest.Claims{Platform: string(c.Platform), Simulated: c.Simulated, Measurement: c.Measurement}
+	if s := c.SNP; s != nil {
+		mc.SNP = &manifest.SNPClaims{
+			Policy: s.Policy, VMPL: s.VMPL, FamilyID: s.FamilyID, ImageID: s.ImageID,
+			CurrentTCB: s.CurrentTCB, ReportedTCB: s.ReportedTCB, CommittedTCB: s.CommittedTCB, LaunchTCB: s.LaunchTCB,
+			GuestSVN: s.GuestSVN, Product: s.Product, ChipID: s.ChipID, HostData: s.HostData,
+		}
+	}
+	if t := c.TDX; t != nil {
+		mc.TDX = &manifest.TDXClaims{
+			MRTD: t.MRTD, RTMR: t.RTMR, MRConfigID: t.MRConfigID, MROwner: t.MROwner, MROwnerConfig: t.MROwnerConfig,
+			XFAM: t.XFAM, TDAttributes: t.TDAttributes, TEETCBSVN: t.TEETCBSVN, MRSeam: t.MRSeam,
+		}
+	}
+	return mc
+}

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# trillian.sh — run a private Trillian log (trillian_log_server +
+# trillian_log_signer on PostgreSQL) on loopback, for tests, benchmarks and
+# demos of kbs's Trillian log backend.
+#
+#   scripts/trillian.sh up      start PostgreSQL, load Trillian's schema, start
+#                               the log server and signer, create a log tree;
+#                               prints the environment (see `env`)
+#   scripts/trillian.sh env     print the environment of the running stack:
+#                               KBS_TRILLIAN_ADDR, KBS_TRILLIAN_TREE_ID, ...
+#   scripts/trillian.sh newtree create one more log tree, print its id
+#   scripts/trillian.sh down    stop everything and delete the run directory
+#   scripts/trillian.sh build   only build (or find) the Trillian binaries
+#
+# Nothing here touches the system's PostgreSQL service: the script runs its
+# own cluster in $TRILLIAN_RUN_DIR (default .cache/trillian in the repository),
+# listening only on 127.0.0.1, as the `postgres` user when run as root. Missing
+# PostgreSQL is installed from Debian's packages with apt-get (root only).
+#
+# Trillian's binaries are built from the module cache at the version go.mod
+# pins, once, into $KBS_CACHE_DIR/trillian-<version>/bin (default
+# ~/.cache/kbs), so clean clones on the same machine reuse them.
+#
+# Environment (all optional):
+#   TRILLIAN_RUN_DIR   run directory (database, logs, pid files, env file)
+#   KBS_CACHE_DIR      cache of built binaries
+#   TRILLIAN_PG_PORT, TRILLIAN_RPC_PORT, TRILLIAN_HTTP_PORT,
+#   TRILLIAN_SIGNER_HTTP_PORT   loopback ports (default: the first free ones
+#                               from 25432 and 28090 up; the signer's own
+#                               gRPC port is the next free one)
+#   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 10ms; Trillian's
+#                               own default is 100ms)
+#   TRILLIAN_BATCH_SIZE         leaves per sequencing pass (default 1000)
+#
+# The servers run with --quota_system=noop: a private test stack needs no
+# admission control (production deployments may prefer Trillian's quotas).
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+run_dir="${TRILLIAN_RUN_DIR:-$repo/.cache/trillian}"
+cache_root="${KBS_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/kbs}"
+export PATH="/usr/local/go/bin:$PATH"
+
+die() { echo "trillian.sh: $*" >&2; exit 1; }
+log() { echo "trillian.sh: $*" >&2; }
+
+trillian_version() {
+  (cd "$repo" && go list -m -f '{{.Version}}' github.com/google/trillian)
+}
+
+bin_dir() { echo "$cache_root/trillian-$(trillian_version)/bin"; }
+
+# build makes sure trillian_log_server, trillian_log_signer and createtree
+# exist for the pinned version; it builds them inside Trillian's own module
+# (its go.mod and go.sum), so none of its dependencies enter kbs's module.
+build() {
+  local v dir out
+  v="$(trillian_version)"
+  out="$(bin_dir)"
+  if [ -x "$out/trillian_log_server" ] && [ -x "$out/trillian_log_signer" ] && [ -x "$out/createtree" ]; then
+    echo "$out"
+    return
+  fi
+  dir="$(cd "$repo" && go mod download -json "github.com/google/trillian@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$dir" ] || die "couldn't find github.com/google/trillian@$v in the module cache"
+  log "building Trillian $v binaries into $out (first time only; a few minutes)"
+  mkdir -p "$out.tmp"
+  (cd "$dir" && GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp/" \
+    ./cmd/trillian_log_server ./cmd/trillian_log_signer ./cmd/createtree) >&2
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+pg_bin() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+ensure_postgres() {
+  if pg_bin >/dev/null; then return; fi
+  [ "$(id -u)" = 0 ] || die "PostgreSQL is not installed; run as root or: apt-get install postgresql"
+  log "installing PostgreSQL from Debian's packages"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >&2
+  pg_bin >/dev/null || die "PostgreSQL install failed"
+}
+
+# as_db runs a command as the database's owner: PostgreSQL refuses to run as root.
+as_db() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+free_port() {
+  local p="$1"
+  while ! port_free "$p"; do p=$((p + 1)); done
+  echo "$p"
+}
+
+wait_port() {
+  local port="$1" what="$2" i
+  for i in $(seq 1 200); do
+    if ! port_free "$port"; then return; fi
+    sleep 0.1
+  done
+  die "$what did not start listening on 127.0.0.1:$port (see $run_dir/*.log)"
+}
+
+start_bg() { # name, command...
+  local name="$1"; shift
+  nohup "$@" >"$run_dir/$name.log" 2>&1 &
+  echo $! >"$run_dir/$name.pid"
+}
+
+create_tree() {
+  local bins="$1" addr="$2" id
+  id="$("$bins/createtree" --admin_server="$addr" --tree_type=LOG \
+    --display_name=kbs --max_root_duration=0s 2>>"$run_dir/createtree.log")"
+  [[ "$id" =~ ^[0-9]+$ ]] || die "createtree failed: $(tail -5 "$run_dir/createtree.log")"
+  echo "$id"
+}
+
+up() {
+  if [ -f "$run_dir/env" ]; then
+    log "already running ($run_dir); use 'down' first"
+    cat "$run_dir/env"
+    return
+  fi
+  local bins pg v
+  bins="$(build)"
+  ensure_postgres
+  pg="$(pg_bin)"
+  v="$(trillian_version)"
+  rm -rf "$run_dir"
+  mkdir -p "$run_dir"
+  chmod 755 "$run_dir"
+
+  # From here on, a failure stops whatever was started.
+  trap 'st=$?; if [ $st -ne 0 ]; then down; fi; exit $st' EXIT
+
+  local pg_port rpc_port http_port signer_port signer_rpc_port
+  pg_port="${TRILLIAN_PG_PORT:-$(free_port 25432)}"
+  rpc_port="${TRILLIAN_RPC_PORT:-$(free_port 28090)}"
+  http_port="${TRILLIAN_HTTP_PORT:-$(free_port $((rpc_port + 1)))}"
+  signer_port="${TRILLIAN_SIGNER_HTTP_PORT:-$(free_port $((http_port + 1)))}"
+  signer_rpc_port="$(free_port $((signer_port + 1)))"
+
+  # A private cluster: loopback only, trust authentication (nothing but this
+  # machine can connect), fsync and synchronous commit left on (durable).
+  mkdir -p "$run_dir/pg"
+  [ "$(id -u)" = 0 ] && chown postgres: "$run_dir/pg"
+  as_db "$pg/initdb" -D "$run_dir/pg/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
+    die "initdb failed: $(tail -5 "$run_dir/initdb.log")"
+  as_db "$pg/pg_ctl" -D "$run_dir/pg/data" -l "$run_dir/pg/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$run_dir/pg' -c max_connections=200" \
+    start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$run_dir/pg/postgres.log" 2>/dev/null)"
+  echo "$pg" >"$run_dir/pg_bin"
+
+  local psql=("$pg/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
+  "${psql[@]}" -d postgres -c "CREATE DATABASE trillian;" >/dev/null
+  local dir
+  dir="$(cd "$repo" && go mod download -json "github.com/google/trillian@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  "${psql[@]}" -d trillian -f "$dir/storage/postgresql/schema/storage.sql" >"$run_dir/schema.log" 2>&1 ||
+    die "loading Trillian's schema failed: $(tail -5 "$run_dir/schema.log")"
+
+  local uri="postgresql:///trillian?host=127.0.0.1&port=$pg_port&user=postgres&sslmode=disable"
+  local common=(--storage_system=postgresql --quota_system=noop --postgresql_uri="$uri" --logtostderr)
+  start_bg log_server "$bins/trillian_log_server" "${common[@]}" \
+    --rpc_endpoint="127.0.0.1:$rpc_port" --http_endpoint="127.0.0.1:$http_port"
+  wait_port "$rpc_port" trillian_log_server
+  start_bg log_signer "$bins/trillian_log_signer" "${common[@]}" \
+    --force_master --election_system=noop \
+    --rpc_endpoint="127.0.0.1:$signer_rpc_port" --http_endpoint="127.0.0.1:$signer_port" \
+    --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-10ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-1000}"
+  wait_port "$signer_port" trillian_log_signer
+
+  local tree
+  tree="$(create_tree "$bins" "127.0.0.1:$rpc_port")"
+  cat >"$run_dir/env" <<EOF
+KBS_TRILLIAN_ADDR=127.0.0.1:$rpc_port
+KBS_TRILLIAN_TREE_ID=$tree
+KBS_TRILLIAN_POSTGRESQL_URI=$uri
+KBS_TRILLIAN_RUN_DIR=$run_dir
+EOF
+  log "Trillian $v up: log server 127.0.0.1:$rpc_port, PostgreSQL 127.0.0.1:$pg_port, tree $tree"
+  cat "$run_dir/env"
+}
+
+stop_pid() { # name
+  local f="$run_dir/$1.pid" pid i
+  [ -f "$f" ] || return 0
+  pid="$(cat "$f")"
+  if kill -TERM "$pid" 2>/dev/null; then
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+down() {
+  [ -d "$run_dir" ] || { log "not running"; return; }
+  stop_pid log_signer
+  stop_pid log_server
+  if [ -f "$run_dir/pg_bin" ] && [ -d "$run_dir/pg/data" ]; then
+    as_db "$(cat "$run_dir/pg_bin")/pg_ctl" -D "$run_dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$run_dir"
+  log "stopped"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  env) [ -f "$run_dir/env" ] || die "not running (scripts/trillian.sh up)"; cat "$run_dir/env" ;;
+  newtree)
+    [ -f "$run_dir/env" ] || die "not running (scripts/trillian.sh up)"
+    # shellcheck disable=SC1091
+    . "$run_dir/env"
+    create_tree "$(build)" "$KBS_TRILLIAN_ADDR" ;;
+  build) build ;;
+  *) echo "usage: $0 up|down|env|newtree|build" >&2; exit 2 ;;
+esac

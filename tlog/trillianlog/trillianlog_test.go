@@ -1,0 +1,336 @@
+package trillianlog
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/trillian"
+	"github.com/kbs-dev/kbs/tlog"
+	"github.com/kbs-dev/kbs/tlog/tlogtest"
+	"github.com/transparency-dev/merkle/proof"
+	"golang.org/x/mod/sumdb/note"
+	sumdb "golang.org/x/mod/sumdb/tlog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// These tests run against a real trillian_log_server and
+// trillian_log_signer: `make test-trillian` starts them (with PostgreSQL)
+// and sets KBS_TRILLIAN_ADDR. Without it they are skipped.
+
+const testOrigin = tlog.OriginPrefix + "trillian-test"
+
+func testSigner(t testing.TB) (*tlog.CheckpointSigner, note.Verifier) {
+	t.Helper()
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, ed25519.SeedSize))
+	s, v, _, err := tlog.NewEd25519NoteKeys(testOrigin, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := tlog.NewCheckpointSigner(testOrigin, s, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, v
+}
+
+// trillianConn returns a connection to the Trillian named by
+// KBS_TRILLIAN_ADDR, or skips the test.
+func trillianConn(t *testing.T) (string, *grpc.ClientConn) {
+	t.Helper()
+	addr := os.Getenv("KBS_TRILLIAN_ADDR")
+	if addr == "" {
+		t.Skip("no Trillian: set KBS_TRILLIAN_ADDR, or run `make test-trillian` (starts PostgreSQL and Trillian)")
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return addr, conn
+}
+
+func newTree(t *testing.T, conn *grpc.ClientConn) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id, err := CreateTree(ctx, conn, "kbs-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Deleted trees leave the signer's rounds; tests create many.
+	t.Cleanup(func() {
+		trillian.NewTrillianAdminClient(conn).DeleteTree(context.Background(), &trillian.DeleteTreeRequest{TreeId: id})
+	})
+	return id
+}
+
+func TestConformance(t *testing.T) {
+	addr, conn := trillianConn(t)
+	signer, v := testSigner(t)
+	cfgs := map[tlog.Backend]Config{}
+	open := func(t *testing.T, cfg Config) *Log {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		l, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfgs[l] = cfg
+		return l
+	}
+	tlogtest.Run(t, tlogtest.Harness{
+		Origin:   testOrigin,
+		Verifier: v,
+		New: func(t *testing.T) tlog.Backend {
+			return open(t, Config{
+				Addr:      addr,
+				TreeID:    newTree(t, conn),
+				Signer:    signer,
+				StatePath: filepath.Join(t.TempDir(), "trillian-state.json"),
+			})
+		},
+		Reopen: func(t *testing.T, b tlog.Backend) tlog.Backend {
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return open(t, cfgs[b])
+		},
+	})
+}
+
+// TestIdenticalEntries checks that identical entries are logged as distinct
+// leaves, although Trillian deduplicates identical leaves by default.
+func TestIdenticalEntries(t *testing.T) {
+	addr, conn := trillianConn(t)
+	signer, _ := testSigner(t)
+	ctx := context.Background()
+	l, err := New(ctx, Config{Addr: addr, TreeID: newTree(t, conn), Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e := []byte(`{"type":"key-delete"}`)
+	seen := map[uint64]bool{}
+	for range 3 {
+		i, cp, err := l.Append(ctx, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[i] {
+			t.Fatalf("Append of an identical entry returned index %d again", i)
+		}
+		seen[i] = true
+		p, err := l.InclusionProof(ctx, i, cp.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := proof.VerifyInclusion(hasher, i, cp.Size, hasher.HashLeaf(e), hashesOf(p), cp.Hash[:]); err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+	}
+	got, err := l.Entries(ctx, 0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range got {
+		if !bytes.Equal(g, e) {
+			t.Errorf("entry %d = %q, want %q", i, g, e)
+		}
+	}
+}
+
+func hashesOf(p []tlog.Hash) [][]byte {
+	out := make([][]byte, len(p))
+	for i := range p {
+		out[i] = p[i][:]
+	}
+	return out
+}
+
+// TestRefusesForeignTree checks that a state file pointed at a Trillian
+// tree that does not extend its checkpoint (another tree, as after a
+// database restored from the wrong backup) is refused with ErrConflict,
+// and that a non-empty tree without state is refused unless adopted.
+func TestRefusesForeignTree(t *testing.T) {
+	addr, conn := trillianConn(t)
+	signer, _ := testSigner(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	appendN := func(tree int64, state string, n int, tag string) tlog.SignedCheckpoint {
+		t.Helper()
+		l, err := New(ctx, Config{Addr: addr, TreeID: tree, Signer: signer, StatePath: state})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		var cp tlog.SignedCheckpoint
+		for i := range n {
+			if _, cp, err = l.Append(ctx, []byte(tag+string(rune('a'+i)))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return cp
+	}
+	treeA, treeB, treeC := newTree(t, conn), newTree(t, conn), newTree(t, conn)
+	stateA, stateB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	appendN(treeA, stateA, 3, "A")
+	appendN(treeB, stateB, 5, "B") // longer, different leaves
+	appendN(treeC, filepath.Join(dir, "c"), 1, "A")
+
+	for _, tc := range []struct {
+		name string
+		tree int64
+	}{
+		{"longer tree with other leaves", treeB},
+		{"shorter tree", treeC},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Rewrite A's state as if it belonged to the other tree.
+			st, err := readState(stateA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.TreeID = tc.tree
+			forged := filepath.Join(t.TempDir(), "state")
+			if err := writeState(forged, st); err != nil {
+				t.Fatal(err)
+			}
+			l, err := New(ctx, Config{Addr: addr, TreeID: tc.tree, Signer: signer, StatePath: forged})
+			if err == nil {
+				l.Close()
+				t.Fatal("New accepted a tree that does not extend the signed checkpoint")
+			}
+			if !errors.Is(err, tlog.ErrConflict) {
+				t.Fatalf("New: err = %v, want ErrConflict", err)
+			}
+		})
+	}
+
+	t.Run("state of another tree", func(t *testing.T) {
+		_, err := New(ctx, Config{Addr: addr, TreeID: treeB, Signer: signer, StatePath: stateA})
+		if err == nil || !strings.Contains(err.Error(), "belongs to tree") {
+			t.Fatalf("New with tree A's state on tree B: err = %v", err)
+		}
+	})
+
+	t.Run("adopt", func(t *testing.T) {
+		fresh := filepath.Join(t.TempDir(), "state")
+		if _, err := New(ctx, Config{Addr: addr, TreeID: treeB, Signer: signer, StatePath: fresh}); err == nil {
+			t.Fatal("New adopted a non-empty tree without Adopt")
+		}
+		l, err := New(ctx, Config{Addr: addr, TreeID: treeB, Signer: signer, StatePath: fresh, Adopt: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		cp, _ := l.Checkpoint(ctx)
+		want, err := readState(stateB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(cp.Note, want.Checkpoint) {
+			t.Fatalf("adopted checkpoint\n%s\ndiffers from the one signed while appending\n%s", cp.Note, want.Checkpoint)
+		}
+	})
+}
+
+// TestTilesFromTrillian checks tiles computed from leaves fetched from
+// Trillian (a fresh Log with a tiny cache, adopting a tree another Log
+// wrote) against tiles computed from the entries by golang.org/x/mod's
+// sumdb/tlog, and against the writer's cached tiles.
+func TestTilesFromTrillian(t *testing.T) {
+	addr, conn := trillianConn(t)
+	signer, _ := testSigner(t)
+	ctx := context.Background()
+	tree := newTree(t, conn)
+	w, err := New(ctx, Config{Addr: addr, TreeID: tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "w")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const n, workers = 700, 35
+	errs := make(chan error, workers)
+	for g := range workers {
+		go func() {
+			for i := range n / workers {
+				_, _, err := w.Append(ctx, fmt.Appendf(nil, "entry %d/%d", g, i))
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp, _ := w.Checkpoint(ctx)
+	if cp.Size != n {
+		t.Fatalf("checkpoint size %d, want %d", cp.Size, n)
+	}
+	entries, err := w.Entries(ctx, 0, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []sumdb.Hash
+	for i, e := range entries {
+		hs, err := sumdb.StoredHashes(int64(i), e, sumdb.HashReaderFunc(func(idx []int64) ([]sumdb.Hash, error) {
+			out := make([]sumdb.Hash, len(idx))
+			for j, x := range idx {
+				out[j] = stored[x]
+			}
+			return out, nil
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, hs...)
+	}
+	reader := sumdb.HashReaderFunc(func(idx []int64) ([]sumdb.Hash, error) {
+		out := make([]sumdb.Hash, len(idx))
+		for j, x := range idx {
+			out[j] = stored[x]
+		}
+		return out, nil
+	})
+
+	r, err := New(ctx, Config{Addr: addr, TreeID: tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "r"), Adopt: true, TileCacheSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, tc := range []struct {
+		level int
+		index uint64
+		width int
+	}{
+		{0, 0, 256}, {0, 1, 256}, {0, 2, 188}, {0, 2, 1}, {0, 1, 100}, {1, 0, 2}, {1, 0, 1}, {0, 0, 256},
+	} {
+		want, err := sumdb.ReadTileData(sumdb.Tile{H: 8, L: tc.level, N: int64(tc.index), W: tc.width}, reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, l := range map[string]*Log{"writer": w, "reader": r} {
+			got, err := l.HashTile(ctx, tc.level, tc.index, tc.width)
+			if err != nil {
+				t.Fatalf("%s: HashTile(%d, %d, %d): %v", name, tc.level, tc.index, tc.width, err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s: HashTile(%d, %d, %d) differs from sumdb/tlog's tile", name, tc.level, tc.index, tc.width)
+			}
+		}
+	}
+}

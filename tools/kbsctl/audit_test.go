@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
+	"github.com/kbs-dev/kbs/tlog/boltlog"
+)
+
+// testLog is an embedded boltlog served over a unix socket with the C2SP
+// tiles and a manifest history, as kbsd serves them.
+type testLog struct {
+	addr, vkey string
+	log        *boltlog.Log
+	manifest   *manifest.Manifest
+	history    []api.Manifest
+	mu         sync.Mutex
+}
+
+// newTestLog starts an empty log whose manifest is the snp.json fixture
+// (client "acme" writes "acme/*", released to class "gpu-worker").
+func newTestLog(tb testing.TB) *testLog {
+	tb.Helper()
+	dir := tb.TempDir()
+	body, err := os.ReadFile(filepath.Join("..", "..", "testdata", "manifest", "valid", "snp.json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	m, err := manifest.Parse(body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	s, v, vkey, err := tlog.NewEd25519NoteKeys("kbs/bench", priv)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cs, err := tlog.NewCheckpointSigner("kbs/bench", s, v)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	db, err := bbolt.Open(filepath.Join(dir, "log.db"), 0o600, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	l, err := boltlog.New(db, boltlog.Config{Signer: cs})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { l.Close() })
+	tl := &testLog{vkey: vkey, log: l, manifest: m}
+	mux := http.NewServeMux()
+	mux.Handle("/log/", tlog.NewHandler(l))
+	mux.HandleFunc("GET "+api.PathManifestHistory, func(w http.ResponseWriter, r *http.Request) {
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		json.NewEncoder(w).Encode(api.ManifestHistory{Manifests: tl.history})
+	})
+	sock := filepath.Join(dir, "log.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	tb.Cleanup(func() { srv.Close() })
+	tl.addr = "unix://" + sock
+	return tl
+}
+
+var testTime = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func (tl *testLog) append(tb testing.TB, e *tlog.Entry) uint64 {
+	tb.Helper()
+	if e.Time.IsZero() {
+		e.Time = testTime
+	}
+	raw, err := tlog.EncodeEntry(e)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	idx, _, err := tl.log.Append(context.Background(), raw)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return idx
+}
+
+// appendManifest logs version 1 (the fixture) and lists it in the history.
+func (tl *testLog) appendManifest(tb testing.TB) {
+	m := tl.manifest
+	idx := tl.append(tb, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{
+		Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signers: m.OwnerFingerprints()[:m.Threshold()]}})
+	tl.mu.Lock()
+	tl.history = append(tl.history, api.Manifest{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx})
+	tl.mu.Unlock()
+}
+
+func (tl *testLog) release(id string, version uint64, class string) *tlog.Entry {
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	return &tlog.Entry{Type: tlog.TypeRelease, Time: testTime, Release: &tlog.ReleaseEntry{
+		Keys: []tlog.KeyRef{{ID: id, Version: version}}, WorkerClass: class, Platform: "snp",
+		Measurement: strings.Repeat("cd", 48), ChipID: strings.Repeat("ef", 64), TCB: "reported_tcb=d516000000000004",
+		EvidenceDigest: digest, WorkerKeyDigest: digest, ManifestHash: tl.manifest.Hash()}}
+}
+
+// benchLog builds a log of about n entries (a manifest, an upload, then
+// releases appended by 64 writers) and returns it with its size.
+func benchLog(b *testing.B, n int) (*testLog, int) {
+	b.Helper()
+	tl := newTestLog(b)
+	tl.appendManifest(b)
+	tl.append(b, &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
+	rel, err := tlog.EncodeEntry(tl.release("acme/model", 1, "gpu-worker"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	per := (n - 2 + 63) / 64
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				if _, _, err := tl.log.Append(context.Background(), rel); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return tl, 2 + 64*per
+}
+
+// BenchmarkAudit measures 'kbsctl audit' end to end on a log of 100k
+// entries served over a unix socket: every tile and bundle fetched and
+// verified against the checkpoint, every entry decoded and replayed.
+func BenchmarkAudit(b *testing.B) {
+	const n = 100_000
+	tl, size := benchLog(b, n)
+	addr, vkey := tl.addr, tl.vkey
+	var entries uint64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		state := b.TempDir()
+		code := run(context.Background(), []string{"--addr", addr, "--state", state, "audit", "--note-key", vkey},
+			strings.NewReader(""), io.Discard, io.Discard)
+		if code != 0 {
+			var errb strings.Builder
+			run(context.Background(), []string{"--addr", addr, "--state", state, "audit", "--note-key", vkey}, strings.NewReader(""), io.Discard, &errb)
+			b.Fatalf("audit exited %d: %s", code, errb.String())
+		}
+		cp, _ := os.ReadFile(filepath.Join(state, "checkpoints", "checkpoint-kbs%2Fbench"))
+		if len(cp) == 0 {
+			b.Fatal("audit stored no checkpoint")
+		}
+		entries += uint64(size)
+	}
+	b.ReportMetric(float64(entries)/b.Elapsed().Seconds(), "entries/s")
+}
+
+// TestAuditAnomalies builds logs that tell an inconsistent story, each
+// correctly signed and served: audit exits 1 naming the problem and stores
+// no checkpoint.
+func TestAuditAnomalies(t *testing.T) {
+	upload := func(id string, v uint64, client string) *tlog.Entry {
+		return &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: id, Version: v, Client: client}}
+	}
+	for _, tc := range []struct {
+		name  string
+		build func(t *testing.T, tl *testLog)
+		want  string
+	}{
+		{"clean", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, upload("acme/model", 1, "acme"))
+			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+			tl.append(t, upload("acme/model", 2, "acme"))
+			tl.append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 2, Client: "acme"}})
+		}, ""},
+		{"release of a key never uploaded", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		}, "latest live version is 0"},
+		{"release of a deleted key", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, upload("acme/model", 1, "acme"))
+			tl.append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
+			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		}, "latest live version is 1"},
+		{"release to a class the policy does not allow", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, upload("acme/model", 1, "acme"))
+			tl.append(t, tl.release("acme/model", 1, "cpu-worker"))
+		}, `does not release acme/model to class "cpu-worker"`},
+		{"release under another manifest", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, upload("acme/model", 1, "acme"))
+			e := tl.release("acme/model", 1, "gpu-worker")
+			e.Release.ManifestHash = "sha256:" + strings.Repeat("0", 64)
+			tl.append(t, e)
+		}, "release under manifest sha256:0000"},
+		{"release before any manifest", func(t *testing.T, tl *testLog) {
+			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		}, "release before any manifest"},
+		{"upload by a client the manifest does not allow", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, upload("acme/model", 1, "mallory"))
+		}, `client "mallory" may not write acme/model`},
+		{"upload skipping a version", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.append(t, upload("acme/model", 2, "acme"))
+		}, "want version 1"},
+		{"manifest admitted by a non-owner", func(t *testing.T, tl *testLog) {
+			m := tl.manifest
+			idx := tl.append(t, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{
+				Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signers: []string{"sha256:" + strings.Repeat("1", 64)}}})
+			tl.history = []api.Manifest{{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx}}
+		}, "is not an owner of version 1"},
+		{"history disagrees with the log", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.history[0].LogIndex = 7
+		}, "the log has"},
+		{"history missing a version", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			tl.history = nil
+		}, "history has 0 manifest versions, the log 1"},
+		{"malformed entry", func(t *testing.T, tl *testLog) {
+			tl.appendManifest(t)
+			if _, _, err := tl.log.Append(context.Background(), []byte(`{"type":"release"}`)); err != nil {
+				t.Fatal(err)
+			}
+		}, "malformed entry"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl := newTestLog(t)
+			tc.build(t, tl)
+			state := t.TempDir()
+			want := 0
+			if tc.want != "" {
+				want = 1
+			}
+			out, errOut := ctl(t, want, "--addr", tl.addr, "--state", state, "audit", "--note-key", tl.vkey)
+			stored, _ := os.ReadFile(filepath.Join(state, "checkpoints", "checkpoint-kbs%2Fbench"))
+			if tc.want == "" {
+				contains(t, out, "audit OK")
+				if len(stored) == 0 {
+					t.Fatal("a clean audit stored no checkpoint")
+				}
+				return
+			}
+			contains(t, errOut, tc.want)
+			contains(t, out, "audit FAILED")
+			if len(stored) != 0 {
+				t.Fatal("a failed audit stored the checkpoint")
+			}
+		})
+	}
+}

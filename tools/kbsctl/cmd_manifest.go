@@ -1,0 +1,417 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/manifest"
+)
+
+func cmdManifest(ctx context.Context, e *env, args []string) error {
+	return subcommand(ctx, e, "manifest", args, map[string]func(context.Context, *env, []string) error{
+		"sign":    cmdManifestSign,
+		"set":     cmdManifestSet,
+		"next":    cmdManifestNext,
+		"history": cmdManifestHistory,
+		"check":   cmdManifestCheck,
+	})
+}
+
+func cmdManifestSign(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("manifest sign", "--key FILE MANIFEST",
+		`Prints the base64 detached signature of MANIFEST's exact bytes: ECDSA P-256
+SHA-256 (DER) or Ed25519, the same as 'openssl dgst -sha256 -sign KEY | base64 -w0'
+and 'cosign sign-blob --key'. Encrypted cosign keys read $COSIGN_PASSWORD.`)
+	keyFile := fs.String("key", "", "owner private key, PEM (required)")
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	if *keyFile == "" {
+		return usageErr("manifest sign: --key is required")
+	}
+	body, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if _, err := manifest.Parse(body); err != nil {
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	}
+	k, err := readSigner(*keyFile)
+	if err != nil {
+		return err
+	}
+	sig, err := manifest.Sign(k, body)
+	if err != nil {
+		return err
+	}
+	fp, _ := manifest.Fingerprint(k.Public())
+	return e.out(map[string]string{"signature": sig, "signer": fp, "manifest_hash": manifest.HashOf(body)}, func() {
+		fmt.Fprintln(e.stdout, sig)
+	})
+}
+
+// readSignature reads a signature file: base64 text (what 'manifest sign'
+// and 'openssl ... | base64' write) or raw DER (what openssl writes without
+// base64).
+func readSignature(file string) (string, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSpace(string(raw))
+	if _, err := base64.StdEncoding.DecodeString(s); err == nil && s != "" {
+		return s, nil
+	}
+	if len(raw) > 2 && raw[0] == 0x30 {
+		return base64.StdEncoding.EncodeToString(raw), nil
+	}
+	return "", usageErr("%s is neither a base64 signature nor a DER signature", file)
+}
+
+type setResult struct {
+	Version  uint64   `json:"version"`
+	Hash     string   `json:"hash"`
+	LogIndex uint64   `json:"log_index"`
+	Signers  []string `json:"signers"`
+	Logged   bool     `json:"inclusion_verified"`
+}
+
+func cmdManifestSet(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("manifest set", "--sig FILE [--sig FILE...] MANIFEST",
+		`Proposes MANIFEST as the broker's next version with owner signatures. The
+signatures are checked first against the owners of the broker's active
+version; after the broker accepted it, its inclusion in the log is verified
+(when the broker was verified before at this address).`)
+	var sigFiles stringList
+	fs.Var(&sigFiles, "sig", "file with a base64 (or DER) owner signature (repeatable; required)")
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	if len(sigFiles) == 0 {
+		return usageErr("manifest set: at least one --sig is required")
+	}
+	next, err := readManifest(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	var sigs []string
+	for _, f := range sigFiles {
+		s, err := readSignature(f)
+		if err != nil {
+			return err
+		}
+		sigs = append(sigs, s)
+	}
+	c, st, err := e.client(false)
+	if err != nil {
+		return err
+	}
+	cur, err := c.Manifest(ctx)
+	if err != nil {
+		return err
+	}
+	prev, err := manifest.Parse(cur.Body)
+	if err != nil {
+		return fmt.Errorf("the broker's active manifest does not parse: %w", err)
+	}
+	signers, err := manifest.Verify(prev, next, sigs)
+	if err != nil {
+		return failErr("version %d is not a valid successor of the active version %d: %w", next.Version(), prev.Version(), err)
+	}
+	res, err := c.PutManifest(ctx, next.Bytes(), sigs)
+	if err != nil {
+		return err
+	}
+	if res.Hash != next.Hash() || res.Version != next.Version() {
+		return failErr("the broker answered version %d (%s), not %d (%s)", res.Version, res.Hash, next.Version(), next.Hash())
+	}
+	out := setResult{Version: res.Version, Hash: res.Hash, LogIndex: res.LogIndex, Signers: signers}
+	if st != nil {
+		lv, err := c.LogVerifier(st.NoteKey)
+		if err != nil {
+			return err
+		}
+		cp, _, err := c.SyncLog(ctx, lv)
+		if err != nil {
+			return err
+		}
+		raw, err := c.Entry(ctx, cp, res.LogIndex)
+		if err != nil {
+			return err
+		}
+		if err := client.CheckManifestEntry(raw, next); err != nil {
+			return failErr("log entry %d: %w", res.LogIndex, err)
+		}
+		out.Logged = true
+	}
+	return e.out(out, func() {
+		fmt.Fprintf(e.stdout, "manifest version %d (%s) is active, signed by %d owner(s)\n", out.Version, out.Hash, len(signers))
+		if out.Logged {
+			fmt.Fprintf(e.stdout, "logged at index %d: inclusion verified against a checkpoint consistent with the stored one\n", out.LogIndex)
+		} else {
+			fmt.Fprintf(e.stdout, "logged at index %d (not verified: run 'kbsctl verify' once to learn the log key)\n", out.LogIndex)
+		}
+		fmt.Fprintf(e.stdout, "clients and workers accept it with 'kbsctl verify --follow --manifest FILE'\n")
+	})
+}
+
+func cmdManifestNext(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("manifest next", "[--add-owner PEM] [--threshold N] [--out FILE] MANIFEST",
+		`Writes the skeleton of MANIFEST's next version: version + 1, previous set to
+MANIFEST's hash, optionally with another owner key and a new threshold. Edit
+it further as needed, then sign it with the owners of MANIFEST.`)
+	var addOwners stringList
+	fs.Var(&addOwners, "add-owner", "PEM public key file of an owner to add (repeatable)")
+	threshold := fs.Int("threshold", 0, "new owner threshold (default unchanged)")
+	outFile := fs.String("out", "", "output file (default stdout)")
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	m, err := readManifest(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	d := m.Document()
+	d.Version = m.Version() + 1
+	d.Previous = m.Hash()
+	for _, f := range addOwners {
+		p, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		d.Owners.Keys = append(d.Owners.Keys, string(p))
+	}
+	if *threshold > 0 {
+		d.Owners.Threshold = *threshold
+	}
+	body, err := manifest.Encode(d)
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if *outFile == "" {
+		_, err = e.stdout.Write(body)
+		return err
+	}
+	return os.WriteFile(*outFile, body, 0o644)
+}
+
+type historyItem struct {
+	Version  uint64            `json:"version"`
+	Hash     string            `json:"hash"`
+	LogIndex uint64            `json:"log_index"`
+	Signers  []string          `json:"signers"`
+	Changes  []manifest.Change `json:"changes"`
+	Anchor   string            `json:"anchor,omitempty"`
+}
+
+func cmdManifestHistory(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("manifest history", "[--manifest FILE] [--note-key KEY]",
+		`Lists every manifest version the broker activated and verifies the chain:
+each version after the first signed by the threshold of owners of the one
+before, each included in the log (checked against a checkpoint consistent
+with the stored one). With --manifest, the chain must contain your version.`)
+	mf := fs.String("manifest", "", "your copy of a manifest version the chain must contain")
+	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	c, st, err := e.client(true)
+	if err != nil {
+		return err
+	}
+	lv, err := e.logVerifier(c, st, *noteKey)
+	if err != nil {
+		return err
+	}
+	var mine *manifest.Manifest
+	if *mf != "" {
+		if mine, err = readManifest(*mf); err != nil {
+			return err
+		}
+	}
+	cp, _, err := c.SyncLog(ctx, lv)
+	if err != nil {
+		return err
+	}
+	h, err := c.ManifestHistory(ctx)
+	if err != nil {
+		return err
+	}
+	var items []historyItem
+	var prev *manifest.Manifest
+	anchored := mine == nil
+	for i, v := range h.Manifests {
+		m, err := manifest.Parse(v.Body)
+		if err != nil {
+			return failErr("history version %d does not parse: %w", v.Version, err)
+		}
+		if m.Version() != uint64(i+1) || v.Version != m.Version() || v.Hash != m.Hash() {
+			return failErr("history entry %d is version %d (%s), want version %d", i, m.Version(), m.Hash(), i+1)
+		}
+		it := historyItem{Version: m.Version(), Hash: m.Hash(), LogIndex: v.LogIndex}
+		if prev == nil {
+			if err := manifest.VerifyInitial(m, m.Hash()); err != nil {
+				return failErr("%v", err)
+			}
+			it.Anchor = "version 1: trusted by configuration"
+		} else {
+			if it.Signers, err = manifest.Verify(prev, m, v.Signatures); err != nil {
+				return failErr("version %d: %w", m.Version(), err)
+			}
+			it.Changes = manifest.Diff(prev, m)
+		}
+		if mine != nil && mine.Version() == m.Version() {
+			if mine.Hash() != m.Hash() {
+				return failErr("the broker's version %d is %s, yours is %s", m.Version(), m.Hash(), mine.Hash())
+			}
+			anchored = true
+			it.Anchor = "your manifest"
+		}
+		raw, err := c.Entry(ctx, cp, v.LogIndex)
+		if err != nil {
+			return err
+		}
+		if err := client.CheckManifestEntry(raw, m); err != nil {
+			return failErr("version %d at log index %d: %w", m.Version(), v.LogIndex, err)
+		}
+		items = append(items, it)
+		prev = m
+	}
+	if len(items) == 0 {
+		return failErr("the broker has no manifest history")
+	}
+	if !anchored {
+		return failErr("your manifest (version %d, %s) is not in the broker's chain", mine.Version(), mine.Hash())
+	}
+	return e.out(items, func() {
+		fmt.Fprintf(e.stdout, "%-7s %-73s %9s %s\n", "VERSION", "HASH", "LOG INDEX", "SIGNERS / CHANGES")
+		for _, it := range items {
+			note := it.Anchor
+			if it.Version > 1 {
+				note = fmt.Sprintf("%d signer(s), %d change(s)", len(it.Signers), len(it.Changes))
+				if it.Anchor != "" {
+					note += "; " + it.Anchor
+				}
+			}
+			fmt.Fprintf(e.stdout, "%-7d %-73s %9d %s\n", it.Version, it.Hash, it.LogIndex, note)
+			for _, ch := range it.Changes {
+				fmt.Fprintf(e.stdout, "        %s\n", ch)
+			}
+		}
+		fmt.Fprintf(e.stdout, "chain verified: signatures, and inclusion in the log of size %d\n", cp.Size)
+	})
+}
+
+type checkResult struct {
+	Platform        string           `json:"platform"`
+	Simulated       bool             `json:"simulated"`
+	Measurement     string           `json:"measurement"`
+	ReportData      string           `json:"report_data"`
+	ReportDataGiven bool             `json:"report_data_checked"`
+	Report          *manifest.Report `json:"report"`
+}
+
+func cmdManifestCheck(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("manifest check", "--manifest FILE --platform snp|tdx --evidence FILE [--class service|CLASS] [--report-data HEX] [--offline]",
+		`Verifies evidence (signature and certificate chain, platform rules) and
+explains, field by field, why it does or does not match the reference values
+of a class (default: every worker class). Exits 1 when nothing matches.`)
+	mf := fs.String("manifest", "", "manifest file (required)")
+	platform := fs.String("platform", "", "snp or tdx (required)")
+	evFile := fs.String("evidence", "", "evidence file: SNP report (+ certificate table) or TDX quote (required)")
+	class := fs.String("class", "", `class to match: "service" or a worker class (default: all worker classes)`)
+	rdHex := fs.String("report-data", "", "expected REPORT_DATA, 128 hex digits (default: not checked)")
+	offline := &e.g.offline
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *mf == "" || *platform == "" || *evFile == "" {
+		return usageErr("manifest check: --manifest, --platform and --evidence are required")
+	}
+	if *platform != "snp" && *platform != "tdx" {
+		return usageErr("--platform %q: want snp or tdx", *platform)
+	}
+	m, err := readManifest(*mf)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(*evFile)
+	if err != nil {
+		return err
+	}
+	var rd [attest.ReportDataSize]byte
+	given := *rdHex != ""
+	if given {
+		b, err := hex.DecodeString(*rdHex)
+		if err != nil || len(b) != attest.ReportDataSize {
+			return usageErr("--report-data: want 64 bytes as 128 hex digits")
+		}
+		copy(rd[:], b)
+	} else {
+		b, err := reportDataOf(attest.Platform(*platform), data)
+		if err != nil {
+			return failErr("%s: %w", *evFile, err)
+		}
+		rd = b
+	}
+	v, err := e.verifier(*offline)
+	if err != nil {
+		return err
+	}
+	claims, err := v.Verify(ctx, attest.Evidence{Platform: attest.Platform(*platform), Data: data}, rd)
+	if err != nil {
+		return failErr("evidence does not verify: %w", err)
+	}
+	mc := client.ManifestClaims(claims)
+	var r *manifest.Report
+	if *class == "" {
+		r = m.Match(mc)
+	} else if r, err = m.MatchClass(*class, mc); err != nil {
+		return usageErr("%v", err)
+	}
+	out := checkResult{Platform: *platform, Simulated: claims.Simulated, Measurement: hex.EncodeToString(claims.Measurement),
+		ReportData: hex.EncodeToString(rd[:]), ReportDataGiven: given, Report: r}
+	if err := e.out(out, func() {
+		fmt.Fprintf(e.stdout, "evidence verified: %s%s, measurement %s\n", *platform, map[bool]string{true: " (simulated)"}[claims.Simulated], out.Measurement)
+		if given {
+			fmt.Fprintf(e.stdout, "report data matches the given value\n")
+		} else {
+			fmt.Fprintf(e.stdout, "report data %s (not checked: no --report-data)\n", out.ReportData)
+		}
+		fmt.Fprint(e.stdout, r.String())
+	}); err != nil {
+		return err
+	}
+	if !r.OK() {
+		return failErr("the evidence matches no class: %s", r.Summary())
+	}
+	return nil
+}
+
+// reportDataOf extracts REPORT_DATA from unverified evidence, so that
+// 'manifest check' can verify evidence whose binding it does not know.
+func reportDataOf(p attest.Platform, data []byte) ([attest.ReportDataSize]byte, error) {
+	var rd [attest.ReportDataSize]byte
+	var off int
+	switch p {
+	case attest.SNP:
+		off = 0x50 // ATTESTATION_REPORT.REPORT_DATA
+		if len(data) < 1184 {
+			return rd, errors.New("too short for an SNP report")
+		}
+	case attest.TDX:
+		off = 48 + 520 // quote header, then TD report body's REPORTDATA
+		if len(data) < off+attest.ReportDataSize {
+			return rd, errors.New("too short for a TDX quote")
+		}
+	}
+	copy(rd[:], data[off:off+attest.ReportDataSize])
+	return rd, nil
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+func cmdPrompt(ctx context.Context, e *env, args []string) error {
+	return subcommand(ctx, e, "prompt", args, map[string]func(context.Context, *env, []string) error{
+		"encrypt": cmdPromptEncrypt,
+		"decrypt": cmdPromptDecrypt,
+		"send":    cmdPromptSend,
+	})
+}
+
+func readKeyFile(file string) (*keyFile, error) {
+	if file == "" {
+		return nil, usageErr("--key is required")
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	k, err := parseKeyFile(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return k, nil
+}
+
+func readInput(e *env, file string) ([]byte, error) {
+	var r io.Reader = e.stdin
+	if file != "" && file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxPromptSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxPromptSize {
+		return nil, usageErr("input larger than %d bytes", maxPromptSize)
+	}
+	return b, nil
+}
+
+func writeOutput(e *env, file string, b []byte) error {
+	if file == "" || file == "-" {
+		_, err := e.stdout.Write(b)
+		return err
+	}
+	return os.WriteFile(file, b, 0o600)
+}
+
+func cmdPromptEncrypt(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("prompt encrypt", "--key FILE [--in F] [--out F]",
+		`Encrypts a prompt with AES-256-GCM under a key file; the key id and version
+go into an authenticated header.`)
+	key := fs.String("key", "", "key file (required)")
+	in := fs.String("in", "", "input (default stdin)")
+	out := fs.String("out", "", "output (default stdout)")
+	kind := fs.String("kind", kindPrompt, "message kind: prompt or reply")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *kind != kindPrompt && *kind != kindReply {
+		return usageErr("--kind: want prompt or reply")
+	}
+	k, err := readKeyFile(*key)
+	if err != nil {
+		return err
+	}
+	pt, err := readInput(e, *in)
+	if err != nil {
+		return err
+	}
+	msg, err := sealPrompt(k, *kind, pt)
+	if err != nil {
+		return err
+	}
+	return writeOutput(e, *out, msg)
+}
+
+func cmdPromptDecrypt(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("prompt decrypt", "--key FILE [--in F] [--out F]",
+		`Decrypts a prompt or reply made by 'prompt encrypt' or a kbs worker. Fails
+(exit 1) if the message was tampered with or is for another key.`)
+	key := fs.String("key", "", "key file (required)")
+	in := fs.String("in", "", "input (default stdin)")
+	out := fs.String("out", "", "output (default stdout)")
+	kind := fs.String("kind", "", "require this message kind: prompt or reply (default either)")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	k, err := readKeyFile(*key)
+	if err != nil {
+		return err
+	}
+	msg, err := readInput(e, *in)
+	if err != nil {
+		return err
+	}
+	_, pt, err := openPrompt(k, *kind, msg)
+	if err != nil {
+		return failErr("%v", err)
+	}
+	return writeOutput(e, *out, pt)
+}
+
+func cmdPromptSend(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("prompt send", "--worker URL --key FILE [--in F]",
+		`Encrypts a prompt, sends it to a worker started with 'kbsctl worker run',
+and decrypts the worker's encrypted reply.`)
+	worker := fs.String("worker", "", "worker URL, e.g. http://127.0.0.1:8080 (required)")
+	key := fs.String("key", "", "key file (required)")
+	in := fs.String("in", "", "input (default stdin)")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *worker == "" {
+		return usageErr("prompt send: --worker is required")
+	}
+	k, err := readKeyFile(*key)
+	if err != nil {
+		return err
+	}
+	pt, err := readInput(e, *in)
+	if err != nil {
+		return err
+	}
+	msg, err := sealPrompt(k, kindPrompt, pt)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(*worker, "/")+"/v1/prompt", bytes.NewReader(msg))
+	if err != nil {
+		return usageErr("--worker: %v", err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxPromptSize+1))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("worker answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	_, reply, err := openPrompt(k, kindReply, body)
+	if err != nil {
+		return failErr("worker reply: %v", err)
+	}
+	_, err = e.stdout.Write(reply)
+	return err
+}

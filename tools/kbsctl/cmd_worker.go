@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+func cmdWorker(ctx context.Context, e *env, args []string) error {
+	return subcommand(ctx, e, "worker", args, map[string]func(context.Context, *env, []string) error{
+		"run": cmdWorkerRun,
+	})
+}
+
+// exampleWorker is the example AI worker: it holds the prompt keys it
+// obtained at start (in memory only) and answers encrypted prompts with
+// encrypted replies. Its "model" is a trivial transform.
+type exampleWorker struct {
+	class string
+	keys  map[string]*keyFile // by key id
+}
+
+// model is the example worker's stand-in for inference.
+func model(prompt []byte) []byte {
+	return []byte("echo from a kbs worker: " + strings.ToUpper(string(prompt)))
+}
+
+func (w *exampleWorker) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.URL.Path == "/healthz" && r.Method == http.MethodGet:
+		io.WriteString(rw, "ok\n")
+		return
+	case r.URL.Path != "/v1/prompt":
+		http.Error(rw, "not found", http.StatusNotFound)
+		return
+	case r.Method != http.MethodPost:
+		http.Error(rw, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	msg, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, maxPromptSize))
+	if err != nil {
+		http.Error(rw, "prompt too large or unreadable", http.StatusRequestEntityTooLarge)
+		return
+	}
+	h, _, _, err := parsePromptHeader(msg)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusBadRequest)
+		return
+	}
+	k, ok := w.keys[h.KeyID]
+	if !ok {
+		http.Error(rw, fmt.Sprintf("this worker holds no key %q", h.KeyID), http.StatusNotFound)
+		return
+	}
+	_, prompt, err := openPrompt(k, kindPrompt, msg)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusBadRequest)
+		return
+	}
+	reply, err := sealPrompt(k, kindReply, model(prompt))
+	clear(prompt)
+	if err != nil {
+		http.Error(rw, "couldn't encrypt the reply", http.StatusInternalServerError)
+		return
+	}
+	rw.Header().Set("Content-Type", "application/octet-stream")
+	rw.Write(reply)
+}
+
+func cmdWorkerRun(ctx context.Context, e *env, args []string) error {
+	fs := e.newFlags("worker run", "--manifest FILE --tee snp|tdx|sim [--sim-dir DIR] --id ID [--id ID...] --listen ADDR",
+		`An example AI worker: fetches its prompt keys at start like 'key get' (verify
+the broker, attest, unseal, verify the receipt), keeps them in memory only,
+and serves POST /v1/prompt: an encrypted prompt in, an encrypted reply out
+(see 'kbsctl prompt'). Prints its URL on stdout when ready; stops on SIGINT
+or SIGTERM.`)
+	mf := fs.String("manifest", "", "your copy of the manifest (required)")
+	var tee teeFlags
+	tee.register(fs)
+	var ids stringList
+	fs.Var(&ids, "id", "key id (repeatable; required)")
+	listen := fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
+	pq := fs.Bool("pq", false, "use the post-quantum hybrid HPKE KEM (ML-KEM-768 + X25519)")
+	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *mf == "" {
+		return usageErr("worker run: --manifest is required")
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	b, rel, err := fetchKeys(ctx, e, *mf, &tee, ids, *pq)
+	if err != nil {
+		return err
+	}
+	w := &exampleWorker{class: rel.Class, keys: map[string]*keyFile{}}
+	for _, k := range rel.Keys {
+		if len(k.Material) != 32 {
+			return fmt.Errorf("key %s is %d bytes; prompts need 32-byte AES-256 keys", k.ID, len(k.Material))
+		}
+		w.keys[k.ID] = &keyFile{ID: k.ID, Version: k.Version, Material: k.Material}
+	}
+	defer func() {
+		for _, k := range w.keys {
+			clear(k.Material)
+		}
+	}()
+	fmt.Fprintf(e.stderr, "worker: broker verified (manifest version %d); class %s; %d key(s) released at log index %d, receipt verified\n",
+		b.Manifest.Version(), rel.Class, len(rel.Keys), rel.Receipt.Index)
+	srv := &http.Server{Handler: w, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 60 * time.Second, WriteTimeout: 60 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	fmt.Fprintf(e.stdout, "http://%s\n", ln.Addr())
+	if f, ok := e.stdout.(interface{ Sync() error }); ok {
+		f.Sync()
+	}
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		fmt.Fprintln(e.stderr, "worker: stopped")
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
