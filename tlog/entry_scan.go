@@ -163,21 +163,65 @@ func (s *scanner) bool() (bool, bool) {
 }
 
 // time consumes a time in the form time.Time.MarshalJSON writes for a UTC
-// time: RFC 3339 with a "Z" and no trailing zeros in the fraction.
+// time: "YYYY-MM-DDTHH:MM:SS", a fraction of 1 to 9 digits not ending in 0
+// if the time has one, and "Z".
 func (s *scanner) time() (time.Time, bool) {
 	v, ok := s.strBytes()
-	if !ok {
+	if !ok || len(v) < len("2006-01-02T15:04:05Z") || v[len(v)-1] != 'Z' {
 		return time.Time{}, false
 	}
-	t, err := time.Parse(time.RFC3339Nano, string(v))
-	if err != nil || t.Location() != time.UTC {
+	num := func(b []byte) (int, bool) {
+		n := 0
+		for _, c := range b {
+			if c < '0' || c > '9' {
+				return 0, false
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n, true
+	}
+	year, ok1 := num(v[0:4])
+	month, ok2 := num(v[5:7])
+	day, ok3 := num(v[8:10])
+	hour, ok4 := num(v[11:13])
+	minute, ok5 := num(v[14:16])
+	sec, ok6 := num(v[17:19])
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 ||
+		v[4] != '-' || v[7] != '-' || v[10] != 'T' || v[13] != ':' || v[16] != ':' ||
+		month < 1 || month > 12 || day < 1 || day > daysIn(month, year) ||
+		hour > 23 || minute > 59 || sec > 59 {
 		return time.Time{}, false
 	}
-	var buf [len(time.RFC3339Nano) + 8]byte
-	if string(t.AppendFormat(buf[:0], time.RFC3339Nano)) != string(v) {
-		return time.Time{}, false
+	nsec := 0
+	if frac := v[19 : len(v)-1]; len(frac) > 0 {
+		// ".d" to ".ddddddddd", no trailing zero.
+		if len(frac) < 2 || len(frac) > 10 || frac[0] != '.' || frac[len(frac)-1] == '0' {
+			return time.Time{}, false
+		}
+		n, ok := num(frac[1:])
+		if !ok {
+			return time.Time{}, false
+		}
+		for range 10 - len(frac) {
+			n *= 10
+		}
+		nsec = n
 	}
-	return t, true
+	return time.Date(year, time.Month(month), day, hour, minute, sec, nsec, time.UTC), true
+}
+
+// daysIn returns the number of days in month of year.
+func daysIn(month, year int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
 }
 
 // bytes consumes a non-empty standard, padded base64 string.

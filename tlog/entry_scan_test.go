@@ -231,3 +231,34 @@ func FuzzDecodeEntryFastPath(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeCanonicalTimes: for entries that differ only in their time
+// string, the fast path accepts exactly what the reflective decoder
+// accepts, with the same time.
+func TestDecodeCanonicalTimes(t *testing.T) {
+	good, err := EncodeEntry(testEntries()[3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ts := range []string{
+		"2026-11-27T03:00:00Z", "2026-11-27T03:00:00.1Z", "2026-11-27T03:00:00.10Z", "2026-11-27T03:00:00.123456789Z",
+		"2026-11-27T03:00:00.1234567891Z", "2026-11-27T03:00:00.Z", "2026-11-27T03:00:00,1Z",
+		"2000-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2400-02-29T23:59:59Z", "2025-02-29T00:00:00Z",
+		"2026-04-31T00:00:00Z", "2026-12-31T23:59:59.999999999Z", "2026-13-01T00:00:00Z", "2026-00-01T00:00:00Z",
+		"2026-01-00T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T23:60:00Z", "2026-01-01T23:59:60Z",
+		"2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00z", "2026-01-01t00:00:00Z", "2026-01-01 00:00:00Z",
+		"1999-12-31T23:59:59Z", "9999-12-31T23:59:59Z", "0000-01-01T00:00:00Z", "+2026-01-01T00:00:00Z",
+		"2026-1-01T00:00:00Z", "2026-01-01T00:00:0Z", "2026-01-01T00:00:00", "", "Z",
+	} {
+		b := bytes.Replace(good, []byte(`"2026-11-27T03:00:00.123456789Z"`), []byte(`"`+ts+`"`), 1)
+		want, wantErr := decodeEntryReflect(b)
+		got, ok := decodeCanonical(b)
+		if ok != (wantErr == nil) {
+			t.Errorf("time %q: fast path ok = %v, reflective decoder error = %v", ts, ok, wantErr)
+			continue
+		}
+		if ok && !reflect.DeepEqual(got, want) {
+			t.Errorf("time %q: fast path %v, reflective decoder %v", ts, got.Time, want.Time)
+		}
+	}
+}
