@@ -262,3 +262,20 @@ func TestDecodeCanonicalTimes(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDecodeEntryReflectRelease is BenchmarkDecodeEntryRelease through
+// the reflective decoder alone (what DecodeEntry costs without its fast
+// path).
+func BenchmarkDecodeEntryReflectRelease(b *testing.B) {
+	e, err := os.ReadFile("testdata/entry-release.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	e = bytes.TrimSuffix(e, []byte("\n"))
+	b.SetBytes(int64(len(e)))
+	for b.Loop() {
+		if _, err := decodeEntryReflect(e); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
