@@ -221,7 +221,7 @@ func TestFlow(t *testing.T) {
 	ctl(t, 0, append(g, "receipt", "verify", raw+".receipt")...)
 	// A key id the client may not write is refused by policy.
 	_, errOut = ctl(t, 1, append(g, "key", "put", "--manifest", mf, "--client-key", clientKey, "--id", "other/x", "--file", raw)...)
-	contains(t, errOut, "forbidden")
+	contains(t, errOut, "kbsctl: REFUSED: kbs: forbidden (403 Forbidden)")
 	// The owner key is not a client.
 	ctl(t, 1, append(g, "key", "put", "--manifest", mf, "--client-key", ownerKey, "--id", "demo/c", "--file", raw)...)
 	out, _ = ctl(t, 0, append(gTLS, "--json", "key", "ls")...)
@@ -280,7 +280,7 @@ func TestFlow(t *testing.T) {
 	// A worker whose measurement the manifest does not list is refused.
 	_, errOut = ctl(t, 1, append(wstate, "key", "get", "--manifest", mf, "--tee", "sim", "--sim-dir", d.simDir(),
 		"--sim-measurement", strings.Repeat("ab", 48), "--id", "demo/a", "--out", filepath.Join(dir, "bad"))...)
-	contains(t, errOut, "policy_denied")
+	contains(t, errOut, "kbsctl: REFUSED: kbs: policy_denied")
 	if _, err := os.Stat(filepath.Join(dir, "bad")); err == nil {
 		t.Fatal("a refused worker got a key directory")
 	}
@@ -694,6 +694,9 @@ func TestMessages(t *testing.T) {
 		{[]string{"--addr", "kbs.example:8443", "key", "ls"}, 2, []string{"(did you mean https://kbs.example:8443?)"}},
 		{[]string{"--addr", "ftp://x", "key", "ls"}, 2, []string{`kbsctl: --addr "ftp://x": want unix://PATH or https://HOST:PORT` + "\n"}},
 		{[]string{"verify"}, 2, []string{"--manifest is required"}},
+		{[]string{"--addr", "unix://" + filepath.Join(dir, "none.sock"), "key", "get", "--manifest", filepath.Join(dir, "m.json"), "--tee", "sim",
+			"--sim-dir", filepath.Join(dir, "nosim"), "--id", "demo/a", "--out", dir}, 2,
+			[]string{"kbsctl: --tee sim: no simulated TEE at --sim-dir " + dir + "/nosim (kbsd --dev creates one in DATA/sim): no such file or directory"}},
 		{[]string{"verify", "--manifest", filepath.Join(dir, "missing.json")}, 2, []string{"kbsctl: --manifest: open " + dir + "/missing.json: no such file or directory"}},
 		{[]string{"audit", "--bogus"}, 2, []string{"kbsctl: audit: flag provided but not defined: -bogus (see 'kbsctl audit -h')\n"}},
 		{[]string{"receipt", "verify"}, 2, []string{"kbsctl: receipt verify: want 1 argument(s), got 0 (see 'kbsctl receipt verify -h')"}},

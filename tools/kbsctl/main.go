@@ -236,9 +236,14 @@ func report(w io.Writer, g *globals, err error) int {
 	if code == 2 && errors.As(err, &te) {
 		msg = unreachable(te)
 	}
-	if code == 1 {
+	var ae *api.Error
+	switch {
+	case code == 1 && errors.As(err, &ae):
+		// The broker refused by policy; nothing failed to verify.
+		fmt.Fprintf(w, "kbsctl: REFUSED: %s\n", msg)
+	case code == 1:
 		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %s\n", msg)
-	} else {
+	default:
 		fmt.Fprintf(w, "kbsctl: %s\n", msg)
 	}
 	if h := hint(g, err); h != "" {
@@ -330,7 +335,7 @@ func (e *env) newFlags(name, args, doc string) *flag.FlagSet {
 	fs.SetOutput(e.stderr)
 	e.g.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "Usage: kbsctl %s %s\n\n%s\n\nFlags:\n", name, args, doc)
+		fmt.Fprintf(e.stderr, "Usage: %s\n\n%s\n\nFlags:\n", strings.TrimSpace("kbsctl "+name+" "+args), doc)
 		fs.SetOutput(e.stderr)
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
