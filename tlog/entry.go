@@ -110,7 +110,9 @@ func EncodeEntry(e *Entry) ([]byte, error) {
 // DecodeEntry parses an entry strictly: at most MaxEntrySize bytes, one JSON
 // object, no unknown fields, no duplicate keys, no trailing data, a valid
 // payload for its type, and the canonical encoding EncodeEntry produces (so
-// every entry has exactly one byte representation).
+// every entry has exactly one byte representation). Typical entries take a
+// fast path that yields the same entry; anything else, and every error,
+// comes from the reflective decoder.
 func DecodeEntry(b []byte) (*Entry, error) {
 	if len(b) > MaxEntrySize {
 		return nil, fmt.Errorf("tlog: entry is %d bytes, more than %d", len(b), MaxEntrySize)

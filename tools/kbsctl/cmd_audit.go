@@ -456,8 +456,9 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 
 	r := &auditReport{Origin: cp.Origin, Size: cp.Size, Counts: map[string]int{}, manifests: map[string]*manifest.Manifest{},
 		Manifests: []auditManifest{}, Identities: []auditIdentity{}, KeyEvents: []auditKeyEvent{}, Anomalies: []string{}, Warnings: []string{},
-		// Most entries of a busy log are releases of one key.
-		Releases: make([]auditRelease, 0, min(cp.Size, 1<<20))}
+		// Most entries of a busy log are releases of one key; a few MB
+		// up front save the first rounds of regrowing.
+		Releases: make([]auditRelease, 0, min(cp.Size, 1<<16))}
 	r.RootHash = newCheckpointResult(cp).RootHash
 	if haveLast {
 		s := last.Size
