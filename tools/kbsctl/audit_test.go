@@ -327,6 +327,8 @@ func TestAuditRepeatedUpload(t *testing.T) {
 	contains(t, out, "WARNINGS (not inconsistencies)")
 	contains(t, out, `entry 2: upload of acme/model version 1 by client "acme" repeats entry 1: one upload logged twice`)
 	contains(t, out, "upload-repeat")
+	csv, _ := ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "audit", "--csv", "--note-key", tl.vkey)
+	contains(t, csv, "\n2,2026-01-01T00:00:00Z,key-upload-repeat,acme/model,1,acme,")
 	contains(t, out, "audit OK: every entry verified, no inconsistencies (1 warnings above); checkpoint stored")
 	if stored, _ := os.ReadFile(filepath.Join(state, "checkpoints", "checkpoint-kbs%2Fbench")); len(stored) == 0 {
 		t.Fatal("an audit with only warnings stored no checkpoint")
@@ -372,5 +374,51 @@ func TestAppendReleaseRow(t *testing.T) {
 		if got := string(appendReleaseRow(nil, &x)); got != want {
 			t.Errorf("appendReleaseRow(%+v) =\n%q, want\n%q", x, got, want)
 		}
+	}
+}
+
+// TestAuditManyChunks replays a log several decoding chunks long whose
+// story holds only in log order: releases of version 1, the upload of
+// version 2 (after which releasing version 1 would be an anomaly), then
+// releases of version 2.
+func TestAuditManyChunks(t *testing.T) {
+	tl := newTestLog(t)
+	tl.appendManifest(t)
+	up := func(v uint64) *tlog.Entry {
+		return &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: v, Client: "acme"}}
+	}
+	releases := func(v uint64, n int) {
+		raw, err := tlog.EncodeEntry(tl.release("acme/model", v, "gpu-worker"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < n; i += 16 {
+					if _, _, err := tl.log.Append(context.Background(), raw); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	tl.append(t, up(1))
+	releases(1, 1500)
+	tl.append(t, up(2))
+	releases(2, 1500)
+	out, _ := ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "audit", "--note-key", tl.vkey)
+	contains(t, out, "0 identity, 1 manifest, 2 key-upload, 0 key-delete, 3000 release")
+	contains(t, out, "audit OK")
+	csv, _ := ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "audit", "--csv", "--note-key", tl.vkey)
+	if n := strings.Count(csv, "\n"); n != 1+1+2+3000 {
+		t.Errorf("audit --csv printed %d lines, want %d", n, 1+1+2+3000)
+	}
+	if i := strings.Index(csv, "\n1502,"); i < 0 || !strings.HasPrefix(csv[i+1:], "1502,2026-01-01T00:00:00Z,key-upload,acme/model,2,") {
+		t.Errorf("audit --csv: entry 1502 is not the upload of version 2")
 	}
 }
