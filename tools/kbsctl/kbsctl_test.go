@@ -14,6 +14,8 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -673,6 +675,9 @@ func TestMessages(t *testing.T) {
 	}
 	closedPort := tl.Addr().String()
 	tl.Close()
+	// A TLS server never verified from this state directory.
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer tlsSrv.Close()
 
 	for _, tt := range []struct {
 		args []string
@@ -688,6 +693,9 @@ func TestMessages(t *testing.T) {
 		{[]string{"--addr", "https://" + closedPort, "key", "ls"}, 2,
 			[]string{"can't reach the broker at https://" + closedPort + ": connect: connection refused",
 				"hint: nothing listens at https://" + closedPort + " (--addr): is kbsd running with --listen-tcp on that address?"}},
+		{[]string{"--addr", tlsSrv.URL, "key", "ls"}, 2,
+			[]string{"kbsctl: " + tlsSrv.URL + ": the broker's TLS key is not pinned yet: verify the broker first\n",
+				"  hint: over TLS, kbsctl talks only to a broker whose attested TLS key it has pinned: run 'kbsctl --addr " + tlsSrv.URL + " verify --manifest FILE' once with this --state"}},
 		{[]string{"--addr", "/run/kbs/kbs.sock", "key", "ls"}, 2,
 			[]string{`kbsctl: --addr "/run/kbs/kbs.sock": want unix://PATH or https://HOST:PORT (did you mean unix:///run/kbs/kbs.sock?)`}},
 		{[]string{"--addr", "http://kbs.example:8443", "key", "ls"}, 2, []string{"(did you mean https://kbs.example:8443?)"}},

@@ -233,7 +233,10 @@ func report(w io.Writer, g *globals, err error) int {
 	}
 	msg := err.Error()
 	var te *client.TransportError
-	if code == 2 && errors.As(err, &te) {
+	switch {
+	case code == 2 && errors.Is(err, client.ErrNotPinned):
+		msg = fmt.Sprintf("%s: %v", brokerAddr(g, err), client.ErrNotPinned)
+	case code == 2 && errors.As(err, &te):
 		msg = unreachable(te)
 	}
 	var ae *api.Error
@@ -250,6 +253,15 @@ func report(w io.Writer, g *globals, err error) int {
 		fmt.Fprintf(w, "  hint: %s\n", h)
 	}
 	return code
+}
+
+// brokerAddr is the broker address err is about.
+func brokerAddr(g *globals, err error) string {
+	var te *client.TransportError
+	if errors.As(err, &te) {
+		return te.Addr
+	}
+	return g.addr
 }
 
 // unreachable says briefly why the broker at te.Addr could not be
@@ -275,6 +287,8 @@ func hint(g *globals, err error) string {
 	switch {
 	case errors.Is(err, verify.ErrSimulatedNotTrusted):
 		return "this broker runs on a simulated TEE (kbsd --dev): to trust it for development, pass --sim-root DATA/sim/root.pem (kbsd --dev prints the path)"
+	case errors.Is(err, client.ErrNotPinned):
+		return fmt.Sprintf("over TLS, kbsctl talks only to a broker whose attested TLS key it has pinned: run 'kbsctl --addr %s verify --manifest FILE' once with this --state", g.addr)
 	case errors.Is(err, client.ErrPinMismatch):
 		return ""
 	case !errors.As(err, &te):
