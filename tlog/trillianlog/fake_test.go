@@ -481,3 +481,44 @@ func TestReceiptProofsLocal(t *testing.T) {
 		t.Errorf("an older entry's proof asked Trillian %d times, want 1", calls)
 	}
 }
+
+// TestCloseFailsWaitingAppends checks that Close makes appends that wait for
+// integration fail with ErrClosed, and later appends too.
+func TestCloseFailsWaitingAppends(t *testing.T) {
+	f := newFake(15)
+	signer, _ := testSigner(t)
+	l, err := New(context.Background(), Config{Client: f, TreeID: f.tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "state"), PollInterval: fastPoll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.integrate = false
+	f.mu.Unlock()
+	errc := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, _, err := l.Append(context.Background(), []byte("stuck"))
+			errc <- err
+		}()
+	}
+	for {
+		f.mu.Lock()
+		n := len(f.queued)
+		f.mu.Unlock()
+		if n == 4 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if err := <-errc; !errors.Is(err, ErrClosed) {
+			t.Errorf("Append waiting at Close: err = %v, want ErrClosed", err)
+		}
+	}
+	if _, _, err := l.Append(context.Background(), []byte("late")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Append after Close: err = %v, want ErrClosed", err)
+	}
+}
