@@ -7,7 +7,10 @@
 #                               the log server and signer, create a log tree;
 #                               prints the environment (see `env`)
 #   scripts/trillian.sh env     print the environment of the running stack:
-#                               KBS_TRILLIAN_ADDR, KBS_TRILLIAN_TREE_ID, ...
+#                               KBS_TRILLIAN_ADDR, KBS_TRILLIAN_TREE_ID, and
+#                               (when openssl is there) KBS_TRILLIAN_TLS_ADDR,
+#                               KBS_TRILLIAN_TLS_CA: a second log server
+#                               speaking TLS with a throwaway certificate
 #   scripts/trillian.sh newtree create one more log tree, print its id
 #   scripts/trillian.sh down    stop everything and delete the run directory
 #   scripts/trillian.sh build   only build (or find) the Trillian binaries
@@ -182,6 +185,25 @@ up() {
     --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-10ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-1000}"
   wait_port "$signer_port" trillian_log_signer
 
+  # A second log server on the same database, serving gRPC over TLS with a
+  # throwaway self-signed certificate for 127.0.0.1, to test TLS clients.
+  local tls_env=""
+  if command -v openssl >/dev/null; then
+    local tls_port tls_http_port
+    tls_port="$(free_port $((signer_rpc_port + 1)))"
+    tls_http_port="$(free_port $((tls_port + 1)))"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+      -keyout "$run_dir/tls.key" -out "$run_dir/tls.pem" >"$run_dir/openssl.log" 2>&1 ||
+      die "openssl failed: $(tail -3 "$run_dir/openssl.log")"
+    start_bg log_server_tls "$bins/trillian_log_server" "${common[@]}" \
+      --rpc_endpoint="127.0.0.1:$tls_port" --http_endpoint="127.0.0.1:$tls_http_port" \
+      --tls_cert_file="$run_dir/tls.pem" --tls_key_file="$run_dir/tls.key"
+    wait_port "$tls_port" "trillian_log_server (TLS)"
+    tls_env="KBS_TRILLIAN_TLS_ADDR=127.0.0.1:$tls_port
+KBS_TRILLIAN_TLS_CA=$run_dir/tls.pem"
+  fi
+
   local tree
   tree="$(create_tree "$bins" "127.0.0.1:$rpc_port")"
   cat >"$run_dir/env" <<EOF
@@ -189,6 +211,7 @@ KBS_TRILLIAN_ADDR=127.0.0.1:$rpc_port
 KBS_TRILLIAN_TREE_ID=$tree
 KBS_TRILLIAN_POSTGRESQL_URI=$uri
 KBS_TRILLIAN_RUN_DIR=$run_dir
+$tls_env
 EOF
   log "Trillian $v up: log server 127.0.0.1:$rpc_port, PostgreSQL 127.0.0.1:$pg_port, tree $tree"
   cat "$run_dir/env"
@@ -208,6 +231,7 @@ stop_pid() { # name
 down() {
   [ -d "$run_dir" ] || { log "not running"; return; }
   stop_pid log_signer
+  stop_pid log_server_tls
   stop_pid log_server
   if [ -f "$run_dir/pg_bin" ] && [ -d "$run_dir/pg/data" ]; then
     as_db "$(cat "$run_dir/pg_bin")/pg_ctl" -D "$run_dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
