@@ -41,6 +41,10 @@ type fakeTrillian struct {
 	integrate bool
 
 	inclusionCalls int // GetInclusionProof calls answered
+
+	// tamper, if set, replaces each queued leaf by the leaves the fake
+	// integrates for it.
+	tamper func(*trillian.LogLeaf) []*trillian.LogLeaf
 }
 
 func newFake(tree int64) *fakeTrillian {
@@ -87,7 +91,15 @@ func (f *fakeTrillian) sequence() {
 	if !f.integrate {
 		return
 	}
+	var queued []*trillian.LogLeaf
 	for _, lf := range f.queued {
+		if f.tamper != nil {
+			queued = append(queued, f.tamper(lf)...)
+		} else {
+			queued = append(queued, lf)
+		}
+	}
+	for _, lf := range queued {
 		n := int64(len(f.leaves))
 		hs, err := sumdb.StoredHashes(n, lf.LeafValue, f.reader())
 		if err != nil {
@@ -520,5 +532,38 @@ func TestCloseFailsWaitingAppends(t *testing.T) {
 	}
 	if _, _, err := l.Append(context.Background(), []byte("late")); !errors.Is(err, ErrClosed) {
 		t.Errorf("Append after Close: err = %v, want ErrClosed", err)
+	}
+}
+
+// TestForeignBytesUnderOurIdentity checks that a leaf carrying an append's
+// identity hash but other bytes does not complete that append, and that a
+// leaf integrated twice completes it once, at its first index.
+func TestForeignBytesUnderOurIdentity(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(17)
+	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+	f.mu.Lock()
+	f.tamper = func(lf *trillian.LogLeaf) []*trillian.LogLeaf {
+		if string(lf.LeafValue) == "swap me" {
+			return []*trillian.LogLeaf{{LeafValue: []byte("other bytes"), LeafIdentityHash: lf.LeafIdentityHash}}
+		}
+		if string(lf.LeafValue) == "twice" {
+			return []*trillian.LogLeaf{lf, {LeafValue: lf.LeafValue, LeafIdentityHash: lf.LeafIdentityHash}}
+		}
+		return []*trillian.LogLeaf{lf}
+	}
+	f.mu.Unlock()
+	tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if i, _, err := l.Append(tctx, []byte("swap me")); err == nil {
+		t.Fatalf("Append completed at index %d although Trillian logged other bytes", i)
+	}
+	i, cp, err := l.Append(ctx, []byte("twice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.Entries(ctx, i, i+1)
+	if err != nil || string(got[0]) != "twice" || cp.Size != i+2 {
+		t.Fatalf("Append = index %d, size %d; entry %q, %v", i, cp.Size, got, err)
 	}
 }

@@ -41,7 +41,8 @@
 // identical entries get distinct indices, and a QueueLeaf retried after a
 // lost answer (same identity hash, ALREADY_EXISTS) is logged once. The Log
 // learns its entry's index by reading the integrated leaves and matching the
-// identity hash.
+// identity hash and the entry's bytes (a leaf with the identity but other
+// bytes completes nothing).
 //
 // # Sharing a tree
 //
@@ -166,6 +167,7 @@ type Log struct {
 type leafID [32]byte
 
 type waiter struct {
+	leaf  tlog.Hash // leaf hash of the entry
 	done  chan struct{}
 	index uint64
 	found bool
@@ -348,11 +350,12 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		}
 		visit = func(id compact.NodeID, h []byte) { nodes[id] = h }
 	}
-	type hit struct {
+	type found struct {
 		w     *waiter
 		index uint64
 	}
-	var hits []hit
+	var hits []found // in index order: a leaf integrated twice counts at its first index
+	hit := map[*waiter]bool{}
 	newLeaves := make([]tlog.Hash, 0, root.Size-old.Size)
 	for next := old.Size; next < root.Size; {
 		leaves, err := l.leaves(ctx, next, min(root.Size-next, leavesPerCall))
@@ -361,12 +364,18 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		}
 		l.mu.RLock()
 		for _, lf := range leaves {
+			lh := hasher.HashLeaf(lf.LeafValue)
 			if len(lf.LeafIdentityHash) == len(leafID{}) {
-				if w := l.waiters[leafID(lf.LeafIdentityHash)]; w != nil {
-					hits = append(hits, hit{w, next})
+				// The identity hash names the waiter; only the entry's
+				// own bytes complete it (Trillian could pair the
+				// identity with other bytes).
+				if w := l.waiters[leafID(lf.LeafIdentityHash)]; w != nil && !w.found && !hit[w] && tlog.Hash(lh) == w.leaf {
+					hit[w] = true
+					hits = append(hits, found{w, next})
+				} else if w != nil && tlog.Hash(lh) != w.leaf {
+					l.log.Warn("Trillian leaf carries an append's identity but other bytes; ignored", "tree", l.tree, "index", next)
 				}
 			}
-			lh := hasher.HashLeaf(lf.LeafValue)
 			if err := rng.Append(lh, visit); err != nil {
 				l.mu.RUnlock()
 				return false, err
@@ -587,7 +596,7 @@ func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedChec
 	}
 	var id leafID
 	rand.Read(id[:])
-	w := &waiter{done: make(chan struct{})}
+	w := &waiter{leaf: tlog.Hash(hasher.HashLeaf(entry)), done: make(chan struct{})}
 	l.mu.Lock()
 	switch {
 	case l.closed:
