@@ -45,6 +45,8 @@ type fakeTrillian struct {
 	// tamper, if set, replaces each queued leaf by the leaves the fake
 	// integrates for it.
 	tamper func(*trillian.LogLeaf) []*trillian.LogLeaf
+	// serve, if set, changes the bytes GetLeavesByRange answers.
+	serve func(index int64, v []byte) []byte
 }
 
 func newFake(tree int64) *fakeTrillian {
@@ -168,8 +170,12 @@ func (f *fakeTrillian) GetLeavesByRange(ctx context.Context, req *trillian.GetLe
 	end := min(req.StartIndex+min(req.Count, 100), int64(len(f.leaves)))
 	for i := req.StartIndex; i < end; i++ {
 		lf := f.leaves[i]
+		v := bytes.Clone(lf.LeafValue)
+		if f.serve != nil {
+			v = f.serve(i, v)
+		}
 		resp.Leaves = append(resp.Leaves, &trillian.LogLeaf{
-			LeafValue: bytes.Clone(lf.LeafValue), LeafIdentityHash: lf.LeafIdentityHash, MerkleLeafHash: lf.MerkleLeafHash, LeafIndex: i,
+			LeafValue: v, LeafIdentityHash: lf.LeafIdentityHash, MerkleLeafHash: lf.MerkleLeafHash, LeafIndex: i,
 		})
 	}
 	return resp, nil
@@ -565,5 +571,43 @@ func TestForeignBytesUnderOurIdentity(t *testing.T) {
 	got, err := l.Entries(ctx, i, i+1)
 	if err != nil || string(got[0]) != "twice" || cp.Size != i+2 {
 		t.Fatalf("Append = index %d, size %d; entry %q, %v", i, cp.Size, got, err)
+	}
+}
+
+// TestEntriesVerified checks that entries Trillian serves are checked
+// against the signed tree: bytes other than those integrated are refused.
+func TestEntriesVerified(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(19)
+	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+	for i := range 10 {
+		if _, _, err := l.Append(ctx, []byte(fmt.Sprintf("entry %d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	f.serve = func(i int64, v []byte) []byte {
+		if i == 4 {
+			return []byte("forged")
+		}
+		return v
+	}
+	f.mu.Unlock()
+	for _, r := range [][2]uint64{{0, 10}, {4, 5}, {3, 5}, {4, 10}, {2, 9}} {
+		if _, err := l.Entries(ctx, r[0], r[1]); !errors.Is(err, tlog.ErrConflict) {
+			t.Errorf("Entries(%d, %d) with entry 4 forged: err = %v, want ErrConflict", r[0], r[1], err)
+		}
+	}
+	for _, r := range [][2]uint64{{0, 4}, {5, 10}, {9, 10}, {0, 1}} {
+		got, err := l.Entries(ctx, r[0], r[1])
+		if err != nil {
+			t.Errorf("Entries(%d, %d) away from the forged entry: %v", r[0], r[1], err)
+			continue
+		}
+		for i, g := range got {
+			if want := fmt.Sprintf("entry %d", r[0]+uint64(i)); string(g) != want {
+				t.Errorf("Entries(%d, %d)[%d] = %q, want %q", r[0], r[1], i, g, want)
+			}
+		}
 	}
 }
