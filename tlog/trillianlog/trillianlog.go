@@ -18,9 +18,11 @@
 // The inclusion proof of an entry in the checkpoint its Append returned (a
 // receipt) is computed from the nodes of that verified replay, checked, and
 // kept for the last few checkpoints, so receipts cost no Trillian round
-// trip. Other reads (entries, older proofs, tiles) are served from Trillian
-// and are not re-verified on each call: clients and auditors check them
-// against the signed checkpoints, which is where the trust lies.
+// trip. Entries read back (Entries, and the leaves hash tiles are computed
+// from) are checked against the latest signed root with two inclusion
+// proofs per read of up to 256 entries, so kbs never acts on bytes Trillian
+// did not integrate. Other proofs are passed on as Trillian gives them:
+// clients and auditors check them against the signed checkpoints.
 //
 // # Durability
 //
