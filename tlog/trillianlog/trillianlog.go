@@ -396,14 +396,14 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("%w: Trillian tree %d's root at size %d is not the root of its leaves extending the signed size %d", tlog.ErrConflict, l.tree, root.Size, old.Size)
 	}
 
-	var proof []tlog.Hash
+	var cproof []tlog.Hash
 	if old.Size > 0 {
-		proof, err = l.consistency(ctx, old.Size, root.Size)
+		cproof, err = l.consistency(ctx, old.Size, root.Size)
 		if err != nil {
 			return false, err
 		}
 	}
-	cp, err := l.signer.Sign(&old, root, proof)
+	cp, err := l.signer.Sign(&old, root, cproof)
 	if err != nil {
 		return false, err
 	}
