@@ -16,8 +16,9 @@
 #   scripts/trillian.sh build   only build (or find) the Trillian binaries
 #
 # Nothing here touches the system's PostgreSQL service: the script runs its
-# own cluster in $TRILLIAN_RUN_DIR (default .cache/trillian in the repository),
-# listening only on 127.0.0.1, as the `postgres` user when run as root. Missing
+# own cluster in a temporary directory (named in $TRILLIAN_RUN_DIR, default
+# .cache/trillian in the repository), listening only on 127.0.0.1, as the
+# `postgres` user when run as root. Missing
 # PostgreSQL is installed from Debian's packages with apt-get (root only).
 #
 # Trillian's binaries are built from the module cache at the version go.mod
@@ -158,13 +159,18 @@ up() {
 
   # A private cluster: loopback only, trust authentication (nothing but this
   # machine can connect), fsync and synchronous commit left on (durable).
-  mkdir -p "$run_dir/pg"
-  [ "$(id -u)" = 0 ] && chown postgres: "$run_dir/pg"
-  as_db "$pg/initdb" -D "$run_dir/pg/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
+  # The cluster lives under TMPDIR, not in the run directory: the database
+  # user must be able to reach it, and the run directory may sit below a
+  # private home directory.
+  local pgdir
+  pgdir="$(mktemp -d "${TMPDIR:-/tmp}/kbs-trillian-pg.XXXXXX")"
+  echo "$pgdir" >"$run_dir/pg_dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$pgdir"
+  as_db "$pg/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
     die "initdb failed: $(tail -5 "$run_dir/initdb.log")"
-  as_db "$pg/pg_ctl" -D "$run_dir/pg/data" -l "$run_dir/pg/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$run_dir/pg' -c max_connections=200" \
-    start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$run_dir/pg/postgres.log" 2>/dev/null)"
+  as_db "$pg/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$pgdir' -c max_connections=200" \
+    start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$pgdir/postgres.log" 2>/dev/null)"
   echo "$pg" >"$run_dir/pg_bin"
 
   local psql=("$pg/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
@@ -233,8 +239,13 @@ down() {
   stop_pid log_signer
   stop_pid log_server_tls
   stop_pid log_server
-  if [ -f "$run_dir/pg_bin" ] && [ -d "$run_dir/pg/data" ]; then
-    as_db "$(cat "$run_dir/pg_bin")/pg_ctl" -D "$run_dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+  if [ -f "$run_dir/pg_dir" ]; then
+    local pgdir
+    pgdir="$(cat "$run_dir/pg_dir")"
+    if [ -f "$run_dir/pg_bin" ] && [ -d "$pgdir/data" ]; then
+      as_db "$(cat "$run_dir/pg_bin")/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$pgdir"
   fi
   rm -rf "$run_dir"
   log "stopped"
