@@ -33,12 +33,13 @@ func crashIterations(t *testing.T) int {
 }
 
 // TestCrashDuringReleases kills kbsd with SIGKILL at a random moment during
-// a stream of concurrent releases, many times. After each restart: the
-// store reopens, the tree never shrank (the client's checkpoint verifier
-// demands a consistency proof from the last checkpoint it saw), and every
-// receipt acknowledged before any kill proves its entry in the new tree:
-// the entry is at its index and the receipt's checkpoint is consistent with
-// the new one.
+// a stream of concurrent releases and key uploads, many times. After each
+// restart: the store reopens, the tree never shrank (the client's
+// checkpoint verifier demands a consistency proof from the last checkpoint
+// it saw), every receipt acknowledged before any kill proves its entry in
+// the new tree (the entry is at its index and the receipt's checkpoint is
+// consistent with the new one), and every acknowledged upload is in the key
+// store.
 func TestCrashDuringReleases(t *testing.T) {
 	iterations := crashIterations(t)
 	data := filepath.Join(t.TempDir(), "kbs-dev")
@@ -51,11 +52,35 @@ func TestCrashDuringReleases(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		receipts []string
+		acked    uint64 // last acknowledged version of demo/crash-up
+		next     uint64 = 1
 	)
+	upMaterial := func(v uint64) []byte { return []byte(fmt.Sprintf("upload version %d.........", v)) }
 	const workers = 4
 	for it := 0; it < iterations; it++ {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
+		// One client uploads new versions of a key while workers fetch.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				res, err := c.tryUpload("demo/crash-up", next, upMaterial(next))
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				receipts = append(receipts, res.Receipt)
+				acked = next
+				mu.Unlock()
+				next++
+			}
+		}()
 		for w := 0; w < workers; w++ {
 			wg.Add(1)
 			go func() {
@@ -96,7 +121,27 @@ func TestCrashDuringReleases(t *testing.T) {
 		checkReceipts(t, c, cp, receipts)
 		n := len(receipts)
 		mu.Unlock()
-		t.Logf("iteration %d: %d acknowledged releases all in the log of size %d", it, n, cp.Size)
+		// Every acknowledged upload is in the store; at most one more (logged,
+		// not acknowledged) was committed at start.
+		var list api.KeyList
+		d.mustCall("GET", api.PathKeys, nil, &list)
+		var stored uint64
+		for _, k := range list.Keys {
+			if k.ID == "demo/crash-up" {
+				stored = k.Version
+			}
+		}
+		if stored < acked || stored > acked+1 {
+			t.Fatalf("iteration %d: demo/crash-up is at version %d after the crash, acknowledged %d", it, stored, acked)
+		}
+		if stored > 0 {
+			keys, _, err := fetch(d, attest.SNP, api.KEMX25519, "demo/crash-up")
+			if err != nil || !bytes.Equal(keys["demo/crash-up"], upMaterial(stored)) {
+				t.Fatalf("iteration %d: version %d of demo/crash-up does not come back: %v", it, stored, err)
+			}
+		}
+		next = stored + 1
+		t.Logf("iteration %d: %d acknowledged releases and uploads all in the log of size %d; uploads acknowledged %d, stored %d", it, n, cp.Size, acked, stored)
 	}
 	d.stop()
 	if len(receipts) == 0 {

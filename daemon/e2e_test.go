@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,29 +59,29 @@ type daemon struct {
 	cmd  *exec.Cmd
 	out  *lockedBuffer
 	hc   *http.Client
+	// done is closed when the process has exited, with waitErr.
+	done    chan struct{}
+	waitErr error
 }
 
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-// startDaemon runs kbsd --dev in data and waits until it answers.
+// startDaemon runs kbsd --dev in data and waits until it answers. The TCP
+// listener takes a free port (127.0.0.1:0) and the test reads it from the
+// log, so parallel test processes never race for a port.
 func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, data: data, tcp: freePort(t), out: new(lockedBuffer)}
-	args := append([]string{"--dev", "--data", data, "--listen-tcp", d.tcp}, extra...)
+	d := &daemon{t: t, data: data, out: new(lockedBuffer)}
+	args := append([]string{"--dev", "--data", data, "--listen-tcp", "127.0.0.1:0"}, extra...)
 	d.cmd = exec.Command(kbsdBin, args...)
 	d.cmd.Stdout = d.out
 	d.cmd.Stderr = d.out
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	d.done = make(chan struct{})
+	go func() {
+		d.waitErr = d.cmd.Wait()
+		close(d.done)
+	}()
 	sock := filepath.Join(data, "kbs.sock")
 	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -88,62 +89,51 @@ func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 			return dl.DialContext(ctx, "unix", sock)
 		},
 	}}
+	addr := regexp.MustCompile(`https://(127\.0\.0\.1:[0-9]+)`)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := d.hc.Get("http://kbsd/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return d
+		if m := addr.FindStringSubmatch(d.out.String()); m != nil {
+			resp, err := d.hc.Get("http://kbsd/healthz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					d.tcp = m[1]
+					return d
+				}
 			}
 		}
 		if time.Now().After(deadline) || d.exited() {
 			d.kill()
-			t.Fatalf("kbsd did not come up: %v\n%s", err, d.out)
+			t.Fatalf("kbsd did not come up:\n%s", d.out)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// lockedBuffer collects the daemon's output; the test reads it while the
-// process writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
+// exited reports whether the process has exited.
 func (d *daemon) exited() bool {
-	return d.cmd.ProcessState != nil
+	select {
+	case <-d.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // kill sends SIGKILL and waits.
 func (d *daemon) kill() {
 	d.cmd.Process.Signal(syscall.SIGKILL)
-	d.cmd.Wait()
+	<-d.done
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop() {
 	d.t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			d.t.Fatalf("kbsd exited with %v\n%s", err, d.out)
+	case <-d.done:
+		if d.waitErr != nil {
+			d.t.Fatalf("kbsd exited with %v\n%s", d.waitErr, d.out)
 		}
 	case <-time.After(20 * time.Second):
 		d.kill()
@@ -276,6 +266,10 @@ func (c *client) verifyBroker() {
 	if api.SPKISHA256(spki) != att.TLSSPKISHA256 {
 		t.Fatal("TLS certificate is not the attested one")
 	}
+	if conn, err := tls.Dial("tcp", c.d.tcp, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err == nil {
+		conn.Close()
+		t.Fatal("kbsd accepted TLS 1.2")
+	}
 	c.att = att
 }
 
@@ -320,29 +314,40 @@ func toHashes(bs [][]byte) []tlog.Hash {
 // client.
 func (c *client) upload(id string, version uint64, material []byte) *api.KeyUploadResult {
 	c.t.Helper()
+	res, err := c.tryUpload(id, version, material)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return res
+}
+
+// tryUpload is upload that returns its error (for other goroutines).
+func (c *client) tryUpload(id string, version uint64, material []byte) (*api.KeyUploadResult, error) {
 	key := c.clientKey()
 	sealed, err := api.Seal(c.att.HPKEPublicKey, api.UploadInfo(id, version), material)
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, err
 	}
 	sig, err := api.SignStatement(key, api.UploadStatement("demo-client", id, version, c.att.HPKEPublicKey, sealed))
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, err
 	}
 	var res api.KeyUploadResult
-	c.d.mustCall("POST", api.PathKeys, api.KeyUpload{Client: "demo-client", ID: id, Version: version, Sealed: sealed, Signature: sig}, &res)
-	return &res
+	st, ae, err := c.d.call("POST", api.PathKeys, api.KeyUpload{Client: "demo-client", ID: id, Version: version, Sealed: sealed, Signature: sig}, &res)
+	if err != nil || st != 200 {
+		return nil, fmt.Errorf("upload %s v%d: %d %+v %v", id, version, st, ae, err)
+	}
+	return &res, nil
 }
 
 func (c *client) clientKey() crypto.Signer {
-	c.t.Helper()
 	pemBytes, err := os.ReadFile(filepath.Join(c.d.data, "client.key"))
 	if err != nil {
-		c.t.Fatal(err)
+		panic(err)
 	}
 	k, err := manifest.ParsePrivateKey(pemBytes, nil)
 	if err != nil {
-		c.t.Fatal(err)
+		panic(err)
 	}
 	return k
 }
@@ -600,4 +605,23 @@ func replayAndMismatch(t *testing.T, d *daemon) {
 			t.Errorf("%s: the log grew %d -> %d", tt.name, before, after)
 		}
 	}
+}
+
+// lockedBuffer collects the daemon's output; the test reads it while the
+// process writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

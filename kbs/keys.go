@@ -31,8 +31,9 @@ func authorizeClient(m *manifest.Manifest, client, id string, statement, sig []b
 }
 
 // handleUpload serves POST /v1/keys: a key sealed to the broker's HPKE key
-// and signed by a client of the manifest. Order: check the signature and
-// the version, open the sealed key, log the upload durably, store it.
+// and signed by a client of the manifest. Order: check the signature, open
+// the sealed key, check the version, stage the key, log the upload
+// durably, commit the key.
 func (b *Broker) handleUpload(w http.ResponseWriter, r *http.Request) error {
 	var req api.KeyUpload
 	if err := decodeBody(w, r, api.MaxKeyBody, &req); err != nil {
@@ -92,8 +93,8 @@ func (b *Broker) handleUpload(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// handleDelete serves DELETE /v1/keys/{id}: crypto-shreds the key after
-// logging the deletion.
+// handleDelete serves DELETE /v1/keys/{id}: stops releasing the key, logs
+// the deletion durably, then crypto-shreds it.
 func (b *Broker) handleDelete(w http.ResponseWriter, r *http.Request) error {
 	keyID := r.PathValue("id")
 	var req api.KeyDelete

@@ -115,6 +115,11 @@ func OpenCheckpoint(msg []byte, origin string, v note.Verifier) (SignedCheckpoin
 	}
 	signed := false
 	for _, s := range n.Sigs {
+		// note.Open decodes signatures leniently: reject base64 with
+		// non-zero padding bits, so one signed checkpoint has one text.
+		if _, err := base64.StdEncoding.Strict().DecodeString(s.Base64); err != nil {
+			return SignedCheckpoint{}, fmt.Errorf("tlog: checkpoint signature by %q is not canonical base64", s.Name)
+		}
 		if s.Name == v.Name() && s.Hash == v.KeyHash() {
 			signed = true
 		}

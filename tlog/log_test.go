@@ -715,9 +715,19 @@ func TestVerifierUpdate(t *testing.T) {
 	}
 	// A bad signature is not a fork, just an error, and changes nothing.
 	bad := bytes.Clone(cp20.Note)
-	bad[len(bad)-3] ^= 1
+	bad[len(bad)-20] ^= 1
 	if _, err := v2.Update(bad, nil); err == nil || errors.As(err, &fe) {
 		t.Fatalf("bad signature: err = %v", err)
+	}
+	// The last base64 character of the signature line carries two padding
+	// bits; a note whose padding bits differ is a different text for the
+	// same signature and is rejected too.
+	bad = bytes.Clone(cp20.Note)
+	last := bytes.LastIndexByte(bad[:len(bad)-1], '=') - 1
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	bad[last] = alphabet[strings.IndexByte(alphabet, bad[last])^1]
+	if _, err := v2.Update(bad, nil); err == nil || !strings.Contains(err.Error(), "canonical") {
+		t.Fatalf("non-canonical signature padding: err = %v", err)
 	}
 	// A stored file that was tampered with is reported.
 	files, _ := filepath.Glob(filepath.Join(dir, "checkpoint-*"))
