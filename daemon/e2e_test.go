@@ -509,6 +509,8 @@ func TestProductionRefusals(t *testing.T) {
 		{[]string{"--dev", "--log-backend", "trillian"}, "--trillian-addr"},
 		{[]string{"--dev", "--log-backend", "etcd"}, "want bolt or trillian"},
 		{[]string{"--dev", "--trillian-tree-id", "5"}, "need --log-backend trillian"},
+		{[]string{"--dev", "--trillian-tls-ca", "ca.pem"}, "need --log-backend trillian"},
+		{[]string{"--dev", "--data", dir, "--log-backend", "trillian", "--trillian-addr", "127.0.0.1:1", "--trillian-tree-id", "5", "--trillian-tls-ca", filepath.Join(dir, "missing.pem")}, "--trillian-tls-ca"},
 		{[]string{"--dev", "--product", "Milan"}, "flag provided but not defined: -product"},
 	} {
 		out, err := exec.Command(kbsdBin, tt.args...).CombinedOutput()
