@@ -47,6 +47,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/keystore"
+	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -116,6 +117,9 @@ type Broker struct {
 
 	manifestMu sync.Mutex // serializes manifest updates
 	keyMu      sync.Mutex // serializes key uploads and deletes
+
+	// confirm is policy.Confirm (replaced in tests).
+	confirm confirmFunc
 
 	closing atomic.Bool
 	// appendFailing is set while appends to the log fail (health checks
@@ -194,12 +198,13 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg.AttestationBurst = 100
 	}
 	b := &Broker{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		now:    cfg.Now,
-		nonces: newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
-		limit:  newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
-		m:      newMetrics(),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		nonces:  newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
+		limit:   newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
+		m:       newMetrics(),
+		confirm: policy.Confirm,
 	}
 	if err := cfg.DB.Update(func(tx *bbolt.Tx) error {
 		bb, err := tx.CreateBucketIfNotExists(bucketBroker)
