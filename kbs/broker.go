@@ -74,9 +74,13 @@ type Config struct {
 	// It is published in attestation answers and the identity entry.
 	Simulated bool
 
-	// InitialManifest is the version-1 manifest, trusted by configuration,
-	// with InitialSignatures: base64 signatures of at least its threshold
-	// of its own owners over its bytes. Required on first start. On later
+	// InitialManifest is the version-1 manifest, trusted by configuration:
+	// configuring it is the operator's explicit trust decision. Required on
+	// first start. InitialSignatures are optional base64 signatures of its
+	// own owners over its bytes: when given, they must all verify and reach
+	// the owners' threshold, and the manifest entry names their signers;
+	// without them the entry names no signers and the broker logs that
+	// version 1 is trusted by the operator's decision only. On later
 	// starts it is optional; when given it must be a version the broker
 	// already activated (the current chain is never replaced by
 	// configuration: later versions come only through PUT /v1/manifest).
@@ -100,8 +104,8 @@ type Config struct {
 	AttestationBurst int
 }
 
-// ErrInitialSignatures is returned by New when the version-1 manifest lacks
-// signatures of its own owners' threshold.
+// ErrInitialSignatures is returned by New when signatures were given for the
+// version-1 manifest but do not reach its own owners' threshold.
 var ErrInitialSignatures = errors.New("initial manifest not signed by its owners")
 
 // Broker serves the kbs API. Create it with New; serve Handler.
@@ -392,6 +396,10 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: initial manifest: %w", err)
 	}
+	if len(signers) == 0 {
+		b.log.Warn("manifest version 1 carries no owner signatures: it is trusted by the operator's decision (the configured manifest file) only, and its log entry names no signers",
+			"hash", m.Hash())
+	}
 	_, err = b.activate(ctx, m, b.cfg.InitialSignatures, signers)
 	return err
 }
@@ -454,10 +462,15 @@ func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, []by
 	return prev, entry, nil
 }
 
-// verifySelfSigned checks that version 1 carries signatures of at least its
-// threshold of distinct owners of its own, so the log can record who
-// admitted it.
+// verifySelfSigned checks the signatures of version 1, if any: each must be
+// by a distinct owner of its own, and together they must reach its
+// threshold, so the log can record who admitted it. Without signatures it
+// returns no signers: version 1 is then trusted by the operator's decision
+// alone.
 func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
+	if len(sigs) == 0 {
+		return nil, nil
+	}
 	var keys []any
 	for _, p := range m.Document().Owners.Keys {
 		block, _ := pem.Decode([]byte(p))
@@ -492,7 +505,7 @@ func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
 		}
 	}
 	if len(seen) < m.Threshold() {
-		return nil, fmt.Errorf("%w: version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid", ErrInitialSignatures, m.Threshold(), len(seen))
+		return nil, fmt.Errorf("%w: signed version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid (give all of them, or none to trust version 1 by the operator's decision alone)", ErrInitialSignatures, m.Threshold(), len(seen))
 	}
 	var fps []string
 	for fp := range seen {
