@@ -13,7 +13,10 @@
 // store, broker state), kbs.sock, manifest.json with manifest.json.sig,
 // owner.key/owner.pub and client.key/client.pub (ECDSA P-256 PEM, dev
 // only), and sim/ (the simulated vendor chain, root.pem, and the file that
-// stands in for the hardware sealing key). It prints the commands to try.
+// stands in for the hardware sealing key). It prints the commands to try,
+// which work on a copy of manifest.json: the file in DIR must stay version
+// 1. When it is missing next to an existing kbs.db, version 1 is written
+// back from the database.
 //
 // # Production
 //

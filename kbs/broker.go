@@ -371,8 +371,11 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 	}
 	if latest != nil {
 		if b.cfg.InitialManifest != nil && !bytes.Equal(b.cfg.InitialManifest, initial) {
-			return fmt.Errorf("kbs: the configured manifest (%s) is not the version 1 this broker's chain starts from (%s); later versions come only through PUT %s",
-				manifest.HashOf(b.cfg.InitialManifest), manifest.HashOf(initial), api.PathManifest)
+			e := &InitialManifestError{Configured: manifest.HashOf(b.cfg.InitialManifest), Initial: manifest.HashOf(initial), ActiveVersion: latest.Version}
+			if m, err := manifest.Parse(b.cfg.InitialManifest); err == nil {
+				e.ConfiguredVersion = m.Version()
+			}
+			return e
 		}
 		m, entry, err := b.checkStoredChain(ctx)
 		if err != nil {
@@ -592,6 +595,42 @@ func (b *Broker) history() ([]manifestRecord, error) {
 		})
 	})
 	return out, err
+}
+
+// InitialManifestError is returned by New when Config.InitialManifest is not
+// the version 1 the broker's stored chain starts from (say, the file was
+// overwritten with a later version). The stored chain is unaffected.
+type InitialManifestError struct {
+	// Configured is the hash of the configured manifest, and
+	// ConfiguredVersion its version (0 when it does not parse).
+	Configured        string
+	ConfiguredVersion uint64
+	// Initial is the hash of the stored version 1; ActiveVersion the
+	// version the chain is at.
+	Initial       string
+	ActiveVersion uint64
+}
+
+func (e *InitialManifestError) Error() string {
+	held := "a manifest that does not parse"
+	if e.ConfiguredVersion != 0 {
+		held = fmt.Sprintf("version %d", e.ConfiguredVersion)
+	}
+	return fmt.Sprintf("kbs: the configured manifest (%s, %s) is not the version 1 this broker's chain starts from (%s; the chain is at version %d); later versions come only through PUT %s",
+		held, e.Configured, e.Initial, e.ActiveVersion, api.PathManifest)
+}
+
+// InitialManifest returns the exact bytes of the version 1 the broker's
+// chain starts from.
+func (b *Broker) InitialManifest() ([]byte, error) {
+	recs, err := b.history()
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, errors.New("kbs: no manifest")
+	}
+	return bytes.Clone(recs[0].Body), nil
 }
 
 // ActiveManifest returns the hash and version of the active manifest.
