@@ -167,7 +167,7 @@ func manifestMismatch(c *Config, dev *devSetup, e *kbs.InitialManifestError) err
 		return fmt.Errorf("%s\n%s\nThe broker's state is intact. To fix it, move the file away and restart; kbsd --dev then writes version 1 back from its database:\n  mv %s %s.changed\n  kbsd --dev --data %s",
 			what, why, c.Manifest, c.Manifest, c.Data)
 	}
-	return fmt.Errorf("%s\nLater versions come only through PUT %s (kbsctl manifest set), never from --manifest. %s\nThe broker's state is intact. To fix it, omit --manifest (it is needed only at the first start) or pass the exact version 1 file (%s).",
+	return fmt.Errorf("%s\nLater versions come only through PUT %s (kbsctl manifest set), never from --manifest. %s\nThe broker's state is intact. To fix it, omit --manifest (it is needed only at the first start) or pass the exact version 1 file (%s)",
 		what, api.PathManifest, why, e.Initial)
 }
 
