@@ -24,7 +24,9 @@ type Config struct {
 	// broker started from).
 	Manifest string
 	// ManifestSigs are files holding base64 owner signatures over
-	// Manifest. Optional; default Manifest + ".sig" when it exists.
+	// Manifest (version 1). Optional; default Manifest + ".sig" when it
+	// exists. Without any, version 1 is trusted by the operator's decision
+	// (Manifest) alone.
 	ManifestSigs []string
 	// TEE is the platform kbsd runs on: "snp" or "tdx" ("tdx" is refused
 	// for now: no sealing key). With Dev it picks the simulated platform;
