@@ -38,7 +38,8 @@ test-trillian:
 	@set -e; export TRILLIAN_RUN_DIR=$(TRILLIAN_TEST_DIR); \
 	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
 	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
-	  status=0; $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... || status=$$?; \
+	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... && \
+	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and

@@ -24,7 +24,9 @@ type Config struct {
 	// broker started from).
 	Manifest string
 	// ManifestSigs are files holding base64 owner signatures over
-	// Manifest. Optional; default Manifest + ".sig" when it exists.
+	// Manifest (version 1). Optional; default Manifest + ".sig" when it
+	// exists. Without any, version 1 is trusted by the operator's decision
+	// (Manifest) alone.
 	ManifestSigs []string
 	// TEE is the platform kbsd runs on: "snp" or "tdx" ("tdx" is refused
 	// for now: no sealing key). With Dev it picks the simulated platform;
@@ -49,6 +51,10 @@ type Config struct {
 	// TrillianAdopt lets kbsd start without a state file on a tree that
 	// already has leaves (it replays and trusts the tree).
 	TrillianAdopt bool
+	// TrillianTLSCA is a PEM file of CA certificates: with it kbsd speaks
+	// TLS to Trillian and checks the server's certificate against them.
+	// Optional; default plaintext gRPC (loopback or a private network).
+	TrillianTLSCA string
 	// LogFormat is "text" (default) or "json"; LogLevel is trace, debug,
 	// info (default), warn or error.
 	LogFormat string
@@ -95,6 +101,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.TrillianAddr, "trillian-addr", "", "Trillian log server gRPC address HOST:PORT (with --log-backend trillian)")
 	fs.Int64Var(&c.TrillianTreeID, "trillian-tree-id", 0, "Trillian log tree id (with --log-backend trillian)")
 	fs.StringVar(&c.TrillianState, "trillian-state", "", "kbsd's last signed checkpoint over the Trillian tree (default DATA/trillian-state.json)")
+	fs.StringVar(&c.TrillianTLSCA, "trillian-tls-ca", "", "PEM CA certificates: speak TLS to Trillian and verify its certificate (default plaintext)")
 	fs.BoolVar(&c.TrillianAdopt, "trillian-adopt", false, "start without a state file on a non-empty Trillian tree, trusting it (see docs/scale-out.md)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
@@ -226,7 +233,7 @@ func (c *Config) check() error {
 	}
 	switch c.LogBackend {
 	case "bolt":
-		if c.TrillianAddr != "" || c.TrillianTreeID != 0 || c.TrillianState != "" || c.TrillianAdopt {
+		if c.TrillianAddr != "" || c.TrillianTreeID != 0 || c.TrillianState != "" || c.TrillianAdopt || c.TrillianTLSCA != "" {
 			return errors.New("--trillian-* flags need --log-backend trillian")
 		}
 	case "trillian":

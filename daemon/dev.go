@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/kbs-dev/kbs/kbs"
+	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
@@ -32,11 +33,15 @@ type devSetup struct {
 	verifier     attest.Verifier
 	simDir       string
 	manifestFile string
+	// restore says that manifestFile was missing while the database
+	// exists: version 1 is written back from the database after start.
+	restore bool
 }
 
 // prepareDev creates (or reuses) the development files in c.Data: the
 // simulated TEE, owner and client keys, and the version-1 dev manifest
-// signed by the owner key.
+// signed by the owner key. A manifest file removed after the first start is
+// not recreated: restoreManifest writes version 1 back from the database.
 func prepareDev(ctx context.Context, c *Config, logger hclog.Logger) (*devSetup, error) {
 	logger.Warn("DEVELOPMENT MODE: simulated TEE, sealing key in a plain file, dev keys unencrypted on disk; never use --dev in production")
 	d := &devSetup{simDir: filepath.Join(c.Data, "sim"), manifestFile: filepath.Join(c.Data, "manifest.json")}
@@ -60,6 +65,11 @@ func prepareDev(ctx context.Context, c *Config, logger hclog.Logger) (*devSetup,
 		return nil, err
 	}
 	if _, err := os.Stat(d.manifestFile); errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(c.Data, "kbs.db")); err == nil {
+			// The broker has a chain already: never a new version 1.
+			d.restore = true
+			return d, nil
+		}
 		if err := d.writeManifest(ctx, c, ownerPub, clientPub); err != nil {
 			return nil, fmt.Errorf("couldn't create the dev manifest: %w", err)
 		}
@@ -125,6 +135,42 @@ func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clien
 	return os.WriteFile(d.manifestFile, body, 0o644)
 }
 
+// restoreManifest writes the broker's version 1 back to manifestFile when
+// it was missing at start.
+func (d *devSetup) restoreManifest(b *kbs.Broker, logger hclog.Logger) error {
+	if !d.restore {
+		return nil
+	}
+	body, err := b.InitialManifest()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(d.manifestFile, body, 0o644); err != nil {
+		return fmt.Errorf("couldn't restore the dev manifest: %w", err)
+	}
+	logger.Info("restored version 1 of the dev manifest from the database", "file", d.manifestFile, "hash", manifest.HashOf(body))
+	return nil
+}
+
+// manifestMismatch explains an InitialManifestError: what happened to the
+// manifest file and how to fix it.
+func manifestMismatch(c *Config, dev *devSetup, e *kbs.InitialManifestError) error {
+	held := "a file that is not a valid manifest"
+	if e.ConfiguredVersion != 0 {
+		held = fmt.Sprintf("manifest version %d", e.ConfiguredVersion)
+	}
+	what := fmt.Sprintf("%s holds %s (%s), but this broker's chain starts from another version 1 (%s) and is now at version %d.",
+		c.Manifest, held, e.Configured, e.Initial, e.ActiveVersion)
+	why := fmt.Sprintf("A client command given this file can rewrite it: 'kbsctl verify --follow --manifest %s' stores the version it followed there. Clients and workers must use their own copy (cp %s my-manifest.json).",
+		c.Manifest, c.Manifest)
+	if dev != nil && c.Manifest == dev.manifestFile {
+		return fmt.Errorf("%s\n%s\nThe broker's state is intact. To fix it, move the file away and restart; kbsd --dev then writes version 1 back from its database:\n  mv %s %s.changed\n  kbsd --dev --data %s",
+			what, why, c.Manifest, c.Manifest, c.Data)
+	}
+	return fmt.Errorf("%s\nLater versions come only through PUT %s (kbsctl manifest set), never from --manifest. %s\nThe broker's state is intact. To fix it, omit --manifest (it is needed only at the first start) or pass the exact version 1 file (%s)",
+		what, api.PathManifest, why, e.Initial)
+}
+
 func (d *devSetup) printNextSteps(w io.Writer, c *Config, addrs []string, noteKey string) {
 	dir := c.Data
 	q := func(s string) string {
@@ -139,14 +185,18 @@ func (d *devSetup) printNextSteps(w io.Writer, c *Config, addrs []string, noteKe
 	} else {
 		sock = addrs[0]
 	}
+	root, mf := q(sim.RootFile(d.simDir)), "my-manifest.json"
 	fmt.Fprintf(w, `
 kbsd is running in DEVELOPMENT mode (simulated %s TEE) on %s.
 State lives in %s and survives restarts; delete it to start over.
 
-Next steps, in another terminal:
+Next steps, in another terminal in this directory:
   export KBS_ADDR=%s
   make build
-  # 1. verify the broker against the dev manifest (stores the checkpoint)
+  # 0. take your own copy of the manifest (once): kbsctl may update the file
+  #    it is given (verify --follow), and kbsd needs %s to stay version 1
+  [ -e %[7]s ] || cp %[6]s %[7]s
+  # 1. verify the broker against your copy (stores the checkpoint)
   bin/kbsctl --sim-root %s verify --manifest %s
   # 2. upload a prompt key as the dev client
   bin/kbsctl --sim-root %s key put --manifest %s --client-key %s --id demo/prompt-key --generate --out prompt.key
@@ -155,10 +205,17 @@ Next steps, in another terminal:
   # 4. check the worker's receipt, then audit the whole log
   bin/kbsctl receipt verify --note-key %s worker-keys/demo/prompt-key.receipt
   bin/kbsctl --sim-root %s audit --note-key %s
+  # 5. as the owner, publish manifest version 2; the client follows it into its copy
+  bin/kbsctl manifest next --out manifest-v2.json %s
+  bin/kbsctl manifest sign --key %s manifest-v2.json > manifest-v2.json.sig
+  bin/kbsctl --sim-root %s manifest set --sig manifest-v2.json.sig manifest-v2.json
+  bin/kbsctl --sim-root %s verify --follow --manifest %s
 
 `, c.TEE, strings.Join(addrs, " and "), q(dir), q(sock),
-		q(sim.RootFile(d.simDir)), q(d.manifestFile),
-		q(sim.RootFile(d.simDir)), q(d.manifestFile), q(filepath.Join(dir, "client.key")),
-		q(sim.RootFile(d.simDir)), q(d.manifestFile), q(d.simDir),
-		q(noteKey), q(sim.RootFile(d.simDir)), q(noteKey))
+		q(d.manifestFile), q(d.manifestFile), mf,
+		root, mf,
+		root, mf, q(filepath.Join(dir, "client.key")),
+		root, mf, q(d.simDir),
+		q(noteKey), root, q(noteKey),
+		mf, q(filepath.Join(dir, "owner.key")), root, root, mf)
 }

@@ -509,6 +509,8 @@ func TestProductionRefusals(t *testing.T) {
 		{[]string{"--dev", "--log-backend", "trillian"}, "--trillian-addr"},
 		{[]string{"--dev", "--log-backend", "etcd"}, "want bolt or trillian"},
 		{[]string{"--dev", "--trillian-tree-id", "5"}, "need --log-backend trillian"},
+		{[]string{"--dev", "--trillian-tls-ca", "ca.pem"}, "need --log-backend trillian"},
+		{[]string{"--dev", "--data", dir, "--log-backend", "trillian", "--trillian-addr", "127.0.0.1:1", "--trillian-tree-id", "5", "--trillian-tls-ca", filepath.Join(dir, "missing.pem")}, "--trillian-tls-ca"},
 		{[]string{"--dev", "--product", "Milan"}, "flag provided but not defined: -product"},
 	} {
 		out, err := exec.Command(kbsdBin, tt.args...).CombinedOutput()
@@ -541,19 +543,36 @@ func TestDevTDXBroker(t *testing.T) {
 	}
 }
 
-// TestUnsignedInitialManifestHint: a first start with a version 1 that its
-// owners did not sign is refused, with the commands that sign it. (The dev
-// data directory stands in for a production one: the check is the same.)
-func TestUnsignedInitialManifestHint(t *testing.T) {
+// TestUnsignedInitialManifest: a first start with a version 1 that its
+// owners did not sign is the operator's decision: kbsd starts, warns, and
+// clients verify it against their own file. A signature that does not
+// verify is refused. (The dev data directory stands in for a production
+// one: the checks are the same.)
+func TestUnsignedInitialManifest(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "kbs-dev")
 	d := startDaemon(t, data)
 	d.stop()
-	os.Remove(filepath.Join(data, "manifest.json.sig"))
-	os.Remove(filepath.Join(data, "kbs.db"))
-	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "kbsctl manifest sign --key OWNER.key") {
-		t.Fatalf("start with an unsigned version 1: %v\n%s", err, out)
+	sigFile := filepath.Join(data, "manifest.json.sig")
+	sig, err := os.ReadFile(sigFile)
+	if err != nil {
+		t.Fatal(err)
 	}
+	os.Remove(filepath.Join(data, "kbs.db"))
+	bad := []byte(strings.Replace(string(sig), "M", "N", 1))
+	if err := os.WriteFile(sigFile, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "initial manifest") {
+		t.Fatalf("start with a bad version-1 signature: %v\n%s", err, out)
+	}
+	os.Remove(sigFile)
+	os.Remove(filepath.Join(data, "kbs.db"))
+	d = startDaemon(t, data)
+	if !strings.Contains(d.out.String(), "trusted by the operator's decision") {
+		t.Errorf("no warning about the unsigned version 1:\n%s", d.out.String())
+	}
+	newClient(t, d).verifyBroker()
 }
 
 func treeSize(t *testing.T, d *daemon) uint64 {

@@ -13,16 +13,24 @@
 // store, broker state), kbs.sock, manifest.json with manifest.json.sig,
 // owner.key/owner.pub and client.key/client.pub (ECDSA P-256 PEM, dev
 // only), and sim/ (the simulated vendor chain, root.pem, and the file that
-// stands in for the hardware sealing key). It prints the commands to try.
+// stands in for the hardware sealing key). It prints the commands to try,
+// which work on a copy of manifest.json: the file in DIR must stay version
+// 1. When it is missing next to an existing kbs.db, version 1 is written
+// back from the database.
 //
 // # Production
 //
 //	kbsd --data DIR --manifest FILE --tee snp [--manifest-sig FILE ...]
 //	     [--listen-unix PATH] [--listen-tcp ADDR] [--log-format json]
 //
-// The first start logs the broker's identity and FILE (version 1, signed by
-// at least its threshold of its own owners: FILE.sig is read when no
-// --manifest-sig is given). Later versions arrive only through PUT
+// The first start logs the broker's identity and FILE as version 1. Passing
+// FILE is the operator's explicit trust decision for version 1: owner
+// signatures are optional. When present (--manifest-sig, or FILE.sig when
+// no --manifest-sig is given) they must all verify against the version's own
+// owners and reach its threshold, and the log names their signers; without
+// them kbsd starts, warns that version 1 is trusted by the operator's
+// decision only, and the log's manifest entry names no signers. Clients
+// likewise trust version 1 by their own file. Later versions arrive only through PUT
 // /v1/manifest. The key store is sealed with the SEV-SNP derived key; TDX has
 // no such key, so --tee tdx is refused until a recovery sealer exists. The
 // simulated TEE is refused outside --dev.

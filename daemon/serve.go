@@ -71,7 +71,7 @@ func serve(ctx context.Context, c *Config) error {
 			return err
 		}
 		sealer, issuer, verifier = dev.sealer, dev.issuer, dev.verifier
-		if c.Manifest == "" {
+		if c.Manifest == "" && !dev.restore {
 			c.Manifest = dev.manifestFile
 		}
 	} else {
@@ -153,10 +153,19 @@ func serve(ctx context.Context, c *Config) error {
 		AttestationBurst:  int(2 * c.AttestationRate),
 	})
 	if errors.Is(err, kbs.ErrInitialSignatures) {
-		return fmt.Errorf("%w\nsign it with each owner key, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default)", err, c.Manifest)
+		return fmt.Errorf("%w\nsign it with enough owner keys, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default),\nor pass no signature at all to trust version 1 by your decision alone", err, c.Manifest)
+	}
+	var mismatch *kbs.InitialManifestError
+	if errors.As(err, &mismatch) {
+		return manifestMismatch(c, dev, mismatch)
 	}
 	if err != nil {
 		return err
+	}
+	if dev != nil {
+		if err := dev.restoreManifest(broker, logger); err != nil {
+			return err
+		}
 	}
 	handler := broker.Handler()
 

@@ -47,6 +47,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/keystore"
+	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -73,9 +74,13 @@ type Config struct {
 	// It is published in attestation answers and the identity entry.
 	Simulated bool
 
-	// InitialManifest is the version-1 manifest, trusted by configuration,
-	// with InitialSignatures: base64 signatures of at least its threshold
-	// of its own owners over its bytes. Required on first start. On later
+	// InitialManifest is the version-1 manifest, trusted by configuration:
+	// configuring it is the operator's explicit trust decision. Required on
+	// first start. InitialSignatures are optional base64 signatures of its
+	// own owners over its bytes: when given, they must all verify and reach
+	// the owners' threshold, and the manifest entry names their signers;
+	// without them the entry names no signers and the broker logs that
+	// version 1 is trusted by the operator's decision only. On later
 	// starts it is optional; when given it must be a version the broker
 	// already activated (the current chain is never replaced by
 	// configuration: later versions come only through PUT /v1/manifest).
@@ -99,8 +104,8 @@ type Config struct {
 	AttestationBurst int
 }
 
-// ErrInitialSignatures is returned by New when the version-1 manifest lacks
-// signatures of its own owners' threshold.
+// ErrInitialSignatures is returned by New when signatures were given for the
+// version-1 manifest but do not reach its own owners' threshold.
 var ErrInitialSignatures = errors.New("initial manifest not signed by its owners")
 
 // Broker serves the kbs API. Create it with New; serve Handler.
@@ -116,6 +121,9 @@ type Broker struct {
 
 	manifestMu sync.Mutex // serializes manifest updates
 	keyMu      sync.Mutex // serializes key uploads and deletes
+
+	// confirm is policy.Confirm (replaced in tests).
+	confirm confirmFunc
 
 	closing atomic.Bool
 	// appendFailing is set while appends to the log fail (health checks
@@ -194,12 +202,13 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg.AttestationBurst = 100
 	}
 	b := &Broker{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		now:    cfg.Now,
-		nonces: newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
-		limit:  newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
-		m:      newMetrics(),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		nonces:  newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
+		limit:   newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
+		m:       newMetrics(),
+		confirm: policy.Confirm,
 	}
 	if err := cfg.DB.Update(func(tx *bbolt.Tx) error {
 		bb, err := tx.CreateBucketIfNotExists(bucketBroker)
@@ -362,8 +371,11 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 	}
 	if latest != nil {
 		if b.cfg.InitialManifest != nil && !bytes.Equal(b.cfg.InitialManifest, initial) {
-			return fmt.Errorf("kbs: the configured manifest (%s) is not the version 1 this broker's chain starts from (%s); later versions come only through PUT %s",
-				manifest.HashOf(b.cfg.InitialManifest), manifest.HashOf(initial), api.PathManifest)
+			e := &InitialManifestError{Configured: manifest.HashOf(b.cfg.InitialManifest), Initial: manifest.HashOf(initial), ActiveVersion: latest.Version}
+			if m, err := manifest.Parse(b.cfg.InitialManifest); err == nil {
+				e.ConfiguredVersion = m.Version()
+			}
+			return e
 		}
 		m, entry, err := b.checkStoredChain(ctx)
 		if err != nil {
@@ -386,6 +398,10 @@ func (b *Broker) loadManifest(ctx context.Context) error {
 	signers, err := verifySelfSigned(m, b.cfg.InitialSignatures)
 	if err != nil {
 		return fmt.Errorf("kbs: initial manifest: %w", err)
+	}
+	if len(signers) == 0 {
+		b.log.Warn("manifest version 1 carries no owner signatures: it is trusted by the operator's decision (the configured manifest file) only, and its log entry names no signers",
+			"hash", m.Hash())
 	}
 	_, err = b.activate(ctx, m, b.cfg.InitialSignatures, signers)
 	return err
@@ -449,10 +465,15 @@ func (b *Broker) checkStoredChain(ctx context.Context) (*manifest.Manifest, []by
 	return prev, entry, nil
 }
 
-// verifySelfSigned checks that version 1 carries signatures of at least its
-// threshold of distinct owners of its own, so the log can record who
-// admitted it.
+// verifySelfSigned checks the signatures of version 1, if any: each must be
+// by a distinct owner of its own, and together they must reach its
+// threshold, so the log can record who admitted it. Without signatures it
+// returns no signers: version 1 is then trusted by the operator's decision
+// alone.
 func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
+	if len(sigs) == 0 {
+		return nil, nil
+	}
 	var keys []any
 	for _, p := range m.Document().Owners.Keys {
 		block, _ := pem.Decode([]byte(p))
@@ -487,7 +508,7 @@ func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
 		}
 	}
 	if len(seen) < m.Threshold() {
-		return nil, fmt.Errorf("%w: version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid", ErrInitialSignatures, m.Threshold(), len(seen))
+		return nil, fmt.Errorf("%w: signed version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid (give all of them, or none to trust version 1 by the operator's decision alone)", ErrInitialSignatures, m.Threshold(), len(seen))
 	}
 	var fps []string
 	for fp := range seen {
@@ -574,6 +595,42 @@ func (b *Broker) history() ([]manifestRecord, error) {
 		})
 	})
 	return out, err
+}
+
+// InitialManifestError is returned by New when Config.InitialManifest is not
+// the version 1 the broker's stored chain starts from (say, the file was
+// overwritten with a later version). The stored chain is unaffected.
+type InitialManifestError struct {
+	// Configured is the hash of the configured manifest, and
+	// ConfiguredVersion its version (0 when it does not parse).
+	Configured        string
+	ConfiguredVersion uint64
+	// Initial is the hash of the stored version 1; ActiveVersion the
+	// version the chain is at.
+	Initial       string
+	ActiveVersion uint64
+}
+
+func (e *InitialManifestError) Error() string {
+	held := "a manifest that does not parse"
+	if e.ConfiguredVersion != 0 {
+		held = fmt.Sprintf("version %d", e.ConfiguredVersion)
+	}
+	return fmt.Sprintf("kbs: the configured manifest (%s, %s) is not the version 1 this broker's chain starts from (%s; the chain is at version %d); later versions come only through PUT %s",
+		held, e.Configured, e.Initial, e.ActiveVersion, api.PathManifest)
+}
+
+// InitialManifest returns the exact bytes of the version 1 the broker's
+// chain starts from.
+func (b *Broker) InitialManifest() ([]byte, error) {
+	recs, err := b.history()
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, errors.New("kbs: no manifest")
+	}
+	return bytes.Clone(recs[0].Body), nil
 }
 
 // ActiveManifest returns the hash and version of the active manifest.

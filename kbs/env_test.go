@@ -102,6 +102,9 @@ type env struct {
 	client   *ecdsa.PrivateKey
 	manifest []byte
 	logger   hclog.Logger
+	// signV1 returns the version-1 signatures New is given. Optional;
+	// default: every owner signs.
+	signV1 func(e *env, body []byte) []string
 }
 
 func pubPEM(t testing.TB, k *ecdsa.PrivateKey) string {
@@ -182,7 +185,18 @@ func newEnv(t testing.TB) *env {
 // changed by edit (when not nil), logging to logger (when not nil).
 func newEnvWith(t testing.TB, edit func(*manifest.Document), logger hclog.Logger) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: time.Now()}}
+	e, err := newEnvSigned(t, edit, logger, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// newEnvSigned is newEnvWith with the version-1 signatures from signV1
+// (when not nil); it returns New's error.
+func newEnvSigned(t testing.TB, edit func(*manifest.Document), logger hclog.Logger, signV1 func(*env, []byte) []string) (*env, error) {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: time.Now()}, signV1: signV1}
 	var err error
 	e.verifier, err = verify.New(verify.Options{SimRootFile: sim.RootFile(e.simDir), Offline: true})
 	if err != nil {
@@ -203,9 +217,8 @@ func newEnvWith(t testing.TB, edit func(*manifest.Document), logger hclog.Logger
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.open(t)
 	t.Cleanup(e.close)
-	return e
+	return e, e.tryOpen(t)
 }
 
 // open (re)opens the database, store, log and broker of e.dir.
@@ -240,11 +253,15 @@ func (e *env) tryOpen(t testing.TB) error {
 	if err != nil {
 		return err
 	}
+	sigs := signAll(t, e.manifest, e.owners...)
+	if e.signV1 != nil {
+		sigs = e.signV1(e, e.manifest)
+	}
 	e.b, err = New(ctx, Config{
 		DB: e.db, Log: e.log, Keys: e.keys, Identity: e.id, Issuer: issuer, Verifier: e.verifier,
 		Simulated:         true,
 		InitialManifest:   e.manifest,
-		InitialSignatures: signAll(t, e.manifest, e.owners...),
+		InitialSignatures: sigs,
 		Now:               e.clock.Now,
 		Logger:            e.logger,
 		NonceTTL:          time.Minute,

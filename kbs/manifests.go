@@ -97,8 +97,14 @@ func (b *Broker) checkServesManifest(ctx context.Context, next *manifest.Manifes
 		b.log.Warn("couldn't verify the broker's own evidence; not checking the new manifest's service values", "error", err)
 		return nil
 	}
-	if r := next.MatchService(ManifestClaims(c)); !r.OK() {
+	r := next.MatchService(ManifestClaims(c))
+	if !r.OK() {
 		return api.Errorf(api.CodeConflict, "manifest version %d: its service reference values do not match this broker, whose clients would then reject it: %s", next.Version(), r.Summary())
+	}
+	if err := b.confirm(next, r, manifest.ServiceClass, c); err != nil {
+		b.log.Error("INTERNAL INCONSISTENCY: the manifest's service values match this broker but the vendor library's validation rejects its evidence",
+			"manifest", next.Hash(), "version", next.Version(), "error", err)
+		return api.Errorf(api.CodeConflict, "manifest version %d: its service reference values match this broker, but the vendor library's validation rejects its evidence, so clients would reject it: %v", next.Version(), err)
 	}
 	return nil
 }

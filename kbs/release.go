@@ -11,7 +11,6 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
-	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
@@ -84,9 +83,9 @@ func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.CodeEvidenceRejected, "%v", err)
 	}
 	am := b.active.Load()
-	class, _, err := am.m.AuthorizeRelease(ManifestClaims(claims), req.KeyIDs)
+	class, err := b.authorize(am.m, claims, req.KeyIDs)
 	if err != nil {
-		return api.Errorf(api.CodePolicyDenied, "%v", err)
+		return err
 	}
 	keys := make([]tlogKey, len(req.KeyIDs))
 	for i, id := range req.KeyIDs {
@@ -172,24 +171,4 @@ func snpTCB(product string, tcb uint64) string {
 	default:
 		return fmt.Sprintf("reported_tcb=%016x", tcb)
 	}
-}
-
-// ManifestClaims maps verified attestation claims to the manifest's
-// platform-neutral claims, field by field.
-func ManifestClaims(c *attest.Claims) *manifest.Claims {
-	mc := &manifest.Claims{Platform: string(c.Platform), Simulated: c.Simulated, Measurement: c.Measurement}
-	if s := c.SNP; s != nil {
-		mc.SNP = &manifest.SNPClaims{
-			Policy: s.Policy, VMPL: s.VMPL, FamilyID: s.FamilyID, ImageID: s.ImageID,
-			CurrentTCB: s.CurrentTCB, ReportedTCB: s.ReportedTCB, CommittedTCB: s.CommittedTCB, LaunchTCB: s.LaunchTCB,
-			GuestSVN: s.GuestSVN, Product: s.Product, ChipID: s.ChipID, HostData: s.HostData,
-		}
-	}
-	if t := c.TDX; t != nil {
-		mc.TDX = &manifest.TDXClaims{
-			MRTD: t.MRTD, RTMR: t.RTMR, MRConfigID: t.MRConfigID, MROwner: t.MROwner, MROwnerConfig: t.MROwnerConfig,
-			XFAM: t.XFAM, TDAttributes: t.TDAttributes, TEETCBSVN: t.TEETCBSVN, MRSeam: t.MRSeam,
-		}
-	}
-	return mc
 }

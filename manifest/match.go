@@ -73,6 +73,8 @@ type Alternative struct {
 	Name    string  `json:"name"`
 	Matched bool    `json:"matched"`
 	Checks  []Check `json:"checks"`
+
+	index int // position in the class's list of its platform
 }
 
 // ClassResult is the comparison with one class.
@@ -136,6 +138,44 @@ func (r *Report) String() string {
 		}
 	}
 	return b.String()
+}
+
+// MatchedValues returns the reference values of class's alternatives that
+// matched in r, in manifest order: SNP values for a report of SNP claims,
+// TDX values for TDX claims. r must be a report m produced (MatchClass,
+// MatchService, Match or AuthorizeRelease); a report of another manifest
+// or one decoded from JSON gives wrong or no values. The values share
+// memory with m: callers must not modify them.
+func (m *Manifest) MatchedValues(r *Report, class string) (snp []SNPValues, tdx []TDXValues) {
+	if r == nil {
+		return nil, nil
+	}
+	var cl Class
+	if class == ServiceClass {
+		cl = m.doc.Service
+	} else {
+		var ok bool
+		if cl, ok = m.doc.Workers[class]; !ok {
+			return nil, nil
+		}
+	}
+	for _, c := range r.Classes {
+		if c.Class != class || !c.Matched {
+			continue
+		}
+		for _, a := range c.Alternatives {
+			if !a.Matched {
+				continue
+			}
+			switch {
+			case r.Platform == PlatformSNP && a.index < len(cl.SNP) && a.Name == indexPath("snp", a.index):
+				snp = append(snp, cl.SNP[a.index])
+			case r.Platform == PlatformTDX && a.index < len(cl.TDX) && a.Name == indexPath("tdx", a.index):
+				tdx = append(tdx, cl.TDX[a.index])
+			}
+		}
+	}
+	return snp, tdx
 }
 
 // Summary is a one-line explanation fit for an error message: the matching
@@ -305,14 +345,14 @@ func (m *Manifest) matchClass(name string, cl Class, c *Claims) ClassResult {
 	case PlatformSNP:
 		for i, v := range cl.SNP {
 			a := matchSNP(v, c)
-			a.Name = indexPath("snp", i)
+			a.Name, a.index = indexPath("snp", i), i
 			res.Alternatives = append(res.Alternatives, a)
 			res.Matched = res.Matched || a.Matched
 		}
 	case PlatformTDX:
 		for i, v := range cl.TDX {
 			a := matchTDX(v, c.TDX)
-			a.Name = indexPath("tdx", i)
+			a.Name, a.index = indexPath("tdx", i), i
 			res.Alternatives = append(res.Alternatives, a)
 			res.Matched = res.Matched || a.Matched
 		}

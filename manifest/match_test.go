@@ -1,6 +1,7 @@
 package manifest_test
 
 import (
+	"bytes"
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
@@ -360,5 +361,42 @@ func TestKeyPolicy(t *testing.T) {
 	}
 	if n := len(m.Clients()); n != 2 {
 		t.Errorf("Clients() has %d entries", n)
+	}
+}
+
+func TestMatchedValues(t *testing.T) {
+	d := mustParse(t, readFile(t, "valid/snp.json")).Document()
+	w := d.Workers["gpu-worker"]
+	other := w.SNP[0]
+	other.Measurement = manifest.Hexes(fake("another image", 48))
+	// The alternative that matches comes second, after one that does not.
+	w.SNP = []manifest.SNPValues{other, w.SNP[0]}
+	d.Workers["gpu-worker"] = w
+	b, err := manifest.Encode(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mustParse(t, b)
+	class, r, err := m.AuthorizeRelease(snpClaims(), nil)
+	if err != nil {
+		t.Fatalf("AuthorizeRelease = %v", err)
+	}
+	snp, tdx := m.MatchedValues(r, class)
+	if len(snp) != 1 || len(tdx) != 0 || !bytes.Equal(snp[0].Measurement.Values[0], fake("gpu-worker", 48)) {
+		t.Fatalf("MatchedValues(%s) = %d SNP, %d TDX values (%+v), want the second alternative", class, len(snp), len(tdx), snp)
+	}
+	for _, tc := range []struct {
+		name  string
+		r     *manifest.Report
+		class string
+	}{
+		{"nil report", nil, class},
+		{"unknown class", r, "nope"},
+		{"class not in report", r, manifest.ServiceClass},
+		{"no match", m.Match(tdxClaims()), class},
+	} {
+		if snp, tdx := m.MatchedValues(tc.r, tc.class); snp != nil || tdx != nil {
+			t.Errorf("%s: MatchedValues = %v, %v, want none", tc.name, snp, tdx)
+		}
 	}
 }

@@ -7,14 +7,18 @@
 #                               the log server and signer, create a log tree;
 #                               prints the environment (see `env`)
 #   scripts/trillian.sh env     print the environment of the running stack:
-#                               KBS_TRILLIAN_ADDR, KBS_TRILLIAN_TREE_ID, ...
+#                               KBS_TRILLIAN_ADDR, KBS_TRILLIAN_TREE_ID, and
+#                               (when openssl is there) KBS_TRILLIAN_TLS_ADDR,
+#                               KBS_TRILLIAN_TLS_CA: a second log server
+#                               speaking TLS with a throwaway certificate
 #   scripts/trillian.sh newtree create one more log tree, print its id
 #   scripts/trillian.sh down    stop everything and delete the run directory
 #   scripts/trillian.sh build   only build (or find) the Trillian binaries
 #
 # Nothing here touches the system's PostgreSQL service: the script runs its
-# own cluster in $TRILLIAN_RUN_DIR (default .cache/trillian in the repository),
-# listening only on 127.0.0.1, as the `postgres` user when run as root. Missing
+# own cluster in a temporary directory (named in $TRILLIAN_RUN_DIR, default
+# .cache/trillian in the repository), listening only on 127.0.0.1, as the
+# `postgres` user when run as root. Missing
 # PostgreSQL is installed from Debian's packages with apt-get (root only).
 #
 # Trillian's binaries are built from the module cache at the version go.mod
@@ -155,13 +159,18 @@ up() {
 
   # A private cluster: loopback only, trust authentication (nothing but this
   # machine can connect), fsync and synchronous commit left on (durable).
-  mkdir -p "$run_dir/pg"
-  [ "$(id -u)" = 0 ] && chown postgres: "$run_dir/pg"
-  as_db "$pg/initdb" -D "$run_dir/pg/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
+  # The cluster lives under TMPDIR, not in the run directory: the database
+  # user must be able to reach it, and the run directory may sit below a
+  # private home directory.
+  local pgdir
+  pgdir="$(mktemp -d "${TMPDIR:-/tmp}/kbs-trillian-pg.XXXXXX")"
+  echo "$pgdir" >"$run_dir/pg_dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$pgdir"
+  as_db "$pg/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
     die "initdb failed: $(tail -5 "$run_dir/initdb.log")"
-  as_db "$pg/pg_ctl" -D "$run_dir/pg/data" -l "$run_dir/pg/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$run_dir/pg' -c max_connections=200" \
-    start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$run_dir/pg/postgres.log" 2>/dev/null)"
+  as_db "$pg/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$pgdir' -c max_connections=200" \
+    start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$pgdir/postgres.log" 2>/dev/null)"
   echo "$pg" >"$run_dir/pg_bin"
 
   local psql=("$pg/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
@@ -182,6 +191,25 @@ up() {
     --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-10ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-1000}"
   wait_port "$signer_port" trillian_log_signer
 
+  # A second log server on the same database, serving gRPC over TLS with a
+  # throwaway self-signed certificate for 127.0.0.1, to test TLS clients.
+  local tls_env=""
+  if command -v openssl >/dev/null; then
+    local tls_port tls_http_port
+    tls_port="$(free_port $((signer_rpc_port + 1)))"
+    tls_http_port="$(free_port $((tls_port + 1)))"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+      -keyout "$run_dir/tls.key" -out "$run_dir/tls.pem" >"$run_dir/openssl.log" 2>&1 ||
+      die "openssl failed: $(tail -3 "$run_dir/openssl.log")"
+    start_bg log_server_tls "$bins/trillian_log_server" "${common[@]}" \
+      --rpc_endpoint="127.0.0.1:$tls_port" --http_endpoint="127.0.0.1:$tls_http_port" \
+      --tls_cert_file="$run_dir/tls.pem" --tls_key_file="$run_dir/tls.key"
+    wait_port "$tls_port" "trillian_log_server (TLS)"
+    tls_env="KBS_TRILLIAN_TLS_ADDR=127.0.0.1:$tls_port
+KBS_TRILLIAN_TLS_CA=$run_dir/tls.pem"
+  fi
+
   local tree
   tree="$(create_tree "$bins" "127.0.0.1:$rpc_port")"
   cat >"$run_dir/env" <<EOF
@@ -189,6 +217,7 @@ KBS_TRILLIAN_ADDR=127.0.0.1:$rpc_port
 KBS_TRILLIAN_TREE_ID=$tree
 KBS_TRILLIAN_POSTGRESQL_URI=$uri
 KBS_TRILLIAN_RUN_DIR=$run_dir
+$tls_env
 EOF
   log "Trillian $v up: log server 127.0.0.1:$rpc_port, PostgreSQL 127.0.0.1:$pg_port, tree $tree"
   cat "$run_dir/env"
@@ -208,9 +237,15 @@ stop_pid() { # name
 down() {
   [ -d "$run_dir" ] || { log "not running"; return; }
   stop_pid log_signer
+  stop_pid log_server_tls
   stop_pid log_server
-  if [ -f "$run_dir/pg_bin" ] && [ -d "$run_dir/pg/data" ]; then
-    as_db "$(cat "$run_dir/pg_bin")/pg_ctl" -D "$run_dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+  if [ -f "$run_dir/pg_dir" ]; then
+    local pgdir
+    pgdir="$(cat "$run_dir/pg_dir")"
+    if [ -f "$run_dir/pg_bin" ] && [ -d "$pgdir/data" ]; then
+      as_db "$(cat "$run_dir/pg_bin")/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$pgdir"
   fi
   rm -rf "$run_dir"
   log "stopped"

@@ -44,7 +44,8 @@ type ManifestEntry struct {
 	Body     []byte `json:"body"`
 	// Signers are the fingerprints ("sha256:<hex>" of the DER
 	// SubjectPublicKeyInfo) of the owner keys whose signatures admitted
-	// this version.
+	// this version. Required from version 2 on; empty for a version 1
+	// trusted by the operator's decision alone (encoded as [], never null).
 	Signers []string `json:"signers"`
 }
 
@@ -94,6 +95,11 @@ func EncodeEntry(e *Entry) ([]byte, error) {
 	}
 	c := *e
 	c.Time = c.Time.UTC().Round(0)
+	if c.Manifest != nil && c.Manifest.Signers == nil {
+		m := *c.Manifest
+		m.Signers = []string{} // one encoding: [], not null
+		c.Manifest = &m
+	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -303,7 +309,12 @@ func (m *ManifestEntry) validate() error {
 	if len(m.Body) == 0 {
 		return errors.New("empty manifest body")
 	}
-	if len(m.Signers) == 0 {
+	if m.Signers == nil {
+		return errors.New("signers: null, want a list")
+	}
+	if len(m.Signers) == 0 && m.Version > 1 {
+		// Version 1 may be admitted by the operator's decision alone
+		// (kbsd --manifest) and then names no signers.
 		return errors.New("no signers")
 	}
 	for _, s := range m.Signers {

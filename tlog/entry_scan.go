@@ -240,12 +240,14 @@ func (s *scanner) bytes() ([]byte, bool) {
 	return out[:n], true
 }
 
-// strs consumes a non-empty array of strings. (Empty and null arrays are
-// left to the reflective decoder: whether they are canonical depends on
-// the field's omitempty tag.)
+// strs consumes an array of strings; [] is an empty, non-nil slice, as
+// encoding/json decodes it. (null is left to the reflective decoder.)
 func (s *scanner) strs() ([]string, bool) {
 	if !s.lit("[") {
 		return nil, false
+	}
+	if s.lit("]") {
+		return []string{}, true
 	}
 	var out []string
 	for {

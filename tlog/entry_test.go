@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -20,11 +21,38 @@ var (
 func testEntries() []*Entry {
 	return []*Entry{
 		{Type: TypeManifest, Time: testTime, Manifest: &ManifestEntry{Version: 1, Hash: testDigest, Body: []byte(`{"schema":"kbs-manifest/v1"}`), Signers: []string{testDigest2}}},
+		{Type: TypeManifest, Time: testTime, Manifest: &ManifestEntry{Version: 1, Hash: testDigest, Body: []byte(`{"schema":"kbs-manifest/v1"}`)}},
 		{Type: TypeManifest, Time: testTime, Manifest: &ManifestEntry{Version: 2, Hash: testDigest2, Previous: testDigest, Body: []byte("{}\n"), Signers: []string{testDigest, testDigest2}}},
 		{Type: TypeIdentity, Time: testTime, Identity: &IdentityEntry{NoteKey: "kbs/test+01234567+AQID", HPKEPublicKey: []byte{1, 2, 3}, TLSSPKISHA256: strings.Repeat("0f", 32), Platform: "snp", Simulated: true, EvidenceDigest: testDigest}},
 		{Type: TypeKeyUpload, Time: testTime, KeyUpload: &KeyEntry{ID: "demo/a", Version: 1, Client: "demo-client"}},
 		{Type: TypeKeyDelete, Time: testTime, KeyDelete: &KeyEntry{ID: "demo/a", Version: 3, Client: "demo-client"}},
 		{Type: TypeRelease, Time: testTime, Release: &ReleaseEntry{Keys: []KeyRef{{ID: "demo/a", Version: 1}, {ID: "demo/b", Version: 2}}, WorkerClass: "demo-worker", Platform: "tdx", Measurement: strings.Repeat("aa", 48), ChipID: "", TCB: "bl=3,tee=0,snp=8,ucode=115", EvidenceDigest: testDigest, WorkerKeyDigest: testDigest2, ManifestHash: testDigest}},
+	}
+}
+
+// TestManifestSigners: only version 1 may name no signers (the operator's
+// decision), and then in one encoding.
+func TestManifestSigners(t *testing.T) {
+	unsigned := testEntries()[1]
+	b, err := EncodeEntry(unsigned)
+	if err != nil || !bytes.Contains(b, []byte(`"signers":[]`)) {
+		t.Fatalf("EncodeEntry(unsigned version 1) = %s, %v; want signers []", b, err)
+	}
+	if e, err := DecodeEntry(b); err != nil || len(e.Manifest.Signers) != 0 {
+		t.Fatalf("DecodeEntry(%s) = %+v, %v", b, e, err)
+	}
+	if _, err := DecodeEntry(bytes.Replace(b, []byte(`"signers":[]`), []byte(`"signers":null`), 1)); err == nil || !strings.Contains(err.Error(), "null") {
+		t.Errorf("DecodeEntry(signers null) = %v, want an error", err)
+	}
+	v2 := testEntries()[2]
+	v2.Manifest.Signers = nil
+	if b, err := EncodeEntry(v2); err == nil || !strings.Contains(err.Error(), "no signers") {
+		t.Errorf("EncodeEntry(unsigned version 2) = %s, %v; want no signers", b, err)
+	}
+	signed, _ := EncodeEntry(testEntries()[2])
+	stripped := regexp.MustCompile(`"signers":\[[^]]*\]`).ReplaceAll(signed, []byte(`"signers":[]`))
+	if _, err := DecodeEntry(stripped); err == nil || !strings.Contains(err.Error(), "no signers") {
+		t.Errorf("DecodeEntry(%s) = %v, want no signers", stripped, err)
 	}
 }
 
@@ -49,7 +77,7 @@ func TestEntryRoundTrip(t *testing.T) {
 }
 
 func TestEncodeEntryNormalizesTime(t *testing.T) {
-	e := testEntries()[3]
+	e := testEntries()[4]
 	e.Time = testTime.In(time.FixedZone("x", 7200))
 	b, err := EncodeEntry(e)
 	if err != nil {
@@ -61,7 +89,7 @@ func TestEncodeEntryNormalizesTime(t *testing.T) {
 }
 
 func TestDecodeEntryRejects(t *testing.T) {
-	good, err := EncodeEntry(testEntries()[3])
+	good, err := EncodeEntry(testEntries()[4])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +136,7 @@ func TestEncodeEntryRejects(t *testing.T) {
 		func(e *Entry) { e.Time = time.Time{} },
 	}
 	for i, f := range bad {
-		e := testEntries()[5]
+		e := testEntries()[6]
 		f(e)
 		if b, err := EncodeEntry(e); err == nil {
 			t.Errorf("case %d: EncodeEntry = %s, want error", i, b)
@@ -138,6 +166,9 @@ func TestEntryTestdata(t *testing.T) {
 			name := filepath.Join("testdata", "entry-"+e.Type+".json")
 			if e.Manifest != nil {
 				name = filepath.Join("testdata", fmt.Sprintf("entry-manifest-v%d.json", e.Manifest.Version))
+				if len(e.Manifest.Signers) == 0 {
+					name = filepath.Join("testdata", "entry-manifest-v1-unsigned.json")
+				}
 			}
 			if err := os.WriteFile(name, append(b, '\n'), 0o644); err != nil {
 				t.Fatal(err)

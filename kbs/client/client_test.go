@@ -28,6 +28,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -91,6 +92,12 @@ func startKbsd(t *testing.T, data string) string {
 	}
 	t.Fatal("kbsd did not start")
 	return ""
+}
+
+type verifierFunc func(context.Context, attest.Evidence, [attest.ReportDataSize]byte) (*attest.Claims, error)
+
+func (f verifierFunc) Verify(ctx context.Context, ev attest.Evidence, rd [attest.ReportDataSize]byte) (*attest.Claims, error) {
+	return f(ctx, ev, rd)
 }
 
 type writerFunc func([]byte) (int, error)
@@ -282,6 +289,32 @@ func TestVerifyBrokerTampered(t *testing.T) {
 				t.Fatal("a failed verification changed the stored checkpoint")
 			}
 		})
+	}
+
+	// Claims whose fields the manifest matches but whose raw report (which
+	// the vendor library re-reads) says another MEASUREMENT: the library's
+	// validation of the service values refuses the broker.
+	if b.Platform != attest.SNP {
+		t.Fatalf("kbsd --dev runs %s, the test expects snp", b.Platform)
+	}
+	skewed := verifierFunc(func(ctx context.Context, ev attest.Evidence, rd [attest.ReportDataSize]byte) (*attest.Claims, error) {
+		c, err := v.Verify(ctx, ev, rd)
+		if err == nil && c.SNP != nil {
+			c.SNP.Report = bytes.Clone(c.SNP.Report)
+			c.SNP.Report[0x90] ^= 1 // MEASUREMENT
+		}
+		return c, err
+	})
+	cs, err := client.New(client.Config{Addr: addr, Verifier: skewed, Checkpoints: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cs.VerifyBroker(ctx, mine, client.VerifyOptions{KnownOrigin: origin})
+	if ve := (*client.VerifyError)(nil); !errors.As(err, &ve) || !strings.Contains(ve.Step, "library validation") || !errors.Is(err, policy.ErrDisagreement) {
+		t.Fatalf("VerifyBroker with claims the library rejects = %v, want a library validation failure", err)
+	}
+	if !bytes.Equal(store.get(origin), baseline) {
+		t.Fatal("a failed verification changed the stored checkpoint")
 	}
 
 	// A TLS-terminating proxy with its own certificate in front of the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -241,6 +242,11 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	if !b.Service.OK() {
 		return nil, &VerifyError{Step: "service reference values", Err: errors.New(b.Service.Summary())}
 	}
+	// The vendor library's validation of the matching service values must
+	// agree (defense in depth: a disagreement is a bug to report).
+	if err := policy.Confirm(b.Manifest, b.Service, manifest.ServiceClass, claims); err != nil {
+		return nil, &VerifyError{Step: "service reference values (library validation)", Err: err}
+	}
 
 	// 7. Consistency with the last verified checkpoint, then store.
 	if err := c.advance(ctx, lv, cp, since, att.ConsistencyProof, &b.Previous); err != nil {
@@ -373,21 +379,5 @@ func CheckManifestEntry(raw []byte, m *manifest.Manifest) error {
 }
 
 // ManifestClaims maps verified attestation claims to the manifest's
-// platform-neutral claims, field by field.
-func ManifestClaims(c *attest.Claims) *manifest.Claims {
-	mc := &manifest.Claims{Platform: string(c.Platform), Simulated: c.Simulated, Measurement: c.Measurement}
-	if s := c.SNP; s != nil {
-		mc.SNP = &manifest.SNPClaims{
-			Policy: s.Policy, VMPL: s.VMPL, FamilyID: s.FamilyID, ImageID: s.ImageID,
-			CurrentTCB: s.CurrentTCB, ReportedTCB: s.ReportedTCB, CommittedTCB: s.CommittedTCB, LaunchTCB: s.LaunchTCB,
-			GuestSVN: s.GuestSVN, Product: s.Product, ChipID: s.ChipID, HostData: s.HostData,
-		}
-	}
-	if t := c.TDX; t != nil {
-		mc.TDX = &manifest.TDXClaims{
-			MRTD: t.MRTD, RTMR: t.RTMR, MRConfigID: t.MRConfigID, MROwner: t.MROwner, MROwnerConfig: t.MROwnerConfig,
-			XFAM: t.XFAM, TDAttributes: t.TDAttributes, TEETCBSVN: t.TEETCBSVN, MRSeam: t.MRSeam,
-		}
-	}
-	return mc
-}
+// platform-neutral claims, field by field (policy.ManifestClaims).
+func ManifestClaims(c *attest.Claims) *manifest.Claims { return policy.ManifestClaims(c) }

@@ -41,6 +41,12 @@ type fakeTrillian struct {
 	integrate bool
 
 	inclusionCalls int // GetInclusionProof calls answered
+
+	// tamper, if set, replaces each queued leaf by the leaves the fake
+	// integrates for it.
+	tamper func(*trillian.LogLeaf) []*trillian.LogLeaf
+	// serve, if set, changes the bytes GetLeavesByRange answers.
+	serve func(index int64, v []byte) []byte
 }
 
 func newFake(tree int64) *fakeTrillian {
@@ -87,7 +93,15 @@ func (f *fakeTrillian) sequence() {
 	if !f.integrate {
 		return
 	}
+	var queued []*trillian.LogLeaf
 	for _, lf := range f.queued {
+		if f.tamper != nil {
+			queued = append(queued, f.tamper(lf)...)
+		} else {
+			queued = append(queued, lf)
+		}
+	}
+	for _, lf := range queued {
 		n := int64(len(f.leaves))
 		hs, err := sumdb.StoredHashes(n, lf.LeafValue, f.reader())
 		if err != nil {
@@ -156,8 +170,12 @@ func (f *fakeTrillian) GetLeavesByRange(ctx context.Context, req *trillian.GetLe
 	end := min(req.StartIndex+min(req.Count, 100), int64(len(f.leaves)))
 	for i := req.StartIndex; i < end; i++ {
 		lf := f.leaves[i]
+		v := bytes.Clone(lf.LeafValue)
+		if f.serve != nil {
+			v = f.serve(i, v)
+		}
 		resp.Leaves = append(resp.Leaves, &trillian.LogLeaf{
-			LeafValue: bytes.Clone(lf.LeafValue), LeafIdentityHash: lf.LeafIdentityHash, MerkleLeafHash: lf.MerkleLeafHash, LeafIndex: i,
+			LeafValue: v, LeafIdentityHash: lf.LeafIdentityHash, MerkleLeafHash: lf.MerkleLeafHash, LeafIndex: i,
 		})
 	}
 	return resp, nil
@@ -432,45 +450,41 @@ func TestReceiptProofsLocal(t *testing.T) {
 	ctx := context.Background()
 	f := newFake(13)
 	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
-	type ack struct {
-		e   []byte
-		idx uint64
-		cp  tlog.SignedCheckpoint
-	}
-	acks := make(chan ack, 100)
+	// Like kbsd, each appender asks for its receipt's proof right after
+	// Append returns; the Log keeps the proofs of the last keptProofSets
+	// signed trees, so a few concurrent appenders always find theirs.
 	var wg sync.WaitGroup
-	for g := range 10 {
+	for g := range 4 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range 10 {
+			for i := range 25 {
 				e := []byte(fmt.Sprintf("g%d-%d", g, i))
 				idx, cp, err := l.Append(ctx, e)
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				acks <- ack{e, idx, cp}
+				p, err := l.InclusionProof(ctx, idx, cp.Size)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := proof.VerifyInclusion(hasher, idx, cp.Size, hasher.HashLeaf(e), hashesOf(p), cp.Hash[:]); err != nil {
+					t.Errorf("proof of %d in %d: %v", idx, cp.Size, err)
+					return
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	close(acks)
-	for a := range acks {
-		p, err := l.InclusionProof(ctx, a.idx, a.cp.Size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := proof.VerifyInclusion(hasher, a.idx, a.cp.Size, hasher.HashLeaf(a.e), hashesOf(p), a.cp.Hash[:]); err != nil {
-			t.Fatalf("proof of %d in %d: %v", a.idx, a.cp.Size, err)
-		}
-	}
 	f.mu.Lock()
 	calls := f.inclusionCalls
 	f.mu.Unlock()
 	if calls != 0 {
 		t.Errorf("receipt proofs asked Trillian %d times, want 0", calls)
 	}
+	// A proof in a tree the Log signed long ago comes from Trillian.
 	if _, err := l.InclusionProof(ctx, 0, 100); err != nil {
 		t.Fatal(err)
 	}
@@ -479,5 +493,117 @@ func TestReceiptProofsLocal(t *testing.T) {
 	f.mu.Unlock()
 	if calls != 1 {
 		t.Errorf("an older entry's proof asked Trillian %d times, want 1", calls)
+	}
+}
+
+// TestCloseFailsWaitingAppends checks that Close makes appends that wait for
+// integration fail with ErrClosed, and later appends too.
+func TestCloseFailsWaitingAppends(t *testing.T) {
+	f := newFake(15)
+	signer, _ := testSigner(t)
+	l, err := New(context.Background(), Config{Client: f, TreeID: f.tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "state"), PollInterval: fastPoll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.integrate = false
+	f.mu.Unlock()
+	errc := make(chan error, 4)
+	for range 4 {
+		go func() {
+			_, _, err := l.Append(context.Background(), []byte("stuck"))
+			errc <- err
+		}()
+	}
+	for {
+		f.mu.Lock()
+		n := len(f.queued)
+		f.mu.Unlock()
+		if n == 4 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if err := <-errc; !errors.Is(err, ErrClosed) {
+			t.Errorf("Append waiting at Close: err = %v, want ErrClosed", err)
+		}
+	}
+	if _, _, err := l.Append(context.Background(), []byte("late")); !errors.Is(err, ErrClosed) {
+		t.Errorf("Append after Close: err = %v, want ErrClosed", err)
+	}
+}
+
+// TestForeignBytesUnderOurIdentity checks that a leaf carrying an append's
+// identity hash but other bytes does not complete that append, and that a
+// leaf integrated twice completes it once, at its first index.
+func TestForeignBytesUnderOurIdentity(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(17)
+	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+	f.mu.Lock()
+	f.tamper = func(lf *trillian.LogLeaf) []*trillian.LogLeaf {
+		if string(lf.LeafValue) == "swap me" {
+			return []*trillian.LogLeaf{{LeafValue: []byte("other bytes"), LeafIdentityHash: lf.LeafIdentityHash}}
+		}
+		if string(lf.LeafValue) == "twice" {
+			return []*trillian.LogLeaf{lf, {LeafValue: lf.LeafValue, LeafIdentityHash: lf.LeafIdentityHash}}
+		}
+		return []*trillian.LogLeaf{lf}
+	}
+	f.mu.Unlock()
+	tctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if i, _, err := l.Append(tctx, []byte("swap me")); err == nil {
+		t.Fatalf("Append completed at index %d although Trillian logged other bytes", i)
+	}
+	i, cp, err := l.Append(ctx, []byte("twice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := l.Entries(ctx, i, i+1)
+	if err != nil || string(got[0]) != "twice" || cp.Size != i+2 {
+		t.Fatalf("Append = index %d, size %d; entry %q, %v", i, cp.Size, got, err)
+	}
+}
+
+// TestEntriesVerified checks that entries Trillian serves are checked
+// against the signed tree: bytes other than those integrated are refused.
+func TestEntriesVerified(t *testing.T) {
+	ctx := context.Background()
+	f := newFake(19)
+	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+	for i := range 10 {
+		if _, _, err := l.Append(ctx, []byte(fmt.Sprintf("entry %d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.mu.Lock()
+	f.serve = func(i int64, v []byte) []byte {
+		if i == 4 {
+			return []byte("forged")
+		}
+		return v
+	}
+	f.mu.Unlock()
+	for _, r := range [][2]uint64{{0, 10}, {4, 5}, {3, 5}, {4, 10}, {2, 9}} {
+		if _, err := l.Entries(ctx, r[0], r[1]); !errors.Is(err, tlog.ErrConflict) {
+			t.Errorf("Entries(%d, %d) with entry 4 forged: err = %v, want ErrConflict", r[0], r[1], err)
+		}
+	}
+	for _, r := range [][2]uint64{{0, 4}, {5, 10}, {9, 10}, {0, 1}} {
+		got, err := l.Entries(ctx, r[0], r[1])
+		if err != nil {
+			t.Errorf("Entries(%d, %d) away from the forged entry: %v", r[0], r[1], err)
+			continue
+		}
+		for i, g := range got {
+			if want := fmt.Sprintf("entry %d", r[0]+uint64(i)); string(g) != want {
+				t.Errorf("Entries(%d, %d)[%d] = %q, want %q", r[0], r[1], i, g, want)
+			}
+		}
 	}
 }

@@ -18,9 +18,11 @@
 // The inclusion proof of an entry in the checkpoint its Append returned (a
 // receipt) is computed from the nodes of that verified replay, checked, and
 // kept for the last few checkpoints, so receipts cost no Trillian round
-// trip. Other reads (entries, older proofs, tiles) are served from Trillian
-// and are not re-verified on each call: clients and auditors check them
-// against the signed checkpoints, which is where the trust lies.
+// trip. Entries read back (Entries, and the leaves hash tiles are computed
+// from) are checked against the latest signed root with two inclusion
+// proofs per read of up to 256 entries, so kbs never acts on bytes Trillian
+// did not integrate. Other proofs are passed on as Trillian gives them:
+// clients and auditors check them against the signed checkpoints.
 //
 // # Durability
 //
@@ -41,7 +43,8 @@
 // identical entries get distinct indices, and a QueueLeaf retried after a
 // lost answer (same identity hash, ALREADY_EXISTS) is logged once. The Log
 // learns its entry's index by reading the integrated leaves and matching the
-// identity hash.
+// identity hash and the entry's bytes (a leaf with the identity but other
+// bytes completes nothing).
 //
 // # Sharing a tree
 //
@@ -52,6 +55,7 @@
 package trillianlog
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"crypto/rand"
@@ -166,6 +170,7 @@ type Log struct {
 type leafID [32]byte
 
 type waiter struct {
+	leaf  tlog.Hash // leaf hash of the entry
 	done  chan struct{}
 	index uint64
 	found bool
@@ -348,11 +353,12 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		}
 		visit = func(id compact.NodeID, h []byte) { nodes[id] = h }
 	}
-	type hit struct {
+	type found struct {
 		w     *waiter
 		index uint64
 	}
-	var hits []hit
+	var hits []found // in index order: a leaf integrated twice counts at its first index
+	hit := map[*waiter]bool{}
 	newLeaves := make([]tlog.Hash, 0, root.Size-old.Size)
 	for next := old.Size; next < root.Size; {
 		leaves, err := l.leaves(ctx, next, min(root.Size-next, leavesPerCall))
@@ -361,12 +367,18 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		}
 		l.mu.RLock()
 		for _, lf := range leaves {
+			lh := hasher.HashLeaf(lf.LeafValue)
 			if len(lf.LeafIdentityHash) == len(leafID{}) {
-				if w := l.waiters[leafID(lf.LeafIdentityHash)]; w != nil {
-					hits = append(hits, hit{w, next})
+				// The identity hash names the waiter; only the entry's
+				// own bytes complete it (Trillian could pair the
+				// identity with other bytes).
+				if w := l.waiters[leafID(lf.LeafIdentityHash)]; w != nil && !w.found && !hit[w] && tlog.Hash(lh) == w.leaf {
+					hit[w] = true
+					hits = append(hits, found{w, next})
+				} else if w != nil && tlog.Hash(lh) != w.leaf {
+					l.log.Warn("Trillian leaf carries an append's identity but other bytes; ignored", "tree", l.tree, "index", next)
 				}
 			}
-			lh := hasher.HashLeaf(lf.LeafValue)
 			if err := rng.Append(lh, visit); err != nil {
 				l.mu.RUnlock()
 				return false, err
@@ -384,14 +396,14 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("%w: Trillian tree %d's root at size %d is not the root of its leaves extending the signed size %d", tlog.ErrConflict, l.tree, root.Size, old.Size)
 	}
 
-	var proof []tlog.Hash
+	var cproof []tlog.Hash
 	if old.Size > 0 {
-		proof, err = l.consistency(ctx, old.Size, root.Size)
+		cproof, err = l.consistency(ctx, old.Size, root.Size)
 		if err != nil {
 			return false, err
 		}
 	}
-	cp, err := l.signer.Sign(&old, root, proof)
+	cp, err := l.signer.Sign(&old, root, cproof)
 	if err != nil {
 		return false, err
 	}
@@ -587,7 +599,7 @@ func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedChec
 	}
 	var id leafID
 	rand.Read(id[:])
-	w := &waiter{done: make(chan struct{})}
+	w := &waiter{leaf: tlog.Hash(hasher.HashLeaf(entry)), done: make(chan struct{})}
 	l.mu.Lock()
 	switch {
 	case l.closed:
@@ -677,16 +689,112 @@ func (l *Log) Entries(ctx context.Context, start, end uint64) ([][]byte, error) 
 	}
 	out := make([][]byte, 0, end-start)
 	for next := start; next < end; {
-		leaves, err := l.leaves(ctx, next, min(end-next, leavesPerCall))
+		vs, err := l.verifiedEntries(ctx, next, min(end, next+leavesPerCall))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vs...)
+		next += uint64(len(vs))
+	}
+	return out, nil
+}
+
+// verifiedEntries returns the entries [start, end) (end > start, at most
+// leavesPerCall of them) of the latest signed tree, checked against its
+// root: Trillian's inclusion proofs of the first and the last entry must
+// verify, and the left siblings of the last must be the compact range of
+// the left siblings of the first extended by the entries in between. So a
+// Trillian that serves other bytes than those it integrated is caught
+// before kbs uses them.
+func (l *Log) verifiedEntries(ctx context.Context, start, end uint64) ([][]byte, error) {
+	l.mu.RLock()
+	root := l.st.cp.Root
+	l.mu.RUnlock()
+	var vals [][]byte
+	for next := start; next < end; {
+		leaves, err := l.leaves(ctx, next, end-next)
 		if err != nil {
 			return nil, err
 		}
 		for _, lf := range leaves {
-			out = append(out, lf.LeafValue)
+			vals = append(vals, lf.LeafValue)
 		}
 		next += uint64(len(leaves))
 	}
-	return out, nil
+	first, err := l.leftSiblings(ctx, start, root, vals[0])
+	if err != nil {
+		return nil, err
+	}
+	if end-start == 1 {
+		return vals, nil
+	}
+	last, err := l.leftSiblings(ctx, end-1, root, vals[len(vals)-1])
+	if err != nil {
+		return nil, err
+	}
+	rng, err := rangeFactory.NewRange(0, start, first)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range vals[:len(vals)-1] {
+		if err := rng.Append(hasher.HashLeaf(v), nil); err != nil {
+			return nil, err
+		}
+	}
+	got := rng.Hashes()
+	if len(got) != len(last) {
+		return nil, fmt.Errorf("%w: Trillian's entries [%d, %d) are not those of the signed tree of size %d", tlog.ErrConflict, start, end, root.Size)
+	}
+	for i := range got {
+		if !bytes.Equal(got[i], last[i]) {
+			return nil, fmt.Errorf("%w: Trillian's entries [%d, %d) are not those of the signed tree of size %d", tlog.ErrConflict, start, end, root.Size)
+		}
+	}
+	return vals, nil
+}
+
+// leftSiblings gets Trillian's inclusion proof of the leaf at index with
+// value v in root's tree, verifies it, and returns the hashes of the nodes
+// left of the leaf (the compact range of [0, index)), left to right.
+func (l *Log) leftSiblings(ctx context.Context, index uint64, root tlog.Root, v []byte) ([][]byte, error) {
+	resp, err := l.client.GetInclusionProof(ctx, &trillian.GetInclusionProofRequest{
+		LogId: l.tree, LeafIndex: int64(index), TreeSize: int64(root.Size),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("trillianlog: couldn't get the inclusion proof of %d in %d: %w", index, root.Size, err)
+	}
+	if resp.Proof == nil {
+		return nil, fmt.Errorf("trillianlog: Trillian has no inclusion proof of %d in %d", index, root.Size)
+	}
+	p := resp.Proof.Hashes
+	if err := proof.VerifyInclusion(hasher, index, root.Size, hasher.HashLeaf(v), p, root.Hash[:]); err != nil {
+		return nil, fmt.Errorf("%w: Trillian's entry %d is not in the signed tree of size %d: %v", tlog.ErrConflict, index, root.Size, err)
+	}
+	// The proof lists a node per level, lowest first, with the nodes right
+	// of the leaf's path folded into one ephemeral node; the left ones are
+	// never folded. Walk the levels: at each, the sibling is left of the
+	// path iff the path node is a right child.
+	pn, err := proof.Inclusion(index, root.Size)
+	if err != nil {
+		return nil, err
+	}
+	_, b, e := pn.Ephem()
+	var left [][]byte
+	pos := 0
+	for i, id := range pn.IDs {
+		if i > b && i < e {
+			continue // folded into the ephemeral node at position b
+		}
+		if _, end := id.Coverage(); end <= index {
+			left = append(left, p[pos])
+		}
+		pos++
+	}
+	if pos != len(p) {
+		return nil, fmt.Errorf("trillianlog: inclusion proof of %d in %d has %d hashes, want %d", index, root.Size, len(p), pos)
+	}
+	slices.Reverse(left) // highest (leftmost) first, as in a compact range
+	return left, nil
 }
 
 // InclusionProof implements tlog.Backend.
@@ -766,15 +874,12 @@ func (l *Log) tileHashes(ctx context.Context, level int, index uint64, width int
 	}
 	hs := append([]tlog.Hash(nil), have...)
 	if level == 0 {
-		for next := index*256 + uint64(len(hs)); next < index*256+uint64(width); {
-			leaves, err := l.leaves(ctx, next, index*256+uint64(width)-next)
-			if err != nil {
-				return nil, err
-			}
-			for _, lf := range leaves {
-				hs = append(hs, tlog.Hash(hasher.HashLeaf(lf.LeafValue)))
-			}
-			next += uint64(len(leaves))
+		vs, err := l.verifiedEntries(ctx, index*256+uint64(len(hs)), index*256+uint64(width))
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vs {
+			hs = append(hs, tlog.Hash(hasher.HashLeaf(v)))
 		}
 	} else {
 		for j := len(hs); j < width; j++ {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -332,5 +333,45 @@ func TestTilesFromTrillian(t *testing.T) {
 				t.Errorf("%s: HashTile(%d, %d, %d) differs from sumdb/tlog's tile", name, tc.level, tc.index, tc.width)
 			}
 		}
+	}
+}
+
+// TestTLS appends through a log server that speaks TLS (scripts/trillian.sh
+// starts one with a throwaway certificate), and checks that the connection
+// fails without the right CA.
+func TestTLS(t *testing.T) {
+	_, conn := trillianConn(t)
+	addr, ca := os.Getenv("KBS_TRILLIAN_TLS_ADDR"), os.Getenv("KBS_TRILLIAN_TLS_CA")
+	if addr == "" || ca == "" {
+		t.Skip("no TLS Trillian: KBS_TRILLIAN_TLS_ADDR and KBS_TRILLIAN_TLS_CA are set by scripts/trillian.sh when openssl is installed")
+	}
+	creds, err := credentials.NewClientTLSFromFile(ca, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := testSigner(t)
+	tree := newTree(t, conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for name, opts := range map[string][]grpc.DialOption{
+		"plaintext":  nil,
+		"system CAs": {grpc.WithTransportCredentials(credentials.NewClientTLSFromCert(nil, ""))},
+	} {
+		if l, err := New(ctx, Config{Addr: addr, DialOptions: opts, TreeID: tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")}); err == nil {
+			l.Close()
+			t.Errorf("%s: New succeeded against a TLS server it cannot authenticate", name)
+		}
+	}
+	l, err := New(ctx, Config{Addr: addr, DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(creds)}, TreeID: tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	i, cp, err := l.Append(ctx, []byte("over TLS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i != 0 || cp.Size != 1 {
+		t.Fatalf("Append over TLS = index %d, size %d; want 0, 1", i, cp.Size)
 	}
 }

@@ -208,6 +208,13 @@ func TestAuditAnomalies(t *testing.T) {
 			tl.append(t, upload("acme/model", 2, "acme"))
 			tl.append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 2, Client: "acme"}})
 		}, ""},
+		{"unsigned version 1", func(t *testing.T, tl *testLog) {
+			m := tl.manifest
+			idx := tl.append(t, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{Version: 1, Hash: m.Hash(), Body: m.Bytes()}})
+			tl.history = []api.Manifest{{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx}}
+			tl.append(t, upload("acme/model", 1, "acme"))
+			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		}, ""},
 		{"release of a key never uploaded", func(t *testing.T, tl *testLog) {
 			tl.appendManifest(t)
 			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))

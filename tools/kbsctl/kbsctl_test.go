@@ -737,3 +737,36 @@ func TestMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestUnsignedVersion1 runs a broker whose version 1 carries no owner
+// signatures (trusted by the operator's --manifest alone): the client
+// verifies it by its own file, follows a signed version 2, lists the
+// history and audits the log.
+func TestUnsignedVersion1(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "kbs")
+	startKbsd(t, data).stop()
+	os.Remove(filepath.Join(data, "manifest.json.sig"))
+	os.Remove(filepath.Join(data, "kbs.db"))
+	d := startKbsd(t, data)
+	state := filepath.Join(dir, "state")
+	mf := filepath.Join(dir, "manifest.json")
+	copyFile(t, filepath.Join(data, "manifest.json"), mf)
+	g := []string{"--addr", d.unix, "--state", state, "--sim-root", d.simRoot()}
+
+	out, _ := ctl(t, 0, append(g, "verify", "--manifest", mf)...)
+	contains(t, out, "manifest      version 1")
+
+	v2 := filepath.Join(dir, "manifest-v2.json")
+	ctl(t, 0, append(g, "manifest", "next", "--out", v2, mf)...)
+	writeSig(t, filepath.Join(data, "owner.key"), v2, v2+".sig")
+	ctl(t, 0, append(g, "manifest", "set", "--sig", v2+".sig", v2)...)
+	out, _ = ctl(t, 0, append(g, "manifest", "history", "--manifest", mf)...)
+	contains(t, out, "your manifest")
+	contains(t, out, "chain verified")
+	out, _ = ctl(t, 0, append(g, "verify", "--follow", "--manifest", mf)...)
+	contains(t, out, "followed manifest version 2")
+	out, _ = ctl(t, 0, append(g, "audit")...)
+	contains(t, out, "none (version 1 trusted by the operator's decision)")
+	contains(t, out, "audit OK")
+}
