@@ -2,7 +2,6 @@ package tlog
 
 import (
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -117,11 +116,22 @@ func EncodeEntry(e *Entry) ([]byte, error) {
 // DecodeEntry parses an entry strictly: at most MaxEntrySize bytes, one JSON
 // object, no unknown fields, no duplicate keys, no trailing data, a valid
 // payload for its type, and the canonical encoding EncodeEntry produces (so
-// every entry has exactly one byte representation).
+// every entry has exactly one byte representation). Typical entries take a
+// fast path that yields the same entry; anything else, and every error,
+// comes from the reflective decoder.
 func DecodeEntry(b []byte) (*Entry, error) {
 	if len(b) > MaxEntrySize {
 		return nil, fmt.Errorf("tlog: entry is %d bytes, more than %d", len(b), MaxEntrySize)
 	}
+	if e, ok := decodeCanonical(b); ok {
+		return e, nil
+	}
+	return decodeEntryReflect(b)
+}
+
+// decodeEntryReflect is DecodeEntry's reference decoder, built on
+// encoding/json; it decides every input the fast path does not accept.
+func decodeEntryReflect(b []byte) (*Entry, error) {
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
 	var e Entry
@@ -255,13 +265,23 @@ func (e *Entry) validate() error {
 // digits.
 func checkDigest(field, s string) error {
 	h, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(h) != 64 || strings.ToLower(h) != h {
-		return fmt.Errorf("%s %q is not sha256:<64 lowercase hex digits>", field, s)
-	}
-	if _, err := hex.DecodeString(h); err != nil {
+	if !ok || !isLowerHex(h, 64) {
 		return fmt.Errorf("%s %q is not sha256:<64 lowercase hex digits>", field, s)
 	}
 	return nil
+}
+
+// isLowerHex reports whether s is n lowercase hex digits.
+func isLowerHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func checkPlatform(p string) error {
@@ -312,7 +332,7 @@ func (i *IdentityEntry) validate() error {
 	if len(i.HPKEPublicKey) == 0 {
 		return errors.New("empty hpke_public_key")
 	}
-	if h, err := hex.DecodeString(i.TLSSPKISHA256); err != nil || len(h) != 32 || strings.ToLower(i.TLSSPKISHA256) != i.TLSSPKISHA256 {
+	if !isLowerHex(i.TLSSPKISHA256, 64) {
 		return fmt.Errorf("tls_spki_sha256 %q is not 64 lowercase hex digits", i.TLSSPKISHA256)
 	}
 	if err := checkPlatform(i.Platform); err != nil {

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/csv"
 	"fmt"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/manifest"
@@ -29,8 +32,12 @@ type auditReport struct {
 	KeyEvents    []auditKeyEvent `json:"key_events"`
 	Releases     []auditRelease  `json:"releases"`
 	Anomalies    []string        `json:"anomalies"`
-	Counts       map[string]int  `json:"counts"`
-	manifests    map[string]*manifest.Manifest
+	// Warnings are events that look odd but tell a consistent story: an
+	// upload the log records twice (a retried request). They do not fail
+	// the audit.
+	Warnings  []string       `json:"warnings"`
+	Counts    map[string]int `json:"counts"`
+	manifests map[string]*manifest.Manifest
 }
 
 type auditManifest struct {
@@ -56,7 +63,7 @@ type auditIdentity struct {
 type auditKeyEvent struct {
 	Index   uint64    `json:"index"`
 	Time    time.Time `json:"time"`
-	Event   string    `json:"event"` // upload or delete
+	Event   string    `json:"event"` // upload, delete, or upload-repeat (a benign duplicate of an upload)
 	ID      string    `json:"id"`
 	Version uint64    `json:"version"`
 	Client  string    `json:"client"`
@@ -85,13 +92,35 @@ type auditRelease struct {
 type auditor struct {
 	r       *auditReport
 	active  *manifest.Manifest
-	keys    map[string]uint64 // latest uploaded version
-	deleted map[string]bool
+	allowed map[[2]string]bool // active.ReleaseAllowed(class, id), memoized
+	keys    map[string]*keyState
 	noteKey string
+}
+
+// keyState is what the replay knows of one key id.
+type keyState struct {
+	version  uint64 // latest uploaded version (0: none)
+	client   string // who uploaded it
+	uploaded uint64 // at which entry
+	deleted  bool   // the latest version is deleted
+	released bool   // the latest version was released
+}
+
+func (a *auditor) key(id string) *keyState {
+	k := a.keys[id]
+	if k == nil {
+		k = &keyState{}
+		a.keys[id] = k
+	}
+	return k
 }
 
 func (a *auditor) anomaly(index uint64, format string, args ...any) {
 	a.r.Anomalies = append(a.r.Anomalies, fmt.Sprintf("entry %d: ", index)+fmt.Sprintf(format, args...))
+}
+
+func (a *auditor) warning(index uint64, format string, args ...any) {
+	a.r.Warnings = append(a.r.Warnings, fmt.Sprintf("entry %d: ", index)+fmt.Sprintf(format, args...))
 }
 
 // decoded is an entry decoded (strictly) ahead of the replay.
@@ -101,25 +130,70 @@ type decoded struct {
 	err   error
 }
 
-// decodeBatch decodes raw entries starting at index first on every CPU:
-// strict decoding is the bulk of an audit's work, the replay is cheap and
-// sequential.
-func decodeBatch(first uint64, raws [][]byte) []decoded {
-	out := make([]decoded, len(raws))
-	workers := min(runtime.GOMAXPROCS(0), len(raws))
+// replayEntries streams the verified entries of the tree of cp to a.entry
+// in log order. Strict decoding is the bulk of an audit's work, so it runs
+// on every CPU while the tile client goes on fetching and verifying tiles;
+// the replay is cheap and sequential. progress is called after each chunk.
+func (a *auditor) replayEntries(ctx context.Context, tiles *tlog.TileClient, cp tlog.SignedCheckpoint, progress func(done uint64)) error {
+	const chunkSize = 1024
+	type chunk struct {
+		raws [][]byte
+		out  []decoded
+		done chan struct{}
+	}
+	workers := runtime.GOMAXPROCS(0)
+	jobs := make(chan *chunk, workers)
+	ordered := make(chan *chunk, 2*workers+2)
 	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(raws); i += workers {
-				e, err := tlog.DecodeEntry(raws[i])
-				out[i] = decoded{index: first + uint64(i), entry: e, err: err}
+			for c := range jobs {
+				for i, raw := range c.raws {
+					c.out[i].entry, c.out[i].err = tlog.DecodeEntry(raw)
+				}
+				close(c.done)
 			}
 		}()
 	}
+	replayed := make(chan struct{})
+	go func() {
+		defer close(replayed)
+		var n uint64
+		for c := range ordered {
+			<-c.done
+			for i := range c.out {
+				c.out[i].index = n
+				a.entry(c.out[i])
+				n++
+			}
+			progress(n)
+		}
+	}()
+	cur := &chunk{raws: make([][]byte, 0, chunkSize)}
+	send := func() {
+		cur.out = make([]decoded, len(cur.raws))
+		cur.done = make(chan struct{})
+		ordered <- cur // in order first: jobs may complete before this
+		jobs <- cur
+		cur = &chunk{raws: make([][]byte, 0, chunkSize)}
+	}
+	err := tiles.Entries(ctx, cp, 0, func(_ uint64, entry []byte) error {
+		cur.raws = append(cur.raws, entry)
+		if len(cur.raws) == chunkSize {
+			send()
+		}
+		return nil
+	})
+	if err == nil && len(cur.raws) > 0 {
+		send()
+	}
+	close(jobs)
 	wg.Wait()
-	return out
+	close(ordered)
+	<-replayed
+	return err
 }
 
 func (a *auditor) entry(d decoded) {
@@ -139,27 +213,58 @@ func (a *auditor) entry(d decoded) {
 			a.anomaly(index, "identity entry names log key %s, the log is signed by %s", id.NoteKey, a.noteKey)
 		}
 	case tlog.TypeKeyUpload:
-		k := en.KeyUpload
-		a.r.KeyEvents = append(a.r.KeyEvents, auditKeyEvent{Index: index, Time: en.Time, Event: "upload", ID: k.ID, Version: k.Version, Client: k.Client})
-		if want := a.keys[k.ID] + 1; k.Version != want {
-			a.anomaly(index, "upload of %s version %d, want version %d", k.ID, k.Version, want)
-		}
-		if a.active == nil {
-			a.anomaly(index, "upload before any manifest")
-		} else if !a.active.MayWrite(k.Client, k.ID) {
-			a.anomaly(index, "client %q may not write %s under manifest version %d", k.Client, k.ID, a.active.Version())
-		}
-		a.keys[k.ID] = max(a.keys[k.ID], k.Version)
-		a.deleted[k.ID] = false
+		a.uploadEntry(index, en)
 	case tlog.TypeKeyDelete:
 		k := en.KeyDelete
 		a.r.KeyEvents = append(a.r.KeyEvents, auditKeyEvent{Index: index, Time: en.Time, Event: "delete", ID: k.ID, Version: k.Version, Client: k.Client})
-		if a.keys[k.ID] != k.Version || a.deleted[k.ID] {
-			a.anomaly(index, "deletion of %s version %d, but the latest live version is %d", k.ID, k.Version, a.keys[k.ID])
+		ks := a.key(k.ID)
+		if ks.version != k.Version || ks.deleted {
+			a.anomaly(index, "deletion of %s version %d, but the latest live version is %d", k.ID, k.Version, ks.version)
 		}
-		a.deleted[k.ID] = true
+		ks.deleted = true
 	case tlog.TypeRelease:
 		a.releaseEntry(index, en)
+	}
+}
+
+// uploadEntry replays a key upload. Versions go up by one. The one
+// exception is a repeat: the broker can log an upload and still report an
+// error (the log append failed ambiguously), and the client's retry of the
+// same version is then logged again. A repeat of the latest version by the
+// same client, neither deleted nor released in between, is one logical
+// upload: a warning, not an inconsistency. The same version uploaded by
+// another client, re-uploaded after its deletion or after a release (when
+// the key behind that version may have changed), fails the audit.
+func (a *auditor) uploadEntry(index uint64, en *tlog.Entry) {
+	k := en.KeyUpload
+	ks := a.key(k.ID)
+	ev := auditKeyEvent{Index: index, Time: en.Time, Event: "upload", ID: k.ID, Version: k.Version, Client: k.Client}
+	if a.active == nil {
+		a.anomaly(index, "upload before any manifest")
+	} else if !a.active.MayWrite(k.Client, k.ID) {
+		a.anomaly(index, "client %q may not write %s under manifest version %d", k.Client, k.ID, a.active.Version())
+	}
+	switch {
+	case ks.version != 0 && k.Version == ks.version:
+		switch {
+		case k.Client != ks.client:
+			a.anomaly(index, "upload of %s version %d by client %q, but entry %d uploaded that version by client %q", k.ID, k.Version, k.Client, ks.uploaded, ks.client)
+		case ks.deleted:
+			a.anomaly(index, "upload of %s version %d after that version was deleted", k.ID, k.Version)
+		case ks.released:
+			a.anomaly(index, "upload of %s version %d repeats entry %d after that version was released", k.ID, k.Version, ks.uploaded)
+		default:
+			ev.Event = "upload-repeat"
+			a.warning(index, "upload of %s version %d by client %q repeats entry %d: one upload logged twice (a retried request), not a new key", k.ID, k.Version, k.Client, ks.uploaded)
+		}
+		a.r.KeyEvents = append(a.r.KeyEvents, ev)
+		return
+	case k.Version != ks.version+1:
+		a.anomaly(index, "upload of %s version %d, want version %d", k.ID, k.Version, ks.version+1)
+	}
+	a.r.KeyEvents = append(a.r.KeyEvents, ev)
+	if k.Version > ks.version {
+		*ks = keyState{version: k.Version, client: k.Client, uploaded: index}
 	}
 }
 
@@ -199,6 +304,22 @@ func (a *auditor) manifestEntry(index uint64, en *tlog.Entry) {
 	}
 	a.r.manifests[m.Hash()] = m
 	a.active = m
+	a.allowed = map[[2]string]bool{}
+}
+
+// releaseAllowed is a.active.ReleaseAllowed, memoized: a log holds many
+// releases of few keys to few classes.
+func (a *auditor) releaseAllowed(class, id string) bool {
+	k := [2]string{class, id}
+	ok, seen := a.allowed[k]
+	if !seen {
+		if len(a.allowed) > 1<<16 {
+			clear(a.allowed)
+		}
+		ok = a.active.ReleaseAllowed(class, id)
+		a.allowed[k] = ok
+	}
+	return ok
 }
 
 func (a *auditor) releaseEntry(index uint64, en *tlog.Entry) {
@@ -217,10 +338,13 @@ func (a *auditor) releaseEntry(index uint64, en *tlog.Entry) {
 			ManifestVersion: a.active.Version(), ManifestHash: re.ManifestHash,
 			EvidenceDigest: re.EvidenceDigest, WorkerKeyDigest: re.WorkerKeyDigest,
 		})
-		if a.keys[k.ID] != k.Version || a.deleted[k.ID] {
-			a.anomaly(index, "release of %s version %d, but the latest live version is %d", k.ID, k.Version, a.keys[k.ID])
+		ks := a.key(k.ID)
+		if ks.version != k.Version || ks.deleted {
+			a.anomaly(index, "release of %s version %d, but the latest live version is %d", k.ID, k.Version, ks.version)
+		} else {
+			ks.released = true
 		}
-		if !a.active.ReleaseAllowed(re.WorkerClass, k.ID) {
+		if !a.releaseAllowed(re.WorkerClass, k.ID) {
 			a.anomaly(index, "manifest version %d does not release %s to class %q", a.active.Version(), k.ID, re.WorkerClass)
 		}
 	}
@@ -333,38 +457,21 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 	}
 
 	r := &auditReport{Origin: cp.Origin, Size: cp.Size, Counts: map[string]int{}, manifests: map[string]*manifest.Manifest{},
-		Manifests: []auditManifest{}, Identities: []auditIdentity{}, KeyEvents: []auditKeyEvent{}, Releases: []auditRelease{}, Anomalies: []string{}}
+		Manifests: []auditManifest{}, Identities: []auditIdentity{}, KeyEvents: []auditKeyEvent{}, Anomalies: []string{}, Warnings: []string{},
+		// Most entries of a busy log are releases of one key; a few MB
+		// up front save the first rounds of regrowing.
+		Releases: make([]auditRelease, 0, min(cp.Size, 1<<16))}
 	r.RootHash = newCheckpointResult(cp).RootHash
 	if haveLast {
 		s := last.Size
 		r.PreviousSize = &s
 	}
-	a := &auditor{r: r, keys: map[string]uint64{}, deleted: map[string]bool{}, noteKey: *noteKey}
+	a := &auditor{r: r, keys: map[string]*keyState{}, noteKey: *noteKey}
 	if a.noteKey == "" {
 		a.noteKey = st.NoteKey
 	}
 	prog := newProgress(e.stderr, cp.Size)
-	const batch = 4096
-	var pending [][]byte
-	var first uint64
-	flush := func() {
-		for _, d := range decodeBatch(first, pending) {
-			a.entry(d)
-		}
-		first += uint64(len(pending))
-		pending = pending[:0]
-		prog.update(first)
-	}
-	err = tiles.Entries(ctx, cp, 0, func(i uint64, entry []byte) error {
-		pending = append(pending, entry)
-		if len(pending) == batch {
-			flush()
-		}
-		return nil
-	})
-	if err == nil {
-		flush()
-	}
+	err = a.replayEntries(ctx, tiles, cp, prog.update)
 	prog.done()
 	if err != nil {
 		return &client.VerifyError{Step: "log tiles", Err: err}
@@ -405,7 +512,9 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 
 func ts(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05Z") }
 
-func writeAuditTable(w io.Writer, r *auditReport) {
+func writeAuditTable(out io.Writer, r *auditReport) {
+	w := bufio.NewWriter(out)
+	defer w.Flush()
 	fmt.Fprintf(w, "log %s: %d entries fetched from tiles and verified against the checkpoint (root %s)\n", r.Origin, r.Size, r.RootHash)
 	if r.PreviousSize != nil {
 		fmt.Fprintf(w, "consistent with the stored checkpoint of size %d\n", *r.PreviousSize)
@@ -423,30 +532,72 @@ func writeAuditTable(w io.Writer, r *auditReport) {
 		}
 		fmt.Fprintf(w, "%-7d %-9d %-20s %-71s %s\n", m.Version, m.Index, ts(m.Time), m.Hash, sig)
 	}
-	fmt.Fprintf(w, "\nKEY EVENTS\n%-9s %-20s %-7s %-32s %-7s %s\n", "LOG INDEX", "TIME", "EVENT", "KEY", "VERSION", "CLIENT")
+	fmt.Fprintf(w, "\nKEY EVENTS\n%-9s %-20s %-13s %-32s %-7s %s\n", "LOG INDEX", "TIME", "EVENT", "KEY", "VERSION", "CLIENT")
 	for _, k := range r.KeyEvents {
-		fmt.Fprintf(w, "%-9d %-20s %-7s %-32s %-7d %s\n", k.Index, ts(k.Time), k.Event, k.ID, k.Version, k.Client)
+		fmt.Fprintf(w, "%-9d %-20s %-13s %-32s %-7d %s\n", k.Index, ts(k.Time), k.Event, k.ID, k.Version, k.Client)
 	}
 	fmt.Fprintf(w, "\nRELEASES (per key)\n%-32s %-7s %-16s %-9s %-22s %-8s %-9s %s\n", "KEY", "VERSION", "WORKER CLASS", "PLATFORM", "MEASUREMENT", "MANIFEST", "LOG INDEX", "TIME")
-	rels := slices.Clone(r.Releases)
-	slices.SortStableFunc(rels, func(a, b auditRelease) int { return strings.Compare(a.ID, b.ID) })
-	for _, x := range rels {
-		pl := x.Platform
-		if x.Simulated {
-			pl += "(sim)"
-		}
-		fmt.Fprintf(w, "%-32s %-7d %-16s %-9s %-22s v%-7d %-9d %s\n", x.ID, x.Version, x.WorkerClass, pl, short(x.Measurement), x.ManifestVersion, x.Index, ts(x.Time))
+	// Sort indices, not the (large) rows.
+	order := make([]int32, len(r.Releases))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortStableFunc(order, func(a, b int32) int { return strings.Compare(r.Releases[a].ID, r.Releases[b].ID) })
+	var line []byte
+	for _, i := range order {
+		line = appendReleaseRow(line[:0], &r.Releases[i])
+		w.Write(line)
 	}
 	var parts []string
 	for _, t := range []string{tlog.TypeIdentity, tlog.TypeManifest, tlog.TypeKeyUpload, tlog.TypeKeyDelete, tlog.TypeRelease} {
 		parts = append(parts, fmt.Sprintf("%d %s", r.Counts[t], t))
 	}
 	fmt.Fprintf(w, "\n%s\n", strings.Join(parts, ", "))
+	if len(r.Warnings) > 0 {
+		fmt.Fprintf(w, "\nWARNINGS (not inconsistencies)\n")
+		for _, s := range r.Warnings {
+			fmt.Fprintf(w, "  %s\n", s)
+		}
+	}
 	if len(r.Anomalies) == 0 {
-		fmt.Fprintf(w, "audit OK: every entry verified, no inconsistencies; checkpoint stored\n")
+		note := ""
+		if len(r.Warnings) > 0 {
+			note = fmt.Sprintf(" (%d warnings above)", len(r.Warnings))
+		}
+		fmt.Fprintf(w, "audit OK: every entry verified, no inconsistencies%s; checkpoint stored\n", note)
 	} else {
 		fmt.Fprintf(w, "audit FAILED: %d inconsistencies\n", len(r.Anomalies))
 	}
+}
+
+// appendReleaseRow appends x's row of the releases table: what
+// fmt.Sprintf("%-32s %-7d %-16s %-9s %-22s v%-7d %-9d %s\n", ...) prints,
+// without its cost on logs of millions of releases.
+func appendReleaseRow(b []byte, x *auditRelease) []byte {
+	pl := x.Platform
+	if x.Simulated {
+		pl += "(sim)"
+	}
+	b = appendPadded(b, x.ID, 32)
+	b = appendPadded(b, strconv.FormatUint(x.Version, 10), 7)
+	b = appendPadded(b, x.WorkerClass, 16)
+	b = appendPadded(b, pl, 9)
+	b = appendPadded(b, short(x.Measurement), 22)
+	b = append(b, 'v')
+	b = appendPadded(b, strconv.FormatUint(x.ManifestVersion, 10), 7)
+	b = appendPadded(b, strconv.FormatUint(x.Index, 10), 9)
+	b = x.Time.UTC().AppendFormat(b, "2006-01-02T15:04:05Z")
+	return append(b, '\n')
+}
+
+// appendPadded appends s left-aligned in a field of width runes (as fmt's
+// %-Ns) and a separating space.
+func appendPadded(b []byte, s string, width int) []byte {
+	b = append(b, s...)
+	for n := utf8.RuneCountInString(s); n < width; n++ {
+		b = append(b, ' ')
+	}
+	return append(b, ' ')
 }
 
 func writeAuditCSV(w io.Writer, r *auditReport) {
@@ -469,7 +620,7 @@ func writeAuditCSV(w io.Writer, r *auditReport) {
 		rows = append(rows, row{x.Index, []string{u(x.Index), ts(x.Time), "release", x.ID, u(x.Version), "", x.WorkerClass, x.Platform,
 			strconv.FormatBool(x.Simulated), x.Measurement, x.ChipID, x.TCB, u(x.ManifestVersion), x.ManifestHash}})
 	}
-	slices.SortStableFunc(rows, func(a, b row) int { return int(a.idx) - int(b.idx) })
+	slices.SortStableFunc(rows, func(a, b row) int { return cmp.Compare(a.idx, b.idx) })
 	for _, rw := range rows {
 		cw.Write(rw.rec)
 	}

@@ -58,9 +58,29 @@ func (e *env) client(allowUnpinned bool) (*client.Client, *client.BrokerState, e
 	cfg.Verifier = v
 	c, err := client.New(cfg)
 	if err != nil {
-		return nil, nil, usageErr("--addr: %v", err)
+		return nil, nil, usageErr("--addr %q: want unix://PATH or https://HOST:PORT%s", e.g.addr, suggestAddr(e.g.addr))
 	}
 	return c, st, nil
+}
+
+// suggestAddr guesses the address a malformed --addr meant.
+func suggestAddr(a string) string {
+	var s string
+	switch {
+	case strings.HasPrefix(a, "http://"):
+		s = "https://" + strings.TrimPrefix(a, "http://")
+	case strings.HasPrefix(a, "unix:") && !strings.HasPrefix(a, "unix://"):
+		s = "unix://" + strings.TrimPrefix(a, "unix:")
+	case strings.Contains(a, "://"):
+	case strings.HasPrefix(a, "/") || strings.HasPrefix(a, ".") || strings.HasSuffix(a, ".sock"):
+		s = "unix://" + a
+	case strings.Contains(a, ":"):
+		s = "https://" + a
+	}
+	if s == "" || s == "unix://" || s == "https://" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %s?)", s)
 }
 
 // readManifest reads and parses a manifest file.
@@ -70,7 +90,7 @@ func readManifest(file string) (*manifest.Manifest, error) {
 	}
 	b, err := os.ReadFile(file)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--manifest: %w", err)
 	}
 	m, err := manifest.Parse(b)
 	if err != nil {

@@ -13,10 +13,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -202,6 +206,7 @@ func TestFlow(t *testing.T) {
 	// Simulated evidence without --sim-root is rejected.
 	_, errOut := ctl(t, 1, "--addr", d.unix, "--state", filepath.Join(dir, "nosim"), "verify", "--manifest", mf)
 	contains(t, errOut, "simulated root")
+	contains(t, errOut, "hint: this broker runs on a simulated TEE (kbsd --dev): to trust it for development, pass --sim-root")
 
 	// Client: upload a generated key and a key from a raw file.
 	keyFile := filepath.Join(dir, "prompt.key")
@@ -218,7 +223,7 @@ func TestFlow(t *testing.T) {
 	ctl(t, 0, append(g, "receipt", "verify", raw+".receipt")...)
 	// A key id the client may not write is refused by policy.
 	_, errOut = ctl(t, 1, append(g, "key", "put", "--manifest", mf, "--client-key", clientKey, "--id", "other/x", "--file", raw)...)
-	contains(t, errOut, "forbidden")
+	contains(t, errOut, "kbsctl: REFUSED: kbs: forbidden (403 Forbidden)")
 	// The owner key is not a client.
 	ctl(t, 1, append(g, "key", "put", "--manifest", mf, "--client-key", ownerKey, "--id", "demo/c", "--file", raw)...)
 	out, _ = ctl(t, 0, append(gTLS, "--json", "key", "ls")...)
@@ -277,7 +282,7 @@ func TestFlow(t *testing.T) {
 	// A worker whose measurement the manifest does not list is refused.
 	_, errOut = ctl(t, 1, append(wstate, "key", "get", "--manifest", mf, "--tee", "sim", "--sim-dir", d.simDir(),
 		"--sim-measurement", strings.Repeat("ab", 48), "--id", "demo/a", "--out", filepath.Join(dir, "bad"))...)
-	contains(t, errOut, "policy_denied")
+	contains(t, errOut, "kbsctl: REFUSED: kbs: policy_denied")
 	if _, err := os.Stat(filepath.Join(dir, "bad")); err == nil {
 		t.Fatal("a refused worker got a key directory")
 	}
@@ -644,6 +649,91 @@ func TestUsage(t *testing.T) {
 		var out, errb bytes.Buffer
 		if code := run(context.Background(), args, strings.NewReader(""), &out, &errb); code != 0 {
 			t.Errorf("kbsctl %q: exit %d, want 0\n%s", args, code, errb.String())
+		}
+	}
+}
+
+// TestMessages checks what kbsctl says, and its exit status, on the common
+// mistakes: no broker at --addr, a malformed --addr, a missing or
+// unreadable --manifest, a bad flag, and asking for help.
+func TestMessages(t *testing.T) {
+	dir := t.TempDir()
+	state := []string{"--state", filepath.Join(dir, "state")}
+
+	// A socket file that nothing accepts on (kbsd killed).
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	// A TCP port nothing listens on.
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := tl.Addr().String()
+	tl.Close()
+	// A TLS server never verified from this state directory.
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	defer tlsSrv.Close()
+
+	for _, tt := range []struct {
+		args []string
+		code int
+		want []string // in stderr, in order
+	}{
+		{[]string{"--addr", "unix://" + filepath.Join(dir, "none.sock"), "key", "ls"}, 2,
+			[]string{"kbsctl: can't reach the broker at unix://" + dir + "/none.sock: connect: no such file or directory\n",
+				"  hint: no socket at " + dir + "/none.sock (--addr): start kbsd, or point --addr or $KBS_ADDR at the socket it prints"}},
+		{[]string{"--addr", "unix://" + stale, "key", "ls"}, 2,
+			[]string{"can't reach the broker at unix://" + stale + ": connect: connection refused",
+				"hint: the socket at " + stale + " (--addr) exists but nothing accepts on it: kbsd is not running there"}},
+		{[]string{"--addr", "https://" + closedPort, "key", "ls"}, 2,
+			[]string{"can't reach the broker at https://" + closedPort + ": connect: connection refused",
+				"hint: nothing listens at https://" + closedPort + " (--addr): is kbsd running with --listen-tcp on that address?"}},
+		{[]string{"--addr", tlsSrv.URL, "key", "ls"}, 2,
+			[]string{"kbsctl: " + tlsSrv.URL + ": the broker's TLS key is not pinned yet: verify the broker first\n",
+				"  hint: over TLS, kbsctl talks only to a broker whose attested TLS key it has pinned: run 'kbsctl --addr " + tlsSrv.URL + " verify --manifest FILE' once with this --state"}},
+		{[]string{"--addr", "/run/kbs/kbs.sock", "key", "ls"}, 2,
+			[]string{`kbsctl: --addr "/run/kbs/kbs.sock": want unix://PATH or https://HOST:PORT (did you mean unix:///run/kbs/kbs.sock?)`}},
+		{[]string{"--addr", "http://kbs.example:8443", "key", "ls"}, 2, []string{"(did you mean https://kbs.example:8443?)"}},
+		{[]string{"--addr", "kbs.example:8443", "key", "ls"}, 2, []string{"(did you mean https://kbs.example:8443?)"}},
+		{[]string{"--addr", "ftp://x", "key", "ls"}, 2, []string{`kbsctl: --addr "ftp://x": want unix://PATH or https://HOST:PORT` + "\n"}},
+		{[]string{"verify"}, 2, []string{"--manifest is required"}},
+		{[]string{"--addr", "unix://" + filepath.Join(dir, "none.sock"), "key", "get", "--manifest", filepath.Join(dir, "m.json"), "--tee", "sim",
+			"--sim-dir", filepath.Join(dir, "nosim"), "--id", "demo/a", "--out", dir}, 2,
+			[]string{"kbsctl: --tee sim: no simulated TEE at --sim-dir " + dir + "/nosim (kbsd --dev creates one in DATA/sim): no such file or directory"}},
+		{[]string{"verify", "--manifest", filepath.Join(dir, "missing.json")}, 2, []string{"kbsctl: --manifest: open " + dir + "/missing.json: no such file or directory"}},
+		{[]string{"audit", "--bogus"}, 2, []string{"kbsctl: audit: flag provided but not defined: -bogus (see 'kbsctl audit -h')\n"}},
+		{[]string{"receipt", "verify"}, 2, []string{"kbsctl: receipt verify: want 1 argument(s), got 0 (see 'kbsctl receipt verify -h')"}},
+		{[]string{"key"}, 2, []string{"kbsctl: key: want a subcommand: get, ls, put, rm (see 'kbsctl key -h')"}},
+		{[]string{"keys", "ls"}, 2, []string{`kbsctl: unknown command "keys" (want audit, key, log, manifest, prompt, receipt, verify, worker; see 'kbsctl help')`}},
+		{[]string{"help"}, 0, []string{"Usage:\n  kbsctl [global flags] <command>", "Global flags:"}},
+		{[]string{"help", "audit"}, 0, []string{"Usage: kbsctl audit [--manifest FILE]", "-csv"}},
+		{[]string{"help", "key", "put"}, 0, []string{"Usage: kbsctl key put --manifest FILE", "-client-key"}},
+		{[]string{"key", "-h"}, 0, []string{"Usage: kbsctl key <get|ls|put|rm>", "  key put --manifest FILE", "  key get --manifest FILE", "Run 'kbsctl key <subcommand> -h'"}},
+	} {
+		t.Setenv("KBS_ADDR", "")
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append(slices.Clone(state), tt.args...), strings.NewReader(""), &out, &errb)
+		got := errb.String()
+		if code != tt.code {
+			t.Errorf("kbsctl %q: exit %d, want %d\n%s", tt.args, code, tt.code, got)
+			continue
+		}
+		rest := got
+		for _, w := range tt.want {
+			i := strings.Index(rest, w)
+			if i < 0 {
+				t.Errorf("kbsctl %q: stderr\n%s\nwant (in order) %q", tt.args, got, w)
+				break
+			}
+			rest = rest[i+len(w):]
+		}
+		if tt.code == 2 && strings.Contains(got, "Flags:") {
+			t.Errorf("kbsctl %q: a usage error printed the whole usage:\n%s", tt.args, got)
 		}
 	}
 }

@@ -26,10 +26,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -38,6 +41,7 @@ import (
 	"syscall"
 
 	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -69,7 +73,8 @@ Auditor:
   audit [--manifest FILE] [--csv]             verify every entry; manifest history and releases
   receipt verify [--note-key KEY] FILE        check a receipt offline
 
-Run 'kbsctl <command> -h' for the flags of a command.
+Run 'kbsctl help <command>' (or 'kbsctl <command> -h') for the flags of a command.
+A development broker: 'kbsd --dev' prints the --addr and --sim-root to use.
 
 Exit status: 0 success, 1 verification or policy failure, 2 usage or I/O error.
 
@@ -93,10 +98,14 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
 }
 
+// defaultAddr is where 'kbsd --dev' listens when run in the current
+// directory (its default data directory is kbs-dev).
+const defaultAddr = "unix://kbs-dev/kbs.sock"
+
 func defaultGlobals() *globals {
 	g := &globals{addr: os.Getenv("KBS_ADDR"), state: os.Getenv("KBS_STATE")}
 	if g.addr == "" {
-		g.addr = "unix://kbs-dev/kbs.sock"
+		g.addr = defaultAddr
 	}
 	if g.state == "" {
 		if d, err := os.UserConfigDir(); err == nil {
@@ -159,14 +168,23 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fs.Usage()
 		return 2
 	}
-	name := fs.Arg(0)
+	name, rest := fs.Arg(0), fs.Args()[1:]
+	if name == "help" {
+		// "kbsctl help" is "kbsctl -h"; "kbsctl help CMD [SUB]" is
+		// "kbsctl CMD [SUB] -h".
+		if len(rest) == 0 {
+			fs.Usage()
+			return 0
+		}
+		name, rest = rest[0], append(rest[1:], "-h")
+	}
 	e := &env{g: g, stdin: stdin, stdout: stdout, stderr: stderr}
 	for _, c := range commands {
 		if c.name == name {
-			return report(stderr, c.run(ctx, e, fs.Args()[1:]))
+			return report(stderr, e.g, c.run(ctx, e, rest))
 		}
 	}
-	fmt.Fprintf(stderr, "kbsctl: unknown command %q (want %s)\n", name, commandNames())
+	fmt.Fprintf(stderr, "kbsctl: unknown command %q (want %s; see 'kbsctl help')\n", name, commandNames())
 	return 2
 }
 
@@ -201,8 +219,9 @@ func failErr(format string, args ...any) error {
 // errHelp is returned after printing a command's help (exit 0).
 var errHelp = errors.New("help")
 
-// report prints err and returns the exit status it maps to.
-func report(w io.Writer, err error) int {
+// report prints err, with what to do about it when that is known, and
+// returns the exit status it maps to.
+func report(w io.Writer, g *globals, err error) int {
 	if err == nil || errors.Is(err, errHelp) {
 		return 0
 	}
@@ -212,12 +231,92 @@ func report(w io.Writer, err error) int {
 		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %v\n%s", err, fe.Evidence())
 		return code
 	}
-	if code == 1 {
-		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %v\n", err)
-	} else {
-		fmt.Fprintf(w, "kbsctl: %v\n", err)
+	msg := err.Error()
+	var te *client.TransportError
+	switch {
+	case code == 2 && errors.Is(err, client.ErrNotPinned):
+		msg = fmt.Sprintf("%s: %v", brokerAddr(g, err), client.ErrNotPinned)
+	case code == 2 && errors.As(err, &te):
+		msg = unreachable(te)
+	}
+	var ae *api.Error
+	switch {
+	case code == 1 && errors.As(err, &ae):
+		// The broker refused by policy; nothing failed to verify.
+		fmt.Fprintf(w, "kbsctl: REFUSED: %s\n", msg)
+	case code == 1:
+		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %s\n", msg)
+	default:
+		fmt.Fprintf(w, "kbsctl: %s\n", msg)
+	}
+	if h := hint(g, err); h != "" {
+		fmt.Fprintf(w, "  hint: %s\n", h)
 	}
 	return code
+}
+
+// brokerAddr is the broker address err is about.
+func brokerAddr(g *globals, err error) string {
+	var te *client.TransportError
+	if errors.As(err, &te) {
+		return te.Addr
+	}
+	return g.addr
+}
+
+// unreachable says briefly why the broker at te.Addr could not be
+// reached: the innermost network error, without the HTTP request.
+func unreachable(te *client.TransportError) string {
+	cause := te.Err
+	var oe *net.OpError
+	if errors.As(cause, &oe) && oe.Err != nil {
+		cause = oe.Err
+	} else {
+		var ue *url.Error
+		if errors.As(cause, &ue) {
+			cause = ue.Err
+		}
+	}
+	return fmt.Sprintf("can't reach the broker at %s: %v", te.Addr, cause)
+}
+
+// hint says what to do about the common mistakes: no broker at --addr, a
+// development broker without --sim-root.
+func hint(g *globals, err error) string {
+	var te *client.TransportError
+	switch {
+	case errors.Is(err, verify.ErrSimulatedNotTrusted):
+		return "this broker runs on a simulated TEE (kbsd --dev): to trust it for development, pass --sim-root DATA/sim/root.pem (kbsd --dev prints the path)"
+	case errors.Is(err, client.ErrNotPinned):
+		return fmt.Sprintf("over TLS, kbsctl talks only to a broker whose attested TLS key it has pinned: run 'kbsctl --addr %s verify --manifest FILE' once with this --state", g.addr)
+	case errors.Is(err, client.ErrPinMismatch):
+		return ""
+	case !errors.As(err, &te):
+		return ""
+	}
+	unix := strings.HasPrefix(te.Addr, "unix://")
+	from := "--addr"
+	switch env := os.Getenv("KBS_ADDR"); {
+	case env == "" && g.addr == defaultAddr:
+		from = "the default --addr, where 'kbsd --dev' run in this directory listens"
+	case env == g.addr:
+		from = "$KBS_ADDR"
+	}
+	switch {
+	case unix && errors.Is(err, syscall.ENOENT):
+		return fmt.Sprintf("no socket at %s (%s): start kbsd, or point --addr or $KBS_ADDR at the socket it prints (kbsd --data DIR listens on unix://DIR/kbs.sock)", strings.TrimPrefix(te.Addr, "unix://"), from)
+	case unix && errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("the socket at %s (%s) exists but nothing accepts on it: kbsd is not running there (restart it)", strings.TrimPrefix(te.Addr, "unix://"), from)
+	case errors.Is(err, syscall.EACCES):
+		return "permission denied: the socket belongs to the user that runs kbsd (mode 0600); run kbsctl as that user"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Sprintf("nothing listens at %s (%s): is kbsd running with --listen-tcp on that address?", te.Addr, from)
+	}
+	var tlsErr *tls.RecordHeaderError
+	if errors.As(err, &tlsErr) {
+		return "the server at --addr does not speak TLS: kbsd's TCP listener is https://HOST:PORT"
+	}
+	return fmt.Sprintf("check that kbsd is running and that %s (%s) is its address", from, te.Addr)
 }
 
 // exitCode maps an error to 1 (verification or policy failure) or 2.
@@ -250,27 +349,38 @@ func (e *env) newFlags(name, args, doc string) *flag.FlagSet {
 	fs.SetOutput(e.stderr)
 	e.g.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "Usage: kbsctl %s %s\n\n%s\n\nFlags:\n", name, args, doc)
+		fmt.Fprintf(e.stderr, "Usage: %s\n\n%s\n\nFlags:\n", strings.TrimSpace("kbsctl "+name+" "+args), doc)
+		fs.SetOutput(e.stderr)
 		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
 	}
+	// The flag package's own error lines and usage dumps on a bad flag are
+	// replaced by parse's one-line error.
+	fs.SetOutput(io.Discard)
 	return fs
 }
 
 // parse parses a command's flags; nargs is the exact number of positional
-// arguments (-1: any).
+// arguments (-1: any). A bad flag or argument count is a one-line usage
+// error that points at the command's help.
 func parse(fs *flag.FlagSet, args []string, nargs int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return errHelp
-		}
-		return &exitError{code: 2, err: err}
+	usage := fs.Usage
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.Usage = usage
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+		return errHelp
+	}
+	see := fmt.Sprintf("see '%s -h'", fs.Name())
+	if err != nil {
+		return usageErr("%s: %v (%s)", strings.TrimPrefix(fs.Name(), "kbsctl "), err, see)
 	}
 	if nargs >= 0 && fs.NArg() != nargs {
-		fs.Usage()
 		if nargs == 0 {
-			return usageErr("unexpected arguments: %q", fs.Args())
+			return usageErr("%s: unexpected arguments %q (%s)", strings.TrimPrefix(fs.Name(), "kbsctl "), fs.Args(), see)
 		}
-		return usageErr("want %d argument(s), got %d", nargs, fs.NArg())
+		return usageErr("%s: want %d argument(s), got %d (%s)", strings.TrimPrefix(fs.Name(), "kbsctl "), nargs, fs.NArg(), see)
 	}
 	return nil
 }
@@ -283,15 +393,22 @@ func subcommand(ctx context.Context, e *env, name string, args []string, subs ma
 	}
 	sort.Strings(names)
 	if len(args) == 0 {
-		return usageErr("kbsctl %s: want a subcommand: %s", name, strings.Join(names, ", "))
+		return usageErr("%s: want a subcommand: %s (see 'kbsctl %s -h')", name, strings.Join(names, ", "), name)
 	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprintf(e.stderr, "Usage: kbsctl %s <%s> [flags]\n", name, strings.Join(names, "|"))
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help" {
+		fmt.Fprintf(e.stderr, "Usage: kbsctl %s <%s> [flags]\n\n", name, strings.Join(names, "|"))
+		// The command's lines of the main usage.
+		for _, l := range strings.Split(usage, "\n") {
+			if strings.HasPrefix(l, "  "+name+" ") {
+				fmt.Fprintf(e.stderr, "%s\n", l)
+			}
+		}
+		fmt.Fprintf(e.stderr, "\nRun 'kbsctl %s <subcommand> -h' for its flags.\n", name)
 		return errHelp
 	}
 	f, ok := subs[args[0]]
 	if !ok {
-		return usageErr("kbsctl %s: unknown subcommand %q (want %s)", name, args[0], strings.Join(names, ", "))
+		return usageErr("%s: unknown subcommand %q (want %s)", name, args[0], strings.Join(names, ", "))
 	}
 	return f(ctx, e, args[1:])
 }

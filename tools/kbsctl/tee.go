@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/cvm"
@@ -39,6 +41,9 @@ func (t *teeFlags) issuer() (attest.Issuer, error) {
 				return nil, usageErr("--sim-measurement: want 48 bytes as 96 hex digits")
 			}
 			opts.Measurement = m
+		}
+		if _, err := os.Stat(t.simDir); err != nil {
+			return nil, usageErr("--tee sim: no simulated TEE at --sim-dir %s (kbsd --dev creates one in DATA/sim): %v", t.simDir, errors.Unwrap(err))
 		}
 		iss, err := sim.NewIssuer(t.simDir, attest.Platform(t.simPlatform), opts)
 		if err != nil {
