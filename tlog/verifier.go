@@ -13,6 +13,8 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/kbs-dev/kbs/internal/atomicfile"
 )
 
 // A ForkError reports that a log showed two views that cannot both be
@@ -91,31 +93,7 @@ func (s FileStore) Update(origin string, f func(old []byte) ([]byte, error)) err
 	if err != nil || n == nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(s.Dir, ".checkpoint-*")
-	if err != nil {
-		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(n); err != nil {
-		tmp.Close()
-		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
-	}
-	d, err := os.Open(s.Dir)
-	if err != nil {
-		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := atomicfile.WriteFile(p, n, 0o600); err != nil {
 		return fmt.Errorf("tlog: couldn't store checkpoint: %w", err)
 	}
 	return nil
@@ -140,7 +118,7 @@ func NewVerifier(origin, vkey string, store CheckpointStore) (*Verifier, error) 
 		return nil, fmt.Errorf("tlog: bad note verifier key: %w", err)
 	}
 	if store == nil {
-		store = &memStore{}
+		store = &MemStore{}
 	}
 	return &Verifier{origin: origin, v: v, store: store}, nil
 }
@@ -254,12 +232,15 @@ func CheckConsistency(old, newer SignedCheckpoint, p []Hash) error {
 	return nil
 }
 
-type memStore struct {
+// MemStore is a CheckpointStore that keeps checkpoints in memory only, for
+// one-shot checks and tests. The zero value is ready to use.
+type MemStore struct {
 	mu    sync.Mutex
 	notes map[string][]byte
 }
 
-func (m *memStore) Update(origin string, f func([]byte) ([]byte, error)) error {
+// Update implements CheckpointStore.
+func (m *MemStore) Update(origin string, f func([]byte) ([]byte, error)) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n, err := f(m.notes[origin])

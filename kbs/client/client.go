@@ -112,7 +112,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Checkpoints == nil {
-		cfg.Checkpoints = &memStore{}
+		cfg.Checkpoints = &tlog.MemStore{}
 	}
 	c := &Client{cfg: cfg, pin: strings.ToLower(cfg.TLSPin)}
 	switch {
@@ -468,24 +468,4 @@ func (e *VerifyError) Unwrap() error { return e.Err }
 
 func verr(step string, format string, args ...any) error {
 	return &VerifyError{Step: step, Err: fmt.Errorf(format, args...)}
-}
-
-// memStore is an in-memory tlog.CheckpointStore.
-type memStore struct {
-	mu    sync.Mutex
-	notes map[string][]byte
-}
-
-func (m *memStore) Update(origin string, f func([]byte) ([]byte, error)) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	n, err := f(m.notes[origin])
-	if err != nil || n == nil {
-		return err
-	}
-	if m.notes == nil {
-		m.notes = map[string][]byte{}
-	}
-	m.notes[origin] = bytes.Clone(n)
-	return nil
 }

@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
+	"github.com/kbs-dev/kbs/internal/atomicfile"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
@@ -115,32 +115,8 @@ func writeState(path string, st state) error {
 	if err != nil {
 		return fmt.Errorf("trillianlog: couldn't encode state: %w", err)
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
 		return fmt.Errorf("trillianlog: couldn't write state: %w", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("trillianlog: couldn't write state: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("trillianlog: couldn't sync state: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("trillianlog: couldn't write state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("trillianlog: couldn't replace state: %w", err)
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return fmt.Errorf("trillianlog: couldn't sync state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("trillianlog: couldn't sync state directory: %w", err)
 	}
 	return nil
 }

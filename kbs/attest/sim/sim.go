@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/kbs-dev/kbs/internal/atomicfile"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/snp"
 )
@@ -113,11 +114,7 @@ func Init(dir string) error {
 	if old, err := os.ReadFile(name); err == nil && bytes.Equal(old, pemData) {
 		return nil
 	}
-	tmp := name + ".tmp"
-	if err := os.WriteFile(tmp, pemData, 0o644); err != nil {
-		return fmt.Errorf("sim: %v", err)
-	}
-	if err := os.Rename(tmp, name); err != nil {
+	if err := atomicfile.WriteFile(name, pemData, 0o644); err != nil {
 		return fmt.Errorf("sim: %v", err)
 	}
 	return nil

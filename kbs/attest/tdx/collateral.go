@@ -20,6 +20,8 @@ import (
 
 	"github.com/google/go-tdx-guest/pcs"
 	"github.com/google/go-tdx-guest/verify/trust"
+
+	"github.com/kbs-dev/kbs/internal/atomicfile"
 )
 
 // The collateral cache is a directory of JSON files, one per Intel PCS
@@ -103,32 +105,7 @@ func writeCached(dir string, r *cachedResponse) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, cacheFileName(r.URL)), b, 0o644)
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.WriteFile(filepath.Join(dir, cacheFileName(r.URL)), b, 0o644)
 }
 
 // collateralGetter serves go-tdx-guest's collateral requests for one
