@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log"
 	"net"
@@ -23,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
@@ -35,24 +35,7 @@ import (
 
 var kbsdBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "client-test-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	kbsdBin = filepath.Join(dir, "kbsd")
-	cmd := exec.Command("go", "build", "-o", kbsdBin, "github.com/kbs-dev/kbs/daemon")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "couldn't build kbsd:", err)
-		os.RemoveAll(dir)
-		os.Exit(2)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &kbsdBin, "github.com/kbs-dev/kbs/daemon") }
 
 // startKbsd starts kbsd --dev in data (unix socket only) and returns its
 // socket path.

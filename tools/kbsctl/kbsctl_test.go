@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -27,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/client"
@@ -37,24 +37,7 @@ import (
 
 var kbsdBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kbsctl-test-bin")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	kbsdBin = filepath.Join(dir, "kbsd")
-	cmd := exec.Command("go", "build", "-o", kbsdBin, "github.com/kbs-dev/kbs/daemon")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "couldn't build kbsd:", err)
-		os.RemoveAll(dir)
-		os.Exit(2)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &kbsdBin, "github.com/kbs-dev/kbs/daemon") }
 
 // daemon is a running kbsd --dev.
 type daemon struct {
