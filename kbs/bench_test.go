@@ -1,6 +1,7 @@
 package kbs
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -11,9 +12,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -34,13 +38,14 @@ import (
 // HPKE seal, receipt) at 1, 8 and 32 concurrent workers, and next to it the
 // crypto-bound limit measured in the same run (see cryptoLimit).
 //
-// Requests (challenges and evidence) are prepared before the clock starts,
-// so client-side signing does not compete with the broker for the CPU, and
-// each level first sends one untimed release per worker, so that the
-// keep-alive connections exist before the clock starts.
+// The workers run in a separate load generator process on the same machine
+// (see transport.send). Requests (challenges and evidence) are prepared
+// before the clock starts, so client-side signing does not compete with the
+// broker for the CPU, and each level first sends one untimed release per
+// worker, so that the keep-alive connections exist before the clock starts.
 //
-// Besides releases/s, p50 and p99, each level reports the process's CPU time
-// per release (broker, HTTP client and log together) and crypto-cpu-%: the
+// Besides releases/s, p50 and p99, each level reports the CPU time per
+// release (broker, log and load generator together) and crypto-cpu-%: the
 // share of that CPU time the crypto-bound work would take. Unlike wall-clock
 // figures, that share hardly depends on what else runs on the machine.
 func BenchmarkRelease(b *testing.B) {
@@ -54,10 +59,12 @@ func BenchmarkRelease(b *testing.B) {
 
 // BenchmarkReleaseTransport measures 32 concurrent workers over the other
 // transports kbsd serves: its unix socket, and TCP with TLS 1.3 (keep-alive,
-// so the handshake happens once per connection, before the clock starts).
+// so the handshake happens once per connection, before the clock starts);
+// and, for comparison, over TCP with the workers as goroutines of the
+// benchmark's own process instead of a separate process.
 func BenchmarkReleaseTransport(b *testing.B) {
 	e := newBenchEnv(b)
-	for _, tr := range []string{"tcp", "unix", "tls"} {
+	for _, tr := range []string{"tcp", "unix", "tls", "tcp-inprocess-client"} {
 		b.Run("transport="+tr+"/concurrency=32", func(b *testing.B) {
 			t := e.tcp
 			switch tr {
@@ -65,6 +72,8 @@ func BenchmarkReleaseTransport(b *testing.B) {
 				t = e.unix(b)
 			case "tls":
 				t = e.tls(b)
+			case "tcp-inprocess-client":
+				t = &transport{URL: e.tcp.URL, InProcess: true}
 			}
 			e.run(b, t, 32)
 		})
@@ -84,10 +93,36 @@ type benchEnv struct {
 	material []byte
 }
 
-// transport is a way to reach the broker.
+// transport is a way to reach the broker: its URL and, for the load
+// generator process, what it needs to build its own client.
 type transport struct {
-	url    string
-	client *http.Client
+	URL     string
+	Unix    string `json:",omitempty"` // socket path, for a unix socket
+	TLSRoot []byte `json:",omitempty"` // DER of the certificate to trust, for TLS
+	// InProcess sends from goroutines of the benchmark's own process instead
+	// of a separate load generator process.
+	InProcess bool `json:"-"`
+}
+
+// client returns an HTTP client for t with keep-alive connections for up to
+// 64 workers.
+func (t *transport) client() (*http.Client, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64, DisableCompression: true}
+	if t.Unix != "" {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", t.Unix)
+		}
+	}
+	if t.TLSRoot != nil {
+		leaf, err := x509.ParseCertificate(t.TLSRoot)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		pool.AddCert(leaf)
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}
+	}
+	return &http.Client{Transport: tr}, nil
 }
 
 func newBenchEnv(b *testing.B) *benchEnv {
@@ -97,8 +132,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	e.material = bytes.Repeat([]byte{7}, 32)
 	e.mustOK2(e.upload("demo/bench", 1, e.material))
 	e.w = e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
-	e.tcp = &transport{url: e.srv.URL, client: &http.Client{Transport: &http.Transport{
-		MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64, DisableCompression: true}}}
+	e.tcp = &transport{URL: e.srv.URL}
 
 	iss, err := sim.NewIssuer(e.simDir, attest.SNP, sim.Options{})
 	if err != nil {
@@ -136,11 +170,7 @@ func (e *benchEnv) unix(b *testing.B) *transport {
 	srv := &http.Server{Handler: e.b.Handler()}
 	go srv.Serve(l)
 	b.Cleanup(func() { srv.Close() })
-	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}
-	return &transport{url: "http://kbsd", client: &http.Client{Transport: &http.Transport{
-		DialContext: dial, MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64, DisableCompression: true}}}
+	return &transport{URL: "http://kbsd", Unix: sock}
 }
 
 // tls serves the broker over TCP with TLS 1.3 and the broker's identity
@@ -150,15 +180,7 @@ func (e *benchEnv) tls(b *testing.B) *transport {
 	srv.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{e.id.TLS}}
 	srv.StartTLS()
 	b.Cleanup(srv.Close)
-	leaf, err := x509.ParseCertificate(e.id.TLS.Certificate[0])
-	if err != nil {
-		b.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return &transport{url: srv.URL, client: &http.Client{Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13},
-		MaxIdleConnsPerHost: 64, MaxConnsPerHost: 64, DisableCompression: true}}}
+	return &transport{URL: srv.URL, TLSRoot: e.id.TLS.Certificate[0]}
 }
 
 // releasesAt is how many timed releases a level serves per iteration: enough
@@ -176,21 +198,17 @@ func (e *benchEnv) run(b *testing.B, t *transport, conc int) {
 		for j := range bodies {
 			bodies[j] = mustJSON(e.releaseReq(e.w, e.challenge(), "demo/bench"))
 		}
-		runReleases(b, t, bodies[:conc], conc) // open the connections
-		bodies = bodies[conc:]
 		// The limit is measured right before and right after each run and
 		// averaged, so that both see the same machine (other load included).
 		before, beforeCPU := e.cryptoLimit(b)
 		runtime.GC()
-		cpu0 := processCPU()
-		b.StartTimer()
-		l, d := runReleases(b, t, bodies, conc)
-		b.StopTimer()
-		cpu += processCPU() - cpu0
+		res := t.send(b, bodies[:conc], bodies[conc:], conc)
+		cpu += res.ServerCPU + res.ClientCPU
 		after, afterCPU := e.cryptoLimit(b)
 		limitSum += (before + after) / 2
 		cryptoCPUSum += (beforeCPU + afterCPU) / 2
 		b.StartTimer()
+		l, d := res.Latencies, res.Elapsed
 		lat = append(lat, l...)
 		elapsed += d
 	}
@@ -207,14 +225,154 @@ func (e *benchEnv) run(b *testing.B, t *transport, conc int) {
 	b.ReportMetric(limit, "limit/s")
 	b.ReportMetric(cpuPer, "cpu-ms/release")
 	b.ReportMetric(100*cryptoCPU/cpuPer, "crypto-cpu-%")
-	b.Logf("concurrency %2d: %6.0f releases/s (%3.0f%% of the crypto-bound %.0f/s), p50 %v, p99 %v; %.2f cpu-ms per release, %.2f of it crypto (%.0f%%)",
+	b.Logf("concurrency %2d: %6.0f releases/s (%3.0f%% of the crypto-bound %.0f/s), p50 %v, p99 %v (%d in flight / throughput = %v); "+
+		"%.2f cpu-ms per release, %.2f of it crypto (%.0f%%; all %d cores on crypto alone: %.0f/s)",
 		conc, tput, 100*tput/limit, limit, p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond),
-		cpuPer, cryptoCPU, 100*cryptoCPU/cpuPer)
+		conc, time.Duration(float64(conc)/tput*float64(time.Second)).Round(10*time.Microsecond),
+		cpuPer, cryptoCPU, 100*cryptoCPU/cpuPer, runtime.GOMAXPROCS(0), float64(runtime.GOMAXPROCS(0))*1000/cryptoCPU)
+}
+
+// loadResult is what one timed run measured.
+type loadResult struct {
+	Latencies []time.Duration // of each release
+	Elapsed   time.Duration   // wall time of the run
+	ClientCPU time.Duration   // CPU time the load generator used in the run
+	ServerCPU time.Duration   // CPU time the benchmark's process used in the run
+}
+
+// loadJob is what the load generator process gets.
+type loadJob struct {
+	Transport *transport
+	Conc      int
+	Warm      [][]byte // sent untimed first, one per worker: opens the connections
+	Bodies    [][]byte // the timed releases
+}
+
+// loadGenEnv names the job file of a load generator process.
+const loadGenEnv = "KBS_BENCH_LOADGEN"
+
+// send sends warm, then (timed) bodies, with conc workers. By default the
+// workers run in a separate process, this test binary started as a load
+// generator (TestReleaseLoadGenerator): workers are other machines in
+// production, and in one process the Go scheduler would hand the client's
+// network wake-ups the same queue as the broker's CPU-bound handlers, which
+// adds the client's own scheduling delay to every latency.
+func (t *transport) send(b *testing.B, warm, bodies [][]byte, conc int) *loadResult {
+	if t.InProcess {
+		client, err := t.client()
+		if err != nil {
+			b.Fatal(err)
+		}
+		runReleases(b, client, t.URL, warm, conc)
+		cpu0 := processCPU()
+		b.StartTimer()
+		lat, d := runReleases(b, client, t.URL, bodies, conc)
+		b.StopTimer()
+		return &loadResult{Latencies: lat, Elapsed: d, ServerCPU: processCPU() - cpu0}
+	}
+	dir := b.TempDir()
+	job := filepath.Join(dir, "job.json")
+	raw, err := json.Marshal(&loadJob{Transport: t, Conc: conc, Warm: warm, Bodies: bodies})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(job, raw, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestReleaseLoadGenerator$", "-test.count=1")
+	cmd.Env = append(os.Environ(), loadGenEnv+"="+job)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	// The generator prints "start" when its connections are open and it
+	// starts the clock, and "done" when it stopped it.
+	rd := bufio.NewReader(out)
+	var cpu0 time.Duration
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			cmd.Wait()
+			b.Fatalf("load generator: %v", err)
+		}
+		switch strings.TrimSpace(line) {
+		case "start":
+			cpu0 = processCPU()
+			b.StartTimer()
+			continue
+		case "done":
+			b.StopTimer()
+		default:
+			continue
+		}
+		break
+	}
+	serverCPU := processCPU() - cpu0
+	io.Copy(io.Discard, rd)
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("load generator: %v", err)
+	}
+	var res loadResult
+	raw, err = os.ReadFile(job + ".out")
+	if err == nil {
+		err = json.Unmarshal(raw, &res)
+	}
+	if err != nil {
+		b.Fatalf("load generator result: %v", err)
+	}
+	res.ServerCPU = serverCPU
+	return &res
+}
+
+// TestReleaseLoadGenerator is the load generator process of the release
+// benchmarks; without its job file in the environment it does nothing.
+func TestReleaseLoadGenerator(t *testing.T) {
+	job := os.Getenv(loadGenEnv)
+	if job == "" {
+		t.Skip("only run by the release benchmarks")
+	}
+	raw, err := os.ReadFile(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j loadJob
+	if err := json.Unmarshal(raw, &j); err != nil {
+		t.Fatal(err)
+	}
+	client, err := j.Transport.client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runReleases(t, client, j.Transport.URL, j.Warm, j.Conc)
+	runtime.GC()
+	cpu0 := processCPU()
+	fmt.Println("start")
+	lat, d := runReleases(t, client, j.Transport.URL, j.Bodies, j.Conc)
+	cpu := processCPU() - cpu0
+	fmt.Println("done")
+	if t.Failed() {
+		return
+	}
+	raw, err = json.Marshal(&loadResult{Latencies: lat, Elapsed: d, ClientCPU: cpu})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(job+".out", raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // runReleases sends bodies with conc concurrent workers and returns each
 // request's latency and the wall time.
-func runReleases(b *testing.B, t *transport, bodies [][]byte, conc int) ([]time.Duration, time.Duration) {
+func runReleases(tb testing.TB, client *http.Client, url string, bodies [][]byte, conc int) ([]time.Duration, time.Duration) {
 	lat := make([]time.Duration, len(bodies))
 	next := make(chan int, len(bodies))
 	for i := range bodies {
@@ -229,9 +387,9 @@ func runReleases(b *testing.B, t *transport, bodies [][]byte, conc int) ([]time.
 			defer wg.Done()
 			for i := range next {
 				t0 := time.Now()
-				resp, err := t.client.Post(t.url+api.PathRelease, "application/json", bytes.NewReader(bodies[i]))
+				resp, err := client.Post(url+api.PathRelease, "application/json", bytes.NewReader(bodies[i]))
 				if err != nil {
-					b.Error(err)
+					tb.Error(err)
 					return
 				}
 				var rel api.Release
@@ -239,7 +397,7 @@ func runReleases(b *testing.B, t *transport, bodies [][]byte, conc int) ([]time.
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 || err != nil || len(rel.Keys) != 1 {
-					b.Errorf("release: status %d, %v", resp.StatusCode, err)
+					tb.Errorf("release: status %d, %v", resp.StatusCode, err)
 					return
 				}
 				lat[i] = time.Since(t0)
