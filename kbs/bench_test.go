@@ -190,7 +190,7 @@ func releasesAt(conc int) int { return max(400, 30*conc) }
 // run measures one concurrency level over t.
 func (e *benchEnv) run(b *testing.B, t *transport, conc int) {
 	var lat []time.Duration
-	var elapsed, cpu time.Duration
+	var elapsed, cpu, clientCPU time.Duration
 	var limitSum, cryptoCPUSum float64
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -204,6 +204,7 @@ func (e *benchEnv) run(b *testing.B, t *transport, conc int) {
 		runtime.GC()
 		res := t.send(b, bodies[:conc], bodies[conc:], conc)
 		cpu += res.ServerCPU + res.ClientCPU
+		clientCPU += res.ClientCPU
 		after, afterCPU := e.cryptoLimit(b)
 		limitSum += (before + after) / 2
 		cryptoCPUSum += (beforeCPU + afterCPU) / 2
@@ -226,10 +227,10 @@ func (e *benchEnv) run(b *testing.B, t *transport, conc int) {
 	b.ReportMetric(cpuPer, "cpu-ms/release")
 	b.ReportMetric(100*cryptoCPU/cpuPer, "crypto-cpu-%")
 	b.Logf("concurrency %2d: %6.0f releases/s (%3.0f%% of the crypto-bound %.0f/s), p50 %v, p99 %v (%d in flight / throughput = %v); "+
-		"%.2f cpu-ms per release, %.2f of it crypto (%.0f%%; all %d cores on crypto alone: %.0f/s)",
+		"%.2f cpu-ms per release (%.2f of it the load generator's), %.2f of it crypto (%.0f%%; all %d cores on crypto alone: %.0f/s)",
 		conc, tput, 100*tput/limit, limit, p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond),
 		conc, time.Duration(float64(conc)/tput*float64(time.Second)).Round(10*time.Microsecond),
-		cpuPer, cryptoCPU, 100*cryptoCPU/cpuPer, runtime.GOMAXPROCS(0), float64(runtime.GOMAXPROCS(0))*1000/cryptoCPU)
+		cpuPer, clientCPU.Seconds()*1000/float64(len(lat)), cryptoCPU, 100*cryptoCPU/cpuPer, runtime.GOMAXPROCS(0), float64(runtime.GOMAXPROCS(0))*1000/cryptoCPU)
 }
 
 // loadResult is what one timed run measured.
