@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test lint fuzz bench run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog
+.PHONY: all build test lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog
 
 all: build
 
@@ -65,6 +65,12 @@ bench-logs:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...
+
+# Release benchmarks (BENCHMARKS.md): three runs of each concurrency level,
+# then the transports at 32 workers. Run them on an otherwise idle machine.
+bench-release:
+	$(GO) test -run '^$$' -bench 'BenchmarkRelease$$' -benchtime 1x -count 3 ./kbs
+	$(GO) test -run '^$$' -bench 'BenchmarkReleaseTransport' -benchtime 1x -count 1 ./kbs
 
 # Transparency-log benchmarks with enough iterations for stable figures
 # (BENCHMARKS.md); builds a 2^20-entry log (about 1 GB, removed afterwards).

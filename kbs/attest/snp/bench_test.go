@@ -96,3 +96,15 @@ func BenchmarkReportSignature(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkIsSimulated is the routing check run on every piece of evidence
+// before verification: parse the evidence and look for the sim marker in its
+// endorsement certificate (parsed once per certificate, then remembered).
+func BenchmarkIsSimulated(b *testing.B) {
+	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
+	for b.Loop() {
+		if !IsSimulated(ev.Data) {
+			b.Fatal("IsSimulated(sim evidence) = false")
+		}
+	}
+}

@@ -96,11 +96,16 @@ func (ev *Evidence) Marshal() []byte {
 	return out
 }
 
+// The certificate table GUIDs of the endorsement keys, parsed once.
+var (
+	vcekGUID = uuid.MustParse(abi.VcekGUID)
+	vlekGUID = uuid.MustParse(abi.VlekGUID)
+)
+
 // cert returns the table entry with the given GUID, or nil.
-func (ev *Evidence) cert(guid string) []byte {
-	g := uuid.MustParse(guid)
+func (ev *Evidence) cert(guid uuid.UUID) []byte {
 	for _, e := range ev.Certs {
-		if e.GUID == g {
+		if e.GUID == guid {
 			return e.RawCert
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -224,25 +225,64 @@ func RootsFromCerts(certs []*x509.Certificate) []Root {
 // IsSimulated reports whether SNP evidence carries a simulated VCEK or VLEK
 // (one whose subject holds SimMarker). It verifies nothing: a Verifier whose roots are
 // AMD's rejects such evidence anyway.
+//
+// It runs on every piece of evidence a broker routes, so the answer for a
+// certificate is remembered by the SHA-256 of its DER (a pure function of
+// those bytes): only the first evidence with a given certificate pays for
+// parsing it.
 func IsSimulated(data []byte) bool {
 	ev, err := ParseEvidence(data)
 	if err != nil {
 		return false
 	}
-	for _, guid := range []string{abi.VcekGUID, abi.VlekGUID} {
+	for _, guid := range []uuid.UUID{vcekGUID, vlekGUID} {
 		der := ev.cert(guid)
 		// Cheap pre-filter: hardware certificates never contain the marker.
-		if der == nil || !bytes.Contains(der, []byte(SimMarker)) {
-			continue
+		if der != nil && bytes.Contains(der, []byte(SimMarker)) && simMarked.get(der) {
+			return true
 		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			continue
-		}
-		for _, n := range c.Subject.Names {
-			if n.Type.Equal(oidPseudonym) && n.Value == SimMarker {
-				return true
-			}
+	}
+	return false
+}
+
+// simMarked caches whether a certificate's subject holds SimMarker.
+var simMarked = &markerCache{m: map[[32]byte]bool{}}
+
+// maxMarkerCache bounds the marker cache; it is emptied when full.
+const maxMarkerCache = 1024
+
+type markerCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]bool
+}
+
+func (c *markerCache) get(der []byte) bool {
+	id := sha256.Sum256(der)
+	c.mu.Lock()
+	marked, ok := c.m[id]
+	c.mu.Unlock()
+	if ok {
+		return marked
+	}
+	marked = hasSimMarker(der)
+	c.mu.Lock()
+	if len(c.m) >= maxMarkerCache {
+		clear(c.m)
+	}
+	c.m[id] = marked
+	c.mu.Unlock()
+	return marked
+}
+
+// hasSimMarker parses der and reports whether its subject holds SimMarker.
+func hasSimMarker(der []byte) bool {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return false
+	}
+	for _, n := range c.Subject.Names {
+		if n.Type.Equal(oidPseudonym) && n.Value == SimMarker {
+			return true
 		}
 	}
 	return false

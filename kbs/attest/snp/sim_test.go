@@ -2,10 +2,17 @@ package snp
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/google/go-sev-guest/abi"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -104,5 +111,35 @@ func TestIsSimulatedHardware(t *testing.T) {
 	}
 	if IsSimulated(milanEvidence(t, false).Data) || IsSimulated(nil) {
 		t.Errorf("IsSimulated(no table) = true")
+	}
+}
+
+// TestIsSimulatedMarkerPlace checks that only the subject's pseudonym
+// attribute counts, and that the remembered answer for a certificate is the
+// computed one.
+func TestIsSimulatedMarkerPlace(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: SimMarker}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := ParseEvidence(issue(t, testSim(t), SimOptions{}, [64]byte{}).Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim := ev.Marshal()
+	ev.Certs = []abi.CertTableEntry{{GUID: vcekGUID, RawCert: der}}
+	markerInCN := ev.Marshal()
+	for i := range 2 { // the second round answers from the cache
+		if !IsSimulated(sim) {
+			t.Errorf("round %d: IsSimulated(sim evidence) = false", i)
+		}
+		if IsSimulated(markerInCN) {
+			t.Errorf("round %d: IsSimulated(marker in the common name) = true", i)
+		}
 	}
 }

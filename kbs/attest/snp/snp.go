@@ -390,9 +390,9 @@ func (v *Verifier) checkRevocation(ctx context.Context, e *chainEntry, now time.
 // the report: from the certificate table, else the disk cache, else (online)
 // AMD's KDS.
 func (v *Verifier) endorsementCert(ctx context.Context, ev *Evidence, key abi.ReportSigner) ([]byte, error) {
-	guid := abi.VcekGUID
+	guid := vcekGUID
 	if key == abi.VlekReportSigner {
-		guid = abi.VlekGUID
+		guid = vlekGUID
 	}
 	if der := ev.cert(guid); len(der) > 0 {
 		return der, nil

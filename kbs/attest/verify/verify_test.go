@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func issue(t *testing.T, p attest.Platform, o sim.Options, rd [64]byte) attest.Evidence {
+func issue(t testing.TB, p attest.Platform, o sim.Options, rd [64]byte) attest.Evidence {
 	t.Helper()
 	iss, err := sim.NewIssuer(simDir, p, o)
 	if err != nil {
