@@ -21,14 +21,9 @@ test:
 lint: test
 	$(GO) tool staticcheck ./...
 
-# Every fuzz target for FUZZTIME each.
+# Every fuzz target for FUZZTIME each; see scripts/fuzz.sh.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg; \
-	  done; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 # The Trillian log backend (tlog/trillianlog) against a real trillian_log_server
 # and trillian_log_signer on a private PostgreSQL, started and stopped by
