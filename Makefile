@@ -59,7 +59,7 @@ bench-logs:
 	  scripts/trillian.sh down; exit $$status
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m ./...
 
 # Release benchmarks (BENCHMARKS.md): three runs of each concurrency level,
 # then the transports at 32 workers. Run them on an otherwise idle machine.
