@@ -457,3 +457,37 @@ func processCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkDecodeReleaseRequest decodes a release request body of the size
+// the release benchmark sends (SNP evidence, one key) with the strict
+// reflection decoder and with the release path's decoder.
+func BenchmarkDecodeReleaseRequest(b *testing.B) {
+	body, err := json.Marshal(api.ReleaseRequest{
+		Platform:      "snp",
+		Nonce:         make([]byte, api.NonceSize),
+		Evidence:      bytes.Repeat([]byte{0xa5}, 4200),
+		HPKEPublicKey: make([]byte, 32),
+		KeyIDs:        []string{"model"},
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, d := range []struct {
+		name string
+		f    func([]byte, *api.ReleaseRequest) error
+	}{
+		{"decodeJSON", func(body []byte, r *api.ReleaseRequest) error { return decodeJSON(body, r) }},
+		{"decodeReleaseRequest", decodeReleaseRequest},
+	} {
+		b.Run(d.name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				var r api.ReleaseRequest
+				if err := d.f(body, &r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -191,3 +191,64 @@ func FuzzKeyHandlers(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReleaseFastDecode checks that decodeReleaseRequest (the release
+// path's decoder, with its fast path for plain requests) answers exactly as
+// the strict decodeJSON does: the same request, or the same error.
+func FuzzReleaseFastDecode(f *testing.F) {
+	addSeeds(f)
+	for _, s := range []string{
+		`{"platform":"snp","nonce":"AAEC","evidence":"","hpke_public_key":"AQ==","key_ids":["a","b"]}`,
+		` {"key_ids":[],"platform":"tdx"} `,
+		`{"platform":"snp","nonce":"AA\/C"}`,
+		`{"Platform":"snp"}`,
+		`{"platform":"snp","platform":"tdx"}`,
+		`{"platform":null,"nonce":null,"key_ids":null}`,
+		`{"nonce":"AAE"}`,
+		`{"nonce":"AA=="}x`,
+		`{"key_ids":["a",]}`,
+		`{"platform":"\u00e9"}`,
+		`{"extra":1}`,
+		"{\"platform\":\"snp\"}\n",
+		"{\"nonce\":\"AA\r\nAA==\"}",
+		"{\"evidence\":\"AA\xc3\xa9AA==\"}",
+		`{"evidence":"AA\"AA=="}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var got, want api.ReleaseRequest
+		errGot := decodeReleaseRequest(body, &got)
+		errWant := decodeJSON(body, &want)
+		if (errGot == nil) != (errWant == nil) || errGot != nil && errGot.Error() != errWant.Error() {
+			t.Fatalf("decodeReleaseRequest error %v, decodeJSON error %v", errGot, errWant)
+		}
+		if errGot == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("decodeReleaseRequest = %#v, decodeJSON = %#v", got, want)
+		}
+	})
+}
+
+// TestReleaseFastDecodeTaken checks that the fast path takes the requests
+// clients actually send (json.Marshal of an api.ReleaseRequest), so that
+// the release path does not silently fall back to the slower decoder.
+func TestReleaseFastDecodeTaken(t *testing.T) {
+	in := api.ReleaseRequest{
+		Platform:      "snp",
+		Nonce:         bytes.Repeat([]byte{0xfb}, api.NonceSize),
+		Evidence:      bytes.Repeat([]byte{0xff, 0x3e, 0}, 1900),
+		HPKEPublicKey: bytes.Repeat([]byte{7}, 32),
+		KeyIDs:        []string{"model-a", "model-b"},
+	}
+	body, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got api.ReleaseRequest
+	if !fastReleaseRequest(body, &got) {
+		t.Fatalf("fast path refused %s", body)
+	}
+	if !reflect.DeepEqual(got, in) {
+		t.Fatalf("fast path decoded %+v, want %+v", got, in)
+	}
+}

@@ -137,15 +137,27 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // decodeBody reads at most limit bytes of r's body and decodes it strictly
 // into v: one JSON object, no unknown fields, nothing after it.
 func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readBody(w, r, limit)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", limit)
-		}
-		return api.Errorf(api.CodeBadRequest, "couldn't read the request body: %v", err)
+		return err
 	}
 	return decodeJSON(body, v)
+}
+
+// readBody reads at most limit bytes of r's body.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	var buf bytes.Buffer
+	if n := r.ContentLength; n > 0 && n <= limit {
+		buf.Grow(int(n) + bytes.MinRead) // one allocation for a body of the announced length
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", limit)
+		}
+		return nil, api.Errorf(api.CodeBadRequest, "couldn't read the request body: %v", err)
+	}
+	return buf.Bytes(), nil
 }
 
 // decodeJSON is the strict decoder of every request body. It is separate

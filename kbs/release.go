@@ -66,7 +66,11 @@ func checkReleaseRequest(req *api.ReleaseRequest) error {
 func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
 	start := time.Now()
 	var req api.ReleaseRequest
-	if err := decodeBody(w, r, api.MaxReleaseBody, &req); err != nil {
+	body, err := readBody(w, r, api.MaxReleaseBody)
+	if err != nil {
+		return err
+	}
+	if err := decodeReleaseRequest(body, &req); err != nil {
 		return err
 	}
 	if err := checkReleaseRequest(&req); err != nil {

@@ -108,3 +108,26 @@ func BenchmarkIsSimulated(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkValidate is the library's validation of verified claims against
+// a policy, as a broker runs it on every release.
+func BenchmarkValidate(b *testing.B) {
+	dir := testSim(b)
+	rd := [64]byte{5}
+	ev := issue(b, dir, SimOptions{}, rd)
+	pol := simPolicy(b, dir)
+	now := simNow(b)
+	v, err := NewVerifier(Options{Roots: simVerifier(b, dir).rootList(), Now: func() time.Time { return now }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := v.Verify(context.Background(), ev, rd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := Validate(c, pol); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

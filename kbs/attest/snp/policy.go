@@ -2,11 +2,13 @@ package snp
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
@@ -163,8 +165,8 @@ func Validate(c *attest.Claims, p Policy) error {
 	if err != nil {
 		return fmt.Errorf("%w: report: %v", ErrClaims, err)
 	}
-	cert, err := x509.ParseCertificate(c.SNP.EndorsementKey)
-	if err != nil {
+	der := c.SNP.EndorsementKey
+	if err := parsedCerts.check(der); err != nil {
 		return fmt.Errorf("%w: endorsement certificate: %v", ErrClaims, err)
 	}
 	if err := checkPolicy(r, c.SNP.Product, p); err != nil {
@@ -172,9 +174,9 @@ func Validate(c *attest.Claims, p Policy) error {
 	}
 	att := &spb.Attestation{Report: r, CertificateChain: &spb.CertificateChain{Extras: map[string][]byte{}}}
 	if c.SNP.SignerKey == "vlek" {
-		att.CertificateChain.VlekCert = cert.Raw
+		att.CertificateChain.VlekCert = der
 	} else {
-		att.CertificateChain.VcekCert = cert.Raw
+		att.CertificateChain.VcekCert = der
 	}
 	if err := validate.SnpAttestation(att, libraryOptions(r, p)); err != nil {
 		return fmt.Errorf("%w: %v", ErrLibraryCheck, err)
@@ -306,4 +308,40 @@ func libraryOptions(r *spb.Report, p Policy) *validate.Options {
 		MinimumLaunchMitigationVector:  0,
 		MinimumCurrentMitigationVector: 0,
 	}
+}
+
+// parsedCerts remembers, by the SHA-256 of their DER, the endorsement
+// certificates x509.ParseCertificate accepted (a pure function of those
+// bytes), so that Validate, which runs on every release, parses a given
+// VCEK once instead of on every call; the library's validation parses it
+// again anyway. Bounded; emptied when full.
+var parsedCerts = &parsedCache{m: map[[32]byte]struct{}{}}
+
+const maxParsedCache = 1024
+
+type parsedCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]struct{}
+}
+
+// check returns nil if der is a certificate x509.ParseCertificate accepts,
+// and its error otherwise.
+func (c *parsedCache) check(der []byte) error {
+	id := sha256.Sum256(der)
+	c.mu.Lock()
+	_, ok := c.m[id]
+	c.mu.Unlock()
+	if ok {
+		return nil
+	}
+	if _, err := x509.ParseCertificate(der); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if len(c.m) >= maxParsedCache {
+		clear(c.m)
+	}
+	c.m[id] = struct{}{}
+	c.mu.Unlock()
+	return nil
 }
