@@ -422,21 +422,9 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 			return err
 		}
 	}
-	c, st, err := e.client(true)
+	c, st, lv, cp, err := e.latestCheckpoint(ctx, *noteKey)
 	if err != nil {
 		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
-	if err != nil {
-		return err
-	}
-	raw, err := c.Checkpoint(ctx)
-	if err != nil {
-		return err
-	}
-	cp, err := lv.VerifyCheckpoint(raw)
-	if err != nil {
-		return &client.VerifyError{Step: "checkpoint", Err: err}
 	}
 	tiles := c.Tiles()
 	// Consistency with the stored checkpoint, from authenticated tiles.

@@ -38,21 +38,9 @@ It does not store it (see 'kbsctl log verify').`)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	c, st, err := e.client(true)
+	_, _, _, cp, err := e.latestCheckpoint(ctx, *noteKey)
 	if err != nil {
 		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
-	if err != nil {
-		return err
-	}
-	raw, err := c.Checkpoint(ctx)
-	if err != nil {
-		return err
-	}
-	cp, err := lv.VerifyCheckpoint(raw)
-	if err != nil {
-		return &client.VerifyError{Step: "checkpoint", Err: err}
 	}
 	r := newCheckpointResult(cp)
 	return e.out(r, func() { fmt.Fprint(e.stdout, r.Checkpoint) })

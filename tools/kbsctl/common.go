@@ -169,6 +169,29 @@ func (e *env) verifyWith(ctx context.Context, c *client.Client, st *client.Broke
 
 // logVerifier returns the verifier of the broker's log: from --note-key,
 // else from the broker state of --addr.
+// latestCheckpoint connects to the broker and fetches its latest checkpoint,
+// verified with the log's note key (noteKey, or the one 'kbsctl verify'
+// learned); it stores nothing.
+func (e *env) latestCheckpoint(ctx context.Context, noteKey string) (*client.Client, *client.BrokerState, *tlog.Verifier, tlog.SignedCheckpoint, error) {
+	c, st, err := e.client(true)
+	if err != nil {
+		return nil, nil, nil, tlog.SignedCheckpoint{}, err
+	}
+	lv, err := e.logVerifier(c, st, noteKey)
+	if err != nil {
+		return nil, nil, nil, tlog.SignedCheckpoint{}, err
+	}
+	raw, err := c.Checkpoint(ctx)
+	if err != nil {
+		return nil, nil, nil, tlog.SignedCheckpoint{}, err
+	}
+	cp, err := lv.VerifyCheckpoint(raw)
+	if err != nil {
+		return nil, nil, nil, tlog.SignedCheckpoint{}, &client.VerifyError{Step: "checkpoint", Err: err}
+	}
+	return c, st, lv, cp, nil
+}
+
 func (e *env) logVerifier(c *client.Client, st *client.BrokerState, noteKey string) (*tlog.Verifier, error) {
 	if noteKey == "" {
 		if st == nil {
