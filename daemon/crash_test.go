@@ -106,7 +106,7 @@ func TestCrashDuringReleases(t *testing.T) {
 			}()
 		}
 		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
-		d.kill()
+		d.Kill()
 		close(stop)
 		wg.Wait()
 

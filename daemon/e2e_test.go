@@ -11,18 +11,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
-	"time"
 
+	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
@@ -34,111 +29,30 @@ import (
 
 var kbsdBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kbsd-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	kbsdBin = filepath.Join(dir, "kbsd")
-	out, err := exec.Command("go", "build", "-o", kbsdBin, ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "building kbsd: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, &kbsdBin, "github.com/kbs-dev/kbs/daemon") }
 
 // daemon is a kbsd process in dev mode.
 type daemon struct {
-	t    testing.TB
-	data string
-	tcp  string
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	hc   *http.Client
-	// done is closed when the process has exited, with waitErr.
-	done    chan struct{}
-	waitErr error
+	*testbin.Kbsd
+	t   testing.TB
+	tcp string // host:port of the TCP listener
+	hc  *http.Client
 }
 
 // startDaemon runs kbsd --dev in data and waits until it answers. The TCP
 // listener takes a free port (127.0.0.1:0) and the test reads it from the
-// log, so parallel test processes never race for a port.
+// log, so parallel test processes never race for a port. The process is
+// killed when the test ends.
 func startDaemon(t testing.TB, data string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, data: data, out: new(lockedBuffer)}
-	args := append([]string{"--dev", "--data", data, "--listen-tcp", "127.0.0.1:0"}, extra...)
-	d.cmd = exec.Command(kbsdBin, args...)
-	d.cmd.Stdout = d.out
-	d.cmd.Stderr = d.out
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func() {
-		d.waitErr = d.cmd.Wait()
-		close(d.done)
-	}()
-	sock := filepath.Join(data, "kbs.sock")
-	d.hc = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", sock)
-		},
-	}}
-	addr := regexp.MustCompile(`https://(127\.0\.0\.1:[0-9]+)`)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := addr.FindStringSubmatch(d.out.String()); m != nil {
-			resp, err := d.hc.Get("http://kbsd/healthz")
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					d.tcp = m[1]
-					return d
-				}
-			}
-		}
-		if time.Now().After(deadline) || d.exited() {
-			d.kill()
-			t.Fatalf("kbsd did not come up:\n%s", d.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// exited reports whether the process has exited.
-func (d *daemon) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL and waits.
-func (d *daemon) kill() {
-	d.cmd.Process.Signal(syscall.SIGKILL)
-	<-d.done
+	k := testbin.StartKbsd(t, kbsdBin, data, append([]string{"--dev", "--listen-tcp", "127.0.0.1:0"}, extra...)...)
+	return &daemon{Kbsd: k, t: t, tcp: strings.TrimPrefix(k.HTTPS, "https://"), hc: k.HTTPClient()}
 }
 
 // stop sends SIGTERM and waits for a clean exit.
 func (d *daemon) stop() {
 	d.t.Helper()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-		if d.waitErr != nil {
-			d.t.Fatalf("kbsd exited with %v\n%s", d.waitErr, d.out)
-		}
-	case <-time.After(20 * time.Second):
-		d.kill()
-		d.t.Fatalf("kbsd did not stop on SIGTERM\n%s", d.out)
-	}
+	d.MustStop()
 }
 
 // call does a JSON request over the unix socket.
@@ -198,11 +112,11 @@ type client struct {
 
 func newClient(t testing.TB, d *daemon) *client {
 	t.Helper()
-	v, err := verify.New(verify.Options{SimRootFile: sim.RootFile(filepath.Join(d.data, "sim")), Offline: true})
+	v, err := verify.New(verify.Options{SimRootFile: sim.RootFile(filepath.Join(d.Data, "sim")), Offline: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := os.ReadFile(filepath.Join(d.data, "manifest.json"))
+	m, err := os.ReadFile(filepath.Join(d.Data, "manifest.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +255,7 @@ func (c *client) tryUpload(id string, version uint64, material []byte) (*api.Key
 }
 
 func (c *client) clientKey() crypto.Signer {
-	pemBytes, err := os.ReadFile(filepath.Join(c.d.data, "client.key"))
+	pemBytes, err := os.ReadFile(filepath.Join(c.d.Data, "client.key"))
 	if err != nil {
 		panic(err)
 	}
@@ -364,7 +278,7 @@ func fetch(d *daemon, p attest.Platform, kem uint16, ids ...string) (map[string]
 		return nil, nil, err
 	}
 	pub := api.MarshalPublicKey(sk.PublicKey())
-	iss, err := sim.NewIssuer(filepath.Join(d.data, "sim"), p, sim.Options{})
+	iss, err := sim.NewIssuer(filepath.Join(d.Data, "sim"), p, sim.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -426,8 +340,8 @@ func TestEndToEnd(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "kbs-dev")
 	d := startDaemon(t, data)
 	defer func() {
-		if !d.exited() {
-			d.kill()
+		if !d.Exited() {
+			d.Kill()
 		}
 	}()
 	for _, f := range []string{"kbs.db", "kbs.sock", "manifest.json", "manifest.json.sig", "owner.key", "owner.pub", "client.key", "client.pub", "sim/root.pem"} {
@@ -441,8 +355,8 @@ func TestEndToEnd(t *testing.T) {
 	if fi, err := os.Stat(data); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("data directory mode: %v %v, want 0700", fi.Mode(), err)
 	}
-	if !strings.Contains(d.out.String(), "Next steps") {
-		t.Errorf("kbsd --dev printed no next steps:\n%s", d.out)
+	if !strings.Contains(d.Output(), "Next steps") {
+		t.Errorf("kbsd --dev printed no next steps:\n%s", d.Output())
 	}
 	c := newClient(t, d)
 	c.verifyBroker()
@@ -475,8 +389,8 @@ func TestEndToEnd(t *testing.T) {
 
 	noteKey, hpkePub := c.att.NoteKey, c.att.HPKEPublicKey
 	d.stop()
-	if !strings.Contains(d.out.String(), "final checkpoint") {
-		t.Errorf("no final checkpoint in the shutdown log:\n%s", d.out)
+	if !strings.Contains(d.Output(), "final checkpoint") {
+		t.Errorf("no final checkpoint in the shutdown log:\n%s", d.Output())
 	}
 
 	d = startDaemon(t, data)
@@ -513,7 +427,7 @@ func TestProductionRefusals(t *testing.T) {
 		{[]string{"--dev", "--data", dir, "--log-backend", "trillian", "--trillian-addr", "127.0.0.1:1", "--trillian-tree-id", "5", "--trillian-tls-ca", filepath.Join(dir, "missing.pem")}, "--trillian-tls-ca"},
 		{[]string{"--dev", "--product", "Milan"}, "flag provided but not defined: -product"},
 	} {
-		out, err := exec.Command(kbsdBin, tt.args...).CombinedOutput()
+		out, err := testbin.Command(t, kbsdBin, tt.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tt.want) {
 			t.Errorf("kbsd %v: %v, output %q; want failure mentioning %q", tt.args, err, out, tt.want)
 		}
@@ -531,7 +445,7 @@ func TestDevTDXBroker(t *testing.T) {
 		t.Fatalf("attestation platform %q simulated %v", c.att.Platform, c.att.Simulated)
 	}
 	d.stop()
-	lines := strings.Split(strings.TrimSpace(d.out.String()), "\n")
+	lines := strings.Split(strings.TrimSpace(d.Output()), "\n")
 	for _, l := range lines {
 		var v map[string]any
 		if err := json.Unmarshal([]byte(l), &v); err != nil {
@@ -562,15 +476,15 @@ func TestUnsignedInitialManifest(t *testing.T) {
 	if err := os.WriteFile(sigFile, bad, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
+	out, err := testbin.Command(t, kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "initial manifest") {
 		t.Fatalf("start with a bad version-1 signature: %v\n%s", err, out)
 	}
 	os.Remove(sigFile)
 	os.Remove(filepath.Join(data, "kbs.db"))
 	d = startDaemon(t, data)
-	if !strings.Contains(d.out.String(), "trusted by the operator's decision") {
-		t.Errorf("no warning about the unsigned version 1:\n%s", d.out.String())
+	if !strings.Contains(d.Output(), "trusted by the operator's decision") {
+		t.Errorf("no warning about the unsigned version 1:\n%s", d.Output())
 	}
 	newClient(t, d).verifyBroker()
 }
@@ -584,7 +498,7 @@ func treeSize(t *testing.T, d *daemon) uint64 {
 
 func replayAndMismatch(t *testing.T, d *daemon) {
 	t.Helper()
-	simDir := filepath.Join(d.data, "sim")
+	simDir := filepath.Join(d.Data, "sim")
 	request := func(opts sim.Options) *api.ReleaseRequest {
 		var ch api.Challenge
 		d.mustCall("POST", api.PathChallenge, nil, &ch)
@@ -622,23 +536,4 @@ func replayAndMismatch(t *testing.T, d *daemon) {
 			t.Errorf("%s: the log grew %d -> %d", tt.name, before, after)
 		}
 	}
-}
-
-// lockedBuffer collects the daemon's output; the test reads it while the
-// process writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -3,11 +3,11 @@ package main
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/manifest"
@@ -50,8 +50,8 @@ func TestDevNextSteps(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(work, "bin"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("go", "build", "-o", filepath.Join(work, "bin", "kbsctl"), "github.com/kbs-dev/kbs/tools/kbsctl").CombinedOutput(); err != nil {
-		t.Fatalf("building kbsctl: %v\n%s", err, out)
+	if err := testbin.Build(filepath.Join(work, "bin", "kbsctl"), "github.com/kbs-dev/kbs/tools/kbsctl"); err != nil {
+		t.Fatal(err)
 	}
 	data := filepath.Join(t.TempDir(), "kbs-dev")
 	d := startDaemon(t, data)
@@ -61,7 +61,7 @@ func TestDevNextSteps(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sh := exec.Command("sh", "-e", "-x", "-c", nextSteps(t, d.out.String()))
+	sh := testbin.Command(t, "sh", "-e", "-x", "-c", nextSteps(t, d.Output()))
 	sh.Dir = work
 	sh.Env = append(cleanEnv(), "HOME="+filepath.Join(work, "home"), "XDG_CONFIG_HOME="+filepath.Join(work, "config"))
 	if out, err := sh.CombinedOutput(); err != nil {
@@ -82,7 +82,7 @@ func TestDevNextSteps(t *testing.T) {
 	if err := os.WriteFile(mfFile, mine.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
+	out, err := testbin.Command(t, kbsdBin, "--dev", "--data", data, "--listen-tcp", "none").CombinedOutput()
 	for _, want := range []string{
 		mfFile + " holds manifest version 2 (" + mine.Hash() + ")",
 		"starts from another version 1 (" + manifest.HashOf(v1) + ") and is now at version 2",
@@ -112,7 +112,9 @@ func TestDevNextSteps(t *testing.T) {
 func cleanEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KBS_") && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") {
+		// KBS_TEST_* (the test clock's skew) is the test's, not the user's.
+		user := strings.HasPrefix(kv, "KBS_") && !strings.HasPrefix(kv, "KBS_TEST_")
+		if !user && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") {
 			env = append(env, kv)
 		}
 	}

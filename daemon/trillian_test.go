@@ -50,12 +50,12 @@ func TestTrillianBackend(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "kbs-dev")
 	d := startDaemon(t, data, flags...)
 	defer func() {
-		if !d.exited() {
-			d.kill()
+		if !d.Exited() {
+			d.Kill()
 		}
 	}()
-	if !strings.Contains(d.out.String(), "using a Trillian log") {
-		t.Fatalf("kbsd did not say it uses Trillian:\n%s", d.out)
+	if !strings.Contains(d.Output(), "using a Trillian log") {
+		t.Fatalf("kbsd did not say it uses Trillian:\n%s", d.Output())
 	}
 	c := newClient(t, d)
 	c.verifyBroker()
@@ -80,7 +80,7 @@ func TestTrillianBackend(t *testing.T) {
 		if restart == "stop" {
 			d.stop()
 		} else {
-			d.kill()
+			d.Kill()
 		}
 		d = startDaemon(t, data, flags...)
 		c.d = d

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -26,6 +25,7 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	sevverify "github.com/google/go-sev-guest/verify"
 
+	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
@@ -284,7 +284,7 @@ func (t *transport) send(b *testing.B, warm, bodies [][]byte, conc int) *loadRes
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^TestReleaseLoadGenerator$", "-test.count=1")
+	cmd := testbin.Command(b, exe, "-test.run=^TestReleaseLoadGenerator$", "-test.count=1")
 	cmd.Env = append(os.Environ(), loadGenEnv+"="+job)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()

@@ -44,6 +44,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/bbolt"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/keystore"
@@ -89,7 +90,7 @@ type Config struct {
 
 	// Logger receives the broker's log. Optional; default hclog.NewNullLogger.
 	Logger hclog.Logger
-	// Now returns the current time. Optional; default time.Now.
+	// Now returns the current time. Optional; default clock.Now (the wall clock).
 	Now func() time.Time
 	// NonceTTL is how long a release challenge stays valid. Optional;
 	// default 60s.
@@ -187,7 +188,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		cfg.Now = clock.Now
 	}
 	if cfg.NonceTTL <= 0 {
 		cfg.NonceTTL = 60 * time.Second

@@ -22,6 +22,7 @@ import (
 	"go.etcd.io/bbolt"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
@@ -657,7 +658,7 @@ func TestPendingManifest(t *testing.T) {
 		}
 		if logged {
 			fps := e.b.active.Load().m.OwnerFingerprints()
-			entry, err := tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeManifest, Time: time.Now(), Manifest: &tlog.ManifestEntry{
+			entry, err := tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeManifest, Time: clock.Now(), Manifest: &tlog.ManifestEntry{
 				Version: 2, Hash: next.Hash(), Previous: next.Previous(), Body: body, Signers: fps,
 			}})
 			if err != nil {
@@ -816,7 +817,7 @@ func TestStagedKeyChangesSettled(t *testing.T) {
 	e.mustOK2(e.upload("demo/del-logged", 1, []byte("x")))
 	e.mustOK2(e.upload("demo/del-lost", 1, []byte("y")))
 	ctx := context.Background()
-	now := time.Now()
+	now := clock.Now()
 	size := e.treeSize()
 	logEntry := func(typ string, id string, v uint64) {
 		k := &tlog.KeyEntry{ID: id, Version: v, Client: "demo-client"}

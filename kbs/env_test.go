@@ -27,6 +27,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
@@ -196,7 +197,7 @@ func newEnvWith(t testing.TB, edit func(*manifest.Document), logger hclog.Logger
 // (when not nil); it returns New's error.
 func newEnvSigned(t testing.TB, edit func(*manifest.Document), logger hclog.Logger, signV1 func(*env, []byte) []string) (*env, error) {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: time.Now()}, signV1: signV1}
+	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: clock.Now()}, signV1: signV1}
 	var err error
 	e.verifier, err = verify.New(verify.Options{SimRootFile: sim.RootFile(e.simDir), Offline: true})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/keystore"
 	"github.com/kbs-dev/kbs/tlog"
@@ -122,8 +123,8 @@ func newIdentityRecord() (*identityRecord, error) {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: "kbsd " + hex.EncodeToString(logID[:])},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().AddDate(20, 0, 0),
+		NotBefore:    clock.Now().Add(-time.Hour),
+		NotAfter:     clock.Now().AddDate(20, 0, 0),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "kbsd"},

@@ -1,5 +1,12 @@
 // Package testbin builds the project's binaries for tests that run them as
-// real processes (kbsd under kbsctl and client tests).
+// real processes (kbsd under kbsctl, client and daemon tests), and starts
+// processes that cannot outlive the test that started them.
+//
+// Every process a test starts through Command runs in its own process group
+// with a parent-death signal (SIGKILL): when the test ends, passes or fails,
+// its context is cancelled and the whole group is killed; when the test
+// binary itself dies (a -timeout panic, a signal, os.Exit from a failed
+// TestMain), the kernel kills the child. A test never leaves a kbsd behind.
 package testbin
 
 import (
@@ -7,7 +14,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/kbs-dev/kbs/internal/clock"
 )
 
 // Main builds the Go package pkg into a temporary directory, stores the
@@ -20,14 +31,67 @@ func Main(m *testing.M, bin *string, pkg string) {
 		os.Exit(2)
 	}
 	*bin = filepath.Join(dir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", *bin, pkg)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "couldn't build %s: %v\n", pkg, err)
+	if err := Build(*bin, pkg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(2)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// Build builds the Go package pkg into the file out, with the build tags
+// that matter to tests: a test binary built with kbs_clockskew (make
+// test-future) builds its helpers with it too, so that they see the same
+// clock.
+func Build(out, pkg string) error {
+	args := []string{"build", "-o", out}
+	if clock.Skewable() {
+		args = append(args, "-tags", "kbs_clockskew")
+	}
+	cmd := exec.Command("go", append(args, pkg)...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("couldn't build %s: %v", pkg, err)
+	}
+	return nil
+}
+
+// Command returns a command that cannot outlive the test t: it runs in its
+// own process group, the kernel sends it SIGKILL when the test process dies,
+// and when t ends (its Context is done) the whole group is killed. Run,
+// Output and CombinedOutput work as usual; a process started with Start is
+// killed at the end of the test whether or not anyone waits for it.
+func Command(t testing.TB, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), name, args...)
+	Guard(cmd)
+	cmd.Cancel = func() error { return KillGroup(cmd) }
+	cmd.WaitDelay = 10 * time.Second
+	return cmd
+}
+
+// Guard makes cmd, before it starts, the leader of a new process group
+// that receives SIGKILL when the thread that starts it (and so the test
+// process) dies.
+func Guard(cmd *exec.Cmd) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+}
+
+// KillGroup sends SIGKILL to the process group that a guarded, started cmd
+// leads. It does not wait.
+func KillGroup(cmd *exec.Cmd) error {
+	if cmd.Process == nil {
+		return nil
+	}
+	err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	if err == syscall.ESRCH {
+		return os.ErrProcessDone
+	}
+	return err
 }

@@ -47,6 +47,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/tlog"
@@ -72,7 +73,7 @@ type Config struct {
 	AllowUnpinned bool
 	// Timeout bounds each HTTP request. Optional; default 30s.
 	Timeout time.Duration
-	// Now returns the current time. Optional; default time.Now.
+	// Now returns the current time. Optional; default clock.Now (the wall clock).
 	Now func() time.Time
 }
 
@@ -109,7 +110,7 @@ func New(cfg Config) (*Client, error) {
 		cfg.Timeout = 30 * time.Second
 	}
 	if cfg.Now == nil {
-		cfg.Now = time.Now
+		cfg.Now = clock.Now
 	}
 	if cfg.Checkpoints == nil {
 		cfg.Checkpoints = &tlog.MemStore{}

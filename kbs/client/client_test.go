@@ -14,13 +14,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -41,40 +38,9 @@ func TestMain(m *testing.M) { testbin.Main(m, &kbsdBin, "github.com/kbs-dev/kbs/
 // socket path.
 func startKbsd(t *testing.T, data string) string {
 	t.Helper()
-	var log bytes.Buffer
-	var mu sync.Mutex
-	cmd := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "none", "--attestation-rate", "1000")
-	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(p) })
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
-		mu.Lock()
-		ok := bytes.Contains(log.Bytes(), []byte("kbsd serving"))
-		mu.Unlock()
-		if ok {
-			return filepath.Join(data, "kbs.sock")
-		}
-		select {
-		case <-done:
-			t.Fatalf("kbsd exited:\n%s", log.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	t.Fatal("kbsd did not start")
-	return ""
+	k := testbin.StartKbsd(t, kbsdBin, data, "--dev", "--listen-tcp", "none", "--attestation-rate", "1000")
+	t.Cleanup(func() { k.Stop() })
+	return k.Socket
 }
 
 type verifierFunc func(context.Context, attest.Evidence, [attest.ReportDataSize]byte) (*attest.Claims, error)
@@ -82,10 +48,6 @@ type verifierFunc func(context.Context, attest.Evidence, [attest.ReportDataSize]
 func (f verifierFunc) Verify(ctx context.Context, ev attest.Evidence, rd [attest.ReportDataSize]byte) (*attest.Claims, error) {
 	return f(ctx, ev, rd)
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // tamperProxy serves on a unix socket and forwards to the broker's socket,
 // rewriting attestation answers with mutate (when set).

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kbs-dev/kbs/internal/testbin"
 	"github.com/kbs-dev/kbs/tlog"
 	bolt "go.etcd.io/bbolt"
 )
@@ -48,7 +48,7 @@ func TestCrash(t *testing.T) {
 	var last tlog.SignedCheckpoint
 	totalAcked := 0
 	for round := 0; round < rounds; round++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrash$", "-test.v=false")
+		cmd := testbin.Command(t, os.Args[0], "-test.run=^TestCrash$", "-test.v=false")
 		cmd.Env = append(os.Environ(), "BOLTLOG_CRASH_CHILD="+path)
 		out, err := cmd.StdoutPipe()
 		if err != nil {

@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kbs-dev/kbs/internal/testbin"
 )
 
 // TestCrash kills (SIGKILL) a process appending to a Trillian-backed log at
@@ -30,7 +31,7 @@ func TestCrash(t *testing.T) {
 	acked := map[uint64]string{}
 	var maxAckedSize, lastSize uint64
 	for round := range 6 {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+		cmd := testbin.Command(t, os.Args[0], "-test.run=^TestCrashChild$")
 		cmd.Env = append(os.Environ(), "KBS_CRASH_CHILD=1",
 			"KBS_CRASH_TREE="+strconv.FormatInt(tree, 10), "KBS_CRASH_STATE="+state, fmt.Sprintf("KBS_CRASH_ROUND=%d", round))
 		out, err := cmd.StdoutPipe()

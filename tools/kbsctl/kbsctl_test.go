@@ -16,13 +16,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,61 +38,22 @@ func TestMain(m *testing.M) { testbin.Main(m, &kbsdBin, "github.com/kbs-dev/kbs/
 
 // daemon is a running kbsd --dev.
 type daemon struct {
+	*testbin.Kbsd
 	data  string
 	unix  string
 	https string
-	cmd   *exec.Cmd
-	done  chan struct{}
 }
 
-var httpsRE = regexp.MustCompile(`https://127\.0\.0\.1:[0-9]+`)
+// stop sends SIGTERM and waits for kbsd to exit.
+func (d *daemon) stop() { d.Stop() }
 
-// startKbsd starts kbsd --dev on data and waits until it serves.
+// startKbsd starts kbsd --dev on data and waits until it serves. It is
+// stopped (SIGTERM) at the end of the test.
 func startKbsd(t *testing.T, data string) *daemon {
 	t.Helper()
-	logFile, err := os.Create(data + ".log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(kbsdBin, "--dev", "--data", data, "--listen-tcp", "127.0.0.1:0", "--attestation-rate", "1000")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{data: data, unix: "unix://" + filepath.Join(data, "kbs.sock"), cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); logFile.Close(); close(d.done) }()
-	t.Cleanup(d.stop)
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		log, _ := os.ReadFile(data + ".log")
-		if bytes.Contains(log, []byte("kbsd serving")) {
-			d.https = httpsRE.FindString(string(log))
-			return d
-		}
-		select {
-		case <-d.done:
-			t.Fatalf("kbsd exited:\n%s", log)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	log, _ := os.ReadFile(data + ".log")
-	t.Fatalf("kbsd did not start:\n%s", log)
-	return nil
-}
-
-func (d *daemon) stop() {
-	select {
-	case <-d.done:
-		return
-	default:
-	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(15 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-	}
+	k := testbin.StartKbsd(t, kbsdBin, data, "--dev", "--listen-tcp", "127.0.0.1:0", "--attestation-rate", "1000")
+	t.Cleanup(func() { k.Stop() })
+	return &daemon{Kbsd: k, data: data, unix: "unix://" + k.Socket, https: k.HTTPS}
 }
 
 func (d *daemon) simRoot() string { return sim.RootFile(filepath.Join(d.data, "sim")) }

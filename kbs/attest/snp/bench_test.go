@@ -21,7 +21,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	ev := issue(b, dir, SimOptions{}, rd)
 	pol := simPolicy(b, dir)
 	roots := simVerifier(b, dir).rootList()
-	now := simNow(b)
+	now := simNow(b, dir)
 	opts := Options{Roots: roots, Now: func() time.Time { return now }}
 	run := func(b *testing.B, v *Verifier) {
 		c, err := v.Verify(ctx, ev, rd)
@@ -116,7 +116,7 @@ func BenchmarkValidate(b *testing.B) {
 	rd := [64]byte{5}
 	ev := issue(b, dir, SimOptions{}, rd)
 	pol := simPolicy(b, dir)
-	now := simNow(b)
+	now := simNow(b, dir)
 	v, err := NewVerifier(Options{Roots: simVerifier(b, dir).rootList(), Now: func() time.Time { return now }})
 	if err != nil {
 		b.Fatal(err)

@@ -55,7 +55,7 @@ func onlineSim(t *testing.T, revokeASK bool) (dir string, kdsSrv *fakeKDS) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := simNowOf(t, dir)
+	now := simNow(t, dir)
 	tmpl := &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(24 * time.Hour)}
 	if revokeASK {
 		tmpl.RevokedCertificateEntries = []x509.RevocationListEntry{{SerialNumber: chain[1].SerialNumber, RevocationTime: now.Add(-time.Minute)}}
@@ -78,22 +78,13 @@ func onlineSim(t *testing.T, revokeASK bool) (dir string, kdsSrv *fakeKDS) {
 	return dir, kdsSrv
 }
 
-func simNowOf(t *testing.T, dir string) time.Time {
-	t.Helper()
-	certs, err := SimRoots(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return certs[0].NotBefore.Add(24 * time.Hour)
-}
-
 func onlineVerifier(t *testing.T, dir, cacheDir string, getter *fakeKDS) *Verifier {
 	t.Helper()
 	certs, err := SimRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := simNowOf(t, dir)
+	now := simNow(t, dir)
 	v, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now },
 		Online: true, Getter: getter, CacheDir: cacheDir})
 	if err != nil {
@@ -128,7 +119,7 @@ func TestOnlineFetchAndCRL(t *testing.T) {
 		t.Fatalf("nothing cached in %s", cache)
 	}
 	certs, _ := SimRoots(dir)
-	now := simNowOf(t, dir)
+	now := simNow(t, dir)
 	off, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now }, CacheDir: cache})
 	if err != nil {
 		t.Fatal(err)

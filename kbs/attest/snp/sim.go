@@ -27,6 +27,7 @@ import (
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	sevtest "github.com/google/go-sev-guest/testing"
 	"github.com/google/uuid"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -109,7 +110,7 @@ func generateSim(dir string, ark, ask *rsa.PrivateKey, vcek *ecdsa.PrivateKey) e
 	}
 	vcekSerial := randomSerial()
 	vcekSubject := simSubject(vcekSerial)
-	now := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	now := clock.Now().Add(-time.Hour).UTC().Truncate(time.Second)
 	b := &sevtest.AmdSignerBuilder{
 		// The ASVK is unused; the builder insists on one.
 		Keys:             &sevtest.AmdKeys{Ark: ark, Ask: ask, Asvk: ask, Vcek: vcek},

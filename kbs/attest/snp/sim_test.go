@@ -16,29 +16,35 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
-// testSim returns the committed sim fixture (see gen.go).
+// testSim returns the committed sim fixture (see testdata/snp/gen.go). Its
+// root is valid from 2026-11-27 to 2051-11-26; tests verify its evidence at
+// simNow, derived from the root itself, never at the wall clock.
 func testSim(t testing.TB) string {
 	t.Helper()
 	return "../../../testdata/snp/sim"
 }
 
-// simNow is a time at which the sim fixture's certificates are valid.
-func simNow(t testing.TB) time.Time {
+// simNow is a time at which the certificates of the sim in dir are valid,
+// taken from the material itself (a day after its root's NotBefore), so that
+// a test passes on any date and under `make test-future`.
+func simNow(t testing.TB, dir string) time.Time {
 	t.Helper()
-	certs, err := SimRoots(testSim(t))
+	certs, err := SimRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return certs[0].NotBefore.Add(24 * time.Hour)
 }
 
+// simVerifier verifies evidence of the sim in dir at a time its own
+// certificates are valid.
 func simVerifier(t testing.TB, dir string) *Verifier {
 	t.Helper()
 	certs, err := SimRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := simNow(t)
+	now := simNow(t, dir)
 	v, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)

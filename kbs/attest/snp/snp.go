@@ -58,6 +58,7 @@ import (
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
 	"github.com/kbs-dev/kbs/internal/atomicfile"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -76,10 +77,10 @@ var (
 )
 
 // Options configure a Verifier. The zero value verifies offline against
-// AMD's embedded roots at time.Now.
+// AMD's embedded roots at the wall clock (clock.Now).
 type Options struct {
 	// Now returns the time at which certificates must be valid.
-	// Optional; default time.Now.
+	// Optional; default clock.Now (the wall clock).
 	Now func() time.Time
 	// CacheDir is a directory of endorsement certificates: the VCEK of every
 	// verified report is stored there (keyed by chip id and reported TCB), so
@@ -147,7 +148,7 @@ func NewVerifier(opts Options) (*Verifier, error) {
 		chains:   map[[32]byte]*chainEntry{},
 	}
 	if v.now == nil {
-		v.now = time.Now
+		v.now = clock.Now
 	}
 	amd, err := DefaultRoots()
 	if err != nil {

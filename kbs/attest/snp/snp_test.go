@@ -15,7 +15,9 @@ import (
 )
 
 // The real Milan report from go-sev-guest's verify/testdata (taken from a
-// VM launched with a debug-enabled guest policy 0xb0000) and its VCEK.
+// VM launched with a debug-enabled guest policy 0xb0000) and its VCEK. The
+// VCEK truly expires (valid 2022-09-24 to 2029-09-24), so every test of it
+// verifies at milanNow, inside that window, never at the wall clock.
 var (
 	milanNow        = time.Date(2023, time.June, 1, 0, 0, 0, 0, time.UTC)
 	milanReportData = [64]byte{1, 2, 3, 4, 5}
@@ -180,7 +182,7 @@ func TestNegativeMatrix(t *testing.T) {
 	if err := GenerateSim(rogueDir); err != nil {
 		t.Fatal(err)
 	}
-	far, err := NewVerifier(Options{Roots: v.rootList(), Now: func() time.Time { return time.Now().AddDate(30, 0, 0) }})
+	far, err := NewVerifier(Options{Roots: v.rootList(), Now: func() time.Time { return simNow(t, dir).AddDate(30, 0, 0) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +285,7 @@ func (v *Verifier) rootList() []Root {
 func TestWarmChainCache(t *testing.T) {
 	ctx := context.Background()
 	dir := testSim(t)
-	now := time.Now()
+	now := simNow(t, dir)
 	v, err := NewVerifier(Options{Roots: simVerifier(t, dir).rootList(), Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
@@ -304,7 +306,7 @@ func TestWarmChainCache(t *testing.T) {
 		t.Errorf("Verify after expiry with warm cache = %v, want ErrCertificateExpired", err)
 	}
 	// And a bad signature under a cached key is still caught.
-	now = time.Now()
+	now = simNow(t, dir)
 	bad := attest.Evidence{Platform: attest.SNP, Data: append([]byte(nil), ev.Data...)}
 	bad.Data[0x2A0] ^= 0x80
 	if _, err := v.Verify(ctx, bad, rd); !errors.Is(err, ErrSignature) {

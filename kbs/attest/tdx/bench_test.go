@@ -3,8 +3,8 @@ package tdx
 import (
 	"context"
 	"testing"
-	"time"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -45,7 +45,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	opts.Now = fixed(time.Now())
+	opts.Now = fixed(clock.Now())
 	cold := opts
 	cold.ChainCacheSize = -1
 	b.Run("sim-collateral/cold", func(b *testing.B) { run(b, cold, sraw, srd, simPolicy()) })

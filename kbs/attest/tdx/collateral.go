@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-tdx-guest/verify/trust"
 
 	"github.com/kbs-dev/kbs/internal/atomicfile"
+	"github.com/kbs-dev/kbs/internal/clock"
 )
 
 // The collateral cache is a directory of JSON files, one per Intel PCS
@@ -149,7 +150,7 @@ func (g *collateralGetter) get(u string) (*cachedResponse, error) {
 			err = fmt.Errorf("response larger than %d bytes", maxCollateralSize)
 		}
 		if err == nil {
-			r := &cachedResponse{URL: u, Header: keepIssuerChains(hdr), Body: body, Fetched: time.Now().UTC()}
+			r := &cachedResponse{URL: u, Header: keepIssuerChains(hdr), Body: body, Fetched: clock.Now().UTC()}
 			if g.dir != "" {
 				// A failed cache write does not fail the verification: the
 				// response is verified by the library all the same.

@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/google/go-tdx-guest/abi"
 	"github.com/google/go-tdx-guest/pcs"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -117,7 +117,7 @@ func FuzzCollateralCache(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	now := time.Now()
+	now := clock.Now()
 	f.Fuzz(func(t *testing.T, qe bool, data []byte) {
 		cdir := t.TempDir()
 		for name, b := range orig {

@@ -21,7 +21,9 @@ const (
 	realReportDataHex = "6c62dec1b8191749a31dab490be532a35944dea47caef1f980863993d9899545eb7406a38d1eed313b987a467dacead6f0c87a6d766c66f6f29f8acb281f1113"
 )
 
-// realNow lies inside the validity of the real quote's PCK chain.
+// realNow lies inside the validity of the real quote's PCK chain (which truly
+// expires on 2029-09-20): tests of the real quote verify at realNow, never at
+// the wall clock.
 var realNow = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
 
 func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }

@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-tdx-guest/pcs"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 	"github.com/kbs-dev/kbs/internal/atomicfile"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -241,7 +242,7 @@ func GenerateSim(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("tdx: sim dir: %w", err)
 	}
-	now := time.Now().UTC().Truncate(time.Second)
+	now := clock.Now().UTC().Truncate(time.Second)
 	start := now.Add(-time.Hour)
 	rootName := intelName("Intel SGX Root CA")
 

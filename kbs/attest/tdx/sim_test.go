@@ -6,10 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
 	"github.com/google/go-tdx-guest/verify"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -74,7 +74,7 @@ func TestGenerateSimIdempotent(t *testing.T) {
 		t.Fatalf("root changed after reissuing the PCK certificate (%v)", err)
 	}
 	rd := reportData("reissued")
-	if _, err := simVerifier(t, dir, time.Now()).Verify(context.Background(), tdxEvidence(simQuote(t, dir, SimOptions{}, rd)), rd); err != nil {
+	if _, err := simVerifier(t, dir, clock.Now()).Verify(context.Background(), tdxEvidence(simQuote(t, dir, SimOptions{}, rd)), rd); err != nil {
 		t.Fatal(err)
 	}
 
@@ -106,7 +106,7 @@ func TestSimQuote(t *testing.T) {
 	dir := newSimDir(t)
 	rd := reportData("sim quote")
 	raw := simQuote(t, dir, SimOptions{}, rd)
-	c, err := simVerifier(t, dir, time.Now()).Verify(context.Background(), tdxEvidence(raw), rd)
+	c, err := simVerifier(t, dir, clock.Now()).Verify(context.Background(), tdxEvidence(raw), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestSimQuote(t *testing.T) {
 	cdir := filepath.Join(dir, SimCollateralDir)
 	getter := &collateralGetter{ctx: context.Background(), dir: cdir}
 	pool := mustVerifier(t, Options{TrustedRoots: roots}).roots
-	opts := &verify.Options{GetCollateral: true, CheckRevocations: true, Getter: getter, Now: time.Now(), TrustedRoots: pool}
+	opts := &verify.Options{GetCollateral: true, CheckRevocations: true, Getter: getter, Now: clock.Now(), TrustedRoots: pool}
 	if err := verify.RawTdxQuote(raw, opts); err != nil {
 		t.Fatalf("go-tdx-guest verify.RawTdxQuote(sim quote, sim collateral) = %v", err)
 	}
@@ -147,7 +147,7 @@ func TestSimQuote(t *testing.T) {
 	mrtd := bytes.Repeat([]byte{0x42}, 48)
 	rd2 := reportData("other")
 	raw2 := simQuote(t, dir, SimOptions{MRTD: mrtd, XFAM: 0x2e7, TDAttributes: 1 << 28, MROwner: mrtd}, rd2)
-	c2, err := simVerifier(t, dir, time.Now()).Verify(context.Background(), tdxEvidence(raw2), rd2)
+	c2, err := simVerifier(t, dir, clock.Now()).Verify(context.Background(), tdxEvidence(raw2), rd2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestSimQuote(t *testing.T) {
 	// against the TDX module identities of the sim TCB info.
 	svn := []byte{5, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 	raw3 := simQuote(t, dir, SimOptions{TEETCBSVN: svn}, rd)
-	c3, err := simVerifier(t, dir, time.Now()).Verify(context.Background(), tdxEvidence(raw3), rd)
+	c3, err := simVerifier(t, dir, clock.Now()).Verify(context.Background(), tdxEvidence(raw3), rd)
 	if err != nil || c3.TDX.TCBStatus != "UpToDate" || !bytes.Equal(c3.TDX.TEETCBSVN, svn) {
 		t.Errorf("TDX module 1.x quote: %v", err)
 	}

@@ -3,11 +3,11 @@ package tdx
 import (
 	"context"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/google/go-tdx-guest/verify"
+	"github.com/kbs-dev/kbs/internal/testbin"
 )
 
 // TestNoStdout runs verifications in a child process and checks that
@@ -24,7 +24,7 @@ func TestNoStdout(t *testing.T) {
 		os.Exit(0)
 	}
 	run := func(mode string) []byte {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestNoStdout$")
+		cmd := testbin.Command(t, os.Args[0], "-test.run=^TestNoStdout$")
 		cmd.Env = append(os.Environ(), "KBS_TDX_STDOUT_CHILD="+mode)
 		out, err := cmd.Output()
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	pb "github.com/google/go-tdx-guest/proto/tdx"
 	"github.com/google/go-tdx-guest/verify"
 	"github.com/google/go-tdx-guest/verify/trust"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -54,7 +55,7 @@ const (
 // Intel SGX Root CA, without collateral.
 type Options struct {
 	// Now returns the time at which certificates and collateral must be
-	// valid. Optional: time.Now. Tests fix it to verify captured quotes
+	// valid. Optional; default clock.Now (the wall clock). Tests fix it to verify captured quotes
 	// after their certificates expire.
 	Now func() time.Time
 
@@ -157,7 +158,7 @@ func (v *Verifier) now() time.Time {
 	if v.opts.Now != nil {
 		return v.opts.Now()
 	}
-	return time.Now()
+	return clock.Now()
 }
 
 // Verify checks a TDX quote v4 and returns its claims:

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -174,7 +175,7 @@ func TestVerifyRealQuoteNegative(t *testing.T) {
 // own error, through Verify or Validate.
 func TestSimNegativeMatrix(t *testing.T) {
 	dir := newSimDir(t)
-	now := time.Now()
+	now := clock.Now()
 	rd := reportData("kbs-release-v1 test")
 	otherRoots, err := SimRoots(newSimDir(t))
 	if err != nil {
@@ -260,7 +261,7 @@ func TestSimNegativeMatrix(t *testing.T) {
 // TestSimCollateralChecks tampers with the sim collateral cache.
 func TestSimCollateralChecks(t *testing.T) {
 	rd := reportData("collateral")
-	now := time.Now()
+	now := clock.Now()
 
 	t.Run("revoked PCK certificate", func(t *testing.T) {
 		dir := newSimDir(t)
@@ -315,7 +316,7 @@ func TestSimCollateralChecks(t *testing.T) {
 // but still checks the quote signature, REPORT_DATA and certificate expiry.
 func TestChainCache(t *testing.T) {
 	dir := newSimDir(t)
-	now := time.Now()
+	now := clock.Now()
 	clock := now
 	opts, err := SimVerifierOptions(dir)
 	if err != nil {
@@ -394,7 +395,7 @@ func TestChainCache(t *testing.T) {
 // -race): verify.Options is built per call.
 func TestVerifyConcurrent(t *testing.T) {
 	dir := newSimDir(t)
-	v := simVerifier(t, dir, time.Now())
+	v := simVerifier(t, dir, clock.Now())
 	v.cacheSize = -1 // every call runs the library
 	iss, err := NewSimIssuer(dir, SimOptions{})
 	if err != nil {
@@ -444,7 +445,7 @@ func (f *fakePCS) Get(u string) (map[string][]string, []byte, error) {
 // and falls back to the cache when fetching fails.
 func TestOnline(t *testing.T) {
 	dir := newSimDir(t)
-	now := time.Now()
+	now := clock.Now()
 	rd := reportData("online")
 	raw := simQuote(t, dir, SimOptions{}, rd)
 	roots, err := SimRoots(dir)

@@ -38,7 +38,7 @@ var ErrUnknownPlatform = errors.New("unknown attestation platform")
 // Options configure New.
 type Options struct {
 	// Now returns the time at which certificates and collateral must be
-	// valid. Optional; default time.Now.
+	// valid. Optional; default clock.Now (the wall clock).
 	Now func() time.Time
 	// CacheDir caches endorsement certificates and collateral (in
 	// subdirectories snp/ and tdx/). Optional; no disk cache when empty.

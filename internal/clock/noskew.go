@@ -1,0 +1,9 @@
+//go:build !kbs_clockskew
+
+package clock
+
+import "time"
+
+const skewable = false
+
+const skew time.Duration = 0

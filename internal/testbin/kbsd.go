@@ -1,0 +1,164 @@
+package testbin
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Kbsd is a kbsd process that a test started with StartKbsd. It is killed
+// when the test ends (see Command) if the test has not stopped it.
+type Kbsd struct {
+	// Data is the data directory (--data).
+	Data string
+	// Socket is the path of the unix socket, kbs.sock in Data.
+	Socket string
+	// HTTPS is "https://127.0.0.1:PORT" when kbsd listens on TCP, else "".
+	HTTPS string
+
+	t    testing.TB
+	cmd  *exec.Cmd
+	out  *SyncBuffer
+	done chan struct{}
+	err  error
+}
+
+var (
+	httpsRE = regexp.MustCompile(`https://127\.0\.0\.1:[0-9]+`)
+	// serving is the line kbsd logs once every listener accepts.
+	serving = []byte("kbsd serving")
+)
+
+// StartKbsd runs the kbsd binary bin with --data data and args, and waits
+// (up to 60 s) until it logs that it serves and answers /healthz on its unix
+// socket. A kbsd that exits or does not come up fails the test with its
+// output.
+func StartKbsd(t testing.TB, bin, data string, args ...string) *Kbsd {
+	t.Helper()
+	k := &Kbsd{t: t, Data: data, Socket: filepath.Join(data, "kbs.sock"), out: new(SyncBuffer), done: make(chan struct{})}
+	k.cmd = Command(t, bin, append([]string{"--data", data}, args...)...)
+	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out
+	if err := k.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		k.err = k.cmd.Wait()
+		close(k.done)
+	}()
+	hc := k.HTTPClient()
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		if out := k.out.Bytes(); bytes.Contains(out, serving) {
+			if resp, err := hc.Get("http://kbsd/healthz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					k.HTTPS = httpsRE.FindString(string(out))
+					return k
+				}
+			}
+		}
+		if time.Now().After(deadline) || k.Exited() {
+			k.Kill()
+			t.Fatalf("kbsd did not come up:\n%s", k.out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// HTTPClient returns a plain HTTP client that talks to kbsd's unix socket
+// (any host name in the URL).
+func (k *Kbsd) HTTPClient() *http.Client {
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", k.Socket)
+		},
+	}}
+}
+
+// Output returns what kbsd has written to stdout and stderr so far.
+func (k *Kbsd) Output() string { return k.out.String() }
+
+// Pid returns the process id.
+func (k *Kbsd) Pid() int { return k.cmd.Process.Pid }
+
+// Done is closed when the process has exited.
+func (k *Kbsd) Done() <-chan struct{} { return k.done }
+
+// Exited reports whether the process has exited.
+func (k *Kbsd) Exited() bool {
+	select {
+	case <-k.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Kill sends SIGKILL to kbsd's process group and waits for it to exit.
+func (k *Kbsd) Kill() {
+	KillGroup(k.cmd)
+	<-k.done
+}
+
+// Stop sends SIGTERM and waits up to 20 s for kbsd to exit, then kills it.
+// It returns an error unless kbsd exited cleanly (status 0) on the signal.
+// Stopping a kbsd that has already exited returns how it exited.
+func (k *Kbsd) Stop() error {
+	if !k.Exited() {
+		k.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-k.done:
+		case <-time.After(20 * time.Second):
+			k.Kill()
+			return fmt.Errorf("kbsd did not stop on SIGTERM")
+		}
+	}
+	if k.err != nil {
+		return fmt.Errorf("kbsd exited with %v", k.err)
+	}
+	return nil
+}
+
+// MustStop is Stop that fails the test, with kbsd's output, on an error.
+func (k *Kbsd) MustStop() {
+	k.t.Helper()
+	if err := k.Stop(); err != nil {
+		k.t.Fatalf("%v\n%s", err, k.out)
+	}
+}
+
+// SyncBuffer is a bytes.Buffer that a process writes to while a test reads
+// it.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written.
+func (b *SyncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Clone(b.buf.String())
+}
