@@ -27,6 +27,7 @@ test-future:
 	KBS_TEST_CLOCK_SKEW=5y $(GO) test -tags kbs_clockskew -count=1 -timeout 20m ./...
 
 lint: test
+	$(GO) mod tidy -diff
 	$(GO) tool staticcheck ./...
 
 # Every fuzz target for FUZZTIME each; see scripts/fuzz.sh.
