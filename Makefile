@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog
+.PHONY: all build test test-future lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness
 
 all: build
 
@@ -45,6 +45,24 @@ test-trillian:
 	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... && \
 	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
+
+# A real C2SP tlog-witness, transparency-dev's omniwitness, built once from
+# its own module (tools/witness) into ~/.cache/kbs by scripts/witness.sh,
+# and the process tests that run it against boltlog logs: cosigning, split
+# views, a restored snapshot, a witness that is down (tlog/omniwitness_test.go;
+# `make test` skips them). CI runs test-witness.
+witness:
+	@scripts/witness.sh build
+
+test-witness:
+	@bin=$$(scripts/witness.sh build) && KBS_WITNESS_BIN=$$bin \
+	  $(GO) test -race -count=1 -timeout 10m -run 'Omniwitness' -v ./tlog/
+
+# Time from a signed checkpoint to the real witness's verified cosignature
+# (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).
+bench-witness:
+	@bin=$$(scripts/witness.sh build) && KBS_WITNESS_BIN=$$bin \
+	  $(GO) test -run '^$$' -bench 'OmniwitnessCosign' -benchtime 2000x -count 3 ./tlog/
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
 # stopped by scripts/trillian.sh).
