@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/kbs-dev/kbs/internal/notekey"
+	"github.com/kbs-dev/kbs/internal/witnesskey"
 )
 
 // Witness cosignatures: C2SP tlog-cosignature, Ed25519 "cosignature/v1".
@@ -46,7 +46,7 @@ const MaxSignatureLines = 64
 // signatures by one witness key. It can be passed to note.Open with the
 // log's own verifier.
 type CosignatureVerifier struct {
-	key notekey.Key
+	key witnesskey.Key
 }
 
 // NewCosignatureVerifier parses a witness's verifier key
@@ -54,7 +54,7 @@ type CosignatureVerifier struct {
 // print it and manifests name it. It accepts only the canonical spelling of
 // an Ed25519 cosignature/v1 key (type 0x04) whose key ID matches.
 func NewCosignatureVerifier(vkey string) (*CosignatureVerifier, error) {
-	k, err := notekey.Parse(vkey)
+	k, err := witnesskey.Parse(vkey)
 	if err != nil {
 		return nil, fmt.Errorf("tlog: witness key: %w", err)
 	}
@@ -103,7 +103,7 @@ func cosignedMessage(t uint64, text []byte) []byte {
 // half of a witness, for tests and tools that need a witness key of their
 // own. It implements note.Signer.
 type Cosigner struct {
-	key  notekey.Key
+	key  witnesskey.Key
 	priv ed25519.PrivateKey
 	now  func() time.Time
 }
@@ -117,7 +117,7 @@ func NewCosigner(name string, priv ed25519.PrivateKey, now func() time.Time) (*C
 	if now == nil {
 		return nil, errors.New("tlog: a cosigner needs a clock")
 	}
-	k, err := notekey.New(name, priv.Public().(ed25519.PublicKey))
+	k, err := witnesskey.New(name, priv.Public().(ed25519.PublicKey))
 	if err != nil {
 		return nil, fmt.Errorf("tlog: cosigner: %w", err)
 	}
@@ -224,7 +224,7 @@ func ParseSignatureLines(b []byte) ([]note.Signature, error) {
 			return nil, fmt.Errorf("tlog: malformed signature line %d: does not start with \"— \"", len(sigs)+1)
 		}
 		name, b64, ok := strings.Cut(rest, " ")
-		if !ok || !notekey.ValidName(name) {
+		if !ok || !witnesskey.ValidName(name) {
 			return nil, fmt.Errorf("tlog: malformed signature line %d: bad key name", len(sigs)+1)
 		}
 		raw, err := base64.StdEncoding.Strict().DecodeString(b64)

@@ -3,11 +3,12 @@ package tlog
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/kbs-dev/kbs/internal/witnesskey"
 )
 
 // A Witness is one witness of a log: a party that cosigns a checkpoint
@@ -48,20 +49,7 @@ func NewWitness(name, vkey, rawURL string) (Witness, error) {
 // CheckWitnessURL reports whether u can be a witness's submission prefix:
 // an absolute http or https URL with a host, and no query, fragment or
 // user information.
-func CheckWitnessURL(u string) error {
-	p, err := url.Parse(u)
-	switch {
-	case err != nil:
-		return fmt.Errorf("bad witness URL %q: %v", u, err)
-	case p.Scheme != "http" && p.Scheme != "https":
-		return fmt.Errorf("bad witness URL %q: want an http or https URL", u)
-	case p.Host == "" || p.Opaque != "":
-		return fmt.Errorf("bad witness URL %q: no host", u)
-	case p.User != nil || p.RawQuery != "" || p.ForceQuery || p.Fragment != "" || strings.Contains(u, "#"):
-		return fmt.Errorf("bad witness URL %q: no credentials, query or fragment allowed", u)
-	}
-	return nil
-}
+func CheckWitnessURL(u string) error { return witnesskey.CheckURL(u) }
 
 func (w Witness) String() string {
 	return fmt.Sprintf("%q (%s)", w.Name, w.Key.Name())

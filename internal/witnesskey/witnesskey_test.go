@@ -1,4 +1,4 @@
-package notekey
+package witnesskey
 
 import (
 	"crypto/ed25519"

@@ -1,17 +1,20 @@
-// Package notekey parses and formats the C2SP signed-note verifier keys
-// ("vkeys", c2sp.org/signed-note) of Ed25519 witness cosigners: signature
-// type 0x04, timestamped cosignature/v1 (c2sp.org/tlog-cosignature).
+// Package witnesskey holds what package tlog and package manifest must
+// agree on about a witness: its C2SP signed-note verifier key ("vkey",
+// c2sp.org/signed-note) for Ed25519 cosignatures (signature type 0x04,
+// timestamped cosignature/v1, c2sp.org/tlog-cosignature), and its
+// tlog-witness submission URL.
 //
 // Package tlog verifies cosignatures with these keys and package manifest
-// validates the witness keys that owners name; both use this one parser, so
+// validates the witnesses that owners name; both use this one parser, so
 // they agree on what a witness key is. The parser is strict: a key has
 // exactly one accepted spelling (lowercase hex key ID, canonical base64),
 // and its key ID must be the one the spec derives from its name and public
 // key.
-package notekey
+package witnesskey
 
 import (
 	"crypto/ed25519"
+	"net/url"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -130,4 +133,22 @@ func Parse(vkey string) (Key, error) {
 		return Key{}, fmt.Errorf("malformed verifier key: key ID %s does not match the name and key (want %s)", hash16, got)
 	}
 	return k, nil
+}
+
+// CheckURL reports whether u can be a witness's submission prefix: an
+// absolute http or https URL with a host, and no query, fragment or user
+// information.
+func CheckURL(u string) error {
+	p, err := url.Parse(u)
+	switch {
+	case err != nil:
+		return fmt.Errorf("bad witness URL %q: %v", u, err)
+	case p.Scheme != "http" && p.Scheme != "https":
+		return fmt.Errorf("bad witness URL %q: want an http or https URL", u)
+	case p.Host == "" || p.Opaque != "":
+		return fmt.Errorf("bad witness URL %q: no host", u)
+	case p.User != nil || p.RawQuery != "" || p.ForceQuery || p.Fragment != "" || strings.Contains(u, "#"):
+		return fmt.Errorf("bad witness URL %q: no credentials, query or fragment allowed", u)
+	}
+	return nil
 }
