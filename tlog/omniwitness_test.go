@@ -404,6 +404,15 @@ func TestOmniwitnessRollback(t *testing.T) {
 	if !errors.As(err, &qe) || !slices.Equal(qe.Missing, []string{"omniwitness"}) || len(res.Behind(q)) != 1 {
 		t.Errorf("WitnessGroup.Cosign(restored) = %v; Behind = %v", err, res.Behind(q))
 	}
+	// The broker's start-up check on the restored store halts.
+	wit, err := tlog.NewWitnessing(tlog.WitnessingConfig{Group: g, Log: restored})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var be *tlog.BehindError
+	if err := wit.Check(ctx); !errors.As(err, &be) || wit.Halted() == nil {
+		t.Errorf("Witnessing.Check(restored store) = %v, want a *BehindError", err)
+	}
 }
 
 // TestOmniwitnessDown: a witness that is not running is reported
