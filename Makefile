@@ -62,7 +62,7 @@ test-witness:
 # (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).
 bench-witness:
 	@bin=$$(scripts/witness.sh build) && KBS_WITNESS_BIN=$$bin \
-	  $(GO) test -run '^$$' -bench 'OmniwitnessCosign' -benchtime 2000x -count 3 ./tlog/
+	  $(GO) test -run '^$$' -bench 'Omniwitness' -benchtime 2000x -count 3 ./tlog/
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
 # stopped by scripts/trillian.sh).

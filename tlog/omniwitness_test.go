@@ -454,3 +454,55 @@ func BenchmarkOmniwitnessCosign(b *testing.B) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// BenchmarkOmniwitnessAppendToCosigned measures, with 1 and 3 real
+// witnesses (quorum: all of them), the time from a durable append to a
+// checkpoint that contains the entry and carries the quorum's
+// cosignatures, through Witnessing (Notify, then WaitCosigned): what a
+// release would wait for if it waited for witnesses. Appends are
+// sequential, one entry per checkpoint.
+func BenchmarkOmniwitnessAppendToCosigned(b *testing.B) {
+	for _, n := range []int{1, 3} {
+		b.Run(fmt.Sprintf("witnesses=%d", n), func(b *testing.B) {
+			e := newRealWitnessEnv(b)
+			ws := []tlog.Witness{e.witness}
+			for i := 1; i < n; i++ {
+				dir := filepath.Join(e.dir, fmt.Sprintf("witness%d", i))
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					b.Fatal(err)
+				}
+				ow := startOmniwitness(b, e.w.bin, dir, e.origin, e.logVKey)
+				w, err := tlog.NewWitness(fmt.Sprintf("omniwitness-%d", i), ow.vkey, ow.url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ws = append(ws, w)
+			}
+			q, err := tlog.NewQuorum(n, ws...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			g, _ := tlog.NewWitnessGroup(q, nil, 10*time.Second)
+			wit, _ := tlog.NewWitnessing(tlog.WitnessingConfig{Group: g, Log: e.log})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go wit.Run(ctx)
+			var lat []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				_, cp, err := e.log.Append(ctx, []byte(`{"type":"bench"}`))
+				if err != nil {
+					b.Fatal(err)
+				}
+				wit.Notify()
+				if _, err := wit.WaitCosigned(ctx, cp.Size); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
