@@ -354,3 +354,43 @@ func seedNotes(f *testing.F) [][]byte {
 	}
 	return out
 }
+
+// TestOmniwitnessFixture checks a cosignature made by a real omniwitness
+// (captured in testdata/witness, see gen.go) with our verifier, through
+// x/mod's note.Open and through Quorum.Verify.
+func TestOmniwitnessFixture(t *testing.T) {
+	msg, err := os.ReadFile("testdata/witness/omniwitness.note")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vkey, err := os.ReadFile("testdata/witness/omniwitness.vkey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, origin, logV := fixtureQuorum(t)
+	w, err := tlog.NewWitness("omniwitness", strings.TrimSpace(string(vkey)), "")
+	if err != nil {
+		t.Fatalf("omniwitness's verifier key: %v", err)
+	}
+	n, err := note.Open(msg, note.VerifierList(logV, w.Key))
+	if err != nil || len(n.Sigs) != 2 {
+		t.Fatalf("note.Open = %v, %v", n, err)
+	}
+	one, _ := tlog.NewQuorum(1, w)
+	cp, err := one.Verify(msg, origin, logV)
+	if err != nil {
+		t.Fatalf("Quorum.Verify(omniwitness cosignature) = %v", err)
+	}
+	if ts := cp.Cosignatures[0].Time; ts.Unix() <= 0 {
+		t.Errorf("cosignature time %v", ts)
+	}
+	// One bit of the timestamp changed: the signature no longer verifies.
+	text, sigs, _ := tlog.SplitNote(msg)
+	raw, _ := base64.StdEncoding.DecodeString(sigs[1].Base64)
+	raw[11] ^= 1
+	sigs[1].Base64 = base64.StdEncoding.EncodeToString(raw)
+	bad := append(append(bytes.Clone(text), '\n'), tlog.FormatSignatureLines(sigs)...)
+	if _, err := one.Verify(bad, origin, logV); err == nil {
+		t.Error("Verify accepted a cosignature with another timestamp")
+	}
+}

@@ -6,6 +6,19 @@
 // zero to three cosignatures. Run from the repository root:
 //
 //	go run ./tlog/testdata/witness/gen.go
+//
+// omniwitness.note is cosigned-0.note with a cosignature captured from a
+// real omniwitness (its key, made by its own generate_keys, is in
+// omniwitness.vkey), so that `make test` checks our verifier against an
+// independent signer without running the witness:
+//
+//	d=$(mktemp -d); scripts/witness.sh up $d kbs/0123456789abcdef "$(head -1 tlog/testdata/witness/keys.txt)" witness.kbs.test/omniwitness
+//	. <(sed 's/^/export /' $d/env)
+//	{ printf 'old 0\n\n'; cat tlog/testdata/witness/cosigned-0.note; } |
+//	  curl -sS --fail --data-binary @- $KBS_WITNESS_URL/add-checkpoint >/tmp/line
+//	cat tlog/testdata/witness/cosigned-0.note /tmp/line >tlog/testdata/witness/omniwitness.note
+//	echo "$KBS_WITNESS_VKEY" >tlog/testdata/witness/omniwitness.vkey
+//	scripts/witness.sh down $d
 package main
 
 import (
