@@ -41,7 +41,10 @@ func threeWitnesses(t *testing.T, e *witnessEnv, onRound func(*tlog.CosignResult
 	return w, q, fakes
 }
 
-func down(w http.ResponseWriter, _ []byte) bool { w.WriteHeader(http.StatusServiceUnavailable); return true }
+func down(w http.ResponseWriter, _ []byte) bool {
+	w.WriteHeader(http.StatusServiceUnavailable)
+	return true
+}
 
 func TestWitnessingCheck(t *testing.T) {
 	e := newWitnessEnv(t, "x")

@@ -14,12 +14,12 @@ package witnesskey
 
 import (
 	"crypto/ed25519"
-	"net/url"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"unicode"
 	"unicode/utf8"
