@@ -160,16 +160,7 @@ func newRealWitnessEnv(t testing.TB) *realWitnessEnv {
 
 func (e *realWitnessEnv) openLog(t testing.TB, name string) *boltlog.Log {
 	t.Helper()
-	cs, err := tlog.NewCheckpointSigner(e.origin, e.signer, e.logV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := boltlog.Open(filepath.Join(e.dir, name), boltlog.Config{Signer: cs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	return l
+	return openSignedLog(t, filepath.Join(e.dir, name), e.origin, e.signer, e.logV)
 }
 
 func appendEntries(t testing.TB, l *boltlog.Log, tag string, n int) tlog.SignedCheckpoint {

@@ -117,6 +117,38 @@ func (f *fakeWitness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(signed[bytes.LastIndex(signed, []byte("\n\n"))+2:])
 }
 
+// openSignedLog opens the boltlog at path, signing checkpoints for origin
+// with signer; the log is closed when the test ends.
+func openSignedLog(t testing.TB, path, origin string, signer note.Signer, v note.Verifier) *boltlog.Log {
+	t.Helper()
+	cs, err := tlog.NewCheckpointSigner(origin, signer, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := boltlog.Open(path, boltlog.Config{Signer: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// fakeWitnesses starts one fake witness of e's log per name.
+func fakeWitnesses(t *testing.T, e *witnessEnv, names ...string) ([]tlog.Witness, []*fakeWitness) {
+	t.Helper()
+	var ws []tlog.Witness
+	var fakes []*fakeWitness
+	for _, name := range names {
+		cos := testCosigner(t, "witness.example/"+name, name, fixedTime)
+		f := &fakeWitness{t: t, origin: e.origin, logV: e.logV, cs: cos}
+		srv := httptest.NewServer(f)
+		t.Cleanup(srv.Close)
+		ws = append(ws, mustWitness(t, name, cos, srv.URL+"/w"))
+		fakes = append(fakes, f)
+	}
+	return ws, fakes
+}
+
 type witnessEnv struct {
 	log     *boltlog.Log
 	logV    note.Verifier
@@ -130,15 +162,7 @@ func newWitnessEnv(t *testing.T, name string) *witnessEnv {
 	t.Helper()
 	origin := "kbs/witness-test"
 	signer, logV, _ := testLogKey(t, origin)
-	cs, err := tlog.NewCheckpointSigner(origin, signer, logV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := boltlog.Open(filepath.Join(t.TempDir(), "log.db"), boltlog.Config{Signer: cs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := openSignedLog(t, filepath.Join(t.TempDir(), "log.db"), origin, signer, logV)
 	cos := testCosigner(t, "witness.example/"+name, name, fixedTime)
 	fake := &fakeWitness{t: t, origin: origin, logV: logV, cs: cos}
 	srv := httptest.NewServer(fake)
@@ -259,13 +283,9 @@ func TestWitnessClientSplitView(t *testing.T) {
 	}
 	// The same log key over other entries (a forked copy of the store).
 	signer, logV, _ := testLogKey(t, e.origin)
-	cs, _ := tlog.NewCheckpointSigner(e.origin, signer, logV)
-	fork, err := boltlog.Open(filepath.Join(t.TempDir(), "fork.db"), boltlog.Config{Signer: cs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fork.Close()
+	fork := openSignedLog(t, filepath.Join(t.TempDir(), "fork.db"), e.origin, signer, logV)
 	var fcp tlog.SignedCheckpoint
+	var err error
 	for i := range 6 {
 		if _, fcp, err = fork.Append(ctx, fmt.Appendf(nil, "other %d", i)); err != nil {
 			t.Fatal(err)
@@ -429,19 +449,8 @@ func TestWitnessClientRequest(t *testing.T) {
 }
 
 func TestWitnessGroup(t *testing.T) {
-	envs := []*witnessEnv{newWitnessEnv(t, "a")}
-	// Three witnesses of one log: share the first env's log.
-	base := envs[0]
-	var ws []tlog.Witness
-	var fakes []*fakeWitness
-	for _, name := range []string{"a", "b", "c"} {
-		cos := testCosigner(t, "witness.example/"+name, name, fixedTime)
-		f := &fakeWitness{t: t, origin: base.origin, logV: base.logV, cs: cos}
-		srv := httptest.NewServer(f)
-		t.Cleanup(srv.Close)
-		ws = append(ws, mustWitness(t, name, cos, srv.URL+"/w"))
-		fakes = append(fakes, f)
-	}
+	base := newWitnessEnv(t, "x")
+	ws, fakes := fakeWitnesses(t, base, "a", "b", "c")
 	q, err := tlog.NewQuorum(2, ws...)
 	if err != nil {
 		t.Fatal(err)

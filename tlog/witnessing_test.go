@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,16 +15,7 @@ import (
 // threeWitnesses returns a 2-of-3 witnessing of e's log over fake witnesses.
 func threeWitnesses(t *testing.T, e *witnessEnv, onRound func(*tlog.CosignResult, error)) (*tlog.Witnessing, *tlog.Quorum, []*fakeWitness) {
 	t.Helper()
-	var ws []tlog.Witness
-	var fakes []*fakeWitness
-	for _, name := range []string{"a", "b", "c"} {
-		cos := testCosigner(t, "witness.example/"+name, name, fixedTime)
-		f := &fakeWitness{t: t, origin: e.origin, logV: e.logV, cs: cos}
-		srv := httptest.NewServer(f)
-		t.Cleanup(srv.Close)
-		ws = append(ws, mustWitness(t, name, cos, srv.URL+"/w"))
-		fakes = append(fakes, f)
-	}
+	ws, fakes := fakeWitnesses(t, e, "a", "b", "c")
 	q, err := tlog.NewQuorum(2, ws...)
 	if err != nil {
 		t.Fatal(err)
