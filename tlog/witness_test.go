@@ -149,6 +149,22 @@ func fakeWitnesses(t *testing.T, e *witnessEnv, names ...string) ([]tlog.Witness
 	return ws, fakes
 }
 
+// fakeGroup returns a 2-of-3 witness group of e's log over fake witnesses
+// a, b and c.
+func fakeGroup(t *testing.T, e *witnessEnv) (*tlog.WitnessGroup, *tlog.Quorum, []*fakeWitness) {
+	t.Helper()
+	ws, fakes := fakeWitnesses(t, e, "a", "b", "c")
+	q, err := tlog.NewQuorum(2, ws...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := tlog.NewWitnessGroup(q, nil, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, q, fakes
+}
+
 type witnessEnv struct {
 	log     *boltlog.Log
 	logV    note.Verifier
@@ -450,15 +466,7 @@ func TestWitnessClientRequest(t *testing.T) {
 
 func TestWitnessGroup(t *testing.T) {
 	base := newWitnessEnv(t, "x")
-	ws, fakes := fakeWitnesses(t, base, "a", "b", "c")
-	q, err := tlog.NewQuorum(2, ws...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := tlog.NewWitnessGroup(q, nil, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, q, fakes := fakeGroup(t, base)
 	ctx := t.Context()
 	cp := base.append(t, 4)
 	res, err := g.Cosign(ctx, cp, base.log.ConsistencyProof)

@@ -15,15 +15,7 @@ import (
 // threeWitnesses returns a 2-of-3 witnessing of e's log over fake witnesses.
 func threeWitnesses(t *testing.T, e *witnessEnv, onRound func(*tlog.CosignResult, error)) (*tlog.Witnessing, *tlog.Quorum, []*fakeWitness) {
 	t.Helper()
-	ws, fakes := fakeWitnesses(t, e, "a", "b", "c")
-	q, err := tlog.NewQuorum(2, ws...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := tlog.NewWitnessGroup(q, nil, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, q, fakes := fakeGroup(t, e)
 	w, err := tlog.NewWitnessing(tlog.WitnessingConfig{Group: g, Log: e.log, Refresh: time.Hour, Retry: 20 * time.Millisecond, OnRound: onRound})
 	if err != nil {
 		t.Fatal(err)
