@@ -343,9 +343,11 @@ func TestOmniwitnessRollback(t *testing.T) {
 	e := newRealWitnessEnv(t)
 	ctx := t.Context()
 	old := appendEntries(t, e.log, "before snapshot", 10)
-	if _, err := e.client.Cosign(ctx, old, e.log.ConsistencyProof); err != nil {
+	oldSig, err := e.client.Cosign(ctx, old, e.log.ConsistencyProof)
+	if err != nil {
 		t.Fatal(err)
 	}
+	oldNote := e.checkCosigned(t, old, oldSig)
 	if err := e.log.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -394,6 +396,18 @@ func TestOmniwitnessRollback(t *testing.T) {
 	var qe *tlog.QuorumError
 	if !errors.As(err, &qe) || !slices.Equal(qe.Missing, []string{"omniwitness"}) || len(res.Behind(q)) != 1 {
 		t.Errorf("WitnessGroup.Cosign(restored) = %v; Behind = %v", err, res.Behind(q))
+	}
+	// All the restored broker can show a client with no stored state is
+	// its old checkpoint with the old cosignature: valid, but not fresh
+	// once the client's freshness window has passed (the honest broker
+	// refreshes its cosignatures every minute; this one cannot).
+	cosigned, err := q.Verify(oldNote, e.origin, e.logV)
+	if err != nil {
+		t.Fatalf("the old cosigned checkpoint: %v", err)
+	}
+	later := cosigned.Cosignatures[0].Time.Add(11 * time.Minute)
+	if err := q.CheckFresh(cosigned, later, 10*time.Minute); !errors.As(err, &qe) || !strings.Contains(err.Error(), "omniwitness") {
+		t.Errorf("CheckFresh(old cosignature, 11 minutes later) = %v, want a QuorumError naming the witness", err)
 	}
 	// The broker's start-up check on the restored store halts.
 	wit, err := tlog.NewWitnessing(tlog.WitnessingConfig{Group: g, Log: restored})

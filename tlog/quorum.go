@@ -222,3 +222,41 @@ func (q *Quorum) Verify(msg []byte, origin string, logV note.Verifier) (*Cosigne
 	}
 	return out, nil
 }
+
+// CheckFresh reports whether at least the quorum's threshold of c's
+// cosignatures were made within maxAge of now, in either direction (a
+// witness's clock may be ahead of ours). It is the check a client with no
+// earlier checkpoint of the log applies: an old checkpoint with old, valid
+// cosignatures is what a broker restored from an old copy would serve,
+// and only a recent cosignature shows that the witness has seen nothing
+// larger since. A *QuorumError names the witnesses whose cosignature is
+// missing or stale, with the age of the stale ones as the reason. c must
+// come from q.Verify.
+func (q *Quorum) CheckFresh(c *CosignedCheckpoint, now time.Time, maxAge time.Duration) error {
+	if len(q.witnesses) == 0 {
+		return nil
+	}
+	byName := map[string]Cosignature{}
+	for _, cs := range c.Cosignatures {
+		byName[cs.Witness] = cs
+	}
+	e := &QuorumError{Origin: c.Origin, Size: c.Size, Threshold: q.threshold, Reasons: map[string]error{}}
+	for _, w := range q.witnesses {
+		cs, ok := byName[w.Name]
+		if !ok {
+			e.Missing = append(e.Missing, w.Name)
+			continue
+		}
+		age := now.Sub(cs.Time)
+		if age > maxAge || age < -maxAge {
+			e.Missing = append(e.Missing, w.Name)
+			e.Reasons[w.Name] = fmt.Errorf("its cosignature is from %s, %s from now (at most %s allowed)", cs.Time.UTC().Format(time.RFC3339), age.Round(time.Second), maxAge)
+			continue
+		}
+		e.Cosigned = append(e.Cosigned, w.Name)
+	}
+	if len(e.Cosigned) < q.threshold {
+		return e
+	}
+	return nil
+}

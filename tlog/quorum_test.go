@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -206,4 +207,39 @@ func FuzzVerifyQuorum(f *testing.F) {
 			t.Fatalf("note.Open disagrees: %v", err)
 		}
 	})
+}
+
+func TestQuorumCheckFresh(t *testing.T) {
+	origin := "kbs/test"
+	signer, logV, _ := testLogKey(t, origin)
+	a := testCosigner(t, "witness.example/a", "a", fixedTime)
+	b := testCosigner(t, "witness.example/b", "b", fixedTime.Add(-2*time.Hour))
+	c := testCosigner(t, "witness.example/c", "c", fixedTime.Add(3*time.Minute))
+	q, _ := tlog.NewQuorum(2, mustWitness(t, "a", a, ""), mustWitness(t, "b", b, ""), mustWitness(t, "c", c, ""))
+	msg := signCheckpoint(t, origin, tlog.Root{Size: 9, Hash: tlog.Hash{9}}, signer, a, b)
+	cp, err := q.Verify(msg, origin, logV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two cosignatures, b's two hours old: not fresh at 10 minutes.
+	err = q.CheckFresh(cp, fixedTime.Add(time.Minute), 10*time.Minute)
+	var qe *tlog.QuorumError
+	if !errors.As(err, &qe) || strings.Join(qe.Missing, ",") != "b,c" || qe.Reasons["b"] == nil || qe.Reasons["c"] != nil {
+		t.Fatalf("CheckFresh = %v", err)
+	}
+	if !strings.Contains(err.Error(), `"b" (its cosignature is from`) {
+		t.Errorf("error text %q", err)
+	}
+	if err := q.CheckFresh(cp, fixedTime, 3*time.Hour); err != nil {
+		t.Errorf("CheckFresh(3h) = %v", err)
+	}
+	// c's clock runs 3 minutes ahead: fine within 10 minutes.
+	msg = signCheckpoint(t, origin, tlog.Root{Size: 9, Hash: tlog.Hash{9}}, signer, a, c)
+	cp, _ = q.Verify(msg, origin, logV)
+	if err := q.CheckFresh(cp, fixedTime, 10*time.Minute); err != nil {
+		t.Errorf("CheckFresh(c ahead by 3m) = %v", err)
+	}
+	if err := q.CheckFresh(cp, fixedTime, time.Minute); err == nil {
+		t.Error("CheckFresh accepted a cosignature 3 minutes in the future at 1 minute")
+	}
 }
