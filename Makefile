@@ -46,23 +46,26 @@ test-trillian:
 	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 
-# A real C2SP tlog-witness, transparency-dev's omniwitness, built once from
-# its own module (tools/witness) into ~/.cache/kbs by scripts/witness.sh,
-# and the process tests that run it against boltlog logs: cosigning, split
-# views, a restored snapshot, a witness that is down (tlog/omniwitness_test.go;
+# Real C2SP tlog-witnesses, transparency-dev's omniwitness and torchwood's
+# litewitness, each built once from its own module (tools/witness,
+# tools/litewitness) into ~/.cache/kbs by scripts/witness.sh, and the
+# process tests that run them against boltlog logs: cosigning, split views,
+# a restored snapshot, a witness that is down (tlog/realwitness_test.go;
 # `make test` skips them). CI runs test-witness.
 witness:
 	@scripts/witness.sh build
 
 test-witness:
-	@bin=$$(scripts/witness.sh build) && KBS_WITNESS_BIN=$$bin \
-	  $(GO) test -race -count=1 -timeout 10m -run 'Omniwitness' -v ./tlog/
+	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
+	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
+	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/
 
 # Time from a signed checkpoint to the real witness's verified cosignature
 # (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).
 bench-witness:
-	@bin=$$(scripts/witness.sh build) && KBS_WITNESS_BIN=$$bin \
-	  $(GO) test -run '^$$' -bench 'Omniwitness' -benchtime 2000x -count 3 ./tlog/
+	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
+	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
+	  $(GO) test -run '^$$' -bench 'RealWitness' -benchtime 2000x -count 3 ./tlog/
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
 # stopped by scripts/trillian.sh).

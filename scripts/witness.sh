@@ -4,6 +4,9 @@
 #
 #   scripts/witness.sh build
 #       build (or find) omniwitness and generate_keys; prints their directory
+#   scripts/witness.sh build-lite
+#       build (or find) torchwood's litewitness and witnessctl (the second
+#       implementation the tests run); prints their directory
 #   scripts/witness.sh up DIR ORIGIN LOG_VKEY [NAME]
 #       run one witness for the kbs log ORIGIN ("kbs/<log id>") whose
 #       checkpoints LOG_VKEY (the log's note verifier key) signs, with its
@@ -11,6 +14,11 @@
 #   scripts/witness.sh env DIR      print KBS_WITNESS_URL, KBS_WITNESS_VKEY,
 #                                   KBS_WITNESS_NAME of the witness in DIR
 #   scripts/witness.sh down DIR     stop the witness running in DIR
+#
+# `up` runs omniwitness. litewitness is built for the process tests in
+# tlog (which start it themselves, with an ssh-agent holding its key); it
+# comes from tools/litewitness, a module that requires only
+# filippo.io/torchwood, into $KBS_CACHE_DIR/torchwood-<version>.
 #
 # The witness is omniwitness, built from its own module (tools/witness:
 # its go.mod pins transparency-dev/witness at a commit pseudo-version and
@@ -60,6 +68,25 @@ build() {
   (cd "$repo/tools/witness" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -o "$out.tmp/" \
     github.com/transparency-dev/witness/cmd/omniwitness \
     github.com/transparency-dev/witness/cmd/generate_keys) >&2
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+lite_version() {
+  (cd "$repo/tools/litewitness" && go list -m -f '{{.Version}}' filippo.io/torchwood)
+}
+
+build_lite() {
+  local out
+  out="$cache_root/torchwood-$(lite_version)"
+  if [ -x "$out/litewitness" ] && [ -x "$out/witnessctl" ]; then
+    echo "$out"
+    return
+  fi
+  log "building litewitness $(lite_version) into $out (first time only; about two minutes)"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (cd "$repo/tools/litewitness" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -o "$out.tmp/" \
+    filippo.io/torchwood/cmd/litewitness filippo.io/torchwood/cmd/witnessctl) >&2
   rm -rf "$out" && mv "$out.tmp" "$out"
   echo "$out"
 }
@@ -123,8 +150,9 @@ down() {
 
 case "${1:-}" in
   build) build ;;
+  build-lite) build_lite ;;
   up) [ $# -ge 4 ] || die "usage: witness.sh up DIR ORIGIN LOG_VKEY [NAME]"; up "$2" "$3" "$4" "${5:-}" ;;
   env) [ $# -eq 2 ] || die "usage: witness.sh env DIR"; env_of "$2" ;;
   down) [ $# -eq 2 ] || die "usage: witness.sh down DIR"; down "$2" ;;
-  *) die "usage: witness.sh build | up DIR ORIGIN LOG_VKEY [NAME] | env DIR | down DIR" ;;
+  *) die "usage: witness.sh build | build-lite | up DIR ORIGIN LOG_VKEY [NAME] | env DIR | down DIR" ;;
 esac
