@@ -50,45 +50,40 @@ export PATH="/usr/local/go/bin:$PATH"
 die() { echo "witness.sh: $*" >&2; exit 1; }
 log() { echo "witness.sh: $*" >&2; }
 
-witness_version() {
-  (cd "$repo/tools/witness" && go list -m -f '{{.Version}}' github.com/transparency-dev/witness)
+# module_version DIR MODULE prints the version of MODULE that the tools
+# module in DIR requires.
+module_version() {
+  (cd "$repo/$1" && go list -m -f '{{.Version}}' "$2")
 }
 
-# build builds omniwitness and generate_keys inside tools/witness, a module
-# of its own, so none of the witness's dependencies enter kbs's go.mod.
-build() {
-  local out
-  out="$cache_root/omniwitness-$(witness_version)"
-  if [ -x "$out/omniwitness" ] && [ -x "$out/generate_keys" ]; then
+# build_tools DIR MODULE NAME CMD... builds the commands CMD (package paths
+# under MODULE) inside the tools module DIR, a module of its own, so none of
+# the witness's dependencies enter kbs's go.mod; into
+# $cache_root/NAME-<version>, once. Prints the directory.
+build_tools() {
+  local dir=$1 mod=$2 name=$3 out cmd missing=0
+  shift 3
+  out="$cache_root/$name-$(module_version "$dir" "$mod")"
+  for cmd in "$@"; do [ -x "$out/$(basename "$cmd")" ] || missing=1; done
+  if [ "$missing" = 0 ]; then
     echo "$out"
     return
   fi
-  log "building omniwitness $(witness_version) into $out (first time only; about two minutes)"
+  log "building $* at $(module_version "$dir" "$mod") into $out (first time only; about two minutes)"
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  (cd "$repo/tools/witness" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -o "$out.tmp/" \
-    github.com/transparency-dev/witness/cmd/omniwitness \
-    github.com/transparency-dev/witness/cmd/generate_keys) >&2
+  (cd "$repo/$dir" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -o "$out.tmp/" "$@") >&2
   rm -rf "$out" && mv "$out.tmp" "$out"
   echo "$out"
 }
 
-lite_version() {
-  (cd "$repo/tools/litewitness" && go list -m -f '{{.Version}}' filippo.io/torchwood)
+build() {
+  build_tools tools/witness github.com/transparency-dev/witness omniwitness \
+    github.com/transparency-dev/witness/cmd/omniwitness github.com/transparency-dev/witness/cmd/generate_keys
 }
 
 build_lite() {
-  local out
-  out="$cache_root/torchwood-$(lite_version)"
-  if [ -x "$out/litewitness" ] && [ -x "$out/witnessctl" ]; then
-    echo "$out"
-    return
-  fi
-  log "building litewitness $(lite_version) into $out (first time only; about two minutes)"
-  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  (cd "$repo/tools/litewitness" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -o "$out.tmp/" \
-    filippo.io/torchwood/cmd/litewitness filippo.io/torchwood/cmd/witnessctl) >&2
-  rm -rf "$out" && mv "$out.tmp" "$out"
-  echo "$out"
+  build_tools tools/litewitness filippo.io/torchwood torchwood \
+    filippo.io/torchwood/cmd/litewitness filippo.io/torchwood/cmd/witnessctl
 }
 
 free_port() {

@@ -83,20 +83,28 @@ func isStatus(status int, kind error) func(error) bool {
 	}
 }
 
+// builtWitnesses returns the implementations whose binaries are there,
+// each with its binaries' directory.
+func builtWitnesses() (impls []witnessImpl, bins []string) {
+	for _, impl := range witnessImpls {
+		if bin := os.Getenv(impl.env); bin != "" {
+			impls, bins = append(impls, impl), append(bins, bin)
+		}
+	}
+	return impls, bins
+}
+
+const noWitnesses = "KBS_WITNESS_BIN and KBS_LITEWITNESS_BIN are not set: `make test-witness` and `make bench-witness` build the real witnesses"
+
 // forEachWitness runs f for each implementation whose binaries are there,
 // and skips when none is.
 func forEachWitness(t *testing.T, f func(t *testing.T, impl witnessImpl, bin string)) {
-	ran := false
-	for _, impl := range witnessImpls {
-		bin := os.Getenv(impl.env)
-		if bin == "" {
-			continue
-		}
-		ran = true
-		t.Run(impl.name, func(t *testing.T) { f(t, impl, bin) })
+	impls, bins := builtWitnesses()
+	if len(impls) == 0 {
+		t.Skip(noWitnesses)
 	}
-	if !ran {
-		t.Skip("KBS_WITNESS_BIN and KBS_LITEWITNESS_BIN are not set: `make test-witness` builds the real witnesses and runs these tests")
+	for i, impl := range impls {
+		t.Run(impl.name, func(t *testing.T) { f(t, impl, bins[i]) })
 	}
 }
 
@@ -589,15 +597,12 @@ func testRealWitnessDown(t *testing.T, e *realWitnessEnv) {
 
 // forEachWitnessB is forEachWitness for benchmarks.
 func forEachWitnessB(b *testing.B, f func(b *testing.B, impl witnessImpl, bin string)) {
-	ran := false
-	for _, impl := range witnessImpls {
-		if bin := os.Getenv(impl.env); bin != "" {
-			ran = true
-			b.Run("impl="+impl.name, func(b *testing.B) { f(b, impl, bin) })
-		}
+	impls, bins := builtWitnesses()
+	if len(impls) == 0 {
+		b.Skip(noWitnesses)
 	}
-	if !ran {
-		b.Skip("KBS_WITNESS_BIN and KBS_LITEWITNESS_BIN are not set: `make bench-witness` builds the real witnesses")
+	for i, impl := range impls {
+		b.Run("impl="+impl.name, func(b *testing.B) { f(b, impl, bins[i]) })
 	}
 }
 
