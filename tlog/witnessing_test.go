@@ -111,8 +111,10 @@ func TestWitnessingRun(t *testing.T) {
 	cp := e.append(t, 1)
 	w.Notify()
 	before := rounds.Load()
-	for rounds.Load() < before+3 {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); rounds.Load() < before+3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Run made %d rounds in 10s without a quorum, want retries", rounds.Load()-before)
+		}
 	}
 	fakes[0].fault, fakes[1].fault = nil, nil
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
