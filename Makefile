@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog
+.PHONY: all build test test-future lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness
 
 all: build
 
@@ -45,6 +45,27 @@ test-trillian:
 	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... && \
 	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
+
+# Real C2SP tlog-witnesses, transparency-dev's omniwitness and torchwood's
+# litewitness, each built once from its own module (tools/witness,
+# tools/litewitness) into ~/.cache/kbs by scripts/witness.sh, and the
+# process tests that run them against boltlog logs: cosigning, split views,
+# a restored snapshot, a witness that is down (tlog/realwitness_test.go;
+# `make test` skips them). CI runs test-witness.
+witness:
+	@scripts/witness.sh build
+
+test-witness:
+	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
+	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
+	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/
+
+# Time from a signed checkpoint to the real witness's verified cosignature
+# (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).
+bench-witness:
+	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
+	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
+	  $(GO) test -run '^$$' -bench 'RealWitness' -benchtime 2000x -count 3 ./tlog/
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
 # stopped by scripts/trillian.sh).

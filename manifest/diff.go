@@ -37,7 +37,8 @@ func (c Change) String() string {
 
 // Diff lists what changed from old to new: reference values, worker
 // classes, clients and their key patterns, key release rules, owners and
-// threshold, and the header fields. Owner and client keys are shown by
+// threshold, the witness policy (quorum, and each witness's key and URL),
+// and the header fields. Owner and client keys are shown by
 // fingerprint. A class, alternative, client or rule that appears or
 // disappears as a whole is one change. Changes are sorted by field.
 func Diff(old, new *Manifest) []Change {
@@ -202,6 +203,15 @@ func flatten(m *Manifest) map[string]leaf {
 		p := keyPath("keys", r.Match)
 		entity(p)
 		set(p+".release_to", append([]string(nil), r.ReleaseTo...))
+	}
+	scalar("witnesses", d.Witnesses.String())
+	if d.Witnesses != nil {
+		for _, w := range d.Witnesses.List {
+			p := keyPath("witnesses", w.Name)
+			entity(p)
+			scalar(p+".key", w.Key)
+			scalar(p+".url", w.URL)
+		}
 	}
 	return f
 }

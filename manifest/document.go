@@ -45,6 +45,95 @@ type Document struct {
 	Workers        map[string]Class `json:"workers"`
 	Clients        []Client         `json:"clients"`
 	Keys           []KeyRule        `json:"keys"`
+	// Witnesses is the witness policy: who cosigns the broker's log
+	// checkpoints and how many of them must (docs/witnesses.md). Nil when
+	// the manifest has no "witnesses" field: manifests written before kbs
+	// had witnesses, which require none. New manifests should state the
+	// choice: NoWitnesses(), or a quorum.
+	Witnesses *WitnessPolicy `json:"witnesses,omitempty"`
+}
+
+// NoWitnessesValue is the JSON value of an explicit "no witnesses" policy.
+const NoWitnessesValue = "none"
+
+// MaxWitnesses is the most witnesses a manifest may name.
+const MaxWitnesses = 16
+
+// WitnessPolicy is a manifest's explicit witness choice: None, or a quorum
+// of Threshold out of List.
+type WitnessPolicy struct {
+	// None is the explicit choice of no witnesses ("witnesses": "none").
+	None bool
+	// Threshold is how many witnesses of List must cosign a checkpoint
+	// before anyone relies on it: 1..len(List).
+	Threshold int
+	// List are the witnesses, in the order owners wrote them.
+	List []Witness
+}
+
+// NoWitnesses returns the explicit policy of no witnesses.
+func NoWitnesses() *WitnessPolicy { return &WitnessPolicy{None: true} }
+
+// Witness is one witness named by the owners.
+type Witness struct {
+	// Name labels the witness in errors, diffs and metrics: 1-64 of
+	// [A-Za-z0-9._-].
+	Name string `json:"name"`
+	// Key is the witness's C2SP note verifier key for Ed25519
+	// cosignature/v1 (type 0x04): "<key name>+<key ID>+<base64 key>".
+	Key string `json:"key"`
+	// URL is the witness's tlog-witness submission prefix (http or https);
+	// the broker POSTs to URL + "/add-checkpoint".
+	URL string `json:"url"`
+}
+
+// Witnesses returns a copy of the manifest's witness policy, or nil if
+// the manifest has no "witnesses" field (no witnesses required).
+func (m *Manifest) Witnesses() *WitnessPolicy {
+	if m.doc.Witnesses == nil {
+		return nil
+	}
+	p := *m.doc.Witnesses
+	p.List = append([]Witness(nil), p.List...)
+	return &p
+}
+
+// CheckWitnessesKept reports whether next may follow prev as far as the
+// witness policy goes: once a version states a witness policy, a later
+// version must state one too. Dropping the "witnesses" field would
+// silently drop the witness requirement; going without witnesses takes an
+// explicit "witnesses": "none", which Diff shows.
+func CheckWitnessesKept(prev, next *Manifest) error {
+	if prev.doc.Witnesses != nil && next.doc.Witnesses == nil {
+		return fieldErr("witnesses", "version %d states a witness policy (%s) and version %d leaves the field out: write \"witnesses\": %q to go without witnesses", prev.doc.Version, prev.doc.Witnesses, next.doc.Version, NoWitnessesValue)
+	}
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler: "none", or {"threshold", "list"}.
+func (p WitnessPolicy) MarshalJSON() ([]byte, error) {
+	if p.None {
+		return json.Marshal(NoWitnessesValue)
+	}
+	list := p.List
+	if list == nil {
+		list = []Witness{}
+	}
+	return json.Marshal(struct {
+		Threshold int       `json:"threshold"`
+		List      []Witness `json:"list"`
+	}{p.Threshold, list})
+}
+
+// String summarizes the policy: "none", or "2 of 3".
+func (p *WitnessPolicy) String() string {
+	switch {
+	case p == nil:
+		return "not stated (none required)"
+	case p.None:
+		return NoWitnessesValue
+	}
+	return fmt.Sprintf("%d of %d", p.Threshold, len(p.List))
 }
 
 // Owners are the keys that may sign the next version.

@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/kbs-dev/kbs/internal/witnesskey"
 )
 
 // Guest policy bits of SEV-SNP (SEV-SNP firmware ABI, GUEST_POLICY).
@@ -153,10 +155,122 @@ func decodeDocument(root *node) (*Document, error) {
 		o.fail(err)
 		d.Keys = k
 	}
+	if n, p := o.optional("witnesses"); n != nil {
+		w, err := decodeWitnesses(n, p)
+		o.fail(err)
+		d.Witnesses = w
+	}
 	if err := o.done(); err != nil {
 		return nil, err
 	}
 	return d, nil
+}
+
+// decodeWitnesses reads the witness policy: "none", or {"threshold",
+// "list"} with 1..MaxWitnesses witnesses of distinct names and keys.
+func decodeWitnesses(n *node, path string) (*WitnessPolicy, error) {
+	if n.kind == jString {
+		if n.s != NoWitnessesValue {
+			return nil, fieldErr(path, "want %q or an object {\"threshold\", \"list\"}, got %q", NoWitnessesValue, clip(n.s))
+		}
+		return NoWitnesses(), nil
+	}
+	o, err := asObject(n, path)
+	if err != nil {
+		return nil, fieldErr(path, "want %q or an object {\"threshold\", \"list\"}, got %v", NoWitnessesValue, n.kind)
+	}
+	wp := &WitnessPolicy{}
+	var threshold uint64
+	if tn, p := o.get("threshold"); tn != nil {
+		threshold, err = asUint(tn, p, MaxWitnesses)
+		o.fail(err)
+		if err == nil && threshold == 0 {
+			o.fail(fieldErr(p, "must be at least 1 (write \"witnesses\": %q for no witnesses)", NoWitnessesValue))
+		}
+	}
+	if ln, p := o.get("list"); ln != nil {
+		elems, err := asArray(ln, p)
+		o.fail(err)
+		if err == nil && len(elems) == 0 {
+			o.fail(fieldErr(p, "empty: write \"witnesses\": %q for no witnesses", NoWitnessesValue))
+		}
+		if len(elems) > MaxWitnesses {
+			o.fail(fieldErr(p, "at most %d witnesses", MaxWitnesses))
+		}
+		names := map[string]int{}
+		keys := map[string]int{}
+		ids := map[string]int{}
+		for i, e := range elems {
+			if o.err != nil {
+				break
+			}
+			ep := indexPath(p, i)
+			w, k, err := decodeWitness(e, ep)
+			if err != nil {
+				o.fail(err)
+				break
+			}
+			if j, dup := names[w.Name]; dup {
+				o.fail(fieldErr(ep+".name", "%q is also the name of list[%d]", w.Name, j))
+				break
+			}
+			if j, dup := keys[string(k.Public)]; dup {
+				o.fail(fieldErr(ep+".key", "the same public key as list[%d]: one key counts as one witness", j))
+				break
+			}
+			id := fmt.Sprintf("%s+%08x", k.Name, k.Hash)
+			if j, dup := ids[id]; dup {
+				o.fail(fieldErr(ep+".key", "the same key name and ID as list[%d]", j))
+				break
+			}
+			names[w.Name], keys[string(k.Public)], ids[id] = i, i, i
+			wp.List = append(wp.List, w)
+		}
+		if o.err == nil && threshold > uint64(len(elems)) {
+			o.fail(fieldErr(memberPath(path, "threshold"), "%d exceeds the number of witnesses (%d)", threshold, len(elems)))
+		}
+	}
+	wp.Threshold = int(threshold)
+	return wp, o.done()
+}
+
+func decodeWitness(n *node, path string) (Witness, witnesskey.Key, error) {
+	var w Witness
+	var k witnesskey.Key
+	o, err := asObject(n, path)
+	if err != nil {
+		return w, k, err
+	}
+	if fn, p := o.get("name"); fn != nil {
+		s, err := asString(fn, p)
+		o.fail(err)
+		if err == nil && !nameRE.MatchString(s) {
+			o.fail(fieldErr(p, "invalid witness name %q: want 1-64 of [A-Za-z0-9._-], starting with a letter or digit", clip(s)))
+		}
+		w.Name = s
+	}
+	if fn, p := o.get("key"); fn != nil {
+		s, err := asString(fn, p)
+		o.fail(err)
+		if err == nil {
+			k, err = witnesskey.Parse(s)
+			if err != nil {
+				o.fail(fieldErr(p, "%v", err))
+			}
+		}
+		w.Key = s
+	}
+	if fn, p := o.get("url"); fn != nil {
+		s, err := asString(fn, p)
+		o.fail(err)
+		if err == nil {
+			if err := witnesskey.CheckURL(s); err != nil {
+				o.fail(fieldErr(p, "%v", err))
+			}
+		}
+		w.URL = s
+	}
+	return w, k, o.done()
 }
 
 const maxOwners = 32

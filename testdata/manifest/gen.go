@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/kbs-dev/kbs/internal/witnesskey"
 	"github.com/kbs-dev/kbs/manifest"
 )
 
@@ -66,6 +67,20 @@ func main() {
 		Keys:    []manifest.KeyRule{{Match: "acme/model-key", ReleaseTo: []string{"tdx-worker"}}},
 	}
 	write("valid/tdx.json", encode(tdxDoc))
+
+	// Witness policies: a 2-of-3 quorum (on the SNP manifest), and the
+	// explicit choice of none (on the TDX manifest).
+	witDoc := *snpDoc
+	witDoc.Witnesses = &manifest.WitnessPolicy{Threshold: 2, List: []manifest.Witness{
+		{Name: "acme-witness", Key: witnessKey("witness.acme.example/w1", "witness a"), URL: "https://witness.acme.example/w1"},
+		{Name: "armory", Key: witnessKey("witness.armory.example", "witness b"), URL: "https://armory.example/witness"},
+		{Name: "local", Key: witnessKey("witness.kbs.test/w1", "witness c"), URL: "http://127.0.0.1:28180"},
+	}}
+	witnesses := encode(&witDoc)
+	write("valid/witnesses.json", witnesses)
+	noneDoc := *tdxDoc
+	noneDoc.Witnesses = manifest.NoWitnesses()
+	write("valid/no-witnesses.json", encode(&noneDoc))
 
 	// The annotated example of docs/manifest.md.
 	write("valid/full.json", encode(fullDoc(owner1, owner2, owner3, client, client2)))
@@ -141,6 +156,46 @@ func main() {
 			log.Fatalf("%s: %q not found", c.name, c.from)
 		}
 		write("invalid/"+c.name+".json", []byte(strings.Replace(s, c.from, c.to, 1)))
+		write("invalid/"+c.name+".err", []byte(c.err+"\n"))
+	}
+	// Invalid witness policies: edits of valid/witnesses.json.
+	w := string(witnesses)
+	keyA := witnessKey("witness.acme.example/w1", "witness a")
+	keyB := witnessKey("witness.armory.example", "witness b")
+	// The same Ed25519 key as a plain note key (type 0x01), as logs use.
+	var logKey string
+	{
+		k, err := witnesskey.New("witness.acme.example/w1", ed25519Key("witness a").Public().(ed25519.PublicKey))
+		must(err)
+		raw := append([]byte{0x01}, k.Public...)
+		logKey = fmt.Sprintf("%s+%08x+%s", k.Name, witnesskey.KeyHash(k.Name, 0x01, k.Public), base64.StdEncoding.EncodeToString(raw))
+	}
+	for _, c := range []struct{ name, from, to, err string }{
+		{"witnesses-word", `"witnesses": {`, `"witnesses": "no", "x": {`, `witnesses: want "none" or an object {"threshold", "list"}, got "no"`},
+		{"witnesses-threshold-zero", `"threshold": 2,
+    "list"`, `"threshold": 0,
+    "list"`, `witnesses.threshold: must be at least 1`},
+		{"witnesses-threshold-too-high", `"threshold": 2,
+    "list"`, `"threshold": 4,
+    "list"`, `witnesses.threshold: 4 exceeds the number of witnesses (3)`},
+		{"witnesses-empty-list", `"threshold": 2,
+    "list": [`, `"threshold": 2,
+    "list": [], "x": [`, `witnesses.list: empty: write "witnesses": "none" for no witnesses`},
+		{"witnesses-duplicate-name", `"name": "armory"`, `"name": "acme-witness"`, `witnesses.list[1].name: "acme-witness" is also the name of list[0]`},
+		{"witnesses-duplicate-key", `"key": "` + keyB + `"`, `"key": "` + witnessKey("witness.other.example", "witness a") + `"`, `witnesses.list[1].key: the same public key as list[0]`},
+		{"witnesses-log-key", `"key": "` + keyA + `"`, `"key": "` + logKey + `"`, `witnesses.list[0].key: verifier key has type 0x01`},
+		{"witnesses-bad-key-id", `"key": "` + keyA + `"`, `"key": "` + strings.Replace(keyA, "+", "+0", 1)[:len(keyA)] + `"`, `witnesses.list[0].key: malformed verifier key`},
+		{"witnesses-bad-url", `"url": "https://armory.example/witness"`, `"url": "ftp://armory.example/witness"`, `witnesses.list[1].url: bad witness URL "ftp://armory.example/witness": want an http or https URL`},
+		{"witnesses-url-query", `"url": "https://armory.example/witness"`, `"url": "https://armory.example/witness?log=1"`, `witnesses.list[1].url: bad witness URL`},
+		{"witnesses-missing-url", `,
+        "url": "https://armory.example/witness"`, ``, `witnesses.list[1].url: required field is missing`},
+		{"witnesses-unknown-field", `"name": "local",`, `"name": "local", "weight": 2,`, `witnesses.list[2].weight: unknown field`},
+		{"witnesses-bad-name", `"name": "local"`, `"name": "local witness"`, `witnesses.list[2].name: invalid witness name`},
+	} {
+		if strings.Count(w, c.from) < 1 {
+			log.Fatalf("%s: %q not found", c.name, c.from)
+		}
+		write("invalid/"+c.name+".json", []byte(strings.Replace(w, c.from, c.to, 1)))
 		write("invalid/"+c.name+".err", []byte(c.err+"\n"))
 	}
 	write("invalid/trailing-data.json", []byte(s+"{}\n"))
@@ -219,6 +274,14 @@ func tdxValues(label string) manifest.TDXValues {
 func fake(label string, n int) []byte {
 	sum := sha512.Sum512([]byte("kbs test fixture: " + label))
 	return sum[:n]
+}
+
+// witnessKey is the cosignature/v1 verifier key of a deterministic
+// witness key.
+func witnessKey(name, label string) string {
+	k, err := witnesskey.New(name, ed25519Key(label).Public().(ed25519.PublicKey))
+	must(err)
+	return k.String()
 }
 
 func hexs(b []byte) string { return fmt.Sprintf("%x", b) }
