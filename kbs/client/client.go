@@ -389,6 +389,8 @@ func (c *Client) InclusionProof(ctx context.Context, index, size uint64) ([]tlog
 }
 
 // ConsistencyProof fetches the consistency proof between two tree sizes.
+// A Client is thus a tlog.ProofSource for tlog.Verifier.Advance, which
+// checks every proof it gets.
 func (c *Client) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]tlog.Hash, error) {
 	if oldSize == 0 || oldSize == newSize {
 		return []tlog.Hash{}, nil

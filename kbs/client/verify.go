@@ -248,10 +248,22 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 		return nil, &VerifyError{Step: "service reference values (library validation)", Err: err}
 	}
 
-	// 7. Consistency with the last verified checkpoint, then store.
-	if err := c.advance(ctx, lv, cp, since, att.ConsistencyProof, &b.Previous); err != nil {
+	// 7. Consistency with the last verified checkpoint, then store: the
+	// proof the answer carries when it starts at the stored size, else
+	// one from the broker.
+	var src tlog.ProofSource = c
+	if since > 0 && att.ConsistencyProof != nil {
+		p, err := toHashes(att.ConsistencyProof)
+		if err != nil {
+			return nil, &VerifyError{Step: "consistency proof", Err: err}
+		}
+		src = tlog.KnownProof{OldSize: since, NewSize: cp.Size, Proof: p, Else: c}
+	}
+	res, err := lv.Advance(ctx, cp.Note, src, tlog.AdvanceOptions{})
+	if err != nil {
 		return nil, err
 	}
+	b.Previous = res.Previous
 	return b, nil
 }
 
@@ -278,42 +290,6 @@ func checkpointText(n []byte) []byte {
 		return n[:i+1]
 	}
 	return n
-}
-
-// advance checks that cp is consistent with the stored checkpoint of lv's
-// log and stores cp when it is newer. proof is a consistency proof from
-// size since (as the attestation carried it); another proof is fetched
-// when the stored size differs. A stored checkpoint larger than cp is a
-// rollback (*tlog.ForkError).
-func (c *Client) advance(ctx context.Context, lv *tlog.Verifier, cp tlog.SignedCheckpoint, since uint64, rawProof [][]byte, prev **tlog.SignedCheckpoint) error {
-	last, ok, err := lv.Latest()
-	if err != nil {
-		return err
-	}
-	var proof []tlog.Hash
-	if ok {
-		if prev != nil {
-			l := last
-			*prev = &l
-		}
-		switch {
-		case last.Size > cp.Size:
-			// A rollback: CheckConsistency reports it with both checkpoints.
-		case last.Size == since && rawProof != nil:
-			if proof, err = toHashes(rawProof); err != nil {
-				return &VerifyError{Step: "consistency proof", Err: err}
-			}
-		default:
-			if proof, err = c.ConsistencyProof(ctx, last.Size, cp.Size); err != nil {
-				return err
-			}
-		}
-		if err := tlog.CheckConsistency(last, cp, proof); err != nil {
-			return err
-		}
-	}
-	_, err = lv.Update(cp.Note, proof)
-	return err
 }
 
 // followChain verifies the versions after mine up to version to: each in

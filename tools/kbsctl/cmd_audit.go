@@ -427,21 +427,12 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 		return err
 	}
 	tiles := c.Tiles()
-	// Consistency with the stored checkpoint, from authenticated tiles.
-	last, haveLast, err := lv.Latest()
+	// Consistency with the stored checkpoint, from authenticated tiles;
+	// stored only after the replay found nothing wrong.
+	prover := tiles.Prover(cp)
+	checked, err := lv.Advance(ctx, cp.Note, prover, tlog.AdvanceOptions{DryRun: true})
 	if err != nil {
 		return err
-	}
-	var proof []tlog.Hash
-	if haveLast {
-		if last.Size <= cp.Size {
-			if proof, err = tiles.ConsistencyProof(ctx, cp, last.Size); err != nil {
-				return err
-			}
-		}
-		if err := tlog.CheckConsistency(last, cp, proof); err != nil {
-			return err
-		}
 	}
 
 	r := &auditReport{Origin: cp.Origin, Size: cp.Size, Counts: map[string]int{}, manifests: map[string]*manifest.Manifest{},
@@ -450,8 +441,8 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 		// up front save the first rounds of regrowing.
 		Releases: make([]auditRelease, 0, min(cp.Size, 1<<16))}
 	r.RootHash = newCheckpointResult(cp).RootHash
-	if haveLast {
-		s := last.Size
+	if checked.Previous != nil {
+		s := checked.Previous.Size
 		r.PreviousSize = &s
 	}
 	a := &auditor{r: r, keys: map[string]*keyState{}, noteKey: *noteKey}
@@ -479,7 +470,7 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 		}
 	}
 	if len(r.Anomalies) == 0 {
-		if _, err := lv.Update(cp.Note, proof); err != nil {
+		if _, err := lv.Advance(ctx, cp.Note, prover, tlog.AdvanceOptions{}); err != nil {
 			return err
 		}
 	}

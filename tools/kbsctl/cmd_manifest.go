@@ -138,11 +138,11 @@ version; after the broker accepted it, its inclusion in the log is verified
 		if err != nil {
 			return err
 		}
-		cp, _, err := c.SyncLog(ctx, lv)
+		synced, err := c.SyncLog(ctx, lv)
 		if err != nil {
 			return err
 		}
-		raw, err := c.Entry(ctx, cp, res.LogIndex)
+		raw, err := c.Entry(ctx, synced.Checkpoint, res.LogIndex)
 		if err != nil {
 			return err
 		}
@@ -236,10 +236,11 @@ with the stored one). With --manifest, the chain must contain your version.`)
 			return err
 		}
 	}
-	cp, _, err := c.SyncLog(ctx, lv)
+	synced, err := c.SyncLog(ctx, lv)
 	if err != nil {
 		return err
 	}
+	cp := synced.Checkpoint
 	h, err := c.ManifestHistory(ctx)
 	if err != nil {
 		return err
