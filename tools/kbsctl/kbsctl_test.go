@@ -27,6 +27,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/audit"
 	"github.com/kbs-dev/kbs/kbs/client"
 )
 
@@ -325,7 +326,7 @@ func TestFlow(t *testing.T) {
 	contains(t, out, "audit OK")
 	contains(t, out, "signatures verified")
 	out, _ = ctl(t, 0, append(astate, "--json", "audit", "--note-key", noteKey)...)
-	var ar auditReport
+	var ar audit.Report
 	if err := json.Unmarshal([]byte(out), &ar); err != nil {
 		t.Fatal(err)
 	}
