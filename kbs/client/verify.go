@@ -354,16 +354,31 @@ func (c *Client) ManifestChain(ctx context.Context, cp tlog.SignedCheckpoint, an
 	out := make([]LoggedVersion, len(sel))
 	for i, l := range chain.Links() {
 		idx := sel[i].LogIndex
-		raw, err := c.Entry(ctx, cp, idx)
-		if err != nil {
+		if err := c.CheckManifestLogged(ctx, cp, idx, l.Manifest); err != nil {
+			var ve *VerifyError
+			if errors.As(err, &ve) {
+				ve.Step = "manifest chain"
+			}
 			return nil, err
-		}
-		if err := CheckManifestEntry(raw, l.Manifest); err != nil {
-			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d at log index %d: %w", l.Manifest.Version(), idx, err)}
 		}
 		out[i] = LoggedVersion{Link: l, LogIndex: idx}
 	}
 	return out, nil
+}
+
+// CheckManifestLogged checks that the log entry at index is included in
+// the verified checkpoint cp (Entry: an inclusion proof from the broker
+// checked against cp's root) and records exactly manifest m. A mismatch
+// is a *VerifyError (step "manifest entry").
+func (c *Client) CheckManifestLogged(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, m *manifest.Manifest) error {
+	raw, err := c.Entry(ctx, cp, index)
+	if err != nil {
+		return err
+	}
+	if err := CheckManifestEntry(raw, m); err != nil {
+		return &VerifyError{Step: "manifest entry", Err: fmt.Errorf("version %d at log index %d: %w", m.Version(), index, err)}
+	}
+	return nil
 }
 
 // CheckManifestEntry checks that raw is the log entry recording m.

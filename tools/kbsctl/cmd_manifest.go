@@ -142,12 +142,8 @@ version; after the broker accepted it, its inclusion in the log is verified
 		if err != nil {
 			return err
 		}
-		raw, err := c.Entry(ctx, synced.Checkpoint, res.LogIndex)
-		if err != nil {
+		if err := c.CheckManifestLogged(ctx, synced.Checkpoint, res.LogIndex, next); err != nil {
 			return err
-		}
-		if err := client.CheckManifestEntry(raw, next); err != nil {
-			return failErr("log entry %d: %w", res.LogIndex, err)
 		}
 		out.Logged = true
 	}
