@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -375,21 +374,14 @@ func (discard) Finding(audit.Finding)   {}
 // process; cpu-µs/entry counts both.
 func BenchmarkAudit(b *testing.B) {
 	const n = 100_000
-	l := audittest.New(b)
-	l.AppendManifest(b)
-	l.Append(b, audittest.Upload("acme/model", 1, "acme"))
-	rel, err := tlog.EncodeEntry(l.Release("acme/model", 1, "gpu-worker"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	l.AppendMany(b, rel, n)
+	l := audittest.NewBench(b, n)
 	for _, mode := range []struct {
 		name   string
 		events audit.Events
 	}{{"report", nil}, {"stream", discard{}}} {
 		b.Run(mode.name, func(b *testing.B) {
 			b.ReportAllocs()
-			start, cpu0 := time.Now(), cpuTime()
+			start, cpu0 := time.Now(), audittest.CPUTime()
 			var entries uint64
 			for b.Loop() {
 				c, lv := newClient(b, l, b.TempDir())
@@ -400,13 +392,7 @@ func BenchmarkAudit(b *testing.B) {
 				entries += r.Size
 			}
 			b.ReportMetric(float64(entries)/time.Since(start).Seconds(), "entries/s")
-			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
+			b.ReportMetric(float64((audittest.CPUTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
 		})
 	}
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -91,28 +91,33 @@ func (p *tamperProxy) handler(upstream string) http.Handler {
 		p.mu.Lock()
 		mutate, mutateHistory := p.mutate, p.mutateHistory
 		p.mu.Unlock()
-		if r.URL.Path == api.PathManifestHistory && resp.StatusCode == http.StatusOK && mutateHistory != nil {
-			var h api.ManifestHistory
-			if err := json.Unmarshal(body, &h); err != nil {
+		if resp.StatusCode == http.StatusOK {
+			var err error
+			switch {
+			case r.URL.Path == api.PathManifestHistory && mutateHistory != nil:
+				body, err = rewrite(body, mutateHistory)
+			case r.URL.Path == api.PathAttestation && mutate != nil:
+				body, err = rewrite(body, mutate)
+			}
+			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadGateway)
 				return
 			}
-			mutateHistory(&h)
-			body, _ = json.Marshal(&h)
-		}
-		if r.URL.Path == api.PathAttestation && resp.StatusCode == http.StatusOK && mutate != nil {
-			var a api.Attestation
-			if err := json.Unmarshal(body, &a); err != nil {
-				http.Error(w, err.Error(), http.StatusBadGateway)
-				return
-			}
-			mutate(&a)
-			body, _ = json.Marshal(&a)
 		}
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
 		w.WriteHeader(resp.StatusCode)
 		w.Write(body)
 	})
+}
+
+// rewrite decodes a JSON answer as a T, applies mutate and encodes it again.
+func rewrite[T any](body []byte, mutate func(*T)) ([]byte, error) {
+	var v T
+	if err := json.Unmarshal(body, &v); err != nil {
+		return nil, err
+	}
+	mutate(&v)
+	return json.Marshal(&v)
 }
 
 func (p *tamperProxy) setHistory(f func(*api.ManifestHistory)) {
@@ -150,21 +155,31 @@ func (s *storeWith) get(origin string) []byte {
 	return s.notes[origin]
 }
 
-// TestVerifyBrokerTampered checks that every field of the attestation answer
-// is verified: a proxy changes one at a time, VerifyBroker fails with a
-// verification error, and the stored checkpoint does not move.
-func TestVerifyBrokerTampered(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "kbs")
-	sock := startKbsd(t, data)
-	addr, proxy := startProxy(t, sock)
+// startTampered starts kbsd --dev in a fresh data directory behind a
+// tampering proxy, and returns the directory, the broker's socket, the
+// proxy's address, the proxy, an offline verifier trusting the broker's
+// sim root, and the broker's version 1 manifest.
+func startTampered(t *testing.T) (data, sock, addr string, proxy *tamperProxy, v attest.Verifier, mine *manifest.Manifest) {
+	t.Helper()
+	data = filepath.Join(t.TempDir(), "kbs")
+	sock = startKbsd(t, data)
+	addr, proxy = startProxy(t, sock)
 	v, err := verify.New(verify.Options{SimRootFile: sim.RootFile(filepath.Join(data, "sim")), Offline: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mine, err := manifest.Parse(mustRead(t, filepath.Join(data, "manifest.json")))
+	mine, err = manifest.Parse(mustRead(t, filepath.Join(data, "manifest.json")))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return data, sock, addr, proxy, v, mine
+}
+
+// TestVerifyBrokerTampered checks that every field of the attestation answer
+// is verified: a proxy changes one at a time, VerifyBroker fails with a
+// verification error, and the stored checkpoint does not move.
+func TestVerifyBrokerTampered(t *testing.T) {
+	data, sock, addr, proxy, v, mine := startTampered(t)
 	ctx := context.Background()
 
 	// Baseline: verify, then grow the log with an upload so that later
@@ -335,17 +350,7 @@ func TestVerifyBrokerTampered(t *testing.T) {
 // logged, and a proxy that tampers with the history, one field at a time,
 // is refused with a verification error.
 func TestManifestChain(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "kbs")
-	sock := startKbsd(t, data)
-	addr, proxy := startProxy(t, sock)
-	v, err := verify.New(verify.Options{SimRootFile: sim.RootFile(filepath.Join(data, "sim")), Offline: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v1, err := manifest.Parse(mustRead(t, filepath.Join(data, "manifest.json")))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data, _, addr, proxy, v, v1 := startTampered(t)
 	owner, err := readKey(t, filepath.Join(data, "owner.key"))
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,31 +17,17 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// benchLog builds a log of n+2 entries (a manifest, an upload, then n
-// releases) and returns it with its size.
-func benchLog(b *testing.B, n int) (*audittest.Log, int) {
-	b.Helper()
-	tl := audittest.New(b)
-	tl.AppendManifest(b)
-	tl.Append(b, audittest.Upload("acme/model", 1, "acme"))
-	rel, err := tlog.EncodeEntry(tl.Release("acme/model", 1, "gpu-worker"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	tl.AppendMany(b, rel, n)
-	return tl, 2 + n
-}
-
 // BenchmarkAudit measures 'kbsctl audit' end to end on a log of 100k
 // entries served over a unix socket: every tile and bundle fetched and
 // verified against the checkpoint, every entry decoded and replayed.
 func BenchmarkAudit(b *testing.B) {
 	const n = 100_000
-	tl, size := benchLog(b, n)
+	tl := audittest.NewBench(b, n)
+	size := n + 2
 	addr, vkey := tl.Addr, tl.NoteKey
 	var entries uint64
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := audittest.CPUTime()
 	for i := 0; i < b.N; i++ {
 		state := b.TempDir()
 		code := run(context.Background(), []string{"--addr", addr, "--state", state, "audit", "--note-key", vkey},
@@ -62,13 +46,7 @@ func BenchmarkAudit(b *testing.B) {
 	b.ReportMetric(float64(entries)/b.Elapsed().Seconds(), "entries/s")
 	// CPU time per entry (client and server together) does not depend on
 	// what else the machine runs, wall time does.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64((audittest.CPUTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
 }
 
 // TestAuditAnomalies builds logs that tell an inconsistent story, each
@@ -285,20 +263,7 @@ func TestAuditManyChunks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var wg sync.WaitGroup
-		for w := 0; w < 16; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < n; i += 16 {
-					if _, _, err := tl.Backend.Append(context.Background(), raw); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		tl.AppendMany(t, raw, n)
 	}
 	tl.Append(t, up(1))
 	releases(1, 1500)

@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -208,4 +209,27 @@ func (l *Log) AppendMany(tb testing.TB, raw []byte, n int) {
 		}()
 	}
 	wg.Wait()
+}
+
+// NewBench starts a log of n+2 entries that audits clean: version 1 of the
+// manifest, an upload of acme/model, and n releases of it.
+func NewBench(tb testing.TB, n int) *Log {
+	tb.Helper()
+	l := New(tb)
+	l.AppendManifest(tb)
+	l.Append(tb, Upload("acme/model", 1, "acme"))
+	rel, err := tlog.EncodeEntry(l.Release("acme/model", 1, "gpu-worker"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l.AppendMany(tb, rel, n)
+	return l
+}
+
+// CPUTime returns the process's user and system CPU time: benchmarks
+// report CPU per entry, which other load on the machine does not change.
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
