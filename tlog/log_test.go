@@ -952,3 +952,34 @@ func TestTileProver(t *testing.T) {
 		t.Fatal("tiles of size 300 proved size 200")
 	}
 }
+
+// TestVerifierAdvanceConcurrent: many goroutines advancing one verifier
+// to checkpoints of many sizes (receipts, in either order) all succeed,
+// and the largest is stored.
+func TestVerifierAdvanceConcurrent(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, 1)
+	var cps []tlog.SignedCheckpoint
+	for range 16 {
+		cps = append(cps, l.add(t, 3))
+	}
+	v, _ := tlog.NewVerifier(origin, l.vkey, tlog.FileStore{Dir: t.TempDir()})
+	src := tlog.ProofFunc(l.ConsistencyProof)
+	errs := make(chan error, 2*len(cps))
+	for range 2 {
+		for _, cp := range cps {
+			go func() {
+				_, err := v.Advance(ctx, cp.Note, src, tlog.AdvanceOptions{Older: true})
+				errs <- err
+			}()
+		}
+	}
+	for range 2 * len(cps) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if latest, _, _ := v.Latest(); latest.Size != cps[len(cps)-1].Size {
+		t.Fatalf("stored size %d, want %d", latest.Size, cps[len(cps)-1].Size)
+	}
+}

@@ -109,6 +109,7 @@ type Verifier struct {
 	vkey   string
 	v      note.Verifier
 	store  CheckpointStore
+	mu     sync.Mutex // serializes Advance within the process
 }
 
 // NewVerifier returns a verifier for the log with the given origin and
@@ -230,7 +231,8 @@ type Advanced struct {
 var errStoreMoved = errors.New("tlog: the stored checkpoint changed meanwhile")
 
 // maxAdvanceAttempts bounds how often Advance starts over because another
-// process moved the stored checkpoint while it fetched a proof.
+// process moved the stored checkpoint while it fetched a proof (within a
+// process, Advance calls are serialized).
 const maxAdvanceAttempts = 8
 
 // Advance is the one entry point that moves a verifier's stored checkpoint
@@ -250,11 +252,14 @@ const maxAdvanceAttempts = 8
 // stored checkpoint stays as it was. src is consulted only when a proof is
 // needed, and never while the store is locked: if another process moves
 // the stored checkpoint meanwhile, Advance starts over from the new one.
+// Calls on one Verifier are serialized.
 func (v *Verifier) Advance(ctx context.Context, msg []byte, src ProofSource, opts AdvanceOptions) (Advanced, error) {
 	cp, err := v.VerifyCheckpoint(msg)
 	if err != nil {
 		return Advanced{}, err
 	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	for range maxAdvanceAttempts {
 		last, ok, err := v.Latest()
 		if err != nil {
