@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -383,16 +384,32 @@ func BenchmarkAudit(b *testing.B) {
 			b.ReportAllocs()
 			start, cpu0 := time.Now(), audittest.CPUTime()
 			var entries uint64
+			var retained uint64
 			for b.Loop() {
 				c, lv := newClient(b, l, b.TempDir())
+				before := heapAlloc()
 				r, err := audit.Audit(context.Background(), audit.Config{Client: c, Log: lv, Events: mode.events})
 				if err != nil || !r.OK() || r.Size != n+2 {
 					b.Fatalf("Audit = %v, %v", r, err)
 				}
+				if after := heapAlloc(); after > before {
+					retained = max(retained, after-before)
+				}
+				runtime.KeepAlive(r)
 				entries += r.Size
 			}
 			b.ReportMetric(float64(entries)/time.Since(start).Seconds(), "entries/s")
 			b.ReportMetric(float64((audittest.CPUTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
+			// What the finished report holds on to (live heap after a GC).
+			b.ReportMetric(float64(retained)/(1<<20), "report-MiB")
 		})
 	}
+}
+
+// heapAlloc returns the live heap after a collection.
+func heapAlloc() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
 }
