@@ -27,8 +27,9 @@
 //
 // # Memory
 //
-// The replay keeps per key id and per manifest version, never per entry.
-// A Report keeps every event unless Config.Events takes them: a monitor,
+// The replay keeps state per key id and a row per manifest entry, nothing
+// for other entries. A Report keeps every event unless Config.Events takes
+// them: a monitor,
 // or a report streamed to disk, then holds the manifest history, counts
 // and findings only. Findings are clipped to a few KiB each and a Report
 // keeps at most Config.MaxFindings of each kind, counting the rest.
