@@ -209,15 +209,7 @@ func TestVerifyBrokerTampered(t *testing.T) {
 	origin := b.Origin
 	store.notes[origin] = baseline
 
-	otherManifest := func() []byte {
-		d := mine.Document()
-		d.Version, d.Previous = 2, mine.Hash()
-		body, err := manifest.Encode(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return body
-	}()
+	otherManifest := nextVersion(t, mine, nil)
 
 	for _, tc := range []struct {
 		name   string
@@ -363,12 +355,7 @@ func TestManifestChain(t *testing.T) {
 	// Versions 2 and 3, signed by the dev owner.
 	prev := v1
 	for range 2 {
-		d := prev.Document()
-		d.Version, d.Previous = prev.Version()+1, prev.Hash()
-		body, err := manifest.Encode(d)
-		if err != nil {
-			t.Fatal(err)
-		}
+		body := nextVersion(t, prev, nil)
 		sig, err := manifest.Sign(owner, body)
 		if err != nil {
 			t.Fatal(err)
@@ -404,17 +391,7 @@ func TestManifestChain(t *testing.T) {
 		t.Fatalf("ManifestChain(2..2) = %v, %v", part, err)
 	}
 
-	otherV2 := func() []byte {
-		d := v1.Document()
-		d.Version, d.Previous = 2, v1.Hash()
-		d.Owners.Threshold = 1
-		d.Clients = d.Clients[:0]
-		body, err := manifest.Encode(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return body
-	}()
+	otherV2 := nextVersion(t, v1, func(d *manifest.Document) { d.Owners.Threshold, d.Clients = 1, d.Clients[:0] })
 	for _, tc := range []struct {
 		name   string
 		anchor *manifest.Manifest
@@ -463,6 +440,22 @@ func TestManifestChain(t *testing.T) {
 	if len(store.notes) != 0 {
 		t.Fatal("a refused follow stored a checkpoint")
 	}
+}
+
+// nextVersion returns the bytes of the version after prev, changed by edit
+// (when not nil).
+func nextVersion(t *testing.T, prev *manifest.Manifest, edit func(*manifest.Document)) []byte {
+	t.Helper()
+	d := prev.Document()
+	d.Version, d.Previous = prev.Version()+1, prev.Hash()
+	if edit != nil {
+		edit(d)
+	}
+	body, err := manifest.Encode(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
 }
 
 func mustParseBody(t *testing.T, b []byte) *manifest.Manifest {
