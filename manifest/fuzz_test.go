@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/kbs-dev/kbs/manifest"
@@ -86,4 +87,60 @@ func mustRead(f *testing.F, name string) []byte {
 		f.Fatal(err)
 	}
 	return b
+}
+
+// FuzzVerifyChain checks chain verification of hostile histories: the
+// golden chain v1 → v2 → v3 with one version's bytes or one signature
+// replaced by the fuzzer's. No panic; an accepted chain is consecutive,
+// each link names its predecessor, and Verify accepts each link on its
+// own with the same signers; a changed body is accepted only if it is the
+// original (signatures are over exact bytes).
+func FuzzVerifyChain(f *testing.F) {
+	vs := []manifest.SignedVersion{
+		{Body: mustRead(f, "chain/v1.json")},
+		{Body: mustRead(f, "chain/v2.json"), Signatures: []string{fuzzSig(f, "chain/v2.json.sig.owner1"), fuzzSig(f, "chain/v2.json.sig.owner3")}},
+		{Body: mustRead(f, "chain/v3.json"), Signatures: []string{fuzzSig(f, "chain/v3.json.sig.owner2"), fuzzSig(f, "chain/v3.json.sig.owner4")}},
+	}
+	for i, v := range vs {
+		f.Add(uint8(i), false, v.Body)
+		for _, s := range v.Signatures {
+			f.Add(uint8(i), true, []byte(s))
+		}
+	}
+	f.Add(uint8(0), true, []byte("MEUCIQ=="))
+	f.Fuzz(func(t *testing.T, which uint8, sig bool, b []byte) {
+		in := make([]manifest.SignedVersion, len(vs))
+		copy(in, vs)
+		i := int(which) % len(in)
+		if sig {
+			in[i].Signatures = append([]string{string(b)}, in[i].Signatures...)
+		} else {
+			in[i].Body = b
+		}
+		c, err := manifest.VerifyChain(nil, in)
+		if err != nil {
+			return
+		}
+		if !sig && !bytes.Equal(b, vs[i].Body) {
+			t.Fatalf("version %d accepted with other bytes than its owners signed", i+1)
+		}
+		links := c.Links()
+		if len(links) != len(in) {
+			t.Fatalf("chain of %d links from %d versions", len(links), len(in))
+		}
+		for j := 1; j < len(links); j++ {
+			prev, next := links[j-1].Manifest, links[j].Manifest
+			if next.Version() != prev.Version()+1 || next.Previous() != prev.Hash() {
+				t.Fatalf("link %d: version %d (previous %s) after version %d (%s)", j, next.Version(), next.Previous(), prev.Version(), prev.Hash())
+			}
+			signers, err := manifest.Verify(prev, next, in[j].Signatures)
+			if err != nil || !slices.Equal(signers, links[j].Signers) {
+				t.Fatalf("link %d: Verify = %v, %v; the chain said %v", j, signers, err, links[j].Signers)
+			}
+		}
+	})
+}
+
+func fuzzSig(f *testing.F, name string) string {
+	return string(bytes.TrimSpace(mustRead(f, name)))
 }

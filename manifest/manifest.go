@@ -19,12 +19,19 @@
 // is "sha256:" and the hex SHA-256 of those bytes. Nothing is re-encoded:
 // signatures are checked over, and logs record, the bytes as given.
 //
-// Trust in a manifest comes from outside the package: version 1 is accepted
-// only through VerifyInitial, with the hash the operator or client chose to
-// trust; each later version only through Verify, with threshold signatures
-// of the previous version's owners (ECDSA P-256/SHA-256 in ASN.1 DER, or
-// Ed25519, base64; verified with github.com/sigstore/sigstore, so
-// `openssl dgst -sha256 -sign` and `cosign sign-blob --key` signatures work).
+// Trust in a manifest comes from outside the package: the first version a
+// caller accepts (a client's own copy, the version 1 an operator
+// configured) is its own decision, the anchor of a Chain. Each later
+// version is accepted only through Verify, with threshold signatures of the
+// previous version's owners (ECDSA P-256/SHA-256 in ASN.1 DER, or Ed25519,
+// base64; verified with github.com/sigstore/sigstore, so
+// `openssl dgst -sha256 -sign` and `cosign sign-blob --key` signatures
+// work). VerifyChain checks a whole history that way, from its anchor: each
+// version one more than the last, naming its hash as "previous", signed to
+// threshold by its owners, with the differences (Diff) of each step; a
+// version 1 anchor that carries signatures must be signed to threshold by
+// its own owners. Clients following a broker, owners listing the history,
+// auditors and the broker re-verifying its stored chain all use it.
 //
 // Match compares verified claims (the broker maps them from its attestation
 // verifier; this package does not verify evidence) against reference values

@@ -21,7 +21,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature"
 )
 
-// Errors of Verify, VerifyInitial and VerifyBlob; test with errors.Is.
+// Errors of Verify, VerifyChain and VerifyBlob; test with errors.Is.
 var (
 	// ErrVersionSkip: the new version is more than one above the previous.
 	ErrVersionSkip = errors.New("manifest version skips ahead")
@@ -41,9 +41,11 @@ var (
 	ErrMalformedSignature = errors.New("malformed signature")
 	// ErrBadSignature: a well-formed signature that does not verify (VerifyBlob).
 	ErrBadSignature = errors.New("invalid signature")
-	// ErrNotInitial: VerifyInitial got a manifest whose version is not 1.
+	// ErrNotInitial: the deprecated VerifyInitial got a manifest whose
+	// version is not 1.
 	ErrNotInitial = errors.New("manifest is not version 1")
-	// ErrUntrusted: VerifyInitial got a manifest other than the trusted one.
+	// ErrUntrusted: a chain does not start at the version the caller
+	// trusts (VerifyChain's anchor).
 	ErrUntrusted = errors.New("manifest is not the trusted one")
 )
 
@@ -188,11 +190,12 @@ func VerifyBlob(pub crypto.PublicKey, body []byte, sigB64 string) error {
 }
 
 // Verify checks that next is a valid successor of prev: next.version is
-// prev.version+1, next.previous is prev's hash, and sigs (base64 detached
-// signatures over next's exact bytes) hold valid signatures of at least
-// prev's threshold of distinct owner keys of prev. Every signature must be
-// well formed and verify under an owner key of prev, and no key may sign
-// twice. It returns the fingerprints of the signing keys, sorted.
+// prev.version+1, next.previous is prev's hash (Follows), and sigs (base64
+// detached signatures over next's exact bytes) hold valid signatures of at
+// least prev's threshold of distinct owner keys of prev. Every signature
+// must be well formed and verify under an owner key of prev, and no key may
+// sign twice. It returns the fingerprints of the signing keys, sorted.
+// This is one link of a chain; VerifyChain verifies a whole chain.
 //
 // Errors wrap ErrVersionSkip, ErrVersionRollback, ErrPreviousMismatch,
 // ErrMalformedSignature, ErrSignerNotOwner, ErrUnknownSigner,
@@ -201,56 +204,76 @@ func Verify(prev, next *Manifest, sigs []string) ([]string, error) {
 	if prev == nil || next == nil {
 		return nil, errors.New("manifest: Verify needs both versions")
 	}
+	if err := Follows(prev, next); err != nil {
+		return nil, err
+	}
+	return signers(prev, next, sigs)
+}
+
+// Follows checks that next is the version after prev: next.version is
+// prev.version+1 and next.previous is prev's hash. It checks no
+// signatures (Verify does). Errors wrap ErrVersionRollback,
+// ErrVersionSkip or ErrPreviousMismatch.
+func Follows(prev, next *Manifest) error {
 	switch pv, nv := prev.doc.Version, next.doc.Version; {
 	case nv <= pv:
-		return nil, fmt.Errorf("%w: version %d after version %d", ErrVersionRollback, nv, pv)
+		return fmt.Errorf("%w: version %d after version %d", ErrVersionRollback, nv, pv)
 	case nv != pv+1:
-		return nil, fmt.Errorf("%w: version %d after version %d, want %d", ErrVersionSkip, nv, pv, pv+1)
+		return fmt.Errorf("%w: version %d after version %d, want %d", ErrVersionSkip, nv, pv, pv+1)
 	}
 	if next.doc.Previous != prev.hash {
-		return nil, fmt.Errorf("%w: version %d names previous %s, version %d is %s",
+		return fmt.Errorf("%w: version %d names previous %s, version %d is %s",
 			ErrPreviousMismatch, next.doc.Version, next.doc.Previous, prev.doc.Version, prev.hash)
 	}
+	return nil
+}
+
+// signers checks sigs over m's bytes against the owners of owners (m's
+// predecessor, or m itself for a self-signed version 1) and returns the
+// sorted fingerprints of the distinct signing owners, at least owners'
+// threshold of them.
+func signers(owners, m *Manifest, sigs []string) ([]string, error) {
 	if len(sigs) > maxOwners {
 		return nil, fmt.Errorf("manifest: %d signatures, more than the %d owners a manifest may have", len(sigs), maxOwners)
 	}
-	signers := map[string]int{}
+	found := map[string]int{}
 	for i, s := range sigs {
 		sig, err := decodeSignature(s)
 		if err != nil {
 			return nil, fmt.Errorf("signature %d: %w", i, err)
 		}
-		var found *pubKey
-		for _, k := range prev.owners {
-			err := k.verify(next.raw, sig)
-			if err == nil {
-				found = k
+		var by *pubKey
+		for _, k := range owners.owners {
+			if k.verify(m.raw, sig) == nil {
+				by = k
 				break
 			}
 		}
-		if found == nil {
-			if !wellFormed(prev.owners, sig) && !wellFormed(next.owners, sig) {
+		if by == nil {
+			if !wellFormed(owners.owners, sig) && !wellFormed(m.owners, sig) {
 				return nil, fmt.Errorf("signature %d: %w: neither ASN.1 DER ECDSA nor a 64-byte Ed25519 signature", i, ErrMalformedSignature)
 			}
-			for _, k := range next.owners {
-				if k.verify(next.raw, sig) == nil {
-					return nil, fmt.Errorf("signature %d: %w: key %s is introduced by version %d",
-						i, ErrSignerNotOwner, k.fingerprint, next.doc.Version)
+			if owners != m {
+				for _, k := range m.owners {
+					if k.verify(m.raw, sig) == nil {
+						return nil, fmt.Errorf("signature %d: %w: key %s is introduced by version %d",
+							i, ErrSignerNotOwner, k.fingerprint, m.doc.Version)
+					}
 				}
 			}
-			return nil, fmt.Errorf("signature %d: %w of version %d", i, ErrUnknownSigner, prev.doc.Version)
+			return nil, fmt.Errorf("signature %d: %w of version %d", i, ErrUnknownSigner, owners.doc.Version)
 		}
-		if j, dup := signers[found.fingerprint]; dup {
-			return nil, fmt.Errorf("signatures %d and %d: %w: %s", j, i, ErrDuplicateSigner, found.fingerprint)
+		if j, dup := found[by.fingerprint]; dup {
+			return nil, fmt.Errorf("signatures %d and %d: %w: %s", j, i, ErrDuplicateSigner, by.fingerprint)
 		}
-		signers[found.fingerprint] = i
+		found[by.fingerprint] = i
 	}
-	if len(signers) < prev.doc.Owners.Threshold {
+	if len(found) < owners.doc.Owners.Threshold {
 		return nil, fmt.Errorf("%w: %d valid of %d required by version %d",
-			ErrTooFewSignatures, len(signers), prev.doc.Owners.Threshold, prev.doc.Version)
+			ErrTooFewSignatures, len(found), owners.doc.Owners.Threshold, owners.doc.Version)
 	}
-	fps := make([]string, 0, len(signers))
-	for fp := range signers {
+	fps := make([]string, 0, len(found))
+	for fp := range found {
 		fps = append(fps, fp)
 	}
 	sort.Strings(fps)
@@ -267,12 +290,12 @@ func wellFormed(keys []*pubKey, sig []byte) bool {
 	return false
 }
 
-// VerifyInitial accepts m as the first version of a chain. Version 1 has no
-// signatures to check, so trusting it is a decision the caller makes
-// explicitly: trustedHash is the hash ("sha256:…") of the manifest the
-// operator configured or the client keeps as its own copy. It fails with
-// ErrNotInitial unless m is version 1, and with ErrUntrusted unless m's hash
-// is trustedHash.
+// VerifyInitial reports whether m is version 1 with the hash trustedHash.
+// It decides nothing about signatures, and a call with m's own hash
+// compares m with itself; it stays only until the broker's own chain
+// checks use VerifyChain, and will then be removed. New code uses
+// VerifyChain, which verifies version 1's own owner signatures when it
+// carries any and takes the version the caller trusts as its anchor.
 func VerifyInitial(m *Manifest, trustedHash string) error {
 	if m == nil {
 		return errors.New("manifest: VerifyInitial needs a manifest")

@@ -23,8 +23,11 @@
 // is verified against the log's note key, which the client gets from the
 // broker's hardware attestation. OpenCheckpoint and VerifyReceipt check
 // signatures and proofs; a Verifier also keeps the last verified checkpoint
-// per log (FileStore) and reports a log that shrinks or forks as a
-// *ForkError carrying both signed checkpoints as evidence. TileClient reads
+// per log (FileStore). Verifier.Advance is the one way that checkpoint
+// moves: it takes consistency proofs from a ProofSource (the broker, a
+// Backend, authenticated tiles, or a proof in hand), checks them, and
+// reports a log that shrinks or forks as a *ForkError carrying both signed
+// checkpoints as evidence. TileClient reads
 // a log through its tiles and verifies every tile and entry against a
 // verified checkpoint before handing it out, for auditors.
 //

@@ -34,7 +34,7 @@ func NewTileClient(prefix string, hc *http.Client) *TileClient {
 }
 
 // Checkpoint fetches the log's latest checkpoint note. Verify it with
-// OpenCheckpoint or Verifier.Update before use.
+// OpenCheckpoint or Verifier.Advance before use.
 func (c *TileClient) Checkpoint(ctx context.Context) ([]byte, error) {
 	return c.get(ctx, "checkpoint", maxCheckpointSize)
 }
@@ -162,7 +162,8 @@ func (c *TileClient) HashReader(ctx context.Context, cp SignedCheckpoint) sumdb.
 
 // ConsistencyProof returns the consistency proof from oldSize to cp's
 // size, computed from authenticated tiles. Check it against the old
-// checkpoint with CheckConsistency or Verifier.Update.
+// checkpoint with CheckConsistency, or let Verifier.Advance ask for it
+// through Prover.
 func (c *TileClient) ConsistencyProof(ctx context.Context, cp SignedCheckpoint, oldSize uint64) ([]Hash, error) {
 	if oldSize > cp.Size {
 		return nil, fmt.Errorf("%w: old size %d above %d", ErrInvalidArgument, oldSize, cp.Size)
@@ -177,10 +178,21 @@ func (c *TileClient) ConsistencyProof(ctx context.Context, cp SignedCheckpoint, 
 	return p, nil
 }
 
-// Sync fetches the log's latest checkpoint, verifies its signature with v,
-// proves it consistent with v's last verified checkpoint using
-// authenticated tiles, and records it in v's store. A rollback or fork is
-// returned as a *ForkError.
+// Prover returns a ProofSource of consistency proofs into the tree of cp
+// (a verified checkpoint), computed from tiles authenticated against cp's
+// root. It proves only to cp's size: pass it to Verifier.Advance with cp.
+func (c *TileClient) Prover(cp SignedCheckpoint) ProofSource {
+	return ProofFunc(func(ctx context.Context, oldSize, newSize uint64) ([]Hash, error) {
+		if newSize != cp.Size {
+			return nil, fmt.Errorf("%w: tiles of the tree of size %d prove nothing about size %d", ErrInvalidArgument, cp.Size, newSize)
+		}
+		return c.ConsistencyProof(ctx, cp, oldSize)
+	})
+}
+
+// Sync fetches the log's latest checkpoint and advances v to it
+// (Verifier.Advance), with consistency proofs from authenticated tiles. A
+// rollback or fork is returned as a *ForkError.
 func (c *TileClient) Sync(ctx context.Context, v *Verifier) (SignedCheckpoint, error) {
 	msg, err := c.Checkpoint(ctx)
 	if err != nil {
@@ -190,9 +202,8 @@ func (c *TileClient) Sync(ctx context.Context, v *Verifier) (SignedCheckpoint, e
 	if err != nil {
 		return SignedCheckpoint{}, err
 	}
-	return v.UpdateWith(msg, func(oldSize uint64) ([]Hash, error) {
-		return c.ConsistencyProof(ctx, cp, oldSize)
-	})
+	res, err := v.Advance(ctx, msg, c.Prover(cp), AdvanceOptions{})
+	return res.Checkpoint, err
 }
 
 // Entries fetches the entries [start, cp.Size) of the tree of cp, verifies

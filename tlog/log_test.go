@@ -825,3 +825,161 @@ func TestHandlerErrorLog(t *testing.T) {
 		t.Fatalf("backend failure: %d %q, logged %v", w.Code, w.Body, logged)
 	}
 }
+
+// TestVerifierAdvance checks the one way a stored checkpoint moves: proofs
+// come from a ProofSource only when needed, an older checkpoint is a
+// rollback unless Older, DryRun stores nothing, a failing source or proof
+// leaves the store alone, and a store moved by another process meanwhile
+// makes Advance start over.
+func TestVerifierAdvance(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, 10)
+	cp10, _ := l.Checkpoint(ctx)
+	cp20 := l.add(t, 10)
+	cp30 := l.add(t, 10)
+	dir := t.TempDir()
+	v, _ := tlog.NewVerifier(origin, l.vkey, tlog.FileStore{Dir: dir})
+	var asked [][2]uint64
+	src := tlog.ProofFunc(func(ctx context.Context, o, n uint64) ([]tlog.Hash, error) {
+		asked = append(asked, [2]uint64{o, n})
+		return l.ConsistencyProof(ctx, o, n)
+	})
+	stored := func() uint64 {
+		t.Helper()
+		cp, ok, err := v.Latest()
+		if err != nil || !ok {
+			t.Fatalf("Latest = %v, %v", ok, err)
+		}
+		return cp.Size
+	}
+
+	// First use: stored without a proof.
+	res, err := v.Advance(ctx, cp20.Note, src, tlog.AdvanceOptions{})
+	if err != nil || !res.Stored || res.Previous != nil || res.Checkpoint.Size != 20 || len(asked) != 0 {
+		t.Fatalf("first Advance = %+v, %v (asked %v)", res, err, asked)
+	}
+	// DryRun of a newer one: checked with a proof, not stored.
+	res, err = v.Advance(ctx, cp30.Note, src, tlog.AdvanceOptions{DryRun: true})
+	if err != nil || res.Stored || res.Previous == nil || res.Previous.Size != 20 || stored() != 20 || len(asked) != 1 || asked[0] != [2]uint64{20, 30} {
+		t.Fatalf("DryRun Advance = %+v, %v (asked %v), stored %d", res, err, asked, stored())
+	}
+	// An older checkpoint claimed as the latest is a rollback.
+	var fe *tlog.ForkError
+	if _, err := v.Advance(ctx, cp10.Note, src, tlog.AdvanceOptions{}); !errors.As(err, &fe) || !fe.Rollback || fe.Old.Size != 20 || fe.New.Size != 10 {
+		t.Fatalf("Advance to an older checkpoint = %v, want a rollback", err)
+	}
+	// With Older it is checked as a prefix and the store stays.
+	asked = nil
+	res, err = v.Advance(ctx, cp10.Note, src, tlog.AdvanceOptions{Older: true})
+	if err != nil || res.Stored || stored() != 20 || len(asked) != 1 || asked[0] != [2]uint64{10, 20} {
+		t.Fatalf("Advance Older = %+v, %v (asked %v), stored %d", res, err, asked, stored())
+	}
+	// An older checkpoint of a fork is a fork even with Older.
+	forked := newTestLogPrefix(t, "fork ", 15)
+	fcp, _ := forked.Checkpoint(ctx)
+	if _, err := v.Advance(ctx, fcp.Note, src, tlog.AdvanceOptions{Older: true}); !errors.As(err, &fe) || fe.Rollback || fe.Old.Size != 15 || fe.New.Size != 20 {
+		t.Fatalf("Advance Older with a forked checkpoint = %v, want a fork", err)
+	}
+	// A source that fails, or lies, leaves the store alone.
+	failing := tlog.ProofFunc(func(context.Context, uint64, uint64) ([]tlog.Hash, error) { return nil, errors.New("no proof today") })
+	if _, err := v.Advance(ctx, cp30.Note, failing, tlog.AdvanceOptions{}); err == nil || !strings.Contains(err.Error(), "no proof today") || errors.As(err, &fe) {
+		t.Fatalf("Advance with a failing source = %v", err)
+	}
+	if _, err := v.Advance(ctx, cp30.Note, nil, tlog.AdvanceOptions{}); err == nil {
+		t.Fatal("Advance without a proof source succeeded")
+	}
+	p, _ := l.ConsistencyProof(ctx, 20, 30)
+	p[0][0] ^= 1
+	lying := tlog.KnownProof{OldSize: 20, NewSize: 30, Proof: p}
+	if _, err := v.Advance(ctx, cp30.Note, lying, tlog.AdvanceOptions{}); !errors.As(err, &fe) || !strings.Contains(fe.Reason, "consistency proof failed") {
+		t.Fatalf("Advance with a bad proof = %v, want a fork", err)
+	}
+	if stored() != 20 {
+		t.Fatalf("rejected Advances moved the store to %d", stored())
+	}
+	// A proof in hand is used when it fits, the fallback otherwise.
+	asked = nil
+	p[0][0] ^= 1
+	if res, err := v.Advance(ctx, cp30.Note, tlog.KnownProof{OldSize: 20, NewSize: 30, Proof: p, Else: src}, tlog.AdvanceOptions{}); err != nil || !res.Stored || len(asked) != 0 {
+		t.Fatalf("Advance with a known proof = %+v, %v (asked %v)", res, err, asked)
+	}
+	if _, err := (tlog.KnownProof{OldSize: 20, NewSize: 30, Proof: p}).ConsistencyProof(ctx, 10, 30); err == nil {
+		t.Fatal("KnownProof without Else proved another size")
+	}
+	// Another process advances the store while this one fetches a proof:
+	// Advance starts over from the new stored checkpoint.
+	cp40 := l.add(t, 10)
+	cp50 := l.add(t, 10)
+	other, _ := tlog.NewVerifier(origin, l.vkey, tlog.FileStore{Dir: dir})
+	asked = nil
+	racing := tlog.ProofFunc(func(ctx context.Context, o, n uint64) ([]tlog.Hash, error) {
+		asked = append(asked, [2]uint64{o, n})
+		if len(asked) == 1 {
+			if _, err := other.Advance(ctx, cp40.Note, src, tlog.AdvanceOptions{}); err != nil {
+				return nil, err
+			}
+		}
+		return l.ConsistencyProof(ctx, o, n)
+	})
+	res, err = v.Advance(ctx, cp50.Note, racing, tlog.AdvanceOptions{})
+	if err != nil || !res.Stored || res.Previous.Size != 40 || stored() != 50 {
+		t.Fatalf("Advance racing another process = %+v, %v, stored %d", res, err, stored())
+	}
+	// 30→50 for v, 30→40 for the other process, 40→50 for v again.
+	if fmt.Sprint(asked) != "[[30 50] [30 40] [40 50]]" {
+		t.Fatalf("racing Advance asked for %v, want 30→50, 30→40, then 40→50", asked)
+	}
+}
+
+// TestTileProver checks that tiles prove consistency into their own tree
+// only.
+func TestTileProver(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, 300)
+	cp, _ := l.Checkpoint(ctx)
+	srv := httptest.NewServer(tlog.NewHandler(l))
+	defer srv.Close()
+	pr := tlog.NewTileClient(srv.URL+"/log", nil).Prover(cp)
+	p, err := pr.ConsistencyProof(ctx, 100, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := l.Log.ConsistencyProof(ctx, 100, 300)
+	if fmt.Sprint(p) != fmt.Sprint(old) {
+		t.Fatalf("tile proof %v differs from the backend's %v", p, old)
+	}
+	if _, err := pr.ConsistencyProof(ctx, 100, 200); err == nil {
+		t.Fatal("tiles of size 300 proved size 200")
+	}
+}
+
+// TestVerifierAdvanceConcurrent: many goroutines advancing one verifier
+// to checkpoints of many sizes (receipts, in either order) all succeed,
+// and the largest is stored.
+func TestVerifierAdvanceConcurrent(t *testing.T) {
+	ctx := context.Background()
+	l := newTestLog(t, 1)
+	var cps []tlog.SignedCheckpoint
+	for range 16 {
+		cps = append(cps, l.add(t, 3))
+	}
+	v, _ := tlog.NewVerifier(origin, l.vkey, tlog.FileStore{Dir: t.TempDir()})
+	src := tlog.ProofFunc(l.ConsistencyProof)
+	errs := make(chan error, 2*len(cps))
+	for range 2 {
+		for _, cp := range cps {
+			go func() {
+				_, err := v.Advance(ctx, cp.Note, src, tlog.AdvanceOptions{Older: true})
+				errs <- err
+			}()
+		}
+	}
+	for range 2 * len(cps) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if latest, _, _ := v.Latest(); latest.Size != cps[len(cps)-1].Size {
+		t.Fatalf("stored size %d, want %d", latest.Size, cps[len(cps)-1].Size)
+	}
+}

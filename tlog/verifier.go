@@ -2,6 +2,7 @@ package tlog
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -101,17 +102,19 @@ func (s FileStore) Update(origin string, f func(old []byte) ([]byte, error)) err
 
 // A Verifier checks one log from a client's side: checkpoint signatures,
 // inclusion proofs, receipts, and consistency with the last checkpoint it
-// verified, which it keeps in a CheckpointStore.
+// verified, which it keeps in a CheckpointStore. Advance is the one way
+// that stored checkpoint moves.
 type Verifier struct {
 	origin string
+	vkey   string
 	v      note.Verifier
 	store  CheckpointStore
-	mu     sync.Mutex // serializes Update within the process
+	mu     sync.Mutex // serializes Advance within the process
 }
 
 // NewVerifier returns a verifier for the log with the given origin and
 // note verifier key ("<name>+<hash>+<key>"). store may be nil, in which
-// case Update keeps the last checkpoint in memory only.
+// case the last checkpoint is kept in memory only.
 func NewVerifier(origin, vkey string, store CheckpointStore) (*Verifier, error) {
 	v, err := note.NewVerifier(vkey)
 	if err != nil {
@@ -120,11 +123,14 @@ func NewVerifier(origin, vkey string, store CheckpointStore) (*Verifier, error) 
 	if store == nil {
 		store = &MemStore{}
 	}
-	return &Verifier{origin: origin, v: v, store: store}, nil
+	return &Verifier{origin: origin, vkey: vkey, v: v, store: store}, nil
 }
 
 // Origin returns the log's origin.
 func (v *Verifier) Origin() string { return v.origin }
+
+// NoteKey returns the log's note verifier key, as given to NewVerifier.
+func (v *Verifier) NoteKey() string { return v.vkey }
 
 // NoteVerifier returns the log's note verifier.
 func (v *Verifier) NoteVerifier() note.Verifier { return v.v }
@@ -157,57 +163,175 @@ func (v *Verifier) Latest() (SignedCheckpoint, bool, error) {
 	return cp, found, err
 }
 
-// Update verifies the signed checkpoint msg and its consistency with the
-// last verified checkpoint, given the RFC 6962 consistency proof from that
-// checkpoint's size to msg's size, and stores msg if it is newer. With no
-// stored checkpoint, the proof is ignored and msg is trusted on first use.
-// A smaller tree, another root at the same size, or a proof that fails is
-// reported as a *ForkError; the stored checkpoint then stays as it was.
-//
-// Pass Update only checkpoints that claim to be the log's latest (from
-// /log/checkpoint or the broker's attestation): a smaller one is a
-// rollback. Older checkpoints, such as a receipt's, are checked with
-// VerifyReceipt and, against a newer one, CheckConsistency.
-func (v *Verifier) Update(msg []byte, consistency []Hash) (SignedCheckpoint, error) {
-	return v.UpdateWith(msg, func(uint64) ([]Hash, error) { return consistency, nil })
+// A ProofSource supplies RFC 6962 consistency proofs between two sizes of
+// one log: the broker's proof endpoint (kbs/client.Client), a Backend, the
+// log's tiles (TileClient.Prover), or a proof already in hand (KnownProof).
+// Nothing it returns is trusted: Advance checks every proof against both
+// signed roots.
+type ProofSource interface {
+	ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]Hash, error)
 }
 
-// UpdateWith is Update with the consistency proof computed by prove, which
-// is called (under the store's lock) with the size of the last verified
-// checkpoint, and only when that size is above 0 and below msg's size.
-func (v *Verifier) UpdateWith(msg []byte, prove func(oldSize uint64) ([]Hash, error)) (SignedCheckpoint, error) {
+// ProofFunc adapts a function to a ProofSource.
+type ProofFunc func(ctx context.Context, oldSize, newSize uint64) ([]Hash, error)
+
+// ConsistencyProof implements ProofSource.
+func (f ProofFunc) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]Hash, error) {
+	return f(ctx, oldSize, newSize)
+}
+
+// KnownProof is a ProofSource holding one proof in hand, from OldSize to
+// NewSize (as the broker's attestation answer carries one from the size
+// the client named); asked for other sizes, it asks Else (nil: an error).
+type KnownProof struct {
+	OldSize, NewSize uint64
+	Proof            []Hash
+	Else             ProofSource
+}
+
+// ConsistencyProof implements ProofSource.
+func (k KnownProof) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]Hash, error) {
+	if oldSize == k.OldSize && newSize == k.NewSize && k.Proof != nil {
+		return k.Proof, nil
+	}
+	if k.Else == nil {
+		return nil, fmt.Errorf("tlog: no consistency proof from size %d to %d at hand", oldSize, newSize)
+	}
+	return k.Else.ConsistencyProof(ctx, oldSize, newSize)
+}
+
+// AdvanceOptions tune Advance.
+type AdvanceOptions struct {
+	// Older accepts a checkpoint smaller than the stored one, such as a
+	// receipt's, when it is consistent with it (a prefix of the stored
+	// tree); the stored checkpoint stays. Without Older the caller claims
+	// that the checkpoint is the log's latest (from /log/checkpoint or the
+	// broker's attestation), and a smaller one is a rollback.
+	Older bool
+	// DryRun checks and stores nothing: for a caller that stores only
+	// after further checks of its own (an audit), with a second Advance.
+	DryRun bool
+}
+
+// Advanced reports what Advance established.
+type Advanced struct {
+	// Checkpoint is the checkpoint Advance was given, verified.
+	Checkpoint SignedCheckpoint
+	// Previous is the checkpoint stored before, nil if there was none (the
+	// new one was then trusted on first use).
+	Previous *SignedCheckpoint
+	// Stored reports whether Checkpoint is now the stored checkpoint
+	// because it is newer than Previous (or the first); false when it is
+	// the same size or older, and with DryRun.
+	Stored bool
+}
+
+// errStoreMoved makes Advance try again when the stored checkpoint changed
+// while it fetched a proof.
+var errStoreMoved = errors.New("tlog: the stored checkpoint changed meanwhile")
+
+// maxAdvanceAttempts bounds how often Advance starts over because another
+// process moved the stored checkpoint while it fetched a proof (within a
+// process, Advance calls are serialized).
+const maxAdvanceAttempts = 8
+
+// Advance is the one entry point that moves a verifier's stored checkpoint
+// forward (sumdb's mergeLatest is the model). It verifies the signed
+// checkpoint msg, and against the stored checkpoint:
+//
+//   - none stored: msg is trusted on first use and stored;
+//   - msg larger: a consistency proof from the stored size, asked of src
+//     and checked against both roots, must show that msg extends it; msg
+//     is stored;
+//   - same size: the roots must be equal; nothing changes;
+//   - msg smaller: a rollback, unless opts.Older is set, in which case a
+//     proof from msg's size to the stored one must show msg is a prefix.
+//
+// A contradiction (a rollback, two roots for one size, a proof that fails)
+// is a *ForkError carrying both signed checkpoints as evidence, and the
+// stored checkpoint stays as it was. src is consulted only when a proof is
+// needed, and never while the store is locked: if another process moves
+// the stored checkpoint meanwhile, Advance starts over from the new one.
+// Calls on one Verifier are serialized.
+func (v *Verifier) Advance(ctx context.Context, msg []byte, src ProofSource, opts AdvanceOptions) (Advanced, error) {
 	cp, err := v.VerifyCheckpoint(msg)
 	if err != nil {
-		return SignedCheckpoint{}, err
+		return Advanced{}, err
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	err = v.store.Update(v.origin, func(old []byte) ([]byte, error) {
-		if old == nil {
-			return cp.Note, nil
-		}
-		last, err := v.VerifyCheckpoint(old)
+	for range maxAdvanceAttempts {
+		last, ok, err := v.Latest()
 		if err != nil {
-			return nil, fmt.Errorf("tlog: stored checkpoint: %w", err)
+			return Advanced{}, err
 		}
-		var p []Hash
-		if last.Size > 0 && last.Size < cp.Size {
-			if p, err = prove(last.Size); err != nil {
-				return nil, fmt.Errorf("tlog: couldn't get a consistency proof from size %d: %w", last.Size, err)
+		res := Advanced{Checkpoint: cp}
+		if ok {
+			l := last
+			res.Previous = &l
+			if err := v.checkAgainst(ctx, last, cp, src, opts.Older); err != nil {
+				return Advanced{}, err
+			}
+			if cp.Size <= last.Size {
+				return res, nil
 			}
 		}
-		if err := CheckConsistency(last, cp, p); err != nil {
-			return nil, err
+		if opts.DryRun {
+			return res, nil
 		}
-		if cp.Size == last.Size {
-			return nil, nil
+		// Store cp unless the stored checkpoint moved since it was read.
+		err = v.store.Update(v.origin, func(old []byte) ([]byte, error) {
+			moved := old != nil
+			if ok {
+				moved = !bytes.Equal(old, last.Note)
+			}
+			if moved {
+				return nil, errStoreMoved
+			}
+			return cp.Note, nil
+		})
+		if errors.Is(err, errStoreMoved) {
+			continue
 		}
-		return cp.Note, nil
-	})
-	if err != nil {
-		return SignedCheckpoint{}, err
+		if err != nil {
+			return Advanced{}, err
+		}
+		res.Stored = true
+		return res, nil
 	}
-	return cp, nil
+	return Advanced{}, fmt.Errorf("tlog: the stored checkpoint of %s kept changing while a consistency proof was fetched (%d attempts)", v.origin, maxAdvanceAttempts)
+}
+
+// checkAgainst checks cp against the stored checkpoint last, fetching a
+// proof from src when the sizes differ.
+func (v *Verifier) checkAgainst(ctx context.Context, last, cp SignedCheckpoint, src ProofSource, older bool) error {
+	old, newer := last, cp
+	if cp.Size < last.Size {
+		if !older {
+			return CheckConsistency(last, cp, nil) // a rollback
+		}
+		old, newer = cp, last
+	}
+	var p []Hash
+	if old.Size > 0 && old.Size < newer.Size {
+		if src == nil {
+			return fmt.Errorf("tlog: a consistency proof from size %d to %d is needed and there is no proof source", old.Size, newer.Size)
+		}
+		var err error
+		if p, err = src.ConsistencyProof(ctx, old.Size, newer.Size); err != nil {
+			return fmt.Errorf("tlog: couldn't get a consistency proof from size %d to %d: %w", old.Size, newer.Size, err)
+		}
+	}
+	return CheckConsistency(old, newer, p)
+}
+
+// Update is Advance of the latest checkpoint msg with a consistency proof
+// already in hand, from the stored checkpoint's size to msg's (ignored
+// when nothing is stored). It returns msg, verified.
+func (v *Verifier) Update(msg []byte, consistency []Hash) (SignedCheckpoint, error) {
+	src := ProofFunc(func(context.Context, uint64, uint64) ([]Hash, error) { return consistency, nil })
+	res, err := v.Advance(context.Background(), msg, src, AdvanceOptions{})
+	return res.Checkpoint, err
 }
 
 // CheckConsistency checks that the tree of newer extends the tree of old,

@@ -2,8 +2,12 @@
 // workers, owners and auditors: the JSON request and response bodies of every
 // HTTP endpoint, the error body and its stable codes, the evidence binding
 // strings whose SHA-512 goes into REPORT_DATA, the HPKE sealing used for key
-// uploads and key releases, and the signed statements that authorize key
-// uploads and deletions.
+// uploads and key releases, the signed statements that authorize key
+// uploads and deletions, and the two file formats that carry keys to the
+// applications that use them: key files (KeyFile, a PEM block with the key
+// id and version) and encrypted prompts and replies (SealPrompt,
+// OpenPrompt: an authenticated text header naming the key, then
+// AES-256-GCM).
 //
 // The package holds no state and does no I/O. Both sides of the protocol use
 // it: kbsd to decode requests and build answers, kbs/client and kbsctl to

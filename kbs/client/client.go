@@ -24,9 +24,12 @@
 // present that key. A pin can be restored from an earlier verification
 // (Config.TLSPin).
 //
-// The plain API methods (Manifest, Keys, ...) return what the broker sent,
-// decoded and size-limited but otherwise unverified; the Verify* methods
-// and VerifyBroker say what they check.
+// The plain API methods (Manifest, ManifestHistory, Keys, ...) return what
+// the broker sent, decoded and size-limited but otherwise unverified;
+// VerifyBroker, ManifestChain (the manifest history as one signed chain,
+// each version's log entry proven included), Entry, SyncLog and the Verify*
+// methods say what they check. Stored checkpoints move only through
+// tlog.Verifier.Advance, for which a Client is a proof source.
 package client
 
 import (
@@ -389,6 +392,8 @@ func (c *Client) InclusionProof(ctx context.Context, index, size uint64) ([]tlog
 }
 
 // ConsistencyProof fetches the consistency proof between two tree sizes.
+// A Client is thus a tlog.ProofSource for tlog.Verifier.Advance, which
+// checks every proof it gets.
 func (c *Client) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]tlog.Hash, error) {
 	if oldSize == 0 || oldSize == newSize {
 		return []tlog.Hash{}, nil

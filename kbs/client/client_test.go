@@ -50,10 +50,12 @@ func (f verifierFunc) Verify(ctx context.Context, ev attest.Evidence, rd [attest
 }
 
 // tamperProxy serves on a unix socket and forwards to the broker's socket,
-// rewriting attestation answers with mutate (when set).
+// rewriting attestation answers with mutate and manifest history answers
+// with mutateHistory (when set).
 type tamperProxy struct {
-	mu     sync.Mutex
-	mutate func(*api.Attestation)
+	mu            sync.Mutex
+	mutate        func(*api.Attestation)
+	mutateHistory func(*api.ManifestHistory)
 }
 
 func startProxy(t *testing.T, upstream string) (string, *tamperProxy) {
@@ -87,21 +89,41 @@ func (p *tamperProxy) handler(upstream string) http.Handler {
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
 		p.mu.Lock()
-		mutate := p.mutate
+		mutate, mutateHistory := p.mutate, p.mutateHistory
 		p.mu.Unlock()
-		if r.URL.Path == api.PathAttestation && resp.StatusCode == http.StatusOK && mutate != nil {
-			var a api.Attestation
-			if err := json.Unmarshal(body, &a); err != nil {
+		if resp.StatusCode == http.StatusOK {
+			var err error
+			switch {
+			case r.URL.Path == api.PathManifestHistory && mutateHistory != nil:
+				body, err = rewrite(body, mutateHistory)
+			case r.URL.Path == api.PathAttestation && mutate != nil:
+				body, err = rewrite(body, mutate)
+			}
+			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadGateway)
 				return
 			}
-			mutate(&a)
-			body, _ = json.Marshal(&a)
 		}
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
 		w.WriteHeader(resp.StatusCode)
 		w.Write(body)
 	})
+}
+
+// rewrite decodes a JSON answer as a T, applies mutate and encodes it again.
+func rewrite[T any](body []byte, mutate func(*T)) ([]byte, error) {
+	var v T
+	if err := json.Unmarshal(body, &v); err != nil {
+		return nil, err
+	}
+	mutate(&v)
+	return json.Marshal(&v)
+}
+
+func (p *tamperProxy) setHistory(f func(*api.ManifestHistory)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mutateHistory = f
 }
 
 func (p *tamperProxy) set(f func(*api.Attestation)) {
@@ -133,21 +155,31 @@ func (s *storeWith) get(origin string) []byte {
 	return s.notes[origin]
 }
 
-// TestVerifyBrokerTampered checks that every field of the attestation answer
-// is verified: a proxy changes one at a time, VerifyBroker fails with a
-// verification error, and the stored checkpoint does not move.
-func TestVerifyBrokerTampered(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "kbs")
-	sock := startKbsd(t, data)
-	addr, proxy := startProxy(t, sock)
+// startTampered starts kbsd --dev in a fresh data directory behind a
+// tampering proxy, and returns the directory, the broker's socket, the
+// proxy's address, the proxy, an offline verifier trusting the broker's
+// sim root, and the broker's version 1 manifest.
+func startTampered(t *testing.T) (data, sock, addr string, proxy *tamperProxy, v attest.Verifier, mine *manifest.Manifest) {
+	t.Helper()
+	data = filepath.Join(t.TempDir(), "kbs")
+	sock = startKbsd(t, data)
+	addr, proxy = startProxy(t, sock)
 	v, err := verify.New(verify.Options{SimRootFile: sim.RootFile(filepath.Join(data, "sim")), Offline: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mine, err := manifest.Parse(mustRead(t, filepath.Join(data, "manifest.json")))
+	mine, err = manifest.Parse(mustRead(t, filepath.Join(data, "manifest.json")))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return data, sock, addr, proxy, v, mine
+}
+
+// TestVerifyBrokerTampered checks that every field of the attestation answer
+// is verified: a proxy changes one at a time, VerifyBroker fails with a
+// verification error, and the stored checkpoint does not move.
+func TestVerifyBrokerTampered(t *testing.T) {
+	data, sock, addr, proxy, v, mine := startTampered(t)
 	ctx := context.Background()
 
 	// Baseline: verify, then grow the log with an upload so that later
@@ -177,15 +209,7 @@ func TestVerifyBrokerTampered(t *testing.T) {
 	origin := b.Origin
 	store.notes[origin] = baseline
 
-	otherManifest := func() []byte {
-		d := mine.Document()
-		d.Version, d.Previous = 2, mine.Hash()
-		body, err := manifest.Encode(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return body
-	}()
+	otherManifest := nextVersion(t, mine, nil)
 
 	for _, tc := range []struct {
 		name   string
@@ -311,6 +335,136 @@ func TestVerifyBrokerTampered(t *testing.T) {
 	if len(rel.Keys) != 1 || !bytes.Equal(rel.Keys[0].Material, bytes.Repeat([]byte{1}, 32)) || rel.Class != "demo-worker" {
 		t.Fatalf("FetchKeys = %+v", rel)
 	}
+}
+
+// TestManifestChain checks the one client method that fetches and
+// verifies the manifest history: a chain signed version by version and
+// logged, and a proxy that tampers with the history, one field at a time,
+// is refused with a verification error.
+func TestManifestChain(t *testing.T) {
+	data, _, addr, proxy, v, v1 := startTampered(t)
+	owner, err := readKey(t, filepath.Join(data, "owner.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := client.New(client.Config{Addr: addr, Verifier: v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Versions 2 and 3, signed by the dev owner.
+	prev := v1
+	for range 2 {
+		body := nextVersion(t, prev, nil)
+		sig, err := manifest.Sign(owner, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.PutManifest(ctx, body, []string{sig}); err != nil {
+			t.Fatal(err)
+		}
+		if prev, err = manifest.Parse(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v3 := prev
+	b, err := c.VerifyBroker(ctx, v1, client.VerifyOptions{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Followed) != 2 || b.Followed[1].Manifest.Hash() != v3.Hash() || len(b.Followed[0].Signers) != 1 || len(b.Followed[0].Changes) == 0 {
+		t.Fatalf("VerifyBroker(follow) followed %+v", b.Followed)
+	}
+	cp := b.Checkpoint
+
+	all, err := c.ManifestChain(ctx, cp, nil, 0)
+	if err != nil || len(all) != 3 || all[0].Manifest.Hash() != v1.Hash() || all[2].Manifest.Hash() != v3.Hash() {
+		t.Fatalf("ManifestChain(all) = %v, %v", all, err)
+	}
+	for i, lv := range all {
+		if i > 0 && lv.LogIndex <= all[i-1].LogIndex {
+			t.Errorf("version %d at log index %d, after %d", i+1, lv.LogIndex, all[i-1].LogIndex)
+		}
+	}
+	part, err := c.ManifestChain(ctx, cp, all[1].Manifest, 2)
+	if err != nil || len(part) != 1 || part[0].Manifest.Version() != 2 {
+		t.Fatalf("ManifestChain(2..2) = %v, %v", part, err)
+	}
+
+	otherV2 := nextVersion(t, v1, func(d *manifest.Document) { d.Owners.Threshold, d.Clients = 1, d.Clients[:0] })
+	for _, tc := range []struct {
+		name   string
+		anchor *manifest.Manifest
+		mutate func(*api.ManifestHistory)
+		want   string
+	}{
+		{"signature dropped", nil, func(h *api.ManifestHistory) { h.Manifests[2].Signatures = nil }, "too few owner signatures"},
+		{"signature of another version", nil, func(h *api.ManifestHistory) { h.Manifests[2].Signatures = h.Manifests[1].Signatures }, "signature verifies under no owner key"},
+		{"version replaced, resigned by nobody", nil, func(h *api.ManifestHistory) {
+			h.Manifests[1].Body, h.Manifests[1].Hash = otherV2, manifest.HashOf(otherV2)
+		}, "version 2"},
+		{"hash field", nil, func(h *api.ManifestHistory) { h.Manifests[0].Hash = "sha256:" + strings.Repeat("0", 64) }, "hashes to"},
+		{"log index of another version", nil, func(h *api.ManifestHistory) { h.Manifests[2].LogIndex = h.Manifests[1].LogIndex }, "not version 3"},
+		{"version missing", nil, func(h *api.ManifestHistory) { h.Manifests = h.Manifests[:1] }, "missing from the broker's history"},
+		{"versions out of order", nil, func(h *api.ManifestHistory) { h.Manifests[1], h.Manifests[2] = h.Manifests[2], h.Manifests[1] }, "want version 2"},
+		{"empty history", nil, func(h *api.ManifestHistory) { h.Manifests = nil }, "no manifest history"},
+		{"anchor not in the history", mustParseBody(t, otherV2), nil, "not the trusted one"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy.setHistory(tc.mutate)
+			defer proxy.setHistory(nil)
+			to := uint64(0)
+			if tc.anchor == nil && tc.want == "missing from the broker's history" {
+				to = 3
+			}
+			_, err := c.ManifestChain(ctx, cp, tc.anchor, to)
+			var ve *client.VerifyError
+			if !errors.As(err, &ve) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("ManifestChain = %v, want a verification error about %q", err, tc.want)
+			}
+		})
+	}
+	// A client following through a tampered history is refused and
+	// stores nothing.
+	proxy.setHistory(func(h *api.ManifestHistory) { h.Manifests[1].Signatures = nil })
+	defer proxy.setHistory(nil)
+	store := &storeWith{notes: map[string][]byte{}}
+	cf, err := client.New(client.Config{Addr: addr, Verifier: v, Checkpoints: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ve *client.VerifyError
+	if _, err := cf.VerifyBroker(ctx, v1, client.VerifyOptions{Follow: true}); !errors.As(err, &ve) || ve.Step != "manifest chain" {
+		t.Fatalf("VerifyBroker(follow) through a tampered history = %v", err)
+	}
+	if len(store.notes) != 0 {
+		t.Fatal("a refused follow stored a checkpoint")
+	}
+}
+
+// nextVersion returns the bytes of the version after prev, changed by edit
+// (when not nil).
+func nextVersion(t *testing.T, prev *manifest.Manifest, edit func(*manifest.Document)) []byte {
+	t.Helper()
+	d := prev.Document()
+	d.Version, d.Previous = prev.Version()+1, prev.Hash()
+	if edit != nil {
+		edit(d)
+	}
+	body, err := manifest.Encode(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+func mustParseBody(t *testing.T, b []byte) *manifest.Manifest {
+	t.Helper()
+	m, err := manifest.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 func mustRead(t *testing.T, f string) []byte {

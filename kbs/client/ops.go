@@ -58,49 +58,29 @@ func VerifyReceiptOffline(receipt []byte, lv *tlog.Verifier) (*Receipt, error) {
 	return &Receipt{VerifiedReceipt: vr, Entry: e, Raw: receipt}, nil
 }
 
-// sync checks that cp and the stored checkpoint lie on one log, in either
-// order, and stores cp when it is newer.
+// sync checks that cp (a receipt's checkpoint) and the stored checkpoint
+// lie on one log, in either order (an older cp, say from an old receipt,
+// must be a prefix of the stored one), with proofs from the broker, and
+// stores cp when it is newer. A contradiction is a *tlog.ForkError.
 func (b *Broker) sync(ctx context.Context, cp tlog.SignedCheckpoint) error {
-	return b.c.SyncTo(ctx, b.log, cp)
-}
-
-// SyncTo checks that the verified checkpoint cp and the stored checkpoint
-// of lv's log lie on one log, in either order (an older cp, say from an
-// old receipt, must be a prefix of the stored one), fetching a consistency
-// proof from the broker, and stores cp when it is newer. A contradiction is
-// a *tlog.ForkError.
-func (c *Client) SyncTo(ctx context.Context, lv *tlog.Verifier, cp tlog.SignedCheckpoint) error {
-	last, ok, err := lv.Latest()
-	if err != nil {
-		return err
-	}
-	if ok && cp.Size < last.Size {
-		p, err := c.ConsistencyProof(ctx, cp.Size, last.Size)
-		if err != nil {
-			return err
-		}
-		return tlog.CheckConsistency(cp, last, p)
-	}
-	return c.advance(ctx, lv, cp, 0, nil, nil)
+	_, err := b.log.Advance(ctx, cp.Note, b.c, tlog.AdvanceOptions{Older: true})
+	return err
 }
 
 // SyncLog fetches the latest checkpoint of lv's log, verifies its
-// signature and its consistency with the stored checkpoint, and stores it.
-// It returns the new checkpoint and the one stored before (nil if none).
-func (c *Client) SyncLog(ctx context.Context, lv *tlog.Verifier) (tlog.SignedCheckpoint, *tlog.SignedCheckpoint, error) {
+// signature, and advances lv to it (tlog.Verifier.Advance) with
+// consistency proofs from the broker: the result holds the new checkpoint
+// and the one stored before. A rolled back or forked log is a
+// *tlog.ForkError.
+func (c *Client) SyncLog(ctx context.Context, lv *tlog.Verifier) (tlog.Advanced, error) {
 	raw, err := c.Checkpoint(ctx)
 	if err != nil {
-		return tlog.SignedCheckpoint{}, nil, err
+		return tlog.Advanced{}, err
 	}
-	cp, err := lv.VerifyCheckpoint(raw)
-	if err != nil {
-		return tlog.SignedCheckpoint{}, nil, &VerifyError{Step: "checkpoint", Err: err}
+	if _, err := lv.VerifyCheckpoint(raw); err != nil {
+		return tlog.Advanced{}, &VerifyError{Step: "checkpoint", Err: err}
 	}
-	var prev *tlog.SignedCheckpoint
-	if err := c.advance(ctx, lv, cp, 0, nil, &prev); err != nil {
-		return cp, prev, err
-	}
-	return cp, prev, nil
+	return lv.Advance(ctx, raw, c, tlog.AdvanceOptions{})
 }
 
 // NextVersion returns the version the next upload of id must carry: one

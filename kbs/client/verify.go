@@ -63,22 +63,22 @@ type Broker struct {
 	Manifest         *manifest.Manifest
 	ManifestLogIndex uint64
 	// Followed are the versions accepted through VerifyOptions.Follow,
-	// oldest first. Empty when the broker runs the caller's manifest.
-	Followed []FollowedVersion
+	// oldest first, after the caller's own. Empty when the broker runs the
+	// caller's manifest.
+	Followed []LoggedVersion
 
 	c   *Client
 	log *tlog.Verifier
 }
 
-// FollowedVersion is one manifest version accepted through its chain.
-type FollowedVersion struct {
-	Manifest *manifest.Manifest
-	// Signers are the fingerprints of the owners whose signatures admitted
-	// it.
-	Signers  []string
+// A LoggedVersion is a manifest version of a verified chain whose log
+// entry is included in a verified checkpoint.
+type LoggedVersion struct {
+	// Manifest, Signers (the owners whose signatures admitted it) and
+	// Changes (from the version before), as manifest.VerifyChain found.
+	manifest.Link
+	// LogIndex is the index of its manifest entry in the log.
 	LogIndex uint64
-	// Changes are the differences from the version before.
-	Changes []manifest.Change
 }
 
 // NewNonce returns a fresh 32-byte nonce.
@@ -205,10 +205,12 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 		return nil, verr("manifest", "the broker's active manifest is version %d (%s), not later than yours (version %d, %s): refusing a rollback or a divergent chain",
 			att.Manifest.Version, att.Manifest.Hash, mine.Version(), mine.Hash())
 	default:
-		if b.Followed, err = c.followChain(ctx, cp, mine, att.Manifest.Version); err != nil {
+		chain, err := c.ManifestChain(ctx, cp, mine, att.Manifest.Version)
+		if err != nil {
 			return nil, err
 		}
-		last := b.Followed[len(b.Followed)-1].Manifest
+		b.Followed = chain[1:]
+		last := chain[len(chain)-1].Manifest
 		if !bytes.Equal(last.Bytes(), body) {
 			return nil, verr("manifest chain", "version %d of the history (%s) is not the active manifest (%s)", last.Version(), last.Hash(), att.Manifest.Hash)
 		}
@@ -248,10 +250,22 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 		return nil, &VerifyError{Step: "service reference values (library validation)", Err: err}
 	}
 
-	// 7. Consistency with the last verified checkpoint, then store.
-	if err := c.advance(ctx, lv, cp, since, att.ConsistencyProof, &b.Previous); err != nil {
+	// 7. Consistency with the last verified checkpoint, then store: the
+	// proof the answer carries when it starts at the stored size, else
+	// one from the broker.
+	var src tlog.ProofSource = c
+	if since > 0 && att.ConsistencyProof != nil {
+		p, err := toHashes(att.ConsistencyProof)
+		if err != nil {
+			return nil, &VerifyError{Step: "consistency proof", Err: err}
+		}
+		src = tlog.KnownProof{OldSize: since, NewSize: cp.Size, Proof: p, Else: c}
+	}
+	res, err := lv.Advance(ctx, cp.Note, src, tlog.AdvanceOptions{})
+	if err != nil {
 		return nil, err
 	}
+	b.Previous = res.Previous
 	return b, nil
 }
 
@@ -280,86 +294,91 @@ func checkpointText(n []byte) []byte {
 	return n
 }
 
-// advance checks that cp is consistent with the stored checkpoint of lv's
-// log and stores cp when it is newer. proof is a consistency proof from
-// size since (as the attestation carried it); another proof is fetched
-// when the stored size differs. A stored checkpoint larger than cp is a
-// rollback (*tlog.ForkError).
-func (c *Client) advance(ctx context.Context, lv *tlog.Verifier, cp tlog.SignedCheckpoint, since uint64, rawProof [][]byte, prev **tlog.SignedCheckpoint) error {
-	last, ok, err := lv.Latest()
-	if err != nil {
-		return err
-	}
-	var proof []tlog.Hash
-	if ok {
-		if prev != nil {
-			l := last
-			*prev = &l
-		}
-		switch {
-		case last.Size > cp.Size:
-			// A rollback: CheckConsistency reports it with both checkpoints.
-		case last.Size == since && rawProof != nil:
-			if proof, err = toHashes(rawProof); err != nil {
-				return &VerifyError{Step: "consistency proof", Err: err}
-			}
-		default:
-			if proof, err = c.ConsistencyProof(ctx, last.Size, cp.Size); err != nil {
-				return err
-			}
-		}
-		if err := tlog.CheckConsistency(last, cp, proof); err != nil {
-			return err
-		}
-	}
-	_, err = lv.Update(cp.Note, proof)
-	return err
-}
-
-// followChain verifies the versions after mine up to version to: each in
-// the broker's history, signed by the owners of the version before, and
-// included in the log of the verified checkpoint cp.
-func (c *Client) followChain(ctx context.Context, cp tlog.SignedCheckpoint, mine *manifest.Manifest, to uint64) ([]FollowedVersion, error) {
+// ManifestChain fetches the broker's manifest history and verifies it as
+// one chain (manifest.VerifyChain) from anchor up to version to, and checks
+// that the log entry of every version in it is included in the verified
+// checkpoint cp and records exactly that version (an inclusion proof from
+// the broker and the entry from its bundle, both checked against cp's
+// root). It returns the versions from anchor to to, oldest first.
+//
+// anchor is the version the caller trusts: its own copy of the manifest,
+// which the history must hold byte for byte at its version. A nil anchor
+// starts at version 1, accepted as the broker's operator configured it
+// (with its own owners' signatures checked when it carries any): use it to
+// list a history, not to decide what to trust. to is the last version to
+// verify; 0 means the latest.
+//
+// Failures of verification are *VerifyError (step "manifest chain");
+// failures to reach the broker are *TransportError or *api.Error.
+func (c *Client) ManifestChain(ctx context.Context, cp tlog.SignedCheckpoint, anchor *manifest.Manifest, to uint64) ([]LoggedVersion, error) {
 	hist, err := c.ManifestHistory(ctx)
 	if err != nil {
 		return nil, err
 	}
-	byVersion := map[uint64]api.Manifest{}
-	for _, h := range hist.Manifests {
-		byVersion[h.Version] = h
+	h := hist.Manifests
+	if len(h) == 0 {
+		return nil, verr("manifest chain", "the broker has no manifest history")
 	}
-	if h, ok := byVersion[mine.Version()]; !ok || h.Hash != mine.Hash() {
-		return nil, verr("manifest chain", "your manifest (version %d, %s) is not in the broker's history", mine.Version(), mine.Hash())
+	for i, v := range h {
+		if v.Version != uint64(i+1) {
+			return nil, verr("manifest chain", "history entry %d is version %d, want version %d", i, v.Version, i+1)
+		}
+		if hh := manifest.HashOf(v.Body); v.Hash != hh {
+			return nil, verr("manifest chain", "history version %d says hash %s, its body hashes to %s", v.Version, v.Hash, hh)
+		}
 	}
-	var out []FollowedVersion
-	prev := mine
-	for v := mine.Version() + 1; v <= to; v++ {
-		h, ok := byVersion[v]
-		if !ok {
-			return nil, verr("manifest chain", "version %d is missing from the broker's history", v)
-		}
-		next, err := manifest.Parse(h.Body)
-		if err != nil {
-			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d: %w", v, err)}
-		}
-		if next.Version() != v {
-			return nil, verr("manifest chain", "history entry %d holds version %d", v, next.Version())
-		}
-		signers, err := manifest.Verify(prev, next, h.Signatures)
-		if err != nil {
-			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d: %w", v, err)}
-		}
-		raw, err := c.Entry(ctx, cp, h.LogIndex)
-		if err != nil {
+	from, latest := uint64(1), uint64(len(h))
+	if anchor != nil {
+		from = anchor.Version()
+	}
+	if to == 0 {
+		to = latest
+	}
+	switch {
+	case from > latest:
+		return nil, verr("manifest chain", "your manifest (version %d, %s) is not in the broker's history, which ends at version %d", from, anchor.Hash(), latest)
+	case to > latest:
+		return nil, verr("manifest chain", "version %d is missing from the broker's history, which ends at version %d", latest+1, latest)
+	case to < from:
+		return nil, fmt.Errorf("client: ManifestChain from version %d to version %d", from, to)
+	}
+	sel := h[from-1 : to]
+	vs := make([]manifest.SignedVersion, len(sel))
+	for i, v := range sel {
+		vs[i] = manifest.SignedVersion{Body: v.Body, Signatures: v.Signatures}
+	}
+	chain, err := manifest.VerifyChain(anchor, vs)
+	if err != nil {
+		return nil, &VerifyError{Step: "manifest chain", Err: err}
+	}
+	out := make([]LoggedVersion, len(sel))
+	for i, l := range chain.Links() {
+		idx := sel[i].LogIndex
+		if err := c.CheckManifestLogged(ctx, cp, idx, l.Manifest); err != nil {
+			var ve *VerifyError
+			if errors.As(err, &ve) {
+				ve.Step = "manifest chain"
+			}
 			return nil, err
 		}
-		if err := CheckManifestEntry(raw, next); err != nil {
-			return nil, &VerifyError{Step: "manifest chain", Err: fmt.Errorf("version %d at log index %d: %w", v, h.LogIndex, err)}
-		}
-		out = append(out, FollowedVersion{Manifest: next, Signers: signers, LogIndex: h.LogIndex, Changes: manifest.Diff(prev, next)})
-		prev = next
+		out[i] = LoggedVersion{Link: l, LogIndex: idx}
 	}
 	return out, nil
+}
+
+// CheckManifestLogged checks that the log entry at index is included in
+// the verified checkpoint cp (Entry: an inclusion proof from the broker
+// checked against cp's root) and records exactly manifest m. A mismatch
+// is a *VerifyError (step "manifest entry").
+func (c *Client) CheckManifestLogged(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, m *manifest.Manifest) error {
+	raw, err := c.Entry(ctx, cp, index)
+	if err != nil {
+		return err
+	}
+	if err := CheckManifestEntry(raw, m); err != nil {
+		return &VerifyError{Step: "manifest entry", Err: fmt.Errorf("version %d at log index %d: %w", m.Version(), index, err)}
+	}
+	return nil
 }
 
 // CheckManifestEntry checks that raw is the log entry recording m.

@@ -2,166 +2,32 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/kbs-dev/kbs/kbs/api"
-	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/kbs/audit"
+	"github.com/kbs-dev/kbs/kbs/audit/audittest"
 	"github.com/kbs-dev/kbs/tlog"
-	"github.com/kbs-dev/kbs/tlog/boltlog"
 )
-
-// testLog is an embedded boltlog served over a unix socket with the C2SP
-// tiles and a manifest history, as kbsd serves them.
-type testLog struct {
-	addr, vkey string
-	log        *boltlog.Log
-	manifest   *manifest.Manifest
-	history    []api.Manifest
-	mu         sync.Mutex
-}
-
-// newTestLog starts an empty log whose manifest is the snp.json fixture
-// (client "acme" writes "acme/*", released to class "gpu-worker").
-func newTestLog(tb testing.TB) *testLog {
-	tb.Helper()
-	dir := tb.TempDir()
-	body, err := os.ReadFile(filepath.Join("..", "..", "testdata", "manifest", "valid", "snp.json"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	m, err := manifest.Parse(body)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	s, v, vkey, err := tlog.NewEd25519NoteKeys("kbs/bench", priv)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cs, err := tlog.NewCheckpointSigner("kbs/bench", s, v)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	db, err := bbolt.Open(filepath.Join(dir, "log.db"), 0o600, nil)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { db.Close() })
-	l, err := boltlog.New(db, boltlog.Config{Signer: cs})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { l.Close() })
-	tl := &testLog{vkey: vkey, log: l, manifest: m}
-	mux := http.NewServeMux()
-	mux.Handle("/log/", tlog.NewHandler(l))
-	mux.HandleFunc("GET "+api.PathManifestHistory, func(w http.ResponseWriter, r *http.Request) {
-		tl.mu.Lock()
-		defer tl.mu.Unlock()
-		json.NewEncoder(w).Encode(api.ManifestHistory{Manifests: tl.history})
-	})
-	sock := filepath.Join(dir, "log.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	tb.Cleanup(func() { srv.Close() })
-	tl.addr = "unix://" + sock
-	return tl
-}
-
-var testTime = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-
-func (tl *testLog) append(tb testing.TB, e *tlog.Entry) uint64 {
-	tb.Helper()
-	if e.Time.IsZero() {
-		e.Time = testTime
-	}
-	raw, err := tlog.EncodeEntry(e)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	idx, _, err := tl.log.Append(context.Background(), raw)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return idx
-}
-
-// appendManifest logs version 1 (the fixture) and lists it in the history.
-func (tl *testLog) appendManifest(tb testing.TB) {
-	m := tl.manifest
-	idx := tl.append(tb, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{
-		Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signers: m.OwnerFingerprints()[:m.Threshold()]}})
-	tl.mu.Lock()
-	tl.history = append(tl.history, api.Manifest{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx})
-	tl.mu.Unlock()
-}
-
-func (tl *testLog) release(id string, version uint64, class string) *tlog.Entry {
-	digest := "sha256:" + strings.Repeat("ab", 32)
-	return &tlog.Entry{Type: tlog.TypeRelease, Time: testTime, Release: &tlog.ReleaseEntry{
-		Keys: []tlog.KeyRef{{ID: id, Version: version}}, WorkerClass: class, Platform: "snp",
-		Measurement: strings.Repeat("cd", 48), ChipID: strings.Repeat("ef", 64), TCB: "reported_tcb=d516000000000004",
-		EvidenceDigest: digest, WorkerKeyDigest: digest, ManifestHash: tl.manifest.Hash()}}
-}
-
-// benchLog builds a log of about n entries (a manifest, an upload, then
-// releases appended by 64 writers) and returns it with its size.
-func benchLog(b *testing.B, n int) (*testLog, int) {
-	b.Helper()
-	tl := newTestLog(b)
-	tl.appendManifest(b)
-	tl.append(b, &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
-	rel, err := tlog.EncodeEntry(tl.release("acme/model", 1, "gpu-worker"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	per := (n - 2 + 63) / 64
-	for w := 0; w < 64; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < per; i++ {
-				if _, _, err := tl.log.Append(context.Background(), rel); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return tl, 2 + 64*per
-}
 
 // BenchmarkAudit measures 'kbsctl audit' end to end on a log of 100k
 // entries served over a unix socket: every tile and bundle fetched and
 // verified against the checkpoint, every entry decoded and replayed.
 func BenchmarkAudit(b *testing.B) {
 	const n = 100_000
-	tl, size := benchLog(b, n)
-	addr, vkey := tl.addr, tl.vkey
+	tl := audittest.NewBench(b, n)
+	size := n + 2
+	addr, vkey := tl.Addr, tl.NoteKey
 	var entries uint64
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := audittest.CPUTime()
 	for i := 0; i < b.N; i++ {
 		state := b.TempDir()
 		code := run(context.Background(), []string{"--addr", addr, "--state", state, "audit", "--note-key", vkey},
@@ -180,13 +46,7 @@ func BenchmarkAudit(b *testing.B) {
 	b.ReportMetric(float64(entries)/b.Elapsed().Seconds(), "entries/s")
 	// CPU time per entry (client and server together) does not depend on
 	// what else the machine runs, wall time does.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64((audittest.CPUTime()-cpu0).Microseconds())/float64(entries), "cpu-µs/entry")
 }
 
 // TestAuditAnomalies builds logs that tell an inconsistent story, each
@@ -198,109 +58,113 @@ func TestAuditAnomalies(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name  string
-		build func(t *testing.T, tl *testLog)
+		build func(t *testing.T, tl *audittest.Log)
 		want  string
 	}{
-		{"clean", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
-			tl.append(t, upload("acme/model", 2, "acme"))
-			tl.append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 2, Client: "acme"}})
+		{"clean", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
+			tl.Append(t, upload("acme/model", 2, "acme"))
+			tl.Append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 2, Client: "acme"}})
 		}, ""},
-		{"unsigned version 1", func(t *testing.T, tl *testLog) {
-			m := tl.manifest
-			idx := tl.append(t, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{Version: 1, Hash: m.Hash(), Body: m.Bytes()}})
-			tl.history = []api.Manifest{{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx}}
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		{"unsigned version 1", func(t *testing.T, tl *audittest.Log) {
+			m := tl.Manifest
+			idx := tl.Append(t, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{Version: 1, Hash: m.Hash(), Body: m.Bytes()}})
+			tl.EditHistory(func(h *[]api.Manifest) {
+				*h = []api.Manifest{{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx}}
+			})
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
 		}, ""},
-		{"release of a key never uploaded", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		{"release of a key never uploaded", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
 		}, "latest live version is 0"},
-		{"release of a deleted key", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
-			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		{"release of a deleted key", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
+			tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
 		}, "latest live version is 1"},
-		{"release to a class the policy does not allow", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, tl.release("acme/model", 1, "cpu-worker"))
+		{"release to a class the policy does not allow", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, tl.Release("acme/model", 1, "cpu-worker"))
 		}, `does not release acme/model to class "cpu-worker"`},
-		{"release under another manifest", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			e := tl.release("acme/model", 1, "gpu-worker")
+		{"release under another manifest", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			e := tl.Release("acme/model", 1, "gpu-worker")
 			e.Release.ManifestHash = "sha256:" + strings.Repeat("0", 64)
-			tl.append(t, e)
+			tl.Append(t, e)
 		}, "release under manifest sha256:0000"},
-		{"release before any manifest", func(t *testing.T, tl *testLog) {
-			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
+		{"release before any manifest", func(t *testing.T, tl *audittest.Log) {
+			tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
 		}, "release before any manifest"},
-		{"upload by a client the manifest does not allow", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "mallory"))
+		{"upload by a client the manifest does not allow", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "mallory"))
 		}, `client "mallory" may not write acme/model`},
-		{"upload skipping a version", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 2, "acme"))
+		{"upload skipping a version", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 2, "acme"))
 		}, "want version 1"},
-		{"one version uploaded by two clients", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, upload("acme/model", 1, "mallory"))
+		{"one version uploaded by two clients", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, upload("acme/model", 1, "mallory"))
 		}, `upload of acme/model version 1 by client "mallory", but entry 1 uploaded that version by client "acme"`},
-		{"upload of a deleted version", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
-			tl.append(t, upload("acme/model", 1, "acme"))
+		{"upload of a deleted version", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, &tlog.Entry{Type: tlog.TypeKeyDelete, KeyDelete: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}})
+			tl.Append(t, upload("acme/model", 1, "acme"))
 		}, "upload of acme/model version 1 after that version was deleted"},
-		{"repeated upload after a release", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
-			tl.append(t, upload("acme/model", 1, "acme"))
+		{"repeated upload after a release", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
+			tl.Append(t, upload("acme/model", 1, "acme"))
 		}, "upload of acme/model version 1 repeats entry 1 after that version was released"},
-		{"upload of an older version", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.append(t, upload("acme/model", 1, "acme"))
-			tl.append(t, upload("acme/model", 2, "acme"))
-			tl.append(t, upload("acme/model", 1, "acme"))
+		{"upload of an older version", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.Append(t, upload("acme/model", 1, "acme"))
+			tl.Append(t, upload("acme/model", 2, "acme"))
+			tl.Append(t, upload("acme/model", 1, "acme"))
 		}, "upload of acme/model version 1, want version 3"},
-		{"manifest admitted by a non-owner", func(t *testing.T, tl *testLog) {
-			m := tl.manifest
-			idx := tl.append(t, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{
+		{"manifest admitted by a non-owner", func(t *testing.T, tl *audittest.Log) {
+			m := tl.Manifest
+			idx := tl.Append(t, &tlog.Entry{Type: tlog.TypeManifest, Manifest: &tlog.ManifestEntry{
 				Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signers: []string{"sha256:" + strings.Repeat("1", 64)}}})
-			tl.history = []api.Manifest{{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx}}
+			tl.EditHistory(func(h *[]api.Manifest) {
+				*h = []api.Manifest{{Version: 1, Hash: m.Hash(), Body: m.Bytes(), Signatures: []string{}, LogIndex: idx}}
+			})
 		}, "is not an owner of version 1"},
-		{"history disagrees with the log", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.history[0].LogIndex = 7
+		{"history disagrees with the log", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.EditHistory(func(h *[]api.Manifest) { (*h)[0].LogIndex = 7 })
 		}, "the log has"},
-		{"history missing a version", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			tl.history = nil
+		{"history missing a version", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			tl.EditHistory(func(h *[]api.Manifest) { *h = nil })
 		}, "history has 0 manifest versions, the log 1"},
-		{"malformed entry", func(t *testing.T, tl *testLog) {
-			tl.appendManifest(t)
-			if _, _, err := tl.log.Append(context.Background(), []byte(`{"type":"release"}`)); err != nil {
+		{"malformed entry", func(t *testing.T, tl *audittest.Log) {
+			tl.AppendManifest(t)
+			if _, _, err := tl.Backend.Append(context.Background(), []byte(`{"type":"release"}`)); err != nil {
 				t.Fatal(err)
 			}
 		}, "malformed entry"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tl := newTestLog(t)
+			tl := audittest.New(t)
 			tc.build(t, tl)
 			state := t.TempDir()
 			want := 0
 			if tc.want != "" {
 				want = 1
 			}
-			out, errOut := ctl(t, want, "--addr", tl.addr, "--state", state, "audit", "--note-key", tl.vkey)
+			out, errOut := ctl(t, want, "--addr", tl.Addr, "--state", state, "audit", "--note-key", tl.NoteKey)
 			stored, _ := os.ReadFile(filepath.Join(state, "checkpoints", "checkpoint-kbs%2Fbench"))
 			if tc.want == "" {
 				contains(t, out, "audit OK")
@@ -322,26 +186,26 @@ func TestAuditAnomalies(t *testing.T) {
 // failed ambiguously and the client retried the same version) is one
 // logical upload: a warning, exit 0, the checkpoint stored.
 func TestAuditRepeatedUpload(t *testing.T) {
-	tl := newTestLog(t)
-	tl.appendManifest(t)
+	tl := audittest.New(t)
+	tl.AppendManifest(t)
 	up := &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: 1, Client: "acme"}}
-	tl.append(t, up)
-	tl.append(t, up)
-	tl.append(t, tl.release("acme/model", 1, "gpu-worker"))
-	tl.append(t, &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: 2, Client: "acme"}})
+	tl.Append(t, up)
+	tl.Append(t, up)
+	tl.Append(t, tl.Release("acme/model", 1, "gpu-worker"))
+	tl.Append(t, &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: 2, Client: "acme"}})
 	state := t.TempDir()
-	out, _ := ctl(t, 0, "--addr", tl.addr, "--state", state, "audit", "--note-key", tl.vkey)
+	out, _ := ctl(t, 0, "--addr", tl.Addr, "--state", state, "audit", "--note-key", tl.NoteKey)
 	contains(t, out, "WARNINGS (not inconsistencies)")
 	contains(t, out, `entry 2: upload of acme/model version 1 by client "acme" repeats entry 1: one upload logged twice`)
 	contains(t, out, "upload-repeat")
-	csv, _ := ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "audit", "--csv", "--note-key", tl.vkey)
+	csv, _ := ctl(t, 0, "--addr", tl.Addr, "--state", t.TempDir(), "audit", "--csv", "--note-key", tl.NoteKey)
 	contains(t, csv, "\n2,2026-01-01T00:00:00Z,key-upload-repeat,acme/model,1,acme,")
 	contains(t, out, "audit OK: every entry verified, no inconsistencies (1 warnings above); checkpoint stored")
 	if stored, _ := os.ReadFile(filepath.Join(state, "checkpoints", "checkpoint-kbs%2Fbench")); len(stored) == 0 {
 		t.Fatal("an audit with only warnings stored no checkpoint")
 	}
 
-	out, _ = ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "--json", "audit", "--note-key", tl.vkey)
+	out, _ = ctl(t, 0, "--addr", tl.Addr, "--state", t.TempDir(), "--json", "audit", "--note-key", tl.NoteKey)
 	var r struct {
 		Warnings  []string
 		Anomalies []string
@@ -368,9 +232,9 @@ func TestAuditRepeatedUpload(t *testing.T) {
 // TestAppendReleaseRow checks the hand-written table row against the
 // fmt format it replaces.
 func TestAppendReleaseRow(t *testing.T) {
-	for _, x := range []auditRelease{
-		{Index: 7, Time: testTime, ID: "acme/model", Version: 3, WorkerClass: "gpu-worker", Platform: "snp", Measurement: strings.Repeat("ab", 48), ManifestVersion: 2},
-		{Index: 123456789012, Time: testTime.Add(1500 * time.Millisecond), ID: strings.Repeat("long/", 10), Version: 1<<64 - 1, WorkerClass: "é-class", Platform: "tdx", Simulated: true, Measurement: "short", ManifestVersion: 10},
+	for _, x := range []audit.Release{
+		{Index: 7, Time: audittest.Time, ID: "acme/model", Version: 3, WorkerClass: "gpu-worker", Platform: "snp", Measurement: strings.Repeat("ab", 48), ManifestVersion: 2},
+		{Index: 123456789012, Time: audittest.Time.Add(1500 * time.Millisecond), ID: strings.Repeat("long/", 10), Version: 1<<64 - 1, WorkerClass: "é-class", Platform: "tdx", Simulated: true, Measurement: "short", ManifestVersion: 10},
 		{},
 	} {
 		pl := x.Platform
@@ -389,39 +253,26 @@ func TestAppendReleaseRow(t *testing.T) {
 // version 2 (after which releasing version 1 would be an anomaly), then
 // releases of version 2.
 func TestAuditManyChunks(t *testing.T) {
-	tl := newTestLog(t)
-	tl.appendManifest(t)
+	tl := audittest.New(t)
+	tl.AppendManifest(t)
 	up := func(v uint64) *tlog.Entry {
 		return &tlog.Entry{Type: tlog.TypeKeyUpload, KeyUpload: &tlog.KeyEntry{ID: "acme/model", Version: v, Client: "acme"}}
 	}
 	releases := func(v uint64, n int) {
-		raw, err := tlog.EncodeEntry(tl.release("acme/model", v, "gpu-worker"))
+		raw, err := tlog.EncodeEntry(tl.Release("acme/model", v, "gpu-worker"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var wg sync.WaitGroup
-		for w := 0; w < 16; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < n; i += 16 {
-					if _, _, err := tl.log.Append(context.Background(), raw); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		tl.AppendMany(t, raw, n)
 	}
-	tl.append(t, up(1))
+	tl.Append(t, up(1))
 	releases(1, 1500)
-	tl.append(t, up(2))
+	tl.Append(t, up(2))
 	releases(2, 1500)
-	out, _ := ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "audit", "--note-key", tl.vkey)
+	out, _ := ctl(t, 0, "--addr", tl.Addr, "--state", t.TempDir(), "audit", "--note-key", tl.NoteKey)
 	contains(t, out, "0 identity, 1 manifest, 2 key-upload, 0 key-delete, 3000 release")
 	contains(t, out, "audit OK")
-	csv, _ := ctl(t, 0, "--addr", tl.addr, "--state", t.TempDir(), "audit", "--csv", "--note-key", tl.vkey)
+	csv, _ := ctl(t, 0, "--addr", tl.Addr, "--state", t.TempDir(), "audit", "--csv", "--note-key", tl.NoteKey)
 	if n := strings.Count(csv, "\n"); n != 1+1+2+3000 {
 		t.Errorf("audit --csv printed %d lines, want %d", n, 1+1+2+3000)
 	}

@@ -77,8 +77,8 @@ AES-256 key and writes it as a key file (mode 0600) to --out.`)
 		if err != nil {
 			return err
 		}
-		if strings.Contains(string(raw), "-----BEGIN "+keyPEMType) {
-			kf, err := parseKeyFile(raw)
+		if strings.Contains(string(raw), "-----BEGIN "+api.KeyFilePEMType) {
+			kf, err := api.ParseKeyFile(raw)
 			if err != nil {
 				return fmt.Errorf("%s: %w", *file, err)
 			}
@@ -110,7 +110,7 @@ AES-256 key and writes it as a key file (mode 0600) to --out.`)
 		if err != nil {
 			return err
 		}
-		_, werr := f.Write(marshalKeyFile(&keyFile{ID: *id, Version: version, Material: material}))
+		_, werr := f.Write((&api.KeyFile{ID: *id, Version: version, Material: material}).Marshal())
 		if cerr := f.Close(); werr == nil {
 			werr = cerr
 		}
@@ -302,7 +302,7 @@ verifies the release receipt, and writes each key to DIR/<id>.key (mode
 		if err := os.MkdirAll(filepath.Dir(kf), 0o700); err != nil {
 			return err
 		}
-		if err := client.WriteFileAtomic(kf, marshalKeyFile(&keyFile{ID: k.ID, Version: k.Version, Material: k.Material}), 0o600); err != nil {
+		if err := client.WriteFileAtomic(kf, (&api.KeyFile{ID: k.ID, Version: k.Version, Material: k.Material}).Marshal(), 0o600); err != nil {
 			return err
 		}
 		if err := client.WriteFileAtomic(rf, rel.Receipt.Raw, 0o644); err != nil {

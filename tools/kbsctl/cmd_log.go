@@ -63,10 +63,11 @@ or forked log fails with both checkpoints printed.`)
 	if err != nil {
 		return err
 	}
-	cp, prev, err := c.SyncLog(ctx, lv)
+	synced, err := c.SyncLog(ctx, lv)
 	if err != nil {
 		return err
 	}
+	cp, prev := synced.Checkpoint, synced.Previous
 	r := newCheckpointResult(cp)
 	r.Stored = true
 	if prev != nil {

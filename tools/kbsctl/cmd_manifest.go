@@ -138,16 +138,12 @@ version; after the broker accepted it, its inclusion in the log is verified
 		if err != nil {
 			return err
 		}
-		cp, _, err := c.SyncLog(ctx, lv)
+		synced, err := c.SyncLog(ctx, lv)
 		if err != nil {
 			return err
 		}
-		raw, err := c.Entry(ctx, cp, res.LogIndex)
-		if err != nil {
+		if err := c.CheckManifestLogged(ctx, synced.Checkpoint, res.LogIndex, next); err != nil {
 			return err
-		}
-		if err := client.CheckManifestEntry(raw, next); err != nil {
-			return failErr("log entry %d: %w", res.LogIndex, err)
 		}
 		out.Logged = true
 	}
@@ -236,59 +232,32 @@ with the stored one). With --manifest, the chain must contain your version.`)
 			return err
 		}
 	}
-	cp, _, err := c.SyncLog(ctx, lv)
+	synced, err := c.SyncLog(ctx, lv)
 	if err != nil {
 		return err
 	}
-	h, err := c.ManifestHistory(ctx)
+	cp := synced.Checkpoint
+	chain, err := c.ManifestChain(ctx, cp, nil, 0)
 	if err != nil {
 		return err
 	}
-	var items []historyItem
-	var prev *manifest.Manifest
-	anchored := mine == nil
-	for i, v := range h.Manifests {
-		m, err := manifest.Parse(v.Body)
-		if err != nil {
-			return failErr("history version %d does not parse: %w", v.Version, err)
+	items := make([]historyItem, len(chain))
+	for i, v := range chain {
+		m := v.Manifest
+		items[i] = historyItem{Version: m.Version(), Hash: m.Hash(), LogIndex: v.LogIndex, Signers: v.Signers, Changes: v.Changes}
+		if i == 0 {
+			items[i].Anchor = "version 1: trusted by configuration"
 		}
-		if m.Version() != uint64(i+1) || v.Version != m.Version() || v.Hash != m.Hash() {
-			return failErr("history entry %d is version %d (%s), want version %d", i, m.Version(), m.Hash(), i+1)
-		}
-		it := historyItem{Version: m.Version(), Hash: m.Hash(), LogIndex: v.LogIndex}
-		if prev == nil {
-			if err := manifest.VerifyInitial(m, m.Hash()); err != nil {
-				return failErr("%v", err)
-			}
-			it.Anchor = "version 1: trusted by configuration"
-		} else {
-			if it.Signers, err = manifest.Verify(prev, m, v.Signatures); err != nil {
-				return failErr("version %d: %w", m.Version(), err)
-			}
-			it.Changes = manifest.Diff(prev, m)
-		}
-		if mine != nil && mine.Version() == m.Version() {
-			if mine.Hash() != m.Hash() {
-				return failErr("the broker's version %d is %s, yours is %s", m.Version(), m.Hash(), mine.Hash())
-			}
-			anchored = true
-			it.Anchor = "your manifest"
-		}
-		raw, err := c.Entry(ctx, cp, v.LogIndex)
-		if err != nil {
-			return err
-		}
-		if err := client.CheckManifestEntry(raw, m); err != nil {
-			return failErr("version %d at log index %d: %w", m.Version(), v.LogIndex, err)
-		}
-		items = append(items, it)
-		prev = m
 	}
-	if len(items) == 0 {
-		return failErr("the broker has no manifest history")
-	}
-	if !anchored {
-		return failErr("your manifest (version %d, %s) is not in the broker's chain", mine.Version(), mine.Hash())
+	if mine != nil {
+		n := mine.Version()
+		if n == 0 || n > uint64(len(chain)) {
+			return failErr("your manifest (version %d, %s) is not in the broker's chain", n, mine.Hash())
+		}
+		if m := chain[n-1].Manifest; m.Hash() != mine.Hash() {
+			return failErr("the broker's version %d is %s, yours is %s", n, m.Hash(), mine.Hash())
+		}
+		items[n-1].Anchor = "your manifest"
 	}
 	return e.out(items, func() {
 		fmt.Fprintf(e.stdout, "%-7s %-73s %9s %s\n", "VERSION", "HASH", "LOG INDEX", "SIGNERS / CHANGES")

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/kbs-dev/kbs/kbs/api"
 )
 
 func cmdPrompt(ctx context.Context, e *env, args []string) error {
@@ -19,7 +21,7 @@ func cmdPrompt(ctx context.Context, e *env, args []string) error {
 	})
 }
 
-func readKeyFile(file string) (*keyFile, error) {
+func readKeyFile(file string) (*api.KeyFile, error) {
 	if file == "" {
 		return nil, usageErr("--key is required")
 	}
@@ -27,7 +29,7 @@ func readKeyFile(file string) (*keyFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := parseKeyFile(raw)
+	k, err := api.ParseKeyFile(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
@@ -44,12 +46,12 @@ func readInput(e *env, file string) ([]byte, error) {
 		defer f.Close()
 		r = f
 	}
-	b, err := io.ReadAll(io.LimitReader(r, maxPromptSize+1))
+	b, err := io.ReadAll(io.LimitReader(r, api.MaxPromptSize+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > maxPromptSize {
-		return nil, usageErr("input larger than %d bytes", maxPromptSize)
+	if len(b) > api.MaxPromptSize {
+		return nil, usageErr("input larger than %d bytes", api.MaxPromptSize)
 	}
 	return b, nil
 }
@@ -69,11 +71,11 @@ go into an authenticated header.`)
 	key := fs.String("key", "", "key file (required)")
 	in := fs.String("in", "", "input (default stdin)")
 	out := fs.String("out", "", "output (default stdout)")
-	kind := fs.String("kind", kindPrompt, "message kind: prompt or reply")
+	kind := fs.String("kind", api.KindPrompt, "message kind: prompt or reply")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if *kind != kindPrompt && *kind != kindReply {
+	if *kind != api.KindPrompt && *kind != api.KindReply {
 		return usageErr("--kind: want prompt or reply")
 	}
 	k, err := readKeyFile(*key)
@@ -84,7 +86,7 @@ go into an authenticated header.`)
 	if err != nil {
 		return err
 	}
-	msg, err := sealPrompt(k, *kind, pt)
+	msg, err := api.SealPrompt(k, *kind, pt)
 	if err != nil {
 		return err
 	}
@@ -110,7 +112,7 @@ func cmdPromptDecrypt(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, pt, err := openPrompt(k, *kind, msg)
+	_, pt, err := api.OpenPrompt(k, *kind, msg)
 	if err != nil {
 		return failErr("%v", err)
 	}
@@ -138,7 +140,7 @@ and decrypts the worker's encrypted reply.`)
 	if err != nil {
 		return err
 	}
-	msg, err := sealPrompt(k, kindPrompt, pt)
+	msg, err := api.SealPrompt(k, api.KindPrompt, pt)
 	if err != nil {
 		return err
 	}
@@ -152,14 +154,14 @@ and decrypts the worker's encrypted reply.`)
 		return err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxPromptSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, api.MaxPromptSize+1))
 	if err != nil {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("worker answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
-	_, reply, err := openPrompt(k, kindReply, body)
+	_, reply, err := api.OpenPrompt(k, api.KindReply, body)
 	if err != nil {
 		return failErr("worker reply: %v", err)
 	}

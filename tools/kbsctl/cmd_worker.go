@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/kbs-dev/kbs/kbs/api"
 )
 
 func cmdWorker(ctx context.Context, e *env, args []string) error {
@@ -22,7 +24,7 @@ func cmdWorker(ctx context.Context, e *env, args []string) error {
 // encrypted replies. Its "model" is a trivial transform.
 type exampleWorker struct {
 	class string
-	keys  map[string]*keyFile // by key id
+	keys  map[string]*api.KeyFile // by key id
 }
 
 // model is the example worker's stand-in for inference.
@@ -42,12 +44,12 @@ func (w *exampleWorker) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	msg, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, maxPromptSize))
+	msg, err := io.ReadAll(http.MaxBytesReader(rw, r.Body, api.MaxPromptSize))
 	if err != nil {
 		http.Error(rw, "prompt too large or unreadable", http.StatusRequestEntityTooLarge)
 		return
 	}
-	h, _, _, err := parsePromptHeader(msg)
+	h, _, _, err := api.ParsePromptHeader(msg)
 	if err != nil {
 		http.Error(rw, err.Error(), http.StatusBadRequest)
 		return
@@ -57,12 +59,12 @@ func (w *exampleWorker) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, fmt.Sprintf("this worker holds no key %q", h.KeyID), http.StatusNotFound)
 		return
 	}
-	_, prompt, err := openPrompt(k, kindPrompt, msg)
+	_, prompt, err := api.OpenPrompt(k, api.KindPrompt, msg)
 	if err != nil {
 		http.Error(rw, err.Error(), http.StatusBadRequest)
 		return
 	}
-	reply, err := sealPrompt(k, kindReply, model(prompt))
+	reply, err := api.SealPrompt(k, api.KindReply, model(prompt))
 	clear(prompt)
 	if err != nil {
 		http.Error(rw, "couldn't encrypt the reply", http.StatusInternalServerError)
@@ -101,12 +103,12 @@ or SIGTERM.`)
 	if err != nil {
 		return err
 	}
-	w := &exampleWorker{class: rel.Class, keys: map[string]*keyFile{}}
+	w := &exampleWorker{class: rel.Class, keys: map[string]*api.KeyFile{}}
 	for _, k := range rel.Keys {
 		if len(k.Material) != 32 {
 			return fmt.Errorf("key %s is %d bytes; prompts need 32-byte AES-256 keys", k.ID, len(k.Material))
 		}
-		w.keys[k.ID] = &keyFile{ID: k.ID, Version: k.Version, Material: k.Material}
+		w.keys[k.ID] = &api.KeyFile{ID: k.ID, Version: k.Version, Material: k.Material}
 	}
 	defer func() {
 		for _, k := range w.keys {

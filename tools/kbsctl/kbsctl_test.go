@@ -24,8 +24,10 @@ import (
 	"time"
 
 	"github.com/kbs-dev/kbs/internal/testbin"
+	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/audit"
 	"github.com/kbs-dev/kbs/kbs/client"
 )
 
@@ -185,7 +187,7 @@ func TestFlow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, err := parseKeyFile(kb); err != nil || k.Version != 2 || !bytes.Equal(k.Material, bytes.Repeat([]byte{7}, 32)) {
+	if k, err := api.ParseKeyFile(kb); err != nil || k.Version != 2 || !bytes.Equal(k.Material, bytes.Repeat([]byte{7}, 32)) {
 		t.Fatalf("worker key demo/b = %+v, %v", k, err)
 	}
 	// The same with the post-quantum KEM, and with simulated TDX evidence.
@@ -324,7 +326,7 @@ func TestFlow(t *testing.T) {
 	contains(t, out, "audit OK")
 	contains(t, out, "signatures verified")
 	out, _ = ctl(t, 0, append(astate, "--json", "audit", "--note-key", noteKey)...)
-	var ar auditReport
+	var ar audit.Report
 	if err := json.Unmarshal([]byte(out), &ar); err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,10 @@
 // What kbsctl trusts: the manifest file the caller passes (its own copy),
 // the vendor roots embedded in the attestation libraries (and a sim root
 // only when --sim-root names it), and the state directory. Everything the
-// broker says is verified by kbs/client before it is used or stored.
+// broker says is verified by the libraries before it is used or stored:
+// kbs/client (the broker, its manifest chain, receipts, checkpoints),
+// kbs/audit (the whole log) and kbs/api (key files, prompts). kbsctl
+// itself parses flags, prints results and maps errors to exit codes.
 package main
 
 import (

@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"bytes"
@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-
-	"github.com/kbs-dev/kbs/kbs/api"
 )
 
 // An encrypted prompt (or reply) is a text header followed by AES-256-GCM:
@@ -25,32 +23,41 @@ import (
 // The header is the GCM additional data, so the key id, the version and the
 // direction are authenticated: a reply cannot be passed off as a prompt,
 // and a message cannot be relabelled with another key id.
+//
+// SealPrompt and OpenPrompt encrypt and decrypt under a KeyFile, whose id
+// and version go into the header.
 const (
 	promptMagic = "kbs-prompt-v1"
-	kindPrompt  = "prompt"
-	kindReply   = "reply"
-	// maxPromptSize bounds an encrypted message.
-	maxPromptSize = 16 << 20
+	// KindPrompt and KindReply are the two message kinds: a client's
+	// prompt to a worker and the worker's reply.
+	KindPrompt = "prompt"
+	KindReply  = "reply"
+	// MaxPromptSize bounds an encrypted message.
+	MaxPromptSize = 16 << 20
 	// maxPromptHeader bounds the header.
 	maxPromptHeader = 512
 )
 
-type promptHeader struct {
+// A PromptHeader is the authenticated header of an encrypted prompt or
+// reply.
+type PromptHeader struct {
 	Kind    string
 	KeyID   string
 	Version uint64
 }
 
-func (h *promptHeader) marshal() []byte {
+// Marshal returns the header's exact bytes, blank line included.
+func (h *PromptHeader) Marshal() []byte {
 	return []byte(promptMagic + "\nkind: " + h.Kind + "\nkey-id: " + h.KeyID + "\nkey-version: " + strconv.FormatUint(h.Version, 10) + "\n\n")
 }
 
-// parsePromptHeader splits an encrypted message into its header, the
-// header's exact bytes, and the sealed body. It accepts only the exact
-// form marshal writes.
-func parsePromptHeader(msg []byte) (*promptHeader, []byte, []byte, error) {
-	if len(msg) > maxPromptSize {
-		return nil, nil, nil, fmt.Errorf("message is %d bytes, more than %d", len(msg), maxPromptSize)
+// ParsePromptHeader splits an encrypted message into its header, the
+// header's exact bytes, and the sealed body (nonce, ciphertext and tag).
+// It accepts only the exact form Marshal writes, and checks nothing
+// cryptographic (OpenPrompt does).
+func ParsePromptHeader(msg []byte) (*PromptHeader, []byte, []byte, error) {
+	if len(msg) > MaxPromptSize {
+		return nil, nil, nil, fmt.Errorf("message is %d bytes, more than %d", len(msg), MaxPromptSize)
 	}
 	end := bytes.Index(msg[:min(len(msg), maxPromptHeader)], []byte("\n\n"))
 	if end < 0 {
@@ -68,18 +75,18 @@ func parsePromptHeader(msg []byte) (*promptHeader, []byte, []byte, error) {
 		}
 		return v, nil
 	}
-	h := &promptHeader{}
+	h := &PromptHeader{}
 	var err error
 	if h.Kind, err = field(lines[1], "kind"); err != nil {
 		return nil, nil, nil, err
 	}
-	if h.Kind != kindPrompt && h.Kind != kindReply {
+	if h.Kind != KindPrompt && h.Kind != KindReply {
 		return nil, nil, nil, fmt.Errorf("bad header: kind %q", h.Kind)
 	}
 	if h.KeyID, err = field(lines[2], "key-id"); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := api.ValidKeyID(h.KeyID); err != nil {
+	if err := ValidKeyID(h.KeyID); err != nil {
 		return nil, nil, nil, fmt.Errorf("bad header: %w", err)
 	}
 	vs, err := field(lines[3], "key-version")
@@ -97,7 +104,7 @@ func parsePromptHeader(msg []byte) (*promptHeader, []byte, []byte, error) {
 	return h, hdr, body, nil
 }
 
-func gcmFor(k *keyFile) (cipher.AEAD, error) {
+func gcmFor(k *KeyFile) (cipher.AEAD, error) {
 	if len(k.Material) != 32 {
 		return nil, fmt.Errorf("key %s is %d bytes; AES-256-GCM needs 32", k.ID, len(k.Material))
 	}
@@ -108,16 +115,20 @@ func gcmFor(k *keyFile) (cipher.AEAD, error) {
 	return cipher.NewGCM(b)
 }
 
-// sealPrompt encrypts plaintext under k as a message of the given kind.
-func sealPrompt(k *keyFile, kind string, plaintext []byte) ([]byte, error) {
+// SealPrompt encrypts plaintext under k (a 32-byte AES-256-GCM key) as a
+// message of the given kind (KindPrompt or KindReply), with a random nonce.
+func SealPrompt(k *KeyFile, kind string, plaintext []byte) ([]byte, error) {
+	if kind != KindPrompt && kind != KindReply {
+		return nil, fmt.Errorf("message kind %q: want %q or %q", kind, KindPrompt, KindReply)
+	}
 	aead, err := gcmFor(k)
 	if err != nil {
 		return nil, err
 	}
-	if len(plaintext) > maxPromptSize-maxPromptHeader-28 {
+	if len(plaintext) > MaxPromptSize-maxPromptHeader-28 {
 		return nil, fmt.Errorf("prompt is %d bytes, too large", len(plaintext))
 	}
-	h := (&promptHeader{Kind: kind, KeyID: k.ID, Version: k.Version}).marshal()
+	h := (&PromptHeader{Kind: kind, KeyID: k.ID, Version: k.Version}).Marshal()
 	nonce := make([]byte, aead.NonceSize())
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
@@ -126,10 +137,11 @@ func sealPrompt(k *keyFile, kind string, plaintext []byte) ([]byte, error) {
 	return aead.Seal(out, nonce, plaintext, h), nil
 }
 
-// openPrompt decrypts a message of the given kind ("" for either) under k.
-// The header's key id and version must be k's.
-func openPrompt(k *keyFile, kind string, msg []byte) (*promptHeader, []byte, error) {
-	h, hdr, body, err := parsePromptHeader(msg)
+// OpenPrompt decrypts a message of the given kind ("" for either) under k.
+// The header's key id and version must be k's; the header is
+// authenticated with the body, so a relabelled or tampered message fails.
+func OpenPrompt(k *KeyFile, kind string, msg []byte) (*PromptHeader, []byte, error) {
+	h, hdr, body, err := ParsePromptHeader(msg)
 	if err != nil {
 		return nil, nil, err
 	}

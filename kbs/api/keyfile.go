@@ -1,4 +1,4 @@
-package main
+package api
 
 import (
 	"bytes"
@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-
-	"github.com/kbs-dev/kbs/kbs/api"
 )
 
 // A key file holds one key with its id and version, as PEM:
@@ -21,30 +19,32 @@ import (
 //
 // `kbsctl key put --generate` and `kbsctl key get` write key files (mode
 // 0600); `kbsctl prompt` and `kbsctl worker run` read them, so the key id
-// travels with the key into the prompt header.
-const keyPEMType = "KBS KEY"
+// travels with the key into the prompt header (SealPrompt).
+//
+// KeyFilePEMType is the PEM block type of a key file.
+const KeyFilePEMType = "KBS KEY"
 
-// keyFile is a parsed key file.
-type keyFile struct {
+// A KeyFile is one key with its id and version, as a key file holds it.
+type KeyFile struct {
 	ID       string
 	Version  uint64
 	Material []byte
 }
 
-// marshalKeyFile returns the PEM text of k.
-func marshalKeyFile(k *keyFile) []byte {
+// Marshal returns the PEM text of k's key file.
+func (k *KeyFile) Marshal() []byte {
 	return pem.EncodeToMemory(&pem.Block{
-		Type:    keyPEMType,
+		Type:    KeyFilePEMType,
 		Headers: map[string]string{"Key-Id": k.ID, "Key-Version": strconv.FormatUint(k.Version, 10)},
 		Bytes:   k.Material,
 	})
 }
 
-// parseKeyFile parses a key file strictly: one KBS KEY block with exactly
+// ParseKeyFile parses a key file strictly: one KBS KEY block with exactly
 // the Key-Id and Key-Version headers, a valid key id, a canonical decimal
-// version of at least 1, 1 to api.MaxKeySize key bytes, and nothing but
-// white space around the block.
-func parseKeyFile(b []byte) (*keyFile, error) {
+// version of at least 1, 1 to MaxKeySize key bytes, and nothing but white
+// space around the block.
+func ParseKeyFile(b []byte) (*KeyFile, error) {
 	block, rest := pem.Decode(b)
 	if block == nil {
 		return nil, errors.New("not a key file: no PEM block")
@@ -52,8 +52,8 @@ func parseKeyFile(b []byte) (*keyFile, error) {
 	if len(bytes.TrimSpace(rest)) != 0 || len(bytes.TrimSpace(b[:bytes.Index(b, []byte("-----BEGIN"))])) != 0 {
 		return nil, errors.New("key file: data outside the PEM block")
 	}
-	if block.Type != keyPEMType {
-		return nil, fmt.Errorf("key file: PEM block is %q, want %q", block.Type, keyPEMType)
+	if block.Type != KeyFilePEMType {
+		return nil, fmt.Errorf("key file: PEM block is %q, want %q", block.Type, KeyFilePEMType)
 	}
 	if len(block.Headers) != 2 {
 		return nil, fmt.Errorf("key file: %d headers, want Key-Id and Key-Version", len(block.Headers))
@@ -62,7 +62,7 @@ func parseKeyFile(b []byte) (*keyFile, error) {
 	if !ok {
 		return nil, errors.New("key file: no Key-Id header")
 	}
-	if err := api.ValidKeyID(id); err != nil {
+	if err := ValidKeyID(id); err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
 	vs, ok := block.Headers["Key-Version"]
@@ -73,8 +73,8 @@ func parseKeyFile(b []byte) (*keyFile, error) {
 	if err != nil || v == 0 || strconv.FormatUint(v, 10) != vs {
 		return nil, fmt.Errorf("key file: bad Key-Version %q", vs)
 	}
-	if len(block.Bytes) == 0 || len(block.Bytes) > api.MaxKeySize {
-		return nil, fmt.Errorf("key file: key is %d bytes, want 1 to %d", len(block.Bytes), api.MaxKeySize)
+	if len(block.Bytes) == 0 || len(block.Bytes) > MaxKeySize {
+		return nil, fmt.Errorf("key file: key is %d bytes, want 1 to %d", len(block.Bytes), MaxKeySize)
 	}
-	return &keyFile{ID: id, Version: v, Material: block.Bytes}, nil
+	return &KeyFile{ID: id, Version: v, Material: block.Bytes}, nil
 }

@@ -1,0 +1,239 @@
+// Package audit checks a kbs broker's transparency log on the auditor's
+// own machine: every entry, verified against a signed checkpoint
+// consistent with the last one the auditor verified, replayed in order to
+// check that the log tells a coherent story. kbsctl audit is a thin shell
+// over Audit; a Go program audits a broker the same way:
+//
+//	c, _ := client.New(client.Config{Addr: addr, Checkpoints: client.State{Dir: dir}.Checkpoints(), AllowUnpinned: true})
+//	lv, _ := c.LogVerifier(noteKey)
+//	r, err := audit.Audit(ctx, audit.Config{Client: c, Log: lv})
+//	// err: the audit could not be completed (a fork, a tile that does not
+//	// verify, the broker unreachable); r.OK(): the story holds.
+//
+// # What it trusts and guarantees
+//
+// Audit trusts the log's note key (Config.Log) and the checkpoint store
+// behind it, and nothing the broker says. It fetches the latest
+// checkpoint, verifies its signature and its consistency with the stored
+// checkpoint (proofs from tiles authenticated against it: a rollback or
+// fork is a *tlog.ForkError carrying both notes), fetches every entry
+// bundle and hash tile and verifies each entry against the checkpoint's
+// root, and replays the entries (see Replayer for every rule). It then
+// cross-checks the broker's manifest history, which carries the owner
+// signatures the log only names, with manifest.Chain (see
+// Replayer.CheckHistory), and, given the caller's own manifest, checks
+// that the log holds it. It stores the checkpoint only when nothing was
+// inconsistent.
+//
+// # Memory
+//
+// The replay keeps state per key id and a row per manifest entry, nothing
+// for other entries. A Report keeps every event unless Config.Events takes
+// them: a monitor,
+// or a report streamed to disk, then holds the manifest history, counts
+// and findings only. Findings are clipped to a few KiB each and a Report
+// keeps at most Config.MaxFindings of each kind, counting the rest.
+package audit
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+
+	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
+)
+
+// Config configures Audit.
+type Config struct {
+	// Client reaches the broker: its checkpoint, tiles and manifest
+	// history. Required. Everything it fetches is verified here, so it
+	// need not be pinned (client.Config.AllowUnpinned).
+	Client *client.Client
+	// Log verifies the log's checkpoints and keeps the one verified last
+	// (Client.LogVerifier with the log's note key). Required.
+	Log *tlog.Verifier
+	// Manifest is the caller's own copy of a manifest version, which the
+	// log's chain must hold. Optional.
+	Manifest *manifest.Manifest
+	// Progress is called with the entries replayed so far and the total,
+	// after each chunk of entries, on one goroutine. Optional.
+	Progress func(done, total uint64)
+	// Events, when set, receives every event and finding as the replay
+	// meets it, in log order, on one goroutine; the Report then keeps no
+	// identities, key events or releases (their counts stay). Optional.
+	Events Events
+	// MaxFindings is how many anomalies, and how many warnings, the Report
+	// keeps; the rest are only counted. Optional; default 1000.
+	MaxFindings int
+}
+
+// DefaultMaxFindings is Config.MaxFindings when it is not set.
+const DefaultMaxFindings = 1000
+
+// Report is what an audit found. Its JSON form is what 'kbsctl audit
+// --json' prints.
+type Report struct {
+	// Origin, Size and RootHash (base64) name the checkpoint the audit
+	// verified; PreviousSize is the stored checkpoint's size (nil: none,
+	// the checkpoint was trusted on first use).
+	Origin       string  `json:"origin"`
+	Size         uint64  `json:"size"`
+	RootHash     string  `json:"root_hash"`
+	PreviousSize *uint64 `json:"previous_size,omitempty"`
+	// Manifests are the log's manifest entries, oldest first.
+	Manifests  []Manifest `json:"manifests"`
+	Identities []Identity `json:"identities"`
+	KeyEvents  []KeyEvent `json:"key_events"`
+	Releases   []Release  `json:"releases"`
+	// Anomalies are inconsistencies: any fails the audit. Warnings are
+	// events that look odd but tell a consistent story: an upload the log
+	// records twice (a retried request).
+	Anomalies []string `json:"anomalies"`
+	Warnings  []string `json:"warnings"`
+	// AnomaliesOmitted and WarningsOmitted count the findings beyond
+	// Config.MaxFindings, which are not listed.
+	AnomaliesOmitted int `json:"anomalies_omitted,omitempty"`
+	WarningsOmitted  int `json:"warnings_omitted,omitempty"`
+	// Counts are the entries of each type.
+	Counts map[string]int `json:"counts"`
+	// Stored reports whether the checkpoint was stored (no anomalies).
+	Stored bool `json:"stored"`
+	// Checkpoint is the verified checkpoint.
+	Checkpoint tlog.SignedCheckpoint `json:"-"`
+
+	maxFindings int
+	events      Events
+}
+
+// OK reports whether the audit found no inconsistency.
+func (r *Report) OK() bool { return len(r.Anomalies) == 0 && r.AnomaliesOmitted == 0 }
+
+// AnomalyCount returns the number of anomalies, listed or not.
+func (r *Report) AnomalyCount() int { return len(r.Anomalies) + r.AnomaliesOmitted }
+
+// WarningCount returns the number of warnings, listed or not.
+func (r *Report) WarningCount() int { return len(r.Warnings) + r.WarningsOmitted }
+
+// collector is the Events of a Report: it keeps events (unless they go to
+// Config.Events) and the first findings.
+type collector Report
+
+func (c *collector) Manifest(m Manifest) {
+	if c.events != nil {
+		c.events.Manifest(m)
+	}
+}
+
+func (c *collector) Identity(id Identity) {
+	if c.events != nil {
+		c.events.Identity(id)
+		return
+	}
+	c.Identities = append(c.Identities, id)
+}
+
+func (c *collector) KeyEvent(k KeyEvent) {
+	if c.events != nil {
+		c.events.KeyEvent(k)
+		return
+	}
+	c.KeyEvents = append(c.KeyEvents, k)
+}
+
+func (c *collector) Release(x Release) {
+	if c.events != nil {
+		c.events.Release(x)
+		return
+	}
+	c.Releases = append(c.Releases, x)
+}
+
+func (c *collector) Finding(f Finding) {
+	if c.events != nil {
+		c.events.Finding(f)
+	}
+	list, omitted := &c.Anomalies, &c.AnomaliesOmitted
+	if f.Warning {
+		list, omitted = &c.Warnings, &c.WarningsOmitted
+	}
+	if len(*list) < c.maxFindings {
+		*list = append(*list, f.String())
+	} else {
+		*omitted++
+	}
+}
+
+// Audit audits the log of the broker cfg.Client reaches (see the package
+// documentation for every check). It returns the Report of a completed
+// audit, whether or not the story holds (Report.OK), and stores the
+// checkpoint only when it does. An error means the audit could not be
+// completed: a *tlog.ForkError (the log rolled back or forked since the
+// stored checkpoint), a *client.VerifyError (a checkpoint or tile that
+// does not verify), or a failure to reach the broker.
+func Audit(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Client == nil || cfg.Log == nil {
+		return nil, errors.New("audit: Config.Client and Config.Log are required")
+	}
+	raw, err := cfg.Client.Checkpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := cfg.Log.VerifyCheckpoint(raw)
+	if err != nil {
+		return nil, &client.VerifyError{Step: "checkpoint", Err: err}
+	}
+	tiles := cfg.Client.Tiles()
+	// Consistency with the stored checkpoint, from authenticated tiles:
+	// checked now, stored only after the replay found nothing wrong.
+	prover := tiles.Prover(cp)
+	checked, err := cfg.Log.Advance(ctx, raw, prover, tlog.AdvanceOptions{DryRun: true})
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{
+		Origin: cp.Origin, Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Checkpoint: cp,
+		Identities: []Identity{}, KeyEvents: []KeyEvent{}, Anomalies: []string{}, Warnings: []string{},
+		maxFindings: cfg.MaxFindings, events: cfg.Events,
+	}
+	if r.maxFindings <= 0 {
+		r.maxFindings = DefaultMaxFindings
+	}
+	if cfg.Events == nil {
+		// Most entries of a busy log are releases of one key; a few MB
+		// up front save the first rounds of regrowing.
+		r.Releases = make([]Release, 0, min(cp.Size, 1<<16))
+	} else {
+		r.Releases = []Release{}
+	}
+	if checked.Previous != nil {
+		s := checked.Previous.Size
+		r.PreviousSize = &s
+	}
+	rp := NewReplayer(cfg.Log.NoteKey(), (*collector)(r))
+	var progress func(uint64)
+	if cfg.Progress != nil {
+		progress = func(done uint64) { cfg.Progress(done, cp.Size) }
+	}
+	if err := rp.Replay(ctx, tiles, cp, progress); err != nil {
+		return nil, &client.VerifyError{Step: "log tiles", Err: err}
+	}
+	h, err := cfg.Client.ManifestHistory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rp.CheckHistory(h.Manifests)
+	if m := cfg.Manifest; m != nil && !rp.Logged(m) {
+		rp.finding(-1, false, "your manifest (version %d, %s) is not in the log", m.Version(), m.Hash())
+	}
+	r.Manifests = append([]Manifest{}, rp.Manifests()...)
+	r.Counts = rp.Counts()
+	if r.OK() {
+		if _, err := cfg.Log.Advance(ctx, raw, prover, tlog.AdvanceOptions{}); err != nil {
+			return nil, err
+		}
+		r.Stored = true
+	}
+	return r, nil
+}
