@@ -32,13 +32,13 @@ func SimClass(ctx context.Context, simDir string, v attest.Verifier) (manifest.C
 		}
 		switch p {
 		case attest.SNP:
-			sv, err := manifest.PinSNP(ManifestClaims(c))
+			sv, err := manifest.PinSNP(c)
 			if err != nil {
 				return cl, err
 			}
 			cl.SNP = append(cl.SNP, sv)
 		case attest.TDX:
-			tv, err := manifest.PinTDX(ManifestClaims(c))
+			tv, err := manifest.PinTDX(c)
 			if err != nil {
 				return cl, err
 			}

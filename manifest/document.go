@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
 // Schema is the value of the "schema" field of every manifest this package
@@ -28,8 +30,9 @@ const ServiceClass = "service"
 // entry's other fields with up to 32 signers.
 const MaxSize = 46 << 10
 
-// Known SEV-SNP product lines accepted in "product".
-var snpProducts = []string{"Milan", "Genoa", "Turin"}
+// Known SEV-SNP product lines accepted in "product": those whose TCB
+// layout kbs/attest knows.
+var snpProducts = attest.SNPProductLines()
 
 // Document is the content of a manifest (see docs/manifest.md). Parse fills
 // one from a manifest's bytes; Encode turns one into new manifest bytes.
@@ -383,9 +386,9 @@ func PinSNP(c *Claims) (SNPValues, error) {
 		return SNPValues{}, fmt.Errorf("manifest: claims hold no SNP fields")
 	}
 	s := c.SNP
-	t, ok := decodeTCB(s.Product, s.ReportedTCB)
-	if !ok {
-		return SNPValues{}, fmt.Errorf("manifest: unknown SNP product %q", s.Product)
+	t, err := attest.DecodeSNPTCB(s.Product, s.ReportedTCB)
+	if err != nil {
+		return SNPValues{}, fmt.Errorf("manifest: %w", err)
 	}
 	return SNPValues{
 		Measurement: Hexes(clone(c.Measurement)),
@@ -394,7 +397,7 @@ func PinSNP(c *Claims) (SNPValues, error) {
 		ImageID:     Hexes(clone(s.ImageID)),
 		MaxPolicy:   Bits{Value: (s.Policy&^policyDebug | policyReserved17) & policyKnown},
 		VMPL:        UintList{Values: []uint32{s.VMPL}},
-		MinTCB:      TCB{Bootloader: t.bootloader, TEE: t.tee, SNP: t.snp, Microcode: t.microcode},
+		MinTCB:      TCB{Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode},
 		MinGuestSVN: MinUint{Value: s.GuestSVN},
 		Product:     NameList{Values: []string{s.Product}},
 		ChipIDs:     Hexes(clone(s.ChipID)),

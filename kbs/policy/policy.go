@@ -57,26 +57,6 @@ const (
 	snpPolicyMigrateMA = 1 << 18
 )
 
-// ManifestClaims maps verified attestation claims to the manifest's
-// platform-neutral claims, field by field.
-func ManifestClaims(c *attest.Claims) *manifest.Claims {
-	mc := &manifest.Claims{Platform: string(c.Platform), Simulated: c.Simulated, Measurement: c.Measurement}
-	if s := c.SNP; s != nil {
-		mc.SNP = &manifest.SNPClaims{
-			Policy: s.Policy, VMPL: s.VMPL, FamilyID: s.FamilyID, ImageID: s.ImageID,
-			CurrentTCB: s.CurrentTCB, ReportedTCB: s.ReportedTCB, CommittedTCB: s.CommittedTCB, LaunchTCB: s.LaunchTCB,
-			GuestSVN: s.GuestSVN, Product: s.Product, ChipID: s.ChipID, HostData: s.HostData,
-		}
-	}
-	if t := c.TDX; t != nil {
-		mc.TDX = &manifest.TDXClaims{
-			MRTD: t.MRTD, RTMR: t.RTMR, MRConfigID: t.MRConfigID, MROwner: t.MROwner, MROwnerConfig: t.MROwnerConfig,
-			XFAM: t.XFAM, TDAttributes: t.TDAttributes, TEETCBSVN: t.TEETCBSVN, MRSeam: t.MRSeam,
-		}
-	}
-	return mc
-}
-
 // pick returns the listed value equal to got, else the first one.
 func pick[T any](list []T, got T, eq func(a, b T) bool) (T, error) {
 	var zero T

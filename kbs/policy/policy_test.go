@@ -336,7 +336,7 @@ func TestConfirmSimulated(t *testing.T) {
 	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
 		t.Run(string(p), func(t *testing.T) {
 			c := simEvidence(t, p, sim.Options{})
-			mc := policy.ManifestClaims(c)
+			mc := c
 			var cl manifest.Class
 			var sv *manifest.SNPValues
 			var tv *manifest.TDXValues
@@ -370,7 +370,7 @@ func TestConfirmSimulated(t *testing.T) {
 				t.Error("library validation accepted another guest's measurement")
 			}
 			// A report that matched nothing confirms nothing.
-			if err := policy.Confirm(m, m.Match(policy.ManifestClaims(other)), class, other); !errors.Is(err, policy.ErrDisagreement) {
+			if err := policy.Confirm(m, m.Match(other), class, other); !errors.Is(err, policy.ErrDisagreement) {
 				t.Errorf("Confirm(no match) = %v, want ErrDisagreement", err)
 			}
 			// No values of the claims' platform: nothing to validate against.

@@ -369,11 +369,10 @@ of a class (default: every worker class). Exits 1 when nothing matches.`)
 	if err != nil {
 		return failErr("evidence does not verify: %w", err)
 	}
-	mc := client.ManifestClaims(claims)
 	var r *manifest.Report
 	if *class == "" {
-		r = m.Match(mc)
-	} else if r, err = m.MatchClass(*class, mc); err != nil {
+		r = m.Match(claims)
+	} else if r, err = m.MatchClass(*class, claims); err != nil {
 		return usageErr("%v", err)
 	}
 	out := checkResult{Platform: *platform, Simulated: claims.Simulated, Measurement: hex.EncodeToString(claims.Measurement),
