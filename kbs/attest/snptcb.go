@@ -72,8 +72,3 @@ func (t SNPTCB) Encode(product string) (uint64, error) {
 	}
 	return uint64(t.Bootloader)<<(8*l[0]) | uint64(t.TEE)<<(8*l[1]) | uint64(t.SNP)<<(8*l[2]) | uint64(t.Microcode)<<(8*l[3]), nil
 }
-
-// AtLeast reports whether every component of t is at least min's.
-func (t SNPTCB) AtLeast(min SNPTCB) bool {
-	return t.Bootloader >= min.Bootloader && t.TEE >= min.TEE && t.SNP >= min.SNP && t.Microcode >= min.Microcode
-}

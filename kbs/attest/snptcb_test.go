@@ -46,20 +46,3 @@ func TestDecodeSNPTCB(t *testing.T) {
 		}
 	}
 }
-
-func TestSNPTCBAtLeast(t *testing.T) {
-	min := SNPTCB{Bootloader: 3, TEE: 1, SNP: 8, Microcode: 0xd1}
-	if !min.AtLeast(min) {
-		t.Error("a TCB is not at least itself")
-	}
-	for _, lower := range []SNPTCB{
-		{Bootloader: 2, TEE: 1, SNP: 8, Microcode: 0xd1},
-		{Bootloader: 3, TEE: 0, SNP: 8, Microcode: 0xd1},
-		{Bootloader: 3, TEE: 1, SNP: 7, Microcode: 0xd1},
-		{Bootloader: 3, TEE: 1, SNP: 8, Microcode: 0xd0},
-	} {
-		if lower.AtLeast(min) {
-			t.Errorf("%+v.AtLeast(%+v) = true", lower, min)
-		}
-	}
-}

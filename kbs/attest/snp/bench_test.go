@@ -18,23 +18,30 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	ctx := context.Background()
 	dir := testSim(b)
 	rd := [64]byte{5}
-	ev := issue(b, dir, SimOptions{}, rd)
-	pol := simPolicy(b, dir)
+	iss, err := NewSimIssuer(dir, SimOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev, err := iss.Issue(ctx, rd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := simOptions(iss.hwid, rd)
 	roots := simVerifier(b, dir).rootList()
 	now := simNow(b, dir)
-	opts := Options{Roots: roots, Now: func() time.Time { return now }}
+	vopts := Options{Roots: roots, Now: func() time.Time { return now }}
 	run := func(b *testing.B, v *Verifier) {
 		c, err := v.Verify(ctx, ev, rd)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := Validate(c, pol); err != nil {
+		if err := Validate(c, opts); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.Run("cold", func(b *testing.B) {
 		for b.Loop() {
-			v, err := NewVerifier(opts)
+			v, err := NewVerifier(vopts)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -42,7 +49,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 		}
 	})
 	b.Run("warm", func(b *testing.B) {
-		v, err := NewVerifier(opts)
+		v, err := NewVerifier(vopts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -52,7 +59,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 		}
 	})
 	b.Run("verify-only-warm", func(b *testing.B) {
-		v, err := NewVerifier(opts)
+		v, err := NewVerifier(vopts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -110,12 +117,19 @@ func BenchmarkIsSimulated(b *testing.B) {
 }
 
 // BenchmarkValidate is the library's validation of verified claims against
-// a policy, as a broker runs it on every release.
+// options built from reference values, as a broker runs it on every release.
 func BenchmarkValidate(b *testing.B) {
 	dir := testSim(b)
 	rd := [64]byte{5}
-	ev := issue(b, dir, SimOptions{}, rd)
-	pol := simPolicy(b, dir)
+	iss, err := NewSimIssuer(dir, SimOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev, err := iss.Issue(context.Background(), rd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := simOptions(iss.hwid, rd)
 	now := simNow(b, dir)
 	v, err := NewVerifier(Options{Roots: simVerifier(b, dir).rootList(), Now: func() time.Time { return now }})
 	if err != nil {
@@ -126,7 +140,7 @@ func BenchmarkValidate(b *testing.B) {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if err := Validate(c, pol); err != nil {
+		if err := Validate(c, opts); err != nil {
 			b.Fatal(err)
 		}
 	}

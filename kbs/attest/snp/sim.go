@@ -58,8 +58,8 @@ var (
 )
 
 // SimTCB returns the TCB of the simulated chip.
-func SimTCB() TCB {
-	return TCB{Bootloader: simTCB.BlSpl, TEE: simTCB.TeeSpl, SNP: simTCB.SnpSpl, Microcode: simTCB.UcodeSpl}
+func SimTCB() attest.SNPTCB {
+	return attest.SNPTCB{Bootloader: simTCB.BlSpl, TEE: simTCB.TeeSpl, SNP: simTCB.SnpSpl, Microcode: simTCB.UcodeSpl}
 }
 
 // SimProductLine is the product line of the simulated chip.

@@ -8,10 +8,10 @@
 // go-sev-guest unless other roots are passed explicitly) at the verifier's
 // Now, the report agrees with its certificate (reported TCB, chip id), the
 // TCB values are consistent (reported ≤ committed ≤ current), debugging is
-// off, and REPORT_DATA equals the caller's binding. Validate (policy.go) then
-// checks every reference value a Policy names: measurement, host data,
-// family and image id, guest policy, VMPL, minimum TCB and guest SVN,
-// product and chip id.
+// off, and REPORT_DATA equals the caller's binding. Reference values are
+// not its business: manifest.Match compares them, and Validate
+// (validate.go) has go-sev-guest's validation confirm them with the options
+// kbs/policy builds from the manifest.
 //
 // Trust: only the roots in Options.Roots (by default AMD's). Claims of
 // evidence that chains to any other root (the simulated TEE's) carry
@@ -60,20 +60,6 @@ import (
 	"github.com/kbs-dev/kbs/internal/atomicfile"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
-)
-
-// Errors returned by Verify. Each rejection wraps exactly one of them.
-var (
-	ErrMalformed          = errors.New("snp: malformed evidence")
-	ErrNoCertificate      = errors.New("snp: endorsement certificate (VCEK/VLEK) not in the evidence or the cache")
-	ErrCertificateExpired = errors.New("snp: certificate not valid at the verification time")
-	ErrSignature          = errors.New("snp: report signature does not verify")
-	ErrChain              = errors.New("snp: endorsement key does not chain to a trusted AMD root")
-	ErrRevoked            = errors.New("snp: revocation check failed")
-	ErrCertMismatch       = errors.New("snp: report does not match its endorsement certificate")
-	ErrTCBInconsistent    = errors.New("snp: TCB values inconsistent (want reported ≤ committed ≤ current)")
-	ErrDebug              = errors.New("snp: guest policy allows debugging")
-	ErrReportData         = errors.New("snp: REPORT_DATA does not match the expected binding")
 )
 
 // Options configure a Verifier. The zero value verifies offline against

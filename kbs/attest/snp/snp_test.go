@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/go-sev-guest/validate"
 	"github.com/google/uuid"
@@ -127,9 +129,7 @@ func TestRealMilanRejections(t *testing.T) {
 
 var allErrors = []error{
 	ErrMalformed, ErrNoCertificate, ErrCertificateExpired, ErrSignature, ErrChain, ErrRevoked,
-	ErrCertMismatch, ErrTCBInconsistent, ErrDebug, ErrReportData,
-	ErrPolicyInvalid, ErrClaims, ErrMeasurement, ErrHostData, ErrFamilyID, ErrImageID,
-	ErrGuestPolicy, ErrVMPL, ErrTCBBelowMinimum, ErrGuestSVN, ErrProduct, ErrChipID, ErrLibraryCheck,
+	ErrCertMismatch, ErrTCBInconsistent, ErrDebug, ErrReportData, errClaims,
 }
 
 // checkOnly fails unless err wraps want and no other sentinel.
@@ -145,28 +145,33 @@ func checkOnly(t *testing.T, err, want error) {
 	}
 }
 
-func u32(v uint32) *uint32 { return &v }
+// simOptions are go-sev-guest validation options that the default simulated
+// evidence of the chip chipID satisfies, every field pinned (what
+// kbs/policy builds from a manifest pinned to that evidence).
+func simOptions(chipID []byte, rd [64]byte) *validate.Options {
+	vmpl := 0
+	return &validate.Options{
+		Measurement:               make([]byte, 48),
+		HostData:                  make([]byte, 32),
+		FamilyID:                  make([]byte, 16),
+		ImageID:                   make([]byte, 16),
+		ChipID:                    chipID,
+		GuestPolicy:               abi.SnpPolicy{SMT: true},
+		VMPL:                      &vmpl,
+		MinimumTCB:                kds.DecomposeTCBVersion(kds.TCBVersion(simTCBVersion())),
+		PlatformInfo:              &abi.SnpPlatformInfo{SMTEnabled: true, TSMEEnabled: true},
+		ReportData:                rd[:],
+		PermitProvisionalFirmware: true,
+	}
+}
 
-// simPolicy accepts the default simulated evidence and pins every field.
-func simPolicy(t testing.TB, dir string) Policy {
-	t.Helper()
-	iss, err := NewSimIssuer(dir, SimOptions{})
+// simTCBVersion is the TCB_VERSION of the simulated chip.
+func simTCBVersion() uint64 {
+	v, err := SimTCB().Encode(SimProductLine)
 	if err != nil {
-		t.Fatal(err)
+		panic(err)
 	}
-	tcb := SimTCB()
-	return Policy{
-		Measurement: make([]byte, 48),
-		HostData:    make([]byte, 32),
-		FamilyID:    make([]byte, 16),
-		ImageID:     make([]byte, 16),
-		AllowSMT:    true,
-		VMPL:        u32(0),
-		MinTCB:      &tcb,
-		MinGuestSVN: u32(0),
-		Products:    []string{"Milan"},
-		ChipIDs:     [][]byte{iss.hwid},
-	}
+	return v
 }
 
 // TestNegativeMatrix mutates one thing per row and expects one precise
@@ -176,7 +181,6 @@ func TestNegativeMatrix(t *testing.T) {
 	dir := testSim(t)
 	v := simVerifier(t, dir)
 	rd := [64]byte{0xaa, 0xbb}
-	base := simPolicy(t, dir)
 
 	rogueDir := t.TempDir()
 	if err := GenerateSim(rogueDir); err != nil {
@@ -195,25 +199,13 @@ func TestNegativeMatrix(t *testing.T) {
 		tamper   func([]byte)
 		verifier *Verifier
 		rd       *[64]byte
-		policy   func(*Policy)
 		want     error
 	}
-	other48 := make([]byte, 48)
-	other48[0] = 1
+	// The rows that change reference values or policy fields of the
+	// report moved with the policy checks to kbs/policy (TestSNPFieldRejections).
 	rows := []row{
 		{name: "ok"},
 		{name: "debug bit", opts: SimOptions{GuestPolicy: DefaultSimGuestPolicy | 1<<19}, want: ErrDebug},
-		{name: "VMPL", opts: SimOptions{VMPL: 1}, want: ErrVMPL},
-		{name: "measurement", policy: func(p *Policy) { p.Measurement = other48 }, want: ErrMeasurement},
-		{name: "host data", opts: SimOptions{HostData: append([]byte{1}, make([]byte, 31)...)}, want: ErrHostData},
-		{name: "family id", opts: SimOptions{FamilyID: append([]byte{1}, make([]byte, 15)...)}, want: ErrFamilyID},
-		{name: "image id", opts: SimOptions{ImageID: append([]byte{1}, make([]byte, 15)...)}, want: ErrImageID},
-		{name: "TCB below minimum", policy: func(p *Policy) { m := *p.MinTCB; m.SNP++; p.MinTCB = &m }, want: ErrTCBBelowMinimum},
-		{name: "guest SVN", policy: func(p *Policy) { p.MinGuestSVN = u32(2) }, opts: SimOptions{GuestSVN: 1}, want: ErrGuestSVN},
-		{name: "SMT not allowed", policy: func(p *Policy) { p.AllowSMT = false }, want: ErrGuestPolicy},
-		{name: "migration agent", opts: SimOptions{GuestPolicy: DefaultSimGuestPolicy | 1<<18}, want: ErrGuestPolicy},
-		{name: "product", policy: func(p *Policy) { p.Products = []string{"Genoa"} }, want: ErrProduct},
-		{name: "chip id", policy: func(p *Policy) { p.ChipIDs = [][]byte{make([]byte, 64)} }, want: ErrChipID},
 		{name: "REPORT_DATA", rd: &[64]byte{0xaa}, want: ErrReportData},
 		{name: "flipped signature byte", tamper: func(b []byte) { b[0x2A0] ^= 0x80 }, want: ErrSignature},
 		{name: "tampered measurement", tamper: func(b []byte) { b[0x90] ^= 1 }, want: ErrSignature},
@@ -222,8 +214,6 @@ func TestNegativeMatrix(t *testing.T) {
 		{name: "reported TCB not the VCEK's", mutate: func(r *spb.Report) { r.ReportedTcb--; r.CommittedTcb--; r.CurrentTcb-- }, want: ErrCertMismatch},
 		{name: "chip id not the VCEK's", mutate: func(r *spb.Report) { r.ChipId[0] ^= 1 }, want: ErrCertMismatch},
 		{name: "committed above current", mutate: func(r *spb.Report) { r.CurrentTcb-- }, want: ErrTCBInconsistent},
-		{name: "incomplete policy", policy: func(p *Policy) { p.VMPL = nil }, want: ErrPolicyInvalid},
-		{name: "zero policy", policy: func(p *Policy) { *p = Policy{} }, want: ErrPolicyInvalid},
 	}
 	for _, tt := range rows {
 		t.Run(tt.name, func(t *testing.T) {
@@ -253,12 +243,7 @@ func TestNegativeMatrix(t *testing.T) {
 			}
 			c, err := ver.Verify(ctx, ev, want)
 			if err == nil {
-				p := base
-				p.ChipIDs = [][]byte{iss.hwid}
-				if tt.policy != nil {
-					tt.policy(&p)
-				}
-				err = Validate(c, p)
+				err = Validate(c, simOptions(iss.hwid, want))
 			}
 			if tt.want == nil {
 				if err != nil {
@@ -314,83 +299,44 @@ func TestWarmChainCache(t *testing.T) {
 	}
 }
 
-func TestPolicyCheck(t *testing.T) {
-	dir := testSim(t)
-	good := simPolicy(t, dir)
-	if err := good.Check(); err != nil {
-		t.Fatalf("Check(good) = %v", err)
-	}
-	any := Policy{AnyMeasurement: true, AnyHostData: true, AnyFamilyID: true, AnyImageID: true,
-		AnyVMPL: true, MinTCB: &TCB{}, MinGuestSVN: u32(0), AnyProduct: true, AnyChipID: true}
-	if err := any.Check(); err != nil {
-		t.Errorf("Check(all Any) = %v", err)
-	}
-	bad := []func(*Policy){
-		func(p *Policy) { p.Measurement = nil },
-		func(p *Policy) { p.AnyMeasurement = true },
-		func(p *Policy) { p.Measurement = make([]byte, 32) },
-		func(p *Policy) { p.HostData = nil },
-		func(p *Policy) { p.FamilyID = nil },
-		func(p *Policy) { p.ImageID = nil },
-		func(p *Policy) { p.VMPL = u32(4) },
-		func(p *Policy) { p.AnyVMPL = true },
-		func(p *Policy) { p.MinTCB = nil },
-		func(p *Policy) { p.MinTCB = &TCB{SNP: 200} },
-		func(p *Policy) { p.MinGuestSVN = nil },
-		func(p *Policy) { p.Products = nil },
-		func(p *Policy) { p.ChipIDs = nil },
-		func(p *Policy) { p.ChipIDs = [][]byte{{1}} },
-	}
-	for i, mutate := range bad {
-		p := good
-		mutate(&p)
-		if err := p.Check(); !errors.Is(err, ErrPolicyInvalid) {
-			t.Errorf("Check(bad policy %d) = %v, want ErrPolicyInvalid", i, err)
-		}
-	}
-	if err := Validate(&attest.Claims{Platform: attest.SNP}, good); !errors.Is(err, ErrClaims) {
-		t.Errorf("Validate(empty claims) = %v, want ErrClaims", err)
-	}
-}
-
-// TestLibraryOptionsWired checks that the go-sev-guest options built from a
-// policy reject, on their own, what the policy forbids: the second line of
-// defence is really armed.
-func TestLibraryOptionsWired(t *testing.T) {
+// TestValidateClaims: Validate takes only claims from Verify, and applies
+// the options it is given.
+func TestValidateClaims(t *testing.T) {
 	ctx := context.Background()
 	dir := testSim(t)
 	rd := [64]byte{3}
-	c, err := simVerifier(t, dir).Verify(ctx, issue(t, dir, SimOptions{VMPL: 2, GuestSVN: 1}, rd), rd)
+	iss, err := NewSimIssuer(dir, SimOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := abi.ReportToProto(c.SNP.Report)
+	ev, err := iss.Issue(ctx, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	att := &spb.Attestation{Report: r, CertificateChain: &spb.CertificateChain{VcekCert: c.SNP.EndorsementKey}}
-	base := simPolicy(t, dir)
-	base.VMPL = u32(2)
-	base.ChipIDs = [][]byte{c.SNP.ChipID}
-	if err := validate.SnpAttestation(att, libraryOptions(r, base)); err != nil {
-		t.Fatalf("library rejects matching policy: %v", err)
+	c, err := simVerifier(t, dir).Verify(ctx, ev, rd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	other := make([]byte, 48)
-	other[5] = 1
-	for name, mutate := range map[string]func(*Policy){
-		"measurement": func(p *Policy) { p.Measurement = other },
-		"host data":   func(p *Policy) { p.HostData = other[:32] },
-		"family id":   func(p *Policy) { p.FamilyID = other[:16] },
-		"image id":    func(p *Policy) { p.ImageID = other[:16] },
-		"vmpl":        func(p *Policy) { p.VMPL = u32(0) },
-		"smt":         func(p *Policy) { p.AllowSMT = false },
-		"tcb":         func(p *Policy) { m := *p.MinTCB; m.Microcode++; p.MinTCB = &m },
-		"guest svn":   func(p *Policy) { p.MinGuestSVN = u32(2) },
-	} {
-		p := base
-		mutate(&p)
-		if err := validate.SnpAttestation(att, libraryOptions(r, p)); err == nil {
-			t.Errorf("library accepts a report that violates %s", name)
-		}
+	opts := simOptions(iss.hwid, rd)
+	if err := Validate(c, opts); err != nil {
+		t.Fatalf("Validate(sim claims, their options) = %v", err)
+	}
+	if err := Validate(&attest.Claims{Platform: attest.SNP}, opts); !errors.Is(err, errClaims) {
+		t.Errorf("Validate(empty claims) = %v, want errClaims", err)
+	}
+	noKey := *c
+	s := *c.SNP
+	s.EndorsementKey = nil
+	noKey.SNP = &s
+	if err := Validate(&noKey, opts); !errors.Is(err, errClaims) {
+		t.Errorf("Validate(claims without the endorsement key) = %v, want errClaims", err)
+	}
+	if err := Validate(c, nil); err == nil {
+		t.Error("Validate(no options) succeeded")
+	}
+	other := *opts
+	other.HostData = append([]byte{1}, make([]byte, 31)...)
+	if err := Validate(c, &other); err == nil || !strings.Contains(err.Error(), "HOST_DATA") {
+		t.Errorf("Validate(other host data) = %v, want a HOST_DATA refusal", err)
 	}
 }

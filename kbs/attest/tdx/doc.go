@@ -28,13 +28,12 @@
 //   - REPORT_DATA equals the expected binding;
 //   - the TD is not a debug TD (TD_ATTRIBUTES bit 0 clear).
 //
-// Validate then checks the claims against a Policy: MRTD, RTMR0-3,
-// MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM, TD attributes, minimum
-// TEE_TCB_SVN and the MRSEAM allow list, each either set or explicitly
-// listed as unchecked.
+// Reference values are not Verify's business: manifest.Match compares them,
+// and Validate has go-tdx-guest's validation confirm them with the options
+// kbs/policy builds from the manifest (and rejects a debug TD once more).
 //
-// Every failure is a distinct error (ErrQuoteSignature, ErrUntrustedRoot,
-// *CertificateError, ErrReportData, ErrDebug, *MismatchError, ...) for
+// Every failure of Verify is a distinct error (ErrQuoteSignature,
+// ErrUntrustedRoot, *CertificateError, ErrReportData, ErrDebug, ...) for
 // errors.Is and errors.As. A panic inside go-tdx-guest becomes an error.
 //
 // # Offline and online collateral

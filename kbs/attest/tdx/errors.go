@@ -46,28 +46,8 @@ var (
 	ErrDebug = errors.New("tdx: TD is in debug mode (TD_ATTRIBUTES bit 0)")
 )
 
-// Errors returned by Validate.
-var (
-	// ErrPolicy: the policy itself is invalid (a field neither set nor
-	// listed in Any, set and listed in Any, or of the wrong length).
-	ErrPolicy = errors.New("tdx: invalid policy")
-	// ErrClaims: the claims are not verified TDX claims.
-	ErrClaims = errors.New("tdx: claims are not TDX claims")
-	// ErrMRTD .. ErrMRSeam: a reference value differs.
-	ErrMRTD          = errors.New("tdx: MRTD mismatch")
-	ErrRTMR          = errors.New("tdx: RTMR mismatch")
-	ErrMRConfigID    = errors.New("tdx: MRCONFIGID mismatch")
-	ErrMROwner       = errors.New("tdx: MROWNER mismatch")
-	ErrMROwnerConfig = errors.New("tdx: MROWNERCONFIG mismatch")
-	ErrXFAM          = errors.New("tdx: XFAM mismatch")
-	ErrTDAttributes  = errors.New("tdx: TD_ATTRIBUTES mismatch")
-	ErrTEETCBSVN     = errors.New("tdx: TEE_TCB_SVN below minimum")
-	ErrMRSeam        = errors.New("tdx: MRSEAM not in allow list")
-	// ErrValidate: go-tdx-guest's validate rejected the claims after all
-	// of our field checks passed (architecturally fixed XFAM or
-	// TD_ATTRIBUTES bits).
-	ErrValidate = errors.New("tdx: rejected by go-tdx-guest validate")
-)
+// errClaims: Validate was given claims that did not come from Verify.
+var errClaims = errors.New("tdx: claims are not TDX claims")
 
 // CertificateError says which certificate of the PCK chain failed a time
 // check. It unwraps to ErrCertExpired or ErrCertNotYetValid.
@@ -79,17 +59,3 @@ type CertificateError struct {
 
 func (e *CertificateError) Error() string { return fmt.Sprintf("%v: %s %s", e.Err, e.Cert, e.Msg) }
 func (e *CertificateError) Unwrap() error { return e.Err }
-
-// MismatchError reports a policy field whose value differs from the
-// reference. It unwraps to the field's sentinel (ErrMRTD, ErrRTMR, ...).
-type MismatchError struct {
-	Field Field
-	Got   string // hex or decimal, as the field is usually written
-	Want  string
-	Err   error
-}
-
-func (e *MismatchError) Error() string {
-	return fmt.Sprintf("%v: %s is %s, want %s", e.Err, e.Field, e.Got, e.Want)
-}
-func (e *MismatchError) Unwrap() error { return e.Err }

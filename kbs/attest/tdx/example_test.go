@@ -7,6 +7,7 @@ import (
 	"log"
 	"os"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx"
 )
@@ -46,12 +47,12 @@ func Example() {
 	}
 	fmt.Println(claims.Platform, claims.Simulated, claims.TDX.TCBStatus)
 
-	policy := tdx.Policy{
-		MRTD: tdx.DefaultSimMRTD[:],
-		Any:  []tdx.Field{tdx.FieldRTMR0, tdx.FieldRTMR1, tdx.FieldRTMR2, tdx.FieldRTMR3, tdx.FieldMRConfigID, tdx.FieldMROwner, tdx.FieldMROwnerConfig, tdx.FieldXFAM, tdx.FieldTDAttributes, tdx.FieldMinTEETCBSVN, tdx.FieldMRSeam},
-	}
-	fmt.Println(tdx.Validate(claims, policy))
-	fmt.Println(tdx.Validate(claims, tdx.Policy{}))
+	// go-tdx-guest's validation confirms reference values (kbs/policy builds
+	// these options from a manifest).
+	pinned := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: tdx.DefaultSimMRTD[:]}}
+	fmt.Println(tdx.Validate(claims, pinned))
+	other := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: make([]byte, 48)}}
+	fmt.Println(tdx.Validate(claims, other) != nil)
 
 	// The same quote under the default (Intel) root is rejected.
 	hw, err := tdx.NewVerifier(tdx.Options{})
@@ -63,6 +64,6 @@ func Example() {
 	// Output:
 	// tdx true UpToDate
 	// <nil>
-	// tdx: invalid policy: mrtd is neither set nor listed in Any
+	// true
 	// true
 }

@@ -2,6 +2,7 @@ package tdx
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -106,9 +108,7 @@ func reportData(label string) [attest.ReportDataSize]byte {
 var allErrs = []error{
 	ErrNotTDX, ErrMalformedQuote, ErrQEVendor, ErrCertChain, ErrCertExpired, ErrCertNotYetValid,
 	ErrUntrustedRoot, ErrQEReportSignature, ErrAttestationKeyBinding, ErrQuoteSignature,
-	ErrCollateralUnavailable, ErrCollateral, ErrReportData, ErrDebug,
-	ErrPolicy, ErrClaims, ErrMRTD, ErrRTMR, ErrMRConfigID, ErrMROwner, ErrMROwnerConfig, ErrXFAM,
-	ErrTDAttributes, ErrTEETCBSVN, ErrMRSeam, ErrValidate,
+	ErrCollateralUnavailable, ErrCollateral, ErrReportData, ErrDebug, errClaims,
 }
 
 // wantOnly fails unless err matches want and no other sentinel.
@@ -124,20 +124,21 @@ func wantOnly(t testing.TB, err, want error) {
 	}
 }
 
-// simPolicy is a policy that the default sim quote satisfies, with every
-// field set.
-func simPolicy() Policy {
-	xfam, attrs := DefaultSimXFAM, DefaultSimTDAttributes
+// simOptions are go-tdx-guest validation options that the default sim
+// quote binding rd satisfies, every field pinned (what kbs/policy builds
+// from a manifest pinned to that quote).
+func simOptions(rd [attest.ReportDataSize]byte) *validate.Options {
 	zero := make([]byte, 48)
-	return Policy{
-		MRTD:          DefaultSimMRTD[:],
-		RTMR:          [4][]byte{DefaultSimRTMR[0][:], DefaultSimRTMR[1][:], DefaultSimRTMR[2][:], DefaultSimRTMR[3][:]},
-		MRConfigID:    zero,
-		MROwner:       zero,
-		MROwnerConfig: zero,
-		XFAM:          &xfam,
-		TDAttributes:  &attrs,
-		MinTEETCBSVN:  DefaultSimTEETCBSVN[:],
-		MRSeam:        [][]byte{make([]byte, 48), DefaultSimMRSeam[:]},
-	}
+	return &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{
+		MrTd:             DefaultSimMRTD[:],
+		Rtmrs:            [][]byte{DefaultSimRTMR[0][:], DefaultSimRTMR[1][:], DefaultSimRTMR[2][:], DefaultSimRTMR[3][:]},
+		MrConfigID:       zero,
+		MrOwner:          zero,
+		MrOwnerConfig:    zero,
+		Xfam:             binary.LittleEndian.AppendUint64(nil, DefaultSimXFAM),
+		TdAttributes:     binary.LittleEndian.AppendUint64(nil, DefaultSimTDAttributes),
+		MinimumTeeTcbSvn: DefaultSimTEETCBSVN[:],
+		MrSeam:           DefaultSimMRSeam[:],
+		ReportData:       rd[:],
+	}}
 }

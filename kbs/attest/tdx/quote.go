@@ -29,6 +29,10 @@ const (
 	attestationKeyEnd = signatureEnd + 64
 )
 
+// measurementSize is the size of MRTD, the RTMRs, MRCONFIGID, MROWNER,
+// MROWNERCONFIG, MRSEAM and MRSIGNERSEAM: a SHA-384 digest.
+const measurementSize = abi.MrTdSize
+
 // intelQEVendorID is QE_VENDOR_ID of quotes from Intel's quoting enclave.
 var intelQEVendorID = []byte{0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07}
 

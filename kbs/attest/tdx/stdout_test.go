@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/google/go-tdx-guest/verify"
 	"github.com/kbs-dev/kbs/internal/testbin"
 )
@@ -58,7 +59,7 @@ func stdoutChild() {
 	fail(err)
 	c, err := v.Verify(ctx, tdxEvidence(raw), rd)
 	fail(err)
-	fail(Validate(c, Policy{Any: Fields}))
+	fail(Validate(c, &validate.Options{}))
 	v, err = NewVerifier(Options{Now: fixed(time.Date(2023, 7, 1, 0, 0, 0, 0, time.UTC)), CollateralDir: intelCollateral})
 	fail(err)
 	if _, err := v.Verify(ctx, tdxEvidence(raw), rd); err == nil {
@@ -78,5 +79,5 @@ func stdoutChild() {
 	fail(err)
 	c, err = v.Verify(ctx, ev, rd)
 	fail(err)
-	fail(Validate(c, simPolicy()))
+	fail(Validate(c, simOptions(rd)))
 }

@@ -181,7 +181,8 @@ func (v *Verifier) now() time.Time {
 //
 // Everything but the quote signature, REPORT_DATA and the debug bit is
 // cached per chain (Options.ChainCacheTTL), so a warm verification costs one
-// ECDSA verification. The policy fields are checked by Validate.
+// ECDSA verification. Reference values are compared by manifest.Match and
+// confirmed by Validate.
 func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [attest.ReportDataSize]byte) (*attest.Claims, error) {
 	if ev.Platform != attest.TDX {
 		return nil, fmt.Errorf("%w: platform %q", ErrNotTDX, ev.Platform)
