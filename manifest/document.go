@@ -428,6 +428,37 @@ func PinTDX(c *Claims) (TDXValues, error) {
 	}, nil
 }
 
+// PinClass returns a class whose alternatives accept exactly the given
+// claims: PinSNP of each SNP claims, PinTDX of each TDX claims. kbsd --dev
+// builds its development manifest with it.
+func PinClass(claims ...*Claims) (Class, error) {
+	var cl Class
+	for _, c := range claims {
+		switch {
+		case c == nil:
+			return Class{}, fmt.Errorf("manifest: no claims to pin")
+		case c.Platform == PlatformSNP:
+			v, err := PinSNP(c)
+			if err != nil {
+				return Class{}, err
+			}
+			cl.SNP = append(cl.SNP, v)
+		case c.Platform == PlatformTDX:
+			v, err := PinTDX(c)
+			if err != nil {
+				return Class{}, err
+			}
+			cl.TDX = append(cl.TDX, v)
+		default:
+			return Class{}, fmt.Errorf("manifest: claims of unknown platform %q", c.Platform)
+		}
+	}
+	if len(cl.SNP) == 0 && len(cl.TDX) == 0 {
+		return Class{}, fmt.Errorf("manifest: no claims to pin")
+	}
+	return cl, nil
+}
+
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
 
 // sortedClasses returns the worker class names in order.

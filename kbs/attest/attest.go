@@ -24,6 +24,26 @@ const (
 	TDX Platform = "tdx"
 )
 
+// Marks of simulated evidence. The simulated TEE (kbs/attest/sim) puts them
+// in the certificates it issues so that verifiers can route its evidence to
+// the simulated roots, which they trust only when given explicitly
+// (kbs/attest/verify). A mark is never a reason to trust evidence, and
+// hardware certificates never carry one: evidence routed to the simulated
+// roots fails unless it chains to them, and evidence that chains to them is
+// marked Simulated in its claims.
+const (
+	// SimSNPMarker is a pseudonym attribute (OID 2.5.4.65) in the subject
+	// of every simulated VCEK.
+	SimSNPMarker = "kbs simulated TEE 5a4d3e77-a00c-4aae-a916-58117dfc77b4"
+	// SimTDXCRLPrefix starts the CRL distribution point of the simulated
+	// Intel root, PCK CA and TCB signing certificates.
+	SimTDXCRLPrefix = "https://kbs-sim.invalid/"
+	// SimTDXCollateralDir is where a simulated TEE keeps the TDX collateral
+	// (in kbs/attest/tdx/pcscache's format) that its quotes verify with,
+	// relative to the directory of its root.pem.
+	SimTDXCollateralDir = "tdx/tdx-collateral"
+)
+
 // ReportDataSize is the size of the REPORT_DATA field of SNP reports and TDX
 // quotes: 64 bytes, which kbs fills with SHA-512 of a binding string.
 const ReportDataSize = 64

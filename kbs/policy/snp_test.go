@@ -12,7 +12,6 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
-	"github.com/kbs-dev/kbs/kbs/attest/snp"
 	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 )
@@ -233,7 +232,7 @@ func TestSNPFieldRejections(t *testing.T) {
 		{name: "TCB below minimum", edit: func(v *manifest.SNPValues) { v.MinTCB.SNP++ }, field: "reported_tcb.snp", lib: "REPORTED_TCB"},
 		{name: "guest SVN", opts: sim.Options{GuestSVN: 1}, edit: func(v *manifest.SNPValues) { v.MinGuestSVN = manifest.MinUint{Value: 2} }, field: "guest_svn", lib: "GUEST_SVN"},
 		{name: "SMT not allowed", edit: func(v *manifest.SNPValues) { v.MaxPolicy.Value &^= 1 << 16 }, field: "policy", lib: "SMT"},
-		{name: "migration agent", opts: sim.Options{GuestPolicy: snp.DefaultSimGuestPolicy | 1<<18}, field: "policy", lib: "migration agent"},
+		{name: "migration agent", opts: sim.Options{GuestPolicy: sim.DefaultSNPGuestPolicy | 1<<18}, field: "policy", lib: "migration agent"},
 		{name: "chip id", edit: func(v *manifest.SNPValues) { v.ChipIDs = manifest.Hexes(make([]byte, 64)) }, field: "chip_id", lib: "CHIP_ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

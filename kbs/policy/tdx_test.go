@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-tdx-guest/validate"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx"
 	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
@@ -292,9 +293,9 @@ func TestTDXMatchNamesEveryField(t *testing.T) {
 // library refuses it: Confirm reports the disagreement.
 func TestTDXSimFields(t *testing.T) {
 	dir := filepath.Join(testSim(t), "tdx")
-	quote := func(o tdx.SimOptions) *attest.Claims {
+	quote := func(o sim.TDXOptions) *attest.Claims {
 		t.Helper()
-		iss, err := tdx.NewSimIssuer(dir, o)
+		iss, err := sim.NewTDXIssuer(dir, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -305,34 +306,34 @@ func TestTDXSimFields(t *testing.T) {
 		}
 		return verified(t, ev, rd)
 	}
-	pinned, err := manifest.PinTDX(quote(tdx.SimOptions{}))
+	pinned, err := manifest.PinTDX(quote(sim.TDXOptions{}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	other := bytes.Repeat([]byte{0xee}, 48)
 	for _, tc := range []struct {
 		name       string
-		sim        tdx.SimOptions
+		opts       sim.TDXOptions
 		field, lib string
 	}{
-		{"MRTD", tdx.SimOptions{MRTD: other}, "mrtd", "MR_TD"},
-		{"RTMR2", tdx.SimOptions{RTMR: [4][]byte{2: other}}, "rtmr2", "RTMR[2]"},
-		{"MRCONFIGID", tdx.SimOptions{MRConfigID: other}, "mrconfigid", "MR_CONFIG_ID"},
-		{"MROWNER", tdx.SimOptions{MROwner: other}, "mrowner", "MR_OWNER "},
-		{"MROWNERCONFIG", tdx.SimOptions{MROwnerConfig: other}, "mrownerconfig", "MR_OWNER_CONFIG"},
-		{"XFAM", tdx.SimOptions{XFAM: 0x2e7}, "xfam", "XFAM"},
-		{"TD attributes", tdx.SimOptions{TDAttributes: 1 << 28}, "td_attributes", "TD_ATTRIBUTES"},
-		{"TEE TCB SVN below minimum", tdx.SimOptions{TEETCBSVN: []byte{2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}}, "tee_tcb_svn", "TEE TCB"},
-		{"MRSEAM", tdx.SimOptions{MRSeam: other}, "mrseam", "MR_SEAM"},
+		{"MRTD", sim.TDXOptions{MRTD: other}, "mrtd", "MR_TD"},
+		{"RTMR2", sim.TDXOptions{RTMR: [4][]byte{2: other}}, "rtmr2", "RTMR[2]"},
+		{"MRCONFIGID", sim.TDXOptions{MRConfigID: other}, "mrconfigid", "MR_CONFIG_ID"},
+		{"MROWNER", sim.TDXOptions{MROwner: other}, "mrowner", "MR_OWNER "},
+		{"MROWNERCONFIG", sim.TDXOptions{MROwnerConfig: other}, "mrownerconfig", "MR_OWNER_CONFIG"},
+		{"XFAM", sim.TDXOptions{XFAM: 0x2e7}, "xfam", "XFAM"},
+		{"TD attributes", sim.TDXOptions{TDAttributes: 1 << 28}, "td_attributes", "TD_ATTRIBUTES"},
+		{"TEE TCB SVN below minimum", sim.TDXOptions{TEETCBSVN: []byte{2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}}, "tee_tcb_svn", "TEE TCB"},
+		{"MRSEAM", sim.TDXOptions{MRSeam: other}, "mrseam", "MR_SEAM"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v := pinned
-			bothReject(t, quote(tc.sim), nil, &v, tc.field, tc.lib)
+			bothReject(t, quote(tc.opts), nil, &v, tc.field, tc.lib)
 		})
 	}
 
 	t.Run("XFAM reserved bit (library only)", func(t *testing.T) {
-		c := quote(tdx.SimOptions{XFAM: tdx.DefaultSimXFAM | 1<<40})
+		c := quote(sim.TDXOptions{XFAM: sim.DefaultTDXXFAM | 1<<40})
 		v, err := manifest.PinTDX(c)
 		if err != nil {
 			t.Fatal(err)

@@ -2,10 +2,12 @@ package snp
 
 import (
 	"context"
+	"crypto/x509"
 	"testing"
 	"time"
 
 	"github.com/google/go-sev-guest/verify"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // BenchmarkVerifyValidate measures Verify followed by Validate on simulated
@@ -18,7 +20,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	ctx := context.Background()
 	dir := testSim(b)
 	rd := [64]byte{5}
-	iss, err := NewSimIssuer(dir, SimOptions{})
+	iss, err := sim.NewSNPIssuer(dir, sim.SNPOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -26,7 +28,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	opts := simOptions(iss.hwid, rd)
+	opts := simOptions(iss.ChipID(), rd)
 	roots := simVerifier(b, dir).rootList()
 	now := simNow(b, dir)
 	vopts := Options{Roots: roots, Now: func() time.Time { return now }}
@@ -92,13 +94,17 @@ func BenchmarkVerifyValidate(b *testing.B) {
 // BenchmarkReportSignature is one ECDSA P-384 report signature check, the
 // floor of a warm verification.
 func BenchmarkReportSignature(b *testing.B) {
-	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
-	_, chain, err := loadSim(testSim(b))
+	ev := issue(b, testSim(b), sim.SNPOptions{}, [64]byte{})
+	parsed, err := ParseEvidence(ev.Data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	vcek, err := x509.ParseCertificate(parsed.cert(vcekGUID))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if err := verify.SnpReportSignature(ev.Data[:ReportSize], chain[2]); err != nil {
+		if err := verify.SnpReportSignature(ev.Data[:ReportSize], vcek); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -108,7 +114,7 @@ func BenchmarkReportSignature(b *testing.B) {
 // before verification: parse the evidence and look for the sim marker in its
 // endorsement certificate (parsed once per certificate, then remembered).
 func BenchmarkIsSimulated(b *testing.B) {
-	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
+	ev := issue(b, testSim(b), sim.SNPOptions{}, [64]byte{})
 	for b.Loop() {
 		if !IsSimulated(ev.Data) {
 			b.Fatal("IsSimulated(sim evidence) = false")
@@ -121,7 +127,7 @@ func BenchmarkIsSimulated(b *testing.B) {
 func BenchmarkValidate(b *testing.B) {
 	dir := testSim(b)
 	rd := [64]byte{5}
-	iss, err := NewSimIssuer(dir, SimOptions{})
+	iss, err := sim.NewSNPIssuer(dir, sim.SNPOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -129,7 +135,7 @@ func BenchmarkValidate(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	opts := simOptions(iss.hwid, rd)
+	opts := simOptions(iss.ChipID(), rd)
 	now := simNow(b, dir)
 	v, err := NewVerifier(Options{Roots: simVerifier(b, dir).rootList(), Now: func() time.Time { return now }})
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/uuid"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
 // ReportSize is the size of an SEV-SNP ATTESTATION_REPORT in bytes.
@@ -83,6 +85,20 @@ func ParseEvidence(data []byte) (ev *Evidence, err error) {
 	}
 	ev.Certs = ct.Entries
 	return ev, nil
+}
+
+// UnverifiedReportData returns the REPORT_DATA of SNP evidence without
+// verifying anything: for tools that verify evidence whose binding they do
+// not know (kbsctl manifest check), and must then say so. It fails as
+// ParseEvidence does.
+func UnverifiedReportData(data []byte) ([attest.ReportDataSize]byte, error) {
+	var rd [attest.ReportDataSize]byte
+	ev, err := ParseEvidence(data)
+	if err != nil {
+		return rd, err
+	}
+	copy(rd[:], ev.Proto.GetReportData())
+	return rd, nil
 }
 
 // Marshal returns the evidence bytes: the report followed by the certificate

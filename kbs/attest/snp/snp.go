@@ -205,6 +205,36 @@ func parseDefaultRoots() ([]Root, error) {
 	return out, nil
 }
 
+// RootsFromCerts picks AMD-shaped key hierarchies out of certs: each
+// self-signed "ARK-<line>" with the "SEV-<line>" (ASK) and "SEV-VLEK-<line>"
+// (ASVK) certificates it signed. Other certificates are ignored. It is how a
+// file of simulated roots (sim/root.pem) becomes Options.Roots.
+func RootsFromCerts(certs []*x509.Certificate) []Root {
+	var out []Root
+	for _, ark := range certs {
+		if ark.CheckSignatureFrom(ark) != nil || len(ark.Subject.CommonName) < 5 || ark.Subject.CommonName[:4] != "ARK-" {
+			continue
+		}
+		line := ark.Subject.CommonName[4:]
+		r := Root{ProductLine: line, ARK: ark}
+		for _, c := range certs {
+			if c.CheckSignatureFrom(ark) != nil || c == ark {
+				continue
+			}
+			switch c.Subject.CommonName {
+			case "SEV-" + line:
+				r.ASK = c
+			case "SEV-VLEK-" + line:
+				r.ASVK = c
+			}
+		}
+		if r.ASK != nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // Verify checks SNP evidence as described in the package documentation and
 // returns its claims. reportData is the expected REPORT_DATA.
 func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [attest.ReportDataSize]byte) (c *attest.Claims, err error) {

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-sev-guest/validate"
 	"github.com/google/uuid"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // The real Milan report from go-sev-guest's verify/testdata (taken from a
@@ -167,7 +168,7 @@ func simOptions(chipID []byte, rd [64]byte) *validate.Options {
 
 // simTCBVersion is the TCB_VERSION of the simulated chip.
 func simTCBVersion() uint64 {
-	v, err := SimTCB().Encode(SimProductLine)
+	v, err := sim.SNPTCB().Encode(sim.SNPProductLine)
 	if err != nil {
 		panic(err)
 	}
@@ -183,7 +184,7 @@ func TestNegativeMatrix(t *testing.T) {
 	rd := [64]byte{0xaa, 0xbb}
 
 	rogueDir := t.TempDir()
-	if err := GenerateSim(rogueDir); err != nil {
+	if err := sim.GenerateSNP(rogueDir); err != nil {
 		t.Fatal(err)
 	}
 	far, err := NewVerifier(Options{Roots: v.rootList(), Now: func() time.Time { return simNow(t, dir).AddDate(30, 0, 0) }})
@@ -193,7 +194,7 @@ func TestNegativeMatrix(t *testing.T) {
 
 	type row struct {
 		name     string
-		opts     SimOptions
+		opts     sim.SNPOptions
 		issuerOf string // "" = the test sim, "rogue" = another sim
 		mutate   func(*spb.Report)
 		tamper   func([]byte)
@@ -205,7 +206,7 @@ func TestNegativeMatrix(t *testing.T) {
 	// report moved with the policy checks to kbs/policy (TestSNPFieldRejections).
 	rows := []row{
 		{name: "ok"},
-		{name: "debug bit", opts: SimOptions{GuestPolicy: DefaultSimGuestPolicy | 1<<19}, want: ErrDebug},
+		{name: "debug bit", opts: sim.SNPOptions{GuestPolicy: sim.DefaultSNPGuestPolicy | 1<<19}, want: ErrDebug},
 		{name: "REPORT_DATA", rd: &[64]byte{0xaa}, want: ErrReportData},
 		{name: "flipped signature byte", tamper: func(b []byte) { b[0x2A0] ^= 0x80 }, want: ErrSignature},
 		{name: "tampered measurement", tamper: func(b []byte) { b[0x90] ^= 1 }, want: ErrSignature},
@@ -221,11 +222,12 @@ func TestNegativeMatrix(t *testing.T) {
 			if tt.issuerOf == "rogue" {
 				d = rogueDir
 			}
-			iss, err := NewSimIssuer(d, tt.opts)
+			opts := tt.opts
+			opts.Edit = tt.mutate
+			iss, err := sim.NewSNPIssuer(d, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
-			iss.mutate = tt.mutate
 			ev, err := iss.Issue(ctx, rd)
 			if err != nil {
 				t.Fatal(err)
@@ -243,7 +245,7 @@ func TestNegativeMatrix(t *testing.T) {
 			}
 			c, err := ver.Verify(ctx, ev, want)
 			if err == nil {
-				err = Validate(c, simOptions(iss.hwid, want))
+				err = Validate(c, simOptions(iss.ChipID(), want))
 			}
 			if tt.want == nil {
 				if err != nil {
@@ -276,7 +278,7 @@ func TestWarmChainCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	rd := [64]byte{7}
-	ev := issue(t, dir, SimOptions{}, rd)
+	ev := issue(t, dir, sim.SNPOptions{}, rd)
 	for i := 0; i < 2; i++ {
 		if _, err := v.Verify(ctx, ev, rd); err != nil {
 			t.Fatalf("Verify #%d = %v", i, err)
@@ -305,7 +307,7 @@ func TestValidateClaims(t *testing.T) {
 	ctx := context.Background()
 	dir := testSim(t)
 	rd := [64]byte{3}
-	iss, err := NewSimIssuer(dir, SimOptions{})
+	iss, err := sim.NewSNPIssuer(dir, sim.SNPOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +319,7 @@ func TestValidateClaims(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := simOptions(iss.hwid, rd)
+	opts := simOptions(iss.ChipID(), rd)
 	if err := Validate(c, opts); err != nil {
 		t.Fatalf("Validate(sim claims, their options) = %v", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // BenchmarkVerifyValidate measures Verify followed by Validate:
@@ -48,8 +49,8 @@ func BenchmarkVerifyValidate(b *testing.B) {
 
 	dir := newSimDir(b)
 	srd := reportData("bench")
-	sraw := simQuote(b, dir, SimOptions{}, srd)
-	opts, err := SimVerifierOptions(dir)
+	sraw := simQuote(b, dir, sim.TDXOptions{}, srd)
+	opts, err := simVerifierOptions(dir)
 	if err != nil {
 		b.Fatal(err)
 	}

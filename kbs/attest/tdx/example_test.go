@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 
 	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx"
 )
 
@@ -20,10 +22,10 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	if err := tdx.GenerateSim(dir); err != nil {
+	if err := sim.Init(dir); err != nil {
 		log.Fatal(err)
 	}
-	issuer, err := tdx.NewSimIssuer(dir, tdx.SimOptions{})
+	issuer, err := sim.NewIssuer(dir, attest.TDX, sim.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -33,11 +35,12 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	opts, err := tdx.SimVerifierOptions(dir)
+	simDir := filepath.Join(dir, "tdx")
+	roots, err := sim.TDXRoots(simDir)
 	if err != nil {
 		log.Fatal(err)
 	}
-	v, err := tdx.NewVerifier(opts)
+	v, err := tdx.NewVerifier(tdx.Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(simDir), RequireCollateral: true})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -49,7 +52,7 @@ func Example() {
 
 	// go-tdx-guest's validation confirms reference values (kbs/policy builds
 	// these options from a manifest).
-	pinned := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: tdx.DefaultSimMRTD[:]}}
+	pinned := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: sim.DefaultTDXMRTD[:]}}
 	fmt.Println(tdx.Validate(claims, pinned))
 	other := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: make([]byte, 48)}}
 	fmt.Println(tdx.Validate(claims, other) != nil)

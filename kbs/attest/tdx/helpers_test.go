@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // The real quote: go-tdx-guest's Sapphire Rapids sample, copied by
@@ -65,15 +66,26 @@ func mustVerifier(t testing.TB, opts Options) *Verifier {
 func newSimDir(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "sim")
-	if err := GenerateSim(dir); err != nil {
+	if err := sim.GenerateTDX(dir); err != nil {
 		t.Fatal(err)
 	}
 	return dir
 }
 
+// simVerifierOptions are the options that verify quotes of the TDX sim in
+// dir: its root as the only trusted root, offline, with its collateral
+// cache, and collateral required.
+func simVerifierOptions(dir string) (Options, error) {
+	roots, err := sim.TDXRoots(dir)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(dir), RequireCollateral: true}, nil
+}
+
 func simVerifier(t testing.TB, dir string, now time.Time) *Verifier {
 	t.Helper()
-	opts, err := SimVerifierOptions(dir)
+	opts, err := simVerifierOptions(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +93,9 @@ func simVerifier(t testing.TB, dir string, now time.Time) *Verifier {
 	return mustVerifier(t, opts)
 }
 
-func simQuote(t testing.TB, dir string, opts SimOptions, rd [attest.ReportDataSize]byte) []byte {
+func simQuote(t testing.TB, dir string, opts sim.TDXOptions, rd [attest.ReportDataSize]byte) []byte {
 	t.Helper()
-	iss, err := NewSimIssuer(dir, opts)
+	iss, err := sim.NewTDXIssuer(dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,15 +142,15 @@ func wantOnly(t testing.TB, err, want error) {
 func simOptions(rd [attest.ReportDataSize]byte) *validate.Options {
 	zero := make([]byte, 48)
 	return &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{
-		MrTd:             DefaultSimMRTD[:],
-		Rtmrs:            [][]byte{DefaultSimRTMR[0][:], DefaultSimRTMR[1][:], DefaultSimRTMR[2][:], DefaultSimRTMR[3][:]},
+		MrTd:             sim.DefaultTDXMRTD[:],
+		Rtmrs:            [][]byte{sim.DefaultTDXRTMR[0][:], sim.DefaultTDXRTMR[1][:], sim.DefaultTDXRTMR[2][:], sim.DefaultTDXRTMR[3][:]},
 		MrConfigID:       zero,
 		MrOwner:          zero,
 		MrOwnerConfig:    zero,
-		Xfam:             binary.LittleEndian.AppendUint64(nil, DefaultSimXFAM),
-		TdAttributes:     binary.LittleEndian.AppendUint64(nil, DefaultSimTDAttributes),
-		MinimumTeeTcbSvn: DefaultSimTEETCBSVN[:],
-		MrSeam:           DefaultSimMRSeam[:],
+		Xfam:             binary.LittleEndian.AppendUint64(nil, sim.DefaultTDXXFAM),
+		TdAttributes:     binary.LittleEndian.AppendUint64(nil, sim.DefaultTDXTDAttributes),
+		MinimumTeeTcbSvn: sim.DefaultTDXTEETCBSVN[:],
+		MrSeam:           sim.DefaultTDXMRSeam[:],
 		ReportData:       rd[:],
 	}}
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
 // MaxQuoteSize bounds the evidence Verify accepts. Real v4 quotes with their
@@ -63,6 +65,20 @@ func parseQuote(raw []byte) (q *pb.QuoteV4, err error) {
 		return nil, fmt.Errorf("%w: %v", ErrMalformedQuote, err)
 	}
 	return quote, nil
+}
+
+// UnverifiedReportData returns the REPORT_DATA of a TDX quote without
+// verifying anything: for tools that verify evidence whose binding they do
+// not know (kbsctl manifest check), and must then say so. It fails for
+// bytes that are not a well-formed v4 quote.
+func UnverifiedReportData(quote []byte) ([attest.ReportDataSize]byte, error) {
+	var rd [attest.ReportDataSize]byte
+	q, err := parseQuote(quote)
+	if err != nil {
+		return rd, err
+	}
+	copy(rd[:], q.GetTdQuoteBody().GetReportData())
+	return rd, nil
 }
 
 // pckChain is the certificate chain carried in a quote.

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-tdx-guest/validate"
 	"github.com/google/go-tdx-guest/verify"
 	"github.com/kbs-dev/kbs/internal/testbin"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // TestNoStdout runs verifications in a child process and checks that
@@ -68,12 +69,12 @@ func stdoutChild() {
 	dir, err := os.MkdirTemp("", "tdx-stdout")
 	fail(err)
 	defer os.RemoveAll(dir)
-	fail(GenerateSim(dir))
-	iss, err := NewSimIssuer(dir, SimOptions{})
+	fail(sim.GenerateTDX(dir))
+	iss, err := sim.NewTDXIssuer(dir, sim.TDXOptions{})
 	fail(err)
 	ev, err := iss.Issue(ctx, rd)
 	fail(err)
-	opts, err := SimVerifierOptions(dir)
+	opts, err := simVerifierOptions(dir)
 	fail(err)
 	v, err = NewVerifier(opts)
 	fail(err)

@@ -3,17 +3,17 @@ package tdx
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"math/big"
 	"testing"
 	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 )
 
 // TestVerifyRealQuoteOffline verifies go-tdx-guest's real Sapphire Rapids
@@ -47,7 +47,7 @@ func TestVerifyRealQuoteOffline(t *testing.T) {
 	if c.EvidenceDigest != tdxEvidence(raw).Digest() || c.ReportData != realReportData(t) {
 		t.Errorf("EvidenceDigest or ReportData wrong")
 	}
-	if got := hex.EncodeToString(c.TDX.MRSeam); got != hex.EncodeToString(DefaultSimMRSeam[:]) {
+	if got := hex.EncodeToString(c.TDX.MRSeam); got != hex.EncodeToString(sim.DefaultTDXMRSeam[:]) {
 		t.Errorf("MRSeam = %s", got)
 	}
 	// The embedded root is the one Intel's chain in the quote ends at.
@@ -120,7 +120,7 @@ func flip(raw []byte, off int) []byte {
 func TestVerifyRealQuoteNegative(t *testing.T) {
 	raw := realQuote(t)
 	rd := realReportData(t)
-	simRoots, err := SimRoots(newSimDir(t))
+	simRoots, err := sim.TDXRoots(newSimDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +178,11 @@ func TestSimNegativeMatrix(t *testing.T) {
 	dir := newSimDir(t)
 	now := clock.Now()
 	rd := reportData("kbs-release-v1 test")
-	otherRoots, err := SimRoots(newSimDir(t))
+	otherRoots, err := sim.TDXRoots(newSimDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := simQuote(t, dir, SimOptions{}, rd)
+	good := simQuote(t, dir, sim.TDXOptions{}, rd)
 	if c, err := simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(good), rd); err != nil {
 		t.Fatalf("Verify(sim quote) = %v", err)
 	} else if err := Validate(c, simOptions(rd)); err != nil {
@@ -193,13 +193,13 @@ func TestSimNegativeMatrix(t *testing.T) {
 	wrongRD[0] ^= 0xff
 	for _, tc := range []struct {
 		name   string
-		sim    SimOptions
+		sim    sim.TDXOptions
 		mutate func([]byte) []byte
 		rd     *[attest.ReportDataSize]byte
 		opts   func(*Options)
 		want   error
 	}{
-		{name: "TDX debug attribute", sim: SimOptions{TDAttributes: 1}, want: ErrDebug},
+		{name: "TDX debug attribute", sim: sim.TDXOptions{TDAttributes: 1}, want: ErrDebug},
 		{name: "REPORT_DATA", rd: &wrongRD, want: ErrReportData},
 		{name: "flipped signature byte", mutate: func(b []byte) []byte { return flip(b, signatureOff+40) }, want: ErrQuoteSignature},
 		{name: "flipped MRTD byte", mutate: func(b []byte) []byte { return flip(b, mrtdOff+1) }, want: ErrQuoteSignature},
@@ -214,7 +214,7 @@ func TestSimNegativeMatrix(t *testing.T) {
 			if tc.mutate != nil {
 				raw = tc.mutate(raw)
 			}
-			opts, err := SimVerifierOptions(dir)
+			opts, err := simVerifierOptions(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -242,48 +242,31 @@ func TestSimCollateralChecks(t *testing.T) {
 
 	t.Run("revoked PCK certificate", func(t *testing.T) {
 		dir := newSimDir(t)
-		pki, err := loadSim(dir)
-		if err != nil {
+		if err := sim.RevokeTDXPCK(dir, now.Add(-time.Hour)); err != nil {
 			t.Fatal(err)
 		}
-		crl, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-			Number: big.NewInt(1), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.AddDate(0, 1, 0),
-			RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: pki.pck.SerialNumber, RevocationTime: now.Add(-time.Minute)}},
-		}, pki.ca, pki.caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cdir := dir + "/" + SimCollateralDir
-		r, err := readCached(cdir, pcs.PckCrlURL("platform"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Body = crl
-		if err := writeCached(cdir, r); err != nil {
-			t.Fatal(err)
-		}
-		_, err = simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, SimOptions{}, rd)), rd)
+		_, err := simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, sim.TDXOptions{}, rd)), rd)
 		wantOnly(t, err, ErrCollateral)
 	})
 
 	t.Run("TCB info signature", func(t *testing.T) {
 		dir := newSimDir(t)
-		cdir := dir + "/" + SimCollateralDir
-		r, err := readCached(cdir, pcs.TcbInfoURL(hex.EncodeToString(simFMSPC)))
+		cdir := sim.TDXCollateralDir(dir)
+		r, err := readCached(cdir, pcs.TcbInfoURL(sim.TDXFMSPC))
 		if err != nil {
 			t.Fatal(err)
 		}
 		r.Body = bytes.Replace(r.Body, []byte(`"tcbEvaluationDataNumber":1`), []byte(`"tcbEvaluationDataNumber":2`), 1)
-		if err := writeCached(cdir, r); err != nil {
+		if err := pcscache.Write(cdir, r); err != nil {
 			t.Fatal(err)
 		}
-		_, err = simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, SimOptions{}, rd)), rd)
+		_, err = simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, sim.TDXOptions{}, rd)), rd)
 		wantOnly(t, err, ErrCollateral)
 		// GenerateSim notices and reissues the collateral.
-		if err := GenerateSim(dir); err != nil {
+		if err := sim.GenerateTDX(dir); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, SimOptions{}, rd)), rd); err != nil {
+		if _, err := simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, sim.TDXOptions{}, rd)), rd); err != nil {
 			t.Fatalf("after GenerateSim: %v", err)
 		}
 	})
@@ -295,7 +278,7 @@ func TestChainCache(t *testing.T) {
 	dir := newSimDir(t)
 	now := clock.Now()
 	clock := now
-	opts, err := SimVerifierOptions(dir)
+	opts, err := simVerifierOptions(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,8 +286,8 @@ func TestChainCache(t *testing.T) {
 	v := mustVerifier(t, opts)
 	ctx := context.Background()
 	rd1, rd2 := reportData("one"), reportData("two")
-	q1 := simQuote(t, dir, SimOptions{}, rd1)
-	q2 := simQuote(t, dir, SimOptions{MRTD: bytes.Repeat([]byte{7}, 48)}, rd2)
+	q1 := simQuote(t, dir, sim.TDXOptions{}, rd1)
+	q2 := simQuote(t, dir, sim.TDXOptions{MRTD: bytes.Repeat([]byte{7}, 48)}, rd2)
 	if _, err := v.Verify(ctx, tdxEvidence(q1), rd1); err != nil {
 		t.Fatal(err)
 	}
@@ -354,10 +337,10 @@ func TestChainCache(t *testing.T) {
 	})
 	t.Run("bounded", func(t *testing.T) {
 		dir2 := newSimDir(t)
-		roots2, _ := SimRoots(dir2)
-		roots1, _ := SimRoots(dir)
+		roots2, _ := sim.TDXRoots(dir2)
+		roots1, _ := sim.TDXRoots(dir)
 		v := mustVerifier(t, Options{Now: fixed(now), TrustedRoots: append(roots1, roots2...), ChainCacheSize: 1})
-		for _, q := range [][]byte{q1, simQuote(t, dir2, SimOptions{}, rd1), q1} {
+		for _, q := range [][]byte{q1, simQuote(t, dir2, sim.TDXOptions{}, rd1), q1} {
 			if _, err := v.Verify(ctx, tdxEvidence(q), rd1); err != nil {
 				t.Fatal(err)
 			}
@@ -374,7 +357,7 @@ func TestVerifyConcurrent(t *testing.T) {
 	dir := newSimDir(t)
 	v := simVerifier(t, dir, clock.Now())
 	v.cacheSize = -1 // every call runs the library
-	iss, err := NewSimIssuer(dir, SimOptions{})
+	iss, err := sim.NewTDXIssuer(dir, sim.TDXOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,7 +384,7 @@ func TestVerifyConcurrent(t *testing.T) {
 
 // fakePCS serves collateral from a map and counts requests.
 type fakePCS struct {
-	responses map[string]*cachedResponse
+	responses map[string]*pcscache.Response
 	fail      bool
 	gets      int
 }
@@ -424,14 +407,14 @@ func TestOnline(t *testing.T) {
 	dir := newSimDir(t)
 	now := clock.Now()
 	rd := reportData("online")
-	raw := simQuote(t, dir, SimOptions{}, rd)
-	roots, err := SimRoots(dir)
+	raw := simQuote(t, dir, sim.TDXOptions{}, rd)
+	roots, err := sim.TDXRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pcsFake := &fakePCS{responses: map[string]*cachedResponse{}}
-	simPKIDir := dir + "/" + SimCollateralDir
-	for _, u := range []string{pcs.TcbInfoURL(hex.EncodeToString(simFMSPC)), pcs.QeIdentityURL(), pcs.PckCrlURL("platform"), simRootCRLURL} {
+	pcsFake := &fakePCS{responses: map[string]*pcscache.Response{}}
+	simPKIDir := sim.TDXCollateralDir(dir)
+	for _, u := range []string{pcs.TcbInfoURL(sim.TDXFMSPC), pcs.QeIdentityURL(), pcs.PckCrlURL("platform"), roots[0].CRLDistributionPoints[0]} {
 		r, err := readCached(simPKIDir, u)
 		if err != nil {
 			t.Fatal(err)
@@ -447,7 +430,7 @@ func TestOnline(t *testing.T) {
 	if c.TDX.TCBStatus != "UpToDate" || pcsFake.gets != 4 {
 		t.Errorf("TCBStatus %q after %d fetches, want UpToDate after 4", c.TDX.TCBStatus, pcsFake.gets)
 	}
-	if p := planOffline(cache, hex.EncodeToString(simFMSPC), "platform"); !p.tcbAndQE || !p.crls {
+	if p := planOffline(cache, sim.TDXFMSPC, "platform"); !p.tcbAndQE || !p.crls {
 		t.Errorf("online verification did not fill the cache: %+v", p)
 	}
 
