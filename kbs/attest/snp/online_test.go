@@ -147,12 +147,12 @@ func TestOnlineRevoked(t *testing.T) {
 	dir, srv := onlineSim(t, true)
 	rd := [64]byte{8}
 	ev := issue(t, dir, sim.SNPOptions{}, rd)
-	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, ErrRevoked) {
-		t.Errorf("Verify with the ASK revoked = %v, want ErrRevoked", err)
+	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, errRevoked) {
+		t.Errorf("Verify with the ASK revoked = %v, want errRevoked", err)
 	}
 	// No CRL at all fails closed.
 	delete(srv.files, kds.CrlLinkByKey("Milan", abi.VcekReportSigner))
-	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, ErrRevoked) {
-		t.Errorf("Verify without a reachable CRL = %v, want ErrRevoked", err)
+	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, errRevoked) {
+		t.Errorf("Verify without a reachable CRL = %v, want errRevoked", err)
 	}
 }

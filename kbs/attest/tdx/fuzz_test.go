@@ -36,7 +36,7 @@ func fuzzSeeds(f *testing.F) {
 const QuoteMinSizeForTest = abi.QuoteMinSize
 
 // FuzzParseQuote: parsing never panics, is deterministic, fails only with
-// ErrMalformedQuote, and what parses serializes back to the same bytes.
+// errMalformedQuote, and what parses serializes back to the same bytes.
 func FuzzParseQuote(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -52,8 +52,8 @@ func FuzzParseQuote(f *testing.F) {
 			t.Fatalf("UnverifiedReportData = %x, %v; parseQuote: %v", rd, rdErr, err1)
 		}
 		if err1 != nil {
-			if !errors.Is(err1, ErrMalformedQuote) {
-				t.Fatalf("parseQuote error %v is not ErrMalformedQuote", err1)
+			if !errors.Is(err1, errMalformedQuote) {
+				t.Fatalf("parseQuote error %v is not errMalformedQuote", err1)
 			}
 			return
 		}
@@ -147,8 +147,8 @@ func FuzzCollateralCache(f *testing.F) {
 		if (errs[0] == nil) != (errs[1] == nil) || (errs[0] != nil && errs[0].Error() != errs[1].Error()) {
 			t.Fatalf("Verify not deterministic: %v, %v", errs[0], errs[1])
 		}
-		if errs[0] != nil && !errors.Is(errs[0], ErrCollateral) && !errors.Is(errs[0], ErrCollateralUnavailable) {
-			t.Fatalf("bad collateral gave %v, want ErrCollateral or ErrCollateralUnavailable", errs[0])
+		if errs[0] != nil && !errors.Is(errs[0], errCollateral) && !errors.Is(errs[0], errCollateralUnavailable) {
+			t.Fatalf("bad collateral gave %v, want errCollateral or errCollateralUnavailable", errs[0])
 		}
 		if errs[0] == nil {
 			// Only a file that still holds the signed body may pass.

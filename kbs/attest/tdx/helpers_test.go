@@ -118,9 +118,9 @@ func reportData(label string) [attest.ReportDataSize]byte {
 // allErrs are the sentinels of Verify and Validate; a rejection must match
 // exactly one of them.
 var allErrs = []error{
-	ErrNotTDX, ErrMalformedQuote, ErrQEVendor, ErrCertChain, ErrCertExpired, ErrCertNotYetValid,
-	ErrUntrustedRoot, ErrQEReportSignature, ErrAttestationKeyBinding, ErrQuoteSignature,
-	ErrCollateralUnavailable, ErrCollateral, ErrReportData, ErrDebug, errClaims,
+	errNotTDX, errMalformedQuote, errQEVendor, errCertChain, errCertExpired, errCertNotYetValid,
+	errUntrustedRoot, errQEReportSignature, errAttestationKeyBinding, errQuoteSignature,
+	errCollateralUnavailable, errCollateral, ErrReportData, ErrDebug, errClaims,
 }
 
 // wantOnly fails unless err matches want and no other sentinel.

@@ -40,17 +40,3 @@ func IsSimulated(quote []byte) bool {
 		}
 	}
 }
-
-// RootsFromCerts picks the simulated Intel roots out of certs: every
-// self-signed "Intel SGX Root CA" that is not Intel's own. Other
-// certificates are ignored. It is how a file of simulated roots
-// (sim/root.pem) becomes Options.TrustedRoots.
-func RootsFromCerts(certs []*x509.Certificate) []*x509.Certificate {
-	var roots []*x509.Certificate
-	for _, c := range certs {
-		if c.Subject.CommonName == "Intel SGX Root CA" && !c.Equal(intelRoot) && c.CheckSignatureFrom(c) == nil {
-			roots = append(roots, c)
-		}
-	}
-	return roots
-}

@@ -85,7 +85,7 @@ func TestVerifyRealQuoteIntelCollateral(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			v := mustVerifier(t, Options{Now: fixed(tc.now), CollateralDir: intelCollateral, RequireCollateral: true})
 			_, err := v.Verify(context.Background(), tdxEvidence(raw), realReportData(t))
-			wantOnly(t, err, ErrCollateral)
+			wantOnly(t, err, errCollateral)
 			if !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
 				t.Errorf("error = %v, want it to say %q", err, tc.want)
 			}
@@ -94,7 +94,7 @@ func TestVerifyRealQuoteIntelCollateral(t *testing.T) {
 	t.Run("required but missing", func(t *testing.T) {
 		v := mustVerifier(t, Options{Now: fixed(realNow), CollateralDir: t.TempDir(), RequireCollateral: true})
 		_, err := v.Verify(context.Background(), tdxEvidence(raw), realReportData(t))
-		wantOnly(t, err, ErrCollateralUnavailable)
+		wantOnly(t, err, errCollateralUnavailable)
 	})
 }
 
@@ -132,24 +132,24 @@ func TestVerifyRealQuoteNegative(t *testing.T) {
 		rd    [attest.ReportDataSize]byte
 		opts  Options
 		want  error
-		which string // CertificateError.Cert
+		which string // certificateError.Cert
 	}{
 		{name: "REPORT_DATA", ev: tdxEvidence(raw), rd: wrongRD, want: ErrReportData},
-		{name: "flipped signature byte", ev: tdxEvidence(flip(raw, signatureOff+7)), rd: rd, want: ErrQuoteSignature},
-		{name: "MRTD byte", ev: tdxEvidence(flip(raw, mrtdOff)), rd: rd, want: ErrQuoteSignature},
-		{name: "TD debug bit set after signing", ev: tdxEvidence(flip(raw, tdAttributesOff)), rd: rd, want: ErrQuoteSignature},
-		{name: "rogue root", ev: tdxEvidence(raw), rd: rd, opts: Options{TrustedRoots: simRoots}, want: ErrUntrustedRoot},
-		{name: "expired certificate", ev: tdxEvidence(raw), rd: rd, opts: Options{Now: fixed(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))}, want: ErrCertExpired, which: "PCK leaf"},
-		{name: "certificate not yet valid", ev: tdxEvidence(raw), rd: rd, opts: Options{Now: fixed(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))}, want: ErrCertNotYetValid, which: "PCK leaf"},
-		{name: "QE report signature", ev: tdxEvidence(flip(raw, qeSigOff+3)), rd: rd, want: ErrQEReportSignature},
-		{name: "QE report ISVSVN", ev: tdxEvidence(flip(raw, qeReportOff+0x102)), rd: rd, want: ErrQEReportSignature},
-		{name: "QE auth data", ev: tdxEvidence(flip(raw, qeAuthOff)), rd: rd, want: ErrAttestationKeyBinding},
-		{name: "attestation key", ev: tdxEvidence(flip(raw, attestKeyOff+5)), rd: rd, want: ErrAttestationKeyBinding},
-		{name: "QE vendor", ev: tdxEvidence(flip(raw, qeVendorOff)), rd: rd, want: ErrQEVendor},
-		{name: "truncated", ev: tdxEvidence(raw[:900]), rd: rd, want: ErrMalformedQuote},
-		{name: "oversized", ev: tdxEvidence(append(bytes.Clone(raw), make([]byte, MaxQuoteSize)...)), rd: rd, want: ErrMalformedQuote},
-		{name: "quote version 3", ev: tdxEvidence(flip(raw, 0)), rd: rd, want: ErrMalformedQuote},
-		{name: "SNP platform", ev: attest.Evidence{Platform: attest.SNP, Data: raw}, rd: rd, want: ErrNotTDX},
+		{name: "flipped signature byte", ev: tdxEvidence(flip(raw, signatureOff+7)), rd: rd, want: errQuoteSignature},
+		{name: "MRTD byte", ev: tdxEvidence(flip(raw, mrtdOff)), rd: rd, want: errQuoteSignature},
+		{name: "TD debug bit set after signing", ev: tdxEvidence(flip(raw, tdAttributesOff)), rd: rd, want: errQuoteSignature},
+		{name: "rogue root", ev: tdxEvidence(raw), rd: rd, opts: Options{TrustedRoots: simRoots}, want: errUntrustedRoot},
+		{name: "expired certificate", ev: tdxEvidence(raw), rd: rd, opts: Options{Now: fixed(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))}, want: errCertExpired, which: "PCK leaf"},
+		{name: "certificate not yet valid", ev: tdxEvidence(raw), rd: rd, opts: Options{Now: fixed(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))}, want: errCertNotYetValid, which: "PCK leaf"},
+		{name: "QE report signature", ev: tdxEvidence(flip(raw, qeSigOff+3)), rd: rd, want: errQEReportSignature},
+		{name: "QE report ISVSVN", ev: tdxEvidence(flip(raw, qeReportOff+0x102)), rd: rd, want: errQEReportSignature},
+		{name: "QE auth data", ev: tdxEvidence(flip(raw, qeAuthOff)), rd: rd, want: errAttestationKeyBinding},
+		{name: "attestation key", ev: tdxEvidence(flip(raw, attestKeyOff+5)), rd: rd, want: errAttestationKeyBinding},
+		{name: "QE vendor", ev: tdxEvidence(flip(raw, qeVendorOff)), rd: rd, want: errQEVendor},
+		{name: "truncated", ev: tdxEvidence(raw[:900]), rd: rd, want: errMalformedQuote},
+		{name: "oversized", ev: tdxEvidence(append(bytes.Clone(raw), make([]byte, MaxQuoteSize)...)), rd: rd, want: errMalformedQuote},
+		{name: "quote version 3", ev: tdxEvidence(flip(raw, 0)), rd: rd, want: errMalformedQuote},
+		{name: "SNP platform", ev: attest.Evidence{Platform: attest.SNP, Data: raw}, rd: rd, want: errNotTDX},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.opts.Now == nil {
@@ -162,9 +162,9 @@ func TestVerifyRealQuoteNegative(t *testing.T) {
 			}
 			wantOnly(t, err, tc.want)
 			if tc.which != "" {
-				var ce *CertificateError
+				var ce *certificateError
 				if !errors.As(err, &ce) || ce.Cert != tc.which {
-					t.Errorf("error = %v, want a CertificateError for the %s", err, tc.which)
+					t.Errorf("error = %v, want a certificateError for the %s", err, tc.which)
 				}
 			}
 		})
@@ -201,13 +201,13 @@ func TestSimNegativeMatrix(t *testing.T) {
 	}{
 		{name: "TDX debug attribute", sim: sim.TDXOptions{TDAttributes: 1}, want: ErrDebug},
 		{name: "REPORT_DATA", rd: &wrongRD, want: ErrReportData},
-		{name: "flipped signature byte", mutate: func(b []byte) []byte { return flip(b, signatureOff+40) }, want: ErrQuoteSignature},
-		{name: "flipped MRTD byte", mutate: func(b []byte) []byte { return flip(b, mrtdOff+1) }, want: ErrQuoteSignature},
-		{name: "rogue root: Intel", opts: func(o *Options) { o.TrustedRoots = nil }, want: ErrUntrustedRoot},
-		{name: "rogue root: other sim", opts: func(o *Options) { o.TrustedRoots = otherRoots }, want: ErrUntrustedRoot},
-		{name: "expired certificate", opts: func(o *Options) { o.Now = fixed(now.AddDate(11, 0, 0)) }, want: ErrCertExpired},
-		{name: "collateral expired", opts: func(o *Options) { o.Now = fixed(now.AddDate(1, 1, 0)) }, want: ErrCollateral},
-		{name: "collateral missing", opts: func(o *Options) { o.CollateralDir = t.TempDir() }, want: ErrCollateralUnavailable},
+		{name: "flipped signature byte", mutate: func(b []byte) []byte { return flip(b, signatureOff+40) }, want: errQuoteSignature},
+		{name: "flipped MRTD byte", mutate: func(b []byte) []byte { return flip(b, mrtdOff+1) }, want: errQuoteSignature},
+		{name: "rogue root: Intel", opts: func(o *Options) { o.TrustedRoots = nil }, want: errUntrustedRoot},
+		{name: "rogue root: other sim", opts: func(o *Options) { o.TrustedRoots = otherRoots }, want: errUntrustedRoot},
+		{name: "expired certificate", opts: func(o *Options) { o.Now = fixed(now.AddDate(11, 0, 0)) }, want: errCertExpired},
+		{name: "collateral expired", opts: func(o *Options) { o.Now = fixed(now.AddDate(1, 1, 0)) }, want: errCollateral},
+		{name: "collateral missing", opts: func(o *Options) { o.CollateralDir = t.TempDir() }, want: errCollateralUnavailable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := simQuote(t, dir, tc.sim, rd)
@@ -246,7 +246,7 @@ func TestSimCollateralChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, sim.TDXOptions{}, rd)), rd)
-		wantOnly(t, err, ErrCollateral)
+		wantOnly(t, err, errCollateral)
 	})
 
 	t.Run("TCB info signature", func(t *testing.T) {
@@ -261,7 +261,7 @@ func TestSimCollateralChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = simVerifier(t, dir, now).Verify(context.Background(), tdxEvidence(simQuote(t, dir, sim.TDXOptions{}, rd)), rd)
-		wantOnly(t, err, ErrCollateral)
+		wantOnly(t, err, errCollateral)
 		// GenerateSim notices and reissues the collateral.
 		if err := sim.GenerateTDX(dir); err != nil {
 			t.Fatal(err)
@@ -306,7 +306,7 @@ func TestChainCache(t *testing.T) {
 		t.Errorf("warm claims = simulated %v, TCB %q, MRTD %x", c.Simulated, c.TDX.TCBStatus, c.Measurement)
 	}
 	_, err = v.Verify(ctx, tdxEvidence(flip(q2, signatureOff)), rd2)
-	wantOnly(t, err, ErrQuoteSignature)
+	wantOnly(t, err, errQuoteSignature)
 	_, err = v.Verify(ctx, tdxEvidence(q2), rd1)
 	wantOnly(t, err, ErrReportData)
 
@@ -322,7 +322,7 @@ func TestChainCache(t *testing.T) {
 	v.ttl = 100 * 365 * 24 * time.Hour
 	clock = now.AddDate(11, 0, 0)
 	_, err = v.Verify(ctx, tdxEvidence(q1), rd1)
-	wantOnly(t, err, ErrCertExpired)
+	wantOnly(t, err, errCertExpired)
 
 	t.Run("disabled", func(t *testing.T) {
 		opts.ChainCacheSize = -1
@@ -440,7 +440,7 @@ func TestOnline(t *testing.T) {
 	}
 	opts.CollateralDir = t.TempDir()
 	_, err = mustVerifier(t, opts).Verify(context.Background(), tdxEvidence(raw), rd)
-	wantOnly(t, err, ErrCollateralUnavailable)
+	wantOnly(t, err, errCollateralUnavailable)
 	opts.RequireCollateral = false
 	c, err = mustVerifier(t, opts).Verify(context.Background(), tdxEvidence(raw), rd)
 	if err != nil || c.TDX.TCBStatus != "" {
@@ -489,13 +489,13 @@ func TestChainForm(t *testing.T) {
 	} {
 		c, _ := parseChain(q)
 		edit(c)
-		wantOnly(t, c.checkNames(), ErrCertChain)
+		wantOnly(t, c.checkNames(), errCertChain)
 	}
 	pcd := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData()
 	full := pcd.PckCertChain
 	for _, bad := range [][]byte{full[:len(full)/2], append(bytes.Clone(full), "junk"...), []byte("not PEM")} {
 		pcd.PckCertChain = bad
 		_, err := parseChain(q)
-		wantOnly(t, err, ErrCertChain)
+		wantOnly(t, err, errCertChain)
 	}
 }

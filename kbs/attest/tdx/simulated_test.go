@@ -3,6 +3,7 @@ package tdx
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"testing"
 
 	"github.com/google/go-tdx-guest/pcs"
@@ -100,5 +101,41 @@ func TestSimQuote(t *testing.T) {
 	cancel()
 	if _, err := iss.Issue(ctx, rd); err == nil {
 		t.Error("Issue with a cancelled context succeeded")
+	}
+}
+
+// TestIsSimulated: the sim's quotes are recognized by their PCK chain,
+// Intel's are not, and garbage is not.
+func TestIsSimulated(t *testing.T) {
+	dir := newSimDir(t)
+	if !IsSimulated(simQuote(t, dir, sim.TDXOptions{}, reportData("routed"))) {
+		t.Error("IsSimulated(sim quote) = false")
+	}
+	if IsSimulated(realQuote(t)) {
+		t.Error("IsSimulated(Intel quote) = true")
+	}
+	if IsSimulated(nil) || IsSimulated([]byte("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")) {
+		t.Error("IsSimulated(garbage) = true")
+	}
+}
+
+// TestRootsFromCerts picks the self-signed simulated roots out of a root
+// file's certificates, never Intel's root or another certificate.
+func TestRootsFromCerts(t *testing.T) {
+	simRoots, err := sim.TDXRoots(newSimDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := parseQuote(realQuote(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := parseChain(q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := RootsFromCerts([]*x509.Certificate{IntelRoot(), chain.intermediate, chain.leaf, simRoots[0]})
+	if len(got) != 1 || !got[0].Equal(simRoots[0]) {
+		t.Errorf("RootsFromCerts = %d certificates, want the sim root only", len(got))
 	}
 }
