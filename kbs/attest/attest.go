@@ -1,13 +1,38 @@
-// Package attest turns hardware evidence from confidential VMs (AMD SEV-SNP
-// attestation reports, Intel TDX quotes) into verified, platform-neutral
-// Claims, and obtains such evidence for the code running inside a CVM.
+// Package attest is the evidence model kbs verifies: hardware evidence
+// from confidential VMs (AMD SEV-SNP attestation reports, Intel TDX quotes)
+// as it crosses the wire (Evidence), the verified, platform-neutral Claims a
+// Verifier makes of it, and Issuers that produce it. It imports only the
+// standard library, so that everything that reads claims (the manifest's
+// comparison, the broker, clients, auditors) shares these types.
 //
-// The platform code lives in attest/snp and attest/tdx and wraps
-// github.com/google/go-sev-guest and github.com/google/go-tdx-guest. A
-// simulated TEE for development and tests produces evidence in the same
-// formats, signed under a locally generated vendor chain; it is verified by
-// the same code, and only when its root is passed explicitly. Claims from it
-// carry Simulated = true.
+// The trust pipeline, and where each step lives:
+//
+//	kbs/attest/snp, kbs/attest/tdx  Verify: signature and certificate chain
+//	                                to the vendor's root, collateral, and
+//	                                the hard rules (debug never allowed,
+//	                                REPORT_DATA bound to the challenge)
+//	kbs/attest/verify               one Verifier for both platforms, and
+//	                                which roots each may trust
+//	manifest (Match)                decides: the claims against the
+//	                                manifest's reference values, field by
+//	                                field, explained
+//	kbs/policy                      confirms: the vendor library's
+//	                                validation (snp.Validate, tdx.Validate)
+//	                                with options built from the values that
+//	                                matched
+//	kbs/attest/cvm                  issues the evidence of the CVM the code
+//	                                runs in (configfs-tsm, /dev/sev-guest)
+//	kbs/attest/sim                  the simulated TEE: issues evidence for
+//	                                development and tests
+//
+// DecodeSNPTCB is the one place that knows the layout of an SEV-SNP
+// TCB_VERSION per product line.
+//
+// The simulated TEE produces evidence in the same formats, signed under a
+// locally generated vendor chain and marked (SimSNPMarker,
+// SimTDXCRLPrefix) so that verifiers can route it; it is verified by the
+// same code, and only when its root is passed explicitly. Claims from it
+// carry Simulated = true. No verifier imports the simulator.
 package attest
 
 import (
@@ -97,21 +122,22 @@ type Claims struct {
 
 // SNPClaims are the fields of a verified SEV-SNP attestation report.
 type SNPClaims struct {
-	Version      uint32
-	GuestSVN     uint32
-	Policy       uint64 // guest policy; bit 19 is DEBUG
-	FamilyID     []byte // 16 bytes
-	ImageID      []byte // 16 bytes
-	VMPL         uint32
-	CurrentTCB   uint64 // TCB_VERSION as 64-bit little-endian value
-	ReportedTCB  uint64
-	CommittedTCB uint64
-	LaunchTCB    uint64
-	HostData     []byte // 32 bytes
-	IDKeyDigest  []byte // 48 bytes
-	ReportID     []byte // 32 bytes
-	ChipID       []byte // 64 bytes
-	Product      string // "Milan", "Genoa", ...
+	Version         uint32
+	GuestSVN        uint32
+	Policy          uint64 // guest policy; bit 19 is DEBUG
+	FamilyID        []byte // 16 bytes
+	ImageID         []byte // 16 bytes
+	VMPL            uint32
+	CurrentTCB      uint64 // TCB_VERSION as 64-bit little-endian value (see DecodeSNPTCB)
+	ReportedTCB     uint64
+	CommittedTCB    uint64
+	LaunchTCB       uint64
+	HostData        []byte // 32 bytes
+	IDKeyDigest     []byte // 48 bytes
+	AuthorKeyDigest []byte // 48 bytes; zero without an author key
+	ReportID        []byte // 32 bytes
+	ChipID          []byte // 64 bytes
+	Product         string // "Milan", "Genoa", ...
 	// SignerKey says which key signed the report: "vcek" or "vlek".
 	SignerKey string
 	// PlatformInfo is the PLATFORM_INFO field (bit 0: SMT enabled on the

@@ -38,6 +38,17 @@
 // (attest.SNPTCB.Encode), so that for Turin too it compares the bytes that
 // hold each level.
 //
+// # Adding a reference value
+//
+// A new field the manifest may pin (an SNP ID key digest, a TDX
+// MRSIGNERSEAM, ...) is added in two places: the manifest package (the
+// SNPValues or TDXValues field, its decoding in schema.go, its check in
+// Match, its line in Diff, PinSNP or PinTDX) and the option here (SNPOptions
+// or TDXOptions). The claims already carry every report field
+// (attest.SNPClaims, attest.TDXClaims); the field-mutation tests of this
+// package (TestSNPFieldRejections, TestTDXSimFields, TestTDXRealQuoteFields)
+// then get one row.
+//
 // It trusts the claims it is given to come from a Verifier (signatures and
 // REPORT_DATA checked there) and the manifest to be the verified, active
 // one.
