@@ -135,7 +135,7 @@ func TestConfirmSimulated(t *testing.T) {
 
 // simManifest is a development manifest whose service and demo-worker
 // classes are cl.
-func simManifest(t *testing.T, cl manifest.Class) *manifest.Manifest {
+func simManifest(t testing.TB, cl manifest.Class) *manifest.Manifest {
 	t.Helper()
 	const pub = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n"
 	b, err := manifest.Encode(manifest.DevDocument(pub, pub, cl, cl))
