@@ -73,6 +73,27 @@ func (r *Report) Matched() []string {
 	return out
 }
 
+// Failed returns the fields of the checks that failed, in report order
+// (class-wide checks, then each alternative's), each as often as it failed.
+func (r *Report) Failed() []string {
+	var out []string
+	for _, c := range r.Classes {
+		for _, ch := range c.Checks {
+			if !ch.OK {
+				out = append(out, ch.Field)
+			}
+		}
+		for _, a := range c.Alternatives {
+			for _, ch := range a.Checks {
+				if !ch.OK {
+					out = append(out, ch.Field)
+				}
+			}
+		}
+	}
+	return out
+}
+
 // OK reports whether some class matched.
 func (r *Report) OK() bool { return len(r.Matched()) > 0 }
 

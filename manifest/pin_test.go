@@ -1,6 +1,7 @@
 package manifest_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/kbs-dev/kbs/manifest"
@@ -30,5 +31,21 @@ func TestPinClass(t *testing.T) {
 		if _, err := manifest.PinClass(bad...); err == nil {
 			t.Errorf("PinClass(%v) succeeded", bad)
 		}
+	}
+}
+
+// TestReportFailed lists the failing fields of every alternative.
+func TestReportFailed(t *testing.T) {
+	m := mustParse(t, readFile(t, "valid/snp.json"))
+	c := snpClaims()
+	r, err := m.MatchClass("gpu-worker", c)
+	if err != nil || len(r.Failed()) != 0 {
+		t.Fatalf("MatchClass(gpu-worker) failed %q, %v", r.Failed(), err)
+	}
+	c.SNP.VMPL = 1
+	c.SNP.GuestSVN = 0
+	r, _ = m.MatchClass("gpu-worker", c)
+	if got := strings.Join(r.Failed(), " "); got != "vmpl guest_svn" {
+		t.Errorf("Failed() = %q, want vmpl guest_svn", got)
 	}
 }

@@ -248,8 +248,8 @@ func TestSNPFieldRejections(t *testing.T) {
 	v := pinned
 	v.Product = manifest.NameList{Values: []string{"Genoa"}}
 	r, err := simManifest(t, manifest.Class{SNP: []manifest.SNPValues{v}}).MatchClass("demo-worker", base)
-	if err != nil || r.OK() || strings.Join(failing(r), " ") != "product" {
-		t.Errorf("product Genoa for Milan evidence: failing %q, %v", failing(r), err)
+	if err != nil || r.OK() || strings.Join(r.Failed(), " ") != "product" {
+		t.Errorf("product Genoa for Milan evidence: failing %q, %v", r.Failed(), err)
 	}
 }
 

@@ -278,7 +278,7 @@ func TestTDXMatchNamesEveryField(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.Join(failing(r), " "), "mrtd rtmr1 td_attributes mrseam"; got != want {
+	if got, want := strings.Join(r.Failed(), " "), "mrtd rtmr1 td_attributes mrseam"; got != want {
 		t.Errorf("failing fields %q, want %q", got, want)
 	}
 	if err := policy.Validate(c, nil, &v); err == nil {
