@@ -109,7 +109,7 @@ func devKey(keyFile, pubFile string) (string, error) {
 }
 
 func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clientPub string) error {
-	cl, err := kbs.SimClass(ctx, d.simDir, d.verifier)
+	cl, err := devClass(ctx, d.simDir, d.verifier)
 	if err != nil {
 		return err
 	}
@@ -133,6 +133,18 @@ func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clien
 		return err
 	}
 	return os.WriteFile(d.manifestFile, body, 0o644)
+}
+
+// devClass returns the reference values of the dev manifest's service and
+// worker class: they accept exactly the default evidence of every platform
+// the simulated TEE in simDir provides, as v (which trusts the sim's root)
+// verifies it.
+func devClass(ctx context.Context, simDir string, v attest.Verifier) (manifest.Class, error) {
+	claims, err := sim.DefaultClaims(ctx, simDir, v)
+	if err != nil {
+		return manifest.Class{}, err
+	}
+	return manifest.PinClass(claims...)
 }
 
 // restoreManifest writes the broker's version 1 back to manifestFile when

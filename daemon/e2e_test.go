@@ -18,7 +18,6 @@ import (
 	"testing"
 
 	"github.com/kbs-dev/kbs/internal/testbin"
-	"github.com/kbs-dev/kbs/kbs"
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
@@ -150,7 +149,7 @@ func (c *client) verifyBroker() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := m.MatchService(kbs.ManifestClaims(claims)); !r.OK() {
+	if r := m.MatchService(claims); !r.OK() {
 		t.Fatalf("broker does not match the service values: %s", r.Summary())
 	}
 	if !bytes.Equal(att.Manifest.Body, c.manifest) {

@@ -445,7 +445,7 @@ func TestAttestation(t *testing.T) {
 		t.Errorf("simulated = %v / %v", c.Simulated, att.Simulated)
 	}
 	m, _ := manifest.Parse(att.Manifest.Body)
-	if r := m.MatchService(ManifestClaims(c)); !r.OK() {
+	if r := m.MatchService(c); !r.OK() {
 		t.Errorf("broker evidence does not match the service values: %s", r.Summary())
 	}
 	if !bytes.Equal(att.Manifest.Body, e.manifest) || !bytes.Equal(att.HPKEPublicKey, e.id.HPKEPublicKey) || att.NoteKey != e.id.NoteKey {

@@ -203,7 +203,11 @@ func newEnvSigned(t testing.TB, edit func(*manifest.Document), logger hclog.Logg
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := SimClass(context.Background(), e.simDir, e.verifier)
+	claims, err := sim.DefaultClaims(context.Background(), e.simDir, e.verifier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := manifest.PinClass(claims...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,7 +97,7 @@ func (b *Broker) checkServesManifest(ctx context.Context, next *manifest.Manifes
 		b.log.Warn("couldn't verify the broker's own evidence; not checking the new manifest's service values", "error", err)
 		return nil
 	}
-	r := next.MatchService(ManifestClaims(c))
+	r := next.MatchService(c)
 	if !r.OK() {
 		return api.Errorf(api.CodeConflict, "manifest version %d: its service reference values do not match this broker, whose clients would then reject it: %s", next.Version(), r.Summary())
 	}

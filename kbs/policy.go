@@ -3,7 +3,6 @@ package kbs
 import (
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
-	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 )
 
@@ -19,7 +18,7 @@ type confirmFunc func(m *manifest.Manifest, r *manifest.Report, class string, c 
 // disagreement is also logged as an internal inconsistency, since it means
 // the manifest's comparison and the library's validation differ.
 func (b *Broker) authorize(m *manifest.Manifest, c *attest.Claims, keyIDs []string) (string, error) {
-	class, r, err := m.AuthorizeRelease(ManifestClaims(c), keyIDs)
+	class, r, err := m.AuthorizeRelease(c, keyIDs)
 	if err != nil {
 		return "", api.Errorf(api.CodePolicyDenied, "%v", err)
 	}
@@ -30,7 +29,3 @@ func (b *Broker) authorize(m *manifest.Manifest, c *attest.Claims, keyIDs []stri
 	}
 	return class, nil
 }
-
-// ManifestClaims maps verified attestation claims to the manifest's
-// platform-neutral claims, field by field (policy.ManifestClaims).
-func ManifestClaims(c *attest.Claims) *manifest.Claims { return policy.ManifestClaims(c) }

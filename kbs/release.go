@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-sev-guest/kds"
-
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/tlog"
@@ -202,14 +200,15 @@ func releaseEntry(c *attest.Claims, class string, keys []tlogKey, workerKey []by
 	return e
 }
 
-// snpTCB formats a reported TCB_VERSION: by component for the Milan and
-// Genoa layout, in hex for others (Turin's layout differs).
+// snpTCB formats a reported TCB_VERSION for the log: by component when
+// those say all it holds (attest.DecodeSNPTCB's components give it back),
+// in hex otherwise (a product line whose layout is unknown, or whose TCB
+// holds more, such as Turin's FMC level).
 func snpTCB(product string, tcb uint64) string {
-	switch product {
-	case "Milan", "Genoa":
-		p := kds.DecomposeTCBVersion(kds.TCBVersion(tcb))
-		return fmt.Sprintf("bl=%d,tee=%d,snp=%d,ucode=%d", p.BlSpl, p.TeeSpl, p.SnpSpl, p.UcodeSpl)
-	default:
-		return fmt.Sprintf("reported_tcb=%016x", tcb)
+	if t, err := attest.DecodeSNPTCB(product, tcb); err == nil {
+		if back, err := t.Encode(product); err == nil && back == tcb {
+			return fmt.Sprintf("bl=%d,tee=%d,snp=%d,ucode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
+		}
 	}
+	return fmt.Sprintf("reported_tcb=%016x", tcb)
 }

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
 // Schema is the value of the "schema" field of every manifest this package
@@ -28,8 +30,9 @@ const ServiceClass = "service"
 // entry's other fields with up to 32 signers.
 const MaxSize = 46 << 10
 
-// Known SEV-SNP product lines accepted in "product".
-var snpProducts = []string{"Milan", "Genoa", "Turin"}
+// Known SEV-SNP product lines accepted in "product": those whose TCB
+// layout kbs/attest knows.
+var snpProducts = attest.SNPProductLines()
 
 // Document is the content of a manifest (see docs/manifest.md). Parse fills
 // one from a manifest's bytes; Encode turns one into new manifest bytes.
@@ -472,9 +475,9 @@ func PinSNP(c *Claims) (SNPValues, error) {
 		return SNPValues{}, fmt.Errorf("manifest: claims hold no SNP fields")
 	}
 	s := c.SNP
-	t, ok := decodeTCB(s.Product, s.ReportedTCB)
-	if !ok {
-		return SNPValues{}, fmt.Errorf("manifest: unknown SNP product %q", s.Product)
+	t, err := attest.DecodeSNPTCB(s.Product, s.ReportedTCB)
+	if err != nil {
+		return SNPValues{}, fmt.Errorf("manifest: %w", err)
 	}
 	return SNPValues{
 		Measurement: Hexes(clone(c.Measurement)),
@@ -483,7 +486,7 @@ func PinSNP(c *Claims) (SNPValues, error) {
 		ImageID:     Hexes(clone(s.ImageID)),
 		MaxPolicy:   Bits{Value: (s.Policy&^policyDebug | policyReserved17) & policyKnown},
 		VMPL:        UintList{Values: []uint32{s.VMPL}},
-		MinTCB:      TCB{Bootloader: t.bootloader, TEE: t.tee, SNP: t.snp, Microcode: t.microcode},
+		MinTCB:      TCB{Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode},
 		MinGuestSVN: MinUint{Value: s.GuestSVN},
 		Product:     NameList{Values: []string{s.Product}},
 		ChipIDs:     Hexes(clone(s.ChipID)),
@@ -512,6 +515,37 @@ func PinTDX(c *Claims) (TDXValues, error) {
 		MinTEETCBSVN:  HexValue{Value: clone(t.TEETCBSVN)},
 		MRSeam:        Hexes(clone(t.MRSeam)),
 	}, nil
+}
+
+// PinClass returns a class whose alternatives accept exactly the given
+// claims: PinSNP of each SNP claims, PinTDX of each TDX claims. kbsd --dev
+// builds its development manifest with it.
+func PinClass(claims ...*Claims) (Class, error) {
+	var cl Class
+	for _, c := range claims {
+		switch {
+		case c == nil:
+			return Class{}, fmt.Errorf("manifest: no claims to pin")
+		case c.Platform == PlatformSNP:
+			v, err := PinSNP(c)
+			if err != nil {
+				return Class{}, err
+			}
+			cl.SNP = append(cl.SNP, v)
+		case c.Platform == PlatformTDX:
+			v, err := PinTDX(c)
+			if err != nil {
+				return Class{}, err
+			}
+			cl.TDX = append(cl.TDX, v)
+		default:
+			return Class{}, fmt.Errorf("manifest: claims of unknown platform %q", c.Platform)
+		}
+	}
+	if len(cl.SNP) == 0 && len(cl.TDX) == 0 {
+		return Class{}, fmt.Errorf("manifest: no claims to pin")
+	}
+	return cl, nil
 }
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }

@@ -33,10 +33,11 @@
 // its own owners. Clients following a broker, owners listing the history,
 // auditors and the broker re-verifying its stored chain all use it.
 //
-// Match compares verified claims (the broker maps them from its attestation
-// verifier; this package does not verify evidence) against reference values
-// and returns a Report listing every checked field with its expected and
-// actual value.
+// Match compares verified claims, as a kbs/attest Verifier returns them,
+// against reference values and returns a Report listing every checked field
+// with its expected and actual value. It decides and explains; this package
+// verifies no evidence, and of kbs's own packages imports only kbs/attest's
+// types (Claims, and the SEV-SNP TCB layout).
 package manifest
 
 import (

@@ -7,51 +7,20 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
-// Claims are verified attestation claims, as the broker's verifier produced
-// them. This package does not check evidence: the caller maps its verified
-// claims into Claims (one field per field) and Match compares them with
-// reference values. Exactly one of SNP and TDX is set, matching Platform.
-type Claims struct {
-	Platform string // "snp" or "tdx"
-	// Simulated is true for evidence from the simulated TEE.
-	Simulated bool
-	// Measurement is the launch measurement: SNP MEASUREMENT, TDX MRTD.
-	Measurement []byte
-
-	SNP *SNPClaims
-	TDX *TDXClaims
-}
-
-// SNPClaims are the fields of a verified SEV-SNP attestation report.
-type SNPClaims struct {
-	Policy       uint64 // guest policy; bit 19 is DEBUG
-	VMPL         uint32
-	FamilyID     []byte // 16 bytes
-	ImageID      []byte // 16 bytes
-	CurrentTCB   uint64 // TCB_VERSION values
-	ReportedTCB  uint64
-	CommittedTCB uint64
-	LaunchTCB    uint64
-	GuestSVN     uint32
-	Product      string // "Milan", "Genoa", "Turin"
-	ChipID       []byte // 64 bytes
-	HostData     []byte // 32 bytes
-}
-
-// TDXClaims are the fields of a verified TDX quote.
-type TDXClaims struct {
-	MRTD          []byte    // 48 bytes
-	RTMR          [4][]byte // 48 bytes each
-	MRConfigID    []byte    // 48 bytes
-	MROwner       []byte    // 48 bytes
-	MROwnerConfig []byte    // 48 bytes
-	XFAM          uint64
-	TDAttributes  uint64 // bit 0 is DEBUG
-	TEETCBSVN     []byte // 16 bytes
-	MRSeam        []byte // 48 bytes
-}
+// Claims are verified attestation claims, as a kbs/attest Verifier returns
+// them: this package checks no evidence, Match compares claims with
+// reference values. The names are aliases of kbs/attest's types, so that the
+// claims a verifier returns are the claims Match reads, field for field,
+// with no copy in between.
+type (
+	Claims    = attest.Claims
+	SNPClaims = attest.SNPClaims
+	TDXClaims = attest.TDXClaims
+)
 
 // Platform names used in Claims and reports.
 const (
@@ -99,6 +68,27 @@ func (r *Report) Matched() []string {
 	for _, c := range r.Classes {
 		if c.Matched {
 			out = append(out, c.Class)
+		}
+	}
+	return out
+}
+
+// Failed returns the fields of the checks that failed, in report order
+// (class-wide checks, then each alternative's), each as often as it failed.
+func (r *Report) Failed() []string {
+	var out []string
+	for _, c := range r.Classes {
+		for _, ch := range c.Checks {
+			if !ch.OK {
+				out = append(out, ch.Field)
+			}
+		}
+		for _, a := range c.Alternatives {
+			for _, ch := range a.Checks {
+				if !ch.OK {
+					out = append(out, ch.Field)
+				}
+			}
 		}
 	}
 	return out
@@ -245,7 +235,7 @@ func newReport(c *Claims) *Report {
 	if c == nil {
 		return &Report{}
 	}
-	return &Report{Platform: c.Platform, Simulated: c.Simulated}
+	return &Report{Platform: string(c.Platform), Simulated: c.Simulated}
 }
 
 // ErrNoMatch: the claims match no worker class.
@@ -324,7 +314,7 @@ func (m *Manifest) matchClass(name string, cl Class, c *Claims) ClassResult {
 	}
 	platformOK := (c.Platform == PlatformSNP && len(cl.SNP) > 0 && c.SNP != nil) ||
 		(c.Platform == PlatformTDX && len(cl.TDX) > 0 && c.TDX != nil)
-	actual := c.Platform
+	actual := string(c.Platform)
 	if actual == "" {
 		actual = "(none)"
 	}
@@ -451,17 +441,17 @@ func matchSNP(v SNPValues, c *Claims) Alternative {
 
 	if v.MinTCB.Any {
 		k.add("reported_tcb", Any, hex64(s.ReportedTCB), true)
-	} else if t, ok := decodeTCB(s.Product, s.ReportedTCB); !ok {
+	} else if t, err := attest.DecodeSNPTCB(s.Product, s.ReportedTCB); err != nil {
 		k.add("reported_tcb", "at least "+v.MinTCB.String(), fmt.Sprintf("%s (unknown product %q: layout unknown)", hex64(s.ReportedTCB), s.Product), false)
 	} else {
 		for _, p := range []struct {
 			name     string
 			min, got uint8
 		}{
-			{"bootloader", v.MinTCB.Bootloader, t.bootloader},
-			{"tee", v.MinTCB.TEE, t.tee},
-			{"snp", v.MinTCB.SNP, t.snp},
-			{"microcode", v.MinTCB.Microcode, t.microcode},
+			{"bootloader", v.MinTCB.Bootloader, t.Bootloader},
+			{"tee", v.MinTCB.TEE, t.TEE},
+			{"snp", v.MinTCB.SNP, t.SNP},
+			{"microcode", v.MinTCB.Microcode, t.Microcode},
 		} {
 			k.add("reported_tcb."+p.name, "at least "+strconv.Itoa(int(p.min)), strconv.Itoa(int(p.got)), p.got >= p.min)
 		}
@@ -556,21 +546,4 @@ func matchTDX(v TDXValues, t *TDXClaims) Alternative {
 	}
 	k.hexIn("mrseam", v.MRSeam, t.MRSeam)
 	return k.done()
-}
-
-// tcbParts are the security patch levels of an SNP TCB_VERSION.
-type tcbParts struct{ bootloader, tee, snp, microcode uint8 }
-
-// decodeTCB splits a TCB_VERSION by the product's layout: Milan and Genoa
-// put BOOT_LOADER, TEE, SNP and MICROCODE in bytes 0, 1, 6 and 7; Turin puts
-// FMC, BOOT_LOADER, TEE, SNP and MICROCODE in bytes 0, 1, 2, 3 and 7.
-func decodeTCB(product string, v uint64) (tcbParts, bool) {
-	b := func(i uint) uint8 { return uint8(v >> (8 * i)) }
-	switch product {
-	case "Milan", "Genoa":
-		return tcbParts{bootloader: b(0), tee: b(1), snp: b(6), microcode: b(7)}, true
-	case "Turin":
-		return tcbParts{bootloader: b(1), tee: b(2), snp: b(3), microcode: b(7)}, true
-	}
-	return tcbParts{}, false
 }

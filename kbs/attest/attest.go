@@ -1,13 +1,38 @@
-// Package attest turns hardware evidence from confidential VMs (AMD SEV-SNP
-// attestation reports, Intel TDX quotes) into verified, platform-neutral
-// Claims, and obtains such evidence for the code running inside a CVM.
+// Package attest is the evidence model kbs verifies: hardware evidence
+// from confidential VMs (AMD SEV-SNP attestation reports, Intel TDX quotes)
+// as it crosses the wire (Evidence), the verified, platform-neutral Claims a
+// Verifier makes of it, and Issuers that produce it. It imports only the
+// standard library, so that everything that reads claims (the manifest's
+// comparison, the broker, clients, auditors) shares these types.
 //
-// The platform code lives in attest/snp and attest/tdx and wraps
-// github.com/google/go-sev-guest and github.com/google/go-tdx-guest. A
-// simulated TEE for development and tests produces evidence in the same
-// formats, signed under a locally generated vendor chain; it is verified by
-// the same code, and only when its root is passed explicitly. Claims from it
-// carry Simulated = true.
+// The trust pipeline, and where each step lives:
+//
+//	kbs/attest/snp, kbs/attest/tdx  Verify: signature and certificate chain
+//	                                to the vendor's root, collateral, and
+//	                                the hard rules (debug never allowed,
+//	                                REPORT_DATA bound to the challenge)
+//	kbs/attest/verify               one Verifier for both platforms, and
+//	                                which roots each may trust
+//	manifest (Match)                decides: the claims against the
+//	                                manifest's reference values, field by
+//	                                field, explained
+//	kbs/policy                      confirms: the vendor library's
+//	                                validation (snp.Validate, tdx.Validate)
+//	                                with options built from the values that
+//	                                matched
+//	kbs/attest/cvm                  issues the evidence of the CVM the code
+//	                                runs in (configfs-tsm, /dev/sev-guest)
+//	kbs/attest/sim                  the simulated TEE: issues evidence for
+//	                                development and tests
+//
+// DecodeSNPTCB is the one place that knows the layout of an SEV-SNP
+// TCB_VERSION per product line.
+//
+// The simulated TEE produces evidence in the same formats, signed under a
+// locally generated vendor chain and marked (SimSNPMarker,
+// SimTDXCRLPrefix) so that verifiers can route it; it is verified by the
+// same code, and only when its root is passed explicitly. Claims from it
+// carry Simulated = true. No verifier imports the simulator.
 package attest
 
 import (
@@ -22,6 +47,26 @@ type Platform string
 const (
 	SNP Platform = "snp"
 	TDX Platform = "tdx"
+)
+
+// Marks of simulated evidence. The simulated TEE (kbs/attest/sim) puts them
+// in the certificates it issues so that verifiers can route its evidence to
+// the simulated roots, which they trust only when given explicitly
+// (kbs/attest/verify). A mark is never a reason to trust evidence, and
+// hardware certificates never carry one: evidence routed to the simulated
+// roots fails unless it chains to them, and evidence that chains to them is
+// marked Simulated in its claims.
+const (
+	// SimSNPMarker is a pseudonym attribute (OID 2.5.4.65) in the subject
+	// of every simulated VCEK.
+	SimSNPMarker = "kbs simulated TEE 5a4d3e77-a00c-4aae-a916-58117dfc77b4"
+	// SimTDXCRLPrefix starts the CRL distribution point of the simulated
+	// Intel root, PCK CA and TCB signing certificates.
+	SimTDXCRLPrefix = "https://kbs-sim.invalid/"
+	// SimTDXCollateralDir is where a simulated TEE keeps the TDX collateral
+	// (in kbs/attest/tdx/pcscache's format) that its quotes verify with,
+	// relative to the directory of its root.pem.
+	SimTDXCollateralDir = "tdx/tdx-collateral"
 )
 
 // ReportDataSize is the size of the REPORT_DATA field of SNP reports and TDX
@@ -77,21 +122,22 @@ type Claims struct {
 
 // SNPClaims are the fields of a verified SEV-SNP attestation report.
 type SNPClaims struct {
-	Version      uint32
-	GuestSVN     uint32
-	Policy       uint64 // guest policy; bit 19 is DEBUG
-	FamilyID     []byte // 16 bytes
-	ImageID      []byte // 16 bytes
-	VMPL         uint32
-	CurrentTCB   uint64 // TCB_VERSION as 64-bit little-endian value
-	ReportedTCB  uint64
-	CommittedTCB uint64
-	LaunchTCB    uint64
-	HostData     []byte // 32 bytes
-	IDKeyDigest  []byte // 48 bytes
-	ReportID     []byte // 32 bytes
-	ChipID       []byte // 64 bytes
-	Product      string // "Milan", "Genoa", ...
+	Version         uint32
+	GuestSVN        uint32
+	Policy          uint64 // guest policy; bit 19 is DEBUG
+	FamilyID        []byte // 16 bytes
+	ImageID         []byte // 16 bytes
+	VMPL            uint32
+	CurrentTCB      uint64 // TCB_VERSION as 64-bit little-endian value (see DecodeSNPTCB)
+	ReportedTCB     uint64
+	CommittedTCB    uint64
+	LaunchTCB       uint64
+	HostData        []byte // 32 bytes
+	IDKeyDigest     []byte // 48 bytes
+	AuthorKeyDigest []byte // 48 bytes; zero without an author key
+	ReportID        []byte // 32 bytes
+	ChipID          []byte // 64 bytes
+	Product         string // "Milan", "Genoa", ...
 	// SignerKey says which key signed the report: "vcek" or "vlek".
 	SignerKey string
 	// PlatformInfo is the PLATFORM_INFO field (bit 0: SMT enabled on the

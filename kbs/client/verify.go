@@ -240,7 +240,7 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	}
 
 	// 6. The broker's evidence against the service reference values.
-	b.Service = b.Manifest.MatchService(ManifestClaims(claims))
+	b.Service = b.Manifest.MatchService(claims)
 	if !b.Service.OK() {
 		return nil, &VerifyError{Step: "service reference values", Err: errors.New(b.Service.Summary())}
 	}
@@ -396,7 +396,3 @@ func CheckManifestEntry(raw []byte, m *manifest.Manifest) error {
 	}
 	return nil
 }
-
-// ManifestClaims maps verified attestation claims to the manifest's
-// platform-neutral claims, field by field (policy.ManifestClaims).
-func ManifestClaims(c *attest.Claims) *manifest.Claims { return policy.ManifestClaims(c) }

@@ -24,7 +24,7 @@ import (
 	"os"
 
 	"github.com/google/go-sev-guest/verify/testdata"
-	"github.com/kbs-dev/kbs/kbs/attest/snp"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 const dir = "testdata/snp/"
@@ -35,12 +35,12 @@ func main() {
 			log.Fatal(err)
 		}
 	}
-	for _, sim := range []string{dir + "sim", dir + "rogue-sim"} {
-		if err := snp.GenerateSim(sim); err != nil {
+	for _, d := range []string{dir + "sim", dir + "rogue-sim"} {
+		if err := sim.GenerateSNP(d); err != nil {
 			log.Fatal(err)
 		}
 	}
-	iss, err := snp.NewSimIssuer(dir+"sim", snp.SimOptions{})
+	iss, err := sim.NewSNPIssuer(dir+"sim", sim.SNPOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -10,9 +10,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"log"
 	"os"
 	"path/filepath"
@@ -21,6 +18,7 @@ import (
 	"github.com/google/go-tdx-guest/pcs"
 	tdxtesting "github.com/google/go-tdx-guest/testing"
 	"github.com/google/go-tdx-guest/testing/testdata"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 )
 
 const dir = "testdata/tdx"
@@ -37,24 +35,14 @@ func main() {
 	// issue date stands in for it.
 	fetched := time.Date(2023, time.June, 18, 8, 42, 58, 0, time.UTC)
 	rootCRL := "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
-	h := sha256.Sum256([]byte(rootCRL))
-	for _, r := range []struct {
-		file, url string
-		header    map[string][]string
-		body      []byte
-	}{
-		{"tcbinfo-50806f000000.json", pcs.TcbInfoURL("50806f000000"), tdxtesting.TcbInfoHeader, testdata.TcbInfoBody},
-		{"qeidentity.json", pcs.QeIdentityURL(), tdxtesting.QeIdentityHeader, testdata.QeIdentityBody},
-		{"pckcrl-platform.json", pcs.PckCrlURL("platform"), tdxtesting.PckCrlHeader, testdata.PckCrlBody},
-		{"crl-" + hex.EncodeToString(h[:8]) + ".json", rootCRL, nil, testdata.RootCrlBody},
+	for _, r := range []*pcscache.Response{
+		{URL: pcs.TcbInfoURL("50806f000000"), Header: tdxtesting.TcbInfoHeader, Body: testdata.TcbInfoBody},
+		{URL: pcs.QeIdentityURL(), Header: tdxtesting.QeIdentityHeader, Body: testdata.QeIdentityBody},
+		{URL: pcs.PckCrlURL("platform"), Header: tdxtesting.PckCrlHeader, Body: testdata.PckCrlBody},
+		{URL: rootCRL, Body: testdata.RootCrlBody},
 	} {
-		b, err := json.MarshalIndent(map[string]any{
-			"url": r.url, "header": r.header, "body": r.body, "fetched": fetched,
-		}, "", "  ")
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(cdir, r.file), b, 0o644); err != nil {
+		r.Fetched = fetched
+		if err := pcscache.Write(cdir, r); err != nil {
 			log.Fatal(err)
 		}
 	}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/manifest"
 )
@@ -324,7 +324,7 @@ of a class (default: every worker class). Exits 1 when nothing matches.`)
 		}
 		copy(rd[:], b)
 	} else {
-		b, err := reportDataOf(attest.Platform(*platform), data)
+		b, err := verify.UnverifiedReportData(attest.Evidence{Platform: attest.Platform(*platform), Data: data})
 		if err != nil {
 			return failErr("%s: %w", *evFile, err)
 		}
@@ -338,11 +338,10 @@ of a class (default: every worker class). Exits 1 when nothing matches.`)
 	if err != nil {
 		return failErr("evidence does not verify: %w", err)
 	}
-	mc := client.ManifestClaims(claims)
 	var r *manifest.Report
 	if *class == "" {
-		r = m.Match(mc)
-	} else if r, err = m.MatchClass(*class, mc); err != nil {
+		r = m.Match(claims)
+	} else if r, err = m.MatchClass(*class, claims); err != nil {
 		return usageErr("%v", err)
 	}
 	out := checkResult{Platform: *platform, Simulated: claims.Simulated, Measurement: hex.EncodeToString(claims.Measurement),
@@ -362,25 +361,4 @@ of a class (default: every worker class). Exits 1 when nothing matches.`)
 		return failErr("the evidence matches no class: %s", r.Summary())
 	}
 	return nil
-}
-
-// reportDataOf extracts REPORT_DATA from unverified evidence, so that
-// 'manifest check' can verify evidence whose binding it does not know.
-func reportDataOf(p attest.Platform, data []byte) ([attest.ReportDataSize]byte, error) {
-	var rd [attest.ReportDataSize]byte
-	var off int
-	switch p {
-	case attest.SNP:
-		off = 0x50 // ATTESTATION_REPORT.REPORT_DATA
-		if len(data) < 1184 {
-			return rd, errors.New("too short for an SNP report")
-		}
-	case attest.TDX:
-		off = 48 + 520 // quote header, then TD report body's REPORTDATA
-		if len(data) < off+attest.ReportDataSize {
-			return rd, errors.New("too short for a TDX quote")
-		}
-	}
-	copy(rd[:], data[off:off+attest.ReportDataSize])
-	return rd, nil
 }

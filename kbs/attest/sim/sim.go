@@ -1,15 +1,16 @@
-// Package sim is the simulated TEE for development and tests. It keeps a
-// locally generated fake vendor hierarchy for each platform in one
-// directory and issues evidence in the real formats (SNP reports with a
-// certificate table, TDX v4 quotes) with any REPORT_DATA and chosen
-// measurements.
+// Package sim is the simulated TEE for development and tests: it issues
+// evidence. It keeps a locally generated fake vendor hierarchy for each
+// platform in one directory and issues evidence in the real formats (SNP
+// reports with a certificate table, TDX v4 quotes) with any REPORT_DATA and
+// chosen measurements.
 //
 // Layout of a sim directory:
 //
 //	root.pem  every simulated root certificate (SNP ARK and ASK, TDX root):
 //	          the file a verifier is given to trust simulated evidence
-//	snp/      the simulated AMD chain and the VCEK's private key
-//	tdx/      the simulated Intel PCK chain and signing keys
+//	snp/      the simulated AMD chain and the VCEK's private key (GenerateSNP)
+//	tdx/      the simulated Intel PCK chain, signing keys and collateral
+//	          (GenerateTDX; the collateral at attest.SimTDXCollateralDir)
 //
 // Evidence from the sim verifies under the same code as hardware evidence
 // (kbs/attest/verify), and only when root.pem is passed explicitly; its
@@ -17,24 +18,28 @@
 // who can read the directory can forge evidence under its root: it is a
 // development tool, not a security boundary.
 //
-// The SNP part uses go-sev-guest's testing package, which registers the
-// flags -product and -product_name on flag.CommandLine in any binary that
-// imports this package.
+// This package only issues. The verifiers (kbs/attest/snp, kbs/attest/tdx,
+// kbs/attest/verify) never import it: they recognize simulated evidence by
+// the marks in attest (SimSNPMarker, SimTDXCRLPrefix), route it to the sim
+// roots they were given, and verify it like any other. Programs that only
+// verify (kbs/client, an auditor) therefore link none of it. The SNP part
+// uses go-sev-guest's testing package, which registers the flags -product
+// and -product_name on flag.CommandLine in any binary that imports this
+// package: kbsd (for --dev) and kbsctl (for --tee sim).
 package sim
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"github.com/kbs-dev/kbs/internal/atomicfile"
 	"github.com/kbs-dev/kbs/kbs/attest"
-	"github.com/kbs-dev/kbs/kbs/attest/snp"
 )
 
 // RootFileName is the name of the trusted-roots file in a sim directory.
@@ -49,7 +54,8 @@ func RootFile(dir string) string { return filepath.Join(dir, RootFileName) }
 var DefaultSNPMeasurement = sha512.Sum384([]byte("kbs sim: snp measurement"))
 
 // Options choose the contents of simulated evidence. The zero value gives
-// evidence of a healthy guest with the default measurements.
+// evidence of a healthy guest with the default measurements. (SNPOptions and
+// TDXOptions reach every field of one platform.)
 type Options struct {
 	// Measurement is the SNP MEASUREMENT or TDX MRTD (48 bytes).
 	// Optional; default DefaultSNPMeasurement or DefaultTDXMRTD.
@@ -58,13 +64,13 @@ type Options struct {
 	// TDX TD_ATTRIBUTES bit 0), which every verifier must reject.
 	Debug bool
 
-	// SNP only (see snp.SimOptions). Optional; zero values by default.
+	// SNP only (see SNPOptions). Optional; zero values by default.
 	HostData    []byte // 32 bytes
 	FamilyID    []byte // 16 bytes
 	ImageID     []byte // 16 bytes
 	GuestSVN    uint32
 	VMPL        uint32
-	GuestPolicy uint64 // 0 = snp.DefaultSimGuestPolicy
+	GuestPolicy uint64 // 0 = DefaultSNPGuestPolicy
 
 	// TDX only. Optional; RTMR defaults to DefaultTDXRTMR, the others to
 	// zeros.
@@ -73,20 +79,15 @@ type Options struct {
 	MROwner    []byte    // 48 bytes
 }
 
-// platform is one simulated platform's part of a sim directory.
-type platform struct {
+// platforms are the simulated platforms, in the order of their
+// subdirectories' names.
+var platforms = []struct {
+	platform attest.Platform
 	generate func(dir string) error
 	roots    func(dir string) ([]*x509.Certificate, error)
-	issuer   func(dir string, o Options) (attest.Issuer, error)
-}
-
-// platforms are the simulated platforms, keyed by subdirectory name.
-var platforms = map[attest.Platform]platform{
-	attest.SNP: {
-		generate: snp.GenerateSim,
-		roots:    snp.SimRoots,
-		issuer:   snpIssuer,
-	},
+}{
+	{attest.SNP, GenerateSNP, SNPRoots},
+	{attest.TDX, GenerateTDX, TDXRoots},
 }
 
 // Init creates a sim directory, or completes an existing one, keeping any
@@ -97,14 +98,14 @@ func Init(dir string) error {
 		return fmt.Errorf("sim: %v", err)
 	}
 	var pemData []byte
-	for _, p := range sortedPlatforms() {
-		sub := filepath.Join(dir, string(p))
-		if err := platforms[p].generate(sub); err != nil {
-			return fmt.Errorf("sim: %s: %w", p, err)
+	for _, p := range platforms {
+		sub := filepath.Join(dir, string(p.platform))
+		if err := p.generate(sub); err != nil {
+			return fmt.Errorf("sim: %s: %w", p.platform, err)
 		}
-		roots, err := platforms[p].roots(sub)
+		roots, err := p.roots(sub)
 		if err != nil {
-			return fmt.Errorf("sim: %s roots: %w", p, err)
+			return fmt.Errorf("sim: %s roots: %w", p.platform, err)
 		}
 		for _, c := range roots {
 			pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
@@ -120,43 +121,67 @@ func Init(dir string) error {
 	return nil
 }
 
-func sortedPlatforms() []attest.Platform {
-	var ps []attest.Platform
-	for p := range platforms {
-		ps = append(ps, p)
-	}
-	slices.Sort(ps)
-	return ps
-}
-
 // NewIssuer returns an issuer of simulated evidence for platform p from the
 // sim in dir (see Init).
-func NewIssuer(dir string, p attest.Platform, opts Options) (attest.Issuer, error) {
-	pl, ok := platforms[p]
-	if !ok {
-		return nil, fmt.Errorf("sim: no simulated platform %q", p)
+func NewIssuer(dir string, p attest.Platform, o Options) (attest.Issuer, error) {
+	sub := filepath.Join(dir, string(p))
+	switch p {
+	case attest.SNP:
+		so := SNPOptions{
+			Measurement: o.Measurement,
+			HostData:    o.HostData,
+			FamilyID:    o.FamilyID,
+			ImageID:     o.ImageID,
+			GuestSVN:    o.GuestSVN,
+			VMPL:        o.VMPL,
+			GuestPolicy: o.GuestPolicy,
+		}
+		if so.Measurement == nil {
+			so.Measurement = DefaultSNPMeasurement[:]
+		}
+		if so.GuestPolicy == 0 {
+			so.GuestPolicy = DefaultSNPGuestPolicy
+		}
+		if o.Debug {
+			so.GuestPolicy |= 1 << 19
+		}
+		return NewSNPIssuer(sub, so)
+	case attest.TDX:
+		to := TDXOptions{
+			MRTD:       o.Measurement,
+			RTMR:       o.RTMR,
+			MRConfigID: o.MRConfigID,
+			MROwner:    o.MROwner,
+		}
+		if o.Debug {
+			to.TDAttributes |= 1 // TD_ATTRIBUTES.DEBUG
+		}
+		return NewTDXIssuer(sub, to)
 	}
-	return pl.issuer(filepath.Join(dir, string(p)), opts)
+	return nil, fmt.Errorf("sim: no simulated platform %q", p)
 }
 
-func snpIssuer(dir string, o Options) (attest.Issuer, error) {
-	so := snp.SimOptions{
-		Measurement: o.Measurement,
-		HostData:    o.HostData,
-		FamilyID:    o.FamilyID,
-		ImageID:     o.ImageID,
-		GuestSVN:    o.GuestSVN,
-		VMPL:        o.VMPL,
-		GuestPolicy: o.GuestPolicy,
+// DefaultClaims issues the default evidence (zero REPORT_DATA) of every
+// platform the sim in dir simulates and returns its claims as v verifies
+// them; v must trust the sim's root.pem. kbsd --dev pins its development
+// manifest to them (manifest.PinClass).
+func DefaultClaims(ctx context.Context, dir string, v attest.Verifier) ([]*attest.Claims, error) {
+	var out []*attest.Claims
+	for _, p := range platforms {
+		iss, err := NewIssuer(dir, p.platform, Options{})
+		if err != nil {
+			return nil, err
+		}
+		var rd [attest.ReportDataSize]byte
+		ev, err := iss.Issue(ctx, rd)
+		if err != nil {
+			return nil, err
+		}
+		c, err := v.Verify(ctx, ev, rd)
+		if err != nil {
+			return nil, fmt.Errorf("simulated %s evidence does not verify: %w", p.platform, err)
+		}
+		out = append(out, c)
 	}
-	if so.Measurement == nil {
-		so.Measurement = DefaultSNPMeasurement[:]
-	}
-	if so.GuestPolicy == 0 {
-		so.GuestPolicy = snp.DefaultSimGuestPolicy
-	}
-	if o.Debug {
-		so.GuestPolicy |= 1 << 19
-	}
-	return snp.NewSimIssuer(dir, so)
+	return out, nil
 }

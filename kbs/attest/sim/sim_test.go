@@ -3,11 +3,13 @@ package sim
 import (
 	"context"
 	"crypto/sha512"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/verify"
 )
 
 func TestInitLayoutAndIssuers(t *testing.T) {
@@ -50,5 +52,44 @@ func TestDefaultsAreFixedLabels(t *testing.T) {
 	}
 	if DefaultTDXMRTD == DefaultSNPMeasurement || DefaultTDXRTMR[0] == DefaultTDXRTMR[1] {
 		t.Errorf("default measurements collide")
+	}
+}
+
+// TestDefaultClaims: the default evidence of every simulated platform,
+// verified by a verifier that trusts the sim's root.pem, and refused by one
+// that does not.
+func TestDefaultClaims(t *testing.T) {
+	dir := t.TempDir()
+	if err := Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	v, err := verify.New(verify.Options{SimRootFile: RootFile(dir), Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := DefaultClaims(context.Background(), dir, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(claims) != 2 || claims[0].Platform != attest.SNP || claims[1].Platform != attest.TDX {
+		t.Fatalf("DefaultClaims = %d claims", len(claims))
+	}
+	for _, c := range claims {
+		if !c.Simulated {
+			t.Errorf("%s claims not marked simulated", c.Platform)
+		}
+	}
+	if string(claims[0].Measurement) != string(DefaultSNPMeasurement[:]) || string(claims[1].Measurement) != string(DefaultTDXMRTD[:]) {
+		t.Error("default claims do not carry the default measurements")
+	}
+	if claims[1].TDX.TCBStatus != "UpToDate" {
+		t.Errorf("TDX claims TCB status %q: the verifier did not find the sim's collateral", claims[1].TDX.TCBStatus)
+	}
+	strict, err := verify.New(verify.Options{Offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DefaultClaims(context.Background(), dir, strict); !errors.Is(err, verify.ErrSimulatedNotTrusted) {
+		t.Errorf("DefaultClaims with a verifier that trusts no sim = %v, want ErrSimulatedNotTrusted", err)
 	}
 }

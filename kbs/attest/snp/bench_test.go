@@ -2,10 +2,12 @@ package snp
 
 import (
 	"context"
+	"crypto/x509"
 	"testing"
 	"time"
 
 	"github.com/google/go-sev-guest/verify"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // BenchmarkVerifyValidate measures Verify followed by Validate on simulated
@@ -18,23 +20,30 @@ func BenchmarkVerifyValidate(b *testing.B) {
 	ctx := context.Background()
 	dir := testSim(b)
 	rd := [64]byte{5}
-	ev := issue(b, dir, SimOptions{}, rd)
-	pol := simPolicy(b, dir)
+	iss, err := sim.NewSNPIssuer(dir, sim.SNPOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev, err := iss.Issue(ctx, rd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := simOptions(iss.ChipID(), rd)
 	roots := simVerifier(b, dir).rootList()
 	now := simNow(b, dir)
-	opts := Options{Roots: roots, Now: func() time.Time { return now }}
+	vopts := Options{Roots: roots, Now: func() time.Time { return now }}
 	run := func(b *testing.B, v *Verifier) {
 		c, err := v.Verify(ctx, ev, rd)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := Validate(c, pol); err != nil {
+		if err := Validate(c, opts); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.Run("cold", func(b *testing.B) {
 		for b.Loop() {
-			v, err := NewVerifier(opts)
+			v, err := NewVerifier(vopts)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -42,7 +51,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 		}
 	})
 	b.Run("warm", func(b *testing.B) {
-		v, err := NewVerifier(opts)
+		v, err := NewVerifier(vopts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -52,7 +61,7 @@ func BenchmarkVerifyValidate(b *testing.B) {
 		}
 	})
 	b.Run("verify-only-warm", func(b *testing.B) {
-		v, err := NewVerifier(opts)
+		v, err := NewVerifier(vopts)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -85,13 +94,17 @@ func BenchmarkVerifyValidate(b *testing.B) {
 // BenchmarkReportSignature is one ECDSA P-384 report signature check, the
 // floor of a warm verification.
 func BenchmarkReportSignature(b *testing.B) {
-	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
-	_, chain, err := loadSim(testSim(b))
+	ev := issue(b, testSim(b), sim.SNPOptions{}, [64]byte{})
+	parsed, err := ParseEvidence(ev.Data)
+	if err != nil {
+		b.Fatal(err)
+	}
+	vcek, err := x509.ParseCertificate(parsed.cert(vcekGUID))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if err := verify.SnpReportSignature(ev.Data[:ReportSize], chain[2]); err != nil {
+		if err := verify.SnpReportSignature(ev.Data[:ReportSize], vcek); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -101,7 +114,7 @@ func BenchmarkReportSignature(b *testing.B) {
 // before verification: parse the evidence and look for the sim marker in its
 // endorsement certificate (parsed once per certificate, then remembered).
 func BenchmarkIsSimulated(b *testing.B) {
-	ev := issue(b, testSim(b), SimOptions{}, [64]byte{})
+	ev := issue(b, testSim(b), sim.SNPOptions{}, [64]byte{})
 	for b.Loop() {
 		if !IsSimulated(ev.Data) {
 			b.Fatal("IsSimulated(sim evidence) = false")
@@ -110,12 +123,19 @@ func BenchmarkIsSimulated(b *testing.B) {
 }
 
 // BenchmarkValidate is the library's validation of verified claims against
-// a policy, as a broker runs it on every release.
+// options built from reference values, as a broker runs it on every release.
 func BenchmarkValidate(b *testing.B) {
 	dir := testSim(b)
 	rd := [64]byte{5}
-	ev := issue(b, dir, SimOptions{}, rd)
-	pol := simPolicy(b, dir)
+	iss, err := sim.NewSNPIssuer(dir, sim.SNPOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev, err := iss.Issue(context.Background(), rd)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := simOptions(iss.ChipID(), rd)
 	now := simNow(b, dir)
 	v, err := NewVerifier(Options{Roots: simVerifier(b, dir).rootList(), Now: func() time.Time { return now }})
 	if err != nil {
@@ -126,7 +146,7 @@ func BenchmarkValidate(b *testing.B) {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if err := Validate(c, pol); err != nil {
+		if err := Validate(c, opts); err != nil {
 			b.Fatal(err)
 		}
 	}

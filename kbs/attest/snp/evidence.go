@@ -7,6 +7,8 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/uuid"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
 // ReportSize is the size of an SEV-SNP ATTESTATION_REPORT in bytes.
@@ -32,29 +34,29 @@ type Evidence struct {
 // table and decodes both. It checks the report's format (size, version,
 // reserved bytes, signature algorithm) and the table's structure (GUID
 // headers, terminator, in-range offsets, no duplicate GUIDs), and nothing
-// else. Errors wrap ErrMalformed. It never panics.
+// else. Errors wrap errMalformed. It never panics.
 func ParseEvidence(data []byte) (ev *Evidence, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			ev, err = nil, fmt.Errorf("%w: parser panic: %v", ErrMalformed, r)
+			ev, err = nil, fmt.Errorf("%w: parser panic: %v", errMalformed, r)
 		}
 	}()
 	if len(data) < ReportSize {
-		return nil, fmt.Errorf("%w: %d bytes, an SNP report is %d bytes", ErrMalformed, len(data), ReportSize)
+		return nil, fmt.Errorf("%w: %d bytes, an SNP report is %d bytes", errMalformed, len(data), ReportSize)
 	}
 	if len(data)-ReportSize > maxCertTableSize {
-		return nil, fmt.Errorf("%w: certificate table of %d bytes exceeds %d", ErrMalformed, len(data)-ReportSize, maxCertTableSize)
+		return nil, fmt.Errorf("%w: certificate table of %d bytes exceeds %d", errMalformed, len(data)-ReportSize, maxCertTableSize)
 	}
 	report := bytes.Clone(data[:ReportSize])
 	if err := abi.ValidateReportFormat(report); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	if algo := abi.SignatureAlgo(report); algo != abi.SignEcdsaP384Sha384 {
-		return nil, fmt.Errorf("%w: unknown signature algorithm %d", ErrMalformed, algo)
+		return nil, fmt.Errorf("%w: unknown signature algorithm %d", errMalformed, algo)
 	}
 	proto, err := abi.ReportToProto(report)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	ev = &Evidence{Report: report, Proto: proto}
 	table := data[ReportSize:]
@@ -63,26 +65,40 @@ func ParseEvidence(data []byte) (ev *Evidence, err error) {
 	}
 	headers, err := abi.ParseSnpCertTableHeader(table)
 	if err != nil {
-		return nil, fmt.Errorf("%w: certificate table: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: certificate table: %v", errMalformed, err)
 	}
 	for i, h := range headers {
 		if uint64(h.Offset)+uint64(h.Length) > uint64(len(table)) {
-			return nil, fmt.Errorf("%w: certificate table entry %d (offset %d, length %d) exceeds the %d-byte table", ErrMalformed, i, h.Offset, h.Length, len(table))
+			return nil, fmt.Errorf("%w: certificate table entry %d (offset %d, length %d) exceeds the %d-byte table", errMalformed, i, h.Offset, h.Length, len(table))
 		}
 	}
 	var ct abi.CertTable
 	if err := ct.Unmarshal(table); err != nil {
-		return nil, fmt.Errorf("%w: certificate table: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: certificate table: %v", errMalformed, err)
 	}
 	seen := make(map[uuid.UUID]bool, len(ct.Entries))
 	for _, e := range ct.Entries {
 		if seen[e.GUID] {
-			return nil, fmt.Errorf("%w: certificate table: duplicate entry %s", ErrMalformed, e.GUID)
+			return nil, fmt.Errorf("%w: certificate table: duplicate entry %s", errMalformed, e.GUID)
 		}
 		seen[e.GUID] = true
 	}
 	ev.Certs = ct.Entries
 	return ev, nil
+}
+
+// UnverifiedReportData returns the REPORT_DATA of SNP evidence without
+// verifying anything: for tools that verify evidence whose binding they do
+// not know (kbsctl manifest check), and must then say so. It fails as
+// ParseEvidence does.
+func UnverifiedReportData(data []byte) ([attest.ReportDataSize]byte, error) {
+	var rd [attest.ReportDataSize]byte
+	ev, err := ParseEvidence(data)
+	if err != nil {
+		return rd, err
+	}
+	copy(rd[:], ev.Proto.GetReportData())
+	return rd, nil
 }
 
 // Marshal returns the evidence bytes: the report followed by the certificate
@@ -116,11 +132,11 @@ func (ev *Evidence) cert(guid uuid.UUID) []byte {
 func (ev *Evidence) signer() (abi.ReportSigner, error) {
 	info, err := abi.ParseSignerInfo(ev.Proto.GetSignerInfo())
 	if err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return 0, fmt.Errorf("%w: %v", errMalformed, err)
 	}
 	switch info.SigningKey {
 	case abi.VcekReportSigner, abi.VlekReportSigner:
 		return info.SigningKey, nil
 	}
-	return 0, fmt.Errorf("%w: report signed by %v, want VCEK or VLEK", ErrMalformed, info.SigningKey)
+	return 0, fmt.Errorf("%w: report signed by %v, want VCEK or VLEK", errMalformed, info.SigningKey)
 }

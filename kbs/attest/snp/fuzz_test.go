@@ -39,6 +39,11 @@ func FuzzParseEvidence(f *testing.F) {
 		if (err == nil) != (err2 == nil) {
 			t.Fatalf("non-deterministic: %v then %v", err, err2)
 		}
+		// REPORT_DATA (offset 0x50) is read from exactly what parses.
+		rd, rdErr := UnverifiedReportData(data)
+		if (rdErr == nil) != (err == nil) || (err == nil && !bytes.Equal(rd[:], data[0x50:0x90])) {
+			t.Fatalf("UnverifiedReportData = %x, %v; ParseEvidence: %v", rd, rdErr, err)
+		}
 		if err != nil {
 			if sim1 {
 				t.Fatalf("IsSimulated(unparsable evidence) = true")

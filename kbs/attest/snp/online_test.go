@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-sev-guest/kds"
 	sevtest "github.com/google/go-sev-guest/testing"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // fakeKDS serves fixed URLs and counts requests.
@@ -48,13 +49,22 @@ func onlineSim(t *testing.T, revokeASK bool) (dir string, kdsSrv *fakeKDS) {
 		t.Fatal(err)
 	}
 	ark := sevtest.DefaultArk()
-	if err := generateSim(dir, ark, sevtest.DefaultAsk(), vcek); err != nil {
+	if err := sim.GenerateSNPWithKeys(dir, ark, sevtest.DefaultAsk(), vcek); err != nil {
 		t.Fatal(err)
 	}
-	_, chain, err := loadSim(dir)
+	chain, err := sim.SNPRoots(dir) // ARK, ASK
 	if err != nil {
 		t.Fatal(err)
 	}
+	parsed, err := ParseEvidence(issue(t, dir, sim.SNPOptions{}, [64]byte{}).Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vcekCert, err := x509.ParseCertificate(parsed.cert(vcekGUID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain = append(chain, vcekCert)
 	now := simNow(t, dir)
 	tmpl := &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(24 * time.Hour)}
 	if revokeASK {
@@ -80,7 +90,7 @@ func onlineSim(t *testing.T, revokeASK bool) (dir string, kdsSrv *fakeKDS) {
 
 func onlineVerifier(t *testing.T, dir, cacheDir string, getter *fakeKDS) *Verifier {
 	t.Helper()
-	certs, err := SimRoots(dir)
+	certs, err := sim.SNPRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +107,7 @@ func TestOnlineFetchAndCRL(t *testing.T) {
 	ctx := context.Background()
 	dir, srv := onlineSim(t, false)
 	rd := [64]byte{8}
-	ev := issue(t, dir, SimOptions{}, rd)
+	ev := issue(t, dir, sim.SNPOptions{}, rd)
 	bare := attest.Evidence{Platform: attest.SNP, Data: ev.Data[:ReportSize]}
 	cache := t.TempDir()
 
@@ -118,7 +128,7 @@ func TestOnlineFetchAndCRL(t *testing.T) {
 	if len(entries) == 0 {
 		t.Fatalf("nothing cached in %s", cache)
 	}
-	certs, _ := SimRoots(dir)
+	certs, _ := sim.SNPRoots(dir)
 	now := simNow(t, dir)
 	off, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now }, CacheDir: cache})
 	if err != nil {
@@ -136,13 +146,13 @@ func TestOnlineRevoked(t *testing.T) {
 	ctx := context.Background()
 	dir, srv := onlineSim(t, true)
 	rd := [64]byte{8}
-	ev := issue(t, dir, SimOptions{}, rd)
-	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, ErrRevoked) {
-		t.Errorf("Verify with the ASK revoked = %v, want ErrRevoked", err)
+	ev := issue(t, dir, sim.SNPOptions{}, rd)
+	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, errRevoked) {
+		t.Errorf("Verify with the ASK revoked = %v, want errRevoked", err)
 	}
 	// No CRL at all fails closed.
 	delete(srv.files, kds.CrlLinkByKey("Milan", abi.VcekReportSigner))
-	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, ErrRevoked) {
-		t.Errorf("Verify without a reachable CRL = %v, want ErrRevoked", err)
+	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, errRevoked) {
+		t.Errorf("Verify without a reachable CRL = %v, want errRevoked", err)
 	}
 }

@@ -2,10 +2,13 @@ package tdx
 
 import (
 	"context"
+	"encoding/binary"
 	"testing"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // BenchmarkVerifyValidate measures Verify followed by Validate:
@@ -18,7 +21,7 @@ import (
 // cold with the chain cache disabled, warm with it enabled.
 func BenchmarkVerifyValidate(b *testing.B) {
 	ctx := context.Background()
-	run := func(b *testing.B, opts Options, raw []byte, rd [attest.ReportDataSize]byte, p Policy) {
+	run := func(b *testing.B, opts Options, raw []byte, rd [attest.ReportDataSize]byte, p *validate.Options) {
 		v := mustVerifier(b, opts)
 		ev := tdxEvidence(raw)
 		b.ReportAllocs()
@@ -34,22 +37,28 @@ func BenchmarkVerifyValidate(b *testing.B) {
 		}
 	}
 	raw, rd := realQuote(b), realReportData(b)
-	p := realPolicy(realClaims(b))
+	c := realClaims(b)
+	p := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{
+		MrTd: c.TDX.MRTD, Rtmrs: c.TDX.RTMR[:], MrConfigID: c.TDX.MRConfigID, MrOwner: c.TDX.MROwner,
+		MrOwnerConfig: c.TDX.MROwnerConfig, Xfam: binary.LittleEndian.AppendUint64(nil, c.TDX.XFAM),
+		TdAttributes: binary.LittleEndian.AppendUint64(nil, c.TDX.TDAttributes), MinimumTeeTcbSvn: c.TDX.TEETCBSVN,
+		MrSeam: c.TDX.MRSeam, ReportData: rd[:],
+	}}
 	b.Run("real/cold", func(b *testing.B) { run(b, Options{Now: fixed(realNow), ChainCacheSize: -1}, raw, rd, p) })
 	b.Run("real/warm", func(b *testing.B) { run(b, Options{Now: fixed(realNow)}, raw, rd, p) })
 
 	dir := newSimDir(b)
 	srd := reportData("bench")
-	sraw := simQuote(b, dir, SimOptions{}, srd)
-	opts, err := SimVerifierOptions(dir)
+	sraw := simQuote(b, dir, sim.TDXOptions{}, srd)
+	opts, err := simVerifierOptions(dir)
 	if err != nil {
 		b.Fatal(err)
 	}
 	opts.Now = fixed(clock.Now())
 	cold := opts
 	cold.ChainCacheSize = -1
-	b.Run("sim-collateral/cold", func(b *testing.B) { run(b, cold, sraw, srd, simPolicy()) })
-	b.Run("sim-collateral/warm", func(b *testing.B) { run(b, opts, sraw, srd, simPolicy()) })
+	b.Run("sim-collateral/cold", func(b *testing.B) { run(b, cold, sraw, srd, simOptions(srd)) })
+	b.Run("sim-collateral/warm", func(b *testing.B) { run(b, opts, sraw, srd, simOptions(srd)) })
 }
 
 // BenchmarkQuoteSignature is the floor of a warm verification: one ECDSA

@@ -2,9 +2,7 @@ package tdx
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -12,102 +10,25 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
 	"github.com/google/go-tdx-guest/verify/trust"
 
-	"github.com/kbs-dev/kbs/internal/atomicfile"
 	"github.com/kbs-dev/kbs/internal/clock"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 )
 
-// The collateral cache is a directory of JSON files, one per Intel PCS
-// response, named after what they hold:
-//
-//	tcbinfo-<fmspc>.json   TDX TCB info for one platform family (FMSPC)
-//	qeidentity.json        TDX QE identity
-//	pckcrl-<ca>.json       PCK CRL of the "platform" or "processor" CA
-//	crl-<sha256(url)[:16]>.json  any other CRL (the root CA CRL, fetched
-//	                       from the root certificate's distribution point)
-//
-// Each file holds {"url", "header", "body" (base64), "fetched"}: the PCS
-// response exactly as received, so that go-tdx-guest verifies the signed
-// bodies and issuer chains itself. Files are written atomically. Nothing in
-// the cache is trusted: every response is verified against the trusted roots
-// on use.
+// The collateral cache is a directory of Intel PCS responses in
+// kbs/attest/tdx/pcscache's format. Nothing in the cache is trusted: every
+// response is verified against the trusted roots on use.
 
-// cachedResponse is one cached PCS response.
-type cachedResponse struct {
-	URL     string              `json:"url"`
-	Header  map[string][]string `json:"header,omitempty"`
-	Body    []byte              `json:"body"`
-	Fetched time.Time           `json:"fetched"`
-}
-
-// maxCollateralSize bounds one cached or fetched response.
-const maxCollateralSize = 1 << 20
-
-var (
-	tcbInfoPrefix = pcs.TcbInfoURL("")
-	hexFMSPC      = regexp.MustCompile(`^[0-9a-fA-F]{12}$`)
-)
-
-// cacheFileName maps a PCS URL to its file in the cache.
-func cacheFileName(u string) string {
-	switch {
-	case u == pcs.QeIdentityURL():
-		return "qeidentity.json"
-	case strings.HasPrefix(u, tcbInfoPrefix) && hexFMSPC.MatchString(u[len(tcbInfoPrefix):]):
-		return "tcbinfo-" + strings.ToLower(u[len(tcbInfoPrefix):]) + ".json"
-	case u == pcs.PckCrlURL("platform"):
-		return "pckcrl-platform.json"
-	case u == pcs.PckCrlURL("processor"):
-		return "pckcrl-processor.json"
-	}
-	h := sha256.Sum256([]byte(u))
-	return "crl-" + hex.EncodeToString(h[:8]) + ".json"
-}
+var tcbInfoPrefix = pcs.TcbInfoURL("")
 
 // readCached returns the cached response for u, or an error wrapping
 // os.ErrNotExist.
-func readCached(dir, u string) (*cachedResponse, error) {
-	if dir == "" {
-		return nil, fmt.Errorf("no collateral directory: %w", os.ErrNotExist)
-	}
-	f, err := os.Open(filepath.Join(dir, cacheFileName(u)))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 2*maxCollateralSize))
-	if err != nil {
-		return nil, err
-	}
-	var r cachedResponse
-	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("collateral cache %s: %v", cacheFileName(u), err)
-	}
-	if r.URL != u {
-		return nil, fmt.Errorf("collateral cache %s holds %q, want %q", cacheFileName(u), r.URL, u)
-	}
-	return &r, nil
-}
-
-// writeCached stores r in dir atomically (temporary file, fsync, rename).
-func writeCached(dir string, r *cachedResponse) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	return atomicfile.WriteFile(filepath.Join(dir, cacheFileName(r.URL)), b, 0o644)
-}
+func readCached(dir, u string) (*pcscache.Response, error) { return pcscache.Read(dir, u) }
 
 // collateralGetter serves go-tdx-guest's collateral requests for one
 // verification: from the cache, or (online) from the network, storing what
@@ -133,7 +54,7 @@ func (g *collateralGetter) Get(u string) (map[string][]string, []byte, error) {
 	return r.Header, r.Body, nil
 }
 
-func (g *collateralGetter) get(u string) (*cachedResponse, error) {
+func (g *collateralGetter) get(u string) (*pcscache.Response, error) {
 	if err := g.ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -146,15 +67,15 @@ func (g *collateralGetter) get(u string) (*cachedResponse, error) {
 		} else {
 			hdr, body, err = g.online.Get(u)
 		}
-		if err == nil && len(body) > maxCollateralSize {
-			err = fmt.Errorf("response larger than %d bytes", maxCollateralSize)
+		if err == nil && len(body) > pcscache.MaxSize {
+			err = fmt.Errorf("response larger than %d bytes", pcscache.MaxSize)
 		}
 		if err == nil {
-			r := &cachedResponse{URL: u, Header: keepIssuerChains(hdr), Body: body, Fetched: clock.Now().UTC()}
+			r := &pcscache.Response{URL: u, Header: keepIssuerChains(hdr), Body: body, Fetched: clock.Now().UTC()}
 			if g.dir != "" {
 				// A failed cache write does not fail the verification: the
 				// response is verified by the library all the same.
-				_ = writeCached(g.dir, r)
+				_ = pcscache.Write(g.dir, r)
 			}
 			return r, nil
 		}
@@ -280,7 +201,7 @@ func (g httpGetter) getContext(ctx context.Context, u string) (map[string][]stri
 	if resp.StatusCode != http.StatusOK {
 		return nil, nil, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxCollateralSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, pcscache.MaxSize+1))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,5 +1,30 @@
-// Package tdx verifies Intel TDX quotes (version 4) and checks them against
-// reference values, on top of github.com/google/go-tdx-guest v0.3.1.
+// Package tdx verifies Intel TDX quotes (version 4), on top of
+// github.com/google/go-tdx-guest v0.3.1.
+//
+// # Where each thing is checked
+//
+//	quote.go      parsing: a well-formed v4 quote, its PCK chain of three PEM
+//	              certificates with Intel's names and key types, the QE
+//	              report's binding of the attestation key, the signatures
+//	verify.go     Verifier.Verify: Intel's quoting enclave, the chain to a
+//	              trusted root at Options.Now, the QE report and quote
+//	              signatures, the collateral through go-tdx-guest, and the two
+//	              hard rules: REPORT_DATA equal to the caller's binding
+//	              (ErrReportData) and the debug bit clear (ErrDebug)
+//	collateral.go which collateral checks run, from the cache (pcscache) or
+//	              Intel PCS
+//	roots.go      which roots are trusted: Intel's SGX Root CA (IntelRoot),
+//	              or the ones given (Options.TrustedRoots, RootsFromCerts)
+//	validate.go   Validate: go-tdx-guest's validation confirming the
+//	              reference values, with the options kbs/policy builds from
+//	              the manifest, and the debug bit once more
+//	simulated.go  IsSimulated: recognizing the simulated TEE's quotes, to
+//	              route them; never a reason to trust them
+//	errors.go     the errors callers branch on
+//
+// Reference values (MRTD, RTMR0-3, MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM,
+// TD attributes, minimum TEE_TCB_SVN, MRSEAM) are decided by manifest.Match,
+// which explains each field, and confirmed by Validate.
 //
 // # Trust
 //
@@ -28,20 +53,21 @@
 //   - REPORT_DATA equals the expected binding;
 //   - the TD is not a debug TD (TD_ATTRIBUTES bit 0 clear).
 //
-// Validate then checks the claims against a Policy: MRTD, RTMR0-3,
-// MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM, TD attributes, minimum
-// TEE_TCB_SVN and the MRSEAM allow list, each either set or explicitly
-// listed as unchecked.
+// Reference values are not Verify's business: manifest.Match compares them,
+// and Validate has go-tdx-guest's validation confirm them with the options
+// kbs/policy builds from the manifest (and rejects a debug TD once more).
 //
-// Every failure is a distinct error (ErrQuoteSignature, ErrUntrustedRoot,
-// *CertificateError, ErrReportData, ErrDebug, *MismatchError, ...) for
-// errors.Is and errors.As. A panic inside go-tdx-guest becomes an error.
+// A refusal of a hard rule wraps ErrDebug or ErrReportData; any other
+// error's message names the check that failed (which certificate expired,
+// which signature, the collateral's verdict). A panic inside go-tdx-guest
+// becomes an error.
 //
 // # Offline and online collateral
 //
 // Offline (the default) Verify uses only the quote and Options.CollateralDir,
-// a cache of Intel PCS responses (tcbinfo-<fmspc>.json, qeidentity.json,
-// pckcrl-<ca>.json, crl-<hash>.json). With TCB info for the platform's FMSPC
+// a cache of Intel PCS responses in kbs/attest/tdx/pcscache's format
+// (tcbinfo-<fmspc>.json, qeidentity.json, pckcrl-<ca>.json,
+// crl-<hash>.json). With TCB info for the platform's FMSPC
 // and the QE identity cached, all collateral checks run; with the PCK CRL and
 // root CA CRL cached too, so do revocation checks. What is missing is
 // skipped:
@@ -53,9 +79,9 @@
 //     certificates, nor of the TCB signing certificate.
 //
 // Collateral that is present is always checked: if it is invalid, expired
-// at Now, or rejects the platform, Verify fails with ErrCollateral; it is
-// never skipped. Options.RequireCollateral turns a missing TCB info or QE identity into
-// ErrCollateralUnavailable. Online mode (Options.Online) fetches the
+// at Now, or rejects the platform, Verify fails; it is never skipped.
+// Options.RequireCollateral makes a missing TCB info or QE identity a
+// refusal too. Online mode (Options.Online) fetches the
 // collateral from Intel PCS on every uncached verification, stores it in the
 // cache, and falls back to the cache when a fetch fails.
 //
@@ -76,6 +102,8 @@
 //
 // # Simulated TDX
 //
-// GenerateSim, NewSimIssuer, SimRoots and SimVerifierOptions provide a
-// simulated TEE for development and tests; see GenerateSim.
+// The simulated TEE (kbs/attest/sim) issues quotes under its own "Intel SGX
+// Root CA" with its own collateral; this package only recognizes them
+// (IsSimulated) and verifies them like any other, under the roots it is
+// given.
 package tdx

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx"
 )
 
@@ -19,10 +22,10 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	if err := tdx.GenerateSim(dir); err != nil {
+	if err := sim.Init(dir); err != nil {
 		log.Fatal(err)
 	}
-	issuer, err := tdx.NewSimIssuer(dir, tdx.SimOptions{})
+	issuer, err := sim.NewIssuer(dir, attest.TDX, sim.Options{})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -32,11 +35,12 @@ func Example() {
 		log.Fatal(err)
 	}
 
-	opts, err := tdx.SimVerifierOptions(dir)
+	simDir := filepath.Join(dir, "tdx")
+	roots, err := sim.TDXRoots(simDir)
 	if err != nil {
 		log.Fatal(err)
 	}
-	v, err := tdx.NewVerifier(opts)
+	v, err := tdx.NewVerifier(tdx.Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(simDir), RequireCollateral: true})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -46,12 +50,12 @@ func Example() {
 	}
 	fmt.Println(claims.Platform, claims.Simulated, claims.TDX.TCBStatus)
 
-	policy := tdx.Policy{
-		MRTD: tdx.DefaultSimMRTD[:],
-		Any:  []tdx.Field{tdx.FieldRTMR0, tdx.FieldRTMR1, tdx.FieldRTMR2, tdx.FieldRTMR3, tdx.FieldMRConfigID, tdx.FieldMROwner, tdx.FieldMROwnerConfig, tdx.FieldXFAM, tdx.FieldTDAttributes, tdx.FieldMinTEETCBSVN, tdx.FieldMRSeam},
-	}
-	fmt.Println(tdx.Validate(claims, policy))
-	fmt.Println(tdx.Validate(claims, tdx.Policy{}))
+	// go-tdx-guest's validation confirms reference values (kbs/policy builds
+	// these options from a manifest).
+	pinned := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: sim.DefaultTDXMRTD[:]}}
+	fmt.Println(tdx.Validate(claims, pinned))
+	other := &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{MrTd: make([]byte, 48)}}
+	fmt.Println(tdx.Validate(claims, other) != nil)
 
 	// The same quote under the default (Intel) root is rejected.
 	hw, err := tdx.NewVerifier(tdx.Options{})
@@ -63,6 +67,6 @@ func Example() {
 	// Output:
 	// tdx true UpToDate
 	// <nil>
-	// tdx: invalid policy: mrtd is neither set nor listed in Any
+	// true
 	// true
 }

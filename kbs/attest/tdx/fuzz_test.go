@@ -3,7 +3,6 @@ package tdx
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"github.com/google/go-tdx-guest/abi"
 	"github.com/google/go-tdx-guest/pcs"
 	"github.com/kbs-dev/kbs/internal/clock"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -25,17 +26,17 @@ func fuzzSeeds(f *testing.F) {
 	f.Add(raw[:QuoteMinSizeForTest])
 	f.Add(flip(raw, signatureOff))
 	dir := f.TempDir()
-	if err := GenerateSim(dir); err != nil {
+	if err := sim.GenerateTDX(dir); err != nil {
 		f.Fatal(err)
 	}
-	f.Add(simQuote(f, dir, SimOptions{}, reportData("fuzz")))
+	f.Add(simQuote(f, dir, sim.TDXOptions{}, reportData("fuzz")))
 }
 
 // QuoteMinSizeForTest is the shortest input go-tdx-guest's parser reads.
 const QuoteMinSizeForTest = abi.QuoteMinSize
 
 // FuzzParseQuote: parsing never panics, is deterministic, fails only with
-// ErrMalformedQuote, and what parses serializes back to the same bytes.
+// errMalformedQuote, and what parses serializes back to the same bytes.
 func FuzzParseQuote(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -44,9 +45,15 @@ func FuzzParseQuote(f *testing.F) {
 		if (err1 == nil) != (err2 == nil) || (err1 != nil && err1.Error() != err2.Error()) {
 			t.Fatalf("parseQuote not deterministic: %v, %v", err1, err2)
 		}
+		// REPORT_DATA (after the 48-byte header, at 520 into the TD quote
+		// body) is read from exactly what parses.
+		rd, rdErr := UnverifiedReportData(data)
+		if (rdErr == nil) != (err1 == nil) || (err1 == nil && !bytes.Equal(rd[:], data[48+520:48+520+64])) {
+			t.Fatalf("UnverifiedReportData = %x, %v; parseQuote: %v", rd, rdErr, err1)
+		}
 		if err1 != nil {
-			if !errors.Is(err1, ErrMalformedQuote) {
-				t.Fatalf("parseQuote error %v is not ErrMalformedQuote", err1)
+			if !errors.Is(err1, errMalformedQuote) {
+				t.Fatalf("parseQuote error %v is not errMalformedQuote", err1)
 			}
 			return
 		}
@@ -91,10 +98,10 @@ func FuzzVerify(f *testing.F) {
 // sim's) TCB signing key signed, and the answer is the same on every try.
 func FuzzCollateralCache(f *testing.F) {
 	dir := f.TempDir()
-	if err := GenerateSim(dir); err != nil {
+	if err := sim.GenerateTDX(dir); err != nil {
 		f.Fatal(err)
 	}
-	src := filepath.Join(dir, SimCollateralDir)
+	src := sim.TDXCollateralDir(dir)
 	files, err := os.ReadDir(src)
 	if err != nil {
 		f.Fatal(err)
@@ -107,13 +114,13 @@ func FuzzCollateralCache(f *testing.F) {
 		}
 		orig[e.Name()] = b
 	}
-	tcbFile := cacheFileName(pcs.TcbInfoURL(hex.EncodeToString(simFMSPC)))
-	qeFile := cacheFileName(pcs.QeIdentityURL())
+	tcbFile := pcscache.FileName(pcs.TcbInfoURL(sim.TDXFMSPC))
+	qeFile := pcscache.FileName(pcs.QeIdentityURL())
 	f.Add(false, orig[tcbFile])
 	f.Add(true, orig[qeFile])
 	rd := reportData("fuzz collateral")
-	raw := simQuote(f, dir, SimOptions{}, rd)
-	roots, err := SimRoots(dir)
+	raw := simQuote(f, dir, sim.TDXOptions{}, rd)
+	roots, err := sim.TDXRoots(dir)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -140,13 +147,13 @@ func FuzzCollateralCache(f *testing.F) {
 		if (errs[0] == nil) != (errs[1] == nil) || (errs[0] != nil && errs[0].Error() != errs[1].Error()) {
 			t.Fatalf("Verify not deterministic: %v, %v", errs[0], errs[1])
 		}
-		if errs[0] != nil && !errors.Is(errs[0], ErrCollateral) && !errors.Is(errs[0], ErrCollateralUnavailable) {
-			t.Fatalf("bad collateral gave %v, want ErrCollateral or ErrCollateralUnavailable", errs[0])
+		if errs[0] != nil && !errors.Is(errs[0], errCollateral) && !errors.Is(errs[0], errCollateralUnavailable) {
+			t.Fatalf("bad collateral gave %v, want errCollateral or errCollateralUnavailable", errs[0])
 		}
 		if errs[0] == nil {
 			// Only a file that still holds the signed body may pass.
-			var r cachedResponse
-			var o cachedResponse
+			var r pcscache.Response
+			var o pcscache.Response
 			if json.Unmarshal(data, &r) != nil || json.Unmarshal(orig[target], &o) != nil || !bytes.Equal(r.Body, o.Body) {
 				t.Fatalf("altered collateral %q accepted", data)
 			}

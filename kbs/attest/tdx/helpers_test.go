@@ -2,6 +2,7 @@ package tdx
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -9,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // The real quote: go-tdx-guest's Sapphire Rapids sample, copied by
@@ -63,15 +66,26 @@ func mustVerifier(t testing.TB, opts Options) *Verifier {
 func newSimDir(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "sim")
-	if err := GenerateSim(dir); err != nil {
+	if err := sim.GenerateTDX(dir); err != nil {
 		t.Fatal(err)
 	}
 	return dir
 }
 
+// simVerifierOptions are the options that verify quotes of the TDX sim in
+// dir: its root as the only trusted root, offline, with its collateral
+// cache, and collateral required.
+func simVerifierOptions(dir string) (Options, error) {
+	roots, err := sim.TDXRoots(dir)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(dir), RequireCollateral: true}, nil
+}
+
 func simVerifier(t testing.TB, dir string, now time.Time) *Verifier {
 	t.Helper()
-	opts, err := SimVerifierOptions(dir)
+	opts, err := simVerifierOptions(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,9 +93,9 @@ func simVerifier(t testing.TB, dir string, now time.Time) *Verifier {
 	return mustVerifier(t, opts)
 }
 
-func simQuote(t testing.TB, dir string, opts SimOptions, rd [attest.ReportDataSize]byte) []byte {
+func simQuote(t testing.TB, dir string, opts sim.TDXOptions, rd [attest.ReportDataSize]byte) []byte {
 	t.Helper()
-	iss, err := NewSimIssuer(dir, opts)
+	iss, err := sim.NewTDXIssuer(dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,11 +118,9 @@ func reportData(label string) [attest.ReportDataSize]byte {
 // allErrs are the sentinels of Verify and Validate; a rejection must match
 // exactly one of them.
 var allErrs = []error{
-	ErrNotTDX, ErrMalformedQuote, ErrQEVendor, ErrCertChain, ErrCertExpired, ErrCertNotYetValid,
-	ErrUntrustedRoot, ErrQEReportSignature, ErrAttestationKeyBinding, ErrQuoteSignature,
-	ErrCollateralUnavailable, ErrCollateral, ErrReportData, ErrDebug,
-	ErrPolicy, ErrClaims, ErrMRTD, ErrRTMR, ErrMRConfigID, ErrMROwner, ErrMROwnerConfig, ErrXFAM,
-	ErrTDAttributes, ErrTEETCBSVN, ErrMRSeam, ErrValidate,
+	errNotTDX, errMalformedQuote, errQEVendor, errCertChain, errCertExpired, errCertNotYetValid,
+	errUntrustedRoot, errQEReportSignature, errAttestationKeyBinding, errQuoteSignature,
+	errCollateralUnavailable, errCollateral, ErrReportData, ErrDebug, errClaims,
 }
 
 // wantOnly fails unless err matches want and no other sentinel.
@@ -124,20 +136,21 @@ func wantOnly(t testing.TB, err, want error) {
 	}
 }
 
-// simPolicy is a policy that the default sim quote satisfies, with every
-// field set.
-func simPolicy() Policy {
-	xfam, attrs := DefaultSimXFAM, DefaultSimTDAttributes
+// simOptions are go-tdx-guest validation options that the default sim
+// quote binding rd satisfies, every field pinned (what kbs/policy builds
+// from a manifest pinned to that quote).
+func simOptions(rd [attest.ReportDataSize]byte) *validate.Options {
 	zero := make([]byte, 48)
-	return Policy{
-		MRTD:          DefaultSimMRTD[:],
-		RTMR:          [4][]byte{DefaultSimRTMR[0][:], DefaultSimRTMR[1][:], DefaultSimRTMR[2][:], DefaultSimRTMR[3][:]},
-		MRConfigID:    zero,
-		MROwner:       zero,
-		MROwnerConfig: zero,
-		XFAM:          &xfam,
-		TDAttributes:  &attrs,
-		MinTEETCBSVN:  DefaultSimTEETCBSVN[:],
-		MRSeam:        [][]byte{make([]byte, 48), DefaultSimMRSeam[:]},
-	}
+	return &validate.Options{TdQuoteBodyOptions: validate.TdQuoteBodyOptions{
+		MrTd:             sim.DefaultTDXMRTD[:],
+		Rtmrs:            [][]byte{sim.DefaultTDXRTMR[0][:], sim.DefaultTDXRTMR[1][:], sim.DefaultTDXRTMR[2][:], sim.DefaultTDXRTMR[3][:]},
+		MrConfigID:       zero,
+		MrOwner:          zero,
+		MrOwnerConfig:    zero,
+		Xfam:             binary.LittleEndian.AppendUint64(nil, sim.DefaultTDXXFAM),
+		TdAttributes:     binary.LittleEndian.AppendUint64(nil, sim.DefaultTDXTDAttributes),
+		MinimumTeeTcbSvn: sim.DefaultTDXTEETCBSVN[:],
+		MrSeam:           sim.DefaultTDXMRSeam[:],
+		ReportData:       rd[:],
+	}}
 }

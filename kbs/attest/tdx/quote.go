@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-tdx-guest/abi"
 	pb "github.com/google/go-tdx-guest/proto/tdx"
+
+	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
 // MaxQuoteSize bounds the evidence Verify accepts. Real v4 quotes with their
@@ -29,6 +31,10 @@ const (
 	attestationKeyEnd = signatureEnd + 64
 )
 
+// measurementSize is the size of MRTD, the RTMRs, MRCONFIGID, MROWNER,
+// MROWNERCONFIG, MRSEAM and MRSIGNERSEAM: a SHA-384 digest.
+const measurementSize = abi.MrTdSize
+
 // intelQEVendorID is QE_VENDOR_ID of quotes from Intel's quoting enclave.
 var intelQEVendorID = []byte{0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07}
 
@@ -40,25 +46,39 @@ const tdAttributesDebug = 1
 // without checking every length; a panic inside it becomes an error.
 func parseQuote(raw []byte) (q *pb.QuoteV4, err error) {
 	if len(raw) > MaxQuoteSize {
-		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrMalformedQuote, len(raw), MaxQuoteSize)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", errMalformedQuote, len(raw), MaxQuoteSize)
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			q, err = nil, fmt.Errorf("%w: parser panic: %v", ErrMalformedQuote, r)
+			q, err = nil, fmt.Errorf("%w: parser panic: %v", errMalformedQuote, r)
 		}
 	}()
 	anyQuote, err := abi.QuoteToProto(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformedQuote, err)
+		return nil, fmt.Errorf("%w: %v", errMalformedQuote, err)
 	}
 	quote, ok := anyQuote.(*pb.QuoteV4)
 	if !ok {
-		return nil, fmt.Errorf("%w: unsupported quote type %T", ErrMalformedQuote, anyQuote)
+		return nil, fmt.Errorf("%w: unsupported quote type %T", errMalformedQuote, anyQuote)
 	}
 	if err := abi.CheckQuoteV4(quote); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformedQuote, err)
+		return nil, fmt.Errorf("%w: %v", errMalformedQuote, err)
 	}
 	return quote, nil
+}
+
+// UnverifiedReportData returns the REPORT_DATA of a TDX quote without
+// verifying anything: for tools that verify evidence whose binding they do
+// not know (kbsctl manifest check), and must then say so. It fails for
+// bytes that are not a well-formed v4 quote.
+func UnverifiedReportData(quote []byte) ([attest.ReportDataSize]byte, error) {
+	var rd [attest.ReportDataSize]byte
+	q, err := parseQuote(quote)
+	if err != nil {
+		return rd, err
+	}
+	copy(rd[:], q.GetTdQuoteBody().GetReportData())
+	return rd, nil
 }
 
 // pckChain is the certificate chain carried in a quote.
@@ -76,16 +96,16 @@ func parseChain(q *pb.QuoteV4) (*pckChain, error) {
 		var blk *pem.Block
 		blk, rest = pem.Decode(rest)
 		if blk == nil || blk.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("%w: want 3 PEM certificates, found %d", ErrCertChain, i)
+			return nil, fmt.Errorf("%w: want 3 PEM certificates, found %d", errCertChain, i)
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%w: certificate %d: %v", ErrCertChain, i, err)
+			return nil, fmt.Errorf("%w: certificate %d: %v", errCertChain, i, err)
 		}
 		certs = append(certs, c)
 	}
 	if len(rest) != 0 && !bytes.Equal(rest, []byte{0}) {
-		return nil, fmt.Errorf("%w: %d trailing bytes after the chain", ErrCertChain, len(rest))
+		return nil, fmt.Errorf("%w: %d trailing bytes after the chain", errCertChain, len(rest))
 	}
 	return &pckChain{leaf: certs[0], intermediate: certs[1], root: certs[2]}, nil
 }
@@ -105,17 +125,17 @@ func (c *pckChain) checkNames() error {
 		// go-tdx-guest v0.3.1 accepts only the Platform CA as intermediate.
 		cn := x.cn
 		if x.cert.Subject.CommonName != cn {
-			return fmt.Errorf("%w: subject CN %q, want %q", ErrCertChain, x.cert.Subject.CommonName, cn)
+			return fmt.Errorf("%w: subject CN %q, want %q", errCertChain, x.cert.Subject.CommonName, cn)
 		}
 		if x.cert.Version != 3 || x.cert.SignatureAlgorithm != x509.ECDSAWithSHA256 {
-			return fmt.Errorf("%w: %q is not an X.509 v3 certificate signed with ECDSA-SHA256", ErrCertChain, cn)
+			return fmt.Errorf("%w: %q is not an X.509 v3 certificate signed with ECDSA-SHA256", errCertChain, cn)
 		}
 		pub, ok := x.cert.PublicKey.(*ecdsa.PublicKey)
 		if !ok || pub.Curve != elliptic.P256() {
-			return fmt.Errorf("%w: %q does not hold an ECDSA P-256 key", ErrCertChain, cn)
+			return fmt.Errorf("%w: %q does not hold an ECDSA P-256 key", errCertChain, cn)
 		}
 		if x.cert.Issuer.String() != x.parent.Subject.String() {
-			return fmt.Errorf("%w: %q issued by %q, want %q", ErrCertChain, cn, x.cert.Issuer, x.parent.Subject)
+			return fmt.Errorf("%w: %q issued by %q, want %q", errCertChain, cn, x.cert.Issuer, x.parent.Subject)
 		}
 	}
 	return nil

@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tdx-guest/validate"
 	"github.com/google/go-tdx-guest/verify"
 	"github.com/kbs-dev/kbs/internal/testbin"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // TestNoStdout runs verifications in a child process and checks that
@@ -58,7 +60,7 @@ func stdoutChild() {
 	fail(err)
 	c, err := v.Verify(ctx, tdxEvidence(raw), rd)
 	fail(err)
-	fail(Validate(c, Policy{Any: Fields}))
+	fail(Validate(c, &validate.Options{}))
 	v, err = NewVerifier(Options{Now: fixed(time.Date(2023, 7, 1, 0, 0, 0, 0, time.UTC)), CollateralDir: intelCollateral})
 	fail(err)
 	if _, err := v.Verify(ctx, tdxEvidence(raw), rd); err == nil {
@@ -67,16 +69,16 @@ func stdoutChild() {
 	dir, err := os.MkdirTemp("", "tdx-stdout")
 	fail(err)
 	defer os.RemoveAll(dir)
-	fail(GenerateSim(dir))
-	iss, err := NewSimIssuer(dir, SimOptions{})
+	fail(sim.GenerateTDX(dir))
+	iss, err := sim.NewTDXIssuer(dir, sim.TDXOptions{})
 	fail(err)
 	ev, err := iss.Issue(ctx, rd)
 	fail(err)
-	opts, err := SimVerifierOptions(dir)
+	opts, err := simVerifierOptions(dir)
 	fail(err)
 	v, err = NewVerifier(opts)
 	fail(err)
 	c, err = v.Verify(ctx, ev, rd)
 	fail(err)
-	fail(Validate(c, simPolicy()))
+	fail(Validate(c, simOptions(rd)))
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	_ "embed"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -22,28 +21,6 @@ import (
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
-
-// intelRootPEM is the Intel SGX Root CA certificate, the same one
-// go-tdx-guest embeds (verify/trusted_root.pem).
-//
-//go:embed intel_sgx_root_ca.pem
-var intelRootPEM []byte
-
-var intelRoot = func() *x509.Certificate {
-	blk, _ := pem.Decode(intelRootPEM)
-	if blk == nil {
-		panic("tdx: embedded Intel SGX Root CA is not PEM")
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		panic("tdx: embedded Intel SGX Root CA: " + err.Error())
-	}
-	return c
-}()
-
-// IntelRoot returns the Intel SGX Root CA certificate that Verify trusts
-// when Options.TrustedRoots is nil.
-func IntelRoot() *x509.Certificate { return intelRoot }
 
 // Defaults of Options.
 const (
@@ -62,7 +39,7 @@ type Options struct {
 	// TrustedRoots are the roots a PCK chain must end at. Optional: nil
 	// means the Intel SGX Root CA (IntelRoot). Claims of evidence whose
 	// chain does not end at the Intel root carry Simulated = true; pass the
-	// simulated TEE's roots (SimRoots) here, and only here, to accept it.
+	// simulated TEE's roots (sim.TDXRoots) here, and only here, to accept it.
 	TrustedRoots []*x509.Certificate
 
 	// CollateralDir is the on-disk collateral cache (TCB info, QE identity,
@@ -80,7 +57,7 @@ type Options struct {
 	// a 30 s timeout.
 	Getter trust.HTTPSGetter
 
-	// RequireCollateral rejects evidence (ErrCollateralUnavailable) when TCB
+	// RequireCollateral rejects evidence (errCollateralUnavailable) when TCB
 	// info and QE identity for its platform are not available. Optional:
 	// false verifies without collateral when none is cached.
 	RequireCollateral bool
@@ -163,7 +140,7 @@ func (v *Verifier) now() time.Time {
 
 // Verify checks a TDX quote v4 and returns its claims:
 //
-//   - the quote parses (a panic in the parser is an ErrMalformedQuote) and
+//   - the quote parses (a panic in the parser is an errMalformedQuote) and
 //     comes from Intel's quoting enclave (QE_VENDOR_ID);
 //   - the PCK chain has Intel's form, every certificate is valid at Now, and
 //     it ends at a trusted root;
@@ -181,10 +158,11 @@ func (v *Verifier) now() time.Time {
 //
 // Everything but the quote signature, REPORT_DATA and the debug bit is
 // cached per chain (Options.ChainCacheTTL), so a warm verification costs one
-// ECDSA verification. The policy fields are checked by Validate.
+// ECDSA verification. Reference values are compared by manifest.Match and
+// confirmed by Validate.
 func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [attest.ReportDataSize]byte) (*attest.Claims, error) {
 	if ev.Platform != attest.TDX {
-		return nil, fmt.Errorf("%w: platform %q", ErrNotTDX, ev.Platform)
+		return nil, fmt.Errorf("%w: platform %q", errNotTDX, ev.Platform)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -195,14 +173,14 @@ func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [a
 		return nil, err
 	}
 	if !bytes.Equal(q.GetHeader().GetQeVendorId(), intelQEVendorID) {
-		return nil, fmt.Errorf("%w: QE_VENDOR_ID %x", ErrQEVendor, q.GetHeader().GetQeVendorId())
+		return nil, fmt.Errorf("%w: QE_VENDOR_ID %x", errQEVendor, q.GetHeader().GetQeVendorId())
 	}
 	now := v.now()
 	key := chainCacheKey(raw)
 	entry := v.lookup(key, now)
 	if entry != nil {
 		if !verifyRawSignature(entry.attestKey, signedMessage(raw), q.GetSignedData().GetSignature()) {
-			return nil, ErrQuoteSignature
+			return nil, errQuoteSignature
 		}
 	} else {
 		if entry, err = v.verifyCold(ctx, q, raw, now); err != nil {
@@ -257,7 +235,7 @@ func claimsOf(q *pb.QuoteV4, ev attest.Evidence, e *chainEntry) *attest.Claims {
 func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, now time.Time) (_ *chainEntry, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: panic while verifying: %v", ErrMalformedQuote, r)
+			err = fmt.Errorf("%w: panic while verifying: %v", errMalformedQuote, r)
 		}
 	}()
 	chain, err := parseChain(q)
@@ -273,10 +251,10 @@ func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, no
 		cert *x509.Certificate
 	}{{"root CA", chain.root}, {"intermediate CA", chain.intermediate}, {"PCK leaf", chain.leaf}} {
 		if now.Before(c.cert.NotBefore) {
-			return nil, &CertificateError{Cert: c.name, Err: ErrCertNotYetValid, Msg: "valid from " + c.cert.NotBefore.UTC().Format(time.RFC3339)}
+			return nil, &certificateError{Cert: c.name, Err: errCertNotYetValid, Msg: "valid from " + c.cert.NotBefore.UTC().Format(time.RFC3339)}
 		}
 		if now.After(c.cert.NotAfter) {
-			return nil, &CertificateError{Cert: c.name, Err: ErrCertExpired, Msg: "expired " + c.cert.NotAfter.UTC().Format(time.RFC3339)}
+			return nil, &certificateError{Cert: c.name, Err: errCertExpired, Msg: "expired " + c.cert.NotAfter.UTC().Format(time.RFC3339)}
 		}
 		if e.notBefore.Before(c.cert.NotBefore) {
 			e.notBefore = c.cert.NotBefore
@@ -296,9 +274,9 @@ func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, no
 	if err != nil {
 		var ua x509.UnknownAuthorityError
 		if errors.As(err, &ua) {
-			return nil, fmt.Errorf("%w: %v", ErrUntrustedRoot, err)
+			return nil, fmt.Errorf("%w: %v", errUntrustedRoot, err)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrCertChain, err)
+		return nil, fmt.Errorf("%w: %v", errCertChain, err)
 	}
 	e.simulated = true
 	for _, ch := range chains {
@@ -310,29 +288,29 @@ func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, no
 	sd := q.GetSignedData()
 	qeRep, err := qeReportBytes(q)
 	if err != nil {
-		return nil, fmt.Errorf("%w: QE report: %v", ErrMalformedQuote, err)
+		return nil, fmt.Errorf("%w: QE report: %v", errMalformedQuote, err)
 	}
 	qeSig, err := abi.SignatureToDER(sd.GetCertificationData().GetQeReportCertificationData().GetQeReportSignature())
 	if err != nil {
-		return nil, fmt.Errorf("%w: QE report signature: %v", ErrMalformedQuote, err)
+		return nil, fmt.Errorf("%w: QE report signature: %v", errMalformedQuote, err)
 	}
 	if err := chain.leaf.CheckSignature(x509.ECDSAWithSHA256, qeRep, qeSig); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrQEReportSignature, err)
+		return nil, fmt.Errorf("%w: %v", errQEReportSignature, err)
 	}
 	if !attestationKeyBound(q) {
-		return nil, ErrAttestationKeyBinding
+		return nil, errAttestationKeyBinding
 	}
 	if e.attestKey, err = p256Key(sd.GetEcdsaAttestationKey()); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrQuoteSignature, err)
+		return nil, fmt.Errorf("%w: %v", errQuoteSignature, err)
 	}
 	if !verifyRawSignature(e.attestKey, signedMessage(raw), sd.GetSignature()) {
-		return nil, ErrQuoteSignature
+		return nil, errQuoteSignature
 	}
 
 	// Collateral, through go-tdx-guest.
 	exts, err := pcs.PckCertificateExtensions(chain.leaf)
 	if err != nil {
-		return nil, fmt.Errorf("%w: PCK SGX extensions: %v", ErrCertChain, err)
+		return nil, fmt.Errorf("%w: PCK SGX extensions: %v", errCertChain, err)
 	}
 	ca := "platform"
 	if chain.leaf.Issuer.CommonName == "Intel SGX PCK Processor CA" {
@@ -347,21 +325,21 @@ func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, no
 		plan = planOffline(v.opts.CollateralDir, exts.FMSPC, ca)
 	}
 	if !plan.tcbAndQE && v.opts.RequireCollateral {
-		return nil, fmt.Errorf("%w: no TCB info for FMSPC %s or no QE identity in %q", ErrCollateralUnavailable, exts.FMSPC, v.opts.CollateralDir)
+		return nil, fmt.Errorf("%w: no TCB info for FMSPC %s or no QE identity in %q", errCollateralUnavailable, exts.FMSPC, v.opts.CollateralDir)
 	}
 	err = v.libVerify(q, plan, getter, now)
 	if err != nil && getter.missed != nil {
 		if v.opts.RequireCollateral {
-			return nil, fmt.Errorf("%w: %v", ErrCollateralUnavailable, getter.missed)
+			return nil, fmt.Errorf("%w: %v", errCollateralUnavailable, getter.missed)
 		}
 		plan = collateralPlan{}
 		err = v.libVerify(q, plan, nil, now)
 	}
 	if err != nil {
 		if plan.tcbAndQE && v.libVerify(q, collateralPlan{}, nil, now) == nil {
-			return nil, fmt.Errorf("%w: %v", ErrCollateral, err)
+			return nil, fmt.Errorf("%w: %v", errCollateral, err)
 		}
-		return nil, fmt.Errorf("%w: go-tdx-guest: %v", ErrCertChain, err)
+		return nil, fmt.Errorf("%w: go-tdx-guest: %v", errCertChain, err)
 	}
 	if plan.tcbAndQE {
 		// verify.TdxQuote accepts only the UpToDate TCB level.

@@ -9,7 +9,12 @@
 // claims carry Simulated = true. Without a sim root file, evidence from a
 // simulated chain is rejected with ErrSimulatedNotTrusted. A sim root never
 // verifies hardware-shaped evidence and a vendor root never verifies
-// simulated evidence.
+// simulated evidence: snp.IsSimulated and tdx.IsSimulated route each piece
+// of evidence by the marks the sim puts in its certificates, and the
+// verifier it is routed to still checks it against its own roots only.
+//
+// This package and the verifiers it wires never import the simulator: a
+// program that verifies evidence cannot issue simulated evidence.
 package verify
 
 import (
@@ -25,6 +30,7 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/snp"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx"
 )
 
 // ErrSimulatedNotTrusted is returned for simulated evidence when no sim root
@@ -44,7 +50,8 @@ type Options struct {
 	// subdirectories snp/ and tdx/). Optional; no disk cache when empty.
 	CacheDir string
 	// SimRootFile is a simulated TEE's root.pem. Optional; empty means
-	// simulated evidence is rejected.
+	// simulated evidence is rejected. The sim's TDX collateral is read from
+	// attest.SimTDXCollateralDir next to it.
 	SimRootFile string
 	// Offline forbids network access: certificates and collateral come only
 	// from the evidence and CacheDir, and no revocation list is fetched.
@@ -66,45 +73,91 @@ type dispatcher struct {
 
 // New returns a Verifier for every supported platform.
 func New(opts Options) (attest.Verifier, error) {
-	d := &dispatcher{platforms: map[attest.Platform]pair{}}
-	sub := func(name string) string {
-		if opts.CacheDir == "" {
-			return ""
+	var simRoots []*x509.Certificate
+	if opts.SimRootFile != "" {
+		var err error
+		if simRoots, err = readRoots(opts.SimRootFile); err != nil {
+			return nil, err
 		}
-		return filepath.Join(opts.CacheDir, name)
 	}
-	hw, err := snp.NewVerifier(snp.Options{Now: opts.Now, CacheDir: sub("snp"), Online: !opts.Offline})
+	snpPair, err := newSNP(opts, simRoots)
 	if err != nil {
 		return nil, err
 	}
-	p := pair{hw: hw, isSimulated: snp.IsSimulated}
-	if opts.SimRootFile != "" {
-		certs, err := readRoots(opts.SimRootFile)
-		if err != nil {
-			return nil, err
-		}
-		roots := snp.RootsFromCerts(certs)
-		if len(roots) == 0 {
-			return nil, fmt.Errorf("verify: %s holds no SNP root (ARK and ASK)", opts.SimRootFile)
-		}
-		// Simulated chains have no CRL and never reach the network.
-		if p.sim, err = snp.NewVerifier(snp.Options{Now: opts.Now, Roots: roots}); err != nil {
-			return nil, err
-		}
+	tdxPair, err := newTDX(opts, simRoots)
+	if err != nil {
+		return nil, err
 	}
-	d.platforms[attest.SNP] = p
-	for _, setup := range extraPlatforms {
-		pl, p, err := setup(opts, sub)
-		if err != nil {
-			return nil, err
-		}
-		d.platforms[pl] = p
-	}
-	return d, nil
+	return &dispatcher{platforms: map[attest.Platform]pair{attest.SNP: snpPair, attest.TDX: tdxPair}}, nil
 }
 
-// extraPlatforms set up verifiers of further platforms (TDX).
-var extraPlatforms []func(opts Options, sub func(string) string) (attest.Platform, pair, error)
+// cacheDir returns the platform's subdirectory of the cache, if any.
+func (o Options) cacheDir(p attest.Platform) string {
+	if o.CacheDir == "" {
+		return ""
+	}
+	return filepath.Join(o.CacheDir, string(p))
+}
+
+// newSNP sets up SNP verification: AMD's roots, and the sim's ARK and ASK
+// when simRoots holds them.
+func newSNP(opts Options, simRoots []*x509.Certificate) (pair, error) {
+	hw, err := snp.NewVerifier(snp.Options{Now: opts.Now, CacheDir: opts.cacheDir(attest.SNP), Online: !opts.Offline})
+	if err != nil {
+		return pair{}, err
+	}
+	p := pair{hw: hw, isSimulated: snp.IsSimulated}
+	if opts.SimRootFile == "" {
+		return p, nil
+	}
+	roots := snp.RootsFromCerts(simRoots)
+	if len(roots) == 0 {
+		return pair{}, fmt.Errorf("verify: %s holds no SNP root (ARK and ASK)", opts.SimRootFile)
+	}
+	// Simulated chains have no CRL and never reach the network.
+	if p.sim, err = snp.NewVerifier(snp.Options{Now: opts.Now, Roots: roots}); err != nil {
+		return pair{}, err
+	}
+	return p, nil
+}
+
+// newTDX sets up TDX verification: Intel's root with the collateral the
+// options allow, and the sim's root with its own collateral when simRoots
+// holds one.
+func newTDX(opts Options, simRoots []*x509.Certificate) (pair, error) {
+	hw, err := tdx.NewVerifier(tdx.Options{
+		Now:           opts.Now,
+		CollateralDir: opts.cacheDir(attest.TDX),
+		Online:        !opts.Offline,
+		// Online, collateral must be there; offline, it is checked when
+		// cached.
+		RequireCollateral: !opts.Offline,
+	})
+	if err != nil {
+		return pair{}, err
+	}
+	p := pair{hw: hw, isSimulated: tdx.IsSimulated}
+	roots := tdx.RootsFromCerts(simRoots)
+	if len(roots) == 0 {
+		// No sim root file, or one without TDX roots: simulated TDX stays
+		// untrusted.
+		return p, nil
+	}
+	so := tdx.Options{Now: opts.Now, TrustedRoots: roots}
+	if dir := filepath.Join(filepath.Dir(opts.SimRootFile), attest.SimTDXCollateralDir); isDir(dir) {
+		so.CollateralDir = dir
+		so.RequireCollateral = true
+	}
+	if p.sim, err = tdx.NewVerifier(so); err != nil {
+		return pair{}, err
+	}
+	return p, nil
+}
+
+func isDir(name string) bool {
+	fi, err := os.Stat(name)
+	return err == nil && fi.IsDir()
+}
 
 // Verify checks ev with the verifier of its platform.
 func (d *dispatcher) Verify(ctx context.Context, ev attest.Evidence, reportData [attest.ReportDataSize]byte) (*attest.Claims, error) {
@@ -124,6 +177,20 @@ func (d *dispatcher) Verify(ctx context.Context, ev attest.Evidence, reportData 
 	}
 	c.Simulated = true
 	return c, nil
+}
+
+// UnverifiedReportData returns the REPORT_DATA of evidence without verifying
+// anything (snp.UnverifiedReportData, tdx.UnverifiedReportData): for tools
+// that verify evidence whose binding they do not know, and must then say
+// so.
+func UnverifiedReportData(ev attest.Evidence) ([attest.ReportDataSize]byte, error) {
+	switch ev.Platform {
+	case attest.SNP:
+		return snp.UnverifiedReportData(ev.Data)
+	case attest.TDX:
+		return tdx.UnverifiedReportData(ev.Data)
+	}
+	return [attest.ReportDataSize]byte{}, fmt.Errorf("%w: %q", ErrUnknownPlatform, ev.Platform)
 }
 
 // readRoots parses a file of PEM certificates (a sim root.pem).

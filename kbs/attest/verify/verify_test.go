@@ -84,6 +84,24 @@ func TestSimulatedSNP(t *testing.T) {
 	}
 }
 
+// TestUnverifiedReportData reads REPORT_DATA from evidence of each platform
+// without verifying it, and refuses what does not parse.
+func TestUnverifiedReportData(t *testing.T) {
+	for _, p := range []attest.Platform{attest.SNP, attest.TDX} {
+		rd := [64]byte{byte(len(p)), 'r', 'd'}
+		ev := issue(t, p, sim.Options{}, rd)
+		if got, err := verify.UnverifiedReportData(ev); err != nil || got != rd {
+			t.Errorf("UnverifiedReportData(%s) = %x, %v; want %x", p, got, err, rd)
+		}
+		if _, err := verify.UnverifiedReportData(attest.Evidence{Platform: p, Data: ev.Data[:100]}); err == nil {
+			t.Errorf("UnverifiedReportData(truncated %s) succeeded", p)
+		}
+	}
+	if _, err := verify.UnverifiedReportData(attest.Evidence{Platform: "sgx", Data: []byte{1}}); !errors.Is(err, verify.ErrUnknownPlatform) {
+		t.Errorf("UnverifiedReportData(sgx) = %v, want ErrUnknownPlatform", err)
+	}
+}
+
 func TestInitIdempotent(t *testing.T) {
 	before, err := os.ReadFile(sim.RootFile(simDir))
 	if err != nil {

@@ -8,12 +8,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
 // testSim returns the committed sim fixture (see testdata/snp/gen.go). Its
@@ -29,7 +29,7 @@ func testSim(t testing.TB) string {
 // a test passes on any date and under `make test-future`.
 func simNow(t testing.TB, dir string) time.Time {
 	t.Helper()
-	certs, err := SimRoots(dir)
+	certs, err := sim.SNPRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func simNow(t testing.TB, dir string) time.Time {
 // certificates are valid.
 func simVerifier(t testing.TB, dir string) *Verifier {
 	t.Helper()
-	certs, err := SimRoots(dir)
+	certs, err := sim.SNPRoots(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,9 +52,9 @@ func simVerifier(t testing.TB, dir string) *Verifier {
 	return v
 }
 
-func issue(t testing.TB, dir string, opts SimOptions, rd [64]byte) attest.Evidence {
+func issue(t testing.TB, dir string, opts sim.SNPOptions, rd [64]byte) attest.Evidence {
 	t.Helper()
-	iss, err := NewSimIssuer(dir, opts)
+	iss, err := sim.NewSNPIssuer(dir, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func issue(t testing.TB, dir string, opts SimOptions, rd [64]byte) attest.Eviden
 func TestSimRoundTrip(t *testing.T) {
 	dir := testSim(t)
 	rd := [64]byte{1, 2, 3}
-	ev := issue(t, dir, SimOptions{}, rd)
+	ev := issue(t, dir, sim.SNPOptions{}, rd)
 	if !IsSimulated(ev.Data) {
 		t.Errorf("IsSimulated(sim evidence) = false")
 	}
@@ -78,36 +78,6 @@ func TestSimRoundTrip(t *testing.T) {
 	}
 	if !c.Simulated || c.SNP.Product != "Milan" || c.ReportData != rd || c.SNP.SignerKey != "vcek" {
 		t.Errorf("claims = %+v", c.SNP)
-	}
-}
-
-func TestGenerateSim(t *testing.T) {
-	if testing.Short() {
-		t.Skip("generates RSA keys")
-	}
-	dir := t.TempDir()
-	if err := GenerateSim(dir); err != nil {
-		t.Fatal(err)
-	}
-	rd := [64]byte{4}
-	if _, err := simVerifier(t, dir).Verify(context.Background(), issue(t, dir, SimOptions{}, rd), rd); err != nil {
-		t.Fatalf("Verify(fresh sim evidence) = %v", err)
-	}
-	// GenerateSim keeps existing material.
-	before, _ := os.ReadFile(dir + "/vcek.key")
-	if err := GenerateSim(dir); err != nil {
-		t.Fatal(err)
-	}
-	after, _ := os.ReadFile(dir + "/vcek.key")
-	if string(before) != string(after) {
-		t.Errorf("GenerateSim replaced an existing sim")
-	}
-	// A damaged sim is reported, not silently replaced.
-	if err := os.WriteFile(dir+"/vcek.pem", []byte("junk"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := GenerateSim(dir); err == nil {
-		t.Errorf("GenerateSim accepted a damaged sim")
 	}
 }
 
@@ -128,20 +98,20 @@ func TestIsSimulatedMarkerPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: SimMarker}}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: attest.SimSNPMarker}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := ParseEvidence(issue(t, testSim(t), SimOptions{}, [64]byte{}).Data)
+	ev, err := ParseEvidence(issue(t, testSim(t), sim.SNPOptions{}, [64]byte{}).Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sim := ev.Marshal()
+	simulated := ev.Marshal()
 	ev.Certs = []abi.CertTableEntry{{GUID: vcekGUID, RawCert: der}}
 	markerInCN := ev.Marshal()
 	for i := range 2 { // the second round answers from the cache
-		if !IsSimulated(sim) {
+		if !IsSimulated(simulated) {
 			t.Errorf("round %d: IsSimulated(sim evidence) = false", i)
 		}
 		if IsSimulated(markerInCN) {

@@ -1,41 +1,3 @@
-// Package snp verifies AMD SEV-SNP attestation evidence and checks it
-// against reference values.
-//
-// Verification is split the way go-sev-guest splits it. A Verifier (this
-// file) establishes that a report is authentic and safe to read: the report
-// parses, its ECDSA P-384 signature verifies under the VCEK or VLEK, that
-// certificate chains to a trusted AMD root (the ARK/ASK/ASVK embedded in
-// go-sev-guest unless other roots are passed explicitly) at the verifier's
-// Now, the report agrees with its certificate (reported TCB, chip id), the
-// TCB values are consistent (reported ≤ committed ≤ current), debugging is
-// off, and REPORT_DATA equals the caller's binding. Validate (policy.go) then
-// checks every reference value a Policy names: measurement, host data,
-// family and image id, guest policy, VMPL, minimum TCB and guest SVN,
-// product and chip id.
-//
-// Trust: only the roots in Options.Roots (by default AMD's). Claims of
-// evidence that chains to any other root (the simulated TEE's) carry
-// Simulated = true. The certificate
-// table in the evidence is untrusted input; its ARK and ASK are ignored and
-// the VCEK/VLEK is trusted only after it chains to a trusted root. The
-// on-disk cache holds only endorsement certificates, which are re-verified
-// against the roots whenever they are used for the first time.
-//
-// Offline is the default: the endorsement certificate comes from the
-// evidence's certificate table or the cache, nothing is fetched and no CRL is
-// consulted. Options.Online fetches missing certificates from AMD's KDS and
-// checks the ASK against AMD's CRL.
-//
-// A successful chain verification is remembered per endorsement certificate
-// (that is, per chip and TCB), so a warm Verify costs one signature check.
-//
-// Every rejection wraps one of the Err* sentinels of this package, so callers
-// and tests can tell them apart with errors.Is.
-//
-// The simulated TEE's SNP part also lives here (sim.go): GenerateSim makes a
-// fake AMD hierarchy with fresh keys, NewSimIssuer signs reports under it,
-// and SimRoots/RootsFromCerts turn it into Options.Roots. Package
-// kbs/attest/sim composes it with the simulated TDX.
 package snp
 
 import (
@@ -57,23 +19,8 @@ import (
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
-	"github.com/kbs-dev/kbs/internal/atomicfile"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
-)
-
-// Errors returned by Verify. Each rejection wraps exactly one of them.
-var (
-	ErrMalformed          = errors.New("snp: malformed evidence")
-	ErrNoCertificate      = errors.New("snp: endorsement certificate (VCEK/VLEK) not in the evidence or the cache")
-	ErrCertificateExpired = errors.New("snp: certificate not valid at the verification time")
-	ErrSignature          = errors.New("snp: report signature does not verify")
-	ErrChain              = errors.New("snp: endorsement key does not chain to a trusted AMD root")
-	ErrRevoked            = errors.New("snp: revocation check failed")
-	ErrCertMismatch       = errors.New("snp: report does not match its endorsement certificate")
-	ErrTCBInconsistent    = errors.New("snp: TCB values inconsistent (want reported ≤ committed ≤ current)")
-	ErrDebug              = errors.New("snp: guest policy allows debugging")
-	ErrReportData         = errors.New("snp: REPORT_DATA does not match the expected binding")
 )
 
 // Options configure a Verifier. The zero value verifies offline against
@@ -98,14 +45,6 @@ type Options struct {
 	// Getter fetches URLs in online mode. Optional; default go-sev-guest's
 	// retrying HTTPS getter.
 	Getter trust.HTTPSGetter
-}
-
-// Root is one trusted AMD key hierarchy for a product line.
-type Root struct {
-	ProductLine string            // "Milan", "Genoa", "Turin"
-	ARK         *x509.Certificate // self-signed root
-	ASK         *x509.Certificate // signs VCEKs
-	ASVK        *x509.Certificate // signs VLEKs; optional
 }
 
 // Verifier verifies SNP evidence. It is safe for concurrent use.
@@ -184,51 +123,16 @@ func NewVerifier(opts Options) (*Verifier, error) {
 	return v, nil
 }
 
-// DefaultRoots returns AMD's ARK/ASK/ASVK for Milan, Genoa and Turin as
-// embedded in go-sev-guest.
-func DefaultRoots() ([]Root, error) {
-	roots, err := defaultRoots()
-	return slices.Clone(roots), err
-}
-
-var defaultRoots = sync.OnceValues(parseDefaultRoots)
-
-func parseDefaultRoots() ([]Root, error) {
-	bundles := []struct {
-		line       string
-		vcek, vlek []byte
-	}{
-		{"Milan", trust.AskArkMilanVcekBytes, trust.AskArkMilanVlekBytes},
-		{"Genoa", trust.AskArkGenoaVcekBytes, trust.AskArkGenoaVlekBytes},
-		{"Turin", trust.AskArkTurinVcekBytes, trust.AskArkTurinVlekBytes},
-	}
-	var out []Root
-	for _, b := range bundles {
-		var c, l trust.ProductCerts
-		if err := c.FromKDSCertBytes(b.vcek); err != nil {
-			return nil, fmt.Errorf("snp: embedded %s roots: %v", b.line, err)
-		}
-		r := Root{ProductLine: b.line, ARK: c.Ark, ASK: c.Ask}
-		// A VLEK bundle that does not parse (go-sev-guest v0.15.0's Turin one
-		// has trailing bytes) only means no VLEK support for that line.
-		if err := l.FromKDSCertBytes(b.vlek); err == nil && l.Ark != nil && l.Asvk != nil && l.Ark.Equal(c.Ark) {
-			r.ASVK = l.Asvk
-		}
-		out = append(out, r)
-	}
-	return out, nil
-}
-
 // Verify checks SNP evidence as described in the package documentation and
 // returns its claims. reportData is the expected REPORT_DATA.
 func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [attest.ReportDataSize]byte) (c *attest.Claims, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			c, err = nil, fmt.Errorf("%w: verifier panic: %v", ErrMalformed, r)
+			c, err = nil, fmt.Errorf("%w: verifier panic: %v", errMalformed, r)
 		}
 	}()
 	if ev.Platform != attest.SNP {
-		return nil, fmt.Errorf("%w: platform %q, want %q", ErrMalformed, ev.Platform, attest.SNP)
+		return nil, fmt.Errorf("%w: platform %q, want %q", errMalformed, ev.Platform, attest.SNP)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -250,7 +154,7 @@ func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [a
 	}
 	pol, err := abi.ParseSnpPolicy(r.GetPolicy())
 	if err != nil {
-		return nil, fmt.Errorf("%w: guest policy: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: guest policy: %v", errMalformed, err)
 	}
 	if pol.Debug {
 		return nil, fmt.Errorf("%w: guest policy 0x%x has DEBUG (bit 19) set", ErrDebug, r.GetPolicy())
@@ -280,7 +184,7 @@ func (v *Verifier) authenticate(ctx context.Context, ev *Evidence) (*chainEntry,
 	v.mu.Unlock()
 	if entry != nil && entry.key == key && !now.Before(entry.notBefore) && !now.After(entry.notAfter) {
 		if err := verify.SnpReportSignature(ev.Report, entry.cert); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+			return nil, fmt.Errorf("%w: %v", errSignature, err)
 		}
 		if err := v.checkRevocation(ctx, entry, now); err != nil {
 			return nil, err
@@ -290,20 +194,20 @@ func (v *Verifier) authenticate(ctx context.Context, ev *Evidence) (*chainEntry,
 
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v certificate: %v", ErrMalformed, key, err)
+		return nil, fmt.Errorf("%w: %v certificate: %v", errMalformed, key, err)
 	}
 	if now.Before(cert.NotBefore) || now.After(cert.NotAfter) {
-		return nil, fmt.Errorf("%w: %v certificate valid %s to %s, now is %s", ErrCertificateExpired,
+		return nil, fmt.Errorf("%w: %v certificate valid %s to %s, now is %s", errCertificateExpired,
 			key, cert.NotBefore.UTC().Format(time.RFC3339), cert.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
 	// The signature under the (not yet trusted) certificate first, so that a
 	// damaged report and an untrusted key give different errors.
 	if err := verify.SnpReportSignature(ev.Report, cert); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: %v", errSignature, err)
 	}
 	exts, err := kds.CertificateExtensions(cert, key)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v certificate extensions: %v", ErrChain, key, err)
+		return nil, fmt.Errorf("%w: %v certificate extensions: %v", errChain, key, err)
 	}
 	productLine := productLineOf(ev.Proto, exts, key)
 	chain := &spb.CertificateChain{Extras: map[string][]byte{}}
@@ -323,16 +227,16 @@ func (v *Verifier) authenticate(ctx context.Context, ev *Evidence) (*chainEntry,
 		for _, r := range v.roots[productLine] {
 			for _, c := range []*x509.Certificate{r.ProductCerts.Ark, r.ProductCerts.Ask, r.ProductCerts.Asvk} {
 				if c != nil && (now.Before(c.NotBefore) || now.After(c.NotAfter)) {
-					return nil, fmt.Errorf("%w: %s root certificate %q valid %s to %s: %v", ErrCertificateExpired,
+					return nil, fmt.Errorf("%w: %s root certificate %q valid %s to %s: %v", errCertificateExpired,
 						productLine, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), err)
 				}
 			}
 		}
-		return nil, fmt.Errorf("%w: %v", ErrChain, err)
+		return nil, fmt.Errorf("%w: %v", errChain, err)
 	}
 	root := v.matchRoot(productLine, key, cert, now)
 	if root == nil {
-		return nil, fmt.Errorf("%w: no %s root verifies the %v certificate", ErrChain, productLine, key)
+		return nil, fmt.Errorf("%w: no %s root verifies the %v certificate", errChain, productLine, key)
 	}
 	entry = &chainEntry{cert: cert, key: key, exts: exts, root: root, productLine: productLine,
 		simulated: !slices.ContainsFunc(v.amdARKs, root.ProductCerts.Ark.Equal),
@@ -383,7 +287,7 @@ func (v *Verifier) checkRevocation(ctx context.Context, e *chainEntry, now time.
 	}
 	opts := &verify.Options{Getter: v.getter, Now: now}
 	if err := verify.VcekNotRevokedContext(ctx, e.root, e.cert, opts); err != nil {
-		return fmt.Errorf("%w: %v", ErrRevoked, err)
+		return fmt.Errorf("%w: %v", errRevoked, err)
 	}
 	return nil
 }
@@ -400,7 +304,7 @@ func (v *Verifier) endorsementCert(ctx context.Context, ev *Evidence, key abi.Re
 		return der, nil
 	}
 	if key == abi.VlekReportSigner {
-		return nil, fmt.Errorf("%w: VLEK-signed report without a VLEK in its certificate table", ErrNoCertificate)
+		return nil, fmt.Errorf("%w: VLEK-signed report without a VLEK in its certificate table", errNoCertificate)
 	}
 	if v.cacheDir != "" {
 		if der, err := os.ReadFile(filepath.Join(v.cacheDir, vcekFileName(ev.Proto))); err == nil {
@@ -408,66 +312,14 @@ func (v *Verifier) endorsementCert(ctx context.Context, ev *Evidence, key abi.Re
 		}
 	}
 	if !v.online {
-		return nil, fmt.Errorf("%w: offline, and no VCEK cached for chip %s… at TCB 0x%016x", ErrNoCertificate,
+		return nil, fmt.Errorf("%w: offline, and no VCEK cached for chip %s… at TCB 0x%016x", errNoCertificate,
 			hex.EncodeToString(ev.Proto.GetChipId()[:8]), ev.Proto.GetReportedTcb())
 	}
 	att, err := verify.GetAttestationFromReportContext(ctx, ev.Proto, &verify.Options{Getter: v.getter, Now: v.now()})
 	if err != nil || len(att.GetCertificateChain().GetVcekCert()) == 0 {
-		return nil, fmt.Errorf("%w: fetching the VCEK from AMD KDS: %v", ErrNoCertificate, err)
+		return nil, fmt.Errorf("%w: fetching the VCEK from AMD KDS: %v", errNoCertificate, err)
 	}
 	return att.GetCertificateChain().GetVcekCert(), nil
-}
-
-func vcekFileName(r *spb.Report) string {
-	return fmt.Sprintf("vcek-%s-%016x.der", hex.EncodeToString(r.GetChipId()), r.GetReportedTcb())
-}
-
-// storeCert writes a verified VCEK to the disk cache. Failures only cost a
-// later offline verification, so they are ignored.
-func (v *Verifier) storeCert(r *spb.Report, der []byte) {
-	if v.cacheDir == "" {
-		return
-	}
-	_ = writeFileAtomic(filepath.Join(v.cacheDir, vcekFileName(r)), der, 0o644)
-}
-
-func writeFileAtomic(name string, data []byte, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
-		return err
-	}
-	if old, err := os.ReadFile(name); err == nil && bytes.Equal(old, data) {
-		return nil
-	}
-	return atomicfile.WriteFile(name, data, perm)
-}
-
-// cachingGetter serves KDS certificate downloads from a directory, and
-// fetches and stores them on a miss. CRLs are never cached on disk (the
-// library keeps them in memory until their NextUpdate).
-type cachingGetter struct {
-	dir  string
-	next trust.HTTPSGetter
-}
-
-func (g *cachingGetter) Get(url string) ([]byte, error) {
-	return g.GetContext(context.Background(), url)
-}
-
-func (g *cachingGetter) GetContext(ctx context.Context, url string) ([]byte, error) {
-	if bytes.HasSuffix([]byte(url), []byte("/crl")) {
-		return trust.GetWith(ctx, g.next, url)
-	}
-	h := sha256.Sum256([]byte(url))
-	name := filepath.Join(g.dir, "kds", hex.EncodeToString(h[:])+".bin")
-	if b, err := os.ReadFile(name); err == nil {
-		return b, nil
-	}
-	b, err := trust.GetWith(ctx, g.next, url)
-	if err != nil {
-		return nil, err
-	}
-	_ = writeFileAtomic(name, b, 0o644)
-	return b, nil
 }
 
 // productLineOf names the product line of the chip that made the report:
@@ -487,11 +339,11 @@ func productLineOf(r *spb.Report, exts *kds.Extensions, key abi.ReportSigner) st
 // the VCEK belongs to.
 func checkAgainstCert(r *spb.Report, e *chainEntry) error {
 	if uint64(e.exts.TCBVersion) != r.GetReportedTcb() {
-		return fmt.Errorf("%w: REPORTED_TCB 0x%016x, %v certificate issued for TCB 0x%016x", ErrCertMismatch,
+		return fmt.Errorf("%w: REPORTED_TCB 0x%016x, %v certificate issued for TCB 0x%016x", errCertMismatch,
 			r.GetReportedTcb(), e.key, uint64(e.exts.TCBVersion))
 	}
 	if e.key == abi.VcekReportSigner && !allZero(r.GetChipId()) && !bytes.Equal(r.GetChipId(), e.exts.HWID) {
-		return fmt.Errorf("%w: CHIP_ID %s… is not the VCEK's hwID %s…", ErrCertMismatch,
+		return fmt.Errorf("%w: CHIP_ID %s… is not the VCEK's hwID %s…", errCertMismatch,
 			hex.EncodeToString(r.GetChipId()[:8]), hex.EncodeToString(e.exts.HWID[:min(8, len(e.exts.HWID))]))
 	}
 	return nil
@@ -503,10 +355,10 @@ func checkTCBOrder(r *spb.Report) error {
 	committed := kds.DecomposeTCBVersion(kds.TCBVersion(r.GetCommittedTcb()))
 	current := kds.DecomposeTCBVersion(kds.TCBVersion(r.GetCurrentTcb()))
 	if !kds.TCBPartsLE(reported, committed) {
-		return fmt.Errorf("%w: REPORTED_TCB 0x%016x above COMMITTED_TCB 0x%016x", ErrTCBInconsistent, r.GetReportedTcb(), r.GetCommittedTcb())
+		return fmt.Errorf("%w: REPORTED_TCB 0x%016x above COMMITTED_TCB 0x%016x", errTCBInconsistent, r.GetReportedTcb(), r.GetCommittedTcb())
 	}
 	if !kds.TCBPartsLE(committed, current) {
-		return fmt.Errorf("%w: COMMITTED_TCB 0x%016x above CURRENT_TCB 0x%016x", ErrTCBInconsistent, r.GetCommittedTcb(), r.GetCurrentTcb())
+		return fmt.Errorf("%w: COMMITTED_TCB 0x%016x above CURRENT_TCB 0x%016x", errTCBInconsistent, r.GetCommittedTcb(), r.GetCurrentTcb())
 	}
 	return nil
 }
@@ -528,25 +380,26 @@ func claimsOf(ev attest.Evidence, p *Evidence, e *chainEntry) *attest.Claims {
 		Measurement:    bytes.Clone(r.GetMeasurement()),
 		EvidenceDigest: ev.Digest(),
 		SNP: &attest.SNPClaims{
-			Version:        r.GetVersion(),
-			GuestSVN:       r.GetGuestSvn(),
-			Policy:         r.GetPolicy(),
-			FamilyID:       bytes.Clone(r.GetFamilyId()),
-			ImageID:        bytes.Clone(r.GetImageId()),
-			VMPL:           r.GetVmpl(),
-			CurrentTCB:     r.GetCurrentTcb(),
-			ReportedTCB:    r.GetReportedTcb(),
-			CommittedTCB:   r.GetCommittedTcb(),
-			LaunchTCB:      r.GetLaunchTcb(),
-			HostData:       bytes.Clone(r.GetHostData()),
-			IDKeyDigest:    bytes.Clone(r.GetIdKeyDigest()),
-			ReportID:       bytes.Clone(r.GetReportId()),
-			ChipID:         bytes.Clone(r.GetChipId()),
-			Product:        e.productLine,
-			SignerKey:      signerName(e.key),
-			PlatformInfo:   r.GetPlatformInfo(),
-			Report:         bytes.Clone(p.Report),
-			EndorsementKey: bytes.Clone(e.cert.Raw),
+			Version:         r.GetVersion(),
+			GuestSVN:        r.GetGuestSvn(),
+			Policy:          r.GetPolicy(),
+			FamilyID:        bytes.Clone(r.GetFamilyId()),
+			ImageID:         bytes.Clone(r.GetImageId()),
+			VMPL:            r.GetVmpl(),
+			CurrentTCB:      r.GetCurrentTcb(),
+			ReportedTCB:     r.GetReportedTcb(),
+			CommittedTCB:    r.GetCommittedTcb(),
+			LaunchTCB:       r.GetLaunchTcb(),
+			HostData:        bytes.Clone(r.GetHostData()),
+			IDKeyDigest:     bytes.Clone(r.GetIdKeyDigest()),
+			AuthorKeyDigest: bytes.Clone(r.GetAuthorKeyDigest()),
+			ReportID:        bytes.Clone(r.GetReportId()),
+			ChipID:          bytes.Clone(r.GetChipId()),
+			Product:         e.productLine,
+			SignerKey:       signerName(e.key),
+			PlatformInfo:    r.GetPlatformInfo(),
+			Report:          bytes.Clone(p.Report),
+			EndorsementKey:  bytes.Clone(e.cert.Raw),
 		},
 	}
 	copy(c.ReportData[:], r.GetReportData())
