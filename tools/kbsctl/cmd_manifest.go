@@ -10,7 +10,6 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
-	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/manifest"
 )
 
