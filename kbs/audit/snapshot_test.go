@@ -20,7 +20,7 @@ func TestSnapshotRestore(t *testing.T) {
 	l := audittest.New(t)
 	signedChain(t, l) // versions 1 and 2
 	l.Append(t, audittest.Upload("acme/a", 1, "acme"))
-	l.Append(t, l.Release("acme/a", 1, "gpu-worker")) // under version 1's hash: an anomaly
+	l.Append(t, l.Release("acme/a", 1, "gpu-worker"))  // under version 1's hash: an anomaly
 	l.Append(t, audittest.Upload("acme/a", 1, "acme")) // repeat after a release: an anomaly
 	l.Append(t, audittest.Upload("acme/b", 1, "acme"))
 	l.Append(t, audittest.Upload("acme/b", 1, "acme")) // a retried upload: a warning

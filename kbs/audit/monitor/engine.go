@@ -58,9 +58,9 @@ type engineState struct {
 
 type rateState struct {
 	// Head is the number of the newest slot (entry time / slot length).
-	Head  int64              `json:"head"`
+	Head  int64             `json:"head"`
 	Slots [rateSlots]uint64 `json:"slots"`
-	Fired bool               `json:"fired,omitempty"`
+	Fired bool              `json:"fired,omitempty"`
 }
 
 // engine applies the rules to what a Replayer meets (it is the replayer's
@@ -74,9 +74,9 @@ type engine struct {
 	// raise receives each alert (Seq unset).
 	raise func(Alert)
 
-	pending  []audit.Release // the keys of the release entry being replayed
-	findings int             // inconsistency alerts in this step
-	omitted  int             // and those beyond maxFindingAlerts
+	pending      []audit.Release // the keys of the release entry being replayed
+	findings     int             // inconsistency alerts in this step
+	omitted      int             // and those beyond maxFindingAlerts
 	firstOmitted uint64
 }
 
@@ -423,7 +423,7 @@ func (e *engine) fork(fe *tlog.ForkError) {
 		kind = "rolled back"
 	}
 	a := Alert{Severity: SeverityEmergency, Rule: KindFork, Kind: KindFork, Log: e.origin, Raised: e.now().UTC(),
-		Summary: fmt.Sprintf("the log %s: verified size %d, now shows size %d: %s", kind, fe.Old.Size, fe.New.Size, fe.Reason),
+		Summary:    fmt.Sprintf("the log %s: verified size %d, now shows size %d: %s", kind, fe.Old.Size, fe.New.Size, fe.Reason),
 		Checkpoint: &CheckpointInfo{Size: fe.New.Size, RootHash: base64.StdEncoding.EncodeToString(fe.New.Hash[:]), Note: string(fe.New.Note)},
 		Fork:       &ForkEvidence{Rollback: fe.Rollback, Reason: fe.Reason, Verified: string(fe.Old.Note), Conflicting: string(fe.New.Note)}}
 	e.raise(a)
