@@ -36,6 +36,10 @@ type Manifest struct {
 	parsed bool // the body parsed and matches the entry's header
 }
 
+// Parsed reports whether the entry's body parsed and matches its header:
+// only such a version becomes the active manifest.
+func (m Manifest) Parsed() bool { return m.parsed }
+
 // Identity is an identity entry: the broker's keys at first boot or
 // rotation.
 type Identity struct {

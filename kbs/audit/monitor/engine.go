@@ -54,6 +54,9 @@ type engineState struct {
 	// HistoryFindings are digests of the findings about the manifest
 	// history already raised.
 	HistoryFindings []string `json:"history_findings,omitempty"`
+	// Latest is the hash of the log's latest valid manifest version
+	// (stale-manifest).
+	Latest string `json:"latest,omitempty"`
 }
 
 type rateState struct {
@@ -68,7 +71,6 @@ type rateState struct {
 type engine struct {
 	rules  []Rule
 	origin string
-	rp     *audit.Replayer
 	st     *engineState
 	now    func() time.Time
 	// raise receives each alert (Seq unset).
@@ -104,6 +106,9 @@ func (e *engine) quiet(index uint64) bool { return index < e.st.QuietUntil }
 // Manifest implements audit.Events.
 func (e *engine) Manifest(m audit.Manifest) {
 	e.flush()
+	if m.Parsed() {
+		e.st.Latest = m.Hash
+	}
 	if e.quiet(m.Index) {
 		return
 	}
@@ -209,10 +214,7 @@ func (e *engine) flush() {
 	keys := e.pending
 	e.pending = e.pending[:0]
 	x0 := keys[0]
-	var latest string
-	if m := e.rp.ActiveManifest(); m != nil {
-		latest = m.Hash()
-	}
+	latest := e.st.Latest
 	for i := range e.rules {
 		r := &e.rules[i]
 		var match []audit.Release
@@ -440,4 +442,40 @@ func (e *engine) broken(cp tlog.SignedCheckpoint, err error) {
 		Summary:    fmt.Sprintf("the log's tiles do not verify against its checkpoint of size %d: %v", cp.Size, err),
 		Finding:    err.Error(),
 		Checkpoint: &CheckpointInfo{Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Note: string(cp.Note)}})
+}
+
+// MaxEvaluatorAlerts bounds the alerts an Evaluator keeps.
+const MaxEvaluatorAlerts = 1000
+
+// An Evaluator applies rules to a replay offline, as a monitor would have
+// raised them while following the log: give it to audit.Config.Events
+// (kbsctl audit --rules). The rules that watch time pass (log-stale,
+// not-witnessed) need a running monitor and raise nothing here; anomalies
+// raise inconsistency alerts. Alerts are numbered from 1 and stamped with
+// now; it keeps the first MaxEvaluatorAlerts and counts the rest.
+type Evaluator struct {
+	*engine
+	alerts  []Alert
+	omitted int
+}
+
+// NewEvaluator returns an Evaluator of rules over the log origin.
+func NewEvaluator(rules []Rule, origin string, now func() time.Time) *Evaluator {
+	v := &Evaluator{}
+	v.engine = newEngine(rules, origin, &engineState{}, now, func(a Alert) {
+		if len(v.alerts) == MaxEvaluatorAlerts {
+			v.omitted++
+			return
+		}
+		a.Seq = uint64(len(v.alerts) + 1)
+		v.alerts = append(v.alerts, a)
+	})
+	return v
+}
+
+// Alerts returns the alerts raised so far and how many more were not
+// kept.
+func (v *Evaluator) Alerts() ([]Alert, int) {
+	v.endStep()
+	return v.alerts, v.omitted
 }

@@ -232,7 +232,6 @@ func (m *Monitor) restore() error {
 	eng := s.engine
 	m.eng = newEngine(m.cfg.Rules, m.origin, &eng, m.cfg.Now, m.raise)
 	m.rp = audit.NewReplayer(m.cfg.NoteKey, m.eng)
-	m.eng.rp = m.rp
 	if s.replayer != nil {
 		if err := m.rp.Restore(s.replayer); err != nil {
 			return err
