@@ -42,7 +42,10 @@ func richLog(t testing.TB) *audittest.Log {
 	d.Workers["cpu-worker"] = d.Workers["gpu-worker"]
 	d.Keys[0].ReleaseTo = append(d.Keys[0].ReleaseTo, "cpu-worker")
 	v2 := must(manifest.Parse(must(manifest.Encode(d))))
-	at := func(e *tlog.Entry, h int) *tlog.Entry { e.Time = audittest.Time.Add(time.Duration(h) * time.Hour); return e }
+	at := func(e *tlog.Entry, h int) *tlog.Entry {
+		e.Time = audittest.Time.Add(time.Duration(h) * time.Hour)
+		return e
+	}
 	l.Append(t, at(audittest.Upload("acme/model", 1, "acme"), 1))
 	l.Append(t, at(audittest.Upload("acme/prompts", 1, "acme"), 1))
 	for h := 2; h < 20; h += 3 {

@@ -95,9 +95,9 @@ type Group struct {
 }
 
 type groupKey struct {
-	version, manifest             uint64
+	version, manifest                uint64
 	class, platform, meas, chip, tcb string
-	sim                           bool
+	sim                              bool
 }
 
 // Class is what one worker class received.
