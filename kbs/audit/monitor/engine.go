@@ -117,7 +117,11 @@ func (e *engine) Manifest(m audit.Manifest) {
 		if r.Kind != KindManifest {
 			continue
 		}
-		a := e.alert(r, fmt.Sprintf("manifest version %d (%s) logged at entry %d, %d change(s)", m.Version, m.Hash, m.Index, len(m.Changes)))
+		what := fmt.Sprintf("%d change(s)", len(m.Changes))
+		if len(m.Changes) == 0 && m.Version == 1 {
+			what = "the first version"
+		}
+		a := e.alert(r, fmt.Sprintf("manifest version %d (%s) logged at entry %d: %s", m.Version, m.Hash, m.Index, what))
 		entryAt(&a, m.Index, m.Time)
 		changes := m.Changes
 		if changes == nil {

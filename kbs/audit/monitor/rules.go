@@ -314,10 +314,15 @@ func parseDuration(v string) (time.Duration, error) {
 
 // formatDuration formats d so that parseDuration reads it back.
 func formatDuration(d time.Duration) string {
-	if d%(24*time.Hour) == 0 {
+	switch {
+	case d%(24*time.Hour) == 0:
 		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
 	}
-	return d.String()
+	return fmt.Sprintf("%ds", d/time.Second)
 }
 
 func kindList() string {

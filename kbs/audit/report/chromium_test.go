@@ -244,6 +244,14 @@ func TestChromium(t *testing.T) {
 	l := richLog(t)
 	dir := t.TempDir()
 	c := startChromium(t, bin, dir)
+
+	// A control page shows that the checks see what they look for: a
+	// console message and a request for an image on loopback.
+	control := filepath.Join(dir, "control.html")
+	os.WriteFile(control, []byte(`<!DOCTYPE html><html><body><script>console.error("control")</script><img src="http://127.0.0.1:9/x.png">control</body></html>`), 0o644)
+	if got := c.load(control); len(got.Console) == 0 || len(got.Requests) == 0 || got.Text != "control" {
+		t.Fatalf("control page: console %q, requests %q, text %q: the checks below would see nothing", got.Console, got.Requests, got.Text)
+	}
 	for _, tc := range []struct {
 		name string
 		page func() ([]byte, []string)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"html/template"
 	"io"
-	"sort"
 	"strings"
 	"time"
 
@@ -171,58 +170,70 @@ const (
 	maxBars        = 120
 )
 
-// timeline buckets the releases per hour, day or week, whichever gives at
-// most maxBars bars.
+// timeline buckets the releases per minute, hour, day or week, whichever
+// gives at most maxBars bars.
 func timeline(s *Summary) *chart {
 	if len(s.Hours) == 0 {
 		return nil
 	}
-	var hours []int64
-	for h := range s.Hours {
-		hours = append(hours, h)
+	counts, unit := s.Hours, int64(3600)
+	if first, last := span(s.Minutes); s.Minutes != nil && last-first < maxBars {
+		counts, unit = s.Minutes, 60
 	}
-	sort.Slice(hours, func(i, j int) bool { return hours[i] < hours[j] })
-	first, last := hours[0], hours[len(hours)-1]
+	first, last := span(counts)
 	var step int64
-	var unit, layout string
-	switch span := last - first + 1; {
-	case span <= maxBars:
-		step, unit, layout = 1, "hour", "2006-01-02 15:00"
-	case span <= 24*maxBars:
-		step, unit, layout = 24, "day", "2006-01-02"
+	var name, layout string
+	switch n := last - first + 1; {
+	case unit == 60:
+		step, name, layout = 1, "minute", "2006-01-02 15:04"
+	case n <= maxBars:
+		step, name, layout = 1, "hour", "2006-01-02 15:00"
+	case n <= 24*maxBars:
+		step, name, layout = 24, "day", "2006-01-02"
 	default:
-		step, unit, layout = 24*7, "week", "2006-01-02"
-		for span/step > maxBars {
+		step, layout = 24*7, "2006-01-02"
+		for n/step > maxBars {
 			step *= 2
 		}
-		unit = fmt.Sprintf("%d days", step/24)
+		name = fmt.Sprintf("%d days", step/24)
 	}
 	start := first - first%step
 	n := int((last-start)/step) + 1
-	counts := make([]uint64, n)
+	buckets := make([]uint64, n)
 	var total, top uint64
-	for h, c := range s.Hours {
-		counts[(h-start)/step] += c
+	for t, c := range counts {
+		buckets[(t-start)/step] += c
 		total += c
 	}
-	for _, c := range counts {
+	for _, c := range buckets {
 		top = max(top, c)
 	}
-	ch := &chart{Width: chartW, Height: chartH + chartTop + 30, Unit: unit, Max: top, Total: total,
-		From: time.Unix(start*3600, 0).UTC().Format(layout), To: time.Unix((start+int64(n-1)*step)*3600, 0).UTC().Format(layout)}
-	bw := chartW / n
-	for i, c := range counts {
-		h := 0
-		if top > 0 {
-			h = int(c * chartH / top)
-		}
+	at := func(i int) string { return time.Unix((start+int64(i)*step)*unit, 0).UTC().Format(layout) }
+	ch := &chart{Width: chartW, Height: chartH + chartTop + 30, Unit: name, Max: top, Total: total, From: at(0), To: at(n - 1)}
+	bw := min(chartW/n, 40)
+	for i, c := range buckets {
+		h := int(c * chartH / max(top, 1))
 		if c > 0 && h == 0 {
 			h = 1
 		}
-		label := time.Unix((start+int64(i)*step)*3600, 0).UTC().Format(layout)
-		ch.Bars = append(ch.Bars, bar{X: i * bw, Y: chartTop + chartH - h, W: max(bw-1, 1), H: h, Label: label, Count: c})
+		ch.Bars = append(ch.Bars, bar{X: i * bw, Y: chartTop + chartH - h, W: max(bw-2, 1), H: h, Label: at(i), Count: c})
 	}
 	return ch
+}
+
+// span returns the smallest and largest key of m.
+func span(m map[int64]uint64) (lo, hi int64) {
+	first := true
+	for k := range m {
+		if first || k < lo {
+			lo = k
+		}
+		if first || k > hi {
+			hi = k
+		}
+		first = false
+	}
+	return lo, hi
 }
 
 // bars is a horizontal bar chart.
@@ -282,4 +293,5 @@ var page = template.Must(template.New("report").Funcs(template.FuncMap{
 	"platform": platform,
 	"short":    shortHex,
 	"add":      func(a, b int) int { return a + b },
+	"half":     func(a int) int { return a / 2 },
 }).Parse(pageHTML))

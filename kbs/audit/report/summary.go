@@ -34,6 +34,9 @@ const (
 	MaxIdentities = 100
 )
 
+// maxMinutes bounds Summary.Minutes.
+const maxMinutes = 2 * maxBars
+
 // A Summary aggregates the events of one audit. Its zero value is not
 // ready: use NewSummary.
 type Summary struct {
@@ -55,6 +58,9 @@ type Summary struct {
 	Simulated uint64
 	// Hours counts released keys per UTC hour (Unix time / 3600).
 	Hours map[int64]uint64
+	// Minutes counts released keys per minute (Unix time / 60) while
+	// they span few minutes; nil once they span more than maxMinutes.
+	Minutes map[int64]uint64
 	// First and Last are the times of the first and last release.
 	First, Last time.Time
 
@@ -127,7 +133,7 @@ type keyVersion struct {
 
 // NewSummary returns an empty Summary.
 func NewSummary() *Summary {
-	return &Summary{Keys: map[string]*Key{}, Classes: map[string]*Class{}, Hours: map[int64]uint64{}}
+	return &Summary{Keys: map[string]*Key{}, Classes: map[string]*Class{}, Hours: map[int64]uint64{}, Minutes: map[int64]uint64{}}
 }
 
 func (s *Summary) key(id string) *Key {
@@ -189,6 +195,12 @@ func (s *Summary) Release(x audit.Release) {
 	}
 	t := x.Time.UTC()
 	s.Hours[t.Unix()/3600]++
+	if s.Minutes != nil {
+		s.Minutes[t.Unix()/60]++
+		if len(s.Minutes) > maxMinutes {
+			s.Minutes = nil
+		}
+	}
 	if s.First.IsZero() || t.Before(s.First) {
 		s.First = t
 	}
