@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // The state file is one bbolt database: bucket "meta" holds the log's
@@ -51,7 +52,7 @@ var ErrStateLocked = errors.New("monitor: the state file is in use by another mo
 
 func openStore(path, noteKey string) (*store, error) {
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s", ErrStateLocked, path)
 	}
 	if err != nil {

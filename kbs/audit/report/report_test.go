@@ -148,10 +148,7 @@ func expectedNumbers(r *audit.Report) []string {
 	for c, n := range perClass {
 		want = append(want, fmt.Sprintf("%s: %d released key(s)", c, n))
 	}
-	for _, a := range r.Anomalies {
-		want = append(want, a)
-	}
-	return want
+	return append(want, r.Anomalies...)
 }
 
 var externalRE = regexp.MustCompile(`(?i)<script|<link|<iframe|<object|<embed|@import|url\(|(src|href|xlink:href|action)\s*=\s*"[^#"]`)
