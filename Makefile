@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness
+.PHONY: all build test test-future lint fuzz bench bench-release run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo
 
 all: build
 
@@ -116,6 +116,20 @@ run: build
 # worker, manifest v2 rollout, a refused worker, audit. CI runs it.
 demo: build
 	./scripts/demo.sh
+
+# The audit report (kbsctl audit --html) in headless Chromium: no console
+# messages, no network requests, the JSON audit's numbers in the visible
+# text (kbs/audit/report TestChromium; make test runs the same checks on the
+# HTML without a browser). scripts/chromium.sh installs Debian's chromium if
+# needed. CI runs it.
+test-report:
+	@bin=$$(scripts/chromium.sh) && KBS_CHROMIUM=$$bin $(GO) test -count=1 -run 'TestChromium' -v ./kbs/audit/report/
+
+# A development broker with some history, its audit report with the sample
+# monitor rules (docs/monitor-rules.txt), and a screenshot of the report by
+# headless Chromium, in .cache/report-demo/ (scripts/report-demo.sh).
+report-demo: build
+	./scripts/report-demo.sh
 
 # kill -9 loop against a real kbsd during concurrent releases (long version of
 # TestCrashDuringReleases; CRASH_ITERATIONS cycles).

@@ -62,8 +62,16 @@ type Config struct {
 	Progress func(done, total uint64)
 	// Events, when set, receives every event and finding as the replay
 	// meets it, in log order, on one goroutine; the Report then keeps no
-	// identities, key events or releases (their counts stay). Optional.
+	// identities, key events or releases (their counts stay), unless
+	// KeepEvents is set. Optional.
 	Events Events
+	// KeepEvents makes the Report keep the events that Events receives
+	// too. Optional.
+	KeepEvents bool
+	// Filter, when set, passes only the events it selects to the Report
+	// and to Events; manifests, findings and counts are never filtered,
+	// and every entry is verified whatever the filter. Optional.
+	Filter *Filter
 	// MaxFindings is how many anomalies, and how many warnings, the Report
 	// keeps; the rest are only counted. Optional; default 1000.
 	MaxFindings int
@@ -100,11 +108,14 @@ type Report struct {
 	Counts map[string]int `json:"counts"`
 	// Stored reports whether the checkpoint was stored (no anomalies).
 	Stored bool `json:"stored"`
+	// Filter is the filter of the listed events, if any.
+	Filter *Filter `json:"filter,omitempty"`
 	// Checkpoint is the verified checkpoint.
 	Checkpoint tlog.SignedCheckpoint `json:"-"`
 
 	maxFindings int
 	events      Events
+	keep        bool
 }
 
 // OK reports whether the audit found no inconsistency.
@@ -129,7 +140,9 @@ func (c *collector) Manifest(m Manifest) {
 func (c *collector) Identity(id Identity) {
 	if c.events != nil {
 		c.events.Identity(id)
-		return
+		if !c.keep {
+			return
+		}
 	}
 	c.Identities = append(c.Identities, id)
 }
@@ -137,7 +150,9 @@ func (c *collector) Identity(id Identity) {
 func (c *collector) KeyEvent(k KeyEvent) {
 	if c.events != nil {
 		c.events.KeyEvent(k)
-		return
+		if !c.keep {
+			return
+		}
 	}
 	c.KeyEvents = append(c.KeyEvents, k)
 }
@@ -145,7 +160,9 @@ func (c *collector) KeyEvent(k KeyEvent) {
 func (c *collector) Release(x Release) {
 	if c.events != nil {
 		c.events.Release(x)
-		return
+		if !c.keep {
+			return
+		}
 	}
 	c.Releases = append(c.Releases, x)
 }
@@ -195,12 +212,12 @@ func Audit(ctx context.Context, cfg Config) (*Report, error) {
 	r := &Report{
 		Origin: cp.Origin, Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Checkpoint: cp,
 		Identities: []Identity{}, KeyEvents: []KeyEvent{}, Anomalies: []string{}, Warnings: []string{},
-		maxFindings: cfg.MaxFindings, events: cfg.Events,
+		maxFindings: cfg.MaxFindings, events: cfg.Events, keep: cfg.KeepEvents, Filter: cfg.Filter,
 	}
 	if r.maxFindings <= 0 {
 		r.maxFindings = DefaultMaxFindings
 	}
-	if cfg.Events == nil {
+	if cfg.Events == nil || cfg.KeepEvents {
 		// Most entries of a busy log are releases of one key; a few MB
 		// up front save the first rounds of regrowing.
 		r.Releases = make([]Release, 0, min(cp.Size, 1<<16))
@@ -211,7 +228,14 @@ func Audit(ctx context.Context, cfg Config) (*Report, error) {
 		s := checked.Previous.Size
 		r.PreviousSize = &s
 	}
-	rp := NewReplayer(cfg.Log.NoteKey(), (*collector)(r))
+	var ev Events = (*collector)(r)
+	if cfg.Filter != nil {
+		if err := cfg.Filter.Check(); err != nil {
+			return nil, err
+		}
+		ev = cfg.Filter.Events(ev)
+	}
+	rp := NewReplayer(cfg.Log.NoteKey(), ev)
 	var progress func(uint64)
 	if cfg.Progress != nil {
 		progress = func(done uint64) { cfg.Progress(done, cp.Size) }

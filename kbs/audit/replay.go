@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -27,9 +28,17 @@ type Manifest struct {
 	// (against version 1's own owners, for a signed version 1), naming
 	// exactly Signers.
 	SignaturesChecked bool `json:"signatures_checked"`
+	// Changes are the differences, field by field, from the manifest that
+	// was active before this entry (manifest.Diff); empty for the first
+	// version and for an entry whose body does not parse.
+	Changes []manifest.Change `json:"changes,omitempty"`
 
 	parsed bool // the body parsed and matches the entry's header
 }
+
+// Parsed reports whether the entry's body parsed and matches its header:
+// only such a version becomes the active manifest.
+func (m Manifest) Parsed() bool { return m.parsed }
 
 // Identity is an identity entry: the broker's keys at first boot or
 // rotation.
@@ -221,7 +230,7 @@ const (
 
 // Replay fetches the entries [Next(), cp.Size) of the log through tiles,
 // each verified against cp (a verified checkpoint: tlog.TileClient.Entries),
-// and replays them in order. Strict decoding (tlog.DecodeEntry) is the
+// and replays them in order (ReplayTo with end cp.Size). Strict decoding (tlog.DecodeEntry) is the
 // bulk of the work, so it runs on every CPU while the tile client goes on
 // fetching and verifying; the judgement is sequential. progress, if not
 // nil, is called with the number of entries replayed so far after each
@@ -229,8 +238,25 @@ const (
 // verify, the log unreachable) stops the replay after the last complete
 // chunk; Next says where to resume.
 func (a *Replayer) Replay(ctx context.Context, tiles *tlog.TileClient, cp tlog.SignedCheckpoint, progress func(done uint64)) error {
+	return a.ReplayTo(ctx, tiles, cp, cp.Size, progress)
+}
+
+// errEnd stops tlog.TileClient.Entries at ReplayTo's end.
+var errEnd = errors.New("audit: end of the range")
+
+// ReplayTo is Replay of the entries [Next(), end) only, end at most
+// cp.Size: a caller that saves the replayer's state (Snapshot) every so
+// many entries, as a monitor catching up on a long log does, replays in
+// steps of bounded size against one checkpoint.
+func (a *Replayer) ReplayTo(ctx context.Context, tiles *tlog.TileClient, cp tlog.SignedCheckpoint, end uint64, progress func(done uint64)) error {
 	if cp.Size < a.next {
 		return fmt.Errorf("audit: the checkpoint has %d entries, %d were replayed already", cp.Size, a.next)
+	}
+	if end < a.next || end > cp.Size {
+		return fmt.Errorf("audit: can't replay to entry %d: %d were replayed already, the checkpoint has %d", end, a.next, cp.Size)
+	}
+	if end == a.next {
+		return nil
 	}
 	type decoded struct {
 		entry *tlog.Entry
@@ -281,7 +307,10 @@ func (a *Replayer) Replay(ctx context.Context, tiles *tlog.TileClient, cp tlog.S
 		cur = &chunk{raws: make([][]byte, 0, chunkEntries)}
 		curBytes = 0
 	}
-	err := tiles.Entries(ctx, cp, a.next, func(_ uint64, entry []byte) error {
+	err := tiles.Entries(ctx, cp, a.next, func(index uint64, entry []byte) error {
+		if index >= end {
+			return errEnd
+		}
 		cur.raws = append(cur.raws, entry)
 		curBytes += len(entry)
 		if len(cur.raws) == chunkEntries || curBytes >= chunkBytes {
@@ -289,6 +318,9 @@ func (a *Replayer) Replay(ctx context.Context, tiles *tlog.TileClient, cp tlog.S
 		}
 		return nil
 	})
+	if errors.Is(err, errEnd) {
+		err = nil
+	}
 	if err == nil && len(cur.raws) > 0 {
 		send()
 	}
@@ -391,6 +423,9 @@ func (a *Replayer) manifestEntry(index uint64, en *tlog.Entry) {
 		return
 	}
 	lm.parsed = true
+	if a.active != nil {
+		lm.Changes = manifest.Diff(a.active, m)
+	}
 	// Who admitted it: the owners of the previous version (of itself for
 	// version 1), at least their threshold.
 	owners := a.active

@@ -8,37 +8,84 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/audit"
+	"github.com/kbs-dev/kbs/kbs/audit/monitor"
+	auditreport "github.com/kbs-dev/kbs/kbs/audit/report"
+	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
 func cmdAudit(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("audit", "[--manifest FILE] [--note-key KEY] [--csv]",
+	fs := e.newFlags("audit", "[--manifest FILE] [--note-key KEY] [--csv] [--html FILE [--rules FILE]] [--key P] [--client N] [--class C] [--since T] [--until T]",
 		`Fetches every tile and entry of the log and verifies them against a fresh
 checkpoint, checks that checkpoint's consistency with the stored one, replays
 the entries (manifest chain and signers, uploads, deletions, releases under
 the active manifest's policy), cross-checks the broker's manifest history and
 its signatures, and reports the manifest history and every release. Any
-inconsistency exits 1; the checkpoint is stored only when all holds.`)
+inconsistency exits 1; the checkpoint is stored only when all holds.
+
+--html FILE also writes a self-contained report (manifest timeline with
+diffs, per key and per worker class tables, charts, findings, and the
+commands that re-verify every number); with --rules, the alerts that
+'kbsctl monitor' would raise under those rules. The filters --key, --client,
+--class, --since and --until select the key events and releases listed (in
+the table, JSON, CSV and report); every entry is verified whatever they say.
+Times are RFC 3339 or dates (2026-01-31, midnight UTC); --until excludes its
+instant.`)
 	mf := fs.String("manifest", "", "your copy of a manifest version the log's chain must contain")
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	asCSV := fs.Bool("csv", false, "print every event as CSV")
+	htmlFile := fs.String("html", "", "also write a self-contained HTML report to this file")
+	rulesFile := fs.String("rules", "", "with --html: apply these monitor rules and list their alerts")
+	var filter audit.Filter
+	fs.StringVar(&filter.Key, "key", "", "list only key events and releases of key ids matching this pattern (a key id, prefix*, or *)")
+	fs.StringVar(&filter.Client, "client", "", "list only key events by this client and releases of the key versions it uploaded")
+	fs.StringVar(&filter.Class, "class", "", "list only releases to this worker class")
+	since := fs.String("since", "", "list only events at or after this time")
+	until := fs.String("until", "", "list only events before this time")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	if *asCSV && e.g.json {
 		return usageErr("audit: --csv and --json exclude each other")
 	}
+	if *rulesFile != "" && *htmlFile == "" {
+		return usageErr("audit: --rules needs --html (the report lists the rules' alerts)")
+	}
+	var err error
+	if filter.Since, err = parseTime("--since", *since); err != nil {
+		return err
+	}
+	if filter.Until, err = parseTime("--until", *until); err != nil {
+		return err
+	}
+	if err := filter.Check(); err != nil {
+		return usageErr("%v", err)
+	}
+	var rules []monitor.Rule
+	if *rulesFile != "" {
+		b, err := os.ReadFile(*rulesFile)
+		if err != nil {
+			return fmt.Errorf("--rules: %w", err)
+		}
+		if rules, err = monitor.ParseRules(b); err != nil {
+			return usageErr("%s: %v", *rulesFile, err)
+		}
+		if rules == nil {
+			rules = []monitor.Rule{}
+		}
+	}
 	var mine *manifest.Manifest
 	if *mf != "" {
-		var err error
 		if mine, err = readManifest(*mf); err != nil {
 			return err
 		}
@@ -51,11 +98,40 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 	if err != nil {
 		return err
 	}
+	cfg := audit.Config{Client: c, Log: lv, Manifest: mine}
+	if filter != (audit.Filter{}) {
+		cfg.Filter = &filter
+	}
+	var sum *auditreport.Summary
+	var eval *monitor.Evaluator
+	if *htmlFile != "" {
+		sum = auditreport.NewSummary()
+		cfg.Events, cfg.KeepEvents = sum, true
+		if rules != nil {
+			eval = monitor.NewEvaluator(rules, lv.Origin(), clock.Now)
+			cfg.Events = auditreport.Tee(sum, eval)
+		}
+	}
 	prog := newProgress(e.stderr)
-	r, err := audit.Audit(ctx, audit.Config{Client: c, Log: lv, Manifest: mine, Progress: prog.update})
+	cfg.Progress = prog.update
+	r, err := audit.Audit(ctx, cfg)
 	prog.done()
 	if err != nil {
 		return err
+	}
+	if *htmlFile != "" {
+		d := auditreport.Data{Report: r, Summary: sum, NoteKey: lv.NoteKey(), Addr: e.g.addr, Rules: rules, Generated: clock.Now()}
+		if eval != nil {
+			d.Alerts, d.AlertsOmitted = eval.Alerts()
+		}
+		var buf bytes.Buffer
+		if err := auditreport.WriteHTML(&buf, d); err != nil {
+			return fmt.Errorf("couldn't render the report: %w", err)
+		}
+		if err := client.WriteFileAtomic(*htmlFile, buf.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("couldn't write the report: %w", err)
+		}
+		fmt.Fprintf(e.stderr, "report written to %s\n", *htmlFile)
 	}
 	if err := e.out(r, func() {
 		if *asCSV {
@@ -74,6 +150,20 @@ inconsistency exits 1; the checkpoint is stored only when all holds.`)
 		return failErr("audit found %d inconsistencies:\n  %s", r.AnomalyCount(), list)
 	}
 	return nil
+}
+
+// parseTime parses a filter time: RFC 3339, or a date (midnight UTC).
+func parseTime(flag, s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UTC(), nil
+	}
+	if t, err := time.Parse("2006-01-02", s); err == nil {
+		return t, nil
+	}
+	return time.Time{}, usageErr("audit: %s %q: want RFC 3339 (2026-01-31T12:00:00Z) or a date (2026-01-31)", flag, s)
 }
 
 func ts(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05Z") }

@@ -73,7 +73,9 @@ Owner:
 Auditor:
   log checkpoint                              fetch and verify the latest checkpoint
   log verify                                  check consistency with the stored checkpoint
-  audit [--manifest FILE] [--csv]             verify every entry; manifest history and releases
+  audit [--manifest FILE] [--csv | --html FILE] [--key P] [--client N] [--class C] [--since T] [--until T] [--rules FILE]
+                                              verify every entry; manifest history, releases, a report
+  monitor [--rules FILE] [--webhook URL] [--once]  follow the log; alert on rules, forks, inconsistencies
   receipt verify [--note-key KEY] FILE        check a receipt offline
 
 Run 'kbsctl help <command>' (or 'kbsctl <command> -h') for the flags of a command.
@@ -139,6 +141,7 @@ var commands = []command{
 	{"manifest", cmdManifest},
 	{"log", cmdLog},
 	{"audit", cmdAudit},
+	{"monitor", cmdMonitor},
 	{"receipt", cmdReceipt},
 	{"prompt", cmdPrompt},
 	{"worker", cmdWorker},

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -51,6 +52,7 @@ type Log struct {
 	key     ed25519.PrivateKey
 	mu      sync.Mutex
 	history []api.Manifest
+	serveCP func([]byte) []byte
 }
 
 // Testdata returns the path of name under the repository's testdata/.
@@ -107,7 +109,20 @@ func newLog(tb testing.TB, priv ed25519.PrivateKey) *Log {
 	tb.Cleanup(func() { bl.Close() })
 	l := &Log{NoteKey: vkey, Backend: bl, Manifest: m, key: priv}
 	mux := http.NewServeMux()
-	mux.Handle("/log/", tlog.NewHandler(bl))
+	tiles := tlog.NewHandler(bl)
+	mux.Handle("/log/", tiles)
+	mux.HandleFunc("GET /log/checkpoint", func(w http.ResponseWriter, r *http.Request) {
+		l.mu.Lock()
+		f := l.serveCP
+		l.mu.Unlock()
+		if f == nil {
+			tiles.ServeHTTP(w, r)
+			return
+		}
+		rec := httptest.NewRecorder()
+		tiles.ServeHTTP(rec, r)
+		w.Write(f(rec.Body.Bytes()))
+	})
 	mux.HandleFunc("GET "+api.PathManifestHistory, func(w http.ResponseWriter, r *http.Request) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -162,6 +177,26 @@ func (l *Log) AppendVersion(tb testing.TB, m *manifest.Manifest, sigs, signers [
 	l.EditHistory(func(h *[]api.Manifest) {
 		*h = append(*h, api.Manifest{Version: m.Version(), Hash: m.Hash(), Body: m.Bytes(), Signatures: sigs, LogIndex: idx})
 	})
+}
+
+// ServeCheckpoint makes the log serve f(checkpoint) instead of its latest
+// signed checkpoint (nil f: the checkpoint as signed): a test adds
+// witness cosignatures (tlog.MergeSignatures) or plays a broker that
+// serves an old checkpoint.
+func (l *Log) ServeCheckpoint(f func(note []byte) []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.serveCP = f
+}
+
+// Checkpoint returns the log's latest signed checkpoint.
+func (l *Log) Checkpoint(tb testing.TB) []byte {
+	tb.Helper()
+	cp, err := l.Backend.Checkpoint(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cp.Note
 }
 
 // EditHistory changes the manifest history the log serves.
