@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -191,22 +190,31 @@ func TestTDXOptionsExplicit(t *testing.T) {
 	}
 }
 
-// The real quote: go-tdx-guest's Sapphire Rapids sample, with its PCK chain
-// valid from 2022-09-20 to 2029-09-20; it is verified at realNow.
-var realNow = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
-
-const realReportData = "6c62dec1b8191749a31dab490be532a35944dea47caef1f980863993d9899545eb7406a38d1eed313b987a467dacead6f0c87a6d766c66f6f29f8acb281f1113"
-
+// The real quote: a TDX quote v4 (FMSPC b0c06f000000) verified with the
+// Intel collateral it came with (testdata/README.md).
 func realClaims(t testing.TB) *attest.Claims {
 	t.Helper()
-	raw, err := os.ReadFile("../../testdata/tdx/quote-spr.dat")
+	return verifyReal(t, "../../testdata/tdx/quote-v4-b0c06f.dat", "../../testdata/tdx/collateral-b0c06f")
+}
+
+// verifyReal verifies a real quote with its collateral bundle, an hour
+// after the bundle's newest piece was issued.
+func verifyReal(t testing.TB, quote, bundle string) *attest.Claims {
+	t.Helper()
+	raw, err := os.ReadFile(quote)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rd [64]byte
-	b, _ := hex.DecodeString(realReportData)
-	copy(rd[:], b)
-	v, err := tdx.NewVerifier(tdx.Options{Now: func() time.Time { return realNow }})
+	rd, err := tdx.UnverifiedReportData(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col, err := tdx.LoadCollateral(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := col.Issued().Add(time.Hour)
+	v, err := tdx.NewVerifier(tdx.Options{Now: func() time.Time { return now }, CollateralDir: bundle})
 	if err != nil {
 		t.Fatal(err)
 	}

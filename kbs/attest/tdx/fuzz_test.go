@@ -67,7 +67,11 @@ func FuzzParseQuote(f *testing.F) {
 		if !proto.Equal(q1, q2) {
 			t.Fatalf("parseQuote not deterministic: two parses differ")
 		}
-		_ = chainCacheKey(data)
+		rq, err := parseRawQuote(data)
+		if err != nil {
+			t.Fatalf("parseRawQuote rejects a quote go-tdx-guest parses: %v", err)
+		}
+		_ = chainCacheKey(rq, data)
 	})
 }
 
@@ -76,7 +80,7 @@ func FuzzVerify(f *testing.F) {
 	fuzzSeeds(f)
 	rd := realReportData(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		v := mustVerifier(t, Options{Now: fixed(realNow)})
+		v := mustVerifier(t, realOptions())
 		ev := tdxEvidence(data)
 		c1, err1 := v.Verify(context.Background(), ev, rd)
 		c2, err2 := v.Verify(context.Background(), ev, rd) // warm if the first passed
@@ -141,7 +145,7 @@ func FuzzCollateralCache(f *testing.F) {
 		}
 		var errs [2]error
 		for i := range errs {
-			v := mustVerifier(t, Options{Now: fixed(now), TrustedRoots: roots, CollateralDir: cdir, RequireCollateral: true})
+			v := mustVerifier(t, Options{Now: fixed(now), TrustedRoots: roots, CollateralDir: cdir})
 			_, errs[i] = v.Verify(context.Background(), tdxEvidence(raw), rd)
 		}
 		if (errs[0] == nil) != (errs[1] == nil) || (errs[0] != nil && errs[0].Error() != errs[1].Error()) {
