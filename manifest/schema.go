@@ -46,11 +46,13 @@ const (
 	tdAttributesFixed0 = 1 | 1<<28 | 1<<30 | 1<<63 // DEBUG, SEPT_VE_DISABLE, PKS, PERFMON
 )
 
-// PLATFORM_INFO bits of SEV-SNP reports (SEV-SNP firmware ABI).
+// PLATFORM_INFO bits of SEV-SNP reports (SEV-SNP firmware ABI): 0 SMT,
+// 1 TSME, 2 ECC, 3 RAPL disabled, 4 ciphertext hiding, 5 alias check
+// complete, 6 IOMMU write safe (Turin), 7 SEV-TIO.
 const (
 	platformSMT       = 1 << 0
 	platformTIO       = 1 << 7
-	platformInfoKnown = 1<<6 - 1 | platformTIO // bits 0-5 and 7; 6 is reserved
+	platformInfoKnown = 1<<8 - 1
 )
 
 var (

@@ -111,7 +111,7 @@ func SNPOptions(v manifest.SNPValues, c *attest.Claims) (*validate.Options, erro
 		VMPL:            vmpl,
 		MinimumTCB:      minTCB("min_tcb", &v.MinTCB),
 		MinimumGuestSvn: minSVN,
-		PlatformInfo:    &abi.SnpPlatformInfo{SMTEnabled: policy.SMT, TSMEEnabled: true},
+		PlatformInfo:    platformInfo(policy.SMT, s.PlatformInfo),
 		ReportData:      c.ReportData[:], // Verify bound it to the caller's challenge
 
 		// No manifest field names these (yet).
@@ -139,4 +139,20 @@ func SNPOptions(v manifest.SNPValues, c *attest.Claims) (*validate.Options, erro
 		return nil, err
 	}
 	return opts, nil
+}
+
+// platformIOMMUWriteSafe is PLATFORM_INFO bit 6, which Turin sets and
+// go-sev-guest v0.15.0 calls reserved.
+const platformIOMMUWriteSafe = 1 << 6
+
+// platformInfo is the PLATFORM_INFO option: SMT on the host only when the
+// guest policy permits SMT, SEV-TIO never. go-sev-guest v0.15.0 refuses
+// every report with bit 6 set, which real Turin platforms set (IOMMU write
+// safe): for those the option is nil and the manifest's comparison alone
+// judges PLATFORM_INFO (platform_info.smt, platform_info).
+func platformInfo(smt bool, got uint64) *abi.SnpPlatformInfo {
+	if got&platformIOMMUWriteSafe != 0 {
+		return nil
+	}
+	return &abi.SnpPlatformInfo{SMTEnabled: smt, TSMEEnabled: true}
 }
