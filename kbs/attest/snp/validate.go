@@ -96,7 +96,9 @@ func libraryView(der []byte, key abi.ReportSigner, productLine string) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	oid := func(arc ...int) asn1.ObjectIdentifier { return append(append(asn1.ObjectIdentifier{}, oidAMDKDS...), arc...) }
+	oid := func(arc ...int) asn1.ObjectIdentifier {
+		return append(append(asn1.ObjectIdentifier{}, oidAMDKDS...), arc...)
+	}
 	var exts []pkix.Extension
 	add := func(id asn1.ObjectIdentifier, v any, params string) error {
 		b, err := asn1.MarshalWithParams(v, params)
