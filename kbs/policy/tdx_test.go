@@ -337,6 +337,45 @@ func TestTDXSimFields(t *testing.T) {
 		})
 	}
 
+	// TD report 1.5 fields (a v5 quote) and MRSIGNERSEAM have no
+	// go-tdx-guest option: the manifest alone refuses, naming the field.
+	t.Run("TD report 1.5 fields", func(t *testing.T) {
+		c5 := quote(sim.TDXOptions{V5: true, MRServiceTD: bytes.Repeat([]byte{5}, 48)})
+		if c5.TDX.QuoteVersion != 5 || !bytes.Equal(c5.TDX.MRServiceTD, bytes.Repeat([]byte{5}, 48)) || len(c5.TDX.TEETCBSVN2) != 16 {
+			t.Fatalf("v5 claims: version %d, MRSERVICETD %x, TEE_TCB_SVN2 %x", c5.TDX.QuoteVersion, c5.TDX.MRServiceTD, c5.TDX.TEETCBSVN2)
+		}
+		v5, err := manifest.PinTDX(c5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := policy.Validate(c5, nil, &v5); err != nil {
+			t.Fatalf("library refuses the v5 quote's own values: %v", err)
+		}
+		for _, tc := range []struct {
+			field string
+			edit  func(*manifest.TDXValues)
+		}{
+			{"tee_tcb_svn2", func(v *manifest.TDXValues) {
+				v.MinTEETCBSVN2 = &manifest.HexValue{Value: bytes.Repeat([]byte{0xff}, 16)}
+			}},
+			{"mrservicetd", func(v *manifest.TDXValues) { v.MRServiceTD = manifest.Hexes(other) }},
+			{"mrsignerseam", func(v *manifest.TDXValues) { v.MRSignerSeam = manifest.Hexes(other) }},
+		} {
+			v := v5
+			tc.edit(&v)
+			r, err := simManifest(t, manifest.Class{TDX: []manifest.TDXValues{v}}).MatchClass("demo-worker", c5)
+			if err != nil || r.OK() || strings.Join(r.Failed(), " ") != tc.field {
+				t.Errorf("%s changed: failing %q, %v\n%s", tc.field, r.Failed(), err, r)
+			}
+		}
+		// A v4 quote has no TD report 1.5 fields: values pinned to them
+		// refuse it.
+		r, err := simManifest(t, manifest.Class{TDX: []manifest.TDXValues{v5}}).MatchClass("demo-worker", quote(sim.TDXOptions{}))
+		if err != nil || strings.Join(r.Failed(), " ") != "tee_tcb_svn2 mrservicetd" {
+			t.Errorf("v4 quote against v5 values: failing %q, %v", r.Failed(), err)
+		}
+	})
+
 	// An XFAM bit the architecture reserves: the manifest names it
 	// (xfam.fixed) even when its values were pinned to the quote, as the
 	// library does: the report no longer shows a match the library refuses.

@@ -85,18 +85,11 @@ const (
 // now, and returns the platform's TCB status. Every piece is required: TCB
 // info for the PCK certificate's FMSPC, the TD QE identity, the PCK CRL of
 // the issuing CA and the root CA CRL. Each must be signed under chain.root
-// (the trusted root the PCK chain verified to), current at now, and agree with the quote; no certificate of either chain
-// may be revoked. An error wraps errCollateralUnavailable (a piece is
-// missing) or errCollateral.
-func (c *Collateral) evaluate(chain *pckChain, q quoteTCB, now time.Time) (*tcbVerdict, error) {
-	exts, err := pcs.PckCertificateExtensions(chain.leaf)
-	if err != nil {
-		return nil, fmt.Errorf("%w: PCK SGX extensions: %v", errCertChain, err)
-	}
-	ca := "platform"
-	if chain.leaf.Issuer.CommonName == "Intel SGX PCK Processor CA" {
-		ca = "processor"
-	}
+// (the trusted root the PCK chain verified to), current at now, and agree
+// with the quote; no certificate of either chain may be revoked. exts and
+// ca are pckExtensions of the chain. An error wraps
+// errCollateralUnavailable (a piece is missing) or errCollateral.
+func (c *Collateral) evaluate(chain *pckChain, exts *pcs.PckExtensions, ca string, q quoteTCB, now time.Time) (*tcbVerdict, error) {
 	missing := func(what string) error {
 		return fmt.Errorf("%w: no %s in the collateral (offline verification needs a bundle: --collateral DIR)", errCollateralUnavailable, what)
 	}
@@ -218,6 +211,20 @@ func (c *Collateral) evaluate(chain *pckChain, q quoteTCB, now time.Time) (*tcbV
 	slices.Sort(v.advisories)
 	v.advisories = slices.Compact(v.advisories)
 	return v, nil
+}
+
+// pckExtensions returns the SGX extensions of the PCK certificate and which
+// CA issued it ("platform" or "processor").
+func pckExtensions(chain *pckChain) (*pcs.PckExtensions, string, error) {
+	exts, err := pcs.PckCertificateExtensions(chain.leaf)
+	if err != nil {
+		return nil, "", fmt.Errorf("%w: PCK SGX extensions: %v", errCertChain, err)
+	}
+	ca := "platform"
+	if chain.leaf.Issuer.CommonName == "Intel SGX PCK Processor CA" {
+		ca = "processor"
+	}
+	return exts, ca, nil
 }
 
 // verifySigned checks a TCB info or QE identity response: its issuer chain

@@ -313,19 +313,15 @@ func (v *Verifier) verifyCold(ctx context.Context, q *rawQuote, raw []byte, now 
 	}
 
 	// Collateral: always.
-	exts, err := pcs.PckCertificateExtensions(chain.leaf)
+	exts, ca, err := pckExtensions(chain)
 	if err != nil {
-		return nil, fmt.Errorf("%w: PCK SGX extensions: %v", errCertChain, err)
-	}
-	ca := "platform"
-	if chain.leaf.Issuer.CommonName == "Intel SGX PCK Processor CA" {
-		ca = "processor"
+		return nil, err
 	}
 	col, err := v.collateral(ctx, exts.FMSPC, ca, chain.root)
 	if err != nil {
 		return nil, err
 	}
-	verdict, err := col.evaluate(chain, q.tcb(), now)
+	verdict, err := col.evaluate(chain, exts, ca, q.tcb(), now)
 	if err != nil {
 		return nil, err
 	}
