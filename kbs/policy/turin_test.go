@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/snp"
 	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
@@ -119,3 +120,72 @@ func contains(l []string, s string) bool {
 	}
 	return false
 }
+
+// TestSNPSimTurin: simulated Turin evidence (a VCEK in Turin's form, an
+// 8-byte hardware id, a TCB with FMC) verifies under the sim's ARK-Turin,
+// matches values pinned to it, and each changed field is refused by the
+// manifest (naming it) and by the library.
+func TestSNPSimTurin(t *testing.T) {
+	dir := t.TempDir()
+	if err := sim.GenerateSNPTurin(dir); err != nil {
+		t.Fatal(err)
+	}
+	certs, err := sim.SNPRoots(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := snp.NewVerifier(snp.Options{Roots: snp.RootsFromCerts(certs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(o sim.SNPOptions) *attest.Claims {
+		t.Helper()
+		iss, err := sim.NewSNPIssuer(dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rd [64]byte
+		ev, err := iss.Issue(context.Background(), rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := v.Verify(context.Background(), ev, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := issue(sim.SNPOptions{GuestSVN: 3})
+	if c.SNP.Product != "Turin" || !c.Simulated || !allZeroBytes(c.SNP.ChipID[8:]) {
+		t.Fatalf("claims: product %q simulated %v chip %x", c.SNP.Product, c.Simulated, c.SNP.ChipID)
+	}
+	if tcb, err := attest.DecodeSNPTCB("Turin", c.SNP.ReportedTCB); err != nil || tcb != sim.SNPTurinTCB() {
+		t.Fatalf("TCB %+v, %v; want %+v", tcb, err, sim.SNPTurinTCB())
+	}
+	pinned, err := manifest.PinSNP(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := policy.Validate(c, &pinned, nil); err != nil {
+		t.Fatalf("library refuses values pinned to sim Turin evidence: %v", err)
+	}
+	for _, tc := range []struct {
+		name, field, lib string
+		opts             sim.SNPOptions
+		edit             func(*manifest.SNPValues)
+	}{
+		{name: "FMC", field: "reported_tcb.fmc", lib: "REPORTED_TCB", opts: sim.SNPOptions{GuestSVN: 3}, edit: func(v *manifest.SNPValues) { v.MinTCB.FMC++ }},
+		{name: "guest SVN", field: "guest_svn", lib: "GUEST_SVN", opts: sim.SNPOptions{GuestSVN: 2}},
+		{name: "VMPL", field: "vmpl", lib: "VMPL", opts: sim.SNPOptions{GuestSVN: 3, VMPL: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := pinned
+			if tc.edit != nil {
+				tc.edit(&v)
+			}
+			bothReject(t, issue(tc.opts), &v, nil, tc.field, tc.lib)
+		})
+	}
+}
+
+func allZeroBytes(b []byte) bool { return len(bytes.Trim(b, "\x00")) == 0 }
