@@ -22,8 +22,6 @@ import (
 // kbs/attest/tdx/pcscache's format. Nothing in the cache is trusted: every
 // response is verified against the trusted roots on use.
 
-var tcbInfoPrefix = pcs.TcbInfoURL("")
-
 // readCached returns the cached response for u, or an error wrapping
 // os.ErrNotExist.
 func readCached(dir, u string) (*pcscache.Response, error) { return pcscache.Read(dir, u) }
