@@ -65,6 +65,10 @@ type Config struct {
 	// Offline forbids fetching certificates and revocation lists from the
 	// vendors: evidence must carry its certificates. Always on with Dev.
 	Offline bool
+	// Collateral is a collateral bundle directory: Intel PCS responses as
+	// served (docs/operating.md). Offline, TDX evidence verifies only with
+	// it (or with collateral an earlier online run cached). Optional.
+	Collateral string
 	// NonceTTL, MaxChallenges and AttestationRate tune the challenge table
 	// and the rate limit of attestation and challenge requests.
 	NonceTTL        time.Duration
@@ -107,6 +111,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "cache for vendor certificates and collateral (default DATA/cache)")
 	fs.BoolVar(&c.Offline, "offline", false, "never fetch certificates or revocation lists (evidence must carry its certificates)")
+	fs.StringVar(&c.Collateral, "collateral", "", "collateral bundle: directory of Intel PCS responses (TDX TCB info, QE identity, CRLs) used offline")
 	fs.DurationVar(&c.NonceTTL, "challenge-ttl", 60*time.Second, "lifetime of a release challenge nonce")
 	fs.IntVar(&c.MaxChallenges, "max-challenges", 100000, "most pending release challenges")
 	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation and challenge requests per second (burst twice that)")

@@ -81,7 +81,7 @@ func serve(ctx context.Context, c *Config) error {
 		if issuer, err = hardwareIssuer(c.TEE); err != nil {
 			return err
 		}
-		if verifier, err = verify.New(verify.Options{CacheDir: c.CacheDir, Offline: c.Offline}); err != nil {
+		if verifier, err = verify.New(verify.Options{CacheDir: c.CacheDir, Offline: c.Offline, Collateral: c.Collateral}); err != nil {
 			return fmt.Errorf("couldn't set up evidence verification: %w", err)
 		}
 	}

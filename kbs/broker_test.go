@@ -770,7 +770,8 @@ func TestSNPTCBString(t *testing.T) {
 	}{
 		{"Milan", 0xd516000000000004, "bl=4,tee=0,snp=22,ucode=213"},
 		{"Genoa", 0x0803000000000102, "bl=2,tee=1,snp=3,ucode=8"},
-		{"Turin", 0x0102, "reported_tcb=0000000000000102"},
+		{"Turin", 0x0102, "fmc=2,bl=1,tee=0,snp=0,ucode=0"},
+		{"Turin", 0x00_01_0000_00_00_00_00, "reported_tcb=0001000000000000"}, // reserved byte 6 set
 	} {
 		if got := snpTCB(tt.product, tt.tcb); got != tt.want {
 			t.Errorf("snpTCB(%s, %#x) = %q, want %q", tt.product, tt.tcb, got, tt.want)

@@ -207,7 +207,11 @@ func releaseEntry(c *attest.Claims, class string, keys []tlogKey, workerKey []by
 func snpTCB(product string, tcb uint64) string {
 	if t, err := attest.DecodeSNPTCB(product, tcb); err == nil {
 		if back, err := t.Encode(product); err == nil && back == tcb {
-			return fmt.Sprintf("bl=%d,tee=%d,snp=%d,ucode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
+			s := fmt.Sprintf("bl=%d,tee=%d,snp=%d,ucode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
+			if attest.SNPHasFMC(product) {
+				s = fmt.Sprintf("fmc=%d,", t.FMC) + s
+			}
+			return s
 		}
 	}
 	return fmt.Sprintf("reported_tcb=%016x", tcb)

@@ -171,6 +171,9 @@ func flatten(m *Manifest) map[string]leaf {
 			scalar(ap+".min_guest_svn", minVal(v.MinGuestSVN))
 			set(ap+".product", nameVals(v.Product))
 			set(ap+".chip_ids", hexVals(v.ChipIDs))
+			set(ap+".id_key_digest", hexVals(v.IDKeyDigest))
+			set(ap+".author_key_digest", hexVals(v.AuthorKeyDigest))
+			scalar(ap+".min_launch_tcb", optTCB(v.MinLaunchTCB))
 		}
 		for i, v := range c.TDX {
 			ap := indexPath(p+".tdx", i)
@@ -187,6 +190,14 @@ func flatten(m *Manifest) map[string]leaf {
 			set(ap+".td_attributes", bitsVals(v.TDAttributes))
 			scalar(ap+".min_tee_tcb_svn", hexVal(v.MinTEETCBSVN))
 			set(ap+".mrseam", hexVals(v.MRSeam))
+			set(ap+".mrsignerseam", hexVals(v.MRSignerSeam))
+			scalar(ap+".min_tee_tcb_svn2", optHex(v.MinTEETCBSVN2))
+			set(ap+".mrservicetd", hexVals(v.MRServiceTD))
+			var ex []string
+			for _, e := range v.TCBExceptions {
+				ex = append(ex, e.String())
+			}
+			set(ap+".tcb_exceptions", ex)
 		}
 	}
 	class("service", d.Service)
@@ -214,6 +225,20 @@ func flatten(m *Manifest) map[string]leaf {
 		}
 	}
 	return f
+}
+
+func optTCB(t *TCB) string {
+	if t == nil {
+		return anyAbsent
+	}
+	return t.String()
+}
+
+func optHex(h *HexValue) string {
+	if h == nil {
+		return anyAbsent
+	}
+	return hexVal(*h)
 }
 
 func hexVals(l HexList) []string {

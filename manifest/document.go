@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
@@ -164,7 +165,13 @@ type SNPValues struct {
 	MinTCB      TCB      `json:"min_tcb"`     // component-wise minimum REPORTED_TCB
 	MinGuestSVN MinUint  `json:"min_guest_svn"`
 	Product     NameList `json:"product"`  // "Milan", "Genoa", "Turin"
-	ChipIDs     HexList  `json:"chip_ids"` // 64 bytes each
+	ChipIDs     HexList  `json:"chip_ids"` // 64 bytes each; 8 bytes (Turin's hardware id) allowed
+
+	// Optional fields: absent means any value (the manifest's comparison
+	// still shows them, as "any (absent)").
+	IDKeyDigest     HexList `json:"id_key_digest,omitzero"`     // 48 bytes each: SHA-384 of the ID block's key
+	AuthorKeyDigest HexList `json:"author_key_digest,omitzero"` // 48 bytes each: SHA-384 of the ID block's author key
+	MinLaunchTCB    *TCB    `json:"min_launch_tcb,omitempty"`   // component-wise minimum LAUNCH_TCB
 }
 
 // TDXValues are reference values for an Intel TDX quote.
@@ -181,7 +188,38 @@ type TDXValues struct {
 	TDAttributes  BitsList `json:"td_attributes"`   // bit 0 (DEBUG) is never allowed
 	MinTEETCBSVN  HexValue `json:"min_tee_tcb_svn"` // 16 bytes, compared byte by byte
 	MRSeam        HexList  `json:"mrseam"`
+
+	// Optional fields: absent means any value, except TCBExceptions,
+	// whose absence admits the UpToDate TCB status only.
+	MRSignerSeam  HexList   `json:"mrsignerseam,omitzero"`      // 48 bytes each: signer of the TDX module (zero for Intel's)
+	MinTEETCBSVN2 *HexValue `json:"min_tee_tcb_svn2,omitempty"` // 16 bytes; TD report 1.5 (quote v5) only
+	MRServiceTD   HexList   `json:"mrservicetd,omitzero"`       // 48 bytes each; TD report 1.5 only
+	// TCBExceptions admit TCB statuses other than UpToDate, each for the
+	// listed advisories and until a date.
+	TCBExceptions []TCBException `json:"tcb_exceptions,omitempty"`
 }
+
+// TCBException admits a TDX platform whose TCB status (Intel's collateral,
+// the worst of the platform, TDX module and QE levels) is Status, when each
+// advisory Intel names for it is in Advisories, until Until (judged at the
+// verification time of the claims).
+type TCBException struct {
+	// Status is "SWHardeningNeeded", "ConfigurationNeeded" or
+	// "ConfigurationAndSWHardeningNeeded". OutOfDate and Revoked levels are
+	// never admitted.
+	Status string `json:"status"`
+	// Advisories are Intel security advisory ids ("INTEL-SA-00615").
+	Advisories []string `json:"advisories"`
+	// Until is when the exception ends (RFC 3339).
+	Until time.Time `json:"until"`
+}
+
+func (e TCBException) String() string {
+	return fmt.Sprintf("%s for [%s] until %s", e.Status, strings.Join(e.Advisories, ", "), e.Until.UTC().Format(time.RFC3339))
+}
+
+// TCBExceptionStatuses are the TCB statuses a TCBException may admit.
+var TCBExceptionStatuses = []string{"SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"}
 
 // Client is a party that may upload keys whose ids match Keys.
 type Client struct {
@@ -245,14 +283,20 @@ type HexValue struct {
 	Value []byte
 }
 
-// TCB is a component-wise minimum SEV-SNP TCB, or "any".
+// TCB is a component-wise minimum SEV-SNP TCB, or "any". FMC (the Turin
+// firmware's first mutable code) exists on Turin only: a minimum above 0
+// refuses product lines without it.
 type TCB struct {
 	Any        bool
+	FMC        uint8
 	Bootloader uint8
 	TEE        uint8
 	SNP        uint8
 	Microcode  uint8
 }
+
+// Absent reports whether l is an optional list the manifest leaves out.
+func (l HexList) Absent() bool { return !l.Any && len(l.Values) == 0 }
 
 var anyJSON = []byte(`"` + Any + `"`)
 
@@ -332,11 +376,12 @@ func (t TCB) MarshalJSON() ([]byte, error) {
 		return anyJSON, nil
 	}
 	return json.Marshal(struct {
+		FMC        uint8 `json:"fmc,omitempty"`
 		Bootloader uint8 `json:"bootloader"`
 		TEE        uint8 `json:"tee"`
 		SNP        uint8 `json:"snp"`
 		Microcode  uint8 `json:"microcode"`
-	}{t.Bootloader, t.TEE, t.SNP, t.Microcode})
+	}{t.FMC, t.Bootloader, t.TEE, t.SNP, t.Microcode})
 }
 
 func hex64(v uint64) string { return "0x" + strconv.FormatUint(v, 16) }
@@ -345,7 +390,16 @@ func (t TCB) String() string {
 	if t.Any {
 		return Any
 	}
-	return fmt.Sprintf("bootloader=%d tee=%d snp=%d microcode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
+	s := fmt.Sprintf("bootloader=%d tee=%d snp=%d microcode=%d", t.Bootloader, t.TEE, t.SNP, t.Microcode)
+	if t.FMC > 0 {
+		s = fmt.Sprintf("fmc=%d ", t.FMC) + s
+	}
+	return s
+}
+
+// SNPTCB returns the minimum as attest's TCB components.
+func (t TCB) SNPTCB() attest.SNPTCB {
+	return attest.SNPTCB{FMC: t.FMC, Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode}
 }
 
 // Encode returns the bytes of a manifest holding d: indented JSON with a final
@@ -479,18 +533,45 @@ func PinSNP(c *Claims) (SNPValues, error) {
 	if err != nil {
 		return SNPValues{}, fmt.Errorf("manifest: %w", err)
 	}
-	return SNPValues{
+	launch, err := attest.DecodeSNPTCB(s.Product, s.LaunchTCB)
+	if err != nil {
+		return SNPValues{}, fmt.Errorf("manifest: %w", err)
+	}
+	v := SNPValues{
 		Measurement: Hexes(clone(c.Measurement)),
 		HostData:    Hexes(clone(s.HostData)),
 		FamilyID:    Hexes(clone(s.FamilyID)),
 		ImageID:     Hexes(clone(s.ImageID)),
 		MaxPolicy:   Bits{Value: (s.Policy&^policyDebug | policyReserved17) & policyKnown},
 		VMPL:        UintList{Values: []uint32{s.VMPL}},
-		MinTCB:      TCB{Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode},
+		MinTCB:      tcbOf(t),
 		MinGuestSVN: MinUint{Value: s.GuestSVN},
 		Product:     NameList{Values: []string{s.Product}},
 		ChipIDs:     Hexes(clone(s.ChipID)),
-	}, nil
+	}
+	if len(s.IDKeyDigest) == 48 {
+		v.IDKeyDigest = Hexes(clone(s.IDKeyDigest))
+	}
+	lt := tcbOf(launch)
+	v.MinLaunchTCB = &lt
+	// A report without an author key carries a zero digest: nothing to pin.
+	if len(s.AuthorKeyDigest) == 48 && !allZero(s.AuthorKeyDigest) {
+		v.AuthorKeyDigest = Hexes(clone(s.AuthorKeyDigest))
+	}
+	return v, nil
+}
+
+func tcbOf(t attest.SNPTCB) TCB {
+	return TCB{FMC: t.FMC, Bootloader: t.Bootloader, TEE: t.TEE, SNP: t.SNP, Microcode: t.Microcode}
+}
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // PinTDX returns TDX reference values that accept exactly the given claims.
@@ -501,7 +582,7 @@ func PinTDX(c *Claims) (TDXValues, error) {
 		return TDXValues{}, fmt.Errorf("manifest: claims hold no TDX fields")
 	}
 	t := c.TDX
-	return TDXValues{
+	v := TDXValues{
 		MRTD:          Hexes(clone(t.MRTD)),
 		RTMR0:         Hexes(clone(t.RTMR[0])),
 		RTMR1:         Hexes(clone(t.RTMR[1])),
@@ -514,7 +595,15 @@ func PinTDX(c *Claims) (TDXValues, error) {
 		TDAttributes:  BitsList{Values: []uint64{t.TDAttributes &^ tdDebug}},
 		MinTEETCBSVN:  HexValue{Value: clone(t.TEETCBSVN)},
 		MRSeam:        Hexes(clone(t.MRSeam)),
-	}, nil
+	}
+	if len(t.MRSignerSeam) == 48 {
+		v.MRSignerSeam = Hexes(clone(t.MRSignerSeam))
+	}
+	if t.TEETCBSVN2 != nil {
+		v.MinTEETCBSVN2 = &HexValue{Value: clone(t.TEETCBSVN2)}
+		v.MRServiceTD = Hexes(clone(t.MRServiceTD))
+	}
+	return v, nil
 }
 
 // PinClass returns a class whose alternatives accept exactly the given

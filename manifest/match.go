@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
@@ -341,7 +343,7 @@ func (m *Manifest) matchClass(name string, cl Class, c *Claims) ClassResult {
 		}
 	case PlatformTDX:
 		for i, v := range cl.TDX {
-			a := matchTDX(v, c.TDX)
+			a := matchTDX(v, c)
 			a.Name, a.index = indexPath("tdx", i), i
 			res.Alternatives = append(res.Alternatives, a)
 			res.Matched = res.Matched || a.Matched
@@ -366,6 +368,10 @@ func (k *checker) done() Alternative {
 }
 
 func (k *checker) hexIn(field string, l HexList, v []byte) {
+	if l.Absent() {
+		k.add(field, anyAbsent, hexOrNone(v), true)
+		return
+	}
 	if l.Any {
 		k.add(field, Any, hexOrNone(v), true)
 		return
@@ -391,6 +397,57 @@ func (k *checker) bitsIn(field string, l BitsList, v uint64) {
 		exp[i] = hex64(x)
 	}
 	k.add(field, oneOf(exp), hex64(v), ok)
+}
+
+// anyAbsent is the expectation of an optional field the manifest leaves out.
+const anyAbsent = Any + " (absent)"
+
+// minTCB adds one check per component of a minimum TCB_VERSION: name.fmc
+// (Turin, or a minimum that asks for one), name.bootloader, .tee, .snp and
+// .microcode.
+func (k *checker) minTCB(name string, min TCB, product string, raw uint64) {
+	t, err := attest.DecodeSNPTCB(product, raw)
+	if err != nil {
+		k.add(name, "at least "+min.String(), fmt.Sprintf("%s (unknown product %q: layout unknown)", hex64(raw), product), false)
+		return
+	}
+	if attest.SNPHasFMC(product) || min.FMC > 0 {
+		actual := strconv.Itoa(int(t.FMC))
+		if !attest.SNPHasFMC(product) {
+			actual = "(none: " + product + " has no FMC)"
+		}
+		k.add(name+".fmc", "at least "+strconv.Itoa(int(min.FMC)), actual, attest.SNPHasFMC(product) && t.FMC >= min.FMC)
+	}
+	for _, p := range []struct {
+		name     string
+		min, got uint8
+	}{
+		{"bootloader", min.Bootloader, t.Bootloader},
+		{"tee", min.TEE, t.TEE},
+		{"snp", min.SNP, t.SNP},
+		{"microcode", min.Microcode, t.Microcode},
+	} {
+		k.add(name+"."+p.name, "at least "+strconv.Itoa(int(p.min)), strconv.Itoa(int(p.got)), p.got >= p.min)
+	}
+}
+
+// minBytes checks a byte-wise minimum (TEE_TCB_SVN).
+func (k *checker) minBytes(field string, min, got []byte) {
+	ok := len(got) == len(min)
+	var low []string
+	for i := 0; ok && i < len(got); i++ {
+		if got[i] < min[i] {
+			ok = false
+			low = append(low, fmt.Sprintf("byte %d: %d < %d", i, got[i], min[i]))
+		}
+	}
+	actual := hexOrNone(got)
+	if len(low) > 0 {
+		actual += " (" + strings.Join(low, ", ") + ")"
+	} else if !ok {
+		actual += fmt.Sprintf(" (want %d bytes)", len(min))
+	}
+	k.add(field, "at least "+hex.EncodeToString(min)+" in every byte", actual, ok)
 }
 
 func oneOf(v []string) string {
@@ -439,22 +496,40 @@ func matchSNP(v SNPValues, c *Claims) Alternative {
 		k.add("vmpl", oneOf(exp), strconv.FormatUint(uint64(s.VMPL), 10), ok)
 	}
 
+	// What go-sev-guest's validation refuses whatever the reference values
+	// say, explained here so that the report agrees with the library.
+	k.add("policy.cxl_allow", "0 (never admitted)", strconv.FormatUint(s.Policy>>21&1, 10), s.Policy&policyCXLAllow == 0)
+	smtOK := v.MaxPolicy.Any || v.MaxPolicy.Value&policySMT != 0
+	if smtOK {
+		k.add("platform_info.smt", Any+" (max_policy permits SMT)", strconv.FormatUint(s.PlatformInfo&platformSMT, 10), true)
+	} else {
+		k.add("platform_info.smt", "0 (max_policy forbids SMT)", strconv.FormatUint(s.PlatformInfo&platformSMT, 10), s.PlatformInfo&platformSMT == 0)
+	}
+	piBad := s.PlatformInfo &^ platformInfoKnown
+	piWhy := hex64(s.PlatformInfo)
+	switch {
+	case s.PlatformInfo&platformTIO != 0:
+		piWhy += " (SEV-TIO enabled)"
+	case piBad != 0:
+		piWhy += " (reserved bits " + hex64(piBad) + ")"
+	}
+	k.add("platform_info", "no SEV-TIO, no reserved bits", piWhy, s.PlatformInfo&platformTIO == 0 && piBad == 0)
+
 	if v.MinTCB.Any {
 		k.add("reported_tcb", Any, hex64(s.ReportedTCB), true)
-	} else if t, err := attest.DecodeSNPTCB(s.Product, s.ReportedTCB); err != nil {
-		k.add("reported_tcb", "at least "+v.MinTCB.String(), fmt.Sprintf("%s (unknown product %q: layout unknown)", hex64(s.ReportedTCB), s.Product), false)
 	} else {
-		for _, p := range []struct {
-			name     string
-			min, got uint8
-		}{
-			{"bootloader", v.MinTCB.Bootloader, t.Bootloader},
-			{"tee", v.MinTCB.TEE, t.TEE},
-			{"snp", v.MinTCB.SNP, t.SNP},
-			{"microcode", v.MinTCB.Microcode, t.Microcode},
-		} {
-			k.add("reported_tcb."+p.name, "at least "+strconv.Itoa(int(p.min)), strconv.Itoa(int(p.got)), p.got >= p.min)
-		}
+		k.minTCB("reported_tcb", v.MinTCB, s.Product, s.ReportedTCB)
+	}
+	k.add("tcb_order", "reported <= committed <= current in every byte",
+		fmt.Sprintf("%s, %s, %s", hex64(s.ReportedTCB), hex64(s.CommittedTCB), hex64(s.CurrentTCB)),
+		bytesLE(s.ReportedTCB, s.CommittedTCB) && bytesLE(s.CommittedTCB, s.CurrentTCB))
+	switch {
+	case v.MinLaunchTCB == nil:
+		k.add("launch_tcb", anyAbsent, hex64(s.LaunchTCB), true)
+	case v.MinLaunchTCB.Any:
+		k.add("launch_tcb", Any, hex64(s.LaunchTCB), true)
+	default:
+		k.minTCB("launch_tcb", *v.MinLaunchTCB, s.Product, s.LaunchTCB)
 	}
 
 	if v.MinGuestSVN.Any {
@@ -476,8 +551,51 @@ func matchSNP(v SNPValues, c *Claims) Alternative {
 		}
 		k.add("product", oneOf(v.Product.Values), prod, ok)
 	}
-	k.hexIn("chip_id", v.ChipIDs, s.ChipID)
+	k.chipIn(v.ChipIDs, s.ChipID)
+	k.hexIn("id_key_digest", v.IDKeyDigest, s.IDKeyDigest)
+	k.hexIn("author_key_digest", v.AuthorKeyDigest, s.AuthorKeyDigest)
 	return k.done()
+}
+
+// chipIn checks CHIP_ID against chip_ids: a 64-byte entry must equal it; an
+// 8-byte entry (Turin's hardware id) must equal its first 8 bytes, the
+// other 56 being zero.
+func (k *checker) chipIn(l HexList, v []byte) {
+	if l.Any {
+		k.add("chip_id", Any, hexOrNone(v), true)
+		return
+	}
+	ok := false
+	exp := make([]string, len(l.Values))
+	for i, x := range l.Values {
+		ok = ok || ChipIDMatches(x, v)
+		exp[i] = hex.EncodeToString(x)
+	}
+	k.add("chip_id", oneOf(exp), hexOrNone(v), ok)
+}
+
+// ChipIDMatches reports whether a chip_ids entry matches a report's
+// CHIP_ID: equal, or (an 8-byte hardware id, as AMD's Turin VCEKs carry)
+// equal to its first 8 bytes with the remaining 56 zero.
+func ChipIDMatches(entry, chipID []byte) bool {
+	switch {
+	case len(entry) == 64:
+		return bytes.Equal(entry, chipID)
+	case len(entry) == 8 && len(chipID) == 64:
+		return bytes.Equal(entry, chipID[:8]) && allZero(chipID[8:])
+	}
+	return false
+}
+
+// bytesLE reports whether every byte of a is at most the same byte of b:
+// a TCB_VERSION order that holds in every product line's layout.
+func bytesLE(a, b uint64) bool {
+	for i := 0; i < 64; i += 8 {
+		if uint8(a>>i) > uint8(b>>i) {
+			return false
+		}
+	}
+	return true
 }
 
 // policyViolations explains how a report's guest policy exceeds max, or
@@ -512,7 +630,15 @@ func policyViolations(max, got uint64) string {
 	return strings.Join(why, ", ")
 }
 
-func matchTDX(v TDXValues, t *TDXClaims) Alternative {
+// td10 marks a TD report 1.0 body, which has no TEE_TCB_SVN2 or MRSERVICETD.
+const td10Note = " (TD report 1.0)"
+
+func matchTDX(v TDXValues, c *Claims) Alternative {
+	t := c.TDX
+	td10 := ""
+	if t.TEETCBSVN2 == nil {
+		td10 = td10Note
+	}
 	var k checker
 	k.hexIn("mrtd", v.MRTD, t.MRTD)
 	k.hexIn("rtmr0", v.RTMR0, t.RTMR[0])
@@ -523,27 +649,69 @@ func matchTDX(v TDXValues, t *TDXClaims) Alternative {
 	k.hexIn("mrowner", v.MROwner, t.MROwner)
 	k.hexIn("mrownerconfig", v.MROwnerConfig, t.MROwnerConfig)
 	k.bitsIn("xfam", v.XFAM, t.XFAM)
+	// The architecturally fixed bits go-tdx-guest's validation enforces.
+	k.add("xfam.fixed", fmt.Sprintf("bits %s set, none outside %s", hex64(xfamFixed1), hex64(xfamFixed0)), hex64(t.XFAM),
+		t.XFAM&xfamFixed1 == xfamFixed1 && t.XFAM&^xfamFixed0 == 0)
 	k.add("td_attributes.debug", "0 (never allowed)", strconv.FormatUint(t.TDAttributes&tdDebug, 10), t.TDAttributes&tdDebug == 0)
 	k.bitsIn("td_attributes", v.TDAttributes, t.TDAttributes)
+	k.add("td_attributes.fixed", "none outside "+hex64(tdAttributesFixed0), hex64(t.TDAttributes), t.TDAttributes&^tdAttributesFixed0 == 0)
 	if v.MinTEETCBSVN.Any {
 		k.add("tee_tcb_svn", Any, hexOrNone(t.TEETCBSVN), true)
 	} else {
-		ok := len(t.TEETCBSVN) == len(v.MinTEETCBSVN.Value)
-		var low []string
-		for i := 0; ok && i < len(t.TEETCBSVN); i++ {
-			if t.TEETCBSVN[i] < v.MinTEETCBSVN.Value[i] {
-				ok = false
-				low = append(low, fmt.Sprintf("byte %d: %d < %d", i, t.TEETCBSVN[i], v.MinTEETCBSVN.Value[i]))
-			}
-		}
-		actual := hexOrNone(t.TEETCBSVN)
-		if len(low) > 0 {
-			actual += " (" + strings.Join(low, ", ") + ")"
-		} else if !ok {
-			actual += fmt.Sprintf(" (want %d bytes)", len(v.MinTEETCBSVN.Value))
-		}
-		k.add("tee_tcb_svn", "at least "+hex.EncodeToString(v.MinTEETCBSVN.Value)+" in every byte", actual, ok)
+		k.minBytes("tee_tcb_svn", v.MinTEETCBSVN.Value, t.TEETCBSVN)
 	}
 	k.hexIn("mrseam", v.MRSeam, t.MRSeam)
+	k.hexIn("mrsignerseam", v.MRSignerSeam, t.MRSignerSeam)
+	switch {
+	case v.MinTEETCBSVN2 == nil:
+		k.add("tee_tcb_svn2", anyAbsent, hexOrNone(t.TEETCBSVN2)+td10, true)
+	case v.MinTEETCBSVN2.Any:
+		k.add("tee_tcb_svn2", Any, hexOrNone(t.TEETCBSVN2)+td10, true)
+	default:
+		k.minBytes("tee_tcb_svn2", v.MinTEETCBSVN2.Value, t.TEETCBSVN2)
+	}
+	k.hexIn("mrservicetd", v.MRServiceTD, t.MRServiceTD)
+	k.tcbStatus(v.TCBExceptions, c)
 	return k.done()
+}
+
+// tcbStatus checks the TDX TCB status of the claims: UpToDate, or a status
+// an exception admits for every advisory the claims name, at the time the
+// claims were verified.
+func (k *checker) tcbStatus(ex []TCBException, c *Claims) {
+	t := c.TDX
+	actual := t.TCBStatus
+	if actual == "" {
+		actual = "(not evaluated)"
+	}
+	if len(t.AdvisoryIDs) > 0 {
+		actual += " [" + strings.Join(t.AdvisoryIDs, ", ") + "]"
+	}
+	exp := []string{"UpToDate"}
+	ok := t.TCBStatus == "UpToDate"
+	var why []string
+	for _, e := range ex {
+		exp = append(exp, e.String())
+		if ok || e.Status != t.TCBStatus {
+			continue
+		}
+		var missing []string
+		for _, a := range t.AdvisoryIDs {
+			if !slices.Contains(e.Advisories, a) {
+				missing = append(missing, a)
+			}
+		}
+		switch {
+		case len(missing) > 0:
+			why = append(why, "not excepted: "+strings.Join(missing, ", "))
+		case !c.VerifiedAt.Before(e.Until):
+			why = append(why, "exception expired "+e.Until.UTC().Format(time.RFC3339)+", verified "+c.VerifiedAt.UTC().Format(time.RFC3339))
+		default:
+			ok = true
+		}
+	}
+	if !ok && len(why) > 0 {
+		actual += " (" + strings.Join(why, "; ") + ")"
+	}
+	k.add("tcb_status", oneOf(exp), actual, ok)
 }

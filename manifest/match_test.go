@@ -5,6 +5,7 @@ import (
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -23,16 +24,18 @@ func snpClaims() *manifest.Claims {
 		Platform:    manifest.PlatformSNP,
 		Measurement: fake("gpu-worker", 48),
 		SNP: &manifest.SNPClaims{
-			Policy:      0x30000,
-			VMPL:        0,
-			FamilyID:    make([]byte, 16),
-			ImageID:     make([]byte, 16),
-			ReportedTCB: 0xd1_08_0000_0000_00_03, // microcode 0xd1, snp 8, tee 0, bootloader 3
-			CurrentTCB:  0xd1_08_0000_0000_00_03,
-			GuestSVN:    1,
-			Product:     "Milan",
-			ChipID:      fake("chip", 64),
-			HostData:    fake("host", 32),
+			Policy:       0x30000,
+			VMPL:         0,
+			FamilyID:     make([]byte, 16),
+			ImageID:      make([]byte, 16),
+			ReportedTCB:  0xd1_08_0000_0000_00_03, // microcode 0xd1, snp 8, tee 0, bootloader 3
+			CurrentTCB:   0xd1_08_0000_0000_00_03,
+			CommittedTCB: 0xd1_08_0000_0000_00_03,
+			LaunchTCB:    0xd1_08_0000_0000_00_03,
+			GuestSVN:     1,
+			Product:      "Milan",
+			ChipID:       fake("chip", 64),
+			HostData:     fake("host", 32),
 		},
 	}
 }
@@ -53,6 +56,7 @@ func tdxClaims() *manifest.Claims {
 			TDAttributes:  0x10000000,
 			TEETCBSVN:     []byte{3, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
 			MRSeam:        fake("seam", 48),
+			TCBStatus:     "UpToDate",
 		},
 	}
 }
@@ -91,7 +95,7 @@ func TestMatchSNP(t *testing.T) {
 			t.Errorf("check %s lacks expected or actual: %+v", ch.Field, ch)
 		}
 	}
-	want := "measurement host_data family_id image_id policy.debug policy vmpl reported_tcb.bootloader reported_tcb.tee reported_tcb.snp reported_tcb.microcode guest_svn product chip_id"
+	want := "measurement host_data family_id image_id policy.debug policy vmpl policy.cxl_allow platform_info.smt platform_info reported_tcb.bootloader reported_tcb.tee reported_tcb.snp reported_tcb.microcode tcb_order launch_tcb guest_svn product chip_id id_key_digest author_key_digest"
 	if got := strings.Join(fields, " "); got != want {
 		t.Errorf("checked fields:\n got %s\nwant %s", got, want)
 	}
@@ -153,18 +157,19 @@ func TestMatchSNPPolicyRules(t *testing.T) {
 		ok     bool
 	}{
 		{"0x30000", 0x30000, true},
-		{"0x30000", 0x20000, true},             // SMT off is stricter
-		{"0x30000", 0x30000 | 1<<18, false},    // MIGRATE_MA not permitted
-		{"0x30000", 0x30000 | 1<<21, false},    // CXL_ALLOW not permitted
-		{"0x30000", 0x30000 | 1<<20, true},     // SINGLE_SOCKET is a restriction
-		{"0x130000", 0x30000, false},           // SINGLE_SOCKET required
-		{"0x130000", 0x130000, true},           //
-		{"0x30105", 0x30104, false},            // ABI 1.4 below 1.5
-		{"0x30105", 0x30200, true},             // ABI 2.0
-		{"0x70000", 0x70000 | 1<<19, false},    // debug never
-		{"any", 0x30000 | 1<<19, false},        // debug never, even with "any"
-		{"any", 0x3ffff | 1<<21 | 1<<18, true}, //
-		{"0x30000", 0x10000, false},            // reserved bit 17 clear
+		{"0x30000", 0x20000, true},          // SMT off is stricter
+		{"0x30000", 0x30000 | 1<<18, false}, // MIGRATE_MA not permitted
+		{"0x30000", 0x30000 | 1<<21, false}, // CXL_ALLOW not permitted
+		{"0x30000", 0x30000 | 1<<20, true},  // SINGLE_SOCKET is a restriction
+		{"0x130000", 0x30000, false},        // SINGLE_SOCKET required
+		{"0x130000", 0x130000, true},        //
+		{"0x30105", 0x30104, false},         // ABI 1.4 below 1.5
+		{"0x30105", 0x30200, true},          // ABI 2.0
+		{"0x70000", 0x70000 | 1<<19, false}, // debug never
+		{"any", 0x30000 | 1<<19, false},     // debug never, even with "any"
+		{"any", 0x3ffff | 1<<18, true},      //
+		{"any", 0x3ffff | 1<<21, false},     // CXL_ALLOW: go-sev-guest never admits it
+		{"0x30000", 0x10000, false},         // reserved bit 17 clear
 	}
 	for _, tc := range tests {
 		b := strings.Replace(string(base), `"max_policy": "0x30000"`, `"max_policy": "`+tc.max+`"`, 2)
@@ -185,12 +190,37 @@ func TestMatchTurinTCB(t *testing.T) {
 	c.SNP.Product = "Turin"
 	// Turin: FMC, bootloader, TEE, SNP in bytes 0-3, microcode in byte 7.
 	c.SNP.ReportedTCB = 0xd1_000000_08_00_03_00
+	c.SNP.CommittedTCB, c.SNP.CurrentTCB = c.SNP.ReportedTCB, c.SNP.ReportedTCB
 	if r := m.Match(c); !r.OK() {
 		t.Errorf("Turin TCB rejected: %v\n%s", failing(r), r)
 	}
 	c.SNP.ReportedTCB = 0xd1_000000_07_00_03_00
 	if r := m.Match(c); r.OK() {
 		t.Errorf("Turin TCB with SNP SPL 7 accepted, want minimum 8")
+	}
+
+	// An FMC minimum: Turin's byte 0; a Milan report has no FMC at all.
+	b = strings.Replace(b, `"microcode": 0`, `"microcode": 0, "fmc": 2`, -1)
+	m = mustParse(t, []byte(b))
+	for _, tc := range []struct {
+		product string
+		tcb     uint64
+		ok      bool
+	}{
+		{"Turin", 0xd1_000000_08_00_03_02, true},
+		{"Turin", 0xd1_000000_08_00_03_01, false},
+		{"Milan", 0xd1_08_0000_0000_00_03, false},
+	} {
+		c := snpClaims()
+		c.SNP.Product = tc.product
+		c.SNP.ReportedTCB, c.SNP.CommittedTCB, c.SNP.CurrentTCB = tc.tcb, tc.tcb, tc.tcb
+		r := m.Match(c)
+		if r.OK() != tc.ok {
+			t.Errorf("min fmc 2, %s TCB %#x: OK() = %v, want %v\n%s", tc.product, tc.tcb, r.OK(), tc.ok, r)
+		}
+		if !tc.ok && !slices.Contains(failing(r), "reported_tcb.fmc") {
+			t.Errorf("min fmc 2, %s TCB %#x: failing %v, want reported_tcb.fmc", tc.product, tc.tcb, failing(r))
+		}
 	}
 }
 

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kbs-dev/kbs/internal/witnesskey"
 )
@@ -34,6 +36,24 @@ const (
 
 // tdDebug is TD_ATTRIBUTES bit 0.
 const tdDebug = 1
+
+// The architecturally fixed bits of XFAM and TD_ATTRIBUTES that
+// go-tdx-guest's validation enforces: the bits of xfamFixed1 must be set,
+// and no bit outside xfamFixed0 or tdAttributesFixed0 may be.
+const (
+	xfamFixed1         = 0x3
+	xfamFixed0         = 0x6dbe7
+	tdAttributesFixed0 = 1 | 1<<28 | 1<<30 | 1<<63 // DEBUG, SEPT_VE_DISABLE, PKS, PERFMON
+)
+
+// PLATFORM_INFO bits of SEV-SNP reports (SEV-SNP firmware ABI): 0 SMT,
+// 1 TSME, 2 ECC, 3 RAPL disabled, 4 ciphertext hiding, 5 alias check
+// complete, 6 IOMMU write safe (Turin), 7 SEV-TIO.
+const (
+	platformSMT       = 1 << 0
+	platformTIO       = 1 << 7
+	platformInfoKnown = 1<<8 - 1
+)
 
 var (
 	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -454,7 +474,29 @@ func decodeSNP(n *node, path string) (SNPValues, error) {
 		o.fail(err)
 		v.Product = l
 	}
-	v.ChipIDs = hexField("chip_ids", 64, true)
+	// A chip id is the 64-byte CHIP_ID, or Turin's 8-byte hardware id
+	// (which Turin reports in the first 8 bytes of CHIP_ID, the rest zero).
+	if fn, p := o.get("chip_ids"); fn != nil {
+		l, err := decodeHexList(fn, p, 64, true, 8)
+		o.fail(err)
+		v.ChipIDs = l
+	}
+	optionalHex := func(name string, size int) HexList {
+		fn, p := o.optional(name)
+		if fn == nil {
+			return HexList{}
+		}
+		l, err := decodeHexList(fn, p, size, true)
+		o.fail(err)
+		return l
+	}
+	v.IDKeyDigest = optionalHex("id_key_digest", 48)
+	v.AuthorKeyDigest = optionalHex("author_key_digest", 48)
+	if fn, p := o.optional("min_launch_tcb"); fn != nil {
+		t, err := decodeTCBMin(fn, p)
+		o.fail(err)
+		v.MinLaunchTCB = &t
+	}
 	return v, o.done()
 }
 
@@ -506,22 +548,132 @@ func decodeTDX(n *node, path string) (TDXValues, error) {
 		}
 	}
 	v.MRSeam = hexField("mrseam", true)
+	optionalHex := func(name string) HexList {
+		fn, p := o.optional(name)
+		if fn == nil {
+			return HexList{}
+		}
+		l, err := decodeHexList(fn, p, 48, true)
+		o.fail(err)
+		return l
+	}
+	v.MRSignerSeam = optionalHex("mrsignerseam")
+	v.MRServiceTD = optionalHex("mrservicetd")
+	if fn, p := o.optional("min_tee_tcb_svn2"); fn != nil {
+		if isAny(fn) {
+			v.MinTEETCBSVN2 = &HexValue{Any: true}
+		} else {
+			b, err := decodeHex(fn, p, 16)
+			o.fail(err)
+			v.MinTEETCBSVN2 = &HexValue{Value: b}
+		}
+	}
+	if fn, p := o.optional("tcb_exceptions"); fn != nil {
+		l, err := decodeTCBExceptions(fn, p)
+		o.fail(err)
+		v.TCBExceptions = l
+	}
 	return v, o.done()
 }
 
-func decodeHex(n *node, path string, size int) ([]byte, error) {
+var advisoryRE = regexp.MustCompile(`^INTEL-SA-[0-9]{5}$`)
+
+// maxTCBExceptions bounds tcb_exceptions, and the advisories of each.
+const maxTCBExceptions = 16
+
+// decodeTCBExceptions reads [{"status", "advisories", "until"}]: a status
+// of TCBExceptionStatuses, at least one Intel advisory id, and an RFC 3339
+// end.
+func decodeTCBExceptions(n *node, path string) ([]TCBException, error) {
+	elems, err := asArray(n, path)
+	if err != nil {
+		return nil, err
+	}
+	if len(elems) == 0 {
+		return nil, fieldErr(path, "empty: leave the field out to admit only the UpToDate TCB status")
+	}
+	if len(elems) > maxTCBExceptions {
+		return nil, fieldErr(path, "at most %d exceptions", maxTCBExceptions)
+	}
+	var out []TCBException
+	for i, e := range elems {
+		ep := indexPath(path, i)
+		o, err := asObject(e, ep)
+		if err != nil {
+			return nil, err
+		}
+		var x TCBException
+		if fn, p := o.get("status"); fn != nil {
+			s, err := asString(fn, p)
+			o.fail(err)
+			if err == nil && !slices.Contains(TCBExceptionStatuses, s) {
+				o.fail(fieldErr(p, "unknown value %q, want one of %s (OutOfDate and Revoked are never admitted)", clip(s), quoteAll(TCBExceptionStatuses)))
+			}
+			x.Status = s
+		}
+		if fn, p := o.get("advisories"); fn != nil {
+			l, err := asArray(fn, p)
+			o.fail(err)
+			if err == nil && (len(l) == 0 || len(l) > 64) {
+				o.fail(fieldErr(p, "want 1 to 64 advisory ids: an exception names what it accepts"))
+			}
+			for j, a := range l {
+				s, err := asString(a, indexPath(p, j))
+				if err == nil && !advisoryRE.MatchString(s) {
+					err = fieldErr(indexPath(p, j), "want an Intel advisory id such as \"INTEL-SA-00615\", got %q", clip(s))
+				}
+				if err == nil && slices.Contains(x.Advisories, s) {
+					err = fieldErr(indexPath(p, j), "duplicate %q", s)
+				}
+				if err != nil {
+					o.fail(err)
+					break
+				}
+				x.Advisories = append(x.Advisories, s)
+			}
+		}
+		if fn, p := o.get("until"); fn != nil {
+			s, err := asString(fn, p)
+			o.fail(err)
+			if err == nil {
+				t, err := time.Parse(time.RFC3339, s)
+				if err != nil {
+					o.fail(fieldErr(p, "want an RFC 3339 time such as \"2027-06-30T00:00:00Z\", got %q", clip(s)))
+				}
+				x.Until = t
+			}
+		}
+		if err := o.done(); err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// decodeHex reads size bytes as hex, or (chip ids) one of the sizes
+// alsoSizes.
+func decodeHex(n *node, path string, size int, alsoSizes ...int) ([]byte, error) {
 	s, err := asString(n, path)
 	if err != nil {
 		return nil, err
 	}
 	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != size {
-		return nil, fieldErr(path, "want %d bytes as %d hex digits, got %q", size, 2*size, clip(s))
+	if err == nil && len(b) == size {
+		return b, nil
 	}
-	return b, nil
+	for _, a := range alsoSizes {
+		if err == nil && len(b) == a {
+			return b, nil
+		}
+	}
+	if len(alsoSizes) > 0 {
+		return nil, fieldErr(path, "want %d bytes as %d hex digits (or %d as %d), got %q", size, 2*size, alsoSizes[0], 2*alsoSizes[0], clip(s))
+	}
+	return nil, fieldErr(path, "want %d bytes as %d hex digits, got %q", size, 2*size, clip(s))
 }
 
-func decodeHexList(n *node, path string, size int, anyOK bool) (HexList, error) {
+func decodeHexList(n *node, path string, size int, anyOK bool, alsoSizes ...int) (HexList, error) {
 	if isAny(n) {
 		if !anyOK {
 			return HexList{}, fieldErr(path, "%q is not allowed here: list the accepted values", Any)
@@ -534,7 +686,7 @@ func decodeHexList(n *node, path string, size int, anyOK bool) (HexList, error) 
 	}
 	var l HexList
 	for i, e := range elems {
-		b, err := decodeHex(e, indexPath(path, i), size)
+		b, err := decodeHex(e, indexPath(path, i), size, alsoSizes...)
 		if err != nil {
 			return HexList{}, err
 		}
@@ -664,6 +816,11 @@ func decodeTCBMin(n *node, path string) (TCB, error) {
 	}
 	o, _ := asObject(n, path)
 	var t TCB
+	if fn, p := o.optional("fmc"); fn != nil {
+		x, err := asUint(fn, p, 255)
+		o.fail(err)
+		t.FMC = uint8(x)
+	}
 	for _, f := range []struct {
 		name string
 		dst  *uint8

@@ -38,6 +38,7 @@ package attest
 import (
 	"context"
 	"crypto/sha256"
+	"time"
 )
 
 // Platform names a confidential-computing platform.
@@ -115,6 +116,11 @@ type Claims struct {
 	Measurement []byte
 	// EvidenceDigest is the SHA-256 of the evidence bytes.
 	EvidenceDigest [32]byte
+	// VerifiedAt is the time the verifier checked certificates and
+	// collateral at (its clock). Reference values that expire (a TCB
+	// status exception) are judged at this time, so that a decision
+	// depends on the verification, not on when it is read.
+	VerifiedAt time.Time
 
 	SNP *SNPClaims
 	TDX *TDXClaims
@@ -150,8 +156,11 @@ type SNPClaims struct {
 	EndorsementKey []byte
 }
 
-// TDXClaims are the fields of a verified TDX quote (v4).
+// TDXClaims are the fields of a verified TDX quote (v4, or v5 with a TD
+// report 1.0 or 1.5 body).
 type TDXClaims struct {
+	// QuoteVersion is 4 or 5.
+	QuoteVersion  int
 	MRTD          []byte    // 48 bytes
 	RTMR          [4][]byte // 48 bytes each
 	MRConfigID    []byte    // 48 bytes
@@ -162,7 +171,19 @@ type TDXClaims struct {
 	TEETCBSVN     []byte // 16 bytes
 	MRSeam        []byte // 48 bytes
 	MRSignerSeam  []byte // 48 bytes
-	// TCBStatus is the TCB level status from Intel's TCB info collateral
-	// ("UpToDate", "SWHardeningNeeded", ...), empty when not evaluated.
-	TCBStatus string
+	// TEETCBSVN2 and MRServiceTD are fields of TD report 1.5 bodies (v5
+	// quotes on TDX 1.5): the SVN of the TDX module the TD runs on after a
+	// module update, and the measurement of bound service TDs (zero for
+	// none). Nil for TD report 1.0 bodies.
+	TEETCBSVN2  []byte // 16 bytes
+	MRServiceTD []byte // 48 bytes
+	// TCBStatus is the platform's TCB status from Intel's collateral: the
+	// worst of the TCB level of the platform, of the TDX module and of the
+	// quoting enclave ("UpToDate", "SWHardeningNeeded",
+	// "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
+	// "OutOfDate", "OutOfDateConfigurationNeeded"; Revoked is refused by
+	// the verifier). AdvisoryIDs are the Intel security advisories those
+	// levels name (INTEL-SA-…), sorted.
+	TCBStatus   string
+	AdvisoryIDs []string
 }

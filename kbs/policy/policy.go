@@ -27,16 +27,17 @@
 // library thus confirms that the claims carry a value the manifest lists;
 // it is a second opinion on the comparison, not on the list.
 //
-// Where the rules differ, the stricter side wins: go-sev-guest never admits
-// the CXL guest-policy bit or a host with SEV-TIO (a manifest may), checks
-// REPORTED, COMMITTED and CURRENT TCB against the minimum (the manifest
-// checks REPORTED), and rejects a host with SMT enabled unless the maximum
-// guest policy allows SMT; go-tdx-guest enforces the architecturally fixed
-// bits of XFAM and TD_ATTRIBUTES. go-sev-guest v0.15.0 reads every
-// TCB_VERSION in the Milan/Genoa layout and compares all eight bytes: the
-// minimum is mapped through the raw TCB_VERSION in the product's own layout
-// (attest.SNPTCB.Encode), so that for Turin too it compares the bytes that
-// hold each level.
+// What the libraries refuse whatever the values say — the CXL guest-policy
+// bit, a host with SEV-TIO or SMT the guest policy does not permit, TCB
+// order, the architecturally fixed bits of XFAM and TD_ATTRIBUTES — the
+// manifest's comparison explains too (manifest.Match), so that its report
+// never shows a match the library then refuses. go-sev-guest v0.15.0 reads
+// every TCB_VERSION in the Milan/Genoa layout and compares all eight bytes:
+// the minimum is mapped through the raw TCB_VERSION in the product's own
+// layout (attest.SNPTCB.Encode), so that for Turin too it compares the bytes
+// that hold each level (FMC included). Where a manifest field has no
+// library option (SNP product; TDX MRSIGNERSEAM, TD report 1.5 fields, TCB
+// status) the manifest alone decides, and the builders say so.
 //
 // # Adding a reference value
 //

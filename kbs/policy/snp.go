@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 
 	"github.com/google/go-sev-guest/abi"
@@ -53,13 +54,40 @@ func SNPOptions(v manifest.SNPValues, c *attest.Claims) (*validate.Options, erro
 
 	// The library reads TCB_VERSION in the Milan/Genoa layout: the minimum
 	// goes through the raw value in the product's own layout.
-	var minTCB kds.TCBParts
-	if !v.MinTCB.Any {
-		raw, err := attest.SNPTCB{Bootloader: v.MinTCB.Bootloader, TEE: v.MinTCB.TEE, SNP: v.MinTCB.SNP, Microcode: v.MinTCB.Microcode}.Encode(s.Product)
-		if err != nil {
-			o.fail("min_tcb", err)
+	minTCB := func(field string, t *manifest.TCB) kds.TCBParts {
+		if t == nil || t.Any {
+			return kds.TCBParts{}
 		}
-		minTCB = kds.DecomposeTCBVersion(kds.TCBVersion(raw))
+		raw, err := t.SNPTCB().Encode(s.Product)
+		if err != nil {
+			o.fail(field, err)
+		}
+		return kds.DecomposeTCBVersion(kds.TCBVersion(raw))
+	}
+
+	// The library compares CHIP_ID with one 64-byte value: an 8-byte
+	// hardware id (Turin) is the CHIP_ID it stands for, zero-padded.
+	var chipID []byte
+	if !v.ChipIDs.Any {
+		ids := make([][]byte, len(v.ChipIDs.Values))
+		for i, id := range v.ChipIDs.Values {
+			ids[i] = id
+			if len(id) == 8 {
+				ids[i] = append(bytes.Clone(id), make([]byte, 56)...)
+			}
+		}
+		chipID = o.bytes("chip_ids", manifest.HexList{Values: ids}, s.ChipID)
+	}
+
+	// ID block keys: the library checks the ID key unless the author key
+	// is trusted, and the author key when one is required; the manifest
+	// checks each listed digest on its own (stricter).
+	var idKeys, authorKeys [][]byte
+	if !v.IDKeyDigest.Absent() && !v.IDKeyDigest.Any {
+		idKeys = [][]byte{o.bytes("id_key_digest", v.IDKeyDigest, s.IDKeyDigest)}
+	}
+	if !v.AuthorKeyDigest.Absent() && !v.AuthorKeyDigest.Any {
+		authorKeys = [][]byte{o.bytes("author_key_digest", v.AuthorKeyDigest, s.AuthorKeyDigest)}
 	}
 
 	var minSVN uint32
@@ -78,12 +106,12 @@ func SNPOptions(v manifest.SNPValues, c *attest.Claims) (*validate.Options, erro
 		HostData:        o.bytes("host_data", v.HostData, s.HostData),
 		FamilyID:        o.bytes("family_id", v.FamilyID, s.FamilyID),
 		ImageID:         o.bytes("image_id", v.ImageID, s.ImageID),
-		ChipID:          o.bytes("chip_ids", v.ChipIDs, s.ChipID),
+		ChipID:          chipID,
 		GuestPolicy:     policy,
 		VMPL:            vmpl,
-		MinimumTCB:      minTCB,
+		MinimumTCB:      minTCB("min_tcb", &v.MinTCB),
 		MinimumGuestSvn: minSVN,
-		PlatformInfo:    &abi.SnpPlatformInfo{SMTEnabled: policy.SMT, TSMEEnabled: true},
+		PlatformInfo:    platformInfo(policy.SMT, s.PlatformInfo),
 		ReportData:      c.ReportData[:], // Verify bound it to the caller's challenge
 
 		// No manifest field names these (yet).
@@ -92,17 +120,17 @@ func SNPOptions(v manifest.SNPValues, c *attest.Claims) (*validate.Options, erro
 		// Firmware build/API versions are covered by the TCB minimum.
 		MinimumBuild:   0,
 		MinimumVersion: 0,
-		// LAUNCH_TCB may legitimately be below the minimum after a live
-		// firmware update; the running TCB is what MinTCB bounds.
-		MinimumLaunchTCB: kds.TCBParts{},
+		// LAUNCH_TCB: min_launch_tcb when the manifest gives one (it may
+		// legitimately be below min_tcb after a live firmware update).
+		MinimumLaunchTCB: minTCB("min_launch_tcb", v.MinLaunchTCB),
 		// Committed may trail current (reported ≤ committed ≤ current).
 		PermitProvisionalFirmware:      true,
-		RequireAuthorKey:               false, // ID blocks are not part of manifests
-		RequireIDBlock:                 false,
-		TrustedAuthorKeys:              nil,
-		TrustedAuthorKeyHashes:         nil,
+		RequireAuthorKey:               authorKeys != nil,
+		RequireIDBlock:                 idKeys != nil,
+		TrustedAuthorKeys:              nil, // digests only: the manifest pins digests
+		TrustedAuthorKeyHashes:         authorKeys,
 		TrustedIDKeys:                  nil,
-		TrustedIDKeyHashes:             nil,
+		TrustedIDKeyHashes:             idKeys,
 		CertTableOptions:               nil,
 		MinimumLaunchMitigationVector:  0,
 		MinimumCurrentMitigationVector: 0,
@@ -111,4 +139,20 @@ func SNPOptions(v manifest.SNPValues, c *attest.Claims) (*validate.Options, erro
 		return nil, err
 	}
 	return opts, nil
+}
+
+// platformIOMMUWriteSafe is PLATFORM_INFO bit 6, which Turin sets and
+// go-sev-guest v0.15.0 calls reserved.
+const platformIOMMUWriteSafe = 1 << 6
+
+// platformInfo is the PLATFORM_INFO option: SMT on the host only when the
+// guest policy permits SMT, SEV-TIO never. go-sev-guest v0.15.0 refuses
+// every report with bit 6 set, which real Turin platforms set (IOMMU write
+// safe): for those the option is nil and the manifest's comparison alone
+// judges PLATFORM_INFO (platform_info.smt, platform_info).
+func platformInfo(smt bool, got uint64) *abi.SnpPlatformInfo {
+	if got&platformIOMMUWriteSafe != 0 {
+		return nil
+	}
+	return &abi.SnpPlatformInfo{SMTEnabled: smt, TSMEEnabled: true}
 }

@@ -78,6 +78,9 @@ func TDXOptions(v manifest.TDXValues, c *attest.Claims) (*validate.Options, erro
 			MrSeam:           o.bytes("mrseam", v.MRSeam, t.MRSeam),
 			ReportData:       c.ReportData[:], // Verify bound it to the caller's challenge
 		},
+		// MRSIGNERSEAM, TEE_TCB_SVN2, MRSERVICETD and the TCB status
+		// (tcb_exceptions) have no option here: the manifest decides them,
+		// and Verify matched MRSIGNERSEAM against Intel's collateral.
 		// The quote header is not part of the claims: Verify fixes Intel's
 		// QE vendor ID, the collateral judges the QE and PCE SVNs.
 		HeaderOptions: validate.HeaderOptions{

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
-	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -191,22 +189,31 @@ func TestTDXOptionsExplicit(t *testing.T) {
 	}
 }
 
-// The real quote: go-tdx-guest's Sapphire Rapids sample, with its PCK chain
-// valid from 2022-09-20 to 2029-09-20; it is verified at realNow.
-var realNow = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
-
-const realReportData = "6c62dec1b8191749a31dab490be532a35944dea47caef1f980863993d9899545eb7406a38d1eed313b987a467dacead6f0c87a6d766c66f6f29f8acb281f1113"
-
+// The real quote: a TDX quote v4 (FMSPC b0c06f000000) verified with the
+// Intel collateral it came with (testdata/README.md).
 func realClaims(t testing.TB) *attest.Claims {
 	t.Helper()
-	raw, err := os.ReadFile("../../testdata/tdx/quote-spr.dat")
+	return verifyReal(t, "../../testdata/tdx/quote-v4-b0c06f.dat", "../../testdata/tdx/collateral-b0c06f")
+}
+
+// verifyReal verifies a real quote with its collateral bundle, an hour
+// after the bundle's newest piece was issued.
+func verifyReal(t testing.TB, quote, bundle string) *attest.Claims {
+	t.Helper()
+	raw, err := os.ReadFile(quote)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rd [64]byte
-	b, _ := hex.DecodeString(realReportData)
-	copy(rd[:], b)
-	v, err := tdx.NewVerifier(tdx.Options{Now: func() time.Time { return realNow }})
+	rd, err := tdx.UnverifiedReportData(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	col, err := tdx.LoadCollateral(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := col.Issued().Add(time.Hour)
+	v, err := tdx.NewVerifier(tdx.Options{Now: func() time.Time { return now }, CollateralDir: bundle})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,9 +295,7 @@ func TestTDXMatchNamesEveryField(t *testing.T) {
 
 // TestTDXSimFields issues one simulated quote per row that differs from the
 // reference values pinned to the default quote in one field: the manifest
-// and the library both refuse it. A quote whose XFAM sets a bit the
-// architecture reserves matches a manifest pinned to it, and only the
-// library refuses it: Confirm reports the disagreement.
+// and the library both refuse it, the manifest naming the field.
 func TestTDXSimFields(t *testing.T) {
 	dir := filepath.Join(testSim(t), "tdx")
 	quote := func(o sim.TDXOptions) *attest.Claims {
@@ -332,19 +337,54 @@ func TestTDXSimFields(t *testing.T) {
 		})
 	}
 
-	t.Run("XFAM reserved bit (library only)", func(t *testing.T) {
+	// TD report 1.5 fields (a v5 quote) and MRSIGNERSEAM have no
+	// go-tdx-guest option: the manifest alone refuses, naming the field.
+	t.Run("TD report 1.5 fields", func(t *testing.T) {
+		c5 := quote(sim.TDXOptions{V5: true, MRServiceTD: bytes.Repeat([]byte{5}, 48)})
+		if c5.TDX.QuoteVersion != 5 || !bytes.Equal(c5.TDX.MRServiceTD, bytes.Repeat([]byte{5}, 48)) || len(c5.TDX.TEETCBSVN2) != 16 {
+			t.Fatalf("v5 claims: version %d, MRSERVICETD %x, TEE_TCB_SVN2 %x", c5.TDX.QuoteVersion, c5.TDX.MRServiceTD, c5.TDX.TEETCBSVN2)
+		}
+		v5, err := manifest.PinTDX(c5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := policy.Validate(c5, nil, &v5); err != nil {
+			t.Fatalf("library refuses the v5 quote's own values: %v", err)
+		}
+		for _, tc := range []struct {
+			field string
+			edit  func(*manifest.TDXValues)
+		}{
+			{"tee_tcb_svn2", func(v *manifest.TDXValues) {
+				v.MinTEETCBSVN2 = &manifest.HexValue{Value: bytes.Repeat([]byte{0xff}, 16)}
+			}},
+			{"mrservicetd", func(v *manifest.TDXValues) { v.MRServiceTD = manifest.Hexes(other) }},
+			{"mrsignerseam", func(v *manifest.TDXValues) { v.MRSignerSeam = manifest.Hexes(other) }},
+		} {
+			v := v5
+			tc.edit(&v)
+			r, err := simManifest(t, manifest.Class{TDX: []manifest.TDXValues{v}}).MatchClass("demo-worker", c5)
+			if err != nil || r.OK() || strings.Join(r.Failed(), " ") != tc.field {
+				t.Errorf("%s changed: failing %q, %v\n%s", tc.field, r.Failed(), err, r)
+			}
+		}
+		// A v4 quote has no TD report 1.5 fields: values pinned to them
+		// refuse it.
+		r, err := simManifest(t, manifest.Class{TDX: []manifest.TDXValues{v5}}).MatchClass("demo-worker", quote(sim.TDXOptions{}))
+		if err != nil || strings.Join(r.Failed(), " ") != "tee_tcb_svn2 mrservicetd" {
+			t.Errorf("v4 quote against v5 values: failing %q, %v", r.Failed(), err)
+		}
+	})
+
+	// An XFAM bit the architecture reserves: the manifest names it
+	// (xfam.fixed) even when its values were pinned to the quote, as the
+	// library does: the report no longer shows a match the library refuses.
+	t.Run("XFAM reserved bit", func(t *testing.T) {
 		c := quote(sim.TDXOptions{XFAM: sim.DefaultTDXXFAM | 1<<40})
 		v, err := manifest.PinTDX(c)
 		if err != nil {
 			t.Fatal(err)
 		}
-		m := simManifest(t, manifest.Class{TDX: []manifest.TDXValues{v}})
-		class, r, err := m.AuthorizeRelease(c, []string{"demo/k"})
-		if err != nil {
-			t.Fatalf("manifest refuses the values pinned to the quote: %v", err)
-		}
-		if err := policy.Confirm(m, r, class, c); !errors.Is(err, policy.ErrDisagreement) || !strings.Contains(err.Error(), "xfam") {
-			t.Errorf("Confirm = %v, want ErrDisagreement over xfam", err)
-		}
+		bothReject(t, c, nil, &v, "xfam.fixed", "xfam")
 	})
 }

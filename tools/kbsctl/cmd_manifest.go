@@ -287,16 +287,22 @@ type checkResult struct {
 }
 
 func cmdManifestCheck(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("manifest check", "--manifest FILE --platform snp|tdx --evidence FILE [--class service|CLASS] [--report-data HEX] [--offline]",
+	fs := e.newFlags("manifest check", "--manifest FILE --platform snp|tdx --evidence FILE [--class service|CLASS] [--report-data HEX] [--offline] [--collateral DIR]",
 		`Verifies evidence (signature and certificate chain, platform rules) and
 explains, field by field, why it does or does not match the reference values
-of a class (default: every worker class). Exits 1 when nothing matches.`)
+of a class (default: every worker class). Exits 1 when nothing matches.
+
+TDX evidence always needs Intel's collateral (TCB info, QE identity, PCK and
+root CA CRLs): online it is fetched from Intel PCS; with --offline it comes
+from --collateral DIR, a directory of PCS responses as served (file names in
+docs/operating.md), and verification fails without it.`)
 	mf := fs.String("manifest", "", "manifest file (required)")
 	platform := fs.String("platform", "", "snp or tdx (required)")
 	evFile := fs.String("evidence", "", "evidence file: SNP report (+ certificate table) or TDX quote (required)")
 	class := fs.String("class", "", `class to match: "service" or a worker class (default: all worker classes)`)
 	rdHex := fs.String("report-data", "", "expected REPORT_DATA, 128 hex digits (default: not checked)")
 	offline := &e.g.offline
+	collateral := fs.String("collateral", "", "collateral bundle: a directory of Intel PCS responses (TDX TCB info, QE identity, CRLs) for offline verification")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -329,7 +335,12 @@ of a class (default: every worker class). Exits 1 when nothing matches.`)
 		}
 		rd = b
 	}
-	v, err := e.verifier(*offline)
+	if *collateral != "" {
+		if fi, err := os.Stat(*collateral); err != nil || !fi.IsDir() {
+			return usageErr("--collateral %s: not a directory", *collateral)
+		}
+	}
+	v, err := e.verifier(*offline, *collateral)
 	if err != nil {
 		return err
 	}

@@ -20,8 +20,9 @@ import (
 func (e *env) state() client.State { return client.State{Dir: e.g.state} }
 
 // verifier returns the evidence verifier: vendor roots, plus the sim root
-// when --sim-root names one.
-func (e *env) verifier(offline bool) (attest.Verifier, error) {
+// when --sim-root names one. collateral is a collateral bundle directory
+// (manifest check --collateral), or "".
+func (e *env) verifier(offline bool, collateral string) (attest.Verifier, error) {
 	if e.g.simRoot != "" {
 		if _, err := os.Stat(e.g.simRoot); err != nil {
 			return nil, usageErr("--sim-root: %v", err)
@@ -31,6 +32,7 @@ func (e *env) verifier(offline bool) (attest.Verifier, error) {
 		SimRootFile: e.g.simRoot,
 		CacheDir:    filepath.Join(e.g.state, "cache"),
 		Offline:     offline || e.g.offline,
+		Collateral:  collateral,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("couldn't set up evidence verification: %w", err)
@@ -51,7 +53,7 @@ func (e *env) client(allowUnpinned bool) (*client.Client, *client.BrokerState, e
 	if st != nil {
 		cfg.TLSPin = st.TLSSPKISHA256
 	}
-	v, err := e.verifier(false)
+	v, err := e.verifier(false, "")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -69,7 +69,7 @@ Owner:
   manifest set --sig FILE [--sig FILE...] MANIFEST
   manifest next [--add-owner PEM] [--threshold N] MANIFEST
   manifest history [--manifest FILE]
-  manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline]
+  manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline] [--collateral DIR]
 Auditor:
   log checkpoint                              fetch and verify the latest checkpoint
   log verify                                  check consistency with the stored checkpoint

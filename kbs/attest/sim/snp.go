@@ -54,6 +54,16 @@ var (
 	snpFMS         = abi.FmsToCpuid1Eax(0x19, 0x01, 0x00)
 )
 
+// The simulated Turin chip (GenerateSNPTurin): AMD family 1Ah model 2,
+// an 8-byte hardware id, and a TCB with an FMC level.
+var (
+	snpTurinTCB = attest.SNPTCB{FMC: 2, Bootloader: 4, TEE: 1, SNP: 7, Microcode: 0x50}
+	snpTurinFMS = abi.FmsToCpuid1Eax(0x1A, 0x02, 0x01)
+)
+
+// SNPTurinTCB returns the TCB of the simulated Turin chip.
+func SNPTurinTCB() attest.SNPTCB { return snpTurinTCB }
+
 // SNPTCB returns the TCB of the simulated chip.
 func SNPTCB() attest.SNPTCB {
 	return attest.SNPTCB{Bootloader: snpTCB.BlSpl, TEE: snpTCB.TeeSpl, SNP: snpTCB.SnpSpl, Microcode: snpTCB.UcodeSpl}
@@ -133,19 +143,24 @@ func GenerateSNPWithKeys(dir string, ark, ask *rsa.PrivateKey, vcek *ecdsa.Priva
 	if err != nil {
 		return fmt.Errorf("snp sim: building the certificate chain: %v", err)
 	}
+	return writeSNP(dir, signer.Ark, signer.Ask, signer.Vcek, vcek)
+}
+
+// writeSNP writes a sim hierarchy: certificates first, the key last (its
+// presence marks a complete sim), then reads it back.
+func writeSNP(dir string, ark, ask, vcekCert *x509.Certificate, vcek *ecdsa.PrivateKey) error {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(vcek)
 	if err != nil {
 		return err
 	}
-	// Certificates first, the key last: its presence marks a complete sim.
 	for _, f := range []struct {
 		name, typ string
 		der       []byte
 		perm      os.FileMode
 	}{
-		{snpARKFile, "CERTIFICATE", signer.Ark.Raw, 0o644},
-		{snpASKFile, "CERTIFICATE", signer.Ask.Raw, 0o644},
-		{snpVCEKFile, "CERTIFICATE", signer.Vcek.Raw, 0o644},
+		{snpARKFile, "CERTIFICATE", ark.Raw, 0o644},
+		{snpASKFile, "CERTIFICATE", ask.Raw, 0o644},
+		{snpVCEKFile, "CERTIFICATE", vcekCert.Raw, 0o644},
 		{snpKeyFile, "PRIVATE KEY", keyDER, 0o600},
 	} {
 		data := pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der})
@@ -155,6 +170,94 @@ func GenerateSNPWithKeys(dir string, ark, ask *rsa.PrivateKey, vcek *ecdsa.Priva
 	}
 	_, _, err = loadSNP(dir)
 	return err
+}
+
+// GenerateSNPTurin writes a simulated AMD Turin hierarchy to dir (the same
+// files as GenerateSNP): ARK-Turin, SEV-Turin and a VCEK in Turin's form
+// (KDS struct version 1, an fmcSPL extension, an 8-byte hardware id), which
+// go-sev-guest v0.15.0 cannot read and kbs/attest/snp can. NewSNPIssuer on
+// dir then issues Turin reports. It replaces any hierarchy in dir.
+func GenerateSNPTurin(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	ark, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		return err
+	}
+	ask, err := rsa.GenerateKey(rand.Reader, 3072)
+	if err != nil {
+		return err
+	}
+	vcek, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	hwid := make([]byte, 8)
+	if _, err := rand.Read(hwid); err != nil {
+		return err
+	}
+	var hwid64 [abi.ChipIDSize]byte
+	copy(hwid64[:], hwid)
+	integer := func(v uint8) []byte { b, _ := asn1.Marshal(int(v)); return b }
+	oid := func(arc ...int) asn1.ObjectIdentifier {
+		return append(asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1}, arc...)
+	}
+	name, _ := asn1.MarshalWithParams("Turin", "ia5")
+	t := snpTurinTCB
+	exts := []pkix.Extension{
+		{Id: oid(1), Value: integer(1)},
+		{Id: oid(2), Value: name},
+		{Id: oid(3, 9), Value: integer(t.FMC)},
+		{Id: oid(3, 1), Value: integer(t.Bootloader)},
+		{Id: oid(3, 2), Value: integer(t.TEE)},
+		{Id: oid(3, 3), Value: integer(t.SNP)},
+		{Id: oid(3, 5), Value: integer(0)},
+		{Id: oid(3, 6), Value: integer(0)},
+		{Id: oid(3, 7), Value: integer(0)},
+		{Id: oid(3, 8), Value: integer(t.Microcode)},
+		{Id: oid(4), Value: hwid}, // raw bytes, as AMD writes them
+	}
+	vcekSerial := randomSerial()
+	vcekSubject := snpVCEKSubject(vcekSerial)
+	now := clock.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	b := &sevtest.AmdSignerBuilder{
+		Keys:             &sevtest.AmdKeys{Ark: ark, Ask: ask, Asvk: ask, Vcek: vcek},
+		ProductName:      "Turin",
+		ArkCreationTime:  now,
+		AskCreationTime:  now,
+		AsvkCreationTime: now,
+		VcekCreationTime: now,
+		HWID:             hwid64,
+		VcekCustom:       sevtest.CertOverride{Subject: &vcekSubject, Extensions: exts},
+		ArkCustom:        sevtest.CertOverride{SerialNumber: randomSerial()},
+		AskCustom:        sevtest.CertOverride{SerialNumber: randomSerial()},
+	}
+	certifyMu.Lock()
+	signer, err := b.TestOnlyCertChain()
+	certifyMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("snp sim: building the Turin certificate chain: %v", err)
+	}
+	return writeSNP(dir, signer.Ark, signer.Ask, signer.Vcek, vcek)
+}
+
+// turinChip returns the hardware id and TCB of a simulated Turin VCEK, or
+// ok false for another product line's.
+func turinChip(vcek *x509.Certificate) (hwid []byte, tcb uint64, ok bool, err error) {
+	if vcek.Issuer.CommonName != "SEV-Turin" {
+		return nil, 0, false, nil
+	}
+	for _, e := range vcek.Extensions {
+		if e.Id.Equal(asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 3704, 1, 4}) && len(e.Value) == 8 {
+			hwid = bytes.Clone(e.Value)
+		}
+	}
+	if hwid == nil {
+		return nil, 0, true, errors.New("snp sim: Turin VCEK without an 8-byte hardware id")
+	}
+	tcb, err = snpTurinTCB.Encode("Turin")
+	return hwid, tcb, true, err
 }
 
 func randomSerial() *big.Int {
@@ -217,8 +320,9 @@ type SNPOptions struct {
 type SNPIssuer struct {
 	key   *ecdsa.PrivateKey
 	table []byte
-	hwid  []byte
+	hwid  []byte // CHIP_ID
 	tcb   uint64
+	fms   uint32 // CPUID_1_EAX: the product line
 	opts  SNPOptions
 }
 
@@ -253,16 +357,28 @@ func NewSNPIssuer(dir string, opts SNPOptions) (*SNPIssuer, error) {
 		return nil, err
 	}
 	vcek := chain[2]
-	exts, err := kds.VcekCertificateExtensions(vcek)
-	if err != nil {
-		return nil, fmt.Errorf("snp sim: VCEK extensions: %v", err)
+	fms := snpFMS
+	hwid, tcb, turin, err := turinChip(vcek)
+	switch {
+	case err != nil:
+		return nil, err
+	case turin:
+		fms = snpTurinFMS
+	default:
+		exts, err := kds.VcekCertificateExtensions(vcek)
+		if err != nil {
+			return nil, fmt.Errorf("snp sim: VCEK extensions: %v", err)
+		}
+		hwid, tcb = exts.HWID, uint64(exts.TCBVersion)
 	}
 	table := &abi.CertTable{Entries: []abi.CertTableEntry{
 		{GUID: uuid.MustParse(abi.ArkGUID), RawCert: chain[0].Raw},
 		{GUID: uuid.MustParse(abi.AskGUID), RawCert: chain[1].Raw},
 		{GUID: uuid.MustParse(abi.VcekGUID), RawCert: vcek.Raw},
 	}}
-	return &SNPIssuer{key: key, table: table.Marshal(), hwid: exts.HWID, tcb: uint64(exts.TCBVersion), opts: opts}, nil
+	chipID := make([]byte, abi.ChipIDSize) // Turin: the 8-byte id, then zeros
+	copy(chipID, hwid)
+	return &SNPIssuer{key: key, table: table.Marshal(), hwid: chipID, tcb: tcb, fms: fms, opts: opts}, nil
 }
 
 // Platform returns attest.SNP.
@@ -303,7 +419,7 @@ func (s *SNPIssuer) Issue(_ context.Context, reportData [attest.ReportDataSize]b
 		ReportId:        reportID,
 		ReportIdMa:      bytes.Repeat([]byte{0xff}, abi.ReportIDMASize),
 		ReportedTcb:     s.tcb,
-		Cpuid1EaxFms:    snpFMS,
+		Cpuid1EaxFms:    s.fms,
 		ChipId:          bytes.Clone(s.hwid),
 		CommittedTcb:    s.tcb,
 		CurrentBuild:    21,

@@ -155,6 +155,33 @@ type TDXOptions struct {
 	TDAttributes  uint64
 	TEETCBSVN     []byte // 16 bytes
 	MRSeam        []byte // 48 bytes
+
+	// V5 issues quotes of version 5 with a TD report 1.5 body, which adds
+	// TEE_TCB_SVN2 (default: TEETCBSVN) and MRSERVICETD (default zero).
+	V5          bool
+	TEETCBSVN2  []byte // 16 bytes
+	MRServiceTD []byte // 48 bytes
+}
+
+// td15 returns the TD report 1.5 fields of o, or nil for a v4 quote.
+func (o TDXOptions) td15(body *pb.TDQuoteBody) ([]byte, error) {
+	if !o.V5 {
+		if o.TEETCBSVN2 != nil || o.MRServiceTD != nil {
+			return nil, errors.New("tdx sim: TEETCBSVN2 and MRServiceTD need V5")
+		}
+		return nil, nil
+	}
+	svn2, svc := o.TEETCBSVN2, o.MRServiceTD
+	if svn2 == nil {
+		svn2 = body.TeeTcbSvn
+	}
+	if svc == nil {
+		svc = make([]byte, abi.MrTdSize)
+	}
+	if len(svn2) != 16 || len(svc) != abi.MrTdSize {
+		return nil, fmt.Errorf("tdx sim: TEETCBSVN2 and MRServiceTD are %d and %d bytes, want 16 and 48", len(svn2), len(svc))
+	}
+	return append(bytes.Clone(svn2), svc...), nil
 }
 
 func (o TDXOptions) body() (*pb.TDQuoteBody, error) {
@@ -301,7 +328,9 @@ func GenerateTDX(dir string) error {
 	if checkTDXCollateral(dir, pki, now.AddDate(0, 0, 30)) == nil {
 		return nil
 	}
-	if err := writeTDXCollateral(dir, pki, now); err != nil {
+	// Issued a minute ago, so that a verifier whose clock was read just
+	// before GenerateTDX finds it current.
+	if err := writeTDXCollateral(dir, pki, now.Add(-time.Minute).Truncate(time.Second), TDXLevel{}); err != nil {
 		return err
 	}
 	if err := checkTDXCollateral(dir, pki, now); err != nil {
@@ -531,6 +560,7 @@ type TDXIssuer struct {
 	attestationKey *ecdsa.PrivateKey
 	header         *pb.Header
 	body           *pb.TDQuoteBody
+	td15           []byte // TEE_TCB_SVN2 || MRSERVICETD of a v5 quote; nil for v4
 	signedData     *pb.Ecdsa256BitQuoteV4AuthData
 	signedDataSize uint32
 }
@@ -547,6 +577,10 @@ func NewTDXIssuer(dir string, opts TDXOptions) (*TDXIssuer, error) {
 
 func newTDXIssuer(pki *tdxPKI, opts TDXOptions) (*TDXIssuer, error) {
 	body, err := opts.body()
+	if err != nil {
+		return nil, err
+	}
+	td15, err := opts.td15(body)
 	if err != nil {
 		return nil, err
 	}
@@ -595,6 +629,7 @@ func newTDXIssuer(pki *tdxPKI, opts TDXOptions) (*TDXIssuer, error) {
 			UserData:           tdxHeaderUserData,
 		},
 		body: body,
+		td15: td15,
 		signedData: &pb.Ecdsa256BitQuoteV4AuthData{
 			Signature:           make([]byte, 64),
 			EcdsaAttestationKey: attKey,
@@ -621,7 +656,8 @@ func newTDXIssuer(pki *tdxPKI, opts TDXOptions) (*TDXIssuer, error) {
 // Platform returns attest.TDX.
 func (s *TDXIssuer) Platform() attest.Platform { return attest.TDX }
 
-// Issue returns a v4 quote binding reportData.
+// Issue returns a quote binding reportData: v4, or v5 with a TD report 1.5
+// body (TDXOptions.V5).
 func (s *TDXIssuer) Issue(ctx context.Context, reportData [attest.ReportDataSize]byte) (attest.Evidence, error) {
 	if err := ctx.Err(); err != nil {
 		return attest.Evidence{}, err
@@ -658,7 +694,33 @@ func (s *TDXIssuer) Issue(ctx context.Context, reportData [attest.ReportDataSize
 	if err != nil {
 		return attest.Evidence{}, fmt.Errorf("tdx sim: quote: %w", err)
 	}
+	if s.td15 != nil {
+		if raw, err = s.v5(raw, header, bodyRaw); err != nil {
+			return attest.Evidence{}, err
+		}
+	}
 	return attest.Evidence{Platform: attest.TDX, Data: raw}, nil
+}
+
+// v5 turns the v4 quote raw into a v5 quote with a TD report 1.5 body
+// (Intel TDX DCAP quote format v5): version 5 in the header, the body
+// descriptor (type 3, 648 bytes) before the body, TEE_TCB_SVN2 and
+// MRSERVICETD after it, and the attestation key's signature over all of
+// that. The signed data after the signature is the v4 quote's.
+func (s *TDXIssuer) v5(raw, header, bodyRaw []byte) ([]byte, error) {
+	const v4BodyEnd = 48 + 584
+	h := bytes.Clone(header)
+	binary.LittleEndian.PutUint16(h, 5)
+	signed := append(h, 3, 0)
+	signed = binary.LittleEndian.AppendUint32(signed, uint32(len(bodyRaw)+len(s.td15)))
+	signed = append(append(signed, bodyRaw...), s.td15...)
+	sig, err := rawSign(s.attestationKey, signed)
+	if err != nil {
+		return nil, err
+	}
+	out := append(bytes.Clone(signed), raw[v4BodyEnd:v4BodyEnd+4]...) // signed data size
+	out = append(out, sig...)
+	return append(out, raw[v4BodyEnd+4+64:]...), nil
 }
 
 // rawSign signs SHA-256(msg) deterministically (RFC 6979), so that the QE

@@ -35,9 +35,28 @@ type pcsTCB struct {
 }
 
 type pcsTCBLevel struct {
-	TCB       pcsTCB `json:"tcb"`
-	TCBDate   string `json:"tcbDate"`
-	TCBStatus string `json:"tcbStatus"`
+	TCB         pcsTCB   `json:"tcb"`
+	TCBDate     string   `json:"tcbDate"`
+	TCBStatus   string   `json:"tcbStatus"`
+	AdvisoryIDs []string `json:"advisoryIDs,omitempty"`
+}
+
+// TDXLevel is the TCB status and advisories the sim collateral gives the
+// sim platform (its only TCB level). The zero value is UpToDate.
+type TDXLevel struct {
+	Status     string
+	Advisories []string
+}
+
+// IssueTDXCollateral reissues the collateral of the TDX sim in dir, valid
+// from now for a year, giving the platform the TCB level l: for tests of
+// TCB status policy. GenerateTDX keeps it (it still verifies).
+func IssueTDXCollateral(dir string, now time.Time, l TDXLevel) error {
+	pki, err := loadTDX(dir)
+	if err != nil {
+		return err
+	}
+	return writeTDXCollateral(dir, pki, now, l)
 }
 
 type pcsTDXModule struct {
@@ -78,7 +97,10 @@ type pcsQEIdentity struct {
 }
 
 // writeTDXCollateral issues collateral valid for a year from now.
-func writeTDXCollateral(dir string, pki *tdxPKI, now time.Time) error {
+func writeTDXCollateral(dir string, pki *tdxPKI, now time.Time, l TDXLevel) error {
+	if l.Status == "" {
+		l.Status = "UpToDate"
+	}
 	next := now.AddDate(1, 0, 0)
 	date := now.Format(time.RFC3339)
 	zeros := make([]pcsTCBComponent, 16)
@@ -105,9 +127,10 @@ func writeTDXCollateral(dir string, pki *tdxPKI, now time.Time) error {
 		},
 		TDXModuleIdentities: identities,
 		TCBLevels: []pcsTCBLevel{{
-			TCB:       pcsTCB{SGX: zeros, PCESVN: &pcesvn, TDX: zeros},
-			TCBDate:   date,
-			TCBStatus: "UpToDate",
+			TCB:         pcsTCB{SGX: zeros, PCESVN: &pcesvn, TDX: zeros},
+			TCBDate:     date,
+			TCBStatus:   l.Status,
+			AdvisoryIDs: l.Advisories,
 		}},
 	}
 	qeISVSVN := tdxQEISVSVN

@@ -13,6 +13,11 @@
 //	              current TCB, and the two hard rules: debugging off
 //	              (ErrDebug) and REPORT_DATA equal to the caller's binding
 //	              (ErrReportData)
+//	kds.go        the KDS extensions of VCEKs and VLEKs (TCB, hardware id,
+//	              product), read by kbs for Milan, Genoa and Turin:
+//	              go-sev-guest v0.15.0 cannot read Turin's (fmcSPL, 8-byte
+//	              hwID); Turin chains are checked without its
+//	              verify.SnpAttestation, through the same root options
 //	roots.go      which roots are trusted: AMD's ARK/ASK/ASVK embedded in
 //	              go-sev-guest (DefaultRoots), or the ones given (Options.Roots,
 //	              RootsFromCerts)
@@ -25,9 +30,11 @@
 //	errors.go     the errors callers branch on
 //
 // Reference values (measurement, host data, family and image id, guest
-// policy, VMPL, minimum TCB and guest SVN, product, chip id) are decided by
-// manifest.Match, which explains each field, and confirmed by Validate. The
-// layout of a TCB_VERSION is attest.DecodeSNPTCB's.
+// policy, VMPL, minimum reported and launch TCB, guest SVN, product, chip
+// id, ID and author key digests) are decided by manifest.Match, which
+// explains each field, and confirmed by Validate (for Turin through
+// libraryView, a certificate go-sev-guest v0.15.0 can read). The layout of a
+// TCB_VERSION is attest.DecodeSNPTCB's.
 //
 // # Trust
 //

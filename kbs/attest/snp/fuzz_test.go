@@ -3,11 +3,13 @@ package snp
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"os"
 	"slices"
 	"testing"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
 	"github.com/kbs-dev/kbs/kbs/attest"
 )
 
@@ -90,6 +92,41 @@ func FuzzVerify(f *testing.F) {
 		}
 		if c.ReportData != rd {
 			t.Fatalf("claims carry the wrong REPORT_DATA")
+		}
+	})
+}
+
+// FuzzEndorsementExtensions: kbs's reader of AMD's KDS certificate
+// extensions never panics, and on the certificates go-sev-guest v0.15.0
+// reads (Milan, Genoa) it agrees with it: same TCB_VERSION, same hardware
+// id, or both refuse. Inputs are DER certificates; the seeds are the real
+// Milan and Turin VCEKs and the sim's.
+func FuzzEndorsementExtensions(f *testing.F) {
+	for _, name := range []string{"../../../testdata/snp/milan-vcek.der", "../../../testdata/snp/turin-vcek.der"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, "Milan")
+		f.Add(b, "Turin")
+	}
+	f.Fuzz(func(t *testing.T, der []byte, line string) {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return
+		}
+		for _, key := range []abi.ReportSigner{abi.VcekReportSigner, abi.VlekReportSigner} {
+			ours, err := parseEndorsementExtensions(cert, key, line)
+			if err == nil && key == abi.VcekReportSigner && len(ours.HWID) != 8 && len(ours.HWID) != 64 {
+				t.Fatalf("hwID of %d bytes accepted", len(ours.HWID))
+			}
+			if line != "Milan" && line != "Genoa" {
+				continue
+			}
+			lib, lerr := kds.CertificateExtensions(cert, key)
+			if err == nil && lerr == nil && (uint64(lib.TCBVersion) != ours.TCB || !bytes.Equal(lib.HWID, ours.HWID) || lib.CspID != ours.CSPID) {
+				t.Fatalf("kbs reads TCB %#x hwID %x csp %q, go-sev-guest %#x %x %q", ours.TCB, ours.HWID, ours.CSPID, uint64(lib.TCBVersion), lib.HWID, lib.CspID)
+			}
 		}
 	})
 }

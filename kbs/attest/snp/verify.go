@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ type Verifier struct {
 type chainEntry struct {
 	cert        *x509.Certificate
 	key         abi.ReportSigner
-	exts        *kds.Extensions
+	exts        *endorsementExtensions
 	root        *trust.AMDRootCerts
 	productLine string
 	simulated   bool // the root is not one of AMD's
@@ -205,37 +206,41 @@ func (v *Verifier) authenticate(ctx context.Context, ev *Evidence) (*chainEntry,
 	if err := verify.SnpReportSignature(ev.Report, cert); err != nil {
 		return nil, fmt.Errorf("%w: %v", errSignature, err)
 	}
-	exts, err := kds.CertificateExtensions(cert, key)
+	productLine := productLineOf(ev.Proto, cert, key)
+	exts, err := parseEndorsementExtensions(cert, key, productLine)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v certificate extensions: %v", errChain, key, err)
+		return nil, fmt.Errorf("%w: %s %v certificate extensions: %v", errChain, productLine, key, err)
 	}
-	productLine := productLineOf(ev.Proto, exts, key)
-	chain := &spb.CertificateChain{Extras: map[string][]byte{}}
-	if key == abi.VlekReportSigner {
-		chain.VlekCert = der
-	} else {
-		chain.VcekCert = der
-	}
-	opts := &verify.Options{
-		CheckRevocations:    false, // done below against the root that matched
-		DisableCertFetching: true,  // the certificate is already in hand
-		Getter:              v.getter,
-		Now:                 now,
-		TrustedRoots:        v.roots,
-	}
-	if err := verify.SnpAttestationContext(ctx, &spb.Attestation{Report: ev.Proto, CertificateChain: chain}, opts); err != nil {
-		for _, r := range v.roots[productLine] {
-			for _, c := range []*x509.Certificate{r.ProductCerts.Ark, r.ProductCerts.Ask, r.ProductCerts.Asvk} {
-				if c != nil && (now.Before(c.NotBefore) || now.After(c.NotAfter)) {
-					return nil, fmt.Errorf("%w: %s root certificate %q valid %s to %s: %v", errCertificateExpired,
-						productLine, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), err)
-				}
-			}
+	if libraryReadsVCEKs(productLine) {
+		chain := &spb.CertificateChain{Extras: map[string][]byte{}}
+		if key == abi.VlekReportSigner {
+			chain.VlekCert = der
+		} else {
+			chain.VcekCert = der
 		}
-		return nil, fmt.Errorf("%w: %v", errChain, err)
+		opts := &verify.Options{
+			CheckRevocations:    false, // done below against the root that matched
+			DisableCertFetching: true,  // the certificate is already in hand
+			Getter:              v.getter,
+			Now:                 now,
+			TrustedRoots:        v.roots,
+		}
+		if err := verify.SnpAttestationContext(ctx, &spb.Attestation{Report: ev.Proto, CertificateChain: chain}, opts); err != nil {
+			if rerr := v.rootsExpired(productLine, now); rerr != nil {
+				return nil, fmt.Errorf("%w: %v", rerr, err)
+			}
+			return nil, fmt.Errorf("%w: %v", errChain, err)
+		}
+	} else if want := intermediateName(productLine, key); cert.Issuer.CommonName != want {
+		// go-sev-guest v0.15.0 cannot read this product line's
+		// certificates: the chain is checked by matchRoot below alone.
+		return nil, fmt.Errorf("%w: %v certificate issued by %q, want %q", errChain, key, cert.Issuer.CommonName, want)
 	}
 	root := v.matchRoot(productLine, key, cert, now)
 	if root == nil {
+		if err := v.rootsExpired(productLine, now); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("%w: no %s root verifies the %v certificate", errChain, productLine, key)
 	}
 	entry = &chainEntry{cert: cert, key: key, exts: exts, root: root, productLine: productLine,
@@ -323,26 +328,65 @@ func (v *Verifier) endorsementCert(ctx context.Context, ev *Evidence, key abi.Re
 }
 
 // productLineOf names the product line of the chip that made the report:
-// from the CPUID fields of v3+ reports, else from the certificate.
-func productLineOf(r *spb.Report, exts *kds.Extensions, key abi.ReportSigner) string {
+// from the CPUID fields of v3+ reports, else from the certificate's
+// productName extension.
+func productLineOf(r *spb.Report, cert *x509.Certificate, key abi.ReportSigner) string {
 	if fms := r.GetCpuid1EaxFms(); fms != 0 {
 		return kds.ProductLineFromFms(fms)
 	}
-	if p, err := kds.ParseProductName(exts.ProductName, key); err == nil {
-		return kds.ProductLine(p)
+	for _, e := range cert.Extensions {
+		if !e.Id.Equal(kds.OidProductName1) {
+			continue
+		}
+		var name string
+		if _, err := asn1.UnmarshalWithParams(e.Value, &name, "ia5"); err != nil {
+			return ""
+		}
+		if p, err := kds.ParseProductName(name, key); err == nil {
+			return kds.ProductLine(p)
+		}
 	}
 	return ""
+}
+
+// libraryReadsVCEKs reports whether go-sev-guest v0.15.0 can read the
+// certificates of a product line: Milan and Genoa, not Turin (see kds.go).
+func libraryReadsVCEKs(productLine string) bool {
+	return productLine == "Milan" || productLine == "Genoa"
+}
+
+// intermediateName is the common name of the AMD key that signs a product
+// line's VCEKs (ASK) or VLEKs (ASVK).
+func intermediateName(productLine string, key abi.ReportSigner) string {
+	if key == abi.VlekReportSigner {
+		return "SEV-VLEK-" + productLine
+	}
+	return "SEV-" + productLine
+}
+
+// rootsExpired returns an error naming a root certificate of productLine
+// that is not valid at now, or nil.
+func (v *Verifier) rootsExpired(productLine string, now time.Time) error {
+	for _, r := range v.roots[productLine] {
+		for _, c := range []*x509.Certificate{r.ProductCerts.Ark, r.ProductCerts.Ask, r.ProductCerts.Asvk} {
+			if c != nil && (now.Before(c.NotBefore) || now.After(c.NotAfter)) {
+				return fmt.Errorf("%w: %s root certificate %q valid %s to %s", errCertificateExpired,
+					productLine, c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+	return nil
 }
 
 // checkAgainstCert checks that the report's reported TCB is the TCB its
 // certificate was issued for, and that a VCEK-signed report names the chip
 // the VCEK belongs to.
 func checkAgainstCert(r *spb.Report, e *chainEntry) error {
-	if uint64(e.exts.TCBVersion) != r.GetReportedTcb() {
+	if e.exts.TCB != r.GetReportedTcb() {
 		return fmt.Errorf("%w: REPORTED_TCB 0x%016x, %v certificate issued for TCB 0x%016x", errCertMismatch,
-			r.GetReportedTcb(), e.key, uint64(e.exts.TCBVersion))
+			r.GetReportedTcb(), e.key, e.exts.TCB)
 	}
-	if e.key == abi.VcekReportSigner && !allZero(r.GetChipId()) && !bytes.Equal(r.GetChipId(), e.exts.HWID) {
+	if e.key == abi.VcekReportSigner && !allZero(r.GetChipId()) && !chipIDMatches(r.GetChipId(), e.exts.HWID) {
 		return fmt.Errorf("%w: CHIP_ID %s… is not the VCEK's hwID %s…", errCertMismatch,
 			hex.EncodeToString(r.GetChipId()[:8]), hex.EncodeToString(e.exts.HWID[:min(8, len(e.exts.HWID))]))
 	}

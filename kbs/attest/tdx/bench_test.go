@@ -44,8 +44,10 @@ func BenchmarkVerifyValidate(b *testing.B) {
 		TdAttributes: binary.LittleEndian.AppendUint64(nil, c.TDX.TDAttributes), MinimumTeeTcbSvn: c.TDX.TEETCBSVN,
 		MrSeam: c.TDX.MRSeam, ReportData: rd[:],
 	}}
-	b.Run("real/cold", func(b *testing.B) { run(b, Options{Now: fixed(realNow), ChainCacheSize: -1}, raw, rd, p) })
-	b.Run("real/warm", func(b *testing.B) { run(b, Options{Now: fixed(realNow)}, raw, rd, p) })
+	b.Run("real/cold", func(b *testing.B) {
+		run(b, func() Options { o := realOptions(); o.ChainCacheSize = -1; return o }(), raw, rd, p)
+	})
+	b.Run("real/warm", func(b *testing.B) { run(b, realOptions(), raw, rd, p) })
 
 	dir := newSimDir(b)
 	srd := reportData("bench")
@@ -65,16 +67,16 @@ func BenchmarkVerifyValidate(b *testing.B) {
 // P-256 verification of the real quote's signature.
 func BenchmarkQuoteSignature(b *testing.B) {
 	raw := realQuote(b)
-	q, err := parseQuote(raw)
+	q, err := parseRawQuote(raw)
 	if err != nil {
 		b.Fatal(err)
 	}
-	key, err := p256Key(q.GetSignedData().GetEcdsaAttestationKey())
+	key, err := p256Key(q.AttestKey)
 	if err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {
-		if !verifyRawSignature(key, signedMessage(raw), q.GetSignedData().GetSignature()) {
+		if !verifyRawSignature(key, q.Signed, q.Signature) {
 			b.Fatal("signature does not verify")
 		}
 	}

@@ -3,15 +3,13 @@ package tdx
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
-	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
 	"github.com/google/go-tdx-guest/verify/trust"
@@ -24,34 +22,16 @@ import (
 // kbs/attest/tdx/pcscache's format. Nothing in the cache is trusted: every
 // response is verified against the trusted roots on use.
 
-var tcbInfoPrefix = pcs.TcbInfoURL("")
-
 // readCached returns the cached response for u, or an error wrapping
 // os.ErrNotExist.
 func readCached(dir, u string) (*pcscache.Response, error) { return pcscache.Read(dir, u) }
 
-// collateralGetter serves go-tdx-guest's collateral requests for one
-// verification: from the cache, or (online) from the network, storing what
-// it fetched. It remembers the earliest nextUpdate of what it served, so
-// that a cached verification result does not outlive its collateral.
+// collateralGetter fetches collateral for one verification: from the
+// network (online), storing what it fetched in dir, or from dir.
 type collateralGetter struct {
 	ctx    context.Context
 	dir    string
 	online trust.HTTPSGetter // nil: offline
-	until  time.Time         // earliest expiry of served collateral
-	missed error             // first request that could not be served
-}
-
-func (g *collateralGetter) Get(u string) (map[string][]string, []byte, error) {
-	r, err := g.get(u)
-	if err != nil {
-		if g.missed == nil {
-			g.missed = err
-		}
-		return nil, nil, err
-	}
-	g.noteExpiry(u, r.Body)
-	return r.Header, r.Body, nil
 }
 
 func (g *collateralGetter) get(u string) (*pcscache.Response, error) {
@@ -101,84 +81,37 @@ func keepIssuerChains(h map[string][]string) map[string][]string {
 	return out
 }
 
-func (g *collateralGetter) noteExpiry(u string, body []byte) {
-	var next time.Time
+// bundleGetter serves go-tdx-guest's collateral requests for one
+// verification from collateral kbs has already judged, in the form PCS
+// serves it (issuer chains as URL-escaped PEM headers).
+type bundleGetter struct {
+	c        *Collateral
+	fmspc    string
+	ca       string
+	pckChain *pckChain
+}
+
+func (g *bundleGetter) Get(u string) (map[string][]string, []byte, error) {
+	chainHeader := func(name string, certs []*x509.Certificate) map[string][]string {
+		var b []byte
+		for _, c := range certs {
+			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+		}
+		return map[string][]string{name: {url.QueryEscape(string(b))}}
+	}
 	switch {
+	case strings.EqualFold(u, pcs.TcbInfoURL(g.fmspc)):
+		s := g.c.tcbInfoFor(g.fmspc)
+		return chainHeader("Tcb-Info-Issuer-Chain", s.Chain[:2]), s.Body, nil
 	case u == pcs.QeIdentityURL():
-		var qe pcs.QeIdentity
-		if json.Unmarshal(body, &qe) == nil {
-			next = qe.EnclaveIdentity.NextUpdate
-		}
-	case strings.HasPrefix(u, tcbInfoPrefix):
-		var ti pcs.TdxTcbInfo
-		if json.Unmarshal(body, &ti) == nil {
-			next = ti.TcbInfo.NextUpdate
-		}
-	default:
-		if crl, err := x509.ParseRevocationList(body); err == nil {
-			next = crl.NextUpdate
-		}
+		s := g.c.QEIdentity
+		return chainHeader("Sgx-Enclave-Identity-Issuer-Chain", s.Chain[:2]), s.Body, nil
+	case u == pcs.PckCrlURL(g.ca):
+		return chainHeader("Sgx-Pck-Crl-Issuer-Chain", []*x509.Certificate{g.pckChain.intermediate, g.pckChain.root}), g.c.PCKCRL[g.ca], nil
+	case slices.Contains(g.pckChain.root.CRLDistributionPoints, u) || slices.Contains(g.c.QEIdentity.Chain[len(g.c.QEIdentity.Chain)-1].CRLDistributionPoints, u):
+		return nil, g.c.RootCRL, nil
 	}
-	if !next.IsZero() && (g.until.IsZero() || next.Before(g.until)) {
-		g.until = next
-	}
-}
-
-// collateralPlan says which collateral checks an offline verification can
-// run with what the cache holds.
-type collateralPlan struct {
-	tcbAndQE bool // TCB info for the FMSPC and QE identity are cached
-	crls     bool // PCK CRL and root CA CRL are cached too
-}
-
-// planOffline looks at the cache: TCB info and QE identity enable the
-// collateral checks; the PCK CRL for ca and the root CA CRL named by the QE
-// identity issuer's root certificate enable revocation checks.
-func planOffline(dir, fmspc, ca string) collateralPlan {
-	var p collateralPlan
-	if _, err := readCached(dir, pcs.TcbInfoURL(fmspc)); err != nil {
-		return p
-	}
-	qe, err := readCached(dir, pcs.QeIdentityURL())
-	if err != nil {
-		return p
-	}
-	p.tcbAndQE = true
-	if _, err := readCached(dir, pcs.PckCrlURL(ca)); err != nil {
-		return p
-	}
-	root, err := issuerChainRoot(qe.Header, "Sgx-Enclave-Identity-Issuer-Chain")
-	if err != nil || len(root.CRLDistributionPoints) == 0 {
-		return p
-	}
-	for _, u := range root.CRLDistributionPoints {
-		if _, err := readCached(dir, u); err == nil {
-			p.crls = true
-			break
-		}
-	}
-	return p
-}
-
-// issuerChainRoot returns the second certificate of a URL-encoded PEM
-// issuer chain header.
-func issuerChainRoot(h map[string][]string, name string) (*x509.Certificate, error) {
-	v := h[name]
-	if len(v) != 1 {
-		return nil, errors.New("no issuer chain")
-	}
-	s, err := url.QueryUnescape(v[0])
-	if err != nil {
-		return nil, err
-	}
-	rest := []byte(s)
-	var blk *pem.Block
-	for i := 0; i < 2; i++ {
-		if blk, rest = pem.Decode(rest); blk == nil {
-			return nil, errors.New("short issuer chain")
-		}
-	}
-	return x509.ParseCertificate(blk.Bytes)
+	return nil, nil, fmt.Errorf("no collateral for %s", u)
 }
 
 // httpGetter fetches collateral over HTTPS with a timeout and a size limit.

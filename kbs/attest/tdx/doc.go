@@ -1,18 +1,29 @@
-// Package tdx verifies Intel TDX quotes (version 4), on top of
+// Package tdx verifies Intel TDX quotes, versions 4 and 5 (TD report 1.0
+// and 1.5 bodies), with Intel's collateral, on top of
 // github.com/google/go-tdx-guest v0.3.1.
 //
 // # Where each thing is checked
 //
-//	quote.go      parsing: a well-formed v4 quote, its PCK chain of three PEM
-//	              certificates with Intel's names and key types, the QE
-//	              report's binding of the attestation key, the signatures
+//	rawquote.go   parsing: a well-formed v4 or v5 quote split into header,
+//	              body and signed data (kbs's own parser: go-tdx-guest v0.3.1
+//	              parses v4 only; fuzzed against it on every shared field)
+//	quote.go      the PCK chain of three PEM certificates with Intel's names
+//	              and key types, the QE report's binding of the attestation
+//	              key, the signatures; go-tdx-guest's v4 parser
 //	verify.go     Verifier.Verify: Intel's quoting enclave, the chain to a
 //	              trusted root at Options.Now, the QE report and quote
-//	              signatures, the collateral through go-tdx-guest, and the two
-//	              hard rules: REPORT_DATA equal to the caller's binding
-//	              (ErrReportData) and the debug bit clear (ErrDebug)
-//	collateral.go which collateral checks run, from the cache (pcscache) or
-//	              Intel PCS
+//	              signatures, the collateral (always), go-tdx-guest's
+//	              verify.TdxQuote agreeing (v4), and the two hard rules:
+//	              REPORT_DATA equal to the caller's binding (ErrReportData)
+//	              and the debug bit clear (ErrDebug)
+//	tcbeval.go    the collateral: signatures, freshness and revocation of
+//	              TCB info, QE identity and CRLs, and the TCB levels of the
+//	              platform, the TDX module and the QE (the TCB status and
+//	              advisories of the claims)
+//	bundle.go     collateral bundles: Intel PCS responses as served, read
+//	              from a directory (LoadCollateral)
+//	collateral.go fetching collateral from Intel PCS (online), and serving
+//	              it to go-tdx-guest
 //	roots.go      which roots are trusted: Intel's SGX Root CA (IntelRoot),
 //	              or the ones given (Options.TrustedRoots, RootsFromCerts)
 //	validate.go   Validate: go-tdx-guest's validation confirming the
@@ -23,80 +34,70 @@
 //	errors.go     the errors callers branch on
 //
 // Reference values (MRTD, RTMR0-3, MRCONFIGID, MROWNER, MROWNERCONFIG, XFAM,
-// TD attributes, minimum TEE_TCB_SVN, MRSEAM) are decided by manifest.Match,
-// which explains each field, and confirmed by Validate.
+// TD attributes, minimum TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM, TEE_TCB_SVN2,
+// MRSERVICETD, the TCB status) are decided by manifest.Match, which explains
+// each field, and confirmed by Validate where go-tdx-guest has an option.
 //
 // # Trust
 //
 // The package trusts the roots in Options.TrustedRoots and nothing else: by
 // default the Intel SGX Root CA (the certificate go-tdx-guest embeds, copied
 // here as IntelRoot). The quote, the certificates in it and every collateral
-// file, whether cached on disk or fetched, are untrusted input and are
-// verified before use. Claims of a quote whose chain ends anywhere but at the
-// Intel root carry Simulated = true; such roots are trusted only when the
-// caller passes them.
+// file, whether in a bundle, cached on disk or fetched, are untrusted input
+// and are verified before use. Claims of a quote whose chain ends anywhere
+// but at the Intel root carry Simulated = true; such roots are trusted only
+// when the caller passes them.
 //
 // # What Verify guarantees
 //
 // A nil error from Verifier.Verify means, at Options.Now:
 //
-//   - the quote is a well-formed v4 TDX quote from Intel's quoting enclave;
+//   - the quote is a well-formed v4 or v5 TDX quote from Intel's quoting
+//     enclave;
 //   - its PCK certificate chain has Intel's form and ends at a trusted root,
 //     and no certificate of it is expired or not yet valid;
 //   - the PCK key signed the QE report, the QE report binds the attestation
 //     key, and the attestation key signed the quote header and TD quote body;
-//   - when collateral is available (see below), go-tdx-guest has checked it
-//     (signatures and issuer chains to the trusted root, freshness, FMSPC,
-//     PCEID, TDX module identity, QE identity) and the platform's TCB level
-//     is UpToDate; when the CRLs are available, neither the intermediate nor
-//     the PCK certificate is revoked;
+//   - Intel's collateral for the platform (TCB info for its FMSPC, the TD QE
+//     identity, the PCK and root CA CRLs) verified under the chain's root, is
+//     current, revokes nothing in either chain, matches the PCK certificate,
+//     the TDX module and the QE, and gives the platform a TCB level other than
+//     Revoked: the status (the worst of the platform's, the module's and the
+//     QE's) and Intel's advisory ids are in the claims, for the manifest to
+//     judge;
+//   - for v4 quotes, go-tdx-guest's verify.TdxQuote agrees;
 //   - REPORT_DATA equals the expected binding;
 //   - the TD is not a debug TD (TD_ATTRIBUTES bit 0 clear).
 //
-// Reference values are not Verify's business: manifest.Match compares them,
-// and Validate has go-tdx-guest's validation confirm them with the options
-// kbs/policy builds from the manifest (and rejects a debug TD once more).
-//
 // A refusal of a hard rule wraps ErrDebug or ErrReportData; any other
 // error's message names the check that failed (which certificate expired,
-// which signature, the collateral's verdict). A panic inside go-tdx-guest
-// becomes an error.
+// which signature, which piece of collateral is missing or wrong). A panic
+// inside go-tdx-guest becomes an error.
 //
 // # Offline and online collateral
 //
-// Offline (the default) Verify uses only the quote and Options.CollateralDir,
-// a cache of Intel PCS responses in kbs/attest/tdx/pcscache's format
-// (tcbinfo-<fmspc>.json, qeidentity.json, pckcrl-<ca>.json,
-// crl-<hash>.json). With TCB info for the platform's FMSPC
-// and the QE identity cached, all collateral checks run; with the PCK CRL and
-// root CA CRL cached too, so do revocation checks. What is missing is
-// skipped:
-//
-//   - without TCB info or QE identity: no TCB level evaluation (TCBStatus is
-//     empty), no TDX module (MRSIGNERSEAM, SEAM attributes) or QE identity
-//     (MRSIGNER, ISVPRODID, ISVSVN) check, and no revocation check;
-//   - without the CRLs: no revocation check of the intermediate and PCK
-//     certificates, nor of the TCB signing certificate.
-//
-// Collateral that is present is always checked: if it is invalid, expired
-// at Now, or rejects the platform, Verify fails; it is never skipped.
-// Options.RequireCollateral makes a missing TCB info or QE identity a
-// refusal too. Online mode (Options.Online) fetches the
-// collateral from Intel PCS on every uncached verification, stores it in the
-// cache, and falls back to the cache when a fetch fails.
+// Collateral is never skipped. Offline (the default) it comes from
+// Options.CollateralDir, a collateral bundle (see Collateral: Intel PCS
+// responses as served, kbs's cache files, or QVL-style collateral JSON),
+// read again on every cold verification; without one every quote is
+// refused. Online mode (Options.Online) fetches it from Intel PCS on every
+// cold verification, stores it in CollateralDir, and falls back to it when a
+// fetch fails.
 //
 // # Cost
 //
 // A Verifier caches, per PCK chain, quoting enclave and TDX module (see
 // Options.ChainCacheTTL), everything but the quote signature, REPORT_DATA
 // and the debug bit, so a warm verification costs one ECDSA P-256
-// verification; a cold one runs our checks and then go-tdx-guest's
-// verify.TdxQuote, which repeats them and adds the collateral.
+// verification; a cold one reads the bundle, runs our checks and then (v4)
+// go-tdx-guest's verify.TdxQuote, which repeats them.
 //
 // # go-tdx-guest traps handled here
 //
 // validate.TdxQuote does not reject debug TDs: Verify and Validate check
-// TD_ATTRIBUTES bit 0 themselves. verify.TdxQuote writes into its Options:
+// TD_ATTRIBUTES bit 0 themselves. verify.TdxQuote accepts only the UpToDate
+// TCB status and compares the FMSPC case-sensitively: it is asked about the
+// collateral only where it can agree. verify.TdxQuote writes into its Options:
 // one is built per call. The library logs to stdout when it falls back to its
 // embedded root: the root pool is always passed explicitly.
 //

@@ -40,7 +40,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	v, err := tdx.NewVerifier(tdx.Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(simDir), RequireCollateral: true})
+	v, err := tdx.NewVerifier(tdx.Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(simDir)})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tdx-guest/abi"
 	"github.com/google/go-tdx-guest/pcs"
+	pb "github.com/google/go-tdx-guest/proto/tdx"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
@@ -67,7 +69,11 @@ func FuzzParseQuote(f *testing.F) {
 		if !proto.Equal(q1, q2) {
 			t.Fatalf("parseQuote not deterministic: two parses differ")
 		}
-		_ = chainCacheKey(data)
+		rq, err := parseRawQuote(data)
+		if err != nil {
+			t.Fatalf("parseRawQuote rejects a quote go-tdx-guest parses: %v", err)
+		}
+		_ = chainCacheKey(rq, data)
 	})
 }
 
@@ -76,7 +82,7 @@ func FuzzVerify(f *testing.F) {
 	fuzzSeeds(f)
 	rd := realReportData(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		v := mustVerifier(t, Options{Now: fixed(realNow)})
+		v := mustVerifier(t, realOptions())
 		ev := tdxEvidence(data)
 		c1, err1 := v.Verify(context.Background(), ev, rd)
 		c2, err2 := v.Verify(context.Background(), ev, rd) // warm if the first passed
@@ -141,7 +147,7 @@ func FuzzCollateralCache(f *testing.F) {
 		}
 		var errs [2]error
 		for i := range errs {
-			v := mustVerifier(t, Options{Now: fixed(now), TrustedRoots: roots, CollateralDir: cdir, RequireCollateral: true})
+			v := mustVerifier(t, Options{Now: fixed(now), TrustedRoots: roots, CollateralDir: cdir})
 			_, errs[i] = v.Verify(context.Background(), tdxEvidence(raw), rd)
 		}
 		if (errs[0] == nil) != (errs[1] == nil) || (errs[0] != nil && errs[0].Error() != errs[1].Error()) {
@@ -156,6 +162,122 @@ func FuzzCollateralCache(f *testing.F) {
 			var o pcscache.Response
 			if json.Unmarshal(data, &r) != nil || json.Unmarshal(orig[target], &o) != nil || !bytes.Equal(r.Body, o.Body) {
 				t.Fatalf("altered collateral %q accepted", data)
+			}
+		}
+	})
+}
+
+// FuzzRawQuote: kbs's own quote parser (v4 and v5) never panics, fails only
+// with errMalformedQuote, and agrees with go-tdx-guest's v4 parser on every
+// field both read: whatever the library parses as a v4 quote, parseRawQuote
+// parses too, into the same header, body and signed data.
+func FuzzRawQuote(f *testing.F) {
+	fuzzSeeds(f)
+	for _, name := range []string{v5QuoteFile, v5OutdatedQuoteFile, sprQuoteFile} {
+		raw, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(raw)
+	}
+	f.Add(simQuote(f, newSimDir(f), sim.TDXOptions{V5: true}, reportData("fuzz v5")))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		q, err := parseRawQuote(data)
+		if err != nil && !errors.Is(err, errMalformedQuote) {
+			t.Fatalf("parseRawQuote error %v is not errMalformedQuote", err)
+		}
+		if err == nil {
+			if len(q.Header) != headerSize || (len(q.Body) != bodyTD10Size && len(q.Body) != bodyTD15Size) ||
+				len(q.Signature) != 64 || len(q.AttestKey) != 64 || len(q.QEReport) != qeReportSize || len(q.QEReportSig) != 64 {
+				t.Fatalf("parseRawQuote returned parts of the wrong size")
+			}
+			if !bytes.Equal(q.Signed, data[:len(q.Signed)]) || !bytes.Equal(q.Body, q.Signed[len(q.Signed)-len(q.Body):]) {
+				t.Fatalf("signed part is not the header and body")
+			}
+			_ = chainCacheKey(q, data)
+		}
+		lib, lerr := parseQuote(data)
+		if lerr != nil {
+			return
+		}
+		if err != nil {
+			t.Fatalf("go-tdx-guest parses a v4 quote parseRawQuote rejects: %v", err)
+		}
+		b := lib.GetTdQuoteBody()
+		sd := lib.GetSignedData()
+		qe := sd.GetCertificationData().GetQeReportCertificationData()
+		qeRaw, _ := qeReportBytesOf(lib)
+		for _, c := range []struct {
+			name      string
+			ours, lib []byte
+		}{
+			{"MRTD", q.field(bodyMRTD, 48), b.GetMrTd()},
+			{"TEE_TCB_SVN", q.field(bodyTEETCBSVN, 16), b.GetTeeTcbSvn()},
+			{"MRSIGNERSEAM", q.field(bodyMRSignerSeam, 48), b.GetMrSignerSeam()},
+			{"REPORT_DATA", q.field(bodyReportData, 64), b.GetReportData()},
+			{"RTMR3", q.field(bodyRTMR0+3*48, 48), b.GetRtmrs()[3]},
+			{"TD_ATTRIBUTES", q.field(bodyTDAttributes, 8), b.GetTdAttributes()},
+			{"QE vendor", q.Header[12:28], lib.GetHeader().GetQeVendorId()},
+			{"signature", q.Signature, sd.GetSignature()},
+			{"attestation key", q.AttestKey, sd.GetEcdsaAttestationKey()},
+			{"QE report", q.QEReport, qeRaw},
+			{"QE report signature", q.QEReportSig, qe.GetQeReportSignature()},
+			{"QE auth data", q.QEAuthData, qe.GetQeAuthData().GetData()},
+			{"PCK chain", q.PCKChain, qe.GetPckCertificateChainData().GetPckCertChain()},
+		} {
+			if !bytes.Equal(c.ours, c.lib) {
+				t.Fatalf("%s: parseRawQuote %x, go-tdx-guest %x", c.name, c.ours, c.lib)
+			}
+		}
+	})
+}
+
+// qeReportBytesOf is the QE report of a library-parsed quote, as signed.
+func qeReportBytesOf(q *pb.QuoteV4) ([]byte, error) {
+	return abi.EnclaveReportToAbiBytes(q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport())
+}
+
+// FuzzLoadCollateral: a collateral bundle is untrusted input. Parsing a
+// bundle of one fuzzed file next to the real bundle never panics, and a
+// quote verifies with it only if the real pieces still do the verifying.
+func FuzzLoadCollateral(f *testing.F) {
+	ents, err := os.ReadDir(realCollateral)
+	if err != nil {
+		f.Fatal(err)
+	}
+	orig := map[string][]byte{}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(realCollateral, e.Name()))
+		if err != nil {
+			f.Fatal(err)
+		}
+		orig[e.Name()] = b
+		f.Add(e.Name(), b)
+	}
+	raw := realQuote(f)
+	rd := realReportData(f)
+	f.Fuzz(func(t *testing.T, name string, data []byte) {
+		if _, ok := orig[name]; !ok {
+			name = "tcb_info.json"
+		}
+		dir := t.TempDir()
+		for n, b := range orig {
+			if n == name {
+				b = data
+			}
+			if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := LoadCollateral(dir); err != nil {
+			return
+		}
+		_, err := mustVerifier(t, Options{Now: fixed(realNow), CollateralDir: dir}).Verify(context.Background(), tdxEvidence(raw), rd)
+		if err == nil && !bytes.Equal(data, orig[name]) && !strings.HasSuffix(name, "_chain.pem") {
+			// Only whitespace around a JSON body, or a CRL in another
+			// encoding, may still verify.
+			if !bytes.Equal(bytes.TrimSpace(data), bytes.TrimSpace(orig[name])) && crlDER(data) == nil {
+				t.Fatalf("altered %s accepted: %q", name, data)
 			}
 		}
 	})

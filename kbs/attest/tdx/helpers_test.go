@@ -15,19 +15,46 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
-// The real quote: go-tdx-guest's Sapphire Rapids sample, copied by
-// testdata/tdx/gen.go. Its PCK leaf is valid from 2022-09-20 to 2029-09-20.
+// The real quote: a TDX quote v4 of a platform of FMSPC b0c06f000000, with
+// the Intel collateral (TCB info, QE identity, CRLs) it was verified with,
+// as a bundle of PCS responses (testdata/README.md says where both come
+// from). Its PCK leaf is valid from 2025-02-06 to 2032-02-06; the
+// collateral from 2025-06-19 to 2025-07-19.
 const (
-	realQuoteFile     = "../../../testdata/tdx/quote-spr.dat"
-	intelCollateral   = "../../../testdata/tdx/intel-collateral"
-	realMRTD          = "6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb"
-	realReportDataHex = "6c62dec1b8191749a31dab490be532a35944dea47caef1f980863993d9899545eb7406a38d1eed313b987a467dacead6f0c87a6d766c66f6f29f8acb281f1113"
+	realQuoteFile     = "../../../testdata/tdx/quote-v4-b0c06f.dat"
+	realCollateral    = "../../../testdata/tdx/collateral-b0c06f"
+	realMRTD          = "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7"
+	realReportDataHex = "9a9d48e7f6799642d3d1b34e1e5e1742d4bb02dd6ddd551862c1211d35c304f9eca3efdbb481601c163cf52493d6e44aed55d51ec39b7e518fadb92c2b523f20"
+
+	// go-tdx-guest's Sapphire Rapids quote and Intel's sample collateral of
+	// 2023, which lists no TCB level that platform reaches.
+	sprQuoteFile    = "../../../testdata/tdx/quote-spr.dat"
+	intelCollateral = "../../../testdata/tdx/intel-collateral"
+
+	// Real v5 quotes with TD report 1.5 bodies (FMSPC 90c06f000000), and
+	// the Intel collateral of 2026-02-18 for that FMSPC.
+	v5QuoteFile         = "../../../testdata/tdx/quote-v5-td15-90c06f.dat"
+	v5OutdatedQuoteFile = "../../../testdata/tdx/quote-v5-td15-90c06f-outdated.dat"
+	v5Collateral        = "../../../testdata/tdx/collateral-90c06f"
 )
 
-// realNow lies inside the validity of the real quote's PCK chain (which truly
-// expires on 2029-09-20): tests of the real quote verify at realNow, never at
-// the wall clock.
-var realNow = time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
+// realNow is derived from the real collateral: an hour after the last of
+// its pieces was issued, when all of them and the PCK chain are valid.
+// Tests of the real quote verify at realNow, never at the wall clock.
+var realNow = collateralTime(realCollateral)
+
+// collateralTime returns an hour after the newest piece of the bundle in
+// dir was issued.
+func collateralTime(dir string) time.Time {
+	c, err := LoadCollateral(dir)
+	if err != nil {
+		panic(err)
+	}
+	return c.Issued().Add(time.Hour)
+}
+
+// realOptions verify the real quote at realNow with its collateral.
+func realOptions() Options { return Options{Now: fixed(realNow), CollateralDir: realCollateral} }
 
 func fixed(t time.Time) func() time.Time { return func() time.Time { return t } }
 
@@ -80,7 +107,7 @@ func simVerifierOptions(dir string) (Options, error) {
 	if err != nil {
 		return Options{}, err
 	}
-	return Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(dir), RequireCollateral: true}, nil
+	return Options{TrustedRoots: roots, CollateralDir: sim.TDXCollateralDir(dir)}, nil
 }
 
 func simVerifier(t testing.TB, dir string, now time.Time) *Verifier {

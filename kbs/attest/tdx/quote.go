@@ -21,16 +21,6 @@ import (
 // PCK chain are about 5 KiB.
 const MaxQuoteSize = 64 << 10
 
-// Offsets into a raw v4 quote (Intel TDX DCAP Quoting Library API, A.3).
-const (
-	headerEnd         = 0x30  // 48-byte header
-	bodyEnd           = 0x278 // 584-byte TD quote body
-	tdAttributesOff   = headerEnd + 0x78
-	signatureOff      = bodyEnd + 4 // after the signed-data size
-	signatureEnd      = signatureOff + 64
-	attestationKeyEnd = signatureEnd + 64
-)
-
 // measurementSize is the size of MRTD, the RTMRs, MRCONFIGID, MROWNER,
 // MROWNERCONFIG, MRSEAM and MRSIGNERSEAM: a SHA-384 digest.
 const measurementSize = abi.MrTdSize
@@ -70,14 +60,14 @@ func parseQuote(raw []byte) (q *pb.QuoteV4, err error) {
 // UnverifiedReportData returns the REPORT_DATA of a TDX quote without
 // verifying anything: for tools that verify evidence whose binding they do
 // not know (kbsctl manifest check), and must then say so. It fails for
-// bytes that are not a well-formed v4 quote.
+// bytes that are not a well-formed v4 or v5 quote.
 func UnverifiedReportData(quote []byte) ([attest.ReportDataSize]byte, error) {
 	var rd [attest.ReportDataSize]byte
-	q, err := parseQuote(quote)
+	q, err := parseRawQuote(quote)
 	if err != nil {
 		return rd, err
 	}
-	copy(rd[:], q.GetTdQuoteBody().GetReportData())
+	copy(rd[:], q.field(bodyReportData, attest.ReportDataSize))
 	return rd, nil
 }
 
@@ -89,8 +79,7 @@ type pckChain struct {
 // parseChain extracts the PCK leaf, intermediate and root certificates from
 // the quote's certification data: three concatenated PEM blocks, optionally
 // followed by a NUL byte.
-func parseChain(q *pb.QuoteV4) (*pckChain, error) {
-	rest := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetPckCertificateChainData().GetPckCertChain()
+func parseChain(rest []byte) (*pckChain, error) {
 	var certs []*x509.Certificate
 	for i := 0; i < 3; i++ {
 		var blk *pem.Block
@@ -162,40 +151,32 @@ func verifyRawSignature(pub *ecdsa.PublicKey, msg, sig []byte) bool {
 	return ecdsa.Verify(pub, h[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
 }
 
-// qeReportBytes returns the 384-byte QE report as signed by the PCK key.
-func qeReportBytes(q *pb.QuoteV4) ([]byte, error) {
-	return abi.EnclaveReportToAbiBytes(q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport())
-}
-
 // attestationKeyBound reports whether the QE report's REPORT_DATA is
 // SHA-256(attestation key || QE auth data) followed by 32 zero bytes.
-func attestationKeyBound(q *pb.QuoteV4) bool {
-	cd := q.GetSignedData().GetCertificationData().GetQeReportCertificationData()
+func attestationKeyBound(q *rawQuote) bool {
 	h := sha256.New()
-	h.Write(q.GetSignedData().GetEcdsaAttestationKey())
-	h.Write(cd.GetQeAuthData().GetData())
+	h.Write(q.AttestKey)
+	h.Write(q.QEAuthData)
 	want := append(h.Sum(nil), make([]byte, 32)...)
-	return bytes.Equal(want, cd.GetQeReport().GetReportData())
+	return bytes.Equal(want, q.QEReport[qeReportSize-64:])
 }
 
 // chainCacheKey identifies everything the cold path checks besides the quote
-// signature: the header, the TDX module fields the collateral is matched
-// against (TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM, SEAMATTRIBUTES) and the whole
-// signed data after the quote signature (attestation key, QE report and its
-// signature, QE auth data, PCK chain, trailing bytes). The TD's own
-// measurements, attributes and REPORT_DATA are excluded: they change per
-// quote and are covered by the quote signature, checked on every call.
-func chainCacheKey(raw []byte) [32]byte {
+// signature: the header (and v5 body descriptor), the TDX module fields the
+// collateral is matched against (TEE_TCB_SVN, MRSEAM, MRSIGNERSEAM,
+// SEAMATTRIBUTES) and the whole signed data after the quote signature
+// (attestation key, QE report and its signature, QE auth data, PCK chain,
+// trailing bytes). The TD's own measurements, attributes and REPORT_DATA
+// are excluded: they change per quote and are covered by the quote
+// signature, checked on every call.
+func chainCacheKey(q *rawQuote, raw []byte) [32]byte {
 	h := sha256.New()
-	h.Write(raw[:tdAttributesOff])
-	h.Write(raw[bodyEnd:signatureOff])
-	h.Write(raw[signatureEnd:])
+	h.Write(q.Signed[:len(q.Signed)-len(q.Body)])
+	h.Write(q.Body[:bodyTDAttributes])
+	h.Write(raw[q.sigEnd:])
 	var k [32]byte
 	h.Sum(k[:0])
 	return k
 }
-
-// signedMessage is the part of a raw quote the attestation key signs.
-func signedMessage(raw []byte) []byte { return raw[:bodyEnd] }
 
 func le64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }

@@ -37,23 +37,24 @@ func TestSimQuote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := parseQuote(raw)
+	q, err := parseRawQuote(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, err := parseChain(q)
+	chain, err := parseChain(q.PCKChain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cdir := sim.TDXCollateralDir(dir)
-	getter := &collateralGetter{ctx: context.Background(), dir: cdir}
+	col, err := LoadCollateral(sim.TDXCollateralDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain.root = roots[0]
+	getter := &bundleGetter{c: col, fmspc: sim.TDXFMSPC, ca: "platform", pckChain: chain}
 	pool := mustVerifier(t, Options{TrustedRoots: roots}).roots
 	opts := &verify.Options{GetCollateral: true, CheckRevocations: true, Getter: getter, Now: clock.Now(), TrustedRoots: pool}
 	if err := verify.RawTdxQuote(raw, opts); err != nil {
 		t.Fatalf("go-tdx-guest verify.RawTdxQuote(sim quote, sim collateral) = %v", err)
-	}
-	if getter.missed != nil {
-		t.Fatalf("collateral request not served: %v", getter.missed)
 	}
 	ext, err := pcs.PckCertificateExtensions(chain.leaf)
 	if err != nil || ext.FMSPC != sim.TDXFMSPC || ext.TCB.PCESvn != 11 {
@@ -126,11 +127,11 @@ func TestRootsFromCerts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := parseQuote(realQuote(t))
+	q, err := parseRawQuote(realQuote(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	chain, err := parseChain(q)
+	chain, err := parseChain(q.PCKChain)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,10 +53,9 @@ func stdoutChild() {
 	raw, err := os.ReadFile(realQuoteFile)
 	fail(err)
 	var rd [64]byte
-	q, err := parseQuote(raw)
+	rd, err = UnverifiedReportData(raw)
 	fail(err)
-	copy(rd[:], q.GetTdQuoteBody().GetReportData())
-	v, err := NewVerifier(Options{Now: fixed(realNow)})
+	v, err := NewVerifier(realOptions())
 	fail(err)
 	c, err := v.Verify(ctx, tdxEvidence(raw), rd)
 	fail(err)

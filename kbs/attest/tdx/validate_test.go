@@ -11,7 +11,7 @@ import (
 
 func realClaims(t testing.TB) *attest.Claims {
 	t.Helper()
-	c, err := mustVerifier(t, Options{Now: fixed(realNow)}).Verify(context.Background(), tdxEvidence(realQuote(t)), realReportData(t))
+	c, err := mustVerifier(t, realOptions()).Verify(context.Background(), tdxEvidence(realQuote(t)), realReportData(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/google/go-tdx-guest/verify/trust"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 )
 
 // Defaults of Options.
@@ -29,7 +32,8 @@ const (
 )
 
 // Options configure a Verifier. The zero value verifies offline against the
-// Intel SGX Root CA, without collateral.
+// Intel SGX Root CA, and refuses every quote: offline verification needs
+// collateral (CollateralDir).
 type Options struct {
 	// Now returns the time at which certificates and collateral must be
 	// valid. Optional; default clock.Now (the wall clock). Tests fix it to verify captured quotes
@@ -42,25 +46,23 @@ type Options struct {
 	// simulated TEE's roots (sim.TDXRoots) here, and only here, to accept it.
 	TrustedRoots []*x509.Certificate
 
-	// CollateralDir is the on-disk collateral cache (TCB info, QE identity,
-	// PCK CRL, root CA CRL; see the package documentation for its layout).
-	// Optional: without it, offline verification runs no collateral checks.
+	// CollateralDir is a collateral bundle (see Collateral and
+	// LoadCollateral: Intel PCS responses as served, kbs's cache files, or
+	// QVL-style collateral JSON). Offline, it is the only source of
+	// collateral, read again on every cold verification; online, fetched
+	// responses are stored in it and it is the fallback when a fetch fails.
+	// Without it, offline verification refuses every quote.
 	CollateralDir string
 
 	// Online fetches collateral from Intel PCS through Getter on every
-	// uncached verification and stores it in CollateralDir; a failed fetch
-	// falls back to the cache. Optional: offline (false) uses only the
-	// evidence and CollateralDir, and never touches the network.
+	// cold verification and stores it in CollateralDir; a failed fetch
+	// falls back to CollateralDir. Optional: offline (false) never touches
+	// the network.
 	Online bool
 
 	// Getter fetches PCS URLs in online mode. Optional: an HTTPS client with
 	// a 30 s timeout.
 	Getter trust.HTTPSGetter
-
-	// RequireCollateral rejects evidence (errCollateralUnavailable) when TCB
-	// info and QE identity for its platform are not available. Optional:
-	// false verifies without collateral when none is cached.
-	RequireCollateral bool
 
 	// ChainCacheSize bounds the number of verified PCK chains kept in
 	// memory. Optional: DefaultChainCacheSize; negative disables the cache.
@@ -95,6 +97,7 @@ type chainEntry struct {
 	attestKey  *ecdsa.PublicKey
 	simulated  bool
 	tcbStatus  string
+	advisories []string
 	notBefore  time.Time // latest NotBefore of the chain
 	notAfter   time.Time // earliest expiry of certificates and collateral
 	verifiedAt time.Time
@@ -138,21 +141,26 @@ func (v *Verifier) now() time.Time {
 	return clock.Now()
 }
 
-// Verify checks a TDX quote v4 and returns its claims:
+// Verify checks a TDX quote, v4 or v5, and returns its claims:
 //
-//   - the quote parses (a panic in the parser is an errMalformedQuote) and
-//     comes from Intel's quoting enclave (QE_VENDOR_ID);
+//   - the quote parses and comes from Intel's quoting enclave
+//     (QE_VENDOR_ID);
 //   - the PCK chain has Intel's form, every certificate is valid at Now, and
 //     it ends at a trusted root;
 //   - the PCK key signed the QE report, the QE report binds the attestation
 //     key, and the attestation key signed the header and TD quote body;
-//   - the collateral checks, when TCB info and QE identity are available:
-//     their signatures and issuer chains to the trusted root, freshness at
-//     Now, FMSPC/PCEID, TDX module MRSIGNER and attributes, the TCB level of
-//     the PCK certificate and TEE_TCB_SVN (only UpToDate passes), the QE
-//     identity (MRSIGNER, ISVPRODID, MISCSELECT, attributes, TCB level) and,
-//     when both CRLs are available, revocation of the intermediate and PCK
-//     certificates;
+//   - the collateral, always (errCollateralUnavailable when a piece is
+//     missing): TCB info for the PCK certificate's FMSPC and the TD QE
+//     identity, signed under the chain's root and current at Now; the PCK
+//     and root CA CRLs, which must not revoke the PCK, its CA or the TCB
+//     signing certificate; FMSPC, PCEID, TDX module signer and attributes,
+//     the QE's MRSIGNER, ISVPRODID, MISCSELECT and attributes; the TCB
+//     level of the platform, the TDX module and the QE. A Revoked level is
+//     refused; any other status is passed on in the claims (TCBStatus,
+//     AdvisoryIDs) for the manifest to judge;
+//   - for v4 quotes, go-tdx-guest's verify.TdxQuote agrees: on the chain
+//     and signatures always, and on the collateral when the status is
+//     UpToDate (the only status it accepts);
 //   - REPORT_DATA equals reportData;
 //   - TD_ATTRIBUTES.DEBUG is clear.
 //
@@ -168,18 +176,18 @@ func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [a
 		return nil, err
 	}
 	raw := ev.Data
-	q, err := parseQuote(raw)
+	q, err := parseRawQuote(raw)
 	if err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(q.GetHeader().GetQeVendorId(), intelQEVendorID) {
-		return nil, fmt.Errorf("%w: QE_VENDOR_ID %x", errQEVendor, q.GetHeader().GetQeVendorId())
+	if !bytes.Equal(q.Header[12:28], intelQEVendorID) {
+		return nil, fmt.Errorf("%w: QE_VENDOR_ID %x", errQEVendor, q.Header[12:28])
 	}
 	now := v.now()
-	key := chainCacheKey(raw)
+	key := chainCacheKey(q, raw)
 	entry := v.lookup(key, now)
 	if entry != nil {
-		if !verifyRawSignature(entry.attestKey, signedMessage(raw), q.GetSignedData().GetSignature()) {
+		if !verifyRawSignature(entry.attestKey, q.Signed, q.Signature) {
 			return nil, errQuoteSignature
 		}
 	} else {
@@ -189,56 +197,61 @@ func (v *Verifier) Verify(ctx context.Context, ev attest.Evidence, reportData [a
 		v.store(key, entry)
 	}
 
-	body := q.GetTdQuoteBody()
-	if !bytes.Equal(body.GetReportData(), reportData[:]) {
+	if rd := q.field(bodyReportData, attest.ReportDataSize); !bytes.Equal(rd, reportData[:]) {
 		return nil, fmt.Errorf("%w: quote has %s, want %s", ErrReportData,
-			hex.EncodeToString(body.GetReportData()), hex.EncodeToString(reportData[:]))
+			hex.EncodeToString(rd), hex.EncodeToString(reportData[:]))
 	}
-	attrs := le64(body.GetTdAttributes())
-	if attrs&tdAttributesDebug != 0 {
+	if attrs := le64(q.field(bodyTDAttributes, 8)); attrs&tdAttributesDebug != 0 {
 		return nil, fmt.Errorf("%w: TD_ATTRIBUTES %#016x", ErrDebug, attrs)
 	}
-	return claimsOf(q, ev, entry), nil
+	return claimsOf(q, ev, entry, now), nil
 }
 
-func claimsOf(q *pb.QuoteV4, ev attest.Evidence, e *chainEntry) *attest.Claims {
-	b := q.GetTdQuoteBody()
+func claimsOf(q *rawQuote, ev attest.Evidence, e *chainEntry, now time.Time) *attest.Claims {
+	f := func(off, n int) []byte { return bytes.Clone(q.field(off, n)) }
 	c := &attest.Claims{
 		Platform:       attest.TDX,
 		Simulated:      e.simulated,
-		Measurement:    bytes.Clone(b.GetMrTd()),
+		Measurement:    f(bodyMRTD, measurementSize),
 		EvidenceDigest: ev.Digest(),
+		VerifiedAt:     now,
 		TDX: &attest.TDXClaims{
-			MRTD:          bytes.Clone(b.GetMrTd()),
-			MRConfigID:    bytes.Clone(b.GetMrConfigId()),
-			MROwner:       bytes.Clone(b.GetMrOwner()),
-			MROwnerConfig: bytes.Clone(b.GetMrOwnerConfig()),
-			XFAM:          le64(b.GetXfam()),
-			TDAttributes:  le64(b.GetTdAttributes()),
-			TEETCBSVN:     bytes.Clone(b.GetTeeTcbSvn()),
-			MRSeam:        bytes.Clone(b.GetMrSeam()),
-			MRSignerSeam:  bytes.Clone(b.GetMrSignerSeam()),
+			QuoteVersion:  q.Version,
+			MRTD:          f(bodyMRTD, measurementSize),
+			MRConfigID:    f(bodyMRConfigID, measurementSize),
+			MROwner:       f(bodyMROwner, measurementSize),
+			MROwnerConfig: f(bodyMROwnerConfig, measurementSize),
+			XFAM:          le64(q.field(bodyXFAM, 8)),
+			TDAttributes:  le64(q.field(bodyTDAttributes, 8)),
+			TEETCBSVN:     f(bodyTEETCBSVN, teeTCBSVNSize),
+			MRSeam:        f(bodyMRSeam, measurementSize),
+			MRSignerSeam:  f(bodyMRSignerSeam, measurementSize),
 			TCBStatus:     e.tcbStatus,
+			AdvisoryIDs:   slices.Clone(e.advisories),
 		},
 	}
-	copy(c.ReportData[:], b.GetReportData())
-	for i, r := range b.GetRtmrs() {
-		c.TDX.RTMR[i] = bytes.Clone(r)
+	if q.BodyType == bodyTD15 {
+		c.TDX.TEETCBSVN2 = f(bodyTEETCBSVN2, teeTCBSVNSize)
+		c.TDX.MRServiceTD = f(bodyMRServiceTD, mrServiceTDSize)
+	}
+	copy(c.ReportData[:], q.field(bodyReportData, attest.ReportDataSize))
+	for i := range c.TDX.RTMR {
+		c.TDX.RTMR[i] = f(bodyRTMR0+i*measurementSize, measurementSize)
 	}
 	return c
 }
 
-// verifyCold runs every check but REPORT_DATA and debug: first our own, which
-// give precise errors, then go-tdx-guest's verify.TdxQuote with a fresh
-// Options (the library writes into it), which repeats them and adds the
-// collateral checks.
-func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, now time.Time) (_ *chainEntry, err error) {
+// verifyCold runs every check but REPORT_DATA and debug: our own, which
+// give precise errors and judge the collateral, then (v4) go-tdx-guest's
+// verify.TdxQuote with a fresh Options (the library writes into it), which
+// must agree.
+func (v *Verifier) verifyCold(ctx context.Context, q *rawQuote, raw []byte, now time.Time) (_ *chainEntry, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: panic while verifying: %v", errMalformedQuote, r)
 		}
 	}()
-	chain, err := parseChain(q)
+	chain, err := parseChain(q.PCKChain)
 	if err != nil {
 		return nil, err
 	}
@@ -278,97 +291,121 @@ func (v *Verifier) verifyCold(ctx context.Context, q *pb.QuoteV4, raw []byte, no
 		}
 		return nil, fmt.Errorf("%w: %v", errCertChain, err)
 	}
-	e.simulated = true
-	for _, ch := range chains {
-		if bytes.Equal(ch[len(ch)-1].RawSubjectPublicKeyInfo, intelRoot.RawSubjectPublicKeyInfo) {
-			e.simulated = false
-		}
-	}
+	// From here on the root is the trusted one the chain verified to.
+	chain.root = chains[0][len(chains[0])-1]
+	e.simulated = !bytes.Equal(chain.root.RawSubjectPublicKeyInfo, intelRoot.RawSubjectPublicKeyInfo)
 
-	sd := q.GetSignedData()
-	qeRep, err := qeReportBytes(q)
-	if err != nil {
-		return nil, fmt.Errorf("%w: QE report: %v", errMalformedQuote, err)
-	}
-	qeSig, err := abi.SignatureToDER(sd.GetCertificationData().GetQeReportCertificationData().GetQeReportSignature())
+	qeSig, err := abi.SignatureToDER(q.QEReportSig)
 	if err != nil {
 		return nil, fmt.Errorf("%w: QE report signature: %v", errMalformedQuote, err)
 	}
-	if err := chain.leaf.CheckSignature(x509.ECDSAWithSHA256, qeRep, qeSig); err != nil {
+	if err := chain.leaf.CheckSignature(x509.ECDSAWithSHA256, q.QEReport, qeSig); err != nil {
 		return nil, fmt.Errorf("%w: %v", errQEReportSignature, err)
 	}
 	if !attestationKeyBound(q) {
 		return nil, errAttestationKeyBinding
 	}
-	if e.attestKey, err = p256Key(sd.GetEcdsaAttestationKey()); err != nil {
+	if e.attestKey, err = p256Key(q.AttestKey); err != nil {
 		return nil, fmt.Errorf("%w: %v", errQuoteSignature, err)
 	}
-	if !verifyRawSignature(e.attestKey, signedMessage(raw), sd.GetSignature()) {
+	if !verifyRawSignature(e.attestKey, q.Signed, q.Signature) {
 		return nil, errQuoteSignature
 	}
 
-	// Collateral, through go-tdx-guest.
-	exts, err := pcs.PckCertificateExtensions(chain.leaf)
+	// Collateral: always.
+	exts, ca, err := pckExtensions(chain)
 	if err != nil {
-		return nil, fmt.Errorf("%w: PCK SGX extensions: %v", errCertChain, err)
+		return nil, err
 	}
-	ca := "platform"
-	if chain.leaf.Issuer.CommonName == "Intel SGX PCK Processor CA" {
-		ca = "processor"
-	}
-	getter := &collateralGetter{ctx: ctx, dir: v.opts.CollateralDir}
-	var plan collateralPlan
-	if v.opts.Online {
-		getter.online = v.getter
-		plan = collateralPlan{tcbAndQE: true, crls: true}
-	} else {
-		plan = planOffline(v.opts.CollateralDir, exts.FMSPC, ca)
-	}
-	if !plan.tcbAndQE && v.opts.RequireCollateral {
-		return nil, fmt.Errorf("%w: no TCB info for FMSPC %s or no QE identity in %q", errCollateralUnavailable, exts.FMSPC, v.opts.CollateralDir)
-	}
-	err = v.libVerify(q, plan, getter, now)
-	if err != nil && getter.missed != nil {
-		if v.opts.RequireCollateral {
-			return nil, fmt.Errorf("%w: %v", errCollateralUnavailable, getter.missed)
-		}
-		plan = collateralPlan{}
-		err = v.libVerify(q, plan, nil, now)
-	}
+	col, err := v.collateral(ctx, exts.FMSPC, ca, chain.root)
 	if err != nil {
-		if plan.tcbAndQE && v.libVerify(q, collateralPlan{}, nil, now) == nil {
-			return nil, fmt.Errorf("%w: %v", errCollateral, err)
-		}
-		return nil, fmt.Errorf("%w: go-tdx-guest: %v", errCertChain, err)
+		return nil, err
 	}
-	if plan.tcbAndQE {
-		// verify.TdxQuote accepts only the UpToDate TCB level.
-		e.tcbStatus = string(pcs.TcbComponentStatusUpToDate)
-		if !getter.until.IsZero() && getter.until.Before(e.notAfter) {
-			e.notAfter = getter.until
+	verdict, err := col.evaluate(chain, exts, ca, q.tcb(), now)
+	if err != nil {
+		return nil, err
+	}
+	e.tcbStatus, e.advisories = verdict.status, verdict.advisories
+	if verdict.notAfter.Before(e.notAfter) {
+		e.notAfter = verdict.notAfter
+	}
+
+	// go-tdx-guest's second opinion, where it can give one.
+	if q.Version == quoteV4 {
+		pq, err := parseQuote(raw)
+		if err != nil {
+			return nil, err
+		}
+		// The library accepts only UpToDate, and (v0.3.1) compares the
+		// FMSPC case-sensitively while Intel writes the TCB info's in upper
+		// case: elsewhere it confirms the chain and signatures only.
+		withCollateral := verdict.status == StatusUpToDate && verdict.fmspc == exts.FMSPC
+		getter := &bundleGetter{c: col, fmspc: exts.FMSPC, ca: ca, pckChain: chain}
+		if err := v.libVerify(pq, withCollateral, getter, now); err != nil {
+			return nil, fmt.Errorf("%w: go-tdx-guest rejects what kbs's checks accept: %v", errCollateral, err)
 		}
 	}
 	return e, nil
 }
 
+// collateral returns the collateral for a platform: fetched (online, stored
+// in CollateralDir, falling back to it) or from the bundle in
+// CollateralDir.
+func (v *Verifier) collateral(ctx context.Context, fmspc, ca string, root *x509.Certificate) (*Collateral, error) {
+	if v.opts.Online {
+		g := &collateralGetter{ctx: ctx, dir: v.opts.CollateralDir, online: v.getter}
+		var rs []*pcscache.Response
+		urls := append([]string{pcs.TcbInfoURL(fmspc), pcs.QeIdentityURL(), pcs.PckCrlURL(ca)}, root.CRLDistributionPoints...)
+		for i, u := range urls {
+			r, err := g.get(u)
+			if err != nil {
+				if i >= 3 && i < len(urls)-1 {
+					continue // another distribution point of the root CRL
+				}
+				return nil, fmt.Errorf("%w: %v", errCollateralUnavailable, err)
+			}
+			rs = append(rs, r)
+			if i >= 3 {
+				break
+			}
+		}
+		c, err := collateralFromResponses(rs)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errCollateral, err)
+		}
+		return c, nil
+	}
+	if v.opts.CollateralDir == "" {
+		return nil, fmt.Errorf("%w: offline, and no collateral bundle (--collateral DIR with Intel PCS's TCB info, QE identity and CRLs)", errCollateralUnavailable)
+	}
+	c, err := LoadCollateral(v.opts.CollateralDir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %v", errCollateralUnavailable, err)
+		}
+		return nil, fmt.Errorf("%w: %v", errCollateral, err)
+	}
+	return c, nil
+}
+
 // libVerify runs verify.TdxQuote with a fresh Options, turning a panic into
-// an error.
-func (v *Verifier) libVerify(q *pb.QuoteV4, plan collateralPlan, getter *collateralGetter, now time.Time) (err error) {
+// an error: with the collateral from getter when withCollateral, else on
+// the chain and signatures alone.
+func (v *Verifier) libVerify(q *pb.QuoteV4, withCollateral bool, getter trust.HTTPSGetter, now time.Time) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic in verify.TdxQuote: %v", r)
 		}
 	}()
 	opts := &verify.Options{
-		GetCollateral:    plan.tcbAndQE,
-		CheckRevocations: plan.crls,
+		GetCollateral:    withCollateral,
+		CheckRevocations: withCollateral,
 		Now:              now,
 		TrustedRoots:     v.roots, // never nil: nil makes the library log to stdout
+		Getter:           noGetter{},
 	}
-	if getter != nil {
+	if withCollateral {
 		opts.Getter = getter
-	} else {
-		opts.Getter = noGetter{}
 	}
 	return verify.TdxQuote(q, opts)
 }

@@ -54,10 +54,16 @@ type Options struct {
 	// attest.SimTDXCollateralDir next to it.
 	SimRootFile string
 	// Offline forbids network access: certificates and collateral come only
-	// from the evidence and CacheDir, and no revocation list is fetched.
-	// When false, missing certificates are fetched from the vendor and
-	// revocation is checked.
+	// from the evidence, Collateral and CacheDir, and no revocation list is
+	// fetched. When false, missing certificates and TDX collateral are
+	// fetched from the vendor and revocation is checked.
 	Offline bool
+	// Collateral is a collateral bundle directory: for TDX, Intel PCS's
+	// responses as served (tdx.LoadCollateral names the files). Offline,
+	// TDX evidence verifies only with it (or with collateral an earlier
+	// online verification left in CacheDir): collateral is never skipped.
+	// Optional; when set it wins over CacheDir.
+	Collateral string
 }
 
 // pair is a platform's verifier for hardware evidence and, when a sim root
@@ -125,13 +131,14 @@ func newSNP(opts Options, simRoots []*x509.Certificate) (pair, error) {
 // options allow, and the sim's root with its own collateral when simRoots
 // holds one.
 func newTDX(opts Options, simRoots []*x509.Certificate) (pair, error) {
+	dir := opts.cacheDir(attest.TDX)
+	if opts.Collateral != "" {
+		dir = opts.Collateral
+	}
 	hw, err := tdx.NewVerifier(tdx.Options{
 		Now:           opts.Now,
-		CollateralDir: opts.cacheDir(attest.TDX),
+		CollateralDir: dir,
 		Online:        !opts.Offline,
-		// Online, collateral must be there; offline, it is checked when
-		// cached.
-		RequireCollateral: !opts.Offline,
 	})
 	if err != nil {
 		return pair{}, err
@@ -146,7 +153,6 @@ func newTDX(opts Options, simRoots []*x509.Certificate) (pair, error) {
 	so := tdx.Options{Now: opts.Now, TrustedRoots: roots}
 	if dir := filepath.Join(filepath.Dir(opts.SimRootFile), attest.SimTDXCollateralDir); isDir(dir) {
 		so.CollateralDir = dir
-		so.RequireCollateral = true
 	}
 	if p.sim, err = tdx.NewVerifier(so); err != nil {
 		return pair{}, err
