@@ -83,9 +83,12 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 	return e.out(r, func() {
 		fmt.Fprintf(e.stdout, "checkpoint of log %s, size %d, root %s\n", cp.Origin, cp.Size, r.RootHash)
 		fmt.Fprintf(e.stdout, "  signature     verified with the log key %s\n", from)
-		if res.Previous != nil {
+		switch {
+		case res.Previous != nil && res.Previous.Size == cp.Size:
+			fmt.Fprintf(e.stdout, "  consistency   the stored checkpoint has this size and root; nothing to store\n")
+		case res.Previous != nil:
 			fmt.Fprintf(e.stdout, "  consistency   extends the stored checkpoint of size %d (proof verified); not stored\n", res.Previous.Size)
-		} else {
+		default:
 			fmt.Fprintf(e.stdout, "  consistency   not checked: no stored checkpoint for this log; not stored\n")
 		}
 		fmt.Fprintf(e.stdout, "\n%s", r.Checkpoint)
