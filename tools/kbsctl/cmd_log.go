@@ -40,6 +40,15 @@ func newCheckpointResult(cp tlog.SignedCheckpoint) *checkpointResult {
 	return &checkpointResult{Origin: cp.Origin, Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Checkpoint: string(cp.Note), SignatureVerified: true}
 }
 
+// noteKeyFrom says where the log key comes from: the --note-key flag's
+// value noteKey, or the broker state of --addr.
+func (e *env) noteKeyFrom(noteKey string) string {
+	if noteKey != "" {
+		return "--note-key"
+	}
+	return "learned by 'kbsctl verify' for " + e.g.addr
+}
+
 func cmdLogCheckpoint(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("log checkpoint", "[--note-key KEY]",
 		`Fetches the log's latest checkpoint, verifies its signature with the log's
@@ -58,10 +67,7 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 	if err != nil {
 		return err
 	}
-	from := "learned by 'kbsctl verify' for " + e.g.addr
-	if *noteKey != "" {
-		from = "--note-key"
-	}
+	from := e.noteKeyFrom(*noteKey)
 	raw, err := c.Checkpoint(ctx)
 	if err != nil {
 		return err
@@ -118,15 +124,19 @@ or forked log fails with both checkpoints printed.`, useBroker)
 	}
 	cp, prev := synced.Checkpoint, synced.Previous
 	r := newCheckpointResult(cp)
-	r.Stored = true
+	r.Stored, r.NoteKeyFrom = synced.Stored, e.noteKeyFrom(*noteKey)
 	if prev != nil {
+		r.Consistent = true
 		s := prev.Size
 		r.PreviousSize = &s
 	}
 	return e.out(r, func() {
-		if prev != nil {
+		switch {
+		case prev != nil && !synced.Stored:
+			fmt.Fprintf(e.stdout, "log %s: size %d, consistent with the stored size %d; the stored checkpoint has this size and root\n", cp.Origin, cp.Size, prev.Size)
+		case prev != nil:
 			fmt.Fprintf(e.stdout, "log %s: size %d, consistent with the stored size %d; checkpoint stored\n", cp.Origin, cp.Size, prev.Size)
-		} else {
+		default:
 			fmt.Fprintf(e.stdout, "log %s: size %d; first checkpoint for this log stored (trusted on first use)\n", cp.Origin, cp.Size)
 		}
 	})
