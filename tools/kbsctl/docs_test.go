@@ -498,7 +498,6 @@ func checkFlags(what string, args []string, flags map[string]bool) error {
 	return nil
 }
 
-
 // TestDocsConventions checks the parts of TestDocs that decide what runs
 // and what a skipped block must still satisfy.
 func TestDocsConventions(t *testing.T) {
