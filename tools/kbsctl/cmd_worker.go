@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -75,6 +76,16 @@ func (w *exampleWorker) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	rw.Write(reply)
 }
 
+// workerResult is what 'worker run --json' prints on one line when it
+// serves.
+type workerResult struct {
+	URL      string   `json:"url"`
+	Class    string   `json:"class"`
+	LogIndex uint64   `json:"log_index"`
+	Receipt  string   `json:"receipt_file"`
+	Keys     []string `json:"keys"`
+}
+
 func cmdWorkerRun(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("worker run", "--manifest FILE --tee snp|tdx|sim [--sim-dir DIR] --id ID [--id ID...] --listen ADDR [--receipts DIR]",
 		`An example AI worker: fetches its prompt keys at start like 'key get' (verify
@@ -83,7 +94,8 @@ and serves POST /v1/prompt: an encrypted prompt in, an encrypted reply out
 (see 'kbsctl prompt'). The release receipt goes to a new file,
 DIR/<id>.v<version>.<log index>.receipt (DIR defaults to STATE/receipts).
 It listens before it asks for keys, so a busy address costs no release.
-Prints its URL on stdout when ready; stops on SIGINT or SIGTERM.`, useVerify)
+Prints its URL on stdout when ready (with --json, one line of JSON with the
+URL, class and receipt); stops on SIGINT or SIGTERM.`, useVerify)
 	mf := fs.String("manifest", "", "your copy of the manifest (required)")
 	var tee teeFlags
 	tee.register(fs)
@@ -142,7 +154,13 @@ Prints its URL on stdout when ready; stops on SIGINT or SIGTERM.`, useVerify)
 	srv := &http.Server{Handler: w, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 60 * time.Second, WriteTimeout: 60 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	fmt.Fprintf(e.stdout, "http://%s\n", ln.Addr())
+	url := "http://" + ln.Addr().String()
+	if e.g.json {
+		// One line, so that a reader can take it as soon as it is there.
+		json.NewEncoder(e.stdout).Encode(workerResult{URL: url, Class: rel.Class, LogIndex: rel.Receipt.Index, Receipt: receipt, Keys: ids})
+	} else {
+		fmt.Fprintln(e.stdout, url)
+	}
 	if f, ok := e.stdout.(interface{ Sync() error }); ok {
 		f.Sync()
 	}

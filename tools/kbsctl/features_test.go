@@ -48,6 +48,7 @@ func TestJSONErrors(t *testing.T) {
 	}{
 		{[]string{"--json", "--addr", "unix://" + filepath.Join(dir, "none.sock"), "key", "ls"}, 2, "unreachable", true},
 		{[]string{"--json", "frobnicate"}, 2, "usage", false},
+		{[]string{"--json"}, 2, "usage", false},
 		{[]string{"--jsn", "key", "ls", "--json"}, 2, "usage", false},
 		{[]string{"verify", "--bogus", "--json"}, 2, "usage", false},
 		{[]string{"--json", "verify", "--manifest", filepath.Join(dir, "missing.json")}, 2, "io", false},
@@ -229,6 +230,12 @@ func TestAttestAndRawKeys(t *testing.T) {
 	if dec != "raw hello" {
 		t.Fatalf("raw-key decrypt = %q", dec)
 	}
+	url, stop := startWorker(t, append(g, "--json", "worker", "run", "--manifest", mf, "--tee", "sim", "--sim-dir", d.simDir(), "--id", "demo/raw", "--listen", "127.0.0.1:0"))
+	out, _ = ctlIn(t, 0, "raw", "prompt", "send", "--worker", url, "--key", raw, "--id", "demo/raw", "--key-version", "1")
+	if out != "echo from a kbs worker: RAW" {
+		t.Fatalf("worker reply = %q", out)
+	}
+	stop()
 	_, errOut := ctl(t, 2, "prompt", "encrypt", "--key", raw)
 	contains(t, errOut, "holds raw key bytes: pass --id and --key-version")
 	ctlIn(t, 1, enc, "prompt", "decrypt", "--key", raw, "--id", "demo/raw", "--key-version", "2")

@@ -467,6 +467,15 @@ func startWorker(t *testing.T, args []string) (string, func()) {
 		cancel()
 		t.Fatalf("worker did not start:\n%s", errb.String())
 	}
+	if strings.HasPrefix(url, "{") {
+		// worker run --json
+		var r workerResult
+		if err := json.Unmarshal([]byte(url), &r); err != nil || r.Receipt == "" || r.Class == "" {
+			cancel()
+			t.Fatalf("worker printed %q: %+v, %v", url, r, err)
+		}
+		url = r.URL
+	}
 	if !strings.HasPrefix(url, "http://127.0.0.1:") {
 		cancel()
 		t.Fatalf("worker printed %q", url)

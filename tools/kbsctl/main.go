@@ -228,6 +228,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 0
 	}
 	if fs.NArg() == 0 {
+		if g.json {
+			return report(e, usageErr("want a command (see 'kbsctl -h')"))
+		}
 		printUsage()
 		return 2
 	}
