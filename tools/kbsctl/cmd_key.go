@@ -170,12 +170,7 @@ default next to the key: F.v<version>.<log index>.receipt.`, useVerify)
 		return err
 	}
 	out := keyResult{ID: res.ID, Version: res.Version, Client: ci.Name, LogIndex: res.LogIndex}
-	exact := *receiptFile != ""
-	name := *receiptFile
-	if !exact {
-		name = receiptName(keyFile, res.Version, res.LogIndex)
-	}
-	if out.Receipt, err = e.saveReceipt(name, exact, r.Raw); err != nil {
+	if out.Receipt, err = e.keepReceipt(*receiptFile, keyFile, res.Version, res.LogIndex, r.Raw); err != nil {
 		return err
 	}
 	var was uint64
@@ -298,12 +293,7 @@ already deleted is success (exit 0) and nothing is logged, so a retry is safe.`,
 	}
 	made = nil // the receipt goes there now
 	out := keyResult{ID: res.ID, Version: res.Version, Client: ci.Name, LogIndex: res.LogIndex}
-	exact := *receiptFile != ""
-	name := *receiptFile
-	if !exact {
-		name = receiptName(receiptBase, res.Version, res.LogIndex)
-	}
-	if out.Receipt, err = e.saveReceipt(name, exact, r.Raw); err != nil {
+	if out.Receipt, err = e.keepReceipt(*receiptFile, receiptBase, res.Version, res.LogIndex, r.Raw); err != nil {
 		return err
 	}
 	return e.out(out, func() {
@@ -474,7 +464,7 @@ func (o *keyOutputs) prepare(flagName string, ids []string) error {
 func (o *keyOutputs) write(e *env, k client.ReleasedKey, receipt *client.Receipt, out *keyResult) error {
 	base := filepath.Join(o.dir, filepath.FromSlash(k.ID))
 	var err error
-	if out.Receipt, err = e.saveReceipt(receiptName(base, k.Version, receipt.Index), false, receipt.Raw); err != nil {
+	if out.Receipt, err = e.keepReceipt("", base, k.Version, receipt.Index, receipt.Raw); err != nil {
 		return err
 	}
 	if !o.keys {

@@ -59,11 +59,7 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	c, st, err := e.client(true)
-	if err != nil {
-		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
+	c, lv, err := e.logClient(*noteKey)
 	if err != nil {
 		return err
 	}
@@ -110,11 +106,7 @@ or forked log fails with both checkpoints printed.`, useBroker)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	c, st, err := e.client(true)
-	if err != nil {
-		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
+	c, lv, err := e.logClient(*noteKey)
 	if err != nil {
 		return err
 	}

@@ -187,14 +187,13 @@ timeout) is success: nothing is sent or logged.`, useBroker)
 			return err
 		}
 		out.Logged = true
-		exact := *receiptFile != ""
 		name := *receiptFile
-		if !exact {
+		if name == "" {
 			name = receiptName(file, next.Version(), out.LogIndex)
 		}
 		if _, err := os.Stat(name); out.AlreadyActive && err == nil {
 			out.Receipt = name // kept from the first attempt
-		} else if out.Receipt, err = e.saveReceipt(name, exact, r.Raw); err != nil {
+		} else if out.Receipt, err = e.keepReceipt(*receiptFile, file, next.Version(), out.LogIndex, r.Raw); err != nil {
 			return err
 		}
 	}
@@ -300,11 +299,7 @@ contain your version.`, useBroker)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	c, st, err := e.client(true)
-	if err != nil {
-		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
+	c, lv, err := e.logClient(*noteKey)
 	if err != nil {
 		return err
 	}

@@ -177,6 +177,20 @@ func (e *env) verifyWith(ctx context.Context, c *client.Client, st *client.Broke
 	return b, nil
 }
 
+// logClient returns a client of --addr for reads verified by signatures
+// (TLS before any pin allowed) and the verifier of its log (logVerifier).
+func (e *env) logClient(noteKey string) (*client.Client, *tlog.Verifier, error) {
+	c, st, err := e.client(true)
+	if err != nil {
+		return nil, nil, err
+	}
+	lv, err := e.logVerifier(c, st, noteKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, lv, nil
+}
+
 // logVerifier returns the verifier of the broker's log: from --note-key,
 // else from the broker state of --addr.
 func (e *env) logVerifier(c *client.Client, st *client.BrokerState, noteKey string) (*tlog.Verifier, error) {

@@ -155,3 +155,13 @@ func (e *env) saveReceipt(name string, exact bool, raw []byte) (string, error) {
 	}
 	return file, nil
 }
+
+// keepReceipt writes the receipt of a logged change: to explicit, a new
+// file the caller checked before the change, or else next to base as
+// receiptName(base, version, index).
+func (e *env) keepReceipt(explicit, base string, version, index uint64, raw []byte) (string, error) {
+	if explicit != "" {
+		return e.saveReceipt(explicit, true, raw)
+	}
+	return e.saveReceipt(receiptName(base, version, index), false, raw)
+}

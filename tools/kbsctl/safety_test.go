@@ -404,13 +404,8 @@ func noteKey(t *testing.T, g []string) string {
 // situation: a later version (--follow), an earlier one (rolled back or
 // started over), the same version with other bytes, another log.
 func TestManifestHints(t *testing.T) {
-	dir := t.TempDir()
-	data := filepath.Join(dir, "kbs")
-	d := startKbsd(t, data)
-	mf := filepath.Join(dir, "manifest.json")
-	copyFile(t, filepath.Join(data, "manifest.json"), mf)
-	g := []string{"--addr", d.unix, "--state", filepath.Join(dir, "state"), "--sim-root", d.simRoot()}
-	ctl(t, 0, append(g, "verify", "--manifest", mf)...)
+	d, g, mf, dir := setup(t)
+	data := d.data
 
 	// The client's copy is ahead of the broker (version 2, never set).
 	ahead := filepath.Join(dir, "ahead.json")
@@ -437,7 +432,7 @@ func TestManifestHints(t *testing.T) {
 	// Started over: a new log at the same address.
 	d.stop()
 	os.RemoveAll(data)
-	d = startKbsd(t, data)
+	startKbsd(t, data)
 	_, errOut = ctl(t, 1, append(g, "verify", "--manifest", v2)...)
 	contains(t, errOut, "VERIFICATION FAILED: the broker presents a different log")
 	contains(t, errOut, "'kbsctl verify --accept-new-log --manifest FILE'")
