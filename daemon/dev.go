@@ -192,7 +192,7 @@ State lives in %s and survives restarts (to start over, see the end).
 
 Next steps, in another terminal in this directory:
   export KBS_ADDR=%s
-  export KBS_STATE=$PWD/kbs-client-state   # what kbsctl verified: checkpoints, broker keys
+  export KBS_STATE=$PWD/client-state   # what kbsctl verified: checkpoints, broker keys
   make build
   # 0. take your own copy of the manifest (once): kbsctl may update the file
   #    it is given (verify --follow), and kbsd needs %s to stay version 1
@@ -213,7 +213,7 @@ Next steps, in another terminal in this directory:
   bin/kbsctl --sim-root %s verify --follow --manifest %s
 
 To start over, stop kbsd and remove its state, the client's state and the files of these steps:
-  rm -rf %s kbs-client-state my-manifest.json* prompt.key* worker-keys manifest-v2.json*
+  rm -rf %s client-state my-manifest.json* prompt.key* worker-keys manifest-v2.json*
 
 `, c.TEE, strings.Join(addrs, " and "), q(dir), q(sock),
 		q(d.manifestFile), q(d.manifestFile), mf,
