@@ -275,8 +275,12 @@ func commandNames() string {
 }
 
 // newFlags returns a command's flag set with the global flags it uses
-// registered.
-func (e *env) newFlags(name, args, doc string, u uses) *flag.FlagSet {
+// registered: used, or when a command names none, all of them.
+func (e *env) newFlags(name, args, doc string, used ...uses) *flag.FlagSet {
+	u := useVerify
+	if len(used) > 0 {
+		u = used[0]
+	}
 	fs := flag.NewFlagSet("kbsctl "+name, flag.ContinueOnError)
 	e.g.register(fs, u)
 	fs.Usage = func() {
