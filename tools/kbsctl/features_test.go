@@ -182,7 +182,6 @@ func TestSaysWhatItVerified(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &l); err != nil || len(l.Keys) != 1 || l.Keys[0].VersionCreated.IsZero() {
 		t.Fatalf("key ls --json: %+v, %v", l, err)
 	}
-	time.Sleep(1100 * time.Millisecond) // a visibly later second
 	ctl(t, 0, append(g, "key", "put", "--manifest", mf, "--client-key", filepath.Join(d.data, "client.key"), "--id", "demo/k", "--file", filepath.Join(dir, "k.key"))...)
 	var l2 api.KeyList
 	out, _ = ctl(t, 0, append(g, "--json", "key", "ls")...)
