@@ -304,7 +304,8 @@ already deleted is success (exit 0) and nothing is logged, so a retry is safe.`,
 
 func cmdKeyLs(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("key ls", "", `Lists key metadata: ids, the latest version, who uploaded it and when
-(CREATED), and whether the key was deleted. Never key material.`, useBroker)
+(VERSION CREATED), and whether the key was deleted. Never key material.
+--json adds when each key id was first created.`, useBroker)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}

@@ -94,7 +94,7 @@ func (r *verifyResult) print(e *env) {
 }
 
 func cmdVerify(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("verify", "--manifest FILE [--follow]",
+	fs := e.newFlags("verify", "--manifest FILE [--follow] [--accept-new-log]",
 		`Verifies the broker: fresh evidence bound to a nonce, its keys and its checkpoint,
 checked against the service reference values of your manifest; the broker's
 active manifest identical to yours and included in the log; the checkpoint
