@@ -113,9 +113,13 @@ run: build
 
 # The whole story end to end against a fresh dev broker (scripts/demo.sh):
 # verify, upload, attested release, encrypted prompts through the example
-# worker, manifest v2 rollout, a refused worker, audit. CI runs it.
+# worker, manifest v2 rollout (openssl and kbsctl signatures), a refused
+# worker, audit. Every command is printed with its real paths, ready to
+# paste from this directory; intentional failures say "(expected: ...)".
+# The files stay in DEMO_DIR (default kbs-demo). CI runs it.
+DEMO_DIR ?= kbs-demo
 demo: build
-	./scripts/demo.sh
+	DEMO_DIR=$(DEMO_DIR) ./scripts/demo.sh
 
 # The audit report (kbsctl audit --html) in headless Chromium: no console
 # messages, no network requests, the JSON audit's numbers in the visible

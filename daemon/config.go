@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // Config is kbsd's configuration: command-line flags, optionally preset by
@@ -56,7 +58,7 @@ type Config struct {
 	// Optional; default plaintext gRPC (loopback or a private network).
 	TrillianTLSCA string
 	// LogFormat is "text" (default) or "json"; LogLevel is trace, debug,
-	// info (default), warn or error.
+	// info (default), warn, error or off (any other value is refused).
 	LogFormat string
 	LogLevel  string
 	// CacheDir caches vendor certificates and collateral. Optional; default
@@ -108,7 +110,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.TrillianTLSCA, "trillian-tls-ca", "", "PEM CA certificates: speak TLS to Trillian and verify its certificate (default plaintext)")
 	fs.BoolVar(&c.TrillianAdopt, "trillian-adopt", false, "start without a state file on a non-empty Trillian tree, trusting it (see docs/scale-out.md)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: trace, debug, info, warn, error or off")
 	fs.StringVar(&c.CacheDir, "cache-dir", "", "cache for vendor certificates and collateral (default DATA/cache)")
 	fs.BoolVar(&c.Offline, "offline", false, "never fetch certificates or revocation lists (evidence must carry its certificates)")
 	fs.StringVar(&c.Collateral, "collateral", "", "collateral bundle: directory of Intel PCS responses (TDX TCB info, QE identity, CRLs) used offline")
@@ -250,6 +252,9 @@ func (c *Config) check() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("--log-format %q: want text or json", c.LogFormat)
+	}
+	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
+		return fmt.Errorf("--log-level %q: want trace, debug, info, warn, error or off", c.LogLevel)
 	}
 	if c.ListenUnix == "none" && c.ListenTCP == "none" {
 		return errors.New("nothing to listen on: both --listen-unix and --listen-tcp are \"none\"")

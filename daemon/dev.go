@@ -200,10 +200,11 @@ func (d *devSetup) printNextSteps(w io.Writer, c *Config, addrs []string, noteKe
 	root, mf := q(sim.RootFile(d.simDir)), "my-manifest.json"
 	fmt.Fprintf(w, `
 kbsd is running in DEVELOPMENT mode (simulated %s TEE) on %s.
-State lives in %s and survives restarts; delete it to start over.
+State lives in %s and survives restarts (to start over, see the end).
 
 Next steps, in another terminal in this directory:
   export KBS_ADDR=%s
+  export KBS_STATE=$PWD/client-state   # what kbsctl verified: checkpoints, broker keys
   make build
   # 0. take your own copy of the manifest (once): kbsctl may update the file
   #    it is given (verify --follow), and kbsd needs %s to stay version 1
@@ -215,7 +216,7 @@ Next steps, in another terminal in this directory:
   # 3. fetch it as a simulated worker, with its receipt
   bin/kbsctl --sim-root %s key get --manifest %s --tee sim --sim-dir %s --id demo/prompt-key --out worker-keys
   # 4. check the worker's receipt, then audit the whole log
-  bin/kbsctl receipt verify --note-key %s worker-keys/demo/prompt-key.receipt
+  bin/kbsctl receipt verify --note-key %s worker-keys/demo/prompt-key.v*.receipt
   bin/kbsctl --sim-root %s audit --note-key %s
   # 5. as the owner, publish manifest version 2; the client follows it into its copy
   bin/kbsctl manifest next --out manifest-v2.json %s
@@ -223,11 +224,14 @@ Next steps, in another terminal in this directory:
   bin/kbsctl --sim-root %s manifest set --sig manifest-v2.json.sig manifest-v2.json
   bin/kbsctl --sim-root %s verify --follow --manifest %s
 
+To start over, stop kbsd and remove its state, the client's state and the files of these steps:
+  rm -rf %s client-state my-manifest.json* prompt.key* worker-keys manifest-v2.json*
+
 `, c.TEE, strings.Join(addrs, " and "), q(dir), q(sock),
 		q(d.manifestFile), q(d.manifestFile), mf,
 		root, mf,
 		root, mf, q(filepath.Join(dir, "client.key")),
 		root, mf, q(d.simDir),
 		q(noteKey), root, q(noteKey),
-		mf, q(filepath.Join(dir, "owner.key")), root, root, mf)
+		mf, q(filepath.Join(dir, "owner.key")), root, root, mf, q(dir))
 }

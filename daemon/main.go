@@ -51,6 +51,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/kbs-dev/kbs/internal/version"
 )
 
 const usage = `kbsd: attested key broker with a transparency log.
@@ -58,6 +60,7 @@ const usage = `kbsd: attested key broker with a transparency log.
 Usage:
   kbsd --dev [--data DIR] [--listen-tcp ADDR]
   kbsd --data DIR --manifest FILE --tee snp|tdx [--listen-unix PATH] [--listen-tcp ADDR]
+  kbsd --version
 
 Flags:
 `
@@ -71,6 +74,11 @@ func run(args []string) int {
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
+	}
+	fs.Bool("version", false, "print what kbsd was built from (module version, VCS revision) and exit")
+	if wantsVersion(args) {
+		fmt.Println(version.Get("kbsd"))
+		return 0
 	}
 	cfg, err := parseFlags(fs, args)
 	if err != nil {
@@ -87,4 +95,18 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// wantsVersion reports whether args ask for --version: it is answered
+// before any other flag is checked, so it needs no --data or --tee.
+func wantsVersion(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-version", "--version", "-version=true", "--version=true":
+			return true
+		}
+	}
+	return false
 }

@@ -42,17 +42,29 @@ func newLogger(c *Config) hclog.Logger {
 	})
 }
 
-// serve runs kbsd until ctx is done. Start-up order: data directory,
-// database, key store (unsealing the master key), identity, log, broker,
-// listeners. Shutdown order is the reverse: stop accepting, drain, close
-// the log, close the database.
+// serve runs kbsd until ctx is done. Start-up order: listeners (bound, not
+// yet serving: a busy address fails before anything is created or logged),
+// data directory, database, key store (unsealing the master key), identity,
+// log, broker, then serving. Shutdown order is the reverse: stop accepting,
+// drain, close the log, close the database.
 func serve(ctx context.Context, c *Config) error {
 	logger := newLogger(c)
-	if err := os.MkdirAll(c.Data, 0o700); err != nil {
-		return fmt.Errorf("couldn't create the data directory: %w", err)
-	}
 	if c.ListenUnix == "" {
 		c.ListenUnix = filepath.Join(c.Data, "kbs.sock")
+	}
+	unixLn, tcpLn, err := bindListeners(c)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, ln := range []net.Listener{unixLn, tcpLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}()
+	if err := os.MkdirAll(c.Data, 0o700); err != nil {
+		return fmt.Errorf("couldn't create the data directory: %w", err)
 	}
 	if c.CacheDir == "" {
 		c.CacheDir = filepath.Join(c.Data, "cache")
@@ -63,7 +75,6 @@ func serve(ctx context.Context, c *Config) error {
 		issuer   attest.Issuer
 		verifier attest.Verifier
 		dev      *devSetup
-		err      error
 	)
 	if c.Dev {
 		dev, err = prepareDev(ctx, c, logger)
@@ -183,22 +194,13 @@ func serve(ctx context.Context, c *Config) error {
 		}
 	}
 	var addrs []string
-	if c.ListenUnix != "none" {
-		ln, err := listenUnix(c.ListenUnix)
-		if err != nil {
-			return err
-		}
-		defer os.Remove(c.ListenUnix)
+	if ln := unixLn; ln != nil {
 		srv := newServer()
 		servers = append(servers, srv)
 		go func() { errc <- srv.Serve(ln) }()
 		addrs = append(addrs, "unix://"+c.ListenUnix)
 	}
-	if c.ListenTCP != "none" {
-		ln, err := net.Listen("tcp", c.ListenTCP)
-		if err != nil {
-			return fmt.Errorf("couldn't listen on %s: %w", c.ListenTCP, err)
-		}
+	if ln := tcpLn; ln != nil {
 		srv := newServer()
 		srv.TLSConfig = &tls.Config{
 			MinVersion:   tls.VersionTLS13,
@@ -250,6 +252,36 @@ func serve(ctx context.Context, c *Config) error {
 		return serveErr
 	}
 	return nil
+}
+
+// bindListeners binds the listeners c names (nil for "none") before
+// anything else happens. The unix socket's directory is created only when
+// it is the data directory (nobody can listen in a directory that does not
+// exist yet). The unix socket file is removed when its listener closes.
+func bindListeners(c *Config) (unixLn, tcpLn net.Listener, err error) {
+	if c.ListenTCP != "none" {
+		if tcpLn, err = net.Listen("tcp", c.ListenTCP); err != nil {
+			return nil, nil, fmt.Errorf("couldn't listen on %s: %w", c.ListenTCP, err)
+		}
+	}
+	if c.ListenUnix == "none" {
+		return nil, tcpLn, nil
+	}
+	if filepath.Dir(c.ListenUnix) == filepath.Clean(c.Data) {
+		if err = os.MkdirAll(c.Data, 0o700); err != nil {
+			err = fmt.Errorf("couldn't create the data directory: %w", err)
+		}
+	}
+	if err == nil {
+		unixLn, err = listenUnix(c.ListenUnix)
+	}
+	if err != nil {
+		if tcpLn != nil {
+			tcpLn.Close()
+		}
+		return nil, nil, err
+	}
+	return unixLn, tcpLn, nil
 }
 
 // listenUnix listens on a unix socket readable and writable by the owner

@@ -152,7 +152,7 @@ func (b *Broker) handleListKeys(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := api.KeyList{Keys: make([]api.KeyInfo, len(metas))}
 	for i, m := range metas {
-		out.Keys[i] = api.KeyInfo{ID: m.ID, Version: m.Version, Client: m.Client, Created: m.Created, Deleted: m.Deleted}
+		out.Keys[i] = api.KeyInfo{ID: m.ID, Version: m.Version, Client: m.Client, Created: m.Created, VersionCreated: m.VersionCreated, Deleted: m.Deleted}
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

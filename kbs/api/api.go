@@ -213,8 +213,12 @@ type KeyInfo struct {
 	// Version is the latest version.
 	Version uint64 `json:"version"`
 	// Client is the name of the client that uploaded the latest version.
-	Client  string    `json:"client"`
-	Created time.Time `json:"created"`
+	Client string `json:"client"`
+	// Created is when the key id's first version was stored;
+	// VersionCreated when its latest version was (absent once the key is
+	// deleted, and from brokers that predate it).
+	Created        time.Time `json:"created"`
+	VersionCreated time.Time `json:"version_created,omitzero"`
 	// Deleted is true when the key was crypto-shredded; its versions are
 	// never reused.
 	Deleted bool `json:"deleted,omitempty"`

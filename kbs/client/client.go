@@ -1,5 +1,5 @@
 // Package client is the Go client of kbsd: the transport (a unix socket, or
-// TCP with TLS 1.3), the API calls of DESIGN.md §5, and the client side of
+// TCP with TLS 1.3), the API calls of docs/protocol.md, and the client side of
 // the trust argument — verifying the broker before handing it anything.
 //
 // # What it trusts and guarantees
@@ -37,6 +37,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -49,6 +50,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/transparency-dev/merkle/proof"
 
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -271,14 +274,44 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, b
 			eb.Error.Status = resp.StatusCode
 			return nil, eb.Error
 		}
-		return nil, &api.Error{Code: "http_" + strconv.Itoa(resp.StatusCode), Message: strings.TrimSpace(string(firstLine(raw))), Status: resp.StatusCode}
+		return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw))}
 	}
 	if out != nil {
 		if err := json.Unmarshal(raw, out); err != nil {
-			return nil, fmt.Errorf("client: %s %s: malformed answer: %w", method, path, err)
+			return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw)), Malformed: err}
 		}
 	}
 	return resp, nil
+}
+
+// pathOnly is path without its query.
+func pathOnly(path string) string {
+	p, _, _ := strings.Cut(path, "?")
+	return p
+}
+
+// NotBrokerError reports an answer no kbs broker gives: an error status
+// without kbs's JSON error body (every error of kbsd has one, even for
+// unknown paths), or a success whose body is not the JSON the endpoint
+// returns. The server at Addr is not a kbs broker, or a proxy in front of
+// one answered instead.
+type NotBrokerError struct {
+	Addr         string
+	Method, Path string
+	Status       int
+	// Body is the first line of the answer (at most 200 bytes).
+	Body string
+	// Malformed is the decoding error of a success answer (nil for an
+	// error status).
+	Malformed error
+}
+
+func (e *NotBrokerError) Error() string {
+	what := fmt.Sprintf("%d %s without a kbs error body", e.Status, http.StatusText(e.Status))
+	if e.Malformed != nil {
+		what = fmt.Sprintf("%d %s and a body that is not a kbs answer (%v)", e.Status, http.StatusText(e.Status), e.Malformed)
+	}
+	return fmt.Sprintf("the server at %s answered %s %s with %s: this is not a kbs broker (or a proxy in front of it answered)", e.Addr, e.Method, e.Path, what)
 }
 
 func firstLine(b []byte) []byte {
@@ -410,8 +443,18 @@ func (c *Client) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) 
 }
 
 // Checkpoint fetches the log's latest signed checkpoint note (unverified).
+// A server that has no /log/checkpoint is a *NotBrokerError; one that
+// cannot be reached a *TransportError.
 func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
-	return c.Tiles().Checkpoint(ctx)
+	b, err := c.Tiles().Checkpoint(ctx)
+	var ue *url.Error
+	switch {
+	case errors.Is(err, tlog.ErrOutOfRange):
+		return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: http.MethodGet, Path: api.PathLogPrefix + "checkpoint", Status: http.StatusNotFound}
+	case errors.As(err, &ue):
+		return nil, &TransportError{Addr: c.cfg.Addr, Err: ue}
+	}
+	return b, err
 }
 
 func toHashes(p [][]byte) ([]tlog.Hash, error) {
@@ -433,14 +476,14 @@ func toHashes(p [][]byte) ([]tlog.Hash, error) {
 // the broker, checked against cp's root). The returned bytes are therefore
 // exactly what the log holds at index.
 func (c *Client) Entry(ctx context.Context, cp tlog.SignedCheckpoint, index uint64) ([]byte, error) {
-	proof, err := c.InclusionProof(ctx, index, cp.Size)
+	p, err := c.InclusionProof(ctx, index, cp.Size)
 	if err != nil {
 		return nil, err
 	}
-	return c.entryWithProof(ctx, cp, index, proof)
+	return c.entryWithProof(ctx, cp, index, p)
 }
 
-func (c *Client) entryWithProof(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, proof []tlog.Hash) ([]byte, error) {
+func (c *Client) entryWithProof(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, p []tlog.Hash) ([]byte, error) {
 	if index >= cp.Size {
 		return nil, fmt.Errorf("client: entry %d is not in a tree of size %d", index, cp.Size)
 	}
@@ -455,10 +498,22 @@ func (c *Client) entryWithProof(ctx context.Context, cp tlog.SignedCheckpoint, i
 		return nil, err
 	}
 	e := es[index%256]
-	if err := tlog.VerifyInclusion(cp, index, e, proof); err != nil {
-		return nil, &VerifyError{Step: "log entry", Err: err}
+	if err := tlog.VerifyInclusion(cp, index, e, p); err != nil {
+		return nil, &VerifyError{Step: "log entry", Err: inclusionError(cp, index, "the entry the broker serves", err)}
 	}
 	return bytes.Clone(e), nil
+}
+
+// inclusionError explains a failed inclusion proof of entry (what) at
+// index in cp's tree: which entry is not in which tree, with both roots,
+// instead of the proof library's byte arrays.
+func inclusionError(cp tlog.SignedCheckpoint, index uint64, what string, err error) error {
+	var rm proof.RootMismatchError
+	if !errors.As(err, &rm) {
+		return err
+	}
+	return fmt.Errorf("%s is not entry %d of log %s at tree size %d: its inclusion proof leads to root %s, the signed checkpoint's root is %s",
+		what, index, cp.Origin, cp.Size, base64.StdEncoding.EncodeToString(rm.CalculatedRoot), base64.StdEncoding.EncodeToString(cp.Hash[:]))
 }
 
 // VerifyError reports that something the broker presented failed

@@ -49,6 +49,11 @@ func (b *Broker) VerifyReceipt(ctx context.Context, receipt []byte) (*Receipt, e
 func VerifyReceiptOffline(receipt []byte, lv *tlog.Verifier) (*Receipt, error) {
 	vr, err := lv.VerifyReceipt(receipt)
 	if err != nil {
+		if r, perr := tlog.ParseReceipt(receipt); perr == nil {
+			if cp, cerr := lv.VerifyCheckpoint(r.Checkpoint); cerr == nil {
+				err = inclusionError(cp, r.Index, "the entry this receipt carries", err)
+			}
+		}
 		return nil, &VerifyError{Step: "receipt", Err: err}
 	}
 	e, err := tlog.DecodeEntry(vr.Entry)

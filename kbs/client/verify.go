@@ -36,6 +36,34 @@ type VerifyOptions struct {
 // its address.
 var ErrNewLog = errors.New("the broker presents a different log than the one verified before at this address")
 
+// ManifestMismatchError reports a broker whose active manifest is not the
+// caller's and was not accepted through a signed chain: without
+// VerifyOptions.Follow any difference, with it a version that is not later
+// than the caller's (a rolled back broker, a divergent chain, or a broker
+// started over from another version 1). It comes wrapped in a *VerifyError.
+type ManifestMismatchError struct {
+	BrokerVersion uint64
+	BrokerHash    string
+	MineVersion   uint64
+	MineHash      string
+	// Follow is VerifyOptions.Follow.
+	Follow bool
+}
+
+func (e *ManifestMismatchError) Error() string {
+	var why string
+	switch {
+	case e.BrokerVersion > e.MineVersion:
+		why = "it is a later version"
+	case e.BrokerVersion < e.MineVersion:
+		why = "it is an older version: a later version is never replaced by an earlier one"
+	default:
+		why = "the same version number with other bytes: the two chains diverge"
+	}
+	return fmt.Sprintf("the broker's active manifest (version %d, %s) is not yours (version %d, %s): %s",
+		e.BrokerVersion, e.BrokerHash, e.MineVersion, e.MineHash, why)
+}
+
 // Broker is a broker that passed VerifyBroker. Its fields are what the
 // verification established.
 type Broker struct {
@@ -54,10 +82,13 @@ type Broker struct {
 	HPKEPublicKey []byte
 	// TLSSPKISHA256 is the attested TLS key hash (pinned over TCP).
 	TLSSPKISHA256 string
-	// Checkpoint is the verified, stored checkpoint; Previous the one that
-	// was stored before (nil on first use).
-	Checkpoint tlog.SignedCheckpoint
-	Previous   *tlog.SignedCheckpoint
+	// Checkpoint is the verified checkpoint; Previous the one that was
+	// stored before (nil on first use). CheckpointStored reports whether
+	// Checkpoint replaced it; false when the stored one has its size (and,
+	// as verified, its root).
+	Checkpoint       tlog.SignedCheckpoint
+	Previous         *tlog.SignedCheckpoint
+	CheckpointStored bool
 	// Manifest is the broker's active manifest: the caller's own, or the
 	// last version of Followed.
 	Manifest         *manifest.Manifest
@@ -195,15 +226,13 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	if h := manifest.HashOf(body); h != att.Manifest.Hash {
 		return nil, verr("manifest", "the broker's manifest hashes to %s, it says %s", h, att.Manifest.Hash)
 	}
+	mismatch := &ManifestMismatchError{BrokerVersion: att.Manifest.Version, BrokerHash: att.Manifest.Hash,
+		MineVersion: mine.Version(), MineHash: mine.Hash(), Follow: opts.Follow}
 	switch {
 	case bytes.Equal(body, mine.Bytes()):
 		b.Manifest = mine
-	case !opts.Follow:
-		return nil, verr("manifest", "the broker's active manifest (version %d, %s) is not yours (version %d, %s); use --follow to accept a later version through its signed chain",
-			att.Manifest.Version, att.Manifest.Hash, mine.Version(), mine.Hash())
-	case att.Manifest.Version <= mine.Version():
-		return nil, verr("manifest", "the broker's active manifest is version %d (%s), not later than yours (version %d, %s): refusing a rollback or a divergent chain",
-			att.Manifest.Version, att.Manifest.Hash, mine.Version(), mine.Hash())
+	case !opts.Follow, att.Manifest.Version <= mine.Version():
+		return nil, &VerifyError{Step: "manifest", Err: mismatch}
 	default:
 		chain, err := c.ManifestChain(ctx, cp, mine, att.Manifest.Version)
 		if err != nil {
@@ -228,7 +257,7 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	raw := att.Manifest.Entry
 	if raw != nil {
 		if err := tlog.VerifyInclusion(cp, att.Manifest.LogIndex, raw, proof); err != nil {
-			return nil, &VerifyError{Step: "manifest inclusion", Err: err}
+			return nil, &VerifyError{Step: "manifest inclusion", Err: inclusionError(cp, att.Manifest.LogIndex, "the active manifest's log entry", err)}
 		}
 	} else if raw, err = c.entryWithProof(ctx, cp, att.Manifest.LogIndex, proof); err != nil {
 		// An older broker without the entry in the answer: read it from
@@ -265,7 +294,7 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	if err != nil {
 		return nil, err
 	}
-	b.Previous = res.Previous
+	b.Previous, b.CheckpointStored = res.Previous, res.Stored
 	return b, nil
 }
 
@@ -371,14 +400,33 @@ func (c *Client) ManifestChain(ctx context.Context, cp tlog.SignedCheckpoint, an
 // checked against cp's root) and records exactly manifest m. A mismatch
 // is a *VerifyError (step "manifest entry").
 func (c *Client) CheckManifestLogged(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, m *manifest.Manifest) error {
-	raw, err := c.Entry(ctx, cp, index)
+	_, err := c.ManifestReceipt(ctx, cp, index, m)
+	return err
+}
+
+// ManifestReceipt is CheckManifestLogged returning what it checked as a
+// receipt: the C2SP tlog-proof of the manifest entry at index in cp's tree,
+// with the entry as its extra data, like the receipts the broker returns for
+// uploads, deletions and releases. It proves to anyone with the log's key
+// that the version was logged (kbsctl receipt verify).
+func (c *Client) ManifestReceipt(ctx context.Context, cp tlog.SignedCheckpoint, index uint64, m *manifest.Manifest) (*Receipt, error) {
+	p, err := c.InclusionProof(ctx, index, cp.Size)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	raw, err := c.entryWithProof(ctx, cp, index, p)
+	if err != nil {
+		return nil, err
 	}
 	if err := CheckManifestEntry(raw, m); err != nil {
-		return &VerifyError{Step: "manifest entry", Err: fmt.Errorf("version %d at log index %d: %w", m.Version(), index, err)}
+		return nil, &VerifyError{Step: "manifest entry", Err: fmt.Errorf("version %d at log index %d: %w", m.Version(), index, err)}
 	}
-	return nil
+	e, err := tlog.DecodeEntry(raw)
+	if err != nil {
+		return nil, &VerifyError{Step: "manifest entry", Err: err}
+	}
+	text := (&tlog.Receipt{Index: index, Proof: p, Checkpoint: cp.Note, Extra: raw}).Marshal()
+	return &Receipt{VerifiedReceipt: &tlog.VerifiedReceipt{Index: index, Entry: raw, Checkpoint: cp}, Entry: e, Raw: text}, nil
 }
 
 // CheckManifestEntry checks that raw is the log entry recording m.

@@ -110,7 +110,10 @@ type Meta struct {
 	Version uint64 // latest version
 	Client  string // uploader of the latest version
 	Created time.Time
-	Deleted bool
+	// VersionCreated is when the latest version was stored; zero once the
+	// key is deleted (its versions are shredded).
+	VersionCreated time.Time
+	Deleted        bool
 }
 
 // Key is one version of a key with its material.
@@ -493,7 +496,11 @@ func (s *Store) Secret(name string) ([]byte, error) {
 }
 
 func (r *keyRecord) meta() Meta {
-	return Meta{ID: r.ID, Version: r.Version, Client: r.Client, Created: r.Created, Deleted: r.Deleted}
+	m := Meta{ID: r.ID, Version: r.Version, Client: r.Client, Created: r.Created, Deleted: r.Deleted}
+	if n := len(r.Versions); n > 0 {
+		m.VersionCreated = r.Versions[n-1].Created
+	}
+	return m
 }
 
 func (s *Store) dek(rec *keyRecord) (cipher.AEAD, error) {

@@ -224,7 +224,7 @@ func TestAuditRepeatedUpload(t *testing.T) {
 	for _, k := range r.KeyEvents {
 		events = append(events, k.Event)
 	}
-	if got, want := strings.Join(events, ","), "upload,upload-repeat,upload"; got != want {
+	if got, want := strings.Join(events, ","), "key-upload,key-upload-repeat,key-upload"; got != want {
 		t.Errorf("key events = %s, want %s", got, want)
 	}
 }

@@ -21,7 +21,6 @@ import (
 	auditreport "github.com/kbs-dev/kbs/kbs/audit/report"
 	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/manifest"
-	"github.com/kbs-dev/kbs/tlog"
 )
 
 func cmdAudit(ctx context.Context, e *env, args []string) error {
@@ -40,7 +39,9 @@ commands that re-verify every number); with --rules, the alerts that
 --class, --since and --until select the key events and releases listed (in
 the table, JSON, CSV and report); every entry is verified whatever they say.
 Times are RFC 3339 or dates (2026-01-31, midnight UTC); --until excludes its
-instant.`)
+instant.
+
+--json prints the report with "ok", every count, and the CSV's event names.`, useBroker)
 	mf := fs.String("manifest", "", "your copy of a manifest version the log's chain must contain")
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	asCSV := fs.Bool("csv", false, "print every event as CSV")
@@ -133,7 +134,7 @@ instant.`)
 		}
 		fmt.Fprintf(e.stderr, "report written to %s\n", *htmlFile)
 	}
-	if err := e.out(r, func() {
+	if err := e.out(newAuditJSON(r), func() {
 		if *asCSV {
 			writeAuditCSV(e.stdout, r)
 		} else {
@@ -147,7 +148,7 @@ instant.`)
 		if r.AnomaliesOmitted > 0 {
 			list += fmt.Sprintf("\n  ... and %d more (not listed)", r.AnomaliesOmitted)
 		}
-		return failErr("audit found %d inconsistencies:\n  %s", r.AnomalyCount(), list)
+		return &exitError{code: 1, errCode: "audit_failed", err: fmt.Errorf("audit found %d inconsistencies:\n  %s", r.AnomalyCount(), list)}
 	}
 	return nil
 }
@@ -205,7 +206,7 @@ func writeAuditTable(out io.Writer, r *audit.Report) {
 		w.Write(line)
 	}
 	var parts []string
-	for _, t := range []string{tlog.TypeIdentity, tlog.TypeManifest, tlog.TypeKeyUpload, tlog.TypeKeyDelete, tlog.TypeRelease} {
+	for _, t := range entryTypes {
 		parts = append(parts, fmt.Sprintf("%d %s", r.Counts[t], t))
 	}
 	fmt.Fprintf(w, "\n%s\n", strings.Join(parts, ", "))
@@ -284,41 +285,4 @@ func writeAuditCSV(w io.Writer, r *audit.Report) {
 		cw.Write(rw.rec)
 	}
 	cw.Flush()
-}
-
-// progress prints a progress bar on long logs to w (stderr).
-type progress struct {
-	w     io.Writer
-	total uint64
-	last  time.Time
-	shown bool
-}
-
-const progressMin = 20000
-
-func newProgress(w io.Writer) *progress {
-	return &progress{w: w, last: time.Now()}
-}
-
-// update is an audit.Config.Progress.
-func (p *progress) update(n, total uint64) {
-	p.total = total
-	if total < progressMin || time.Since(p.last) < 250*time.Millisecond {
-		return
-	}
-	p.last = time.Now()
-	p.shown = true
-	const width = 40
-	filled := int(n * width / total)
-	var b bytes.Buffer
-	b.WriteString("\raudit [")
-	b.WriteString(strings.Repeat("#", filled) + strings.Repeat(".", width-filled))
-	fmt.Fprintf(&b, "] %d/%d entries", n, total)
-	p.w.Write(b.Bytes())
-}
-
-func (p *progress) done() {
-	if p.shown {
-		fmt.Fprintf(p.w, "\raudit [%s] %d/%d entries\n", strings.Repeat("#", 40), p.total, p.total)
-	}
 }

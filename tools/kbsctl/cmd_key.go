@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/client"
@@ -28,21 +30,57 @@ type keyResult struct {
 	LogIndex uint64 `json:"log_index"`
 	Receipt  string `json:"receipt_file,omitempty"`
 	KeyFile  string `json:"key_file,omitempty"`
+	// PreviousKeyFile is where a key file of another version that 'key
+	// get' replaced was kept.
+	PreviousKeyFile string `json:"previous_key_file,omitempty"`
+	// AlreadyDeleted: 'key rm' found the key deleted; nothing was logged.
+	AlreadyDeleted bool `json:"already_deleted,omitempty"`
+}
+
+// readKey reads a key to upload or to encrypt with: a key file (kf set),
+// or raw key bytes (kf nil), which 'key put --file' and 'prompt' accept.
+func readKey(file string) (kf *api.KeyFile, material []byte, err error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	if bytes.Contains(raw, []byte("-----BEGIN "+api.KeyFilePEMType)) {
+		kf, err := api.ParseKeyFile(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", file, err)
+		}
+		return kf, kf.Material, nil
+	}
+	if len(raw) == 0 || len(raw) > api.MaxKeySize {
+		return nil, nil, usageErr("%s: key is %d bytes, want 1 to %d", file, len(raw), api.MaxKeySize)
+	}
+	return nil, raw, nil
+}
+
+// refusedBeforeLogging reports whether err is the broker's refusal of a
+// request (a 4xx error answer): the broker decided before logging
+// anything, so nothing it holds depends on the request.
+func refusedBeforeLogging(err error) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500
 }
 
 func cmdKeyPut(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("key put", "--manifest FILE --client-key FILE --id ID (--file F | --generate --out F)",
+	fs := e.newFlags("key put", "--manifest FILE --client-key FILE --id ID (--file F | --generate --out F) [--receipt R]",
 		`Verifies the broker, then uploads a key sealed to its attested HPKE key and
 signed with your client key, and verifies the receipt of the upload.
---file takes a key file or raw key bytes; --generate makes a 32-byte
-AES-256 key and writes it as a key file (mode 0600) to --out.`)
+--file takes a key file or raw key bytes; a key file's Key-Version is set
+to the version uploaded. --generate makes a 32-byte AES-256 key and writes
+it as a key file (mode 0600) to --out before uploading it; it is kept
+unless the broker refused the upload. The receipt goes to a new file, by
+default next to the key: F.v<version>.<log index>.receipt.`, useVerify)
 	mf := fs.String("manifest", "", "your copy of the manifest (required)")
 	keyPath := fs.String("client-key", "", "your client signing key, PEM (required)")
 	id := fs.String("id", "", "key id (required)")
 	file := fs.String("file", "", "key to upload: a key file or raw bytes")
 	gen := fs.Bool("generate", false, "generate a 32-byte key")
 	outFile := fs.String("out", "", "with --generate: where to write the key file")
-	receiptFile := fs.String("receipt", "", "where to write the upload receipt (default OUT.receipt or FILE.receipt)")
+	receiptFile := fs.String("receipt", "", "where to write the upload receipt, a new file (default F.v<version>.<log index>.receipt)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -63,36 +101,44 @@ AES-256 key and writes it as a key file (mode 0600) to --out.`)
 	if err != nil {
 		return err
 	}
-	var material []byte
+
+	// Local preconditions, before anything reaches the broker.
+	var (
+		material []byte
+		kf       *api.KeyFile // --file is a key file
+		keyFile  = *file      // the key's file: receipts go next to it
+	)
 	if *gen {
-		if _, err := os.Stat(*outFile); err == nil {
-			return usageErr("%s exists; refusing to overwrite a key", *outFile)
+		keyFile = *outFile
+		if err := checkNewFile("--out", *outFile); err != nil {
+			return err
 		}
 		material = make([]byte, 32)
 		if _, err := rand.Read(material); err != nil {
 			return err
 		}
 	} else {
-		raw, err := os.ReadFile(*file)
-		if err != nil {
+		if kf, material, err = readKey(*file); err != nil {
 			return err
 		}
-		if strings.Contains(string(raw), "-----BEGIN "+api.KeyFilePEMType) {
-			kf, err := api.ParseKeyFile(raw)
-			if err != nil {
-				return fmt.Errorf("%s: %w", *file, err)
-			}
+		if kf != nil {
 			if kf.ID != *id {
 				return usageErr("%s holds key %q, not %q", *file, kf.ID, *id)
 			}
-			material = kf.Material
-		} else {
-			material = raw
-		}
-		if len(material) == 0 || len(material) > api.MaxKeySize {
-			return usageErr("%s: key is %d bytes, want 1 to %d", *file, len(material), api.MaxKeySize)
+			// Its Key-Version is rewritten after the upload.
+			if err := checkRewritable(*file); err != nil {
+				return usageErr("--file %s: %v (its Key-Version is set to the version uploaded)", *file, err)
+			}
 		}
 	}
+	if *receiptFile != "" {
+		if err := checkNewFile("--receipt", *receiptFile); err != nil {
+			return err
+		}
+	} else if err := probeDir(filepath.Dir(keyFile)); err != nil {
+		return usageErr("the receipt goes next to %s: %v (or pass --receipt)", keyFile, err)
+	}
+
 	b, err := e.verifyBroker(ctx, *mf, false, false)
 	if err != nil {
 		return err
@@ -106,58 +152,86 @@ AES-256 key and writes it as a key file (mode 0600) to --out.`)
 		return err
 	}
 	if *gen {
-		f, err := os.OpenFile(*outFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
+		// The key is on disk before the broker can hold it.
+		if err := writeNew(*outFile, (&api.KeyFile{ID: *id, Version: version, Material: material}).Marshal(), 0o600); err != nil {
 			return err
-		}
-		_, werr := f.Write((&api.KeyFile{ID: *id, Version: version, Material: material}).Marshal())
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			os.Remove(*outFile)
-			return werr
 		}
 	}
 	res, r, err := b.UploadKey(ctx, signer, ci.Name, *id, version, material)
 	if err != nil {
-		if *gen {
+		switch {
+		case *gen && refusedBeforeLogging(err):
 			os.Remove(*outFile)
+		case *gen:
+			// The broker may hold the key (a timeout, a receipt that
+			// does not verify): never delete the only other copy.
+			return withHint(err, fmt.Sprintf("the key file %s is kept: the broker may hold this key as %s version %d ('kbsctl key ls' shows it; 'kbsctl key rm' deletes it)", *outFile, *id, version))
 		}
 		return err
 	}
-	if *receiptFile == "" {
-		if *gen {
-			*receiptFile = *outFile + ".receipt"
-		} else {
-			*receiptFile = *file + ".receipt"
-		}
-	}
-	if err := os.WriteFile(*receiptFile, r.Raw, 0o644); err != nil {
+	out := keyResult{ID: res.ID, Version: res.Version, Client: ci.Name, LogIndex: res.LogIndex}
+	if out.Receipt, err = e.keepReceipt(*receiptFile, keyFile, res.Version, res.LogIndex, r.Raw); err != nil {
 		return err
 	}
-	out := keyResult{ID: res.ID, Version: res.Version, Client: ci.Name, LogIndex: res.LogIndex, Receipt: *receiptFile}
-	if *gen {
+	var was uint64
+	switch {
+	case *gen:
 		out.KeyFile = *outFile
+	case kf != nil && kf.Version != res.Version:
+		// Keep the key file in step with what the broker holds.
+		was = kf.Version
+		kf.Version = res.Version
+		if err := rewriteKeyFile(*file, kf); err != nil {
+			return fmt.Errorf("uploaded %s version %d, but couldn't set %s's Key-Version to %d: %w", res.ID, res.Version, *file, res.Version, err)
+		}
+		out.KeyFile = *file
 	}
 	return e.out(out, func() {
 		fmt.Fprintf(e.stdout, "uploaded %s version %d as client %s (broker verified, key sealed to its attested HPKE key)\n", res.ID, res.Version, ci.Name)
-		fmt.Fprintf(e.stdout, "logged at index %d; receipt verified and written to %s\n", res.LogIndex, *receiptFile)
-		if *gen {
+		fmt.Fprintf(e.stdout, "logged at index %d; receipt verified and written to %s\n", res.LogIndex, out.Receipt)
+		switch {
+		case *gen:
 			fmt.Fprintf(e.stdout, "key written to %s (mode 0600)\n", *outFile)
+		case was != 0:
+			fmt.Fprintf(e.stdout, "%s now says Key-Version: %d (was %d)\n", *file, res.Version, was)
+		case kf == nil:
+			fmt.Fprintf(e.stdout, "encrypt prompts with it: kbsctl prompt encrypt --key %s --id %s --key-version %d\n", *file, res.ID, res.Version)
 		}
 	})
 }
 
+// checkRewritable checks that file can be replaced by a new version of
+// itself (rewriteKeyFile).
+func checkRewritable(file string) error {
+	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return probeDir(filepath.Dir(file))
+}
+
+// rewriteKeyFile replaces the key file file with kf, keeping its mode.
+func rewriteKeyFile(file string, kf *api.KeyFile) error {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	return client.WriteFileAtomic(file, kf.Marshal(), fi.Mode().Perm())
+}
+
 func cmdKeyRm(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("key rm", "[--manifest FILE] --client-key FILE --id ID",
+	fs := e.newFlags("key rm", "[--manifest FILE] --client-key FILE --id ID [--receipt R]",
 		`Verifies the broker, then deletes (crypto-shreds) every version of a key with
-a deletion signed by your client key, and verifies the receipt. Without
---manifest, the broker is verified against the manifest it was verified
-against last time from this state directory.`)
+a deletion signed by your client key, verifies the receipt and writes it to
+a new file (default STATE/receipts/<id>.deleted.v<version>.<log index>.receipt).
+Without --manifest, the broker is verified against the manifest it was
+verified against last time from this state directory. A key that is
+already deleted is success (exit 0) and nothing is logged, so a retry is safe.`, useVerify)
 	mf := fs.String("manifest", "", "your copy of the manifest (default: the one verified last time)")
 	keyPath := fs.String("client-key", "", "your client signing key, PEM (required)")
 	id := fs.String("id", "", "key id (required)")
+	receiptFile := fs.String("receipt", "", "where to write the deletion receipt, a new file (default in STATE/receipts)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -170,6 +244,16 @@ against last time from this state directory.`)
 	signer, err := readSigner(*keyPath)
 	if err != nil {
 		return err
+	}
+	var made madeDirs
+	defer made.undo()
+	receiptBase := filepath.Join(e.g.state, "receipts", filepath.FromSlash(*id)+".deleted")
+	if *receiptFile != "" {
+		if err := checkNewFile("--receipt", *receiptFile); err != nil {
+			return err
+		}
+	} else if err := made.mkdirAll(filepath.Dir(receiptBase)); err != nil {
+		return usageErr("the receipt goes to %s: %v (or pass --receipt)", filepath.Dir(receiptBase), err)
 	}
 	var b *client.Broker
 	if *mf != "" {
@@ -188,27 +272,40 @@ against last time from this state directory.`)
 	if err != nil {
 		return err
 	}
-	var version uint64
-	for _, k := range l.Keys {
-		if k.ID == *id && !k.Deleted {
-			version = k.Version
+	var info *api.KeyInfo
+	for i, k := range l.Keys {
+		if k.ID == *id {
+			info = &l.Keys[i]
 		}
 	}
-	if version == 0 {
-		return fmt.Errorf("key %q does not exist or is already deleted", *id)
+	switch {
+	case info == nil:
+		return &exitError{code: 2, errCode: "not_found", err: fmt.Errorf("the broker has no key %q", *id), hint: "'kbsctl key ls' lists its keys"}
+	case info.Deleted:
+		out := keyResult{ID: info.ID, Version: info.Version, Client: ci.Name, AlreadyDeleted: true}
+		return e.out(out, func() {
+			fmt.Fprintf(e.stdout, "%s is already deleted (versions up to %d); nothing to do, nothing logged\n", info.ID, info.Version)
+		})
 	}
-	res, _, err := b.DeleteKey(ctx, signer, ci.Name, *id, version)
+	res, r, err := b.DeleteKey(ctx, signer, ci.Name, *id, info.Version)
 	if err != nil {
 		return err
 	}
+	made = nil // the receipt goes there now
 	out := keyResult{ID: res.ID, Version: res.Version, Client: ci.Name, LogIndex: res.LogIndex}
+	if out.Receipt, err = e.keepReceipt(*receiptFile, receiptBase, res.Version, res.LogIndex, r.Raw); err != nil {
+		return err
+	}
 	return e.out(out, func() {
-		fmt.Fprintf(e.stdout, "deleted %s (versions up to %d) as client %s; logged at index %d, receipt verified\n", res.ID, res.Version, ci.Name, res.LogIndex)
+		fmt.Fprintf(e.stdout, "deleted %s (versions up to %d) as client %s; logged at index %d\n", res.ID, res.Version, ci.Name, res.LogIndex)
+		fmt.Fprintf(e.stdout, "receipt verified and written to %s\n", out.Receipt)
 	})
 }
 
 func cmdKeyLs(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("key ls", "", `Lists key metadata (ids, versions, uploaders; never key material).`)
+	fs := e.newFlags("key ls", "", `Lists key metadata: ids, the latest version, who uploaded it and when
+(VERSION CREATED), and whether the key was deleted. Never key material.
+--json adds when each key id was first created.`, useBroker)
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -224,13 +321,16 @@ func cmdKeyLs(ctx context.Context, e *env, args []string) error {
 		l.Keys = []api.KeyInfo{}
 	}
 	return e.out(l, func() {
-		fmt.Fprintf(e.stdout, "%-32s %7s %-16s %-20s %s\n", "ID", "VERSION", "CLIENT", "CREATED", "STATE")
+		fmt.Fprintf(e.stdout, "%-32s %7s %-16s %-20s %s\n", "ID", "VERSION", "CLIENT", "VERSION CREATED", "STATE")
 		for _, k := range l.Keys {
-			state := "active"
+			state, created := "active", "-"
 			if k.Deleted {
 				state = "deleted"
 			}
-			fmt.Fprintf(e.stdout, "%-32s %7d %-16s %-20s %s\n", k.ID, k.Version, k.Client, k.Created.UTC().Format("2006-01-02T15:04:05Z"), state)
+			if !k.VersionCreated.IsZero() {
+				created = ts(k.VersionCreated)
+			}
+			fmt.Fprintf(e.stdout, "%-32s %7d %-16s %-20s %s\n", k.ID, k.Version, k.Client, created, state)
 		}
 	})
 }
@@ -242,17 +342,23 @@ type getResult struct {
 	Verify   *verifyResult `json:"broker"`
 }
 
-// fetchKeys verifies the broker and obtains the keys with evidence from the
-// TEE the flags select.
-func fetchKeys(ctx context.Context, e *env, manifestFile string, tee *teeFlags, ids []string, pq bool) (*client.Broker, *client.Released, error) {
+// checkKeyIDs checks ids before they reach the broker.
+func checkKeyIDs(ids []string) error {
 	if len(ids) == 0 {
-		return nil, nil, usageErr("at least one --id is required")
+		return usageErr("at least one --id is required")
 	}
 	for _, id := range ids {
 		if err := api.ValidKeyID(id); err != nil {
-			return nil, nil, usageErr("--id: %v", err)
+			return usageErr("--id: %v", err)
 		}
 	}
+	return nil
+}
+
+// fetchKeys verifies the broker, checks that it holds every key asked for,
+// and obtains the keys with evidence from the TEE the flags select. A key
+// the broker does not hold, or a release it refuses, is exit 1.
+func fetchKeys(ctx context.Context, e *env, manifestFile string, tee *teeFlags, ids []string, pq bool) (*client.Broker, *client.Released, error) {
 	iss, err := tee.issuer()
 	if err != nil {
 		return nil, nil, err
@@ -261,15 +367,135 @@ func fetchKeys(ctx context.Context, e *env, manifestFile string, tee *teeFlags, 
 	if err != nil {
 		return nil, nil, err
 	}
+	l, err := b.Client().Keys(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	live := map[string]bool{}
+	for _, k := range l.Keys {
+		live[k.ID] = !k.Deleted
+	}
+	for _, id := range ids {
+		if on, ok := live[id]; !ok || !on {
+			what := "has no key"
+			if ok {
+				what = "deleted the key"
+			}
+			return nil, nil, &exitError{code: 1, errCode: "not_found", err: fmt.Errorf("the broker %s %q: nothing was requested", what, id),
+				hint: "'kbsctl key ls' lists the broker's keys"}
+		}
+	}
 	kem := api.KEMX25519
 	if pq {
 		kem = api.KEMMLKEM768X25519
 	}
 	rel, err := b.FetchKeys(ctx, iss, ids, kem)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeNotFound {
+		// Deleted since the check above: a refused release.
+		return nil, nil, &exitError{code: 1, errCode: ae.Code, err: err}
+	}
 	if err != nil {
 		return nil, nil, err
 	}
 	return b, rel, nil
+}
+
+// keyOutputs are the files 'key get' writes into its --out directory,
+// DIR/<id>.key and DIR/<id>.v<version>.<log index>.receipt, and the receipts
+// 'worker run' writes. prepare checks them before the release; a key file
+// already there must be one of the same key id, and is kept as
+// DIR/<id>.v<N>.key when a release of another version replaces it.
+type keyOutputs struct {
+	dir  string
+	keys bool // write key files (key get), or only receipts (worker run)
+	made madeDirs
+	old  map[string]*api.KeyFile // key files found by prepare, by id
+	raw  map[string][]byte
+}
+
+func (o *keyOutputs) keyFile(id string) string {
+	return filepath.Join(o.dir, filepath.FromSlash(id)+".key")
+}
+
+func (o *keyOutputs) keptFile(id string, version uint64) string {
+	return filepath.Join(o.dir, fmt.Sprintf("%s.v%d.key", filepath.FromSlash(id), version))
+}
+
+// prepare creates the directories the files need (undo removes them if
+// nothing is written) and checks that no file would be clobbered.
+func (o *keyOutputs) prepare(flagName string, ids []string) error {
+	o.old, o.raw = map[string]*api.KeyFile{}, map[string][]byte{}
+	for _, id := range ids {
+		kf := o.keyFile(id)
+		if err := o.made.mkdirAll(filepath.Dir(kf)); err != nil {
+			return usageErr("%s %s: %v", flagName, o.dir, err)
+		}
+		if !o.keys {
+			continue
+		}
+		fi, err := os.Lstat(kf)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		refuse := usageErr("%s exists and is not a key file of %s: refusing to overwrite it (move it away or choose another --out)", kf, id)
+		if !fi.Mode().IsRegular() {
+			return refuse
+		}
+		raw, err := os.ReadFile(kf)
+		if err != nil {
+			return err
+		}
+		k, err := api.ParseKeyFile(raw)
+		if err != nil || k.ID != id {
+			return refuse
+		}
+		if kept, err := os.ReadFile(o.keptFile(id, k.Version)); err == nil && !bytes.Equal(kept, raw) {
+			return usageErr("%s and %s both exist and differ: refusing to overwrite either (move one away)", kf, o.keptFile(id, k.Version))
+		}
+		o.old[id], o.raw[id] = k, raw
+	}
+	return nil
+}
+
+// write writes a released key and its receipt into out.
+func (o *keyOutputs) write(e *env, k client.ReleasedKey, receipt *client.Receipt, out *keyResult) error {
+	base := filepath.Join(o.dir, filepath.FromSlash(k.ID))
+	var err error
+	if out.Receipt, err = e.keepReceipt("", base, k.Version, receipt.Index, receipt.Raw); err != nil {
+		return err
+	}
+	if !o.keys {
+		return nil
+	}
+	kf := o.keyFile(k.ID)
+	out.KeyFile = kf
+	data := (&api.KeyFile{ID: k.ID, Version: k.Version, Material: k.Material}).Marshal()
+	old := o.old[k.ID]
+	switch {
+	case old == nil:
+		return writeNew(kf, data, 0o600)
+	case old.Version == k.Version && bytes.Equal(old.Material, k.Material):
+		return nil // the same key file again
+	case old.Version == k.Version:
+		other := filepath.Join(o.dir, fmt.Sprintf("%s.v%d.%d.key", filepath.FromSlash(k.ID), k.Version, receipt.Index))
+		if err := writeNew(other, data, 0o600); err != nil {
+			return err
+		}
+		out.KeyFile = other
+		return &exitError{code: 1, errCode: "key_mismatch", err: fmt.Errorf("the broker released %s version %d with other key bytes than %s holds for that version: both kept, the released key in %s", k.ID, k.Version, kf, other)}
+	}
+	kept := o.keptFile(k.ID, old.Version)
+	if _, err := os.Stat(kept); errors.Is(err, fs.ErrNotExist) {
+		if err := writeNew(kept, o.raw[k.ID], 0o600); err != nil {
+			return fmt.Errorf("couldn't keep %s as %s: %w", kf, kept, err)
+		}
+	}
+	out.PreviousKeyFile = kept
+	return client.WriteFileAtomic(kf, data, 0o600)
 }
 
 func cmdKeyGet(ctx context.Context, e *env, args []string) error {
@@ -277,7 +503,10 @@ func cmdKeyGet(ctx context.Context, e *env, args []string) error {
 		`The worker side: verifies the broker, gets a challenge, produces evidence
 binding it and a fresh HPKE key, receives the keys sealed to that key,
 verifies the release receipt, and writes each key to DIR/<id>.key (mode
-0600) with its receipt DIR/<id>.receipt.`)
+0600) with the receipt DIR/<id>.v<version>.<log index>.receipt. Before any
+request it checks that DIR can take the files: a key file already there
+must hold the same key id (a release of another version keeps it as
+DIR/<id>.v<N>.key), and no receipt is ever overwritten.`, useVerify)
 	mf := fs.String("manifest", "", "your copy of the manifest (required)")
 	var tee teeFlags
 	tee.register(fs)
@@ -291,31 +520,40 @@ verifies the release receipt, and writes each key to DIR/<id>.key (mode
 	if *mf == "" || *outDir == "" {
 		return usageErr("key get: --manifest and --out are required")
 	}
+	if err := checkKeyIDs(ids); err != nil {
+		return err
+	}
+	outs := &keyOutputs{dir: *outDir, keys: true}
+	defer func() { outs.made.undo() }()
+	if err := outs.prepare("--out", ids); err != nil {
+		return err
+	}
 	b, rel, err := fetchKeys(ctx, e, *mf, &tee, ids, *pq)
 	if err != nil {
 		return err
 	}
+	outs.made = nil // files go there now
 	out := getResult{Class: rel.Class, LogIndex: rel.Receipt.Index, Verify: newVerifyResult(e.g.addr, b)}
+	var werr error
 	for _, k := range rel.Keys {
-		kf := filepath.Join(*outDir, filepath.FromSlash(k.ID)+".key")
-		rf := filepath.Join(*outDir, filepath.FromSlash(k.ID)+".receipt")
-		if err := os.MkdirAll(filepath.Dir(kf), 0o700); err != nil {
-			return err
-		}
-		if err := client.WriteFileAtomic(kf, (&api.KeyFile{ID: k.ID, Version: k.Version, Material: k.Material}).Marshal(), 0o600); err != nil {
-			return err
-		}
-		if err := client.WriteFileAtomic(rf, rel.Receipt.Raw, 0o644); err != nil {
-			return err
+		r := keyResult{ID: k.ID, Version: k.Version, LogIndex: rel.Receipt.Index}
+		if err := outs.write(e, k, rel.Receipt, &r); err != nil && werr == nil {
+			werr = err
 		}
 		clear(k.Material)
-		out.Keys = append(out.Keys, keyResult{ID: k.ID, Version: k.Version, LogIndex: rel.Receipt.Index, KeyFile: kf, Receipt: rf})
+		out.Keys = append(out.Keys, r)
+	}
+	if werr != nil {
+		return werr
 	}
 	return e.out(out, func() {
 		fmt.Fprintf(e.stdout, "broker verified (manifest version %d, log size %d)\n", b.Manifest.Version(), b.Checkpoint.Size)
 		fmt.Fprintf(e.stdout, "released to worker class %s; release logged at index %d, receipt verified\n", rel.Class, rel.Receipt.Index)
 		for _, k := range out.Keys {
 			fmt.Fprintf(e.stdout, "  %s version %d -> %s (receipt %s)\n", k.ID, k.Version, k.KeyFile, k.Receipt)
+			if k.PreviousKeyFile != "" {
+				fmt.Fprintf(e.stdout, "    the key file of the version before is kept as %s\n", k.PreviousKeyFile)
+			}
 		}
 	})
 }

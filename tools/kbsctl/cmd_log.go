@@ -23,43 +23,90 @@ type checkpointResult struct {
 	RootHash     string  `json:"root_hash"`
 	Checkpoint   string  `json:"checkpoint"`
 	PreviousSize *uint64 `json:"previous_size,omitempty"`
-	Stored       bool    `json:"stored"`
+	// SignatureVerified: the checkpoint is signed by the log's key (always
+	// true in a result; a bad signature is an error). NoteKeyFrom says
+	// where that key came from.
+	SignatureVerified bool   `json:"signature_verified"`
+	NoteKeyFrom       string `json:"note_key_from"`
+	// Consistent: the checkpoint extends the stored one (PreviousSize),
+	// checked with a consistency proof from the broker. False when nothing
+	// was stored for this log.
+	Consistent bool `json:"consistent_with_stored"`
+	// Stored: the checkpoint is now the stored one ('log verify' only).
+	Stored bool `json:"stored"`
 }
 
 func newCheckpointResult(cp tlog.SignedCheckpoint) *checkpointResult {
-	return &checkpointResult{Origin: cp.Origin, Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Checkpoint: string(cp.Note)}
+	return &checkpointResult{Origin: cp.Origin, Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Checkpoint: string(cp.Note), SignatureVerified: true}
+}
+
+// noteKeyFrom says where the log key comes from: the --note-key flag's
+// value noteKey, or the broker state of --addr.
+func (e *env) noteKeyFrom(noteKey string) string {
+	if noteKey != "" {
+		return "--note-key"
+	}
+	return "learned by 'kbsctl verify' for " + e.g.addr
 }
 
 func cmdLogCheckpoint(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("log checkpoint", "[--note-key KEY]",
-		`Fetches the log's latest checkpoint, verifies its signature and prints it.
-It does not store it (see 'kbsctl log verify').`)
+		`Fetches the log's latest checkpoint, verifies its signature with the log's
+key and its consistency with the checkpoint stored before (a consistency
+proof from the broker), says so, and prints the checkpoint. It stores
+nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBroker)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	_, _, _, cp, err := e.latestCheckpoint(ctx, *noteKey)
+	c, lv, err := e.logClient(*noteKey)
 	if err != nil {
 		return err
 	}
+	from := e.noteKeyFrom(*noteKey)
+	raw, err := c.Checkpoint(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := lv.VerifyCheckpoint(raw); err != nil {
+		return &client.VerifyError{Step: "checkpoint", Err: err}
+	}
+	res, err := lv.Advance(ctx, raw, c, tlog.AdvanceOptions{DryRun: true})
+	if err != nil {
+		return err
+	}
+	cp := res.Checkpoint
 	r := newCheckpointResult(cp)
-	return e.out(r, func() { fmt.Fprint(e.stdout, r.Checkpoint) })
+	r.NoteKeyFrom = from
+	if res.Previous != nil {
+		s := res.Previous.Size
+		r.PreviousSize, r.Consistent = &s, true
+	}
+	return e.out(r, func() {
+		fmt.Fprintf(e.stdout, "checkpoint of log %s, size %d, root %s\n", cp.Origin, cp.Size, r.RootHash)
+		fmt.Fprintf(e.stdout, "  signature     verified with the log key %s\n", from)
+		switch {
+		case res.Previous != nil && res.Previous.Size == cp.Size:
+			fmt.Fprintf(e.stdout, "  consistency   the stored checkpoint has this size and root; nothing to store\n")
+		case res.Previous != nil:
+			fmt.Fprintf(e.stdout, "  consistency   extends the stored checkpoint of size %d (proof verified); not stored\n", res.Previous.Size)
+		default:
+			fmt.Fprintf(e.stdout, "  consistency   not checked: no stored checkpoint for this log; not stored\n")
+		}
+		fmt.Fprintf(e.stdout, "\n%s", r.Checkpoint)
+	})
 }
 
 func cmdLogVerify(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("log verify", "[--note-key KEY]",
 		`Fetches the log's latest checkpoint, verifies its signature and its
 consistency with the checkpoint stored before, and stores it. A rolled back
-or forked log fails with both checkpoints printed.`)
+or forked log fails with both checkpoints printed.`, useBroker)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	c, st, err := e.client(true)
-	if err != nil {
-		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
+	c, lv, err := e.logClient(*noteKey)
 	if err != nil {
 		return err
 	}
@@ -69,21 +116,26 @@ or forked log fails with both checkpoints printed.`)
 	}
 	cp, prev := synced.Checkpoint, synced.Previous
 	r := newCheckpointResult(cp)
-	r.Stored = true
+	r.Stored, r.NoteKeyFrom = synced.Stored, e.noteKeyFrom(*noteKey)
 	if prev != nil {
+		r.Consistent = true
 		s := prev.Size
 		r.PreviousSize = &s
 	}
 	return e.out(r, func() {
-		if prev != nil {
+		switch {
+		case prev != nil && !synced.Stored:
+			fmt.Fprintf(e.stdout, "log %s: size %d, consistent with the stored size %d; the stored checkpoint has this size and root\n", cp.Origin, cp.Size, prev.Size)
+		case prev != nil:
 			fmt.Fprintf(e.stdout, "log %s: size %d, consistent with the stored size %d; checkpoint stored\n", cp.Origin, cp.Size, prev.Size)
-		} else {
+		default:
 			fmt.Fprintf(e.stdout, "log %s: size %d; first checkpoint for this log stored (trusted on first use)\n", cp.Origin, cp.Size)
 		}
 	})
 }
 
 type receiptResult struct {
+	File           string      `json:"file"`
 	Origin         string      `json:"origin"`
 	Index          uint64      `json:"index"`
 	CheckpointSize uint64      `json:"checkpoint_size"`
@@ -97,15 +149,12 @@ func cmdReceipt(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdReceiptVerify(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("receipt verify", "[--note-key KEY] FILE",
-		`Verifies a receipt (C2SP tlog-proof) offline: the checkpoint's signature by the
-log key, and the inclusion of the entry the receipt carries. Prints the entry.`)
+	fs := e.newFlags("receipt verify", "[--note-key KEY] FILE...",
+		`Verifies receipts (C2SP tlog-proof) offline: each checkpoint's signature by the
+log key, and the inclusion of the entry each receipt carries. Prints the
+entries. With --json, a list with one result per file.`, useBroker)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify' for --addr)")
-	if err := parse(fs, args, 1); err != nil {
-		return err
-	}
-	raw, err := os.ReadFile(fs.Arg(0))
-	if err != nil {
+	if err := parse(fs, args, -2); err != nil {
 		return err
 	}
 	key := *noteKey
@@ -127,14 +176,26 @@ log key, and the inclusion of the entry the receipt carries. Prints the entry.`)
 	if err != nil {
 		return usageErr("--note-key: %v", err)
 	}
-	r, err := client.VerifyReceiptOffline(raw, lv)
-	if err != nil {
-		return err
+	var out []receiptResult
+	for _, f := range fs.Args() {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		r, err := client.VerifyReceiptOffline(raw, lv)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		out = append(out, receiptResult{File: f, Origin: r.Checkpoint.Origin, Index: r.Index, CheckpointSize: r.Checkpoint.Size, Entry: r.Entry})
 	}
-	out := receiptResult{Origin: r.Checkpoint.Origin, Index: r.Index, CheckpointSize: r.Checkpoint.Size, Entry: r.Entry}
 	return e.out(out, func() {
-		fmt.Fprintf(e.stdout, "receipt verified: entry %d is in log %s at size %d\n", r.Index, r.Checkpoint.Origin, r.Checkpoint.Size)
-		fmt.Fprintf(e.stdout, "  %s\n", describeEntry(r.Entry))
+		for _, r := range out {
+			if len(out) > 1 {
+				fmt.Fprintf(e.stdout, "%s: ", r.File)
+			}
+			fmt.Fprintf(e.stdout, "receipt verified: entry %d is in log %s at size %d\n", r.Index, r.Origin, r.CheckpointSize)
+			fmt.Fprintf(e.stdout, "  %s\n", describeEntry(r.Entry))
+		}
 	})
 }
 

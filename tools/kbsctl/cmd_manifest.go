@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
@@ -27,7 +28,7 @@ func cmdManifestSign(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("manifest sign", "--key FILE MANIFEST",
 		`Prints the base64 detached signature of MANIFEST's exact bytes: ECDSA P-256
 SHA-256 (DER) or Ed25519, the same as 'openssl dgst -sha256 -sign KEY | base64 -w0'
-and 'cosign sign-blob --key'. Encrypted cosign keys read $COSIGN_PASSWORD.`)
+and 'cosign sign-blob --key'. Encrypted cosign keys read $COSIGN_PASSWORD.`, useJSON)
 	keyFile := fs.String("key", "", "owner private key, PEM (required)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
@@ -80,23 +81,34 @@ type setResult struct {
 	LogIndex uint64   `json:"log_index"`
 	Signers  []string `json:"signers"`
 	Logged   bool     `json:"inclusion_verified"`
+	Receipt  string   `json:"receipt_file,omitempty"`
+	// AlreadyActive: the broker had activated this exact version before
+	// (a retry); nothing was sent or logged. ActiveVersion is the
+	// broker's active version when a later one superseded it.
+	AlreadyActive bool   `json:"already_active,omitempty"`
+	ActiveVersion uint64 `json:"active_version,omitempty"`
 }
 
 func cmdManifestSet(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("manifest set", "--sig FILE [--sig FILE...] MANIFEST",
+	fs := e.newFlags("manifest set", "--sig FILE [--sig FILE...] [--receipt R] MANIFEST",
 		`Proposes MANIFEST as the broker's next version with owner signatures. The
 signatures are checked first against the owners of the broker's active
 version; after the broker accepted it, its inclusion in the log is verified
-(when the broker was verified before at this address).`)
+and its receipt written to a new file (default MANIFEST.v<version>.<log
+index>.receipt), when the broker was verified before at this address.
+A version the broker already activated with the same hash (a retry after a
+timeout) is success: nothing is sent or logged.`, useBroker)
 	var sigFiles stringList
 	fs.Var(&sigFiles, "sig", "file with a base64 (or DER) owner signature (repeatable; required)")
+	receiptFile := fs.String("receipt", "", "where to write the receipt of the manifest entry, a new file (default MANIFEST.v<version>.<log index>.receipt)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
 	if len(sigFiles) == 0 {
 		return usageErr("manifest set: at least one --sig is required")
 	}
-	next, err := readManifest(fs.Arg(0))
+	file := fs.Arg(0)
+	next, err := readManifest(file)
 	if err != nil {
 		return err
 	}
@@ -108,6 +120,11 @@ version; after the broker accepted it, its inclusion in the log is verified
 		}
 		sigs = append(sigs, s)
 	}
+	if *receiptFile == "" {
+		if err := probeDir(filepath.Dir(file)); err != nil {
+			return usageErr("the receipt goes next to %s: %v (or pass --receipt)", file, err)
+		}
+	}
 	c, st, err := e.client(false)
 	if err != nil {
 		return err
@@ -116,22 +133,45 @@ version; after the broker accepted it, its inclusion in the log is verified
 	if err != nil {
 		return err
 	}
-	prev, err := manifest.Parse(cur.Body)
-	if err != nil {
-		return fmt.Errorf("the broker's active manifest does not parse: %w", err)
+	out := setResult{Version: next.Version(), Hash: next.Hash()}
+	switch {
+	case cur.Hash == next.Hash():
+		out.AlreadyActive, out.LogIndex = true, cur.LogIndex
+	case cur.Version > next.Version():
+		// A retry whose version was activated, then superseded.
+		h, err := c.ManifestHistory(ctx)
+		if err != nil {
+			return err
+		}
+		if n := next.Version(); n == 0 || n > uint64(len(h.Manifests)) || h.Manifests[n-1].Hash != next.Hash() {
+			return &exitError{code: 1, errCode: "manifest_mismatch", err: fmt.Errorf("the broker is at version %d and its version %d is not %s", cur.Version, n, next.Hash()),
+				hint: "'kbsctl manifest history' lists the broker's versions; write the next version with 'kbsctl manifest next'"}
+		} else {
+			out.AlreadyActive, out.LogIndex, out.ActiveVersion = true, h.Manifests[n-1].LogIndex, cur.Version
+		}
 	}
-	signers, err := manifest.Verify(prev, next, sigs)
-	if err != nil {
-		return failErr("version %d is not a valid successor of the active version %d: %w", next.Version(), prev.Version(), err)
+	if !out.AlreadyActive {
+		if *receiptFile != "" {
+			if err := checkNewFile("--receipt", *receiptFile); err != nil {
+				return err
+			}
+		}
+		prev, err := manifest.Parse(cur.Body)
+		if err != nil {
+			return fmt.Errorf("the broker's active manifest does not parse: %w", err)
+		}
+		if out.Signers, err = manifest.Verify(prev, next, sigs); err != nil {
+			return failErr("version %d is not a valid successor of the active version %d: %w", next.Version(), prev.Version(), err)
+		}
+		res, err := c.PutManifest(ctx, next.Bytes(), sigs)
+		if err != nil {
+			return err
+		}
+		if res.Hash != next.Hash() || res.Version != next.Version() {
+			return failErr("the broker answered version %d (%s), not %d (%s)", res.Version, res.Hash, next.Version(), next.Hash())
+		}
+		out.LogIndex = res.LogIndex
 	}
-	res, err := c.PutManifest(ctx, next.Bytes(), sigs)
-	if err != nil {
-		return err
-	}
-	if res.Hash != next.Hash() || res.Version != next.Version() {
-		return failErr("the broker answered version %d (%s), not %d (%s)", res.Version, res.Hash, next.Version(), next.Hash())
-	}
-	out := setResult{Version: res.Version, Hash: res.Hash, LogIndex: res.LogIndex, Signers: signers}
 	if st != nil {
 		lv, err := c.LogVerifier(st.NoteKey)
 		if err != nil {
@@ -141,19 +181,38 @@ version; after the broker accepted it, its inclusion in the log is verified
 		if err != nil {
 			return err
 		}
-		if err := c.CheckManifestLogged(ctx, synced.Checkpoint, res.LogIndex, next); err != nil {
+		r, err := c.ManifestReceipt(ctx, synced.Checkpoint, out.LogIndex, next)
+		if err != nil {
 			return err
 		}
 		out.Logged = true
+		name := *receiptFile
+		if name == "" {
+			name = receiptName(file, next.Version(), out.LogIndex)
+		}
+		if _, err := os.Stat(name); out.AlreadyActive && err == nil {
+			out.Receipt = name // kept from the first attempt
+		} else if out.Receipt, err = e.keepReceipt(*receiptFile, file, next.Version(), out.LogIndex, r.Raw); err != nil {
+			return err
+		}
 	}
 	return e.out(out, func() {
-		fmt.Fprintf(e.stdout, "manifest version %d (%s) is active, signed by %d owner(s)\n", out.Version, out.Hash, len(signers))
-		if out.Logged {
-			fmt.Fprintf(e.stdout, "logged at index %d: inclusion verified against a checkpoint consistent with the stored one\n", out.LogIndex)
-		} else {
-			fmt.Fprintf(e.stdout, "logged at index %d (not verified: run 'kbsctl verify' once to learn the log key)\n", out.LogIndex)
+		switch {
+		case out.ActiveVersion != 0:
+			fmt.Fprintf(e.stdout, "manifest version %d (%s) was activated before (same hash) and is now superseded by version %d: nothing to do, nothing logged\n", out.Version, out.Hash, out.ActiveVersion)
+		case out.AlreadyActive:
+			fmt.Fprintf(e.stdout, "manifest version %d (%s) is already active (same hash): nothing to do, nothing logged\n", out.Version, out.Hash)
+		default:
+			fmt.Fprintf(e.stdout, "manifest version %d (%s) is active, signed by %d owner(s)\n", out.Version, out.Hash, len(out.Signers))
 		}
-		fmt.Fprintf(e.stdout, "clients and workers accept it with 'kbsctl verify --follow --manifest FILE'\n")
+		if out.Logged {
+			fmt.Fprintf(e.stdout, "logged at index %d: inclusion verified against a checkpoint consistent with the stored one; receipt in %s\n", out.LogIndex, out.Receipt)
+		} else {
+			fmt.Fprintf(e.stdout, "logged at index %d (not verified, no receipt: run 'kbsctl verify' once to learn the log key)\n", out.LogIndex)
+		}
+		if !out.AlreadyActive {
+			fmt.Fprintf(e.stdout, "clients and workers accept it with 'kbsctl verify --follow --manifest FILE'\n")
+		}
 	})
 }
 
@@ -161,7 +220,7 @@ func cmdManifestNext(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("manifest next", "[--add-owner PEM] [--threshold N] [--out FILE] MANIFEST",
 		`Writes the skeleton of MANIFEST's next version: version + 1, previous set to
 MANIFEST's hash, optionally with another owner key and a new threshold. Edit
-it further as needed, then sign it with the owners of MANIFEST.`)
+it further as needed, then sign it with the owners of MANIFEST.`, 0)
 	var addOwners stringList
 	fs.Var(&addOwners, "add-owner", "PEM public key file of an owner to add (repeatable)")
 	threshold := fs.Int("threshold", 0, "new owner threshold (default unchanged)")
@@ -206,22 +265,40 @@ type historyItem struct {
 	Anchor   string            `json:"anchor,omitempty"`
 }
 
+// historyResult is 'manifest history --json': the chain, and the log
+// checkpoint it was verified against.
+type historyResult struct {
+	// ChainVerified: each version after the first is signed by the
+	// threshold of owners of the one before, and every version's log entry
+	// is included in Log's checkpoint (always true in a result).
+	ChainVerified bool          `json:"chain_verified"`
+	Chain         []historyItem `json:"chain"`
+	Active        uint64        `json:"active_version"`
+	// YourVersion is the version --manifest matched (0 without it).
+	YourVersion uint64 `json:"your_version,omitempty"`
+	Log         struct {
+		Origin string `json:"origin"`
+		Size   uint64 `json:"size"`
+		// PreviousSize is the stored checkpoint's size it is consistent
+		// with (absent: none stored, trusted on first use).
+		PreviousSize     *uint64 `json:"previous_size,omitempty"`
+		CheckpointStored bool    `json:"checkpoint_stored"`
+	} `json:"log"`
+}
+
 func cmdManifestHistory(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("manifest history", "[--manifest FILE] [--note-key KEY]",
 		`Lists every manifest version the broker activated and verifies the chain:
 each version after the first signed by the threshold of owners of the one
 before, each included in the log (checked against a checkpoint consistent
-with the stored one). With --manifest, the chain must contain your version.`)
+with the stored one, which it then stores). With --manifest, the chain must
+contain your version.`, useBroker)
 	mf := fs.String("manifest", "", "your copy of a manifest version the chain must contain")
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	c, st, err := e.client(true)
-	if err != nil {
-		return err
-	}
-	lv, err := e.logVerifier(c, st, *noteKey)
+	c, lv, err := e.logClient(*noteKey)
 	if err != nil {
 		return err
 	}
@@ -240,7 +317,13 @@ with the stored one). With --manifest, the chain must contain your version.`)
 	if err != nil {
 		return err
 	}
-	items := make([]historyItem, len(chain))
+	out := historyResult{ChainVerified: true, Chain: make([]historyItem, len(chain)), Active: uint64(len(chain))}
+	out.Log.Origin, out.Log.Size, out.Log.CheckpointStored = cp.Origin, cp.Size, synced.Stored
+	if synced.Previous != nil {
+		s := synced.Previous.Size
+		out.Log.PreviousSize = &s
+	}
+	items := out.Chain
 	for i, v := range chain {
 		m := v.Manifest
 		items[i] = historyItem{Version: m.Version(), Hash: m.Hash(), LogIndex: v.LogIndex, Signers: v.Signers, Changes: v.Changes}
@@ -257,8 +340,9 @@ with the stored one). With --manifest, the chain must contain your version.`)
 			return failErr("the broker's version %d is %s, yours is %s", n, m.Hash(), mine.Hash())
 		}
 		items[n-1].Anchor = "your manifest"
+		out.YourVersion = n
 	}
-	return e.out(items, func() {
+	return e.out(out, func() {
 		fmt.Fprintf(e.stdout, "%-7s %-73s %9s %s\n", "VERSION", "HASH", "LOG INDEX", "SIGNERS / CHANGES")
 		for _, it := range items {
 			note := it.Anchor
@@ -295,7 +379,10 @@ of a class (default: every worker class). Exits 1 when nothing matches.
 TDX evidence always needs Intel's collateral (TCB info, QE identity, PCK and
 root CA CRLs): online it is fetched from Intel PCS; with --offline it comes
 from --collateral DIR, a directory of PCS responses as served (file names in
-docs/operating.md), and verification fails without it.`)
+docs/operating.md), and verification fails without it.
+
+For development, 'kbsctl attest --tee sim --out FILE' writes simulated
+evidence to check (with --sim-root).`, useSimRoot|useJSON|useOffline)
 	mf := fs.String("manifest", "", "manifest file (required)")
 	platform := fs.String("platform", "", "snp or tdx (required)")
 	evFile := fs.String("evidence", "", "evidence file: SNP report (+ certificate table) or TDX quote (required)")
@@ -368,7 +455,7 @@ docs/operating.md), and verification fails without it.`)
 		return err
 	}
 	if !r.OK() {
-		return failErr("the evidence matches no class: %s", r.Summary())
+		return &exitError{code: 1, errCode: "no_match", err: fmt.Errorf("the evidence matches no class: %s", r.Summary())}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,19 +22,44 @@ func cmdPrompt(ctx context.Context, e *env, args []string) error {
 	})
 }
 
-func readKeyFile(file string) (*api.KeyFile, error) {
-	if file == "" {
+// promptKey is the key a prompt command encrypts or decrypts with: a key
+// file (--key), or raw key bytes (--key, as 'key put --file' takes them)
+// with the key id and version that go into the prompt header.
+type promptKey struct {
+	file    *string
+	id      *string
+	version *uint64
+}
+
+func (k *promptKey) register(fs *flag.FlagSet) {
+	k.file = fs.String("key", "", "key file, or raw key bytes with --id and --key-version (required)")
+	k.id = fs.String("id", "", "with a raw key: its key id")
+	k.version = fs.Uint64("key-version", 0, "with a raw key: its version (as 'key put' printed)")
+}
+
+func (k *promptKey) read() (*api.KeyFile, error) {
+	if *k.file == "" {
 		return nil, usageErr("--key is required")
 	}
-	raw, err := os.ReadFile(file)
-	if err != nil {
+	kf, raw, err := readKey(*k.file)
+	switch {
+	case err != nil:
 		return nil, err
+	case kf != nil:
+		if (*k.id != "" && *k.id != kf.ID) || (*k.version != 0 && *k.version != kf.Version) {
+			return nil, usageErr("%s is the key file of %s version %d; --id and --key-version disagree", *k.file, kf.ID, kf.Version)
+		}
+		return kf, nil
+	case *k.id == "" || *k.version == 0:
+		return nil, usageErr("%s holds raw key bytes: pass --id and --key-version (what 'kbsctl key put' printed), or use a key file", *k.file)
 	}
-	k, err := api.ParseKeyFile(raw)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
+	if err := api.ValidKeyID(*k.id); err != nil {
+		return nil, usageErr("--id: %v", err)
 	}
-	return k, nil
+	if len(raw) != 32 {
+		return nil, usageErr("%s: prompts need a 32-byte AES-256 key, this one is %d bytes", *k.file, len(raw))
+	}
+	return &api.KeyFile{ID: *k.id, Version: *k.version, Material: raw}, nil
 }
 
 func readInput(e *env, file string) ([]byte, error) {
@@ -65,10 +91,12 @@ func writeOutput(e *env, file string, b []byte) error {
 }
 
 func cmdPromptEncrypt(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("prompt encrypt", "--key FILE [--in F] [--out F]",
-		`Encrypts a prompt with AES-256-GCM under a key file; the key id and version
-go into an authenticated header.`)
-	key := fs.String("key", "", "key file (required)")
+	fs := e.newFlags("prompt encrypt", "--key FILE [--id ID --key-version N] [--in F] [--out F]",
+		`Encrypts a prompt with AES-256-GCM under a key: a key file, or the raw key
+bytes 'key put --file' uploaded with their --id and --key-version. The key id
+and version go into an authenticated header.`, 0)
+	var key promptKey
+	key.register(fs)
 	in := fs.String("in", "", "input (default stdin)")
 	out := fs.String("out", "", "output (default stdout)")
 	kind := fs.String("kind", api.KindPrompt, "message kind: prompt or reply")
@@ -78,7 +106,7 @@ go into an authenticated header.`)
 	if *kind != api.KindPrompt && *kind != api.KindReply {
 		return usageErr("--kind: want prompt or reply")
 	}
-	k, err := readKeyFile(*key)
+	k, err := key.read()
 	if err != nil {
 		return err
 	}
@@ -94,17 +122,18 @@ go into an authenticated header.`)
 }
 
 func cmdPromptDecrypt(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("prompt decrypt", "--key FILE [--in F] [--out F]",
+	fs := e.newFlags("prompt decrypt", "--key FILE [--id ID --key-version N] [--in F] [--out F]",
 		`Decrypts a prompt or reply made by 'prompt encrypt' or a kbs worker. Fails
-(exit 1) if the message was tampered with or is for another key.`)
-	key := fs.String("key", "", "key file (required)")
+(exit 1) if the message was tampered with or is for another key.`, 0)
+	var key promptKey
+	key.register(fs)
 	in := fs.String("in", "", "input (default stdin)")
 	out := fs.String("out", "", "output (default stdout)")
 	kind := fs.String("kind", "", "require this message kind: prompt or reply (default either)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	k, err := readKeyFile(*key)
+	k, err := key.read()
 	if err != nil {
 		return err
 	}
@@ -120,11 +149,12 @@ func cmdPromptDecrypt(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdPromptSend(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("prompt send", "--worker URL --key FILE [--in F]",
+	fs := e.newFlags("prompt send", "--worker URL --key FILE [--id ID --key-version N] [--in F]",
 		`Encrypts a prompt, sends it to a worker started with 'kbsctl worker run',
-and decrypts the worker's encrypted reply.`)
+and decrypts the worker's encrypted reply.`, 0)
 	worker := fs.String("worker", "", "worker URL, e.g. http://127.0.0.1:8080 (required)")
-	key := fs.String("key", "", "key file (required)")
+	var key promptKey
+	key.register(fs)
 	in := fs.String("in", "", "input (default stdin)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -132,7 +162,7 @@ and decrypts the worker's encrypted reply.`)
 	if *worker == "" {
 		return usageErr("prompt send: --worker is required")
 	}
-	k, err := readKeyFile(*key)
+	k, err := key.read()
 	if err != nil {
 		return err
 	}

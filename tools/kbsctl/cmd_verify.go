@@ -10,18 +10,22 @@ import (
 )
 
 type verifyResult struct {
-	Addr             string            `json:"addr"`
-	Platform         string            `json:"platform"`
-	Simulated        bool              `json:"simulated"`
-	Measurement      string            `json:"measurement"`
-	ManifestVersion  uint64            `json:"manifest_version"`
-	ManifestHash     string            `json:"manifest_hash"`
-	ManifestLogIndex uint64            `json:"manifest_log_index"`
-	Origin           string            `json:"origin"`
-	NoteKey          string            `json:"note_key"`
-	TLSSPKISHA256    string            `json:"tls_spki_sha256"`
-	LogSize          uint64            `json:"log_size"`
-	PreviousLogSize  *uint64           `json:"previous_log_size,omitempty"`
+	Addr             string  `json:"addr"`
+	Platform         string  `json:"platform"`
+	Simulated        bool    `json:"simulated"`
+	Measurement      string  `json:"measurement"`
+	ManifestVersion  uint64  `json:"manifest_version"`
+	ManifestHash     string  `json:"manifest_hash"`
+	ManifestLogIndex uint64  `json:"manifest_log_index"`
+	Origin           string  `json:"origin"`
+	NoteKey          string  `json:"note_key"`
+	TLSSPKISHA256    string  `json:"tls_spki_sha256"`
+	LogSize          uint64  `json:"log_size"`
+	PreviousLogSize  *uint64 `json:"previous_log_size,omitempty"`
+	// CheckpointStored reports whether the verified checkpoint is now the
+	// stored one for this log; false when the stored one already had its
+	// size and root (nothing to store).
+	CheckpointStored bool              `json:"checkpoint_stored"`
 	Followed         []followedVersion `json:"followed,omitempty"`
 	Service          *manifest.Report  `json:"service"`
 }
@@ -40,7 +44,7 @@ func newVerifyResult(addr string, b *client.Broker) *verifyResult {
 		Measurement:     hex.EncodeToString(b.Claims.Measurement),
 		ManifestVersion: b.Manifest.Version(), ManifestHash: b.Manifest.Hash(), ManifestLogIndex: b.ManifestLogIndex,
 		Origin: b.Origin, NoteKey: b.NoteKey, TLSSPKISHA256: b.TLSSPKISHA256,
-		LogSize: b.Checkpoint.Size, Service: b.Service,
+		LogSize: b.Checkpoint.Size, Service: b.Service, CheckpointStored: b.CheckpointStored,
 	}
 	if b.Previous != nil {
 		s := b.Previous.Size
@@ -82,18 +86,23 @@ func (r *verifyResult) print(e *env) {
 			fmt.Fprintf(e.stdout, "  %s\n", c)
 		}
 	}
-	fmt.Fprintf(e.stdout, "checkpoint stored\n")
+	if r.CheckpointStored {
+		fmt.Fprintf(e.stdout, "checkpoint stored\n")
+	} else {
+		fmt.Fprintf(e.stdout, "checkpoint unchanged (the stored one has the same size and root)\n")
+	}
 }
 
 func cmdVerify(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("verify", "--manifest FILE [--follow]",
+	fs := e.newFlags("verify", "--manifest FILE [--follow] [--accept-new-log]",
 		`Verifies the broker: fresh evidence bound to a nonce, its keys and its checkpoint,
 checked against the service reference values of your manifest; the broker's
 active manifest identical to yours and included in the log; the checkpoint
 consistent with the one stored before. Stores the checkpoint only when all of
 this holds. With --follow, a later manifest is accepted through its signed,
 logged chain; the changes are shown and the file is updated (the old one is
-kept as FILE.v<N>).`)
+kept as FILE.v<N>). A broker presenting another log than the one verified at
+this address before fails unless --accept-new-log.`, useVerify)
 	file := fs.String("manifest", "", "your copy of the manifest (required)")
 	follow := fs.Bool("follow", false, "accept a later manifest version through its signed, logged chain")
 	acceptNew := fs.Bool("accept-new-log", false, "accept a broker whose log is not the one verified before at this address")

@@ -43,21 +43,31 @@ func (e *env) verifier(offline bool, collateral string) (attest.Verifier, error)
 // client returns a client of --addr, with the TLS pin and log identity
 // remembered from the last verification at this address (st is nil if
 // there was none). allowUnpinned permits TLS reads before any pin, for
-// answers verified by signatures.
+// answers verified by signatures. It verifies no evidence; see
+// verifyingClient.
 func (e *env) client(allowUnpinned bool) (*client.Client, *client.BrokerState, error) {
-	st, err := e.state().Broker(e.g.addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg := client.Config{Addr: e.g.addr, Checkpoints: e.state().Checkpoints(), AllowUnpinned: allowUnpinned}
-	if st != nil {
-		cfg.TLSPin = st.TLSSPKISHA256
-	}
+	return e.newClient(allowUnpinned, nil)
+}
+
+// verifyingClient is client with the evidence verifier that VerifyBroker
+// needs.
+func (e *env) verifyingClient() (*client.Client, *client.BrokerState, error) {
 	v, err := e.verifier(false, "")
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg.Verifier = v
+	return e.newClient(false, v)
+}
+
+func (e *env) newClient(allowUnpinned bool, v attest.Verifier) (*client.Client, *client.BrokerState, error) {
+	st, err := e.state().Broker(e.g.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := client.Config{Addr: e.g.addr, Checkpoints: e.state().Checkpoints(), AllowUnpinned: allowUnpinned, Verifier: v}
+	if st != nil {
+		cfg.TLSPin = st.TLSSPKISHA256
+	}
 	c, err := client.New(cfg)
 	if err != nil {
 		return nil, nil, usageErr("--addr %q: want unix://PATH or https://HOST:PORT%s", e.g.addr, suggestAddr(e.g.addr))
@@ -109,7 +119,7 @@ func (e *env) verifyBroker(ctx context.Context, manifestFile string, follow, acc
 	if err != nil {
 		return nil, err
 	}
-	c, st, err := e.client(false)
+	c, st, err := e.verifyingClient()
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +144,7 @@ func (e *env) verifyBroker(ctx context.Context, manifestFile string, follow, acc
 // manifest is accepted as the reference only if its hash is the remembered
 // one, and then everything is verified afresh.
 func (e *env) verifyRemembered(ctx context.Context) (*client.Broker, error) {
-	c, st, err := e.client(false)
+	c, st, err := e.verifyingClient()
 	if err != nil {
 		return nil, err
 	}
@@ -169,31 +179,22 @@ func (e *env) verifyWith(ctx context.Context, c *client.Client, st *client.Broke
 	return b, nil
 }
 
-// logVerifier returns the verifier of the broker's log: from --note-key,
-// else from the broker state of --addr.
-// latestCheckpoint connects to the broker and fetches its latest checkpoint,
-// verified with the log's note key (noteKey, or the one 'kbsctl verify'
-// learned); it stores nothing.
-func (e *env) latestCheckpoint(ctx context.Context, noteKey string) (*client.Client, *client.BrokerState, *tlog.Verifier, tlog.SignedCheckpoint, error) {
+// logClient returns a client of --addr for reads verified by signatures
+// (TLS before any pin allowed) and the verifier of its log (logVerifier).
+func (e *env) logClient(noteKey string) (*client.Client, *tlog.Verifier, error) {
 	c, st, err := e.client(true)
 	if err != nil {
-		return nil, nil, nil, tlog.SignedCheckpoint{}, err
+		return nil, nil, err
 	}
 	lv, err := e.logVerifier(c, st, noteKey)
 	if err != nil {
-		return nil, nil, nil, tlog.SignedCheckpoint{}, err
+		return nil, nil, err
 	}
-	raw, err := c.Checkpoint(ctx)
-	if err != nil {
-		return nil, nil, nil, tlog.SignedCheckpoint{}, err
-	}
-	cp, err := lv.VerifyCheckpoint(raw)
-	if err != nil {
-		return nil, nil, nil, tlog.SignedCheckpoint{}, &client.VerifyError{Step: "checkpoint", Err: err}
-	}
-	return c, st, lv, cp, nil
+	return c, lv, nil
 }
 
+// logVerifier returns the verifier of the broker's log: from --note-key,
+// else from the broker state of --addr.
 func (e *env) logVerifier(c *client.Client, st *client.BrokerState, noteKey string) (*tlog.Verifier, error) {
 	if noteKey == "" {
 		if st == nil {
@@ -233,6 +234,7 @@ func (e *env) out(v any, text func()) error {
 	if e.g.json {
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
+		e.printedJSON = true
 		return enc.Encode(v)
 	}
 	text()

@@ -163,10 +163,11 @@ func TestFlow(t *testing.T) {
 	ctl(t, 0, append(g, "key", "put", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b", "--file", raw)...)
 	out, _ = ctl(t, 0, append(g, "key", "put", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b", "--file", raw)...)
 	contains(t, out, "uploaded demo/b version 2")
-	ctl(t, 0, append(g, "receipt", "verify", raw+".receipt")...)
+	// Each upload has its own receipt, none overwritten.
+	ctl(t, 0, append(append(g, "receipt", "verify"), receiptFiles(t, raw, 2)...)...)
 	// A key id the client may not write is refused by policy.
 	_, errOut = ctl(t, 1, append(g, "key", "put", "--manifest", mf, "--client-key", clientKey, "--id", "other/x", "--file", raw)...)
-	contains(t, errOut, "kbsctl: REFUSED: kbs: forbidden (403 Forbidden)")
+	contains(t, errOut, "kbsctl: REFUSED: forbidden: ")
 	// The owner key is not a client.
 	ctl(t, 1, append(g, "key", "put", "--manifest", mf, "--client-key", ownerKey, "--id", "demo/c", "--file", raw)...)
 	out, _ = ctl(t, 0, append(gTLS, "--json", "key", "ls")...)
@@ -194,7 +195,7 @@ func TestFlow(t *testing.T) {
 	ctl(t, 0, append(wstate, "key", "get", "--pq", "--manifest", mf, "--tee", "sim", "--sim-dir", d.simDir(), "--id", "demo/a", "--out", filepath.Join(dir, "worker-pq"))...)
 	ctl(t, 0, append(wstate, "key", "get", "--manifest", mf, "--tee", "sim", "--sim-platform", "tdx", "--sim-dir", d.simDir(), "--id", "demo/a", "--out", filepath.Join(dir, "worker-tdx"))...)
 	// Offline receipt verification, and a tampered receipt.
-	receipt := filepath.Join(wout, "demo", "a.receipt")
+	receipt := receiptFiles(t, filepath.Join(wout, "demo", "a"), 1)[0]
 	out, _ = ctl(t, 0, append(wstate, "receipt", "verify", receipt)...)
 	contains(t, out, "release of demo/a v1, demo/b v2 to class demo-worker")
 	rb, _ := os.ReadFile(receipt)
@@ -225,7 +226,7 @@ func TestFlow(t *testing.T) {
 	// A worker whose measurement the manifest does not list is refused.
 	_, errOut = ctl(t, 1, append(wstate, "key", "get", "--manifest", mf, "--tee", "sim", "--sim-dir", d.simDir(),
 		"--sim-measurement", strings.Repeat("ab", 48), "--id", "demo/a", "--out", filepath.Join(dir, "bad"))...)
-	contains(t, errOut, "kbsctl: REFUSED: kbs: policy_denied")
+	contains(t, errOut, "kbsctl: REFUSED: policy_denied: ")
 	if _, err := os.Stat(filepath.Join(dir, "bad")); err == nil {
 		t.Fatal("a refused worker got a key directory")
 	}
@@ -299,7 +300,9 @@ func TestFlow(t *testing.T) {
 	_, errOut = ctl(t, 1, append(g, "manifest", "set", "--sig", v4+".sig1", "--sig", v4+".sig1", v4)...)
 	contains(t, errOut, "signed more than once")
 	writeSig(t, owner2, v4, v4+".sig2")
-	ctl(t, 1, append(g, "manifest", "set", "--sig", v4+".sig1", "--sig", v4+".sig2", v3)...)
+	// A retry of the active version (same hash) is success, nothing logged.
+	out, _ = ctl(t, 0, append(g, "manifest", "set", "--sig", v3+".sig", v3)...)
+	contains(t, out, "is already active (same hash): nothing to do, nothing logged")
 	out, _ = ctl(t, 0, append(g, "manifest", "set", "--sig", v4+".sig1", "--sig", v4+".sig2", v4)...)
 	contains(t, out, "signed by 2 owner(s)")
 	out, _ = ctl(t, 0, append(g, "verify", "--follow", "--manifest", behind)...)
@@ -317,7 +320,9 @@ func TestFlow(t *testing.T) {
 	out, _ = ctl(t, 0, append(g, "key", "rm", "--client-key", clientKey, "--id", "demo/b")...)
 	contains(t, out, "deleted demo/b")
 	ctl(t, 2, "--addr", d.unix, "--state", filepath.Join(dir, "empty"), "key", "rm", "--client-key", clientKey, "--id", "demo/a")
-	ctl(t, 2, append(g, "key", "rm", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b")...)
+	// A retry of a deletion that took effect is success, and logs nothing.
+	out, _ = ctl(t, 0, append(g, "key", "rm", "--manifest", mf, "--client-key", clientKey, "--id", "demo/b")...)
+	contains(t, out, "demo/b is already deleted (versions up to 2); nothing to do, nothing logged")
 
 	// Auditor: fresh state with the note key, then the client's state.
 	noteKey := vr.NoteKey
@@ -340,6 +345,17 @@ func TestFlow(t *testing.T) {
 	contains(t, out, vr.Origin+"\n")
 	out, _ = ctl(t, 0, append(gTLS, "log", "verify")...)
 	contains(t, out, "consistent with the stored size")
+}
+
+// receiptFiles returns the receipts base.v<version>.<index>.receipt, and
+// checks that there are n.
+func receiptFiles(t *testing.T, base string, n int) []string {
+	t.Helper()
+	files, err := filepath.Glob(base + ".v*.receipt")
+	if err != nil || len(files) != n {
+		t.Fatalf("receipts of %s: %q, %v; want %d", base, files, err, n)
+	}
+	return files
 }
 
 // writeECKey writes a new ECDSA P-256 key (PKCS #8 PEM) and its public key
@@ -450,6 +466,15 @@ func startWorker(t *testing.T, args []string) (string, func()) {
 	case <-time.After(30 * time.Second):
 		cancel()
 		t.Fatalf("worker did not start:\n%s", errb.String())
+	}
+	if strings.HasPrefix(url, "{") {
+		// worker run --json
+		var r workerResult
+		if err := json.Unmarshal([]byte(url), &r); err != nil || r.Receipt == "" || r.Class == "" {
+			cancel()
+			t.Fatalf("worker printed %q: %+v, %v", url, r, err)
+		}
+		url = r.URL
 	}
 	if !strings.HasPrefix(url, "http://127.0.0.1:") {
 		cancel()
@@ -650,9 +675,9 @@ func TestMessages(t *testing.T) {
 			[]string{"kbsctl: --tee sim: no simulated TEE at --sim-dir " + dir + "/nosim (kbsd --dev creates one in DATA/sim): no such file or directory"}},
 		{[]string{"verify", "--manifest", filepath.Join(dir, "missing.json")}, 2, []string{"kbsctl: --manifest: open " + dir + "/missing.json: no such file or directory"}},
 		{[]string{"audit", "--bogus"}, 2, []string{"kbsctl: audit: flag provided but not defined: -bogus (see 'kbsctl audit -h')\n"}},
-		{[]string{"receipt", "verify"}, 2, []string{"kbsctl: receipt verify: want 1 argument(s), got 0 (see 'kbsctl receipt verify -h')"}},
+		{[]string{"receipt", "verify"}, 2, []string{"kbsctl: receipt verify: want at least 1 argument, got 0 (see 'kbsctl receipt verify -h')"}},
 		{[]string{"key"}, 2, []string{"kbsctl: key: want a subcommand: get, ls, put, rm (see 'kbsctl key -h')"}},
-		{[]string{"keys", "ls"}, 2, []string{`kbsctl: unknown command "keys" (want audit, key, log, manifest, monitor, prompt, receipt, verify, worker; see 'kbsctl help')`}},
+		{[]string{"keys", "ls"}, 2, []string{`kbsctl: unknown command "keys" (want attest, audit, key, log, manifest, monitor, prompt, receipt, verify, worker; see 'kbsctl help')`}},
 		{[]string{"help"}, 0, []string{"Usage:\n  kbsctl [global flags] <command>", "Global flags:"}},
 		{[]string{"help", "audit"}, 0, []string{"Usage: kbsctl audit [--manifest FILE]", "-csv"}},
 		{[]string{"help", "key", "put"}, 0, []string{"Usage: kbsctl key put --manifest FILE", "-client-key"}},

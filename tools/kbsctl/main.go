@@ -7,16 +7,24 @@
 //
 //	kbsctl [global flags] <command> [flags] [args]
 //
-// Global flags (also accepted after the command): --addr unix://PATH |
-// https://HOST:PORT (default $KBS_ADDR, else unix://kbs-dev/kbs.sock),
-// --state DIR (last verified checkpoints and broker identities; default
-// $KBS_STATE, else the user config directory's kbs/), --sim-root FILE
-// (accept simulated-TEE evidence under this root), --json (machine-readable
-// output on stdout), --offline (no certificate or revocation fetches).
+// Global flags (also accepted after the command, by the commands that use
+// them): --addr unix://PATH | https://HOST:PORT (default $KBS_ADDR, else
+// unix://kbs-dev/kbs.sock), --state DIR (last verified checkpoints and
+// broker identities; default $KBS_STATE, else the user config directory's
+// kbs/), --sim-root FILE (accept simulated-TEE evidence under this root),
+// --json (machine-readable output on stdout), --offline (no certificate or
+// revocation fetches). --version prints what kbsctl was built from.
 //
 // Exit status: 0 success, 1 a verification or policy failure (evidence,
 // manifest, proofs, receipts, a forked or rolled back log, a request the
-// broker refused by policy), 2 a usage or I/O error.
+// broker refused by policy), 2 a usage or I/O error. With --json, a failure
+// is one JSON object, {"error": {"code", "message", "hint"}}, on stdout
+// (on stderr when the command already printed its JSON result there).
+//
+// Commands that change the log (key put, key rm, key get, manifest set,
+// worker run) check every local precondition (files they write, directories,
+// listen addresses) before their first request, and write a receipt for
+// every change the broker logged, never over an existing file.
 //
 // What kbsctl trusts: the manifest file the caller passes (its own copy),
 // the vendor roots embedded in the attestation libraries (and a sim root
@@ -29,13 +37,10 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -43,10 +48,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/kbs-dev/kbs/kbs/api"
-	"github.com/kbs-dev/kbs/kbs/attest/verify"
-	"github.com/kbs-dev/kbs/kbs/client"
-	"github.com/kbs-dev/kbs/tlog"
+	"github.com/kbs-dev/kbs/internal/version"
 )
 
 const usage = `kbsctl: client, worker, owner and auditor tool for kbs.
@@ -55,38 +57,40 @@ Usage:
   kbsctl [global flags] <command> [flags] [args]
 
 Client:
-  verify --manifest FILE [--follow]           verify the broker, store its checkpoint
-  key put --manifest FILE --client-key FILE --id ID (--file F | --generate --out F)
-  key rm [--manifest FILE] --client-key FILE --id ID
+  verify --manifest FILE [--follow] [--accept-new-log]  verify the broker, store its checkpoint
+  key put --manifest FILE --client-key FILE --id ID (--file F | --generate --out F) [--receipt R]
+  key rm [--manifest FILE] --client-key FILE --id ID [--receipt R]
   key ls                                      list key metadata
   prompt encrypt|decrypt --key FILE           AES-256-GCM prompts (stdin to stdout)
   prompt send --worker URL --key FILE         encrypt stdin, ask a worker, decrypt the answer
 Worker:
   key get --manifest FILE --tee snp|tdx|sim [--sim-dir DIR] [--sim-measurement HEX] --id ID... --out DIR
-  worker run --manifest FILE --tee ... --id ID... --listen ADDR
+  worker run --manifest FILE --tee ... --id ID... --listen ADDR [--receipt R]
+  attest --tee snp|tdx|sim [--report-data HEX] --out FILE   write evidence (for manifest check)
 Owner:
   manifest sign --key FILE MANIFEST           print a base64 signature (openssl/cosign compatible)
-  manifest set --sig FILE [--sig FILE...] MANIFEST
+  manifest set --sig FILE [--sig FILE...] [--receipt R] MANIFEST
   manifest next [--add-owner PEM] [--threshold N] MANIFEST
   manifest history [--manifest FILE]
   manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline] [--collateral DIR]
 Auditor:
-  log checkpoint                              fetch and verify the latest checkpoint
-  log verify                                  check consistency with the stored checkpoint
+  log checkpoint                              fetch the latest checkpoint; check signature and consistency
+  log verify                                  check consistency with the stored checkpoint, store it
   audit [--manifest FILE] [--csv | --html FILE] [--key P] [--client N] [--class C] [--since T] [--until T] [--rules FILE]
                                               verify every entry; manifest history, releases, a report
   monitor [--rules FILE] [--webhook URL] [--once]  follow the log; alert on rules, forks, inconsistencies
-  receipt verify [--note-key KEY] FILE        check a receipt offline
+  receipt verify [--note-key KEY] FILE...     check receipts offline
 
 Run 'kbsctl help <command>' (or 'kbsctl <command> -h') for the flags of a command.
 A development broker: 'kbsd --dev' prints the --addr and --sim-root to use.
 
 Exit status: 0 success, 1 verification or policy failure, 2 usage or I/O error.
+With --json, errors are JSON too: {"error": {"code": ..., "message": ..., "hint": ...}}.
 
 Global flags:
 `
 
-// globals are the flags every command accepts.
+// globals are the flags every command may use.
 type globals struct {
 	addr    string
 	state   string
@@ -95,12 +99,48 @@ type globals struct {
 	offline bool
 }
 
-func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT ($KBS_ADDR sets the default)")
-	fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities ($KBS_STATE sets the default)")
-	fs.StringVar(&g.simRoot, "sim-root", g.simRoot, "accept simulated-TEE evidence under this root.pem (development only)")
-	fs.BoolVar(&g.json, "json", g.json, "print machine-readable JSON on stdout")
-	fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
+// uses says which global flags a command uses: only those are registered
+// on (and shown in the help of) its flag set.
+type uses uint8
+
+const (
+	useAddr    uses = 1 << iota // --addr
+	useState                    // --state
+	useSimRoot                  // --sim-root
+	useJSON                     // --json
+	useOffline                  // --offline
+
+	// useBroker is what a command that talks to the broker without
+	// verifying its evidence uses; useVerify what one that verifies it.
+	useBroker = useAddr | useState | useJSON
+	useVerify = useBroker | useSimRoot | useOffline
+)
+
+func (g *globals) register(fs *flag.FlagSet, u uses) {
+	if u&useAddr != 0 {
+		fs.StringVar(&g.addr, "addr", g.addr, "broker address: unix://PATH or https://HOST:PORT ($KBS_ADDR sets the default)")
+	}
+	if u&useState != 0 {
+		fs.StringVar(&g.state, "state", g.state, "state directory: last verified checkpoints and broker identities ($KBS_STATE sets the default)")
+	}
+	if u&useSimRoot != 0 {
+		fs.StringVar(&g.simRoot, "sim-root", g.simRoot, "accept simulated-TEE evidence under this root.pem (development only)")
+	}
+	if u&useJSON != 0 {
+		fs.BoolVar(&g.json, "json", g.json, "print machine-readable JSON on stdout (errors too)")
+	}
+	if u&useOffline != 0 {
+		fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
+	}
+}
+
+// globalFlag reports whether name is a global flag.
+func globalFlag(name string) bool {
+	switch name {
+	case "addr", "state", "sim-root", "json", "offline":
+		return true
+	}
+	return false
 }
 
 // defaultAddr is where 'kbsd --dev' listens when run in the current
@@ -128,6 +168,9 @@ type env struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	// printedJSON is set once a JSON result went to stdout: an error
+	// after it goes to stderr, so that stdout stays one JSON document.
+	printedJSON bool
 }
 
 type command struct {
@@ -145,6 +188,7 @@ var commands = []command{
 	{"receipt", cmdReceipt},
 	{"prompt", cmdPrompt},
 	{"worker", cmdWorker},
+	{"attest", cmdAttest},
 }
 
 func main() {
@@ -157,21 +201,40 @@ func main() {
 // run executes kbsctl with args and returns the exit status.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := defaultGlobals()
-	fs := flag.NewFlagSet("kbsctl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	g.register(fs)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
+	e := &env{g: g, stdin: stdin, stdout: stdout, stderr: stderr}
+	if wantsJSON(args) {
+		// Errors are JSON even when --json comes after the flag that
+		// failed to parse.
+		g.json = true
 	}
+	fs := flag.NewFlagSet("kbsctl", flag.ContinueOnError)
+	g.register(fs, useVerify)
+	showVersion := fs.Bool("version", false, "print what kbsctl was built from (module version, VCS revision) and exit")
+	printUsage := func() {
+		fmt.Fprint(stderr, usage)
+		printFlags(stderr, fs, func(*flag.Flag) bool { return true })
+	}
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			printUsage()
 			return 0
 		}
-		return 2
+		return report(e, usageErr("%v%s (see 'kbsctl -h')", err, suggestFlag(fs, err)))
+	}
+	if *showVersion {
+		v := version.Get("kbsctl")
+		if err := e.out(v, func() { fmt.Fprintln(stdout, v) }); err != nil {
+			return report(e, err)
+		}
+		return 0
 	}
 	if fs.NArg() == 0 {
-		fs.Usage()
+		if g.json {
+			return report(e, usageErr("want a command (see 'kbsctl -h')"))
+		}
+		printUsage()
 		return 2
 	}
 	name, rest := fs.Arg(0), fs.Args()[1:]
@@ -179,19 +242,30 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		// "kbsctl help" is "kbsctl -h"; "kbsctl help CMD [SUB]" is
 		// "kbsctl CMD [SUB] -h".
 		if len(rest) == 0 {
-			fs.Usage()
+			printUsage()
 			return 0
 		}
 		name, rest = rest[0], append(rest[1:], "-h")
 	}
-	e := &env{g: g, stdin: stdin, stdout: stdout, stderr: stderr}
 	for _, c := range commands {
 		if c.name == name {
-			return report(stderr, e.g, c.run(ctx, e, rest))
+			return report(e, c.run(ctx, e, rest))
 		}
 	}
-	fmt.Fprintf(stderr, "kbsctl: unknown command %q (want %s; see 'kbsctl help')\n", name, commandNames())
-	return 2
+	return report(e, usageErr("unknown command %q (want %s; see 'kbsctl help')", name, commandNames()))
+}
+
+// wantsJSON reports whether args ask for --json anywhere before "--".
+func wantsJSON(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-json", "--json", "-json=true", "--json=true":
+			return true
+		}
+	}
+	return false
 }
 
 func commandNames() string {
@@ -203,162 +277,26 @@ func commandNames() string {
 	return strings.Join(n, ", ")
 }
 
-// exitError carries an exit status.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-// usageErr is a usage error (exit 2).
-func usageErr(format string, args ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
-}
-
-// failErr is a verification or policy failure (exit 1).
-func failErr(format string, args ...any) error {
-	return &exitError{code: 1, err: fmt.Errorf(format, args...)}
-}
-
-// errHelp is returned after printing a command's help (exit 0).
-var errHelp = errors.New("help")
-
-// report prints err, with what to do about it when that is known, and
-// returns the exit status it maps to.
-func report(w io.Writer, g *globals, err error) int {
-	if err == nil || errors.Is(err, errHelp) {
-		return 0
+// newFlags returns a command's flag set with the global flags it uses
+// registered: used, or when a command names none, all of them.
+func (e *env) newFlags(name, args, doc string, used ...uses) *flag.FlagSet {
+	u := useVerify
+	if len(used) > 0 {
+		u = used[0]
 	}
-	code := exitCode(err)
-	var fe *tlog.ForkError
-	if errors.As(err, &fe) {
-		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %v\n%s", err, fe.Evidence())
-		return code
-	}
-	msg := err.Error()
-	var te *client.TransportError
-	switch {
-	case code == 2 && errors.Is(err, client.ErrNotPinned):
-		msg = fmt.Sprintf("%s: %v", brokerAddr(g, err), client.ErrNotPinned)
-	case code == 2 && errors.As(err, &te):
-		msg = unreachable(te)
-	}
-	var ae *api.Error
-	switch {
-	case code == 1 && errors.As(err, &ae):
-		// The broker refused by policy; nothing failed to verify.
-		fmt.Fprintf(w, "kbsctl: REFUSED: %s\n", msg)
-	case code == 1:
-		fmt.Fprintf(w, "kbsctl: VERIFICATION FAILED: %s\n", msg)
-	default:
-		fmt.Fprintf(w, "kbsctl: %s\n", msg)
-	}
-	if h := hint(g, err); h != "" {
-		fmt.Fprintf(w, "  hint: %s\n", h)
-	}
-	return code
-}
-
-// brokerAddr is the broker address err is about.
-func brokerAddr(g *globals, err error) string {
-	var te *client.TransportError
-	if errors.As(err, &te) {
-		return te.Addr
-	}
-	return g.addr
-}
-
-// unreachable says briefly why the broker at te.Addr could not be
-// reached: the innermost network error, without the HTTP request.
-func unreachable(te *client.TransportError) string {
-	cause := te.Err
-	var oe *net.OpError
-	if errors.As(cause, &oe) && oe.Err != nil {
-		cause = oe.Err
-	} else {
-		var ue *url.Error
-		if errors.As(cause, &ue) {
-			cause = ue.Err
-		}
-	}
-	return fmt.Sprintf("can't reach the broker at %s: %v", te.Addr, cause)
-}
-
-// hint says what to do about the common mistakes: no broker at --addr, a
-// development broker without --sim-root.
-func hint(g *globals, err error) string {
-	var te *client.TransportError
-	switch {
-	case errors.Is(err, verify.ErrSimulatedNotTrusted):
-		return "this broker runs on a simulated TEE (kbsd --dev): to trust it for development, pass --sim-root DATA/sim/root.pem (kbsd --dev prints the path)"
-	case errors.Is(err, client.ErrNotPinned):
-		return fmt.Sprintf("over TLS, kbsctl talks only to a broker whose attested TLS key it has pinned: run 'kbsctl --addr %s verify --manifest FILE' once with this --state", g.addr)
-	case errors.Is(err, client.ErrPinMismatch):
-		return ""
-	case !errors.As(err, &te):
-		return ""
-	}
-	unix := strings.HasPrefix(te.Addr, "unix://")
-	from := "--addr"
-	switch env := os.Getenv("KBS_ADDR"); {
-	case env == "" && g.addr == defaultAddr:
-		from = "the default --addr, where 'kbsd --dev' run in this directory listens"
-	case env == g.addr:
-		from = "$KBS_ADDR"
-	}
-	switch {
-	case unix && errors.Is(err, syscall.ENOENT):
-		return fmt.Sprintf("no socket at %s (%s): start kbsd, or point --addr or $KBS_ADDR at the socket it prints (kbsd --data DIR listens on unix://DIR/kbs.sock)", strings.TrimPrefix(te.Addr, "unix://"), from)
-	case unix && errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Sprintf("the socket at %s (%s) exists but nothing accepts on it: kbsd is not running there (restart it)", strings.TrimPrefix(te.Addr, "unix://"), from)
-	case errors.Is(err, syscall.EACCES):
-		return "permission denied: the socket belongs to the user that runs kbsd (mode 0600); run kbsctl as that user"
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Sprintf("nothing listens at %s (%s): is kbsd running with --listen-tcp on that address?", te.Addr, from)
-	}
-	var tlsErr *tls.RecordHeaderError
-	if errors.As(err, &tlsErr) {
-		return "the server at --addr does not speak TLS: kbsd's TCP listener is https://HOST:PORT"
-	}
-	return fmt.Sprintf("check that kbsd is running and that %s (%s) is its address", from, te.Addr)
-}
-
-// exitCode maps an error to 1 (verification or policy failure) or 2.
-func exitCode(err error) int {
-	var ee *exitError
-	if errors.As(err, &ee) {
-		return ee.code
-	}
-	var (
-		ve *client.VerifyError
-		fe *tlog.ForkError
-		ae *api.Error
-	)
-	switch {
-	case errors.As(err, &ve), errors.As(err, &fe), errors.Is(err, client.ErrNewLog), errors.Is(err, client.ErrPinMismatch):
-		return 1
-	case errors.As(err, &ae):
-		switch ae.Code {
-		case api.CodeUnauthorized, api.CodeNonceInvalid, api.CodeEvidenceRejected, api.CodePolicyDenied,
-			api.CodeForbidden, api.CodeConflict:
-			return 1
-		}
-	}
-	return 2
-}
-
-// newFlags returns a command's flag set with the global flags registered.
-func (e *env) newFlags(name, args, doc string) *flag.FlagSet {
 	fs := flag.NewFlagSet("kbsctl "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	e.g.register(fs)
+	e.g.register(fs, u)
 	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "Usage: %s\n\n%s\n\nFlags:\n", strings.TrimSpace("kbsctl "+name+" "+args), doc)
-		fs.SetOutput(e.stderr)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
+		fmt.Fprintf(e.stderr, "Usage: %s\n\n%s\n", strings.TrimSpace("kbsctl "+name+" "+args), doc)
+		own := func(f *flag.Flag) bool { return !globalFlag(f.Name) }
+		if countFlags(fs, own) > 0 {
+			fmt.Fprintf(e.stderr, "\nFlags:\n")
+			printFlags(e.stderr, fs, own)
+		}
+		if u != 0 {
+			fmt.Fprintf(e.stderr, "\nGlobal flags it uses (also accepted before the command; see 'kbsctl -h'):\n")
+			printFlags(e.stderr, fs, func(f *flag.Flag) bool { return globalFlag(f.Name) })
+		}
 	}
 	// The flag package's own error lines and usage dumps on a bad flag are
 	// replaced by parse's one-line error.
@@ -366,9 +304,43 @@ func (e *env) newFlags(name, args, doc string) *flag.FlagSet {
 	return fs
 }
 
+func countFlags(fs *flag.FlagSet, keep func(*flag.Flag) bool) int {
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		if keep(f) {
+			n++
+		}
+	})
+	return n
+}
+
+// printFlags prints the flags keep selects, sorted, as
+//
+//	--name TYPE
+//	    	usage (default D)
+func printFlags(w io.Writer, fs *flag.FlagSet, keep func(*flag.Flag) bool) {
+	fs.VisitAll(func(f *flag.Flag) {
+		if !keep(f) {
+			return
+		}
+		name, use := flag.UnquoteUsage(f)
+		line := "  --" + f.Name
+		if name != "" {
+			line += " " + name
+		}
+		line += "\n    \t" + strings.ReplaceAll(use, "\n", "\n    \t")
+		switch f.DefValue {
+		case "", "false", "0", "[]":
+		default:
+			line += fmt.Sprintf(" (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w, line)
+	})
+}
+
 // parse parses a command's flags; nargs is the exact number of positional
-// arguments (-1: any). A bad flag or argument count is a one-line usage
-// error that points at the command's help.
+// arguments (-1: any; -2: at least one). A bad flag or argument count is a
+// one-line usage error that points at the command's help.
 func parse(fs *flag.FlagSet, args []string, nargs int) error {
 	usage := fs.Usage
 	fs.Usage = func() {}
@@ -378,17 +350,60 @@ func parse(fs *flag.FlagSet, args []string, nargs int) error {
 		fs.Usage()
 		return errHelp
 	}
+	cmd := strings.TrimPrefix(fs.Name(), "kbsctl ")
 	see := fmt.Sprintf("see '%s -h'", fs.Name())
-	if err != nil {
-		return usageErr("%s: %v (%s)", strings.TrimPrefix(fs.Name(), "kbsctl "), err, see)
-	}
-	if nargs >= 0 && fs.NArg() != nargs {
-		if nargs == 0 {
-			return usageErr("%s: unexpected arguments %q (%s)", strings.TrimPrefix(fs.Name(), "kbsctl "), fs.Args(), see)
-		}
-		return usageErr("%s: want %d argument(s), got %d (%s)", strings.TrimPrefix(fs.Name(), "kbsctl "), nargs, fs.NArg(), see)
+	switch {
+	case err != nil:
+		return usageErr("%s: %v%s (%s)", cmd, err, suggestFlag(fs, err), see)
+	case nargs == -2 && fs.NArg() == 0:
+		return usageErr("%s: want at least 1 argument, got 0 (%s)", cmd, see)
+	case nargs == 0 && fs.NArg() != 0:
+		return usageErr("%s: unexpected arguments %q (%s)", cmd, fs.Args(), see)
+	case nargs > 0 && fs.NArg() != nargs:
+		return usageErr("%s: want %d argument(s), got %d (%s)", cmd, nargs, fs.NArg(), see)
 	}
 	return nil
+}
+
+// suggestFlag names the defined flag an undefined one probably meant:
+// " (did you mean --addr?)", or "".
+func suggestFlag(fs *flag.FlagSet, err error) string {
+	_, bad, ok := strings.Cut(err.Error(), "flag provided but not defined: ")
+	if !ok {
+		return ""
+	}
+	bad = strings.TrimLeft(bad, "-")
+	best, bestD := "", 3
+	fs.VisitAll(func(f *flag.Flag) {
+		if d := editDistance(bad, f.Name); d < bestD {
+			best, bestD = f.Name, d
+		}
+	})
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean --%s?)", best)
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // subcommand dispatches "kbsctl NAME SUB ...".
@@ -414,7 +429,7 @@ func subcommand(ctx context.Context, e *env, name string, args []string, subs ma
 	}
 	f, ok := subs[args[0]]
 	if !ok {
-		return usageErr("%s: unknown subcommand %q (want %s)", name, args[0], strings.Join(names, ", "))
+		return usageErr("%s: unknown subcommand %q (want %s; see 'kbsctl %s -h')", name, args[0], strings.Join(names, ", "), name)
 	}
 	return f(ctx, e, args[1:])
 }
