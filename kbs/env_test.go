@@ -282,6 +282,12 @@ func (e *env) close() {
 		e.srv.Close()
 		e.srv = nil
 	}
+	if e.b != nil {
+		if err := e.b.Shutdown(context.Background()); err != nil {
+			e.t.Errorf("broker shutdown: %v", err)
+		}
+		e.b = nil
+	}
 	if e.log != nil {
 		e.log.Close()
 		e.log = nil
