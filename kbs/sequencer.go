@@ -211,7 +211,8 @@ func (b *Broker) replay(ctx context.Context, cp tlog.SignedCheckpoint, end uint6
 		}
 		return nil
 	}
-	err := tlog.ReadVerified(ctx, b.cfg.Log, cp, b.st.size, func(i uint64, raw []byte) error {
+	from := b.st.size
+	err := tlog.ReadVerified(ctx, b.cfg.Log, cp, from, func(i uint64, raw []byte) error {
 		if i >= end {
 			return errStopRead
 		}
@@ -227,7 +228,7 @@ func (b *Broker) replay(ctx context.Context, cp tlog.SignedCheckpoint, end uint6
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStopRead) {
-		return fmt.Errorf("kbs: couldn't replay the log from %d: %w", b.st.size, err)
+		return fmt.Errorf("kbs: couldn't replay the log from entry %d: %w", from, err)
 	}
 	if end == cp.Size {
 		b.st.mu.Lock()

@@ -69,7 +69,7 @@ func (e *StoreMismatchError) Error() string {
 	if len(lines) > show {
 		lines, more = lines[:show], fmt.Sprintf("\n  ... and %d more", len(e.Keys)-show)
 	}
-	return fmt.Sprintf("kbs: the key store disagrees with the log for %d key ids; the log is the record of what happened, so the database was modified or rolled back outside kbsd:\n  %s%s", len(e.Keys), strings.Join(lines, "\n  "), more)
+	return fmt.Sprintf("kbs: the key store disagrees with the log about %d key(s); the log is the record of what happened, so the database was modified or rolled back outside kbsd:\n  %s%s", len(e.Keys), strings.Join(lines, "\n  "), more)
 }
 
 // loadKeys settles the key changes left staged, and checks every key
