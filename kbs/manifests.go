@@ -255,7 +255,7 @@ func (b *Broker) verifiedEntry(ctx context.Context, cp tlog.SignedCheckpoint, in
 		return nil, err
 	}
 	if err := tlog.VerifyInclusion(cp, index, ents[0], proof); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("log entry %d does not match the log's tree of size %d (its bytes were changed)", index, cp.Size)
 	}
 	return ents[0], nil
 }
