@@ -328,7 +328,7 @@ func (e *env) mustOK2r(st int, ae *api.Error, _ *api.Release) { e.t.Helper(); e.
 
 // nextManifest returns version 2 of the test manifest: the same document
 // with a new key rule.
-func (e *env) nextManifest(t *testing.T) []byte {
+func (e *env) nextManifest(t testing.TB) []byte {
 	t.Helper()
 	m, err := manifest.Parse(e.manifest)
 	if err != nil {

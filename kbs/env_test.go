@@ -113,6 +113,9 @@ type env struct {
 	// gate, when set, sits between the broker and its log (tlogtest.Gate),
 	// and stays across reopening.
 	gate *tlogtest.Gate
+	// beforeNew and afterNew, when set, run right before and after New
+	// (benchmarks time New alone).
+	beforeNew, afterNew func()
 }
 
 func pubPEM(t testing.TB, k *ecdsa.PrivateKey) string {
@@ -284,6 +287,9 @@ func (e *env) tryOpen(t testing.TB) error {
 	if e.signV1 != nil {
 		sigs = e.signV1(e, e.manifest)
 	}
+	if e.beforeNew != nil {
+		e.beforeNew()
+	}
 	e.b, err = New(ctx, Config{
 		DB: e.db, Log: lg, Keys: e.keys, Identity: e.id, Issuer: issuer, Verifier: e.verifier,
 		Simulated:         true,
@@ -296,6 +302,9 @@ func (e *env) tryOpen(t testing.TB) error {
 		AttestationRate:   1000,
 		AttestationBurst:  1000,
 	})
+	if e.afterNew != nil {
+		e.afterNew()
+	}
 	if err != nil {
 		return err
 	}

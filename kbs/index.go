@@ -65,6 +65,9 @@ type stateIndex struct {
 	// reset makes the next write replace every key record (after a
 	// rebuild, or a failed write).
 	reset bool
+	// head is the head as last written or loaded: a write that would
+	// change nothing is skipped.
+	head []byte
 }
 
 // indexHead is the MAC'd head of the index.
@@ -158,6 +161,9 @@ func (x *stateIndex) load(ctx context.Context, lg tlog.Backend, cp tlog.SignedCh
 			return nil
 		}
 		found = true
+		x.mu.Lock()
+		x.head = bytes.Clone(raw)
+		x.mu.Unlock()
 		if err := json.Unmarshal(raw, &head); err != nil {
 			why = "its head does not decode"
 			return nil
@@ -281,6 +287,19 @@ func (x *stateIndex) write(snap stateSnapshot) error {
 	if snap.all {
 		macs, digest = map[string][32]byte{}, [32]byte{}
 	}
+	var written []byte
+	if !snap.all && len(snap.keys) == 0 {
+		h := snap.head
+		h.Keys, h.KeysDigest = len(macs), digest[:]
+		m, err := x.headMAC(h)
+		if err != nil {
+			return err
+		}
+		h.MAC = m[:]
+		if raw, err := json.Marshal(&h); err == nil && bytes.Equal(raw, x.head) {
+			return nil // nothing changed
+		}
+	}
 	err := x.db.Update(func(tx *bbolt.Tx) error {
 		sb := tx.Bucket(bucketBroker).Bucket(bucketState)
 		if snap.all {
@@ -318,12 +337,13 @@ func (x *stateIndex) write(snap stateSnapshot) error {
 		if err != nil {
 			return err
 		}
+		written = raw
 		return sb.Put(keyStateHead, raw)
 	})
 	if err != nil {
 		x.reset = true
 		return fmt.Errorf("kbs: couldn't write the state index: %w", err)
 	}
-	x.recMAC, x.digest, x.reset = macs, digest, false
+	x.recMAC, x.digest, x.reset, x.head = macs, digest, false, written
 	return nil
 }
