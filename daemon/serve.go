@@ -234,6 +234,11 @@ func serve(ctx context.Context, c *Config) error {
 		logger.Info("shutting down")
 	case serveErr = <-errc:
 		logger.Error("listener failed", "error", serveErr)
+	case <-broker.Halted():
+		// The broker's state may no longer be its log's; only a start
+		// settles it. Exit non-zero so that a supervisor restarts kbsd.
+		serveErr = fmt.Errorf("stopping: %w; the next start settles the broker's state against the log", broker.HaltCause())
+		logger.Error("broker halted", "error", serveErr)
 	}
 	// 1. Stop accepting and fail health checks; 2. finish in-flight requests.
 	broker.Close()

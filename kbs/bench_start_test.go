@@ -3,9 +3,9 @@ package kbs
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"path/filepath"
 	"testing"
 	"time"
 

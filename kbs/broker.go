@@ -151,6 +151,7 @@ type Broker struct {
 	// halted is set when the state may no longer be the log's (an append
 	// of unknown outcome): every decision is refused until a restart.
 	halted atomic.Pointer[error]
+	haltCh chan struct{} // closed by halt
 	// restored is set once restore has checked the database against the
 	// state; from then on, applied entries update what hangs off the
 	// state (the active manifest).
@@ -212,6 +213,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		confirm:   policy.Confirm,
 		manifests: &manifestStore{db: cfg.DB},
 		flushReq:  make(chan struct{}, 1),
+		haltCh:    make(chan struct{}),
 		quit:      make(chan struct{}),
 		flushDone: make(chan struct{}),
 	}

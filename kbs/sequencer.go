@@ -244,7 +244,24 @@ func (b *Broker) replay(ctx context.Context, cp tlog.SignedCheckpoint, end uint6
 func (b *Broker) halt(err error) {
 	if b.halted.CompareAndSwap(nil, &err) {
 		b.log.Error("the broker stops deciding until it is restarted: its state must be settled against the log", "error", err)
+		close(b.haltCh)
 	}
+}
+
+// Halted is closed when the broker stops deciding because its state may
+// no longer be its log's (an append of unknown outcome, a store that
+// could not be written after its change was logged). Every request that
+// would use or change the state then gets 503 until the broker is
+// restarted, and the next start settles the state against the log: kbsd
+// exits when it is closed, so that its supervisor restarts it.
+func (b *Broker) Halted() <-chan struct{} { return b.haltCh }
+
+// HaltCause returns why the broker halted (nil if it has not).
+func (b *Broker) HaltCause() error {
+	if p := b.halted.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (b *Broker) haltedError() error {

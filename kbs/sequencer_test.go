@@ -326,6 +326,14 @@ func TestUnknownOutcomeSettles(t *testing.T) {
 					if resp, err := http.Get(e.srv.URL + "/healthz"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
 						t.Errorf("healthz while halted: %v %v", resp, err)
 					}
+					select {
+					case <-e.b.Halted():
+						if !errors.Is(e.b.HaltCause(), tlog.ErrUnknownOutcome) {
+							t.Errorf("halt cause %v", e.b.HaltCause())
+						}
+					default:
+						t.Error("Halted is not closed") // kbsd exits on it
+					}
 					e.close()
 					e.open(t)
 					if p, _ := e.keys.PendingChanges(); len(p) != 0 {
