@@ -136,16 +136,16 @@ func TestHostileHost(t *testing.T) {
 			return dbedit.Put(db, keystoreKeys, []byte(keyLive), c)
 		}, "the key store disagrees with the log"},
 		edit{"edit the deletion entry's bytes", func(db, _ *bbolt.DB) error {
-			return editLastEntry(db, `{"type":"key-delete"`)
+			return dbedit.CorruptLast(db, logEntries, []byte(`{"type":"key-delete"`))
 		}, ""},
 		edit{"edit the deletion entry's bytes and drop the state index", func(db, _ *bbolt.DB) error {
-			if err := editLastEntry(db, `{"type":"key-delete"`); err != nil {
+			if err := dbedit.CorruptLast(db, logEntries, []byte(`{"type":"key-delete"`)); err != nil {
 				return err
 			}
 			return dbedit.Delete(db, dbedit.Path{"broker", "state"}, []byte("head"))
 		}, "does not match the log's tree"},
 		edit{"edit the newest manifest entry's bytes", func(db, _ *bbolt.DB) error {
-			return editLastEntry(db, `{"type":"manifest"`)
+			return dbedit.CorruptLast(db, logEntries, []byte(`{"type":"manifest"`))
 		}, "does not check out"},
 		edit{"drop the last entries", func(db, _ *bbolt.DB) error {
 			keys, err := dbedit.Keys(db, logEntries)
@@ -274,26 +274,6 @@ func refusalLine(out string) string {
 		}
 	}
 	return out
-}
-
-// editLastEntry flips a byte in the body of the newest log entry that
-// starts with prefix.
-func editLastEntry(db *bbolt.DB, prefix string) error {
-	keys, err := dbedit.Keys(db, logEntries)
-	if err != nil {
-		return err
-	}
-	for i := len(keys) - 1; i >= 0; i-- {
-		v, err := dbedit.Get(db, logEntries, keys[i])
-		if err != nil {
-			return err
-		}
-		if bytes.HasPrefix(v, []byte(prefix)) {
-			v[len(v)-3] ^= 1
-			return dbedit.Put(db, logEntries, keys[i], v)
-		}
-	}
-	return errors.New("no such entry")
 }
 
 // swapCiphertexts exchanges, in the file's bytes (as the host can while

@@ -274,6 +274,18 @@ func (s *authState) snapshot(all bool) stateSnapshot {
 	return snap
 }
 
+// signedHead returns the encoded head h with the key records' count and
+// digest, and its MAC.
+func (x *stateIndex) signedHead(h indexHead, keys int, digest [32]byte) ([]byte, error) {
+	h.Keys, h.KeysDigest = keys, digest[:]
+	m, err := x.headMAC(h)
+	if err != nil {
+		return nil, err
+	}
+	h.MAC = m[:]
+	return json.Marshal(&h)
+}
+
 // write stores snap durably, in one transaction. On failure the next write
 // replaces every record.
 func (x *stateIndex) write(snap stateSnapshot) error {
@@ -289,14 +301,7 @@ func (x *stateIndex) write(snap stateSnapshot) error {
 	}
 	var written []byte
 	if !snap.all && len(snap.keys) == 0 {
-		h := snap.head
-		h.Keys, h.KeysDigest = len(macs), digest[:]
-		m, err := x.headMAC(h)
-		if err != nil {
-			return err
-		}
-		h.MAC = m[:]
-		if raw, err := json.Marshal(&h); err == nil && bytes.Equal(raw, x.head) {
+		if raw, err := x.signedHead(snap.head, len(macs), digest); err == nil && bytes.Equal(raw, x.head) {
 			return nil // nothing changed
 		}
 	}
@@ -326,14 +331,7 @@ func (x *stateIndex) write(snap stateSnapshot) error {
 				return err
 			}
 		}
-		h := snap.head
-		h.Keys, h.KeysDigest = len(macs), digest[:]
-		m, err := x.headMAC(h)
-		if err != nil {
-			return err
-		}
-		h.MAC = m[:]
-		raw, err := json.Marshal(&h)
+		raw, err := x.signedHead(snap.head, len(macs), digest)
 		if err != nil {
 			return err
 		}

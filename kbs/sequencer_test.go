@@ -89,6 +89,21 @@ func (e *env) deleteReq(id string, version uint64) *api.KeyDelete {
 	return &api.KeyDelete{Client: "demo-client", Version: version, Signature: sig}
 }
 
+// changes returns the two contradicting changes the tests make: deleting
+// demo/k (version 1), and activating revokingManifest.
+func changes(t *testing.T) (deleteKey, revoke func(e *env) error) {
+	deleteKey = func(e *env) error {
+		_, err := e.b.DeleteKey(context.Background(), "demo/k", e.deleteReq("demo/k", 1))
+		return err
+	}
+	revoke = func(e *env) error {
+		body := e.revokingManifest(t)
+		_, err := e.b.UpdateManifest(context.Background(), &api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)})
+		return err
+	}
+	return deleteKey, revoke
+}
+
 // checkDecisions replays the whole log as an auditor would and fails the
 // test if a release is logged where it contradicts the state at its own
 // position: a key that is not live at that version, a manifest other than
@@ -157,6 +172,7 @@ func waitBlocked[T any](t *testing.T, e *env, what string, done <-chan T) {
 func TestDecideAndAppendOneStep(t *testing.T) {
 	for name, openLog := range logBackends(t) {
 		t.Run(name, func(t *testing.T) {
+			deleteKey, revoke := changes(t)
 			for _, tc := range []struct {
 				name string
 				hold string // entry type held in the append
@@ -166,24 +182,10 @@ func TestDecideAndAppendOneStep(t *testing.T) {
 				// after is the status of a release after the change.
 				after int
 			}{
-				{"release held, then deletion", tlog.TypeRelease, func(e *env) error {
-					_, err := e.b.DeleteKey(context.Background(), "demo/k", e.deleteReq("demo/k", 1))
-					return err
-				}, http.StatusNotFound},
-				{"release held, then manifest revoking the key", tlog.TypeRelease, func(e *env) error {
-					body := e.revokingManifest(t)
-					_, err := e.b.UpdateManifest(context.Background(), &api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)})
-					return err
-				}, http.StatusForbidden},
-				{"deletion held, then release", tlog.TypeKeyDelete, func(e *env) error {
-					_, err := e.b.DeleteKey(context.Background(), "demo/k", e.deleteReq("demo/k", 1))
-					return err
-				}, http.StatusNotFound},
-				{"manifest held, then release", tlog.TypeManifest, func(e *env) error {
-					body := e.revokingManifest(t)
-					_, err := e.b.UpdateManifest(context.Background(), &api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)})
-					return err
-				}, http.StatusForbidden},
+				{"release held, then deletion", tlog.TypeRelease, deleteKey, http.StatusNotFound},
+				{"release held, then manifest revoking the key", tlog.TypeRelease, revoke, http.StatusForbidden},
+				{"deletion held, then release", tlog.TypeKeyDelete, deleteKey, http.StatusNotFound},
+				{"manifest held, then release", tlog.TypeManifest, revoke, http.StatusForbidden},
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					e, err := newEnvSetup(t, nil, nil, func(e *env) { e.openLog, e.gate = openLog, tlogtest.NewGate(nil) })
@@ -252,6 +254,7 @@ var errUnknown = fmt.Errorf("injected: %w", tlog.ErrUnknownOutcome)
 func TestUnknownOutcomeSettles(t *testing.T) {
 	for name, openLog := range logBackends(t) {
 		t.Run(name, func(t *testing.T) {
+			deleteKey, revoke := changes(t)
 			for _, tc := range []struct {
 				name    string
 				typ     string
@@ -280,27 +283,17 @@ func TestUnknownOutcomeSettles(t *testing.T) {
 					}
 					e.mustOK2(e.upload("demo/u", 1, []byte("now for real")))
 				}},
-				{"deletion logged", tlog.TypeKeyDelete, true, func(e *env) error {
-					_, err := e.b.DeleteKey(context.Background(), "demo/k", e.deleteReq("demo/k", 1))
-					return err
-				}, func(e *env) {
+				{"deletion logged", tlog.TypeKeyDelete, true, deleteKey, func(e *env) {
 					w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
 					if st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/k")); st != http.StatusNotFound {
 						t.Errorf("release of a key whose deletion was logged: %d %+v", st, ae)
 					}
 				}},
-				{"deletion not logged", tlog.TypeKeyDelete, false, func(e *env) error {
-					_, err := e.b.DeleteKey(context.Background(), "demo/k", e.deleteReq("demo/k", 1))
-					return err
-				}, func(e *env) {
+				{"deletion not logged", tlog.TypeKeyDelete, false, deleteKey, func(e *env) {
 					w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
 					e.mustOK2r(e.release(e.releaseReq(w, e.challenge(), "demo/k")))
 				}},
-				{"manifest logged", tlog.TypeManifest, true, func(e *env) error {
-					body := e.revokingManifest(t)
-					_, err := e.b.UpdateManifest(context.Background(), &api.ManifestUpdate{Body: body, Signatures: signAll(t, body, e.owners...)})
-					return err
-				}, func(e *env) {
+				{"manifest logged", tlog.TypeManifest, true, revoke, func(e *env) {
 					if _, v := e.b.ActiveManifest(); v != 2 {
 						t.Errorf("active version %d after restart, want 2", v)
 					}

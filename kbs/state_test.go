@@ -350,16 +350,16 @@ func TestHostileStoreRefused(t *testing.T) {
 			return dbedit.Delete(db, stateIndexPath, []byte("head"))
 		}, "the log does not hold"},
 		{"entry bytes edited, index dropped", func(h *hostileEnv, db, _ *bbolt.DB) error {
-			if err := editEntry(db, tlog.TypeKeyDelete); err != nil {
+			if err := dbedit.CorruptLast(db, logEntries, []byte(`{"type":"`+tlog.TypeKeyDelete+`"`)); err != nil {
 				return err
 			}
 			return dbedit.Delete(db, stateIndexPath, []byte("head"))
 		}, "does not match the log's tree"},
 		{"manifest entry bytes edited", func(h *hostileEnv, db, _ *bbolt.DB) error {
-			return editEntry(db, tlog.TypeManifest)
+			return dbedit.CorruptLast(db, logEntries, []byte(`{"type":"`+tlog.TypeManifest+`"`))
 		}, "version 2"},
 		{"deletion entry bytes edited", func(h *hostileEnv, db, _ *bbolt.DB) error {
-			return editEntry(db, tlog.TypeKeyDelete)
+			return dbedit.CorruptLast(db, logEntries, []byte(`{"type":"`+tlog.TypeKeyDelete+`"`))
 		}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -400,25 +400,6 @@ func TestHostileStoreRefused(t *testing.T) {
 			t.Logf("refused: %v", err)
 		})
 	}
-}
-
-// editEntry flips a byte in the body of the last log entry of type typ.
-func editEntry(db *bbolt.DB, typ string) error {
-	keys, err := dbedit.Keys(db, logEntries)
-	if err != nil {
-		return err
-	}
-	for i := len(keys) - 1; i >= 0; i-- {
-		v, err := dbedit.Get(db, logEntries, keys[i])
-		if err != nil {
-			return err
-		}
-		if bytes.HasPrefix(v, []byte(`{"type":"`+typ+`"`)) {
-			v[len(v)-3] ^= 1
-			return dbedit.Put(db, logEntries, keys[i], v)
-		}
-	}
-	return errors.New("no such entry")
 }
 
 // TestLiveStoreEdits edits the key store while the broker runs (bbolt

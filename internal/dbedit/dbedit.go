@@ -196,3 +196,24 @@ func Keys(db *bbolt.DB, p Path) ([][]byte, error) {
 	})
 	return out, err
 }
+
+// CorruptLast flips one bit near the end of the last record, in key order,
+// of the bucket at p whose value starts with prefix (a log entry of some
+// type, say): the record keeps its length and its framing.
+func CorruptLast(db *bbolt.DB, p Path, prefix []byte) error {
+	keys, err := Keys(db, p)
+	if err != nil {
+		return err
+	}
+	for i := len(keys) - 1; i >= 0; i-- {
+		v, err := Get(db, p, keys[i])
+		if err != nil {
+			return err
+		}
+		if bytes.HasPrefix(v, prefix) && len(v) > 3 {
+			v[len(v)-3] ^= 1
+			return Put(db, p, keys[i], v)
+		}
+	}
+	return fmt.Errorf("dbedit: no record of %s starts with %q", p, prefix)
+}
