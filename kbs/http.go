@@ -29,46 +29,17 @@ func (b *Broker) Handler() http.Handler {
 		mux.HandleFunc(pattern, b.wrap(name, h))
 	}
 	route("GET "+api.PathAttestation, "attestation", b.serveAttestation)
-	route("GET "+api.PathManifest, "manifest", func(w http.ResponseWriter, r *http.Request) error {
-		ans, err := b.Manifest(r.Context())
-		return reply(w, ans, err)
-	})
-	route("GET "+api.PathManifestHistory, "manifest_history", func(w http.ResponseWriter, r *http.Request) error {
-		ans, err := b.ManifestHistory(r.Context())
-		return reply(w, ans, err)
-	})
-	route("PUT "+api.PathManifest, "manifest_put", func(w http.ResponseWriter, r *http.Request) error {
-		var req api.ManifestUpdate
-		if err := decodeBody(w, r, api.MaxManifestBody, &req); err != nil {
-			return err
-		}
-		ans, err := b.UpdateManifest(r.Context(), &req)
-		return reply(w, ans, err)
-	})
-	route("POST "+api.PathKeys, "key_upload", func(w http.ResponseWriter, r *http.Request) error {
-		var req api.KeyUpload
-		if err := decodeBody(w, r, api.MaxKeyBody, &req); err != nil {
-			return err
-		}
-		ans, err := b.UploadKey(r.Context(), &req)
-		return reply(w, ans, err)
-	})
-	route("GET "+api.PathKeys, "key_list", func(w http.ResponseWriter, r *http.Request) error {
-		ans, err := b.ListKeys(r.Context())
-		return reply(w, ans, err)
-	})
+	route("GET "+api.PathManifest, "manifest", noBody(b.Manifest))
+	route("GET "+api.PathManifestHistory, "manifest_history", noBody(b.ManifestHistory))
+	route("PUT "+api.PathManifest, "manifest_put", withBody(api.MaxManifestBody, b.UpdateManifest))
+	route("POST "+api.PathKeys, "key_upload", withBody(api.MaxKeyBody, b.UploadKey))
+	route("GET "+api.PathKeys, "key_list", noBody(b.ListKeys))
 	route("DELETE "+api.PathKeys+"/{id...}", "key_delete", func(w http.ResponseWriter, r *http.Request) error {
-		var req api.KeyDelete
-		if err := decodeBody(w, r, api.MaxKeyBody, &req); err != nil {
-			return err
-		}
-		ans, err := b.DeleteKey(r.Context(), r.PathValue("id"), &req)
-		return reply(w, ans, err)
+		return withBody(api.MaxKeyBody, func(ctx context.Context, req *api.KeyDelete) (*api.KeyDeleteResult, error) {
+			return b.DeleteKey(ctx, r.PathValue("id"), req)
+		})(w, r)
 	})
-	route("POST "+api.PathChallenge, "challenge", func(w http.ResponseWriter, r *http.Request) error {
-		ans, err := b.Challenge(r.Context())
-		return reply(w, ans, err)
-	})
+	route("POST "+api.PathChallenge, "challenge", noBody(b.Challenge))
 	route("POST "+api.PathRelease, "release", func(w http.ResponseWriter, r *http.Request) error {
 		body, err := readBody(w, r, api.MaxReleaseBody)
 		if err != nil {
@@ -92,6 +63,27 @@ func (b *Broker) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.PathHealth, b.handleHealth)
 	mux.HandleFunc("GET "+api.PathMetrics, b.handleMetrics)
 	return &notFound{mux: mux, b: b}
+}
+
+// noBody serves a method that takes no request body.
+func noBody[R any](f func(context.Context) (*R, error)) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ans, err := f(r.Context())
+		return reply(w, ans, err)
+	}
+}
+
+// withBody serves a method whose request is a JSON body of at most limit
+// bytes, decoded strictly (decodeBody).
+func withBody[T, R any](limit int64, f func(context.Context, *T) (*R, error)) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var req T
+		if err := decodeBody(w, r, limit, &req); err != nil {
+			return err
+		}
+		ans, err := f(r.Context(), &req)
+		return reply(w, ans, err)
+	}
 }
 
 // reply writes a method's answer as JSON (200), or returns its error for
