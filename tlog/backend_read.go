@@ -18,16 +18,26 @@ import (
 // stops the reading and is returned.
 //
 // It is the broker-side counterpart of TileClient.Entries, for a process
-// that reads its own log: it costs one Entries and one level-0 HashTile
-// call per 256 entries (upper tiles are read once).
+// that reads its own log. A full bundle of 256 entries is checked by
+// hashing it up to its subtree's root, which must be the one in the
+// level-1 tile (authenticated up to cp's root once per 65,536 entries); a
+// partial bundle, against its level-0 tile.
 func ReadVerified(ctx context.Context, b Backend, cp SignedCheckpoint, start uint64, f func(index uint64, entry []byte) error) error {
 	if start > cp.Size {
 		return fmt.Errorf("%w: start %d above size %d", ErrInvalidArgument, start, cp.Size)
 	}
 	hr := sumdb.TileHashReader(sumdb.Tree{N: int64(cp.Size), Hash: cp.Hash}, &backendTiles{ctx: ctx, b: b, cache: map[sumdb.Tile][]byte{}})
+	// subtrees holds authenticated roots of complete 256-entry subtrees
+	// (stored hashes at level 8), read a level-1 tile at a time: a full
+	// bundle of entries is checked by hashing it up to its subtree's root,
+	// without reading its level-0 tile.
+	subtrees := map[uint64]Hash{}
+	full := cp.Size / 256
 	idx := make([]int64, 0, 256)
+	leaves := make([]Hash, 0, 256)
 	for next := start; next < cp.Size; {
-		end := min(cp.Size, (next/256+1)*256)
+		n := next / 256
+		end := min(cp.Size, (n+1)*256)
 		entries, err := b.Entries(ctx, next, end)
 		if err != nil {
 			return fmt.Errorf("tlog: couldn't read entries [%d, %d): %w", next, end, err)
@@ -35,18 +45,46 @@ func ReadVerified(ctx context.Context, b Backend, cp SignedCheckpoint, start uin
 		if uint64(len(entries)) != end-next {
 			return fmt.Errorf("tlog: asked for entries [%d, %d), got %d", next, end, len(entries))
 		}
-		idx = idx[:0]
-		for i := next; i < end; i++ {
-			idx = append(idx, sumdb.StoredHashIndex(0, int64(i)))
+		leaves = leaves[:0]
+		for _, e := range entries {
+			leaves = append(leaves, sumdb.RecordHash(e))
 		}
-		hs, err := hr.ReadHashes(idx)
-		if err != nil {
-			return fmt.Errorf("tlog: the log's hashes for entries [%d, %d) do not verify against its checkpoint of size %d: %w", next, end, cp.Size, err)
+		if next == n*256 && n < full {
+			want, ok := subtrees[n]
+			if !ok {
+				idx = idx[:0]
+				for k := n - n%256; k < min(n-n%256+256, full); k++ {
+					idx = append(idx, sumdb.StoredHashIndex(8, int64(k)))
+				}
+				hs, err := hr.ReadHashes(idx)
+				if err != nil {
+					return fmt.Errorf("tlog: the log's hashes for entries [%d, %d) do not verify against its checkpoint of size %d: %w", next, end, cp.Size, err)
+				}
+				clear(subtrees)
+				for i, h := range hs {
+					subtrees[n-n%256+uint64(i)] = h
+				}
+				want = subtrees[n]
+			}
+			if subtreeRoot(leaves) != want {
+				return fmt.Errorf("tlog: entries [%d, %d) do not match the log's tree of size %d (their bytes were changed)", next, end, cp.Size)
+			}
+		} else {
+			idx = idx[:0]
+			for i := next; i < end; i++ {
+				idx = append(idx, sumdb.StoredHashIndex(0, int64(i)))
+			}
+			hs, err := hr.ReadHashes(idx)
+			if err != nil {
+				return fmt.Errorf("tlog: the log's hashes for entries [%d, %d) do not verify against its checkpoint of size %d: %w", next, end, cp.Size, err)
+			}
+			for i := range leaves {
+				if leaves[i] != hs[i] {
+					return fmt.Errorf("tlog: entry %d does not match the log's tree of size %d (its bytes were changed)", next+uint64(i), cp.Size)
+				}
+			}
 		}
 		for i, e := range entries {
-			if sumdb.RecordHash(e) != hs[i] {
-				return fmt.Errorf("tlog: entry %d does not match the log's tree of size %d (its bytes were changed)", next+uint64(i), cp.Size)
-			}
 			if err := f(next+uint64(i), e); err != nil {
 				return err
 			}
@@ -54,6 +92,17 @@ func ReadVerified(ctx context.Context, b Backend, cp SignedCheckpoint, start uin
 		next = end
 	}
 	return nil
+}
+
+// subtreeRoot returns the RFC 6962 root of a complete subtree of leaf
+// hashes (a power of two of them), hashing in place.
+func subtreeRoot(hs []Hash) Hash {
+	for n := len(hs); n > 1; n /= 2 {
+		for i := 0; i < n/2; i++ {
+			hs[i] = sumdb.NodeHash(hs[2*i], hs[2*i+1])
+		}
+	}
+	return hs[0]
 }
 
 // backendTiles adapts a Backend to sumdb's TileReader. It keeps the tiles
