@@ -52,8 +52,11 @@ func verifyChain(vs []chainVersion) ([]*manifest.Manifest, error) {
 // manifest.
 func verifyLink(prev *manifest.Manifest, v chainVersion) (*manifest.Manifest, error) {
 	rec := v.rec
-	if (prev == nil) != (v.link.Version == 1) {
-		return nil, fmt.Errorf("version %d does not follow version %d", v.link.Version, max(1, v.link.Version)-1)
+	switch {
+	case prev == nil && v.link.Version != 1:
+		return nil, fmt.Errorf("the chain starts at version %d, not 1", v.link.Version)
+	case prev != nil && v.link.Version != prev.Version()+1:
+		return nil, fmt.Errorf("version %d does not follow version %d", v.link.Version, prev.Version())
 	}
 	if rec.Version != v.link.Version || rec.Hash != v.link.Hash || rec.LogIndex != v.link.Index {
 		return nil, fmt.Errorf("record of version %d (%s at %d) is not the log's version %d (%s at %d)", rec.Version, rec.Hash, rec.LogIndex, v.link.Version, v.link.Hash, v.link.Index)
