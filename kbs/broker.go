@@ -211,23 +211,15 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		limit:     newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
 		m:         newMetrics(),
 		confirm:   policy.Confirm,
-		manifests: &manifestStore{db: cfg.DB},
 		flushReq:  make(chan struct{}, 1),
 		haltCh:    make(chan struct{}),
 		quit:      make(chan struct{}),
 		flushDone: make(chan struct{}),
 	}
-	if err := cfg.DB.Update(func(tx *bbolt.Tx) error {
-		bb, err := tx.CreateBucketIfNotExists(bucketBroker)
-		if err != nil {
-			return err
-		}
-		_, err = bb.CreateBucketIfNotExists(bucketManifests)
-		return err
-	}); err != nil {
+	var err error
+	if b.manifests, err = openManifestStore(cfg.DB); err != nil {
 		return nil, fmt.Errorf("kbs: couldn't create broker state: %w", err)
 	}
-	var err error
 	if b.index, err = openIndex(cfg.DB, cfg.Keys); err != nil {
 		return nil, fmt.Errorf("kbs: %w", err)
 	}

@@ -33,14 +33,8 @@ func FuzzStoredState(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		bb, err := tx.CreateBucketIfNotExists(bucketBroker)
-		if err != nil {
-			return err
-		}
-		_, err = bb.CreateBucketIfNotExists(bucketManifests)
-		return err
-	}); err != nil {
+	ms, err := openManifestStore(db)
+	if err != nil {
 		f.Fatal(err)
 	}
 	x, err := openIndex(db, keys)
@@ -64,7 +58,6 @@ func FuzzStoredState(f *testing.F) {
 		f.Fatal(err)
 	}
 	cp := tlog.SignedCheckpoint{Root: tlog.Root{Size: st.size, Hash: st.root}}
-	ms := &manifestStore{db: db}
 
 	type place struct {
 		bucket []string // below "broker"

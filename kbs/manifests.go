@@ -80,6 +80,23 @@ func putManifestRecord(bb *bbolt.Bucket, rec *manifestRecord) error {
 	return bb.Bucket(bucketManifests).Put(binary.BigEndian.AppendUint64(nil, rec.Version), raw)
 }
 
+// openManifestStore returns the manifest store of db, creating its
+// buckets on first use.
+func openManifestStore(db *bbolt.DB) (*manifestStore, error) {
+	err := db.Update(func(tx *bbolt.Tx) error {
+		bb, err := tx.CreateBucketIfNotExists(bucketBroker)
+		if err != nil {
+			return err
+		}
+		_, err = bb.CreateBucketIfNotExists(bucketManifests)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &manifestStore{db: db}, nil
+}
+
 // read returns the stored records by version, and the pending record.
 func (s *manifestStore) read() (map[uint64]manifestRecord, *pendingRecord, error) {
 	recs := map[uint64]manifestRecord{}
