@@ -62,8 +62,11 @@ type keyState struct {
 	SealedDigest string `json:"sealed_digest,omitempty"`
 	// Client uploaded Version.
 	Client string `json:"client"`
-	// Created is the time of the id's first upload entry.
-	Created time.Time `json:"created"`
+	// Created is the time of the id's first upload entry, and
+	// VersionCreated that of the upload entry of Version (zero once the
+	// key is deleted).
+	Created        time.Time `json:"created"`
+	VersionCreated time.Time `json:"version_created"`
 	// Index is the index of the entry that set this state.
 	Index uint64 `json:"index"`
 }
@@ -143,7 +146,7 @@ func (s *authState) applyUpload(index uint64, t time.Time, k *tlog.KeyEntry) (bo
 	if !exists {
 		created = t.UTC()
 	}
-	s.setKey(keyState{ID: k.ID, Version: k.Version, SealedDigest: k.SealedDigest, Client: k.Client, Created: created, Index: index})
+	s.setKey(keyState{ID: k.ID, Version: k.Version, SealedDigest: k.SealedDigest, Client: k.Client, Created: created, VersionCreated: t.UTC(), Index: index})
 	return true, ""
 }
 
@@ -152,7 +155,7 @@ func (s *authState) applyDelete(index uint64, k *tlog.KeyEntry) (bool, noEffect)
 	if !exists || cur.Deleted || cur.Version != k.Version {
 		return false, noEffect(fmt.Sprintf("deletion of key %q version %d, which is not its live version", k.ID, k.Version))
 	}
-	cur.Deleted, cur.SealedDigest, cur.Index = true, "", index
+	cur.Deleted, cur.SealedDigest, cur.VersionCreated, cur.Index = true, "", time.Time{}, index
 	s.setKey(cur)
 	return true, ""
 }

@@ -64,7 +64,7 @@ func TestApply(t *testing.T) {
 			t.Errorf("entry %d (%s): apply = %v %q, want %v %q", i, tt.e.Type, ok, why, tt.ok, tt.why)
 		}
 		got := st.keys["a"]
-		got.Client, got.Created, got.Index = "", time.Time{}, 0
+		got.Client, got.Created, got.VersionCreated, got.Index = "", time.Time{}, time.Time{}, 0
 		if got != tt.want {
 			t.Errorf("entry %d: key a = %+v, want %+v", i, got, tt.want)
 		}
@@ -288,10 +288,10 @@ func equalKeys(a, b []keyState) bool {
 	}
 	for i := range a {
 		x, y := a[i], b[i]
-		if !x.Created.Equal(y.Created) {
+		if !x.Created.Equal(y.Created) || !x.VersionCreated.Equal(y.VersionCreated) {
 			return false
 		}
-		x.Created, y.Created = time.Time{}, time.Time{}
+		x.Created, y.Created, x.VersionCreated, y.VersionCreated = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 		if x != y {
 			return false
 		}
