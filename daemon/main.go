@@ -38,8 +38,15 @@
 // Flags may also come from a JSON config file (--config FILE) whose keys
 // are the flag names; flags on the command line win.
 //
+// At every start kbsd rebuilds its authorization state (the active
+// manifest, each key's live version) from its log, and refuses to start,
+// saying what differs, on a database whose manifest records or key store
+// disagree with the log (a record rolled back, restored after a deletion,
+// swapped or removed by the host).
+//
 // On SIGINT or SIGTERM kbsd stops accepting connections, finishes the
-// requests in flight, closes the log (every acknowledged entry and its
+// requests in flight, writes the index of its state (so that the next start
+// replays nothing), closes the log (every acknowledged entry and its
 // checkpoint are already durable) and closes the database.
 package main
 

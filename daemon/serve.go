@@ -45,8 +45,10 @@ func newLogger(c *Config) hclog.Logger {
 // serve runs kbsd until ctx is done. Start-up order: listeners (bound, not
 // yet serving: a busy address fails before anything is created or logged),
 // data directory, database, key store (unsealing the master key), identity,
-// log, broker, then serving. Shutdown order is the reverse: stop accepting,
-// drain, close the log, close the database.
+// log, broker (which rebuilds its state from the log and refuses a database
+// that disagrees with it), then serving. Shutdown order is the reverse: stop
+// accepting, drain, write the broker's state index, close the log, close the
+// database.
 func serve(ctx context.Context, c *Config) error {
 	logger := newLogger(c)
 	if c.ListenUnix == "" {
@@ -170,6 +172,10 @@ func serve(ctx context.Context, c *Config) error {
 	if errors.As(err, &mismatch) {
 		return manifestMismatch(c, dev, mismatch)
 	}
+	var diff *kbs.StoreMismatchError
+	if errors.As(err, &diff) {
+		return fmt.Errorf("%w\nkbsd does not start on a database that disagrees with its log: a key it would hand out is not the one the log says. Restore %s from the copy that belongs with this log (one taken while kbsd was stopped, with the log in it); editing records by hand cannot make them match, since the log names each key's sealed record by its digest", err, filepath.Join(c.Data, "kbs.db"))
+	}
 	if err != nil {
 		return err
 	}
@@ -230,6 +236,11 @@ func serve(ctx context.Context, c *Config) error {
 		logger.Info("shutting down")
 	case serveErr = <-errc:
 		logger.Error("listener failed", "error", serveErr)
+	case <-broker.Halted():
+		// The broker's state may no longer be its log's; only a start
+		// settles it. Exit non-zero so that a supervisor restarts kbsd.
+		serveErr = fmt.Errorf("stopping: %w; the next start settles the broker's state against the log", broker.HaltCause())
+		logger.Error("broker halted", "error", serveErr)
 	}
 	// 1. Stop accepting and fail health checks; 2. finish in-flight requests.
 	broker.Close()
@@ -241,9 +252,13 @@ func serve(ctx context.Context, c *Config) error {
 			srv.Close()
 		}
 	}
-	// 3. Close the log: appends in flight complete durably or fail; the
-	// latest checkpoint is durable with the last entry. 4. The deferred
+	// 3. Write the broker's state index (the next start replays nothing),
+	// 4. close the log: appends in flight complete durably or fail; the
+	// latest checkpoint is durable with the last entry. 5. The deferred
 	// db.Close runs last.
+	if err := broker.Shutdown(sctx); err != nil {
+		logger.Error("couldn't write the state index; the next start replays the log since the last one", "error", err)
+	}
 	if cp, err := tl.Checkpoint(context.Background()); err == nil {
 		logger.Info("final checkpoint", "size", cp.Size)
 	}

@@ -1,54 +1,48 @@
 package kbs
 
 import (
-	"net/http"
+	"context"
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// handleAttestation serves GET /v1/attestation?nonce=HEX&since=N: fresh
+// Attestation answers GET /v1/attestation?nonce=HEX&since=N: fresh
 // evidence binding the client's nonce, the broker's identity keys and the
-// current checkpoint, with the active manifest, its inclusion proof and a
-// consistency proof from since.
-func (b *Broker) handleAttestation(w http.ResponseWriter, r *http.Request) error {
-	nonce, err := api.ParseNonce(r.URL.Query().Get("nonce"))
-	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "%v", err)
-	}
-	since, _, err := queryUint(r, "since")
-	if err != nil {
-		return err
+// current checkpoint, with the active manifest, its inclusion proof and,
+// when since > 0, a consistency proof from the tree of that size.
+func (b *Broker) Attestation(ctx context.Context, nonce []byte, since uint64) (*api.Attestation, error) {
+	if len(nonce) != api.NonceSize {
+		return nil, api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(nonce), api.NonceSize)
 	}
 	if !b.limit.allow() {
-		return api.Errorf(api.CodeRateLimited, "too many attestation requests; retry shortly")
+		return nil, api.Errorf(api.CodeRateLimited, "too many attestation requests; retry shortly")
 	}
-	ctx := r.Context()
 	am := b.active.Load()
 	cp, err := b.cfg.Log.Checkpoint(ctx)
 	if err != nil {
-		return logUnavailable(err)
+		return nil, logUnavailable(err)
 	}
 	if since > cp.Size {
-		return api.Errorf(api.CodeConflict, "since=%d is beyond this log's tree size %d: the log you saw is not this one, or it was rolled back", since, cp.Size)
+		return nil, api.Errorf(api.CodeConflict, "since=%d is beyond this log's tree size %d: the log you saw is not this one, or it was rolled back", since, cp.Size)
 	}
 	incl, err := b.cfg.Log.InclusionProof(ctx, am.rec.LogIndex, cp.Size)
 	if err != nil {
-		return logUnavailable(err)
+		return nil, logUnavailable(err)
 	}
 	var cons []tlog.Hash
 	if since > 0 && since < cp.Size {
 		if cons, err = b.cfg.Log.ConsistencyProof(ctx, since, cp.Size); err != nil {
-			return logUnavailable(err)
+			return nil, logUnavailable(err)
 		}
 	}
 	id := b.cfg.Identity
 	rd := api.ReportData(api.BrokerBinding(nonce, id.NoteKey, id.HPKEPublicKey, id.TLSSPKISHA256, string(cp.Note)))
 	ev, err := b.cfg.Issuer.Issue(ctx, rd)
 	if err != nil {
-		return err // 500: the broker cannot attest itself
+		return nil, err // 500: the broker cannot attest itself
 	}
-	ans := api.Attestation{
+	ans := &api.Attestation{
 		Platform:      string(ev.Platform),
 		Simulated:     b.cfg.Simulated,
 		Evidence:      ev.Data,
@@ -72,8 +66,7 @@ func (b *Broker) handleAttestation(w http.ResponseWriter, r *http.Request) error
 			ans.ConsistencyProof = [][]byte{}
 		}
 	}
-	writeJSON(w, http.StatusOK, ans)
-	return nil
+	return ans, nil
 }
 
 func hashesToBytes(hs []tlog.Hash) [][]byte {

@@ -328,7 +328,7 @@ func (e *env) mustOK2r(st int, ae *api.Error, _ *api.Release) { e.t.Helper(); e.
 
 // nextManifest returns version 2 of the test manifest: the same document
 // with a new key rule.
-func (e *env) nextManifest(t *testing.T) []byte {
+func (e *env) nextManifest(t testing.TB) []byte {
 	t.Helper()
 	m, err := manifest.Parse(e.manifest)
 	if err != nil {
@@ -729,6 +729,9 @@ func TestLogFailureReleasesNothing(t *testing.T) {
 	e.mustOK2(e.upload("demo/a", 1, []byte("never leaves")))
 	fl := &failingLog{Backend: e.log}
 	e.srv.Close()
+	if err := e.b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	b, err := New(context.Background(), Config{DB: e.db, Log: fl, Keys: e.keys, Identity: e.id,
 		Issuer: e.b.cfg.Issuer, Verifier: e.verifier, Now: e.clock.Now})
 	if err != nil {
@@ -842,8 +845,12 @@ func TestStagedKeyChangesSettled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(e.keys.PreparePut("demo/put-logged", 1, "demo-client", []byte("logged"), size, now))
-	must(e.keys.PreparePut("demo/put-lost", 1, "demo-client", []byte("lost"), size, now))
+	staged := func(_ string, err error) {
+		t.Helper()
+		must(err)
+	}
+	staged(e.keys.PreparePut("demo/put-logged", 1, "demo-client", []byte("logged"), size, now))
+	staged(e.keys.PreparePut("demo/put-lost", 1, "demo-client", []byte("lost"), size, now))
 	must(e.keys.PrepareDelete("demo/del-logged", 1, size, now))
 	must(e.keys.PrepareDelete("demo/del-lost", 1, size, now))
 	logEntry(tlog.TypeKeyUpload, "demo/put-logged", 1)

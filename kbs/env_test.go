@@ -36,6 +36,7 @@ import (
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 	"github.com/kbs-dev/kbs/tlog/boltlog"
+	"github.com/kbs-dev/kbs/tlog/tlogtest"
 )
 
 var (
@@ -92,7 +93,7 @@ type env struct {
 	dir      string
 	simDir   string
 	db       *bbolt.DB
-	log      *boltlog.Log
+	log      tlog.Backend // the backend; the broker's log is gate when set
 	keys     *keystore.Store
 	id       *Identity
 	b        *Broker
@@ -106,6 +107,15 @@ type env struct {
 	// signV1 returns the version-1 signatures New is given. Optional;
 	// default: every owner signs.
 	signV1 func(e *env, body []byte) []string
+	// openLog opens the log backend in e.db or e.dir. Optional; default
+	// boltlog in e.db.
+	openLog func(e *env) (tlog.Backend, error)
+	// gate, when set, sits between the broker and its log (tlogtest.Gate),
+	// and stays across reopening.
+	gate *tlogtest.Gate
+	// beforeNew and afterNew, when set, run right before and after New
+	// (benchmarks time New alone).
+	beforeNew, afterNew func()
 }
 
 func pubPEM(t testing.TB, k *ecdsa.PrivateKey) string {
@@ -197,7 +207,17 @@ func newEnvWith(t testing.TB, edit func(*manifest.Document), logger hclog.Logger
 // (when not nil); it returns New's error.
 func newEnvSigned(t testing.TB, edit func(*manifest.Document), logger hclog.Logger, signV1 func(*env, []byte) []string) (*env, error) {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: clock.Now()}, signV1: signV1}
+	return newEnvSetup(t, edit, logger, func(e *env) { e.signV1 = signV1 })
+}
+
+// newEnvSetup is newEnvSigned with setup run on the env before the broker
+// starts (to set signV1, openLog, gate).
+func newEnvSetup(t testing.TB, edit func(*manifest.Document), logger hclog.Logger, setup func(*env)) (*env, error) {
+	t.Helper()
+	e := &env{t: t, dir: t.TempDir(), simDir: sharedSim(t), clock: &fakeClock{t: clock.Now()}}
+	if setup != nil {
+		setup(e)
+	}
 	var err error
 	e.verifier, err = verify.New(verify.Options{SimRootFile: sim.RootFile(e.simDir), Offline: true})
 	if err != nil {
@@ -250,9 +270,18 @@ func (e *env) tryOpen(t testing.TB) error {
 	if err != nil {
 		return err
 	}
-	e.log, err = boltlog.New(e.db, boltlog.Config{Signer: e.id.Checkpoints})
+	if e.openLog != nil {
+		e.log, err = e.openLog(e)
+	} else {
+		e.log, err = boltlog.New(e.db, boltlog.Config{Signer: e.id.Checkpoints})
+	}
 	if err != nil {
 		return err
+	}
+	var lg tlog.Backend = e.log
+	if e.gate != nil {
+		e.gate.Backend = e.log
+		lg = e.gate
 	}
 	issuer, err := sim.NewIssuer(e.simDir, attest.SNP, sim.Options{})
 	if err != nil {
@@ -262,8 +291,11 @@ func (e *env) tryOpen(t testing.TB) error {
 	if e.signV1 != nil {
 		sigs = e.signV1(e, e.manifest)
 	}
+	if e.beforeNew != nil {
+		e.beforeNew()
+	}
 	e.b, err = New(ctx, Config{
-		DB: e.db, Log: e.log, Keys: e.keys, Identity: e.id, Issuer: issuer, Verifier: e.verifier,
+		DB: e.db, Log: lg, Keys: e.keys, Identity: e.id, Issuer: issuer, Verifier: e.verifier,
 		Simulated:         true,
 		InitialManifest:   e.manifest,
 		InitialSignatures: sigs,
@@ -274,6 +306,9 @@ func (e *env) tryOpen(t testing.TB) error {
 		AttestationRate:   1000,
 		AttestationBurst:  1000,
 	})
+	if e.afterNew != nil {
+		e.afterNew()
+	}
 	if err != nil {
 		return err
 	}
@@ -285,6 +320,12 @@ func (e *env) close() {
 	if e.srv != nil {
 		e.srv.Close()
 		e.srv = nil
+	}
+	if e.b != nil {
+		if err := e.b.Shutdown(context.Background()); err != nil {
+			e.t.Errorf("broker shutdown: %v", err)
+		}
+		e.b = nil
 	}
 	if e.log != nil {
 		e.log.Close()

@@ -21,23 +21,39 @@ import (
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 // Handler returns the broker's HTTP handler: every endpoint of the API, the
-// log tiles, /healthz and /metrics.
+// log tiles, /healthz and /metrics. Handlers only read and decode the
+// request, call the Broker's method, and write its answer.
 func (b *Broker) Handler() http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern, name string, h handlerFunc) {
 		mux.HandleFunc(pattern, b.wrap(name, h))
 	}
-	route("GET "+api.PathAttestation, "attestation", b.handleAttestation)
-	route("GET "+api.PathManifest, "manifest", b.handleGetManifest)
-	route("GET "+api.PathManifestHistory, "manifest_history", b.handleManifestHistory)
-	route("PUT "+api.PathManifest, "manifest_put", b.handlePutManifest)
-	route("POST "+api.PathKeys, "key_upload", b.handleUpload)
-	route("GET "+api.PathKeys, "key_list", b.handleListKeys)
-	route("DELETE "+api.PathKeys+"/{id...}", "key_delete", b.handleDelete)
-	route("POST "+api.PathChallenge, "challenge", b.handleChallenge)
-	route("POST "+api.PathRelease, "release", b.handleRelease)
-	route("GET "+api.PathLogProof, "log_proof", b.handleLogProof)
-	route("GET "+api.PathLogConsistency, "log_consistency", b.handleLogConsistency)
+	route("GET "+api.PathAttestation, "attestation", b.serveAttestation)
+	route("GET "+api.PathManifest, "manifest", noBody(b.Manifest))
+	route("GET "+api.PathManifestHistory, "manifest_history", noBody(b.ManifestHistory))
+	route("PUT "+api.PathManifest, "manifest_put", withBody(api.MaxManifestBody, b.UpdateManifest))
+	route("POST "+api.PathKeys, "key_upload", withBody(api.MaxKeyBody, b.UploadKey))
+	route("GET "+api.PathKeys, "key_list", noBody(b.ListKeys))
+	route("DELETE "+api.PathKeys+"/{id...}", "key_delete", func(w http.ResponseWriter, r *http.Request) error {
+		return withBody(api.MaxKeyBody, func(ctx context.Context, req *api.KeyDelete) (*api.KeyDeleteResult, error) {
+			return b.DeleteKey(ctx, r.PathValue("id"), req)
+		})(w, r)
+	})
+	route("POST "+api.PathChallenge, "challenge", noBody(b.Challenge))
+	route("POST "+api.PathRelease, "release", func(w http.ResponseWriter, r *http.Request) error {
+		body, err := readBody(w, r, api.MaxReleaseBody)
+		if err != nil {
+			return err
+		}
+		var req api.ReleaseRequest
+		if err := decodeReleaseRequest(body, &req); err != nil {
+			return err
+		}
+		ans, err := b.Release(r.Context(), &req)
+		return reply(w, ans, err)
+	})
+	route("GET "+api.PathLogProof, "log_proof", b.serveLogProof)
+	route("GET "+api.PathLogConsistency, "log_consistency", b.serveLogConsistency)
 	// C2SP tlog-tiles, served by the log package with its own errors.
 	tiles := tlog.NewHandler(b.cfg.Log)
 	mux.HandleFunc("GET "+api.PathLogPrefix, func(w http.ResponseWriter, r *http.Request) {
@@ -47,6 +63,82 @@ func (b *Broker) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.PathHealth, b.handleHealth)
 	mux.HandleFunc("GET "+api.PathMetrics, b.handleMetrics)
 	return &notFound{mux: mux, b: b}
+}
+
+// noBody serves a method that takes no request body.
+func noBody[R any](f func(context.Context) (*R, error)) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ans, err := f(r.Context())
+		return reply(w, ans, err)
+	}
+}
+
+// withBody serves a method whose request is a JSON body of at most limit
+// bytes, decoded strictly (decodeBody).
+func withBody[T, R any](limit int64, f func(context.Context, *T) (*R, error)) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var req T
+		if err := decodeBody(w, r, limit, &req); err != nil {
+			return err
+		}
+		ans, err := f(r.Context(), &req)
+		return reply(w, ans, err)
+	}
+}
+
+// reply writes a method's answer as JSON (200), or returns its error for
+// writeError.
+func reply[T any](w http.ResponseWriter, v *T, err error) error {
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (b *Broker) serveAttestation(w http.ResponseWriter, r *http.Request) error {
+	nonce, err := api.ParseNonce(r.URL.Query().Get("nonce"))
+	if err != nil {
+		return api.Errorf(api.CodeBadRequest, "%v", err)
+	}
+	since, _, err := queryUint(r, "since")
+	if err != nil {
+		return err
+	}
+	ans, err := b.Attestation(r.Context(), nonce, since)
+	return reply(w, ans, err)
+}
+
+func (b *Broker) serveLogProof(w http.ResponseWriter, r *http.Request) error {
+	index, ok, err := queryUint(r, "index")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return api.Errorf(api.CodeBadRequest, "missing parameter index")
+	}
+	size, err := queryOptUint(r, "size")
+	if err != nil {
+		return err
+	}
+	ans, err := b.InclusionProof(r.Context(), index, size)
+	return reply(w, ans, err)
+}
+
+func (b *Broker) serveLogConsistency(w http.ResponseWriter, r *http.Request) error {
+	old, ok, err := queryUint(r, "old")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return api.Errorf(api.CodeBadRequest, "missing parameter old")
+	}
+	newSize, err := queryOptUint(r, "new")
+	if err != nil {
+		return err
+	}
+	ans, err := b.ConsistencyProof(r.Context(), old, newSize)
+	return reply(w, ans, err)
 }
 
 // notFound turns the mux's text 404 and 405 answers into JSON errors.
@@ -90,6 +182,7 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 		ae    *api.Error
 		se    *statusError
 		mbe   *http.MaxBytesError
+		kme   *KeyMismatchError
 		cause error
 	)
 	switch {
@@ -98,6 +191,10 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 	case errors.As(err, &ae):
 	case errors.As(err, &mbe):
 		ae = api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", mbe.Limit)
+	case errors.As(err, &kme):
+		// The store does not hold what the log says: an operator problem,
+		// stated precisely (key ids and versions are public in the log).
+		ae, cause = api.Errorf(api.CodeInternal, "%v", kme), err
 	case errors.Is(err, keystore.ErrNotFound):
 		ae = api.Errorf(api.CodeNotFound, "%v", err)
 	case errors.Is(err, keystore.ErrVersion):
@@ -177,6 +274,16 @@ func decodeJSON(body []byte, v any) error {
 	return nil
 }
 
+// queryOptUint parses an optional unsigned decimal query parameter; nil
+// when it is absent.
+func queryOptUint(r *http.Request, name string) (*uint64, error) {
+	v, ok, err := queryUint(r, name)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
 // queryUint parses an optional unsigned decimal query parameter.
 func queryUint(r *http.Request, name string) (v uint64, present bool, err error) {
 	s := r.URL.Query().Get(name)
@@ -203,6 +310,10 @@ func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	if b.appendFailing.Load() {
 		http.Error(w, "log appends are failing", http.StatusServiceUnavailable)
+		return
+	}
+	if b.halted.Load() != nil {
+		http.Error(w, "stopped after a log or store failure; restart kbsd", http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -2,8 +2,8 @@ package kbs
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net/http"
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/keystore"
@@ -30,204 +30,193 @@ func authorizeClient(m *manifest.Manifest, client, id string, statement, sig []b
 	return nil
 }
 
-// handleUpload serves POST /v1/keys: a key sealed to the broker's HPKE key
-// and signed by a client of the manifest. Order: check the signature, open
-// the sealed key, check the version, stage the key, log the upload
-// durably, commit the key.
-func (b *Broker) handleUpload(w http.ResponseWriter, r *http.Request) error {
-	var req api.KeyUpload
-	if err := decodeBody(w, r, api.MaxKeyBody, &req); err != nil {
-		return err
-	}
-	if req.Version == 0 {
-		return api.Errorf(api.CodeBadRequest, "version must be at least 1")
-	}
+// authorizeChange checks a client's signed change of key id against the
+// active manifest: first outside the sequencer, so that a request that
+// would be refused waits for nothing, then, inside the change, again if
+// the active manifest changed meanwhile. It returns the manifest it
+// checked against.
+func (b *Broker) authorizeChange(seen *activeManifest, client, id string, statement, sig []byte) (*activeManifest, error) {
 	am := b.active.Load()
+	if am == seen {
+		return am, nil
+	}
+	return am, authorizeClient(am.m, client, id, statement, sig)
+}
+
+// UploadKey stores a key (POST /v1/keys): sealed to the broker's HPKE key
+// and signed by a client of the active manifest that may write its id, at
+// exactly the next version of the id. Order: check the signature, open the
+// sealed key; then, as one step against the state: check the version,
+// stage the key, log the upload (naming the staged record's sealed
+// digest) durably, commit the key.
+func (b *Broker) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUploadResult, error) {
+	if req.Version == 0 {
+		return nil, api.Errorf(api.CodeBadRequest, "version must be at least 1")
+	}
 	id := b.cfg.Identity
 	stmt := api.UploadStatement(req.Client, req.ID, req.Version, id.HPKEPublicKey, req.Sealed)
-	if err := authorizeClient(am.m, req.Client, req.ID, stmt, req.Signature); err != nil {
-		return err
+	seen, err := b.authorizeChange(nil, req.Client, req.ID, stmt, req.Signature)
+	if err != nil {
+		return nil, err
 	}
 	material, err := api.Open(id.HPKE, api.UploadInfo(req.ID, req.Version), req.Sealed)
 	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "the sealed key does not open under this broker's HPKE key for %s version %d", req.ID, req.Version)
+		return nil, api.Errorf(api.CodeBadRequest, "the sealed key does not open under this broker's HPKE key for %s version %d", req.ID, req.Version)
 	}
 	defer clear(material)
 	if len(material) == 0 || len(material) > api.MaxKeySize {
-		return api.Errorf(api.CodeBadRequest, "key is %d bytes, want 1 to %d", len(material), api.MaxKeySize)
+		return nil, api.Errorf(api.CodeBadRequest, "key is %d bytes, want 1 to %d", len(material), api.MaxKeySize)
 	}
-
-	b.keyMu.Lock()
-	defer b.keyMu.Unlock()
-	next, err := b.cfg.Keys.NextVersion(req.ID)
-	if err != nil {
-		return err
-	}
-	if req.Version != next {
-		return api.Errorf(api.CodeConflict, "key %q needs version %d, not %d (a replayed or stale upload)", req.ID, next, req.Version)
-	}
-	entry, err := tlog.EncodeEntry(&tlog.Entry{
-		Type:      tlog.TypeKeyUpload,
-		Time:      b.now(),
-		KeyUpload: &tlog.KeyEntry{ID: req.ID, Version: req.Version, Client: req.Client},
-	})
-	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "upload cannot be logged: %v", err)
-	}
-	// Stage the key, log the upload, then commit: a key is never released
-	// without its upload in the log, and a crash in between is settled
-	// against the log at the next start.
-	idx, cp, err := b.staged(r.Context(), req.ID, entry, func(logSize uint64) error {
-		return b.cfg.Keys.PreparePut(req.ID, req.Version, req.Client, material, logSize, b.now())
-	})
-	if err != nil {
-		return err
-	}
-	b.m.uploads.Add(1)
-	b.log.Info("key uploaded", "id", req.ID, "version", req.Version, "client", req.Client, "log_index", idx)
-	receipt, err := b.receipt(r.Context(), entry, idx, cp)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, api.KeyUploadResult{ID: req.ID, Version: req.Version, LogIndex: idx, Receipt: receipt})
-	return nil
-}
-
-// handleDelete serves DELETE /v1/keys/{id}: stops releasing the key, logs
-// the deletion durably, then crypto-shreds it.
-func (b *Broker) handleDelete(w http.ResponseWriter, r *http.Request) error {
-	keyID := r.PathValue("id")
-	var req api.KeyDelete
-	if err := decodeBody(w, r, api.MaxKeyBody, &req); err != nil {
-		return err
-	}
-	am := b.active.Load()
-	stmt := api.DeleteStatement(req.Client, keyID, req.Version, b.cfg.Identity.HPKEPublicKey)
-	if err := authorizeClient(am.m, req.Client, keyID, stmt, req.Signature); err != nil {
-		return err
-	}
-	b.keyMu.Lock()
-	defer b.keyMu.Unlock()
-	meta, err := b.cfg.Keys.Meta(keyID)
-	if err != nil {
-		return err
-	}
-	if meta.Deleted {
-		return api.Errorf(api.CodeNotFound, "key %q is already deleted", keyID)
-	}
-	if meta.Version != req.Version {
-		return api.Errorf(api.CodeConflict, "key %q is at version %d, not %d", keyID, meta.Version, req.Version)
-	}
-	entry, err := tlog.EncodeEntry(&tlog.Entry{
-		Type:      tlog.TypeKeyDelete,
-		Time:      b.now(),
-		KeyDelete: &tlog.KeyEntry{ID: keyID, Version: req.Version, Client: req.Client},
-	})
-	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "deletion cannot be logged: %v", err)
-	}
-	// Stage the deletion (the key stops being released), log it, then
-	// shred.
-	idx, cp, err := b.staged(r.Context(), keyID, entry, func(logSize uint64) error {
-		return b.cfg.Keys.PrepareDelete(keyID, req.Version, logSize, b.now())
-	})
-	if err != nil {
-		return err
-	}
-	b.m.deletes.Add(1)
-	b.log.Info("key deleted", "id", keyID, "version", req.Version, "client", req.Client, "log_index", idx)
-	receipt, err := b.receipt(r.Context(), entry, idx, cp)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, api.KeyDeleteResult{ID: keyID, Version: req.Version, LogIndex: idx, Receipt: receipt})
-	return nil
-}
-
-// handleListKeys serves GET /v1/keys: metadata only.
-func (b *Broker) handleListKeys(w http.ResponseWriter, r *http.Request) error {
-	metas, err := b.cfg.Keys.List()
-	if err != nil {
-		return err
-	}
-	out := api.KeyList{Keys: make([]api.KeyInfo, len(metas))}
-	for i, m := range metas {
-		out.Keys[i] = api.KeyInfo{ID: m.ID, Version: m.Version, Client: m.Client, Created: m.Created, VersionCreated: m.VersionCreated, Deleted: m.Deleted}
-	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
-}
-
-// staged runs a key store change through the log: prepare stages it, the
-// entry is appended durably, and the change is committed; if the append
-// fails the change is aborted. The caller holds keyMu.
-func (b *Broker) staged(ctx context.Context, id string, entry []byte, prepare func(logSize uint64) error) (uint64, tlog.SignedCheckpoint, error) {
-	cp, err := b.cfg.Log.Checkpoint(ctx)
-	if err != nil {
-		return 0, cp, logUnavailable(err)
-	}
-	if err := prepare(cp.Size); err != nil {
-		return 0, cp, err
-	}
-	idx, cp, err := b.append(ctx, entry)
-	if err != nil {
-		if aerr := b.cfg.Keys.Abort(id); aerr != nil {
-			b.log.Error("couldn't abort a staged key change", "id", id, "error", aerr)
+	var l logged
+	err = b.exclusive(ctx, func(tx *changeTx) error {
+		if _, err := b.authorizeChange(seen, req.Client, req.ID, stmt, req.Signature); err != nil {
+			return err
 		}
-		return 0, cp, logUnavailable(err)
-	}
-	if err := b.cfg.Keys.Commit(id); err != nil {
-		return 0, cp, fmt.Errorf("couldn't commit key %q after logging it at %d: %w", id, idx, err)
-	}
-	return idx, cp, nil
-}
-
-// settleKeys commits the key changes a crash left staged whose log entry
-// is in the log, and aborts the others.
-func (b *Broker) settleKeys(ctx context.Context) error {
-	pending, err := b.cfg.Keys.PendingChanges()
-	if err != nil || len(pending) == 0 {
-		return err
-	}
-	cp, err := b.cfg.Log.Checkpoint(ctx)
-	if err != nil {
-		return err
-	}
-	for _, p := range pending {
-		logged := false
-		if p.LogSize < cp.Size {
-			ents, err := b.cfg.Log.Entries(ctx, p.LogSize, cp.Size)
-			if err != nil {
-				return err
-			}
-			for _, raw := range ents {
-				e, err := tlog.DecodeEntry(raw)
-				if err != nil {
-					continue
-				}
-				var k *tlog.KeyEntry
-				switch {
-				case p.Op == keystore.OpPut && e.Type == tlog.TypeKeyUpload:
-					k = e.KeyUpload
-				case p.Op == keystore.OpDelete && e.Type == tlog.TypeKeyDelete:
-					k = e.KeyDelete
-				}
-				if k != nil && k.ID == p.ID && k.Version == p.Version {
-					logged = true
-					break
-				}
-			}
+		if next := b.st.nextVersion(req.ID); req.Version != next {
+			return api.Errorf(api.CodeConflict, "key %q needs version %d, not %d (a replayed or stale upload)", req.ID, next, req.Version)
 		}
-		if logged {
-			b.log.Warn("committing a key change logged before a crash", "id", p.ID, "op", p.Op, "version", p.Version)
-			err = b.cfg.Keys.Commit(p.ID)
-		} else {
-			b.log.Warn("dropping a key change that never reached the log", "id", p.ID, "op", p.Op, "version", p.Version)
-			err = b.cfg.Keys.Abort(p.ID)
-		}
+		// Stage the key, log the upload, then commit: a key is never
+		// released without its upload in the log, and a crash in between
+		// is settled against the log at the next start.
+		digest, err := b.cfg.Keys.PreparePut(req.ID, req.Version, req.Client, material, b.st.size, b.now())
 		if err != nil {
 			return err
 		}
+		entry := &tlog.Entry{
+			Type:      tlog.TypeKeyUpload,
+			Time:      b.now(),
+			KeyUpload: &tlog.KeyEntry{ID: req.ID, Version: req.Version, Client: req.Client, SealedDigest: digest},
+		}
+		if l, err = tx.log(entry, func() { b.abortStaged(req.ID) }); err != nil {
+			return err
+		}
+		return b.commitStaged(req.ID, l.index)
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.m.uploads.Add(1)
+	b.log.Info("key uploaded", "id", req.ID, "version", req.Version, "client", req.Client, "log_index", l.index)
+	receipt, err := b.receipt(ctx, l.entry, l.index, l.cp)
+	if err != nil {
+		return nil, err
+	}
+	return &api.KeyUploadResult{ID: req.ID, Version: req.Version, LogIndex: l.index, Receipt: receipt}, nil
+}
+
+// DeleteKey crypto-shreds key id (DELETE /v1/keys/{id}), at its live
+// version, for a client of the active manifest that may write it: as one
+// step against the state, it stages the deletion (the store stops handing
+// out the key), logs it durably, then shreds the key.
+func (b *Broker) DeleteKey(ctx context.Context, keyID string, req *api.KeyDelete) (*api.KeyDeleteResult, error) {
+	stmt := api.DeleteStatement(req.Client, keyID, req.Version, b.cfg.Identity.HPKEPublicKey)
+	seen, err := b.authorizeChange(nil, req.Client, keyID, stmt, req.Signature)
+	if err != nil {
+		return nil, err
+	}
+	var l logged
+	err = b.exclusive(ctx, func(tx *changeTx) error {
+		if _, err := b.authorizeChange(seen, req.Client, keyID, stmt, req.Signature); err != nil {
+			return err
+		}
+		k, ok := b.st.key(keyID)
+		switch {
+		case !ok:
+			return fmt.Errorf("%w: key %q", keystore.ErrNotFound, keyID)
+		case k.Deleted:
+			return api.Errorf(api.CodeNotFound, "key %q is already deleted", keyID)
+		case k.Version != req.Version:
+			return api.Errorf(api.CodeConflict, "key %q is at version %d, not %d", keyID, k.Version, req.Version)
+		}
+		if err := b.cfg.Keys.PrepareDelete(keyID, req.Version, b.st.size, b.now()); err != nil {
+			return err
+		}
+		entry := &tlog.Entry{
+			Type:      tlog.TypeKeyDelete,
+			Time:      b.now(),
+			KeyDelete: &tlog.KeyEntry{ID: keyID, Version: req.Version, Client: req.Client},
+		}
+		var err error
+		if l, err = tx.log(entry, func() { b.abortStaged(keyID) }); err != nil {
+			return err
+		}
+		return b.commitStaged(keyID, l.index)
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.m.deletes.Add(1)
+	b.log.Info("key deleted", "id", keyID, "version", req.Version, "client", req.Client, "log_index", l.index)
+	receipt, err := b.receipt(ctx, l.entry, l.index, l.cp)
+	if err != nil {
+		return nil, err
+	}
+	return &api.KeyDeleteResult{ID: keyID, Version: req.Version, LogIndex: l.index, Receipt: receipt}, nil
+}
+
+func (b *Broker) abortStaged(id string) {
+	if err := b.cfg.Keys.Abort(id); err != nil {
+		b.log.Error("couldn't abort a staged key change", "id", id, "error", err)
+	}
+}
+
+// commitStaged commits the key change the log now holds. If the store
+// cannot be written, the store and the log disagree until the next start
+// settles the staged change: the broker stops deciding until then.
+func (b *Broker) commitStaged(id string, idx uint64) error {
+	if err := b.cfg.Keys.Commit(id); err != nil {
+		err = fmt.Errorf("couldn't commit key %q after logging it at %d: %w", id, idx, err)
+		b.halt(err)
+		return err
 	}
 	return nil
+}
+
+// ListKeys returns the metadata of every key id, as the log says
+// (GET /v1/keys).
+func (b *Broker) ListKeys(ctx context.Context) (*api.KeyList, error) {
+	keys := b.st.keyList()
+	out := &api.KeyList{Keys: make([]api.KeyInfo, len(keys))}
+	for i, k := range keys {
+		out.Keys[i] = api.KeyInfo{ID: k.ID, Version: k.Version, Client: k.Client, Created: k.Created, VersionCreated: k.VersionCreated, Deleted: k.Deleted}
+	}
+	return out, nil
+}
+
+// KeyMismatchError reports a key whose stored record is not the one the
+// log says is live (a record rolled back, restored after its deletion, or
+// swapped with another): the key is not released.
+type KeyMismatchError struct {
+	ID string
+	// Log is what the log says; Store what the record holds.
+	Log, Store string
+}
+
+func (e *KeyMismatchError) Error() string {
+	return fmt.Sprintf("key %q: the broker's key store does not hold the version the log says is live (log: %s; store: %s); it is not released until the store is restored", e.ID, e.Log, e.Store)
+}
+
+// liveKey returns the material of key id at the version the log says is
+// live, from the store's record, which must be that version with the
+// sealed digest the log names.
+func (b *Broker) liveKey(id string) (keystore.Key, error) {
+	k, ok := b.st.key(id)
+	if !ok {
+		return keystore.Key{}, fmt.Errorf("%w: key %q", keystore.ErrNotFound, id)
+	}
+	if k.Deleted {
+		return keystore.Key{}, fmt.Errorf("%w: key %q is deleted", keystore.ErrNotFound, id)
+	}
+	sk, err := b.cfg.Keys.Get(id)
+	if errors.Is(err, keystore.ErrNotFound) {
+		return sk, fmt.Errorf("key %q: the log says %s, the store has no live record: %w", id, k.describe(true), err)
+	}
+	if err != nil {
+		return sk, &KeyMismatchError{ID: id, Log: k.describe(true), Store: err.Error()}
+	}
+	if sk.Version != k.Version || (k.SealedDigest != "" && sk.SealedDigest != k.SealedDigest) {
+		clear(sk.Material)
+		return keystore.Key{}, &KeyMismatchError{ID: id, Log: k.describe(true), Store: fmt.Sprintf("version %d (%s)", sk.Version, sk.SealedDigest)}
+	}
+	return sk, nil
 }

@@ -2,7 +2,6 @@ package kbs
 
 import (
 	"context"
-	"net/http"
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/tlog"
@@ -19,76 +18,56 @@ func (b *Broker) receipt(ctx context.Context, entry []byte, index uint64, cp tlo
 	return string(r), nil
 }
 
-// handleLogProof serves GET /v1/log/proof?index=I&size=N (size defaults to
-// the latest checkpoint's).
-func (b *Broker) handleLogProof(w http.ResponseWriter, r *http.Request) error {
-	index, ok, err := queryUint(r, "index")
+// InclusionProof answers GET /v1/log/proof?index=I&size=N: the inclusion
+// proof of the entry at index in the tree of size (nil: the latest
+// checkpoint's size).
+func (b *Broker) InclusionProof(ctx context.Context, index uint64, size *uint64) (*api.InclusionProof, error) {
+	cp, err := b.cfg.Log.Checkpoint(ctx)
 	if err != nil {
-		return err
+		return nil, logUnavailable(err)
 	}
-	if !ok {
-		return api.Errorf(api.CodeBadRequest, "missing parameter index")
+	n := cp.Size
+	if size != nil {
+		n = *size
 	}
-	size, hasSize, err := queryUint(r, "size")
+	if n > cp.Size {
+		return nil, api.Errorf(api.CodeBadRequest, "size %d is beyond the latest checkpoint (%d)", n, cp.Size)
+	}
+	if index >= n {
+		return nil, api.Errorf(api.CodeBadRequest, "index %d is not in a tree of size %d", index, n)
+	}
+	proof, err := b.cfg.Log.InclusionProof(ctx, index, n)
 	if err != nil {
-		return err
+		return nil, logUnavailable(err)
 	}
-	cp, err := b.cfg.Log.Checkpoint(r.Context())
-	if err != nil {
-		return logUnavailable(err)
-	}
-	if !hasSize {
-		size = cp.Size
-	}
-	if size > cp.Size {
-		return api.Errorf(api.CodeBadRequest, "size %d is beyond the latest checkpoint (%d)", size, cp.Size)
-	}
-	if index >= size {
-		return api.Errorf(api.CodeBadRequest, "index %d is not in a tree of size %d", index, size)
-	}
-	proof, err := b.cfg.Log.InclusionProof(r.Context(), index, size)
-	if err != nil {
-		return logUnavailable(err)
-	}
-	writeJSON(w, http.StatusOK, api.InclusionProof{Index: index, TreeSize: size, Proof: nonNil(hashesToBytes(proof))})
-	return nil
+	return &api.InclusionProof{Index: index, TreeSize: n, Proof: nonNil(hashesToBytes(proof))}, nil
 }
 
-// handleLogConsistency serves GET /v1/log/consistency?old=M&new=N (new
-// defaults to the latest checkpoint's size).
-func (b *Broker) handleLogConsistency(w http.ResponseWriter, r *http.Request) error {
-	old, ok, err := queryUint(r, "old")
+// ConsistencyProof answers GET /v1/log/consistency?old=M&new=N: the
+// consistency proof from the tree of size old to the tree of size newSize
+// (nil: the latest checkpoint's size).
+func (b *Broker) ConsistencyProof(ctx context.Context, old uint64, newSize *uint64) (*api.ConsistencyProof, error) {
+	cp, err := b.cfg.Log.Checkpoint(ctx)
 	if err != nil {
-		return err
+		return nil, logUnavailable(err)
 	}
-	if !ok {
-		return api.Errorf(api.CodeBadRequest, "missing parameter old")
+	n := cp.Size
+	if newSize != nil {
+		n = *newSize
 	}
-	newSize, hasNew, err := queryUint(r, "new")
-	if err != nil {
-		return err
+	if n > cp.Size {
+		return nil, api.Errorf(api.CodeBadRequest, "new %d is beyond the latest checkpoint (%d)", n, cp.Size)
 	}
-	cp, err := b.cfg.Log.Checkpoint(r.Context())
-	if err != nil {
-		return logUnavailable(err)
-	}
-	if !hasNew {
-		newSize = cp.Size
-	}
-	if newSize > cp.Size {
-		return api.Errorf(api.CodeBadRequest, "new %d is beyond the latest checkpoint (%d)", newSize, cp.Size)
-	}
-	if old > newSize {
-		return api.Errorf(api.CodeBadRequest, "old %d is larger than new %d", old, newSize)
+	if old > n {
+		return nil, api.Errorf(api.CodeBadRequest, "old %d is larger than new %d", old, n)
 	}
 	var proof []tlog.Hash
-	if old > 0 && old < newSize {
-		if proof, err = b.cfg.Log.ConsistencyProof(r.Context(), old, newSize); err != nil {
-			return logUnavailable(err)
+	if old > 0 && old < n {
+		if proof, err = b.cfg.Log.ConsistencyProof(ctx, old, n); err != nil {
+			return nil, logUnavailable(err)
 		}
 	}
-	writeJSON(w, http.StatusOK, api.ConsistencyProof{Old: old, New: newSize, Proof: nonNil(hashesToBytes(proof))})
-	return nil
+	return &api.ConsistencyProof{Old: old, New: n, Proof: nonNil(hashesToBytes(proof))}, nil
 }
 
 func nonNil(b [][]byte) [][]byte {

@@ -3,13 +3,66 @@ package kbs
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
+	"slices"
+	"sync"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
 )
+
+// manifestRecord is what the broker stores for each manifest version the
+// log holds: the body, and the owner signatures that admitted it (the log
+// names the signers, not their signatures).
+type manifestRecord struct {
+	Version    uint64   `json:"version"`
+	Hash       string   `json:"hash"`
+	Body       []byte   `json:"body"`
+	Signatures []string `json:"signatures"`
+	LogIndex   uint64   `json:"log_index"`
+}
+
+// pendingRecord is the record of a manifest version whose log entry is
+// being appended (or was, when a crash came in between): the entry names
+// no signatures, so they are kept here until the entry is in the log.
+type pendingRecord struct {
+	SizeFrom uint64         `json:"size_from"`
+	Manifest manifestRecord `json:"manifest"`
+}
+
+var (
+	bucketBroker    = []byte("broker")
+	bucketManifests = []byte("manifests")
+	keyPending      = []byte("pending-manifest")
+)
+
+// manifestStore keeps the manifest records in the database (bucket
+// broker/manifests, version → JSON manifestRecord, and the pending record)
+// and, once they are checked against the log, in memory. The log, not this
+// store, says which versions exist and which is active: a record is used
+// only for a version the log holds, after verifyChain, and a record for a
+// version the log does not hold stops the broker at start.
+type manifestStore struct {
+	db *bbolt.DB
+
+	mu   sync.RWMutex
+	recs []manifestRecord // checked against the log; version i+1 at [i]
+}
+
+// activeManifest is the active manifest version: the last of the log's
+// chain, with its record and its exact log entry.
+type activeManifest struct {
+	m   *manifest.Manifest
+	rec manifestRecord
+	// entry is the exact log entry at rec.LogIndex.
+	entry []byte
+}
 
 func (rec *manifestRecord) api() api.Manifest {
 	sigs := rec.Signatures
@@ -19,60 +72,315 @@ func (rec *manifestRecord) api() api.Manifest {
 	return api.Manifest{Version: rec.Version, Hash: rec.Hash, Body: rec.Body, Signatures: sigs, LogIndex: rec.LogIndex}
 }
 
-func (b *Broker) handleGetManifest(w http.ResponseWriter, r *http.Request) error {
-	am := b.active.Load()
-	writeJSON(w, http.StatusOK, am.rec.api())
-	return nil
-}
-
-func (b *Broker) handleManifestHistory(w http.ResponseWriter, r *http.Request) error {
-	recs, err := b.history()
+func putManifestRecord(bb *bbolt.Bucket, rec *manifestRecord) error {
+	raw, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	out := api.ManifestHistory{Manifests: make([]api.Manifest, len(recs))}
+	return bb.Bucket(bucketManifests).Put(binary.BigEndian.AppendUint64(nil, rec.Version), raw)
+}
+
+// openManifestStore returns the manifest store of db, creating its
+// buckets on first use.
+func openManifestStore(db *bbolt.DB) (*manifestStore, error) {
+	err := db.Update(func(tx *bbolt.Tx) error {
+		bb, err := tx.CreateBucketIfNotExists(bucketBroker)
+		if err != nil {
+			return err
+		}
+		_, err = bb.CreateBucketIfNotExists(bucketManifests)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &manifestStore{db: db}, nil
+}
+
+// read returns the stored records by version, and the pending record.
+func (s *manifestStore) read() (map[uint64]manifestRecord, *pendingRecord, error) {
+	recs := map[uint64]manifestRecord{}
+	var p *pendingRecord
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		bb := tx.Bucket(bucketBroker)
+		if raw := bb.Get(keyPending); raw != nil {
+			p = new(pendingRecord)
+			if err := json.Unmarshal(raw, p); err != nil {
+				return fmt.Errorf("corrupt pending manifest record: %w", err)
+			}
+		}
+		return bb.Bucket(bucketManifests).ForEach(func(k, v []byte) error {
+			var rec manifestRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("corrupt manifest record: %w", err)
+			}
+			if len(k) != 8 || binary.BigEndian.Uint64(k) != rec.Version {
+				return fmt.Errorf("manifest record of version %d stored under %x", rec.Version, k)
+			}
+			recs[rec.Version] = rec
+			return nil
+		})
+	})
+	return recs, p, err
+}
+
+// setPending records rec as the version being appended; the log is at
+// size when it is.
+func (s *manifestStore) setPending(rec manifestRecord, size uint64) error {
+	raw, err := json.Marshal(&pendingRecord{SizeFrom: size, Manifest: rec})
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketBroker).Put(keyPending, raw) })
+}
+
+// dropPending deletes the pending record.
+func (s *manifestStore) dropPending() error {
+	return s.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(bucketBroker).Delete(keyPending) })
+}
+
+// history returns the records of every version, oldest first.
+func (s *manifestStore) history() []manifestRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.recs)
+}
+
+// chainError is how a store that disagrees with the log's manifest chain
+// is reported.
+func chainError(format string, args ...any) error {
+	return fmt.Errorf("kbs: the stored manifest chain does not check out (the database was modified or rolled back?): "+format, args...)
+}
+
+// loadManifests checks the stored manifest records against the log's chain
+// at start and makes the last version active. A pending record that the
+// log holds becomes a record; one it does not hold was never logged and is
+// dropped. A version the log holds without a record, or a record of a
+// version the log does not hold, stops the broker.
+func (b *Broker) loadManifests(ctx context.Context, cp tlog.SignedCheckpoint) error {
+	s := b.manifests
+	recs, pending, err := s.read()
+	if err != nil {
+		return chainError("%v", err)
+	}
+	chain := b.st.chain
+	vs := make([]chainVersion, len(chain))
+	adopted := false
+	for i, link := range chain {
+		rec, ok := recs[link.Version]
+		if !ok && pending != nil && pending.Manifest.Version == link.Version && pending.Manifest.Hash == link.Hash {
+			rec, ok, adopted = pending.Manifest, true, true
+			rec.LogIndex = link.Index
+			b.log.Warn("activating a manifest version logged before a crash", "version", rec.Version, "log_index", rec.LogIndex)
+		}
+		if !ok {
+			return chainError("the log holds manifest version %d (%s, at index %d), but the store has no record of it (its owner signatures)", link.Version, link.Hash, link.Index)
+		}
+		entry, err := b.verifiedEntry(ctx, cp, link.Index)
+		if err != nil {
+			return chainError("version %d: %v", link.Version, err)
+		}
+		vs[i] = chainVersion{link: link, entry: entry, rec: rec}
+	}
+	for v := range recs {
+		if v > uint64(len(chain)) {
+			return chainError("the store holds a record of manifest version %d, which the log does not hold (the log's chain ends at version %d)", v, len(chain))
+		}
+	}
+	ms, err := verifyChain(vs)
+	if err != nil {
+		return chainError("%v", err)
+	}
+	if pending != nil && !adopted {
+		b.log.Warn("dropping a manifest update that never reached the log", "version", pending.Manifest.Version)
+	}
+	if pending != nil {
+		if err := s.db.Update(func(tx *bbolt.Tx) error {
+			bb := tx.Bucket(bucketBroker)
+			if adopted {
+				if err := putManifestRecord(bb, &vs[len(vs)-1].rec); err != nil {
+					return err
+				}
+			}
+			return bb.Delete(keyPending)
+		}); err != nil {
+			return fmt.Errorf("kbs: couldn't settle the pending manifest record: %w", err)
+		}
+	}
+	s.mu.Lock()
+	s.recs = s.recs[:0]
+	for _, v := range vs {
+		s.recs = append(s.recs, v.rec)
+	}
+	s.mu.Unlock()
+	if n := len(vs); n > 0 {
+		b.active.Store(&activeManifest{m: ms[n-1], rec: vs[n-1].rec, entry: vs[n-1].entry})
+		b.log.Info("active manifest", "version", vs[n-1].rec.Version, "hash", vs[n-1].rec.Hash, "log_index", vs[n-1].rec.LogIndex)
+	}
+	return nil
+}
+
+// manifestApplied follows a manifest version the state just took from the
+// log (the broker's own activation, or an entry another writer appended):
+// its record must be the pending one, whose signatures are verified
+// against the active version's owners before it becomes active.
+func (b *Broker) manifestApplied(link chainLink, entry []byte) error {
+	s := b.manifests
+	_, pending, err := s.read()
+	if err != nil {
+		return err
+	}
+	if pending == nil || pending.Manifest.Version != link.Version || pending.Manifest.Hash != link.Hash {
+		return fmt.Errorf("the log holds manifest version %d (%s, at index %d), which this broker has no record of", link.Version, link.Hash, link.Index)
+	}
+	rec := pending.Manifest
+	rec.LogIndex = link.Index
+	prev := b.active.Load()
+	var prevM *manifest.Manifest
+	if prev != nil {
+		prevM = prev.m
+	}
+	m, err := verifyLink(prevM, chainVersion{link: link, entry: entry, rec: rec})
+	if err != nil {
+		return err
+	}
+	b.active.Store(&activeManifest{m: m, rec: rec, entry: entry})
+	s.mu.Lock()
+	s.recs = append(s.recs, rec)
+	s.mu.Unlock()
+	return s.db.Update(func(tx *bbolt.Tx) error {
+		bb := tx.Bucket(bucketBroker)
+		if err := putManifestRecord(bb, &rec); err != nil {
+			return err
+		}
+		return bb.Delete(keyPending)
+	})
+}
+
+// verifiedEntry returns the log entry at index, checked against cp with an
+// inclusion proof.
+func (b *Broker) verifiedEntry(ctx context.Context, cp tlog.SignedCheckpoint, index uint64) ([]byte, error) {
+	if index >= cp.Size {
+		return nil, fmt.Errorf("log index %d is beyond the log (size %d)", index, cp.Size)
+	}
+	ents, err := b.cfg.Log.Entries(ctx, index, index+1)
+	if err != nil {
+		return nil, err
+	}
+	proof, err := b.cfg.Log.InclusionProof(ctx, index, cp.Size)
+	if err != nil {
+		return nil, err
+	}
+	if err := tlog.VerifyInclusion(cp, index, ents[0], proof); err != nil {
+		return nil, fmt.Errorf("log entry %d does not match the log's tree of size %d (its bytes were changed)", index, cp.Size)
+	}
+	return ents[0], nil
+}
+
+// Manifest returns the active manifest with its owner signatures
+// (GET /v1/manifest).
+func (b *Broker) Manifest(ctx context.Context) (*api.Manifest, error) {
+	am := b.active.Load()
+	m := am.rec.api()
+	return &m, nil
+}
+
+// ManifestHistory returns every version of the chain, oldest first, with
+// its signatures and log index (GET /v1/manifest/history).
+func (b *Broker) ManifestHistory(ctx context.Context) (*api.ManifestHistory, error) {
+	recs := b.manifests.history()
+	out := &api.ManifestHistory{Manifests: make([]api.Manifest, len(recs))}
 	for i := range recs {
 		out.Manifests[i] = recs[i].api()
 	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return out, nil
 }
 
-// handlePutManifest serves PUT /v1/manifest: the new version must parse,
-// follow the active version and carry threshold signatures of its owners.
-// It is logged durably, and only then activated.
-func (b *Broker) handlePutManifest(w http.ResponseWriter, r *http.Request) error {
-	var req api.ManifestUpdate
-	if err := decodeBody(w, r, api.MaxManifestBody, &req); err != nil {
-		return err
-	}
+// UpdateManifest activates the next manifest version (PUT /v1/manifest): it
+// must parse, follow the active version and carry threshold signatures of
+// the active version's owners, and its service reference values must match
+// this broker. It is logged durably, and only then active; the decision
+// and the append are one step (no release or other change in between).
+func (b *Broker) UpdateManifest(ctx context.Context, req *api.ManifestUpdate) (*api.Manifest, error) {
 	next, err := manifest.Parse(req.Body)
 	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "%v", err)
+		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
 	}
-	b.manifestMu.Lock()
-	defer b.manifestMu.Unlock()
-	prev := b.active.Load()
-	signers, err := manifest.Verify(prev.m, next, req.Signatures)
-	switch {
-	case err == nil:
-	case errors.Is(err, manifest.ErrVersionRollback), errors.Is(err, manifest.ErrVersionSkip), errors.Is(err, manifest.ErrPreviousMismatch):
-		return api.Errorf(api.CodeConflict, "%v", err)
-	case errors.Is(err, manifest.ErrMalformedSignature):
-		return api.Errorf(api.CodeBadRequest, "%v", err)
-	default:
-		return api.Errorf(api.CodeUnauthorized, "%v", err)
+	// Checked first against the active version without holding anything,
+	// so that bad requests cost no waiting; and again in the change.
+	if _, err := verifyUpdate(b.active.Load().m, next, req.Signatures); err != nil {
+		return nil, err
 	}
-	if err := b.checkServesManifest(r.Context(), next); err != nil {
+	if err := b.checkServesManifest(ctx, next); err != nil {
+		return nil, err
+	}
+	var am *activeManifest
+	err = b.exclusive(ctx, func(tx *changeTx) error {
+		signers, err := verifyUpdate(b.active.Load().m, next, req.Signatures)
+		if err != nil {
+			return err
+		}
+		am, err = b.activate(tx, next, req.Signatures, signers)
 		return err
-	}
-	am, err := b.activate(r.Context(), next, req.Signatures, signers)
+	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b.m.manifests.Add(1)
-	writeJSON(w, http.StatusOK, am.rec.api())
-	return nil
+	m := am.rec.api()
+	return &m, nil
+}
+
+// verifyUpdate checks next against the active version prev and maps the
+// failure to its API error.
+func verifyUpdate(prev, next *manifest.Manifest, sigs []string) ([]string, error) {
+	signers, err := manifest.Verify(prev, next, sigs)
+	switch {
+	case err == nil:
+		return signers, nil
+	case errors.Is(err, manifest.ErrVersionRollback), errors.Is(err, manifest.ErrVersionSkip), errors.Is(err, manifest.ErrPreviousMismatch):
+		return nil, api.Errorf(api.CodeConflict, "%v", err)
+	case errors.Is(err, manifest.ErrMalformedSignature):
+		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
+	default:
+		return nil, api.Errorf(api.CodeUnauthorized, "%v", err)
+	}
+}
+
+// activate logs manifest m durably, then makes it the active version. The
+// order is what makes a swap of the manifest visible to every client: a
+// version that is not in the log is never active. Its record waits as the
+// pending record until the entry is in the log (manifestApplied).
+func (b *Broker) activate(tx *changeTx, m *manifest.Manifest, sigs []string, signers []string) (*activeManifest, error) {
+	entry := &tlog.Entry{
+		Type: tlog.TypeManifest,
+		Time: b.now(),
+		Manifest: &tlog.ManifestEntry{
+			Version:  m.Version(),
+			Hash:     m.Hash(),
+			Previous: m.Previous(),
+			Body:     m.Bytes(),
+			Signers:  signers,
+		},
+	}
+	if _, err := tlog.EncodeEntry(entry); err != nil {
+		return nil, api.Errorf(api.CodeBadRequest, "manifest cannot be logged: %v", err)
+	}
+	rec := manifestRecord{Version: m.Version(), Hash: m.Hash(), Body: m.Bytes(), Signatures: sigs}
+	if err := b.manifests.setPending(rec, b.st.size); err != nil {
+		return nil, fmt.Errorf("couldn't record the pending manifest: %w", err)
+	}
+	l, err := tx.log(entry, func() {
+		if err := b.manifests.dropPending(); err != nil {
+			b.log.Error("couldn't drop the pending manifest record", "error", err)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	am := b.active.Load()
+	b.log.Info("activated manifest", "version", am.rec.Version, "hash", am.rec.Hash, "log_index", l.index)
+	return am, nil
 }
 
 // checkServesManifest refuses a manifest whose service reference values do

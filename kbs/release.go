@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net/http"
 	"runtime"
 	"sync"
 	"time"
@@ -15,18 +14,17 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// handleChallenge serves POST /v1/release/challenge: a fresh single-use
-// nonce for one release.
-func (b *Broker) handleChallenge(w http.ResponseWriter, r *http.Request) error {
+// Challenge returns a fresh single-use nonce for one release
+// (POST /v1/release/challenge).
+func (b *Broker) Challenge(ctx context.Context) (*api.Challenge, error) {
 	if !b.limit.allow() {
-		return api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
+		return nil, api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
 	}
 	nonce, exp, ok := b.nonces.issue()
 	if !ok {
-		return api.Errorf(api.CodeRateLimited, "too many pending challenges; retry after some expire")
+		return nil, api.Errorf(api.CodeRateLimited, "too many pending challenges; retry after some expire")
 	}
-	writeJSON(w, http.StatusOK, api.Challenge{Nonce: nonce[:], Expires: exp.UTC()})
-	return nil
+	return &api.Challenge{Nonce: nonce[:], Expires: exp.UTC()}, nil
 }
 
 // checkReleaseRequest validates the shape of a release request.
@@ -56,90 +54,92 @@ func checkReleaseRequest(req *api.ReleaseRequest) error {
 	return nil
 }
 
-// handleRelease serves POST /v1/release. The order is the security
-// argument: consume the nonce, verify the evidence and its binding to the
-// worker's key, match the manifest's class and key policy, read the keys,
-// append the release entry durably, and only then seal the keys to the
-// worker key and answer with the receipt.
-func (b *Broker) handleRelease(w http.ResponseWriter, r *http.Request) error {
+// Release releases keys to a worker (POST /v1/release). The order is the
+// security argument: consume the nonce, verify the evidence and its
+// binding to the worker's key; then, as one step against the state (no
+// deletion or manifest change in between): match the active manifest's
+// class and key policy, take each key at the version the log says is live
+// from its store record (which must match the log), and append the release
+// entry durably; only then seal the keys to the worker key and answer with
+// the receipt.
+func (b *Broker) Release(ctx context.Context, req *api.ReleaseRequest) (*api.Release, error) {
 	start := time.Now()
-	var req api.ReleaseRequest
-	body, err := readBody(w, r, api.MaxReleaseBody)
-	if err != nil {
-		return err
-	}
-	if err := decodeReleaseRequest(body, &req); err != nil {
-		return err
-	}
-	if err := checkReleaseRequest(&req); err != nil {
-		return err
+	if err := checkReleaseRequest(req); err != nil {
+		return nil, err
 	}
 	workerKey, err := api.ParsePublicKey(req.HPKEPublicKey)
 	if err != nil {
-		return api.Errorf(api.CodeBadRequest, "hpke_public_key: %v", err)
+		return nil, api.Errorf(api.CodeBadRequest, "hpke_public_key: %v", err)
 	}
-	ctx := r.Context()
 	release, err := releaseSlots.acquire(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer release()
 	if !b.nonces.consume(req.Nonce) {
-		return api.Errorf(api.CodeNonceInvalid, "nonce unknown, already used or expired; get a new one from %s", api.PathChallenge)
+		return nil, api.Errorf(api.CodeNonceInvalid, "nonce unknown, already used or expired; get a new one from %s", api.PathChallenge)
 	}
 	rd := api.ReportData(api.WorkerBinding(req.Nonce, req.HPKEPublicKey))
 	claims, err := b.cfg.Verifier.Verify(ctx, attest.Evidence{Platform: attest.Platform(req.Platform), Data: req.Evidence}, rd)
 	if err != nil {
-		return api.Errorf(api.CodeEvidenceRejected, "%v", err)
+		return nil, api.Errorf(api.CodeEvidenceRejected, "%v", err)
 	}
-	am := b.active.Load()
-	class, err := b.authorize(am.m, claims, req.KeyIDs)
-	if err != nil {
-		return err
-	}
-	keys := make([]tlogKey, len(req.KeyIDs))
-	for i, id := range req.KeyIDs {
-		k, err := b.cfg.Keys.Get(id)
-		if err != nil {
-			return err
-		}
-		keys[i] = tlogKey{ref: tlog.KeyRef{ID: k.ID, Version: k.Version}, material: k.Material}
-	}
+	var (
+		class string
+		keys  []tlogKey
+		entry []byte
+		idx   uint64
+		cp    tlog.SignedCheckpoint
+	)
 	defer func() {
 		for _, k := range keys {
 			clear(k.material)
 		}
 	}()
-	entry, err := tlog.EncodeEntry(&tlog.Entry{
-		Type:    tlog.TypeRelease,
-		Time:    b.now(),
-		Release: releaseEntry(claims, class, keys, req.HPKEPublicKey, am.rec.Hash),
+	err = b.shared(func() error {
+		am := b.active.Load()
+		var err error
+		if class, err = b.authorize(am.m, claims, req.KeyIDs); err != nil {
+			return err
+		}
+		keys = make([]tlogKey, 0, len(req.KeyIDs))
+		for _, id := range req.KeyIDs {
+			k, err := b.liveKey(id)
+			if err != nil {
+				return err
+			}
+			keys = append(keys, tlogKey{ref: tlog.KeyRef{ID: k.ID, Version: k.Version}, material: k.Material})
+		}
+		entry, err = tlog.EncodeEntry(&tlog.Entry{
+			Type:    tlog.TypeRelease,
+			Time:    b.now(),
+			Release: releaseEntry(claims, class, keys, req.HPKEPublicKey, am.rec.Hash),
+		})
+		if err != nil {
+			return fmt.Errorf("couldn't encode the release entry: %w", err)
+		}
+		idx, cp, err = b.appendShared(ctx, entry)
+		return err
 	})
 	if err != nil {
-		return fmt.Errorf("couldn't encode the release entry: %w", err)
+		return nil, err
 	}
-	idx, cp, err := b.append(ctx, entry)
-	if err != nil {
-		return logUnavailable(err)
-	}
-	ans := api.Release{LogIndex: idx, Class: class, Keys: make([]api.ReleasedKey, len(keys))}
+	ans := &api.Release{LogIndex: idx, Class: class, Keys: make([]api.ReleasedKey, len(keys))}
 	for i, k := range keys {
 		sealed, err := api.SealTo(workerKey, api.ReleaseInfo(k.ref.ID, k.ref.Version, idx), k.material)
 		if err != nil {
-			return fmt.Errorf("couldn't seal key %q: %w", k.ref.ID, err)
+			return nil, fmt.Errorf("couldn't seal key %q: %w", k.ref.ID, err)
 		}
 		ans.Keys[i] = api.ReleasedKey{ID: k.ref.ID, Version: k.ref.Version, Sealed: sealed}
 	}
 	if ans.Receipt, err = b.receipt(ctx, entry, idx, cp); err != nil {
-		return err
+		return nil, err
 	}
 	b.m.releases.Add(1)
 	b.m.keysOut.Add(uint64(len(keys)))
 	b.m.releaseLatency(time.Since(start))
-	release() // a slow reader must not hold the slot
 	b.log.Info("released keys", "class", class, "keys", len(keys), "platform", req.Platform, "log_index", idx)
-	writeJSON(w, http.StatusOK, ans)
-	return nil
+	return ans, nil
 }
 
 // releaseSlots admits releases two per core, in arrival order, from the
@@ -174,6 +174,8 @@ type tlogKey struct {
 	ref      tlog.KeyRef
 	material []byte
 }
+
+func digestString(d [32]byte) string { return "sha256:" + hex.EncodeToString(d[:]) }
 
 func releaseEntry(c *attest.Claims, class string, keys []tlogKey, workerKey []byte, manifestHash string) *tlog.ReleaseEntry {
 	refs := make([]tlog.KeyRef, len(keys))

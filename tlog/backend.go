@@ -38,6 +38,7 @@ package tlog
 
 import (
 	"context"
+	"errors"
 
 	sumdb "golang.org/x/mod/sumdb/tlog"
 )
@@ -62,6 +63,14 @@ type Backend interface {
 	// returns without error, both the entry and that checkpoint are durable
 	// (fsync'd): a crash afterwards loses neither. Concurrent calls may share
 	// one durable write (group commit).
+	//
+	// Its outcome is definite. An error means that the entry is not in the
+	// log and never will be, unless the error wraps ErrUnknownOutcome: then
+	// the backend has stopped (it failed, or was closed) while the entry
+	// may already be durable, and only reading the log after it is reopened
+	// tells. Once an entry may have reached storage, Append waits for the
+	// outcome even if ctx is done, so that a caller never takes "failed" for
+	// an entry that is logged.
 	Append(ctx context.Context, entry []byte) (index uint64, cp SignedCheckpoint, err error)
 
 	// Checkpoint returns the latest signed checkpoint.
@@ -88,6 +97,13 @@ type Backend interface {
 	// complete durably or fail.
 	Close() error
 }
+
+// ErrUnknownOutcome is wrapped by the error of an Append whose entry may or
+// may not be in the log: the backend stopped (a failed commit, Close, or a
+// store that contradicts the signed checkpoint) after the entry may have
+// reached storage. A caller that decides from the log must settle such an
+// append by reading the log once it is reopened, before it decides again.
+var ErrUnknownOutcome = errors.New("tlog: the append's outcome is unknown")
 
 // SignedCheckpoint is a C2SP tlog-checkpoint together with its signed-note
 // text.

@@ -65,6 +65,14 @@ type KeyEntry struct {
 	ID      string `json:"id"`
 	Version uint64 `json:"version"`
 	Client  string `json:"client"`
+	// SealedDigest is, in a key-upload entry, "sha256:<hex>" of the
+	// version's sealed record in the broker's key store (the key material
+	// encrypted under the key's own data key), so that the log says which
+	// stored ciphertext is the live version and a record swapped in by
+	// the host is refused. It reveals nothing about the key. It is empty
+	// in key-delete entries, and in uploads logged before brokers recorded
+	// it.
+	SealedDigest string `json:"sealed_digest,omitempty"`
 }
 
 // KeyRef names one version of a key.
@@ -247,6 +255,9 @@ func (e *Entry) validate() error {
 			return errors.New("tlog: key-delete entry without key_delete payload")
 		}
 		err = e.KeyDelete.validate()
+		if err == nil && e.KeyDelete.SealedDigest != "" {
+			err = errors.New("a deletion has no sealed_digest")
+		}
 	case TypeRelease:
 		if e.Release == nil {
 			return errors.New("tlog: release entry without release payload")
@@ -350,6 +361,9 @@ func (k *KeyEntry) validate() error {
 	}
 	if k.Client == "" {
 		return errors.New("empty client")
+	}
+	if k.SealedDigest != "" {
+		return checkDigest("sealed_digest", k.SealedDigest)
 	}
 	return nil
 }

@@ -328,7 +328,10 @@ func (s *scanner) key() (*KeyEntry, bool) {
 	if k.Version, ok = s.uint(); !ok || !s.lit(`,"client":`) {
 		return nil, false
 	}
-	if k.Client, ok = s.str(); !ok || !s.lit("}") {
+	if k.Client, ok = s.str(); !ok {
+		return nil, false
+	}
+	if k.SealedDigest, ok = s.optStr("sealed_digest"); !ok || !s.lit("}") {
 		return nil, false
 	}
 	return k, true

@@ -91,6 +91,9 @@ func randomEntries(n int, seed uint64) []*Entry {
 				TLSSPKISHA256: strings.TrimPrefix(digest(), "sha256:"), Platform: platform(), Simulated: r.IntN(2) == 0, EvidenceDigest: digest()}
 		case 2:
 			e.Type, e.KeyUpload = TypeKeyUpload, &KeyEntry{ID: str(), Version: ver(), Client: str()}
+			if r.IntN(2) == 0 {
+				e.KeyUpload.SealedDigest = digest()
+			}
 		case 3:
 			e.Type, e.KeyDelete = TypeKeyDelete, &KeyEntry{ID: str(), Version: ver(), Client: str()}
 		case 4:

@@ -27,6 +27,7 @@ func testEntries() []*Entry {
 		{Type: TypeKeyUpload, Time: testTime, KeyUpload: &KeyEntry{ID: "demo/a", Version: 1, Client: "demo-client"}},
 		{Type: TypeKeyDelete, Time: testTime, KeyDelete: &KeyEntry{ID: "demo/a", Version: 3, Client: "demo-client"}},
 		{Type: TypeRelease, Time: testTime, Release: &ReleaseEntry{Keys: []KeyRef{{ID: "demo/a", Version: 1}, {ID: "demo/b", Version: 2}}, WorkerClass: "demo-worker", Platform: "tdx", Measurement: strings.Repeat("aa", 48), ChipID: "", TCB: "bl=3,tee=0,snp=8,ucode=115", EvidenceDigest: testDigest, WorkerKeyDigest: testDigest2, ManifestHash: testDigest}},
+		{Type: TypeKeyUpload, Time: testTime, KeyUpload: &KeyEntry{ID: "demo/a", Version: 2, Client: "demo-client", SealedDigest: testDigest2}},
 	}
 }
 
@@ -145,6 +146,16 @@ func TestEncodeEntryRejects(t *testing.T) {
 	if _, err := EncodeEntry(nil); err == nil {
 		t.Error("EncodeEntry(nil) succeeded")
 	}
+	upload := testEntries()[7]
+	upload.KeyUpload.SealedDigest = "sha256:AB"
+	if b, err := EncodeEntry(upload); err == nil {
+		t.Errorf("EncodeEntry(malformed sealed_digest) = %s, want error", b)
+	}
+	del := testEntries()[5]
+	del.KeyDelete.SealedDigest = testDigest
+	if b, err := EncodeEntry(del); err == nil || !strings.Contains(err.Error(), "no sealed_digest") {
+		t.Errorf("EncodeEntry(deletion with sealed_digest) = %s, %v; want error", b, err)
+	}
 	big := testEntries()[0]
 	big.Manifest.Body = make([]byte, 50000)
 	if _, err := EncodeEntry(big); err == nil || !strings.Contains(err.Error(), "more than") {
@@ -164,6 +175,9 @@ func TestEntryTestdata(t *testing.T) {
 				t.Fatal(err)
 			}
 			name := filepath.Join("testdata", "entry-"+e.Type+".json")
+			if e.KeyUpload != nil && e.KeyUpload.SealedDigest != "" {
+				name = filepath.Join("testdata", "entry-key-upload-sealed.json")
+			}
 			if e.Manifest != nil {
 				name = filepath.Join("testdata", fmt.Sprintf("entry-manifest-v%d.json", e.Manifest.Version))
 				if len(e.Manifest.Signers) == 0 {

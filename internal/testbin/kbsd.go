@@ -45,11 +45,22 @@ var (
 // output.
 func StartKbsd(t testing.TB, bin, data string, args ...string) *Kbsd {
 	t.Helper()
+	k, err := TryStartKbsd(t, bin, data, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TryStartKbsd is StartKbsd for a kbsd that may refuse to start: it returns
+// a *RefusedError (with kbsd's output) if kbsd exits before it serves.
+func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error) {
+	t.Helper()
 	k := &Kbsd{t: t, Data: data, Socket: filepath.Join(data, "kbs.sock"), out: new(SyncBuffer), done: make(chan struct{})}
 	k.cmd = Command(t, bin, append([]string{"--data", data}, args...)...)
 	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out
 	if err := k.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	go func() {
 		k.err = k.cmd.Wait()
@@ -62,16 +73,30 @@ func StartKbsd(t testing.TB, bin, data string, args ...string) *Kbsd {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
 					k.HTTPS = httpsRE.FindString(string(out))
-					return k
+					return k, nil
 				}
 			}
 		}
-		if time.Now().After(deadline) || k.Exited() {
+		if k.Exited() {
+			return nil, &RefusedError{Err: k.err, Output: k.out.String()}
+		}
+		if time.Now().After(deadline) {
 			k.Kill()
-			t.Fatalf("kbsd did not come up:\n%s", k.out)
+			return nil, fmt.Errorf("kbsd did not come up:\n%s", k.out)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// RefusedError is TryStartKbsd's error for a kbsd that exited before it
+// served.
+type RefusedError struct {
+	Err    error  // how it exited
+	Output string // what it wrote
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("kbsd exited (%v) before it served:\n%s", e.Err, e.Output)
 }
 
 // HTTPClient returns a plain HTTP client that talks to kbsd's unix socket

@@ -16,9 +16,12 @@
 //
 // A host that reads the database file learns key ids, versions, client
 // names and timestamps (the same metadata the transparency log publishes),
-// never key material. A host that writes it can delete or roll back
-// records; it cannot forge key material. Rollback is detected by the
-// transparency log, not here.
+// never key material. A host that writes it can delete, roll back or swap
+// records; it cannot forge key material. The store does not decide which
+// version is live or whether a key is deleted: the broker does, from its
+// transparency log, and uses a record only when its version and sealed
+// digest (Key.SealedDigest, the SHA-256 of the version's ciphertext, which
+// the log's key-upload entry names) are the ones the log says.
 //
 // Keys are versioned: version N+1 is accepted only after version N, and
 // versions are never reused, even after a delete. Delete destroys the key
@@ -42,6 +45,8 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,6 +119,9 @@ type Meta struct {
 	// key is deleted (its versions are shredded).
 	VersionCreated time.Time
 	Deleted        bool
+	// SealedDigest is the sealed digest of the latest version (see Key);
+	// empty for a deleted key.
+	SealedDigest string
 }
 
 // Key is one version of a key with its material.
@@ -121,6 +129,16 @@ type Key struct {
 	ID       string
 	Version  uint64
 	Material []byte
+	// SealedDigest is "sha256:<hex>" of the version's ciphertext as
+	// stored: it names the stored record of this version without
+	// revealing anything about the key, so a log entry can carry it.
+	SealedDigest string
+}
+
+// sealedDigest returns the SealedDigest of a stored ciphertext.
+func sealedDigest(ct []byte) string {
+	d := sha256.Sum256(ct)
+	return "sha256:" + hex.EncodeToString(d[:])
 }
 
 // Open opens the store in db, creating its buckets and master key on first
@@ -207,7 +225,7 @@ func (s *Store) NextVersion(id string) (uint64, error) {
 // (PreparePut and Commit in one step). version must equal NextVersion(id),
 // else Put returns an error wrapping ErrVersion and stores nothing.
 func (s *Store) Put(id string, version uint64, client string, material []byte, now time.Time) error {
-	if err := s.PreparePut(id, version, client, material, 0, now); err != nil {
+	if _, err := s.PreparePut(id, version, client, material, 0, now); err != nil {
 		return err
 	}
 	return s.Commit(id)
@@ -234,6 +252,8 @@ type Pending struct {
 	// LogSize is the log's size when the change was staged: its log entry,
 	// if any, is at this index or later.
 	LogSize uint64
+	// SealedDigest is the sealed digest of a staged put (see Key).
+	SealedDigest string
 }
 
 // Staged operations.
@@ -251,11 +271,12 @@ type pendingRecord struct {
 // PreparePut stages version of key id with material: it is stored
 // (encrypted) but not released by Get until Commit. version must equal
 // NextVersion(id) (ErrVersion otherwise). A change already staged for id
-// is replaced.
-func (s *Store) PreparePut(id string, version uint64, client string, material []byte, logSize uint64, now time.Time) error {
+// is replaced. It returns the staged version's sealed digest (see Key).
+func (s *Store) PreparePut(id string, version uint64, client string, material []byte, logSize uint64, now time.Time) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.db.Update(func(tx *bbolt.Tx) error {
+	var digest string
+	err := s.db.Update(func(tx *bbolt.Tx) error {
 		rec, err := getRecord(tx, id)
 		if err != nil {
 			return err
@@ -293,8 +314,13 @@ func (s *Store) PreparePut(id string, version uint64, client string, material []
 		}
 		rec.Pending = &pendingRecord{Op: OpPut, LogSize: logSize,
 			Version: versionRecord{Version: version, Client: client, Created: now.UTC(), Ciphertext: ct}}
+		digest = sealedDigest(ct)
 		return putRecord(tx, rec)
 	})
+	if err != nil {
+		return "", err
+	}
+	return digest, nil
 }
 
 // PrepareDelete stages the deletion of key id, whose latest version must
@@ -388,7 +414,11 @@ func (s *Store) PendingChanges() ([]Pending, error) {
 				return fmt.Errorf("corrupt record for key %q: %w", k, err)
 			}
 			if p := rec.Pending; p != nil {
-				out = append(out, Pending{ID: rec.ID, Op: p.Op, Version: p.Version.Version, Client: p.Version.Client, LogSize: p.LogSize})
+				pc := Pending{ID: rec.ID, Op: p.Op, Version: p.Version.Version, Client: p.Version.Client, LogSize: p.LogSize}
+				if p.Op == OpPut {
+					pc.SealedDigest = sealedDigest(p.Version.Ciphertext)
+				}
+				out = append(out, pc)
 			}
 			return nil
 		})
@@ -421,7 +451,7 @@ func (s *Store) Get(id string) (Key, error) {
 		if err != nil {
 			return fmt.Errorf("couldn't decrypt key %q version %d: %w", id, v.Version, err)
 		}
-		k = Key{ID: id, Version: v.Version, Material: m}
+		k = Key{ID: id, Version: v.Version, Material: m, SealedDigest: sealedDigest(v.Ciphertext)}
 		return nil
 	})
 	return k, err
@@ -444,7 +474,9 @@ func (s *Store) Meta(id string) (Meta, error) {
 	return m, err
 }
 
-// List returns the metadata of every key id, sorted by id.
+// List returns the metadata of every key id, sorted by id. A record that
+// does not decode, or is stored under another id than its own, is an
+// error.
 func (s *Store) List() ([]Meta, error) {
 	var out []Meta
 	err := s.db.View(func(tx *bbolt.Tx) error {
@@ -452,6 +484,9 @@ func (s *Store) List() ([]Meta, error) {
 			var rec keyRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("corrupt record for key %q: %w", k, err)
+			}
+			if rec.ID != string(k) {
+				return fmt.Errorf("corrupt record: key %q stored under %q", rec.ID, k)
 			}
 			if rec.Version > 0 {
 				out = append(out, rec.meta())
@@ -499,6 +534,9 @@ func (r *keyRecord) meta() Meta {
 	m := Meta{ID: r.ID, Version: r.Version, Client: r.Client, Created: r.Created, Deleted: r.Deleted}
 	if n := len(r.Versions); n > 0 {
 		m.VersionCreated = r.Versions[n-1].Created
+		if !r.Deleted {
+			m.SealedDigest = sealedDigest(r.Versions[n-1].Ciphertext)
+		}
 	}
 	return m
 }

@@ -204,7 +204,8 @@ func TestStagedChanges(t *testing.T) {
 	}
 	now := time.Unix(1700000000, 0)
 	// A staged put of a new key is invisible, and aborting it leaves nothing.
-	if err := s.PreparePut("demo/a", 1, "c", []byte("one"), 5, now); err != nil {
+	digest, err := s.PreparePut("demo/a", 1, "c", []byte("one"), 5, now)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Get("demo/a"); !errors.Is(err, ErrNotFound) {
@@ -214,7 +215,7 @@ func TestStagedChanges(t *testing.T) {
 		t.Fatalf("List shows a staged key: %+v", l)
 	}
 	p, err := s.PendingChanges()
-	if err != nil || len(p) != 1 || p[0] != (Pending{ID: "demo/a", Op: OpPut, Version: 1, Client: "c", LogSize: 5}) {
+	if err != nil || len(p) != 1 || p[0] != (Pending{ID: "demo/a", Op: OpPut, Version: 1, Client: "c", LogSize: 5, SealedDigest: digest}) {
 		t.Fatalf("PendingChanges = %+v, %v", p, err)
 	}
 	if err := s.Abort("demo/a"); err != nil {
@@ -224,17 +225,20 @@ func TestStagedChanges(t *testing.T) {
 		t.Fatalf("NextVersion after abort = %d, want 1", n)
 	}
 	// Staged, then committed.
-	if err := s.PreparePut("demo/a", 1, "c", []byte("one"), 5, now); err != nil {
+	if digest, err = s.PreparePut("demo/a", 1, "c", []byte("one"), 5, now); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Commit("demo/a"); err != nil {
 		t.Fatal(err)
 	}
-	if k, err := s.Get("demo/a"); err != nil || string(k.Material) != "one" {
-		t.Fatalf("Get after commit = %+v, %v", k, err)
+	if k, err := s.Get("demo/a"); err != nil || string(k.Material) != "one" || k.SealedDigest != digest {
+		t.Fatalf("Get after commit = %+v, %v (want sealed digest %s)", k, err, digest)
+	}
+	if m, err := s.Meta("demo/a"); err != nil || m.SealedDigest != digest {
+		t.Fatalf("Meta after commit = %+v, %v (want sealed digest %s)", m, err, digest)
 	}
 	// A second version staged: the first is still what Get returns.
-	if err := s.PreparePut("demo/a", 2, "c", []byte("two"), 6, now); err != nil {
+	if _, err := s.PreparePut("demo/a", 2, "c", []byte("two"), 6, now); err != nil {
 		t.Fatal(err)
 	}
 	if k, _ := s.Get("demo/a"); k.Version != 1 {
@@ -261,14 +265,14 @@ func TestStagedChanges(t *testing.T) {
 	if err := s.Commit("demo/a"); err != nil {
 		t.Fatal(err)
 	}
-	if m, err := s.Meta("demo/a"); err != nil || !m.Deleted {
+	if m, err := s.Meta("demo/a"); err != nil || !m.Deleted || m.SealedDigest != "" {
 		t.Fatalf("Meta after committed delete = %+v, %v", m, err)
 	}
 	if err := s.Commit("demo/a"); err == nil {
 		t.Fatal("Commit with nothing staged succeeded")
 	}
 	// A put staged on a deleted key and aborted leaves it deleted.
-	if err := s.PreparePut("demo/a", 2, "c", []byte("again"), 8, now); err != nil {
+	if _, err := s.PreparePut("demo/a", 2, "c", []byte("again"), 8, now); err != nil {
 		t.Fatal(err)
 	}
 	s.Abort("demo/a")

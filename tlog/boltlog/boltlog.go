@@ -24,7 +24,9 @@
 // never signs a checkpoint that contradicts one it persisted; since both
 // are in the same transaction, the stored tree and the stored checkpoint
 // always agree. If a commit fails, the log refuses further appends until it
-// is reopened (an fsync failure leaves the file's state unknown).
+// is reopened (an fsync failure leaves the file's state unknown), and the
+// appends of that commit fail with an error wrapping tlog.ErrUnknownOutcome:
+// their entries are in the reopened log or not, and only reading it tells.
 //
 // Open reads the stored checkpoint, verifies its signature, and recomputes
 // its root from the stored hashes (O(log n) reads), so it is fast at any
@@ -328,7 +330,9 @@ func (l *Log) commitBatch(batch []*request) {
 	first, cp, err := l.commit(batch)
 	if err != nil {
 		l.failed.Store(&err)
-		err = fmt.Errorf("boltlog: couldn't commit: %w", err)
+		// A failed transaction may or may not have reached the disk (an
+		// fsync error leaves the file's state unknown until it is reopened).
+		err = fmt.Errorf("boltlog: couldn't commit (%w): %w", tlog.ErrUnknownOutcome, err)
 		for _, r := range batch {
 			r.done <- result{err: err}
 		}

@@ -295,33 +295,42 @@ func TestOpenDetectsCorruption(t *testing.T) {
 		edit    func(b *bolt.Bucket) error
 		atOpen  bool
 		wantErr string
+		// readErr is what tlog.ReadVerified says ("" when the entries
+		// are intact).
+		readErr string
 	}{
 		{"entry changed", func(b *bolt.Bucket) error {
 			return b.Bucket(entriesBucket).Put(key(100), []byte("forged"))
-		}, false, "does not match entry 100"},
+		}, false, "does not match entry 100", "entries [0, 256) do not match"},
+		{"entry in the last, partial tile changed", func(b *bolt.Bucket) error {
+			return b.Bucket(entriesBucket).Put(key(290), []byte("forged"))
+		}, false, "does not match entry 290", "entry 290 does not match"},
 		{"last entry deleted", func(b *bolt.Bucket) error {
 			return b.Bucket(entriesBucket).Delete(key(299))
-		}, true, "exactly the 300 entries"},
+		}, true, "exactly the 300 entries", ""},
 		{"extra entry", func(b *bolt.Bucket) error {
 			return b.Bucket(entriesBucket).Put(key(300), []byte("extra"))
-		}, true, "exactly the 300 entries"},
+		}, true, "exactly the 300 entries", ""},
 		{"root-path hash changed", func(b *bolt.Bucket) error {
 			k := key(uint64(sumdb.StoredHashIndex(8, 0)))
 			return b.Bucket(hashesBucket).Put(k, make([]byte, 32))
-		}, true, "has root"},
+		}, true, "has root", ""},
 		{"leaf hash changed", func(b *bolt.Bucket) error {
 			return b.Bucket(hashesBucket).Put(key(uint64(sumdb.StoredHashIndex(0, 3))), make([]byte, 32))
-		}, false, "does not match entry 3"},
+		}, false, "does not match entry 3", ""},
+		{"leaf hash in the last, partial tile changed", func(b *bolt.Bucket) error {
+			return b.Bucket(hashesBucket).Put(key(uint64(sumdb.StoredHashIndex(0, 290))), make([]byte, 32))
+		}, false, "does not match entry 290", "do not verify against its checkpoint"},
 		{"checkpoint by another key", func(b *bolt.Bucket) error {
 			cp, err := otherSigner.Sign(nil, tlog.Root{Size: 0, Hash: tlog.EmptyRoot}, nil)
 			if err != nil {
 				return err
 			}
 			return b.Bucket(metaBucket).Put(checkpointKey, cp.Note)
-		}, true, "stored checkpoint"},
+		}, true, "stored checkpoint", ""},
 		{"checkpoint removed", func(b *bolt.Bucket) error {
 			return b.Bucket(metaBucket).Delete(checkpointKey)
-		}, true, "no checkpoint"},
+		}, true, "no checkpoint", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,6 +361,13 @@ func TestOpenDetectsCorruption(t *testing.T) {
 			if err := l.Verify(context.Background()); err == nil || !strings.Contains(err.Error(), c.wantErr) {
 				t.Fatalf("Verify = %v, want error containing %q", err, c.wantErr)
 			}
+			// What the broker reads at start: entries checked against
+			// the signed tree.
+			cp, _ := l.Checkpoint(context.Background())
+			err = tlog.ReadVerified(context.Background(), l, cp, 0, func(uint64, []byte) error { return nil })
+			if c.readErr == "" && err != nil || c.readErr != "" && (err == nil || !strings.Contains(err.Error(), c.readErr)) {
+				t.Fatalf("ReadVerified = %v, want %q", err, c.readErr)
+			}
 		})
 	}
 }
@@ -372,8 +388,8 @@ func TestCommitFailureStopsLog(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := l.Append(context.Background(), []byte("a")); err == nil {
-		t.Fatal("append after the store changed succeeded")
+	if _, _, err := l.Append(context.Background(), []byte("a")); !errors.Is(err, tlog.ErrUnknownOutcome) {
+		t.Fatalf("append after the store changed: %v, want an error of unknown outcome", err)
 	}
 	if _, _, err := l.Append(context.Background(), []byte("b")); err == nil || !strings.Contains(err.Error(), "stopped") {
 		t.Fatalf("second append: %v", err)

@@ -12,7 +12,9 @@
 // are verified with golang.org/x/mod/sumdb/note.
 //
 // A new log's checkpoint must be the signed empty tree (size 0, the SHA-256
-// of the empty string). Errors the suite requires: arguments beyond the latest signed checkpoint
+// of the empty string). An Append's outcome must be definite (tlog.Backend):
+// an append whose context ends while it runs either succeeds or leaves no
+// entry behind. Errors the suite requires: arguments beyond the latest signed checkpoint
 // wrap tlog.ErrOutOfRange; arguments wrong at any size (start > end, a tile
 // width outside 1..256, a level outside 0..63, an entry over
 // tlog.MaxEntrySize)
@@ -62,6 +64,8 @@ func Run(t *testing.T, h Harness) {
 	t.Run("BadArguments", func(t *testing.T) { testBadArguments(t, h) })
 	t.Run("Persistence", func(t *testing.T) { testPersistence(t, h) })
 	t.Run("Close", func(t *testing.T) { testClose(t, h) })
+	t.Run("ReadVerified", func(t *testing.T) { testReadVerified(t, h) })
+	t.Run("CanceledAppend", func(t *testing.T) { testCanceledAppend(t, h) })
 }
 
 // model is an independent RFC 6962 tree over the entries appended so far.
@@ -506,5 +510,203 @@ func testClose(t *testing.T, h Harness) {
 	}
 	if _, _, err := b.Append(ctx, []byte("y")); err == nil {
 		t.Fatal("Append after Close succeeded")
+	}
+}
+
+// testReadVerified reads the log back through tlog.ReadVerified, from the
+// start and from the middle of a tile, and compares with the model.
+func testReadVerified(t *testing.T, h Harness) {
+	ctx := context.Background()
+	b := newLog(t, h)
+	m := newModel()
+	appendAll(t, h, b, m, 300, "rv")
+	cp, err := b.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp = open(t, h, cp)
+	for _, start := range []uint64{0, 100, cp.Size - 1, cp.Size} {
+		next := start
+		err := tlog.ReadVerified(ctx, b, cp, start, func(i uint64, e []byte) error {
+			if i != next || !bytes.Equal(e, m.entries[i]) {
+				return fmt.Errorf("entry %d (want index %d) differs from the one appended", i, next)
+			}
+			next++
+			return nil
+		})
+		if err != nil || next != cp.Size {
+			t.Errorf("ReadVerified from %d: %v (stopped at %d of %d)", start, err, next, cp.Size)
+		}
+	}
+	// A checkpoint the backend does not hold (another root) is refused.
+	other := cp
+	other.Hash[0] ^= 1
+	if err := tlog.ReadVerified(ctx, b, other, 0, func(uint64, []byte) error { return nil }); err == nil {
+		t.Error("ReadVerified against another root succeeded")
+	}
+}
+
+// testCanceledAppend checks that an append whose context ends while it runs
+// has a definite outcome: it succeeds, or fails and its entry never
+// appears (up to a later append that succeeds), unless its error wraps
+// tlog.ErrUnknownOutcome.
+func testCanceledAppend(t *testing.T, h Harness) {
+	b := newLog(t, h)
+	var wg sync.WaitGroup
+	type outcome struct {
+		entry []byte
+		index uint64
+		err   error
+	}
+	res := make([]outcome, 16)
+	for i := range res {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			if i%2 == 0 {
+				cancel() // canceled before the call
+			}
+			res[i].entry = entry("canceled", i)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				res[i].index, _, res[i].err = b.Append(ctx, res[i].entry)
+			}()
+			cancel() // and while it runs
+			<-done
+		}()
+	}
+	wg.Wait()
+	// A later append that succeeds: an entry that was to appear is in.
+	last, _, err := b.Append(context.Background(), []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := b.Entries(context.Background(), 0, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		found := -1
+		for j, e := range all {
+			if bytes.Equal(e, r.entry) {
+				found = j
+			}
+		}
+		switch {
+		case r.err == nil && (found < 0 || uint64(found) != r.index):
+			t.Errorf("append of %q succeeded at %d, but the log holds it at %d", r.entry[:12], r.index, found)
+		case r.err != nil && errors.Is(r.err, tlog.ErrUnknownOutcome):
+			t.Logf("append of %q: outcome unknown: %v", r.entry[:12], r.err)
+		case r.err != nil && found >= 0:
+			t.Errorf("append of %q failed (%v), but its entry is in the log at %d", r.entry[:12], r.err, found)
+		}
+	}
+}
+
+// Gate wraps a tlog.Backend and can hold or fail appends, to open the
+// race windows and failures a hostile host can cause (an fsync that stalls
+// or fails) in tests of what is built on a log. It works with any backend.
+// Each Pause or Fail applies to the next append whose entry it matches.
+type Gate struct {
+	tlog.Backend
+
+	mu     sync.Mutex
+	faults []*fault
+}
+
+type fault struct {
+	match func(entry []byte) bool
+	// pause: held before the entry reaches the backend.
+	p *Pause
+	// fail: err returned before (after == false) or after the entry
+	// reached the backend.
+	after bool
+	err   error
+}
+
+// Pause is an append held by a Gate.
+type Pause struct {
+	held    chan struct{}
+	resume  chan struct{}
+	once    sync.Once
+	entry   []byte
+	entryMu sync.Mutex
+}
+
+// Held is closed when the append is held (before it reaches the backend).
+func (p *Pause) Held() <-chan struct{} { return p.held }
+
+// Entry returns the held entry (nil before Held is closed).
+func (p *Pause) Entry() []byte {
+	p.entryMu.Lock()
+	defer p.entryMu.Unlock()
+	return p.entry
+}
+
+// Resume lets the held append go on to the backend. It may be called
+// before the append arrives, and more than once.
+func (p *Pause) Resume() { p.once.Do(func() { close(p.resume) }) }
+
+// NewGate wraps b.
+func NewGate(b tlog.Backend) *Gate { return &Gate{Backend: b} }
+
+// Pause holds the next append whose entry match accepts until Resume.
+func (g *Gate) Pause(match func(entry []byte) bool) *Pause {
+	p := &Pause{held: make(chan struct{}), resume: make(chan struct{})}
+	g.add(&fault{match: match, p: p})
+	return p
+}
+
+// Fail makes the next append whose entry match accepts return err: before
+// the entry reaches the backend, or, with afterAppend, once the backend
+// has appended it durably (an answer lost on the way back).
+func (g *Gate) Fail(match func(entry []byte) bool, afterAppend bool, err error) {
+	g.add(&fault{match: match, after: afterAppend, err: err})
+}
+
+func (g *Gate) add(f *fault) {
+	g.mu.Lock()
+	g.faults = append(g.faults, f)
+	g.mu.Unlock()
+}
+
+// Append implements tlog.Backend.
+func (g *Gate) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
+	var f *fault
+	g.mu.Lock()
+	for i, x := range g.faults {
+		if x.match(entry) {
+			f = x
+			g.faults = append(g.faults[:i:i], g.faults[i+1:]...)
+			break
+		}
+	}
+	g.mu.Unlock()
+	switch {
+	case f == nil:
+	case f.p != nil:
+		f.p.entryMu.Lock()
+		f.p.entry = bytes.Clone(entry)
+		f.p.entryMu.Unlock()
+		close(f.p.held)
+		<-f.p.resume
+	case !f.after:
+		return 0, tlog.SignedCheckpoint{}, f.err
+	default:
+		if _, _, err := g.Backend.Append(ctx, entry); err != nil {
+			return 0, tlog.SignedCheckpoint{}, err
+		}
+		return 0, tlog.SignedCheckpoint{}, f.err
+	}
+	return g.Backend.Append(ctx, entry)
+}
+
+// EntryType returns a match function for entries of type typ (tlog.TypeRelease, ...).
+func EntryType(typ string) func([]byte) bool {
+	return func(entry []byte) bool {
+		e, err := tlog.DecodeEntry(entry)
+		return err == nil && e.Type == typ
 	}
 }

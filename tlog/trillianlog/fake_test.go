@@ -311,23 +311,44 @@ func TestQueueRetry(t *testing.T) {
 	}
 }
 
-// TestAppendTimeout checks that an Append whose entry is never integrated
-// returns when its context ends, and that the entry, once integrated, is
-// in the log.
+// TestAppendTimeout checks that an Append whose entry is queued but not yet
+// integrated does not give up when its context ends (the entry would be
+// logged although the caller was told it failed): it returns once the entry
+// is integrated, with its index, and the entry is in the log. A context
+// done before the call sends nothing.
 func TestAppendTimeout(t *testing.T) {
 	f := newFake(7)
 	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := l.Append(done, []byte("never")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Append with a done context: err = %v, want Canceled", err)
+	}
 	f.mu.Lock()
 	f.integrate = false
 	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if _, _, err := l.Append(ctx, []byte("slow")); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Append with a stuck signer: err = %v, want DeadlineExceeded", err)
+	type result struct {
+		index uint64
+		err   error
+	}
+	res := make(chan result, 1)
+	go func() {
+		i, _, err := l.Append(ctx, []byte("slow"))
+		res <- result{i, err}
+	}()
+	select {
+	case r := <-res:
+		t.Fatalf("Append with a stuck signer returned %d, %v before its entry was integrated", r.index, r.err)
+	case <-time.After(300 * time.Millisecond):
 	}
 	f.mu.Lock()
 	f.integrate = true
 	f.mu.Unlock()
+	if r := <-res; r.err != nil || r.index != 0 {
+		t.Fatalf("Append of the queued entry = %d, %v; want index 0", r.index, r.err)
+	}
 	i, _, err := l.Append(context.Background(), []byte("next"))
 	if err != nil || i != 1 {
 		t.Fatalf("Append = %d, %v; want index 1 after the queued entry", i, err)

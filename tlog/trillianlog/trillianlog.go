@@ -32,8 +32,12 @@
 // over that root and writes it, fsync'd, to Config.StatePath before
 // returning. One sign-and-persist serves every append integrated by the
 // same Trillian root (group commit). A crash at any point loses no
-// acknowledged entry: an entry queued but not acknowledged may still appear
-// in the log later, which is harmless (logging without releasing).
+// acknowledged entry. Once an entry may have reached Trillian, Append waits
+// for it past the end of its context (Trillian integrates every queued
+// leaf): its error then means "not logged", except when it wraps
+// tlog.ErrUnknownOutcome (the Log was closed or stopped meanwhile). An
+// entry queued by a process that crashed may still appear in the log after
+// the next start.
 //
 // # Duplicates
 //
@@ -359,6 +363,7 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 	}
 	var hits []found // in index order: a leaf integrated twice counts at its first index
 	hit := map[*waiter]bool{}
+	var taken []*waiter // their identity hash was integrated with other bytes
 	newLeaves := make([]tlog.Hash, 0, root.Size-old.Size)
 	for next := old.Size; next < root.Size; {
 		leaves, err := l.leaves(ctx, next, min(root.Size-next, leavesPerCall))
@@ -377,6 +382,7 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 					hits = append(hits, found{w, next})
 				} else if w != nil && tlog.Hash(lh) != w.leaf {
 					l.log.Warn("Trillian leaf carries an append's identity but other bytes; ignored", "tree", l.tree, "index", next)
+					taken = append(taken, w)
 				}
 			}
 			if err := rng.Append(lh, visit); err != nil {
@@ -428,9 +434,21 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 	for _, h := range hits {
 		h.w.index, h.w.found, h.w.cp = h.index, true, cp
 	}
+	// Trillian deduplicates by identity hash, so an entry whose identity
+	// was taken by other bytes is not logged and never will be.
+	var refused []*waiter
+	for _, w := range taken {
+		if !w.found {
+			w.found, w.err = true, errors.New("trillianlog: Trillian logged other bytes under the entry's identity hash; the entry is not logged")
+			refused = append(refused, w)
+		}
+	}
 	l.mu.Unlock()
 	for _, h := range hits {
 		close(h.w.done)
+	}
+	for _, w := range refused {
+		close(w.done)
 	}
 	return true, nil
 }
@@ -583,7 +601,7 @@ func (l *Log) fail(err error) {
 	}
 	for id, w := range l.waiters {
 		if !w.found {
-			w.err = err
+			w.err = fmt.Errorf("trillianlog: appends stopped (%w): %w", tlog.ErrUnknownOutcome, err)
 			close(w.done)
 		}
 		delete(l.waiters, id)
@@ -591,11 +609,17 @@ func (l *Log) fail(err error) {
 }
 
 // Append implements tlog.Backend. It returns when the entry is in a
-// checkpoint the Log signed and persisted, or when ctx is done; in the
-// latter case the entry may still be logged later.
+// checkpoint the Log signed and persisted. Once the entry may have reached
+// Trillian, ctx no longer cuts the wait short (Trillian integrates every
+// queued leaf, so giving up would report "failed" for an entry that gets
+// logged): Append then returns only on integration, or with an error
+// wrapping tlog.ErrUnknownOutcome when the Log is closed or stops.
 func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
 	if err := tlog.CheckEntry(entry); err != nil {
 		return 0, tlog.SignedCheckpoint{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, tlog.SignedCheckpoint{}, err // nothing was sent
 	}
 	var id leafID
 	rand.Read(id[:])
@@ -612,7 +636,7 @@ func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedChec
 	l.waiters[id] = w
 	l.mu.Unlock()
 
-	if err := l.queue(ctx, entry, id); err != nil {
+	if err := l.queue(context.WithoutCancel(ctx), entry, id); err != nil {
 		l.forget(id)
 		return 0, tlog.SignedCheckpoint{}, err
 	}
@@ -620,14 +644,12 @@ func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedChec
 	case l.kick <- struct{}{}:
 	default:
 	}
-	select {
-	case <-w.done:
-		l.forget(id)
-		return w.index, w.cp, w.err
-	case <-ctx.Done():
-		l.forget(id)
-		return 0, tlog.SignedCheckpoint{}, fmt.Errorf("trillianlog: entry queued but not yet integrated: %w", ctx.Err())
+	<-w.done
+	l.forget(id)
+	if w.err != nil {
+		return 0, tlog.SignedCheckpoint{}, w.err
 	}
+	return w.index, w.cp, nil
 }
 
 func (l *Log) forget(id leafID) {
@@ -637,7 +659,8 @@ func (l *Log) forget(id leafID) {
 }
 
 // queue sends the entry to Trillian, retrying while it is unavailable. The
-// identity hash makes retries idempotent.
+// identity hash makes retries idempotent. An error that leaves open whether
+// a request reached Trillian wraps tlog.ErrUnknownOutcome.
 func (l *Log) queue(ctx context.Context, entry []byte, id leafID) error {
 	req := &trillian.QueueLeafRequest{LogId: l.tree, Leaf: &trillian.LogLeaf{LeafValue: entry, LeafIdentityHash: id[:]}}
 	delay := 10 * time.Millisecond
@@ -652,16 +675,18 @@ func (l *Log) queue(ctx context.Context, entry []byte, id leafID) error {
 		}
 		switch status.Code(err) {
 		case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
-		default:
+		case codes.InvalidArgument, codes.FailedPrecondition, codes.PermissionDenied, codes.Unauthenticated, codes.NotFound, codes.Unimplemented, codes.OutOfRange:
 			return fmt.Errorf("trillianlog: couldn't queue the entry: %w", err)
+		default:
+			return fmt.Errorf("trillianlog: couldn't queue the entry (%w): %w", tlog.ErrUnknownOutcome, err)
 		}
 		select {
 		case <-time.After(delay):
 			delay = min(2*delay, time.Second)
 		case <-ctx.Done():
-			return fmt.Errorf("trillianlog: couldn't queue the entry: %w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("trillianlog: couldn't queue the entry (%w): %w (last error: %v)", tlog.ErrUnknownOutcome, ctx.Err(), err)
 		case <-l.stop:
-			return ErrClosed
+			return fmt.Errorf("trillianlog: couldn't queue the entry (%w): %w", tlog.ErrUnknownOutcome, ErrClosed)
 		}
 	}
 }
@@ -922,7 +947,7 @@ func (l *Log) Close() error {
 	l.mu.Lock()
 	for id, w := range l.waiters {
 		if !w.found {
-			w.err = ErrClosed
+			w.err = fmt.Errorf("trillianlog: closed while the entry was queued (%w): %w", tlog.ErrUnknownOutcome, ErrClosed)
 			close(w.done)
 		}
 		delete(l.waiters, id)

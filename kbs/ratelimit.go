@@ -1,16 +1,10 @@
 package kbs
 
 import (
-	"encoding/hex"
 	"math"
-	"sort"
 	"sync"
 	"time"
 )
-
-func digestString(d [32]byte) string { return "sha256:" + hex.EncodeToString(d[:]) }
-
-func sortStrings(s []string) { sort.Strings(s) }
 
 // rateLimiter is a token bucket shared by all callers of an endpoint.
 type rateLimiter struct {
