@@ -3,93 +3,42 @@ package trillianlog
 import (
 	"context"
 	"crypto/rand"
-	"errors"
+	"encoding/binary"
 	"fmt"
-	"time"
 
-	"github.com/google/trillian"
 	"github.com/kbs-dev/kbs/tlog"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-// run is the integrator: while appends wait, it polls Trillian for a new
-// root, with backoff, and signs it.
-func (l *Log) run() {
-	defer close(l.done)
-	delay, lastProgress := l.minPoll, time.Now()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		l.mu.RLock()
-		waiting := len(l.waiters) > 0 && l.failed == nil
-		l.mu.RUnlock()
-		if !waiting {
-			select {
-			case <-l.kick:
-				delay, lastProgress = l.minPoll, time.Now()
-			case <-l.stop:
-				return
-			}
-		}
-		timer.Reset(delay)
-		select {
-		case <-timer.C:
-		case <-l.stop:
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		go func() {
-			select {
-			case <-l.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		progressed, err := l.sync(ctx)
-		cancel()
-		switch {
-		case errors.Is(err, tlog.ErrConflict):
-			l.log.Error("Trillian contradicts the last signed checkpoint; appends stopped", "tree", l.tree, "error", err)
-			l.fail(err)
-		case err != nil:
-			l.log.Warn("couldn't sync with Trillian", "tree", l.tree, "error", err)
-			delay = min(2*delay, l.maxPoll)
-		case progressed:
-			delay, lastProgress = l.minPoll, time.Now()
-		case time.Since(lastProgress) > time.Second:
-			// The signer is slow or stopped: back off.
-			delay = min(2*delay, l.maxPoll)
-		}
-	}
-}
+// This file is what every Append goes through, on either kind of tree: the
+// waiter that the write path settles, and how the Log stops.
 
-// fail stops appends for good and fails those waiting.
-func (l *Log) fail(err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.failed == nil {
-		l.failed = err
-	}
-	for id, w := range l.waiters {
-		if !w.found {
-			w.err = err
-			close(w.done)
-		}
-		delete(l.waiters, id)
-	}
+// leafID is an identity hash: 8 bytes of a number that grows with each
+// entry (see Log.rename) and 24 random bytes.
+type leafID [32]byte
+
+func newLeafID(n uint64) leafID {
+	var id leafID
+	binary.BigEndian.PutUint64(id[:8], n)
+	rand.Read(id[8:])
+	return id
 }
 
 // Append implements tlog.Backend. It returns when the entry is in a
-// checkpoint the Log signed and persisted, or when ctx is done; in the
-// latter case the entry may still be logged later.
+// checkpoint the Log signed and persisted, or when it is certain that the
+// entry will not be logged, or (ErrUnsettled) when the Log stopped while
+// the entry was in Trillian's hands. ctx abandons the entry only while it
+// has not been sent to Trillian; see the package documentation.
 func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedCheckpoint, error) {
 	if err := tlog.CheckEntry(entry); err != nil {
 		return 0, tlog.SignedCheckpoint{}, err
 	}
-	var id leafID
-	rand.Read(id[:])
-	w := &waiter{leaf: tlog.Hash(hasher.HashLeaf(entry)), done: make(chan struct{})}
+	if len(entry) == 0 {
+		return 0, tlog.SignedCheckpoint{}, fmt.Errorf("%w: Trillian does not store empty entries", tlog.ErrInvalidArgument)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, tlog.SignedCheckpoint{}, fmt.Errorf("trillianlog: entry not logged: %w", err)
+	}
+	w := &waiter{id: newLeafID(l.ids.Add(1)), entry: entry, leaf: tlog.Hash(hasher.HashLeaf(entry)), done: make(chan struct{})}
 	l.mu.Lock()
 	switch {
 	case l.closed:
@@ -99,12 +48,15 @@ func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedChec
 		l.mu.Unlock()
 		return 0, tlog.SignedCheckpoint{}, fmt.Errorf("trillianlog: appends stopped: %w", l.failed)
 	}
-	l.waiters[id] = w
+	l.waiters[w.id] = w
+	if l.preordered {
+		l.pending = append(l.pending, w)
+	} else {
+		w.sent = true
+	}
 	l.mu.Unlock()
-
-	if err := l.queue(ctx, entry, id); err != nil {
-		l.forget(id)
-		return 0, tlog.SignedCheckpoint{}, err
+	if !l.preordered {
+		l.queue(w)
 	}
 	select {
 	case l.kick <- struct{}{}:
@@ -112,46 +64,69 @@ func (l *Log) Append(ctx context.Context, entry []byte) (uint64, tlog.SignedChec
 	}
 	select {
 	case <-w.done:
-		l.forget(id)
-		return w.index, w.cp, w.err
 	case <-ctx.Done():
-		l.forget(id)
-		return 0, tlog.SignedCheckpoint{}, fmt.Errorf("trillianlog: entry queued but not yet integrated: %w", ctx.Err())
+		l.mu.Lock()
+		if !w.sent && !w.settled {
+			l.unqueue(w)
+			l.mu.Unlock()
+			return 0, tlog.SignedCheckpoint{}, fmt.Errorf("trillianlog: entry not logged: %w", ctx.Err())
+		}
+		l.mu.Unlock()
+		<-w.done
 	}
+	return w.index, w.cp, w.err
 }
 
-func (l *Log) forget(id leafID) {
+// settle completes w. l.mu is held.
+func (l *Log) settle(w *waiter, index uint64, cp tlog.SignedCheckpoint, err error) {
+	if w.settled {
+		return
+	}
+	w.settled = true
+	w.index, w.cp, w.err = index, cp, err
+	delete(l.waiters, w.id)
+	close(w.done)
+}
+
+// unqueue drops w, not yet sent, from the pending appends. l.mu is held.
+func (l *Log) unqueue(w *waiter) {
+	for i, p := range l.pending {
+		if p == w {
+			l.pending = append(l.pending[:i], l.pending[i+1:]...)
+			break
+		}
+	}
+	w.settled = true
+	delete(l.waiters, w.id)
+}
+
+// stopWaiters fails every append in flight because of cause: with cause
+// alone if its entry was not sent, else wrapped with ErrUnsettled. l.mu is
+// held.
+func (l *Log) stopWaiters(cause error) {
+	for _, w := range l.waiters {
+		if w.sent {
+			l.settle(w, 0, tlog.SignedCheckpoint{}, fmt.Errorf("%w: %w", ErrUnsettled, cause))
+		} else {
+			l.settle(w, 0, tlog.SignedCheckpoint{}, cause)
+		}
+	}
+	l.pending = nil
+	l.advanced()
+}
+
+// advanced wakes the reads waiting for l.ver to change. l.mu is held.
+func (l *Log) advanced() {
+	close(l.verChanged)
+	l.verChanged = make(chan struct{})
+}
+
+// fail stops appends for good and fails those in flight.
+func (l *Log) fail(err error) {
 	l.mu.Lock()
-	delete(l.waiters, id)
-	l.mu.Unlock()
-}
-
-// queue sends the entry to Trillian, retrying while it is unavailable. The
-// identity hash makes retries idempotent.
-func (l *Log) queue(ctx context.Context, entry []byte, id leafID) error {
-	req := &trillian.QueueLeafRequest{LogId: l.tree, Leaf: &trillian.LogLeaf{LeafValue: entry, LeafIdentityHash: id[:]}}
-	delay := 10 * time.Millisecond
-	for {
-		resp, err := l.client.QueueLeaf(ctx, req)
-		if err == nil {
-			s := resp.GetQueuedLeaf().GetStatus()
-			if c := codes.Code(s.GetCode()); c != codes.OK && c != codes.AlreadyExists {
-				return fmt.Errorf("trillianlog: Trillian refused the entry: %s: %s", c, s.GetMessage())
-			}
-			return nil
-		}
-		switch status.Code(err) {
-		case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
-		default:
-			return fmt.Errorf("trillianlog: couldn't queue the entry: %w", err)
-		}
-		select {
-		case <-time.After(delay):
-			delay = min(2*delay, time.Second)
-		case <-ctx.Done():
-			return fmt.Errorf("trillianlog: couldn't queue the entry: %w (last error: %v)", ctx.Err(), err)
-		case <-l.stop:
-			return ErrClosed
-		}
+	defer l.mu.Unlock()
+	if l.failed == nil {
+		l.failed = err
 	}
+	l.stopWaiters(fmt.Errorf("trillianlog: appends stopped: %w", err))
 }

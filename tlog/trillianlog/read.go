@@ -24,7 +24,9 @@ func (l *Log) size() uint64 {
 	return l.st.cp.Size
 }
 
-// Entries implements tlog.Backend.
+// Entries implements tlog.Backend: Trillian's leaves, checked against a
+// verified root of its tree (waiting for Trillian's signer to integrate
+// end leaves if needed).
 func (l *Log) Entries(ctx context.Context, start, end uint64) ([][]byte, error) {
 	if start > end {
 		return nil, fmt.Errorf("%w: entries [%d, %d)", tlog.ErrInvalidArgument, start, end)
@@ -32,9 +34,16 @@ func (l *Log) Entries(ctx context.Context, start, end uint64) ([][]byte, error) 
 	if size := l.size(); end > size {
 		return nil, fmt.Errorf("%w: entries [%d, %d) of a log of size %d", tlog.ErrOutOfRange, start, end, size)
 	}
+	if start == end {
+		return [][]byte{}, nil
+	}
+	root, err := l.waitVerified(ctx, end)
+	if err != nil {
+		return nil, err
+	}
 	out := make([][]byte, 0, end-start)
 	for next := start; next < end; {
-		vs, err := l.verifiedEntries(ctx, next, min(end, next+leavesPerCall))
+		vs, err := l.verifiedEntries(ctx, root, next, min(end, next+leavesPerCall))
 		if err != nil {
 			return nil, err
 		}
@@ -45,16 +54,13 @@ func (l *Log) Entries(ctx context.Context, start, end uint64) ([][]byte, error) 
 }
 
 // verifiedEntries returns the entries [start, end) (end > start, at most
-// leavesPerCall of them) of the latest signed tree, checked against its
-// root: Trillian's inclusion proofs of the first and the last entry must
+// leavesPerCall of them) of root's tree, a verified root of Trillian's
+// tree, checked against it: Trillian's inclusion proofs of the first and the last entry must
 // verify, and the left siblings of the last must be the compact range of
 // the left siblings of the first extended by the entries in between. So a
 // Trillian that serves other bytes than those it integrated is caught
 // before kbs uses them.
-func (l *Log) verifiedEntries(ctx context.Context, start, end uint64) ([][]byte, error) {
-	l.mu.RLock()
-	root := l.st.cp.Root
-	l.mu.RUnlock()
+func (l *Log) verifiedEntries(ctx context.Context, root tlog.Root, start, end uint64) ([][]byte, error) {
 	var vals [][]byte
 	for next := start; next < end; {
 		leaves, err := l.leaves(ctx, next, end-next)
@@ -142,7 +148,9 @@ func (l *Log) leftSiblings(ctx context.Context, index uint64, root tlog.Root, v 
 	return left, nil
 }
 
-// InclusionProof implements tlog.Backend.
+// InclusionProof implements tlog.Backend. The proofs of entries in the
+// checkpoint their Append returned are computed locally; others are
+// Trillian's, once its signer has integrated the tree of size treeSize.
 func (l *Log) InclusionProof(ctx context.Context, index, treeSize uint64) ([]tlog.Hash, error) {
 	if index >= treeSize {
 		return nil, fmt.Errorf("%w: index %d is not below tree size %d", tlog.ErrInvalidArgument, index, treeSize)
@@ -150,14 +158,12 @@ func (l *Log) InclusionProof(ctx context.Context, index, treeSize uint64) ([]tlo
 	if size := l.size(); treeSize > size {
 		return nil, fmt.Errorf("%w: tree size %d, log size %d", tlog.ErrOutOfRange, treeSize, size)
 	}
-	l.mu.RLock()
-	for _, rp := range l.proofs {
-		if p, ok := rp.byIndex[index]; ok && rp.size == treeSize {
-			l.mu.RUnlock()
-			return slices.Clone(p), nil
-		}
+	if p, ok := l.recentProof(index, treeSize); ok {
+		return p, nil
 	}
-	l.mu.RUnlock()
+	if _, err := l.waitVerified(ctx, treeSize); err != nil {
+		return nil, err
+	}
 	resp, err := l.client.GetInclusionProof(ctx, &trillian.GetInclusionProofRequest{
 		LogId: l.tree, LeafIndex: int64(index), TreeSize: int64(treeSize),
 	})
@@ -170,8 +176,9 @@ func (l *Log) InclusionProof(ctx context.Context, index, treeSize uint64) ([]tlo
 	return toHashes(resp.Proof.Hashes)
 }
 
-// ConsistencyProof implements tlog.Backend. The proof from size 0, or
-// between equal sizes, is empty.
+// ConsistencyProof implements tlog.Backend: Trillian's proof, once its
+// signer has integrated the tree of size newSize. The proof from size 0,
+// or between equal sizes, is empty.
 func (l *Log) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]tlog.Hash, error) {
 	if oldSize > newSize {
 		return nil, fmt.Errorf("%w: old size %d is above new size %d", tlog.ErrInvalidArgument, oldSize, newSize)
@@ -181,6 +188,9 @@ func (l *Log) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([]
 	}
 	if oldSize == 0 || oldSize == newSize {
 		return []tlog.Hash{}, nil
+	}
+	if _, err := l.waitVerified(ctx, newSize); err != nil {
+		return nil, err
 	}
 	return l.consistency(ctx, oldSize, newSize)
 }

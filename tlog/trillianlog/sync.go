@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/trillian"
 	"github.com/google/trillian/types"
@@ -36,14 +37,18 @@ func parseRoot(slr *trillian.SignedLogRoot) (tlog.Root, error) {
 }
 
 // sync signs Trillian's latest root if it is ahead of the last signed
-// checkpoint, and resolves the waiters whose leaves it holds. Only the
-// integrator goroutine (or open, before it starts) calls it.
+// checkpoint, after fetching the new leaves and checking that they extend
+// the signed tree to that root, and settles the appends whose leaves it
+// finds. It returns whether it signed a new checkpoint. Only the goroutine
+// that appends (or open, before it starts) calls it.
 func (l *Log) sync(ctx context.Context) (bool, error) {
 	root, err := l.latestRoot(ctx)
 	if err != nil {
 		return false, err
 	}
-	old := l.st.cp
+	l.mu.RLock()
+	old, oldRng := l.st.cp, l.rng
+	l.mu.RUnlock()
 	switch {
 	case root.Size < old.Size:
 		return false, fmt.Errorf("%w: Trillian tree %d has %d leaves, fewer than the %d of the last signed checkpoint (rolled back?)", tlog.ErrConflict, l.tree, root.Size, old.Size)
@@ -54,27 +59,13 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 
-	// Replay the new leaves into a copy of the compact range, keeping every
-	// node it computes: with the nodes of the old range, they are all the
-	// nodes of inclusion proofs of the new leaves in the new tree.
-	rng, err := rangeFactory.NewRange(0, old.Size, append([][]byte(nil), l.rng.Hashes()...))
-	if err != nil {
-		return false, err
-	}
 	// A long catch-up (a start after many foreign appends) has no waiters
 	// and keeps no nodes.
-	var nodes map[compact.NodeID][]byte
-	var visit compact.VisitFn
-	if root.Size-old.Size <= maxProofBatch {
-		nodes = map[compact.NodeID][]byte{}
-		for i, id := range compact.RangeNodes(0, old.Size, nil) {
-			nodes[id] = l.rng.Hashes()[i]
-		}
-		visit = func(id compact.NodeID, h []byte) { nodes[id] = h }
-	}
+	g := grow(oldRng, root.Size-old.Size <= maxProofBatch)
 	type found struct {
 		w     *waiter
 		index uint64
+		match bool // the leaf's bytes are the entry's
 	}
 	var hits []found // in index order: a leaf integrated twice counts at its first index
 	hit := map[*waiter]bool{}
@@ -86,28 +77,26 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 		}
 		l.mu.RLock()
 		for _, lf := range leaves {
-			lh := hasher.HashLeaf(lf.LeafValue)
+			lh := tlog.Hash(hasher.HashLeaf(lf.LeafValue))
 			if len(lf.LeafIdentityHash) == len(leafID{}) {
 				// The identity hash names the waiter; only the entry's
 				// own bytes complete it (Trillian could pair the
 				// identity with other bytes).
-				if w := l.waiters[leafID(lf.LeafIdentityHash)]; w != nil && !w.found && !hit[w] && tlog.Hash(lh) == w.leaf {
+				if w := l.waiters[leafID(lf.LeafIdentityHash)]; w != nil && !hit[w] {
 					hit[w] = true
-					hits = append(hits, found{w, next})
-				} else if w != nil && tlog.Hash(lh) != w.leaf {
-					l.log.Warn("Trillian leaf carries an append's identity but other bytes; ignored", "tree", l.tree, "index", next)
+					hits = append(hits, found{w, next, lh == w.leaf})
 				}
 			}
-			if err := rng.Append(lh, visit); err != nil {
+			if err := g.add(lh); err != nil {
 				l.mu.RUnlock()
 				return false, err
 			}
-			newLeaves = append(newLeaves, tlog.Hash(lh))
+			newLeaves = append(newLeaves, lh)
 			next++
 		}
 		l.mu.RUnlock()
 	}
-	got, err := rangeRoot(rng)
+	got, err := rangeRoot(g.rng)
 	if err != nil {
 		return false, err
 	}
@@ -126,32 +115,121 @@ func (l *Log) sync(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	st := state{TreeID: l.tree, Checkpoint: cp.Note, Range: rng.Hashes(), cp: cp}
+	st := state{TreeID: l.tree, Checkpoint: cp.Note, Range: g.rng.Hashes(), cp: cp}
 	if err := writeState(l.path, st); err != nil {
 		return false, err
 	}
 	l.tiles.addLeaves(old.Size, newLeaves)
-	proofs := recentProofs{size: root.Size, byIndex: make(map[uint64][]tlog.Hash, len(hits))}
-	for _, h := range hits {
-		if nodes == nil {
-			break
-		}
-		if p, ok := proveFromNodes(nodes, h.index, root); ok {
-			proofs.byIndex[h.index] = p
-		}
-	}
 
 	l.mu.Lock()
-	l.st, l.rng = st, rng
-	l.proofs = append(l.proofs[max(0, len(l.proofs)+1-keptProofSets):], proofs)
+	l.st, l.rng = st, g.rng
+	l.ver = verified{root: root, rng: g.rng, gen: l.ver.gen + 1}
+	l.advanced()
+	l.keepProofs(root, g.nodes)
 	for _, h := range hits {
-		h.w.index, h.w.found, h.w.cp = h.index, true, cp
+		if h.match {
+			l.settle(h.w, h.index, cp, nil)
+		} else {
+			l.log.Warn("Trillian leaf carries an append's identity but other bytes", "tree", l.tree, "index", h.index)
+			l.settle(h.w, 0, tlog.SignedCheckpoint{}, fmt.Errorf("%w: Trillian logged other bytes at index %d under this entry's identity hash", tlog.ErrConflict, h.index))
+		}
 	}
 	l.mu.Unlock()
-	for _, h := range hits {
-		close(h.w.done)
-	}
 	return true, nil
+}
+
+// growth is a compact range being extended leaf by leaf, and, if kept, the
+// nodes of the range it started from and every node hashed since: all the
+// nodes of the inclusion proofs of the new leaves, and of the consistency
+// proof from the old tree, in the new tree.
+type growth struct {
+	rng   *compact.Range
+	nodes map[compact.NodeID][]byte // nil if not kept
+	visit compact.VisitFn
+}
+
+func grow(from *compact.Range, keep bool) *growth {
+	g := &growth{rng: copyRange(from)}
+	if keep {
+		g.nodes = map[compact.NodeID][]byte{}
+		for i, id := range compact.RangeNodes(from.Begin(), from.End(), nil) {
+			g.nodes[id] = from.Hashes()[i]
+		}
+		g.visit = func(id compact.NodeID, h []byte) { g.nodes[id] = h }
+	}
+	return g
+}
+
+func (g *growth) add(leaf tlog.Hash) error {
+	return g.rng.Append(leaf[:], g.visit)
+}
+
+// awaitSize polls Trillian until its root reaches size. With check, a tree
+// that cannot reach it because the leaf after its root is missing (a
+// database that lost leaves it had committed) is an error wrapping
+// tlog.ErrConflict.
+func (l *Log) awaitSize(ctx context.Context, size uint64, check bool) error {
+	delay := l.minPoll
+	var root tlog.Root
+	var err error
+	for {
+		root, err = l.latestRoot(ctx)
+		if err == nil && root.Size >= size {
+			return nil
+		}
+		if err == nil && check {
+			if err := l.checkNextStored(ctx, root, size); errors.Is(err, tlog.ErrConflict) {
+				return err
+			}
+		}
+		select {
+		case <-time.After(delay):
+			delay = min(2*delay, l.maxPoll)
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("it has integrated %d leaves (is trillian_log_signer running?)", root.Size)
+			}
+			return fmt.Errorf("trillianlog: waiting for Trillian tree %d to integrate the %d leaves of the last signed checkpoint: %w (%v)", l.tree, size, ctx.Err(), err)
+		case <-l.stop:
+			return ErrClosed
+		}
+	}
+}
+
+// checkNextStored returns an error wrapping tlog.ErrConflict if Trillian's
+// tree, integrated up to root, holds no leaf at index root.Size although
+// the Log signed a tree of size signed > root.Size: Trillian's signer could
+// then never integrate what the Log signed (a database that lost leaves it
+// had committed). Only pre-ordered trees serve the leaves past their
+// integrated tree that this reads.
+func (l *Log) checkNextStored(ctx context.Context, root tlog.Root, signed uint64) error {
+	if root.Size == 0 || root.Size >= signed {
+		return nil // Trillian serves no leaves of an empty tree
+	}
+	resp, err := l.client.GetLeavesByRange(ctx, &trillian.GetLeavesByRangeRequest{
+		LogId: l.tree, StartIndex: int64(root.Size) - 1, Count: 2,
+	}, grpc.MaxCallRecvMsgSize(maxRecvSize))
+	if err != nil {
+		return fmt.Errorf("trillianlog: couldn't get leaves [%d, %d): %w", root.Size-1, root.Size+1, err)
+	}
+	if len(resp.Leaves) < 2 {
+		return fmt.Errorf("%w: Trillian tree %d holds %d leaves and none at index %d, below the %d the Log signed (rolled back?)", tlog.ErrConflict, l.tree, root.Size, root.Size, signed)
+	}
+	return nil
+}
+
+// runCtx returns a context for work in the Log's goroutines: it ends after
+// timeout or when the Log closes.
+func (l *Log) runCtx(timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	go func() {
+		select {
+		case <-l.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // leaves fetches count leaves from start, all of which are in Trillian's
@@ -196,17 +274,4 @@ func toHashes(in [][]byte) ([]tlog.Hash, error) {
 		out[i] = tlog.Hash(h)
 	}
 	return out, nil
-}
-
-var rangeFactory = &compact.RangeFactory{Hash: hasher.HashChildren}
-
-func rangeRoot(r *compact.Range) (tlog.Hash, error) {
-	if r.End() == 0 {
-		return tlog.EmptyRoot, nil
-	}
-	h, err := r.GetRootHash(nil)
-	if err != nil {
-		return tlog.Hash{}, err
-	}
-	return tlog.Hash(h), nil
 }

@@ -43,7 +43,11 @@ func (l *Log) tileHashes(ctx context.Context, level int, index uint64, width int
 	}
 	hs := append([]tlog.Hash(nil), have...)
 	if level == 0 {
-		vs, err := l.verifiedEntries(ctx, index*256+uint64(len(hs)), index*256+uint64(width))
+		root, err := l.waitVerified(ctx, index*256+uint64(width))
+		if err != nil {
+			return nil, err
+		}
+		vs, err := l.verifiedEntries(ctx, root, index*256+uint64(len(hs)), index*256+uint64(width))
 		if err != nil {
 			return nil, err
 		}

@@ -12,14 +12,21 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// CreateTree creates and initialises a new Trillian log tree over the admin
-// and log APIs served at conn (trillian_log_server serves both), and returns
-// its id. It is what Trillian's createtree tool does, for tests, benchmarks
-// and first-time setup.
+// CreateTree creates and initialises a new PREORDERED_LOG tree, the kind on
+// which the Log orders the entries itself (the fast mode), over the admin
+// and log APIs served at conn (trillian_log_server serves both), and
+// returns its id. It is what Trillian's createtree tool does, for tests,
+// benchmarks and first-time setup.
 func CreateTree(ctx context.Context, conn grpc.ClientConnInterface, displayName string) (int64, error) {
+	return CreateTreeOfType(ctx, conn, displayName, trillian.TreeType_PREORDERED_LOG)
+}
+
+// CreateTreeOfType is CreateTree for a tree of type typ: PREORDERED_LOG,
+// or LOG (Trillian orders the entries; the slower mode kbs used before).
+func CreateTreeOfType(ctx context.Context, conn grpc.ClientConnInterface, displayName string, typ trillian.TreeType) (int64, error) {
 	tree, err := trillian.NewTrillianAdminClient(conn).CreateTree(ctx, &trillian.CreateTreeRequest{Tree: &trillian.Tree{
 		TreeState:       trillian.TreeState_ACTIVE,
-		TreeType:        trillian.TreeType_LOG,
+		TreeType:        typ,
 		DisplayName:     displayName,
 		MaxRootDuration: durationpb.New(0),
 	}})
@@ -58,4 +65,20 @@ func CreateTree(ctx context.Context, conn grpc.ClientConnInterface, displayName 
 			return 0, fmt.Errorf("trillianlog: tree %d has no root: %w", tree.TreeId, ctx.Err())
 		}
 	}
+}
+
+// treeType returns the type of tree id, which must be an active LOG or
+// PREORDERED_LOG tree.
+func treeType(ctx context.Context, admin trillian.TrillianAdminClient, id int64) (trillian.TreeType, error) {
+	tree, err := admin.GetTree(ctx, &trillian.GetTreeRequest{TreeId: id})
+	if err != nil {
+		return 0, fmt.Errorf("trillianlog: couldn't get tree %d: %w", id, err)
+	}
+	if t := tree.GetTreeType(); t != trillian.TreeType_LOG && t != trillian.TreeType_PREORDERED_LOG {
+		return 0, fmt.Errorf("trillianlog: tree %d is a %s tree, not LOG or PREORDERED_LOG", id, t)
+	}
+	if s := tree.GetTreeState(); s != trillian.TreeState_ACTIVE {
+		return 0, fmt.Errorf("trillianlog: tree %d is %s, not ACTIVE", id, s)
+	}
+	return tree.GetTreeType(), nil
 }

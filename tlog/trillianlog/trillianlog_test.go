@@ -59,11 +59,11 @@ func trillianConn(t *testing.T) (string, *grpc.ClientConn) {
 	return addr, conn
 }
 
-func newTree(t *testing.T, conn *grpc.ClientConn) int64 {
+func newTree(t *testing.T, conn *grpc.ClientConn, typ trillian.TreeType) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	id, err := CreateTree(ctx, conn, "kbs-test")
+	id, err := CreateTreeOfType(ctx, conn, "kbs-test", typ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,9 @@ func newTree(t *testing.T, conn *grpc.ClientConn) int64 {
 	return id
 }
 
-func TestConformance(t *testing.T) {
+func TestConformance(t *testing.T) { forEachType(t, testConformance) }
+
+func testConformance(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, v := testSigner(t)
 	cfgs := map[tlog.Backend]Config{}
@@ -95,7 +97,7 @@ func TestConformance(t *testing.T) {
 		New: func(t *testing.T) tlog.Backend {
 			return open(t, Config{
 				Addr:      addr,
-				TreeID:    newTree(t, conn),
+				TreeID:    newTree(t, conn, typ),
 				Signer:    signer,
 				StatePath: filepath.Join(t.TempDir(), "trillian-state.json"),
 			})
@@ -111,11 +113,13 @@ func TestConformance(t *testing.T) {
 
 // TestIdenticalEntries checks that identical entries are logged as distinct
 // leaves, although Trillian deduplicates identical leaves by default.
-func TestIdenticalEntries(t *testing.T) {
+func TestIdenticalEntries(t *testing.T) { forEachType(t, testIdenticalEntries) }
+
+func testIdenticalEntries(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, _ := testSigner(t)
 	ctx := context.Background()
-	l, err := New(ctx, Config{Addr: addr, TreeID: newTree(t, conn), Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")})
+	l, err := New(ctx, Config{Addr: addr, TreeID: newTree(t, conn, typ), Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,19 +154,13 @@ func TestIdenticalEntries(t *testing.T) {
 	}
 }
 
-func hashesOf(p []tlog.Hash) [][]byte {
-	out := make([][]byte, len(p))
-	for i := range p {
-		out[i] = p[i][:]
-	}
-	return out
-}
-
 // TestRefusesForeignTree checks that a state file pointed at a Trillian
 // tree that does not extend its checkpoint (another tree, as after a
 // database restored from the wrong backup) is refused with ErrConflict,
 // and that a non-empty tree without state is refused unless adopted.
-func TestRefusesForeignTree(t *testing.T) {
+func TestRefusesForeignTree(t *testing.T) { forEachType(t, testRefusesForeignTree) }
+
+func testRefusesForeignTree(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, _ := testSigner(t)
 	ctx := context.Background()
@@ -182,7 +180,7 @@ func TestRefusesForeignTree(t *testing.T) {
 		}
 		return cp
 	}
-	treeA, treeB, treeC := newTree(t, conn), newTree(t, conn), newTree(t, conn)
+	treeA, treeB, treeC := newTree(t, conn, typ), newTree(t, conn, typ), newTree(t, conn, typ)
 	stateA, stateB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	appendN(treeA, stateA, 3, "A")
 	appendN(treeB, stateB, 5, "B") // longer, different leaves
@@ -249,11 +247,13 @@ func TestRefusesForeignTree(t *testing.T) {
 // Trillian (a fresh Log with a tiny cache, adopting a tree another Log
 // wrote) against tiles computed from the entries by golang.org/x/mod's
 // sumdb/tlog, and against the writer's cached tiles.
-func TestTilesFromTrillian(t *testing.T) {
+func TestTilesFromTrillian(t *testing.T) { forEachType(t, testTilesFromTrillian) }
+
+func testTilesFromTrillian(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, _ := testSigner(t)
 	ctx := context.Background()
-	tree := newTree(t, conn)
+	tree := newTree(t, conn, typ)
 	w, err := New(ctx, Config{Addr: addr, TreeID: tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "w")})
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +350,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	signer, _ := testSigner(t)
-	tree := newTree(t, conn)
+	tree := newTree(t, conn, trillian.TreeType_PREORDERED_LOG)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for name, opts := range map[string][]grpc.DialOption{
