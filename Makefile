@@ -44,7 +44,7 @@ test-trillian:
 	@set -e; export TRILLIAN_RUN_DIR=$(TRILLIAN_TEST_DIR) TRILLIAN_SEQUENCER_INTERVAL=10ms; \
 	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
 	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
-	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... && \
+	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... ./tools/trillian-migrate/ && \
 	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 

@@ -381,3 +381,34 @@ func (f *fakeTrillian) count(c *int) int {
 	defer f.mu.Unlock()
 	return *c
 }
+
+// fakeTrees routes each request to the fake tree it names, for tests that
+// use several trees through one client.
+type fakeTrees struct {
+	trillian.TrillianLogClient   // methods Migrate must not call panic
+	trillian.TrillianAdminClient // likewise
+	m                            map[int64]*fakeTrillian
+}
+
+func (m fakeTrees) tree(id int64) *fakeTrillian {
+	if f := m.m[id]; f != nil {
+		return f
+	}
+	return newFake(-1, trillian.TreeType_LOG) // answers NotFound
+}
+
+func (m fakeTrees) GetTree(ctx context.Context, req *trillian.GetTreeRequest, opts ...grpc.CallOption) (*trillian.Tree, error) {
+	return m.tree(req.TreeId).GetTree(ctx, req, opts...)
+}
+
+func (m fakeTrees) GetLatestSignedLogRoot(ctx context.Context, req *trillian.GetLatestSignedLogRootRequest, opts ...grpc.CallOption) (*trillian.GetLatestSignedLogRootResponse, error) {
+	return m.tree(req.LogId).GetLatestSignedLogRoot(ctx, req, opts...)
+}
+
+func (m fakeTrees) GetLeavesByRange(ctx context.Context, req *trillian.GetLeavesByRangeRequest, opts ...grpc.CallOption) (*trillian.GetLeavesByRangeResponse, error) {
+	return m.tree(req.LogId).GetLeavesByRange(ctx, req, opts...)
+}
+
+func (m fakeTrees) AddSequencedLeaves(ctx context.Context, req *trillian.AddSequencedLeavesRequest, opts ...grpc.CallOption) (*trillian.AddSequencedLeavesResponse, error) {
+	return m.tree(req.LogId).AddSequencedLeaves(ctx, req, opts...)
+}

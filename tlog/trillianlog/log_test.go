@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -802,6 +803,96 @@ func TestSequencedBatchOutcomes(t *testing.T) {
 		}
 		if i, _, err := l.Append(ctx, []byte("next")); err != nil || i != 0 {
 			t.Fatalf("Append after a refusal = %d, %v; want 0", i, err)
+		}
+	})
+}
+
+// TestMigrate checks that Migrate moves a log from a LOG tree to a
+// pre-ordered tree with the same checkpoint, entries and proofs, resumes
+// a copy it began, and refuses a target tree that holds other leaves or a
+// state file of another tree, leaving the state file as it was.
+func TestMigrate(t *testing.T) {
+	ctx := context.Background()
+	setup := func(t *testing.T) (path string, from *fakeTrillian, want tlog.SignedCheckpoint, entries [][]byte) {
+		from = newFake(41, trillian.TreeType_LOG)
+		path = filepath.Join(t.TempDir(), "state")
+		l := newFakeLog(t, from, path)
+		for i := range 300 {
+			e := fmt.Appendf(nil, "entry %d", i)
+			if _, _, err := l.Append(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+			entries = append(entries, e)
+		}
+		want, _ = l.Checkpoint(ctx)
+		l.Close()
+		return path, from, want, entries
+	}
+	migrate := func(path string, from, to *fakeTrillian) error {
+		trees := fakeTrees{m: map[int64]*fakeTrillian{from.tree: from, to.tree: to}}
+		return Migrate(ctx, MigrateConfig{Client: trees, Admin: trees, From: from.tree, To: to.tree, StatePath: path})
+	}
+	t.Run("copy", func(t *testing.T) {
+		path, from, want, entries := setup(t)
+		to := newFake(43, trillian.TreeType_PREORDERED_LOG)
+		// A copy interrupted after 100 leaves.
+		for i, lf := range from.leaves[:100] {
+			to.store(int64(i), lf.LeafValue, lf.LeafIdentityHash)
+		}
+		if err := migrate(path, from, to); err != nil {
+			t.Fatal(err)
+		}
+		if err := migrate(path, from, to); err != nil {
+			t.Fatalf("Migrate again: %v", err)
+		}
+		l := newFakeLog(t, to, path)
+		if cp, _ := l.Checkpoint(ctx); !bytes.Equal(cp.Note, want.Note) {
+			t.Fatalf("checkpoint after Migrate\n%s\nwant\n%s", cp.Note, want.Note)
+		}
+		got, err := l.Entries(ctx, 0, want.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range entries {
+			if !bytes.Equal(got[i], entries[i]) {
+				t.Fatalf("entry %d = %q, want %q", i, got[i], entries[i])
+			}
+		}
+		if i, cp, err := l.Append(ctx, []byte("on the new tree")); err != nil || i != want.Size || cp.Size != want.Size+1 {
+			t.Fatalf("Append after Migrate = %d, size %d, %v", i, cp.Size, err)
+		}
+		if n := to.count(&to.leavesCalls); n == 0 {
+			t.Error("the Log read nothing from the new tree")
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		path, from, _, _ := setup(t)
+		before, err := readState(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := newFake(43, trillian.TreeType_PREORDERED_LOG)
+		var id [32]byte
+		rand.Read(id[:])
+		other.store(5, []byte("other"), id[:])
+		for name, tc := range map[string]struct {
+			to   *fakeTrillian
+			want error
+		}{
+			"target holds other leaves": {other, tlog.ErrConflict},
+			"target is a LOG tree":      {newFake(45, trillian.TreeType_LOG), nil},
+		} {
+			err := migrate(path, from, tc.to)
+			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+				t.Errorf("%s: Migrate = %v, want %v", name, err, tc.want)
+			}
+		}
+		if err := Migrate(ctx, MigrateConfig{Client: fakeTrees{}, Admin: fakeTrees{}, From: 47, To: 43, StatePath: path}); err == nil || !strings.Contains(err.Error(), "belongs to tree") {
+			t.Errorf("Migrate from a tree the state file does not name = %v", err)
+		}
+		after, err := readState(path)
+		if err != nil || after.TreeID != before.TreeID || !bytes.Equal(after.Checkpoint, before.Checkpoint) {
+			t.Fatalf("a refused Migrate changed the state file (tree %d, %v)", after.TreeID, err)
 		}
 	})
 }

@@ -20,8 +20,9 @@
 // Append queues its entry with QueueLeaf (a database transaction per
 // entry), waits until trillian_log_signer has integrated it, and the Log
 // then fetches the new leaves, recomputes the root and signs it. That is
-// several times slower; it is kept so that existing trees go on working
-// (docs/scale-out.md).
+// several times slower; it is kept so that existing trees go on working,
+// and Migrate moves such a log to a pre-ordered tree without changing a
+// single checkpoint (tools/trillian-migrate, docs/scale-out.md).
 //
 // # What it trusts
 //

@@ -375,3 +375,58 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("Append over TLS = index %d, size %d; want 0, 1", i, cp.Size)
 	}
 }
+
+// TestMigrateTrillian moves a log from a LOG tree to a pre-ordered tree on
+// a real Trillian and goes on appending there with the same checkpoints.
+func TestMigrateTrillian(t *testing.T) {
+	addr, conn := trillianConn(t)
+	signer, _ := testSigner(t)
+	ctx := context.Background()
+	from, to := newTree(t, conn, trillian.TreeType_LOG), newTree(t, conn, trillian.TreeType_PREORDERED_LOG)
+	path := filepath.Join(t.TempDir(), "state")
+	l, err := New(ctx, Config{Addr: addr, TreeID: from, Signer: signer, StatePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries [][]byte
+	for i := range 40 {
+		e := fmt.Appendf(nil, "entry %d", i)
+		if _, _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	want, _ := l.Checkpoint(ctx)
+	l.Close()
+	if err := Migrate(ctx, MigrateConfig{Addr: addr, From: from, To: to, StatePath: path}); err != nil {
+		t.Fatal(err)
+	}
+	l, err = New(ctx, Config{Addr: addr, TreeID: to, Signer: signer, StatePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if cp, _ := l.Checkpoint(ctx); !bytes.Equal(cp.Note, want.Note) {
+		t.Fatalf("checkpoint after Migrate\n%s\nwant\n%s", cp.Note, want.Note)
+	}
+	i, cp, err := l.Append(ctx, []byte("on the new tree"))
+	if err != nil || i != want.Size {
+		t.Fatalf("Append after Migrate = %d, %v; want %d", i, err, want.Size)
+	}
+	p, err := l.ConsistencyProof(ctx, want.Size, cp.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proof.VerifyConsistency(hasher, want.Size, cp.Size, hashesOf(p), want.Hash[:], cp.Hash[:]); err != nil {
+		t.Fatalf("the new tree does not extend the old checkpoint: %v", err)
+	}
+	got, err := l.Entries(ctx, 0, want.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range entries {
+		if !bytes.Equal(got[i], entries[i]) {
+			t.Fatalf("entry %d = %q, want %q", i, got[i], entries[i])
+		}
+	}
+}
