@@ -35,11 +35,11 @@
 #                               gRPC port is the next free one)
 #   TRILLIAN_TREE_TYPE          PREORDERED_LOG (default) or LOG (Trillian orders
 #                               the entries: the slower mode of older kbs trees)
-#   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 50ms; Trillian's
-#                               own default is 100ms). kbs's appends to a
-#                               pre-ordered tree do not wait for the signer; its
-#                               reads of the newest entries, and every append to
-#                               a LOG tree, do. make test-trillian uses 10ms.
+#   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 100ms, Trillian's
+#                               own). kbs's appends to a pre-ordered tree do not
+#                               wait for the signer; its reads of the newest
+#                               entries, and every append to a LOG tree, do.
+#                               make test-trillian uses 10ms.
 #   TRILLIAN_BATCH_SIZE         leaves per sequencing pass (default 10000)
 #
 # The servers run with --quota_system=noop: a private test stack needs no
@@ -205,7 +205,7 @@ up() {
   start_bg log_signer "$bins/trillian_log_signer" "${common[@]}" \
     --force_master --election_system=noop \
     --rpc_endpoint="127.0.0.1:$signer_rpc_port" --http_endpoint="127.0.0.1:$signer_port" \
-    --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-50ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-10000}"
+    --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-100ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-10000}"
   wait_port "$signer_port" trillian_log_signer
 
   # A second log server on the same database, serving gRPC over TLS with a

@@ -12,6 +12,11 @@
 //
 //   - durable appends/s: appends whose entry is durable (fsync'd, or
 //     committed by the database) and has an index, per second;
+//   - CPU/append: CPU time (user and system) per append, of this process
+//     (the backend's client side and the load generator) and, for the
+//     Trillian backends, of trillian_log_server, trillian_log_signer and
+//     PostgreSQL as scripts/trillian.sh runs them (KBS_TRILLIAN_RUN_DIR);
+//     stable on a busy machine, where rates are not;
 //   - append latency p50/p99: call → durable index;
 //   - append → proof latency p50/p99: call → an inclusion proof of the entry
 //     in a signed checkpoint, verified by this program.
@@ -133,8 +138,8 @@ func main() {
 	}
 	fmt.Printf("# log backends side by side (%s): %d CPUs, GOMAXPROCS %d, %s per run, %s, load average %s\n\n",
 		mode, runtime.NumCPU(), runtime.GOMAXPROCS(0), *duration, time.Now().UTC().Format(time.RFC3339), strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
-	fmt.Println("| backend | appenders | durable appends/s | append p50 | append p99 | append → proof p50 | append → proof p99 |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| backend | appenders | durable appends/s | CPU/append | append p50 | append p99 | append → proof p50 | append → proof p99 |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
 	// Each round runs every backend at each concurrency, the backends one
 	// after the other at the same concurrency, so that they meet the
 	// same conditions; a cell reports the run with the median rate, and
@@ -160,7 +165,7 @@ func main() {
 					skipped[name] = true
 					continue
 				}
-				r := measure(a, c, *duration)
+				r := measure(a, c, *duration, strings.HasPrefix(name, "trillian"))
 				if err := a.close(); err != nil {
 					log.Fatalf("%s: close: %v", name, err)
 				}
@@ -188,7 +193,7 @@ func main() {
 			if *proofs {
 				p50, p99 = ms(pct(r.proofLat, 50)), ms(pct(r.proofLat, 99))
 			}
-			fmt.Printf("| %s | %d | %s | %s | %s | %s | %s |\n", name, c, rate,
+			fmt.Printf("| %s | %d | %s | %.0f µs | %s | %s | %s | %s |\n", name, c, rate, float64(r.cpu)/float64(time.Microsecond),
 				ms(pct(r.appendLat, 50)), ms(pct(r.appendLat, 99)), p50, p99)
 		}
 	}
@@ -205,11 +210,14 @@ func pct(ds []time.Duration, p int) time.Duration {
 
 type result struct {
 	rate                float64
+	cpu                 time.Duration // per append
 	appendLat, proofLat []time.Duration
 	err                 error
 }
 
-func measure(a appender, c int, d time.Duration) result {
+// measure runs c appenders on a for d; servers says whether the backend
+// runs in the Trillian stack, whose CPU time counts too.
+func measure(a appender, c int, d time.Duration, servers bool) result {
 	ctx := context.Background()
 	var (
 		mu       sync.Mutex
@@ -219,6 +227,7 @@ func measure(a appender, c int, d time.Duration) result {
 		firstErr atomic.Pointer[error]
 	)
 	fail := func(err error) { firstErr.CompareAndSwap(nil, &err) }
+	cpu0 := cpuUsed(servers)
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -265,6 +274,7 @@ func measure(a appender, c int, d time.Duration) result {
 		res.err = *p
 	}
 	res.rate = float64(count.Load()) / elapsed.Seconds()
+	res.cpu = (cpuUsed(servers) - cpu0) / time.Duration(max(1, count.Load()))
 	slices.Sort(res.appendLat)
 	slices.Sort(res.proofLat)
 	return res

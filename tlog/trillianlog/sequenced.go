@@ -58,11 +58,15 @@ func (b *batch) end() uint64 { return b.start + uint64(len(b.ws)) }
 // write is the writer goroutine.
 func (l *Log) write() {
 	defer l.wg.Done()
+	last, rpc := 0, time.Duration(0) // the last batch's size and write time
 	for {
+		l.gather(last, rpc)
 		b, behind := l.takeBatch()
 		switch {
 		case b != nil:
+			t0 := time.Now()
 			l.send(b)
+			last, rpc = len(b.ws), time.Since(t0)
 			l.finish(b)
 		case behind:
 			l.log.Warn("Trillian's signer is behind; appends wait for it", "tree", l.tree, "leaves", maxAhead)
@@ -74,6 +78,38 @@ func (l *Log) write() {
 				return
 			}
 		}
+	}
+}
+
+// gather gives the callers whose appends the last batch (of last entries,
+// written in rpc) just settled a moment to append again before the next
+// batch is taken: a batch costs a database transaction of several
+// milliseconds of CPU however few entries it holds, and callers that
+// append in a loop come back together. It waits until as many appends are
+// pending as the last batch held, at most an eighth of the last write's
+// time (and 5 ms), and not at all after a batch of fewer than 4.
+func (l *Log) gather(last int, rpc time.Duration) {
+	if last < 4 {
+		return
+	}
+	deadline := time.Now().Add(min(rpc/8, 5*time.Millisecond))
+	for {
+		l.mu.RLock()
+		n := len(l.pending)
+		l.mu.RUnlock()
+		left := time.Until(deadline)
+		if n >= last || left <= 0 {
+			return
+		}
+		t := time.NewTimer(left)
+		select {
+		case <-l.kick:
+		case <-t.C:
+		case <-l.stop:
+			t.Stop()
+			return
+		}
+		t.Stop()
 	}
 }
 
