@@ -48,32 +48,41 @@ func newFakeLog(t *testing.T, f *fakeTrillian, path string) *Log {
 	return l
 }
 
+// conformance runs the conformance suite on Logs opened with the Configs
+// newConfig returns.
+func conformance(t *testing.T, newConfig func(t *testing.T) Config) {
+	_, v := testSigner(t)
+	cfgs := map[tlog.Backend]Config{}
+	open := func(t *testing.T, cfg Config) tlog.Backend {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		l, err := New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfgs[l] = cfg
+		return l
+	}
+	tlogtest.Run(t, tlogtest.Harness{
+		Origin:   testOrigin,
+		Verifier: v,
+		New:      func(t *testing.T) tlog.Backend { return open(t, newConfig(t)) },
+		Reopen: func(t *testing.T, b tlog.Backend) tlog.Backend {
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return open(t, cfgs[b])
+		},
+	})
+}
+
 // TestConformanceFake runs the conformance suite against the in-memory
 // Trillian, so the Log's logic is tested without servers.
 func TestConformanceFake(t *testing.T) {
 	forEachType(t, func(t *testing.T, typ trillian.TreeType) {
-		_, v := testSigner(t)
-		logs := map[tlog.Backend]Config{}
-		open := func(t *testing.T, cfg Config) tlog.Backend {
-			l, err := New(context.Background(), cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			logs[l] = cfg
-			return l
-		}
-		tlogtest.Run(t, tlogtest.Harness{
-			Origin:   testOrigin,
-			Verifier: v,
-			New: func(t *testing.T) tlog.Backend {
-				return open(t, fakeConfig(t, newFake(42, typ), filepath.Join(t.TempDir(), "state")))
-			},
-			Reopen: func(t *testing.T, b tlog.Backend) tlog.Backend {
-				if err := b.Close(); err != nil {
-					t.Fatal(err)
-				}
-				return open(t, logs[b])
-			},
+		conformance(t, func(t *testing.T) Config {
+			return fakeConfig(t, newFake(42, typ), filepath.Join(t.TempDir(), "state"))
 		})
 	})
 }
@@ -125,51 +134,30 @@ func TestProofsFromNodes(t *testing.T) {
 	}
 }
 
-// TestQueueRetry checks that on a LOG tree QueueLeaf is retried while
-// Trillian is unavailable, and that a retry after a lost answer logs the
-// entry once.
-func TestQueueRetry(t *testing.T) {
-	ctx := context.Background()
-	f := newFake(7, trillian.TreeType_LOG)
-	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
-	f.set(func(f *fakeTrillian) { f.loseNext, f.downNext = 2, 1 })
-	i, cp, err := l.Append(ctx, []byte("once"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if i != 0 || cp.Size != 1 {
-		t.Fatalf("Append after lost answers = index %d, size %d; want 0, 1 (logged once)", i, cp.Size)
-	}
-	if _, _, err := l.Append(ctx, []byte("twice")); err != nil {
-		t.Fatal(err)
-	}
-	if cp, _ := l.Checkpoint(ctx); cp.Size != 2 {
-		t.Fatalf("log size %d after two appends, want 2", cp.Size)
-	}
-}
-
-// TestSequencedRetry checks that on a pre-ordered tree a batch is written
-// again while Trillian is unavailable or its answer is lost, and that the
-// entries are logged once.
-func TestSequencedRetry(t *testing.T) {
-	ctx := context.Background()
-	f := newFake(7, trillian.TreeType_PREORDERED_LOG)
-	l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
-	f.set(func(f *fakeTrillian) { f.loseNext, f.downNext = 2, 1 })
-	i, cp, err := l.Append(ctx, []byte("once"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if i != 0 || cp.Size != 1 {
-		t.Fatalf("Append after lost answers = index %d, size %d; want 0, 1 (logged once)", i, cp.Size)
-	}
-	if i, _, err := l.Append(ctx, []byte("twice")); err != nil || i != 1 {
-		t.Fatalf("second Append = %d, %v; want 1", i, err)
-	}
-	got, err := l.Entries(ctx, 0, 2)
-	if err != nil || string(got[0]) != "once" || string(got[1]) != "twice" {
-		t.Fatalf("Entries = %q, %v", got, err)
-	}
+// TestWriteRetry checks that a write (QueueLeaf on a LOG tree, a batch on a
+// pre-ordered tree) is sent again while Trillian is unavailable or after
+// its answer was lost, and that the entries are logged once.
+func TestWriteRetry(t *testing.T) {
+	forEachType(t, func(t *testing.T, typ trillian.TreeType) {
+		ctx := context.Background()
+		f := newFake(7, typ)
+		l := newFakeLog(t, f, filepath.Join(t.TempDir(), "state"))
+		f.set(func(f *fakeTrillian) { f.loseNext, f.downNext = 2, 1 })
+		i, cp, err := l.Append(ctx, []byte("once"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i != 0 || cp.Size != 1 {
+			t.Fatalf("Append after lost answers = index %d, size %d; want 0, 1 (logged once)", i, cp.Size)
+		}
+		if i, _, err := l.Append(ctx, []byte("twice")); err != nil || i != 1 {
+			t.Fatalf("second Append = %d, %v; want 1", i, err)
+		}
+		got, err := l.Entries(ctx, 0, 2)
+		if err != nil || string(got[0]) != "once" || string(got[1]) != "twice" {
+			t.Fatalf("Entries = %q, %v", got, err)
+		}
+	})
 }
 
 // inFlight waits until n appends are in Trillian's hands and m wait to be

@@ -1,7 +1,7 @@
 package trillianlog
 
 import (
-	"errors"
+	"context"
 	"fmt"
 	"time"
 
@@ -17,47 +17,15 @@ import (
 // root (sync).
 
 // integrate is the integrator: while appends wait, it polls Trillian for a
-// new root, with backoff, and signs it.
+// new root and signs it (see poll).
 func (l *Log) integrate() {
-	defer l.wg.Done()
-	delay, lastProgress := l.minPoll, time.Now()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
+	l.poll(func() (bool, bool) {
 		l.mu.RLock()
-		waiting := len(l.waiters) > 0 && l.failed == nil
-		l.mu.RUnlock()
-		if !waiting {
-			select {
-			case <-l.kick:
-				delay, lastProgress = l.minPoll, time.Now()
-			case <-l.stop:
-				return
-			}
-		}
-		timer.Reset(delay)
-		select {
-		case <-timer.C:
-		case <-l.stop:
-			return
-		}
-		ctx, cancel := l.runCtx(time.Minute)
-		progressed, err := l.sync(ctx)
-		cancel()
-		switch {
-		case errors.Is(err, tlog.ErrConflict):
-			l.log.Error("Trillian contradicts the last signed checkpoint; appends stopped", "tree", l.tree, "error", err)
-			l.fail(err)
-		case err != nil:
-			l.log.Warn("couldn't sync with Trillian", "tree", l.tree, "error", err)
-			delay = min(2*delay, l.maxPoll)
-		case progressed:
-			delay, lastProgress = l.minPoll, time.Now()
-		case time.Since(lastProgress) > time.Second:
-			// The signer is slow or stopped: back off.
-			delay = min(2*delay, l.maxPoll)
-		}
-	}
+		defer l.mu.RUnlock()
+		return len(l.waiters) > 0 && l.failed == nil, true
+	}, l.kick, nil, func(ctx context.Context, _ time.Duration) (bool, error) {
+		return l.sync(ctx)
+	})
 }
 
 // queue sends w's entry to Trillian with QueueLeaf, retrying until Trillian

@@ -218,6 +218,64 @@ func (l *Log) checkNextStored(ctx context.Context, root tlog.Root, signed uint64
 	return nil
 }
 
+// poll is the loop of the Log's goroutines that wait for Trillian's
+// signer. While busy reports work, it calls step (given how long it has
+// gone without progress) every PollInterval if the work is urgent, else
+// every MaxPollInterval; after a second without progress, or after an
+// error, the interval doubles up to MaxPollInterval. Without work it
+// sleeps until idle or hurry wakes it; hurry also cuts a wait short. A
+// step that finds Trillian contradicting the signed checkpoints stops the
+// Log for good.
+func (l *Log) poll(busy func() (work, urgent bool), idle, hurry <-chan struct{}, step func(ctx context.Context, stuck time.Duration) (bool, error)) {
+	defer l.wg.Done()
+	delay, lastProgress := l.minPoll, time.Now()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		work, urgent := busy()
+		if !work {
+			select {
+			case <-idle:
+			case <-hurry:
+			case <-l.stop:
+				return
+			}
+			delay, lastProgress = l.minPoll, time.Now()
+			continue
+		}
+		d := delay
+		if !urgent {
+			d = l.maxPoll
+		}
+		timer.Reset(d)
+		select {
+		case <-timer.C:
+		case <-hurry:
+			if !timer.Stop() {
+				<-timer.C
+			}
+		case <-l.stop:
+			return
+		}
+		ctx, cancel := l.runCtx(time.Minute)
+		progressed, err := step(ctx, time.Since(lastProgress))
+		cancel()
+		switch {
+		case errors.Is(err, tlog.ErrConflict):
+			l.log.Error("Trillian contradicts the signed checkpoints; appends stopped", "tree", l.tree, "error", err)
+			l.fail(err)
+		case err != nil:
+			l.log.Warn("couldn't check Trillian's tree; retrying", "tree", l.tree, "error", err)
+			delay = min(2*delay, l.maxPoll)
+		case progressed:
+			delay, lastProgress = l.minPoll, time.Now()
+		case time.Since(lastProgress) > time.Second:
+			// The signer is slow or stopped: back off.
+			delay = min(2*delay, l.maxPoll)
+		}
+	}
+}
+
 // runCtx returns a context for work in the Log's goroutines: it ends after
 // timeout or when the Log closes.
 func (l *Log) runCtx(timeout time.Duration) (context.Context, context.CancelFunc) {

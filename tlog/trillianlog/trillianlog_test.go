@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/trillian"
 	"github.com/kbs-dev/kbs/tlog"
-	"github.com/kbs-dev/kbs/tlog/tlogtest"
 	"github.com/transparency-dev/merkle/proof"
 	"golang.org/x/mod/sumdb/note"
 	sumdb "golang.org/x/mod/sumdb/tlog"
@@ -78,36 +77,14 @@ func TestConformance(t *testing.T) { forEachType(t, testConformance) }
 
 func testConformance(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
-	signer, v := testSigner(t)
-	cfgs := map[tlog.Backend]Config{}
-	open := func(t *testing.T, cfg Config) *Log {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		l, err := New(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
+	signer, _ := testSigner(t)
+	conformance(t, func(t *testing.T) Config {
+		return Config{
+			Addr:      addr,
+			TreeID:    newTree(t, conn, typ),
+			Signer:    signer,
+			StatePath: filepath.Join(t.TempDir(), "trillian-state.json"),
 		}
-		cfgs[l] = cfg
-		return l
-	}
-	tlogtest.Run(t, tlogtest.Harness{
-		Origin:   testOrigin,
-		Verifier: v,
-		New: func(t *testing.T) tlog.Backend {
-			return open(t, Config{
-				Addr:      addr,
-				TreeID:    newTree(t, conn, typ),
-				Signer:    signer,
-				StatePath: filepath.Join(t.TempDir(), "trillian-state.json"),
-			})
-		},
-		Reopen: func(t *testing.T, b tlog.Backend) tlog.Backend {
-			if err := b.Close(); err != nil {
-				t.Fatal(err)
-			}
-			return open(t, cfgs[b])
-		},
 	})
 }
 

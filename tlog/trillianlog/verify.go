@@ -2,7 +2,6 @@ package trillianlog
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -16,68 +15,25 @@ import (
 // reach past the last verified root wait for it (waitVerified).
 
 // verify is the verifier goroutine. While Trillian's tree is behind the
-// signed one it polls Trillian: every PollInterval while a read waits for
-// it, else every MaxPollInterval (appends do not wait for it, and each
-// poll is a database transaction).
+// signed one it polls Trillian (see poll): every PollInterval while a read
+// waits for it, else every MaxPollInterval (appends do not wait for it, and
+// each poll is a database transaction). After a second without progress it
+// also checks that Trillian's signer is not stuck for want of a leaf.
 func (l *Log) verify() {
-	defer l.wg.Done()
-	delay, lastProgress := l.minPoll, time.Now()
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
+	l.poll(func() (bool, bool) {
 		l.mu.RLock()
-		behind := l.ver.root.Size < l.st.cp.Size && l.failed == nil
-		readers := l.readers
-		l.mu.RUnlock()
-		if !behind {
-			select {
-			case <-l.verKick:
-			case <-l.readKick:
-			case <-l.stop:
-				return
-			}
-			delay, lastProgress = l.minPoll, time.Now()
-			continue
-		}
-		d := delay
-		if readers == 0 {
-			d = l.maxPoll
-		}
-		timer.Reset(d)
-		select {
-		case <-timer.C:
-		case <-l.readKick:
-			if !timer.Stop() {
-				<-timer.C
-			}
-		case <-l.stop:
-			return
-		}
-		ctx, cancel := l.runCtx(time.Minute)
+		defer l.mu.RUnlock()
+		return l.ver.root.Size < l.st.cp.Size && l.failed == nil, l.readers > 0
+	}, l.verKick, l.readKick, func(ctx context.Context, stuck time.Duration) (bool, error) {
 		progressed, err := l.checkRoot(ctx)
-		if err == nil && !progressed && time.Since(lastProgress) > time.Second {
-			// Trillian's signer is stuck, or cannot go on because leaves
-			// are missing.
+		if err == nil && !progressed && stuck > time.Second {
 			l.mu.RLock()
 			v, signed := l.ver.root, l.st.cp.Size
 			l.mu.RUnlock()
 			err = l.checkNextStored(ctx, v, signed)
 		}
-		cancel()
-		switch {
-		case errors.Is(err, tlog.ErrConflict):
-			l.log.Error("Trillian contradicts the signed checkpoints; appends stopped", "tree", l.tree, "error", err)
-			l.fail(err)
-		case err != nil:
-			l.log.Warn("couldn't check Trillian's root", "tree", l.tree, "error", err)
-			delay = min(2*delay, l.maxPoll)
-		case progressed:
-			delay, lastProgress = l.minPoll, time.Now()
-		case time.Since(lastProgress) > time.Second:
-			// The signer is slow or stopped: back off.
-			delay = min(2*delay, l.maxPoll)
-		}
-	}
+		return progressed, err
+	})
 }
 
 // checkRoot gets Trillian's latest root and checks it against the Log's
