@@ -160,6 +160,20 @@ func TestWriteRetry(t *testing.T) {
 	})
 }
 
+// mustHaveEntries checks that l's first entries are want.
+func mustHaveEntries(t testing.TB, l *Log, want [][]byte) {
+	t.Helper()
+	got, err := l.Entries(context.Background(), 0, uint64(len(want)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("entry %d = %q, want %q", i, got[i], want[i])
+		}
+	}
+}
+
 // inFlight waits until n appends are in Trillian's hands and m wait to be
 // sent.
 func inFlight(t *testing.T, l *Log, n, m int) {
@@ -837,15 +851,7 @@ func TestMigrate(t *testing.T) {
 		if cp, _ := l.Checkpoint(ctx); !bytes.Equal(cp.Note, want.Note) {
 			t.Fatalf("checkpoint after Migrate\n%s\nwant\n%s", cp.Note, want.Note)
 		}
-		got, err := l.Entries(ctx, 0, want.Size)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range entries {
-			if !bytes.Equal(got[i], entries[i]) {
-				t.Fatalf("entry %d = %q, want %q", i, got[i], entries[i])
-			}
-		}
+		mustHaveEntries(t, l, entries)
 		if i, cp, err := l.Append(ctx, []byte("on the new tree")); err != nil || i != want.Size || cp.Size != want.Size+1 {
 			t.Fatalf("Append after Migrate = %d, size %d, %v", i, cp.Size, err)
 		}

@@ -398,15 +398,7 @@ func TestMigrateTrillian(t *testing.T) {
 	if err := proof.VerifyConsistency(hasher, want.Size, cp.Size, hashesOf(p), want.Hash[:], cp.Hash[:]); err != nil {
 		t.Fatalf("the new tree does not extend the old checkpoint: %v", err)
 	}
-	got, err := l.Entries(ctx, 0, want.Size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range entries {
-		if !bytes.Equal(got[i], entries[i]) {
-			t.Fatalf("entry %d = %q, want %q", i, got[i], entries[i])
-		}
-	}
+	mustHaveEntries(t, l, entries)
 }
 
 // BenchmarkAddSequencedLeaves measures Trillian's write path for
