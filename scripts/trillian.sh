@@ -4,14 +4,15 @@
 # demos of kbs's Trillian log backend.
 #
 #   scripts/trillian.sh up      start PostgreSQL, load Trillian's schema, start
-#                               the log server and signer, create a log tree;
-#                               prints the environment (see `env`)
+#                               the log server and signer, create a tree
+#                               (PREORDERED_LOG: kbs orders the entries); prints
+#                               the environment (see `env`)
 #   scripts/trillian.sh env     print the environment of the running stack:
 #                               KBS_TRILLIAN_ADDR, KBS_TRILLIAN_TREE_ID, and
 #                               (when openssl is there) KBS_TRILLIAN_TLS_ADDR,
 #                               KBS_TRILLIAN_TLS_CA: a second log server
 #                               speaking TLS with a throwaway certificate
-#   scripts/trillian.sh newtree create one more log tree, print its id
+#   scripts/trillian.sh newtree create one more tree, print its id
 #   scripts/trillian.sh down    stop everything and delete the run directory
 #   scripts/trillian.sh build   only build (or find) the Trillian binaries
 #
@@ -32,12 +33,22 @@
 #   TRILLIAN_SIGNER_HTTP_PORT   loopback ports (default: the first free ones
 #                               from 25432 and 28090 up; the signer's own
 #                               gRPC port is the next free one)
-#   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 10ms; Trillian's
-#                               own default is 100ms)
-#   TRILLIAN_BATCH_SIZE         leaves per sequencing pass (default 1000)
+#   TRILLIAN_TREE_TYPE          PREORDERED_LOG (default) or LOG (Trillian orders
+#                               the entries: the slower mode of older kbs trees)
+#   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 100ms, Trillian's
+#                               own). kbs's appends to a pre-ordered tree do not
+#                               wait for the signer; its reads of the newest
+#                               entries, and every append to a LOG tree, do.
+#                               make test-trillian uses 10ms.
+#   TRILLIAN_BATCH_SIZE         leaves per sequencing pass (default 10000)
 #
 # The servers run with --quota_system=noop: a private test stack needs no
 # admission control (production deployments may prefer Trillian's quotas).
+# PostgreSQL runs with random_page_cost=1.1 (the usual setting for SSDs): with
+# the default 4, it plans the duplicate checks of Trillian's
+# add_sequenced_leaves() as sequential scans of SequencedLeafData, and every
+# write to a pre-ordered tree costs time in proportion to the whole table
+# (docs/scale-out.md).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -68,10 +79,16 @@ build() {
   dir="$(cd "$repo" && go mod download -json "github.com/google/trillian@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   [ -d "$dir" ] || die "couldn't find github.com/google/trillian@$v in the module cache"
   log "building Trillian $v binaries into $out (first time only; a few minutes)"
-  mkdir -p "$out.tmp"
-  (cd "$dir" && GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp/" \
-    ./cmd/trillian_log_server ./cmd/trillian_log_signer ./cmd/createtree) >&2
-  rm -rf "$out" && mv "$out.tmp" "$out"
+  # Several checkouts may build at once: each builds into its own directory
+  # and the first to finish publishes it; a published directory is never
+  # replaced, since running servers may use it.
+  local tmp
+  mkdir -p "$(dirname "$out")"
+  tmp="$(mktemp -d "$out.tmp.XXXXXX")"
+  (cd "$dir" && GOFLAGS=-mod=readonly go build -trimpath -o "$tmp/" \
+    ./cmd/trillian_log_server ./cmd/trillian_log_signer ./cmd/createtree) >&2 || { rm -rf "$tmp"; die "building Trillian failed"; }
+  mv -T "$tmp" "$out" 2>/dev/null || rm -rf "$tmp"
+  [ -x "$out/trillian_log_server" ] || die "no Trillian binaries in $out (remove it and try again)"
   echo "$out"
 }
 
@@ -111,7 +128,7 @@ free_port() {
 
 wait_port() {
   local port="$1" what="$2" i
-  for i in $(seq 1 200); do
+  for i in $(seq 1 600); do
     if ! port_free "$port"; then return; fi
     sleep 0.1
   done
@@ -126,7 +143,7 @@ start_bg() { # name, command...
 
 create_tree() {
   local bins="$1" addr="$2" id
-  id="$("$bins/createtree" --admin_server="$addr" --tree_type=LOG \
+  id="$("$bins/createtree" --admin_server="$addr" --tree_type="${TRILLIAN_TREE_TYPE:-PREORDERED_LOG}" \
     --display_name=kbs --max_root_duration=0s 2>>"$run_dir/createtree.log")"
   [[ "$id" =~ ^[0-9]+$ ]] || die "createtree failed: $(tail -5 "$run_dir/createtree.log")"
   echo "$id"
@@ -169,7 +186,7 @@ up() {
   as_db "$pg/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
     die "initdb failed: $(tail -5 "$run_dir/initdb.log")"
   as_db "$pg/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$pgdir' -c max_connections=200" \
+    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$pgdir' -c max_connections=200 -c random_page_cost=1.1" \
     start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$pgdir/postgres.log" 2>/dev/null)"
   echo "$pg" >"$run_dir/pg_bin"
 
@@ -188,7 +205,7 @@ up() {
   start_bg log_signer "$bins/trillian_log_signer" "${common[@]}" \
     --force_master --election_system=noop \
     --rpc_endpoint="127.0.0.1:$signer_rpc_port" --http_endpoint="127.0.0.1:$signer_port" \
-    --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-10ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-1000}"
+    --sequencer_interval="${TRILLIAN_SEQUENCER_INTERVAL:-100ms}" --batch_size="${TRILLIAN_BATCH_SIZE:-10000}"
   wait_port "$signer_port" trillian_log_signer
 
   # A second log server on the same database, serving gRPC over TLS with a

@@ -3,10 +3,20 @@
 // backend (tlog/trillianlog, over a real Trillian on PostgreSQL) and, as an
 // independent peer, Tessera's POSIX driver.
 //
+// The backends are "boltlog", "trillian" (kbs's Trillian backend on a
+// PREORDERED_LOG tree, where kbs orders the entries: the mode new trees
+// use), "trillian-log" (the same backend on a LOG tree, where Trillian
+// orders them: the mode of older trees) and "tessera".
+//
 // For each backend and each number of concurrent appenders it reports:
 //
 //   - durable appends/s: appends whose entry is durable (fsync'd, or
 //     committed by the database) and has an index, per second;
+//   - CPU/append: CPU time (user and system) per append, of this process
+//     (the backend's client side and the load generator) and, for the
+//     Trillian backends, of trillian_log_server, trillian_log_signer and
+//     PostgreSQL as scripts/trillian.sh runs them (KBS_TRILLIAN_RUN_DIR);
+//     stable on a busy machine, where rates are not;
 //   - append latency p50/p99: call → durable index;
 //   - append → proof latency p50/p99: call → an inclusion proof of the entry
 //     in a signed checkpoint, verified by this program.
@@ -22,13 +32,21 @@
 //	eval "$(scripts/trillian.sh up | sed 's/^/export /')"
 //	cd bench/logs && go run . -duration 5s
 //
+// With -rounds N, every backend runs N times at each concurrency, the
+// backends taking turns so that they meet the same conditions on a busy
+// machine, and each cell reports its median run and the range of rates.
+// -cpuprofile profiles this process (kbs's side of each backend and the
+// load generator).
+//
 // Without KBS_TRILLIAN_ADDR, the Trillian rows are skipped.
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,12 +54,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/google/trillian"
 	"github.com/kbs-dev/kbs/tlog"
 	"github.com/kbs-dev/kbs/tlog/boltlog"
 	"github.com/kbs-dev/kbs/tlog/trillianlog"
@@ -62,6 +82,8 @@ var (
 	backends    = flag.String("backends", "boltlog,trillian,tessera", "comma-separated backends to run")
 	proofs      = flag.Bool("proofs", true, "also get and verify each entry's inclusion proof (false: durable appends only)")
 	poll        = flag.Duration("trillian-poll", 0, "trillianlog's PollInterval (default: the package's)")
+	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of this process (the kbs side and the load generator) to `file`")
+	rounds      = flag.Int("rounds", 1, "how many times to run each backend at each concurrency; cells report the median run and the range")
 	tmp         = flag.String("dir", "", "directory for the logs' files (default: a new temporary directory)")
 )
 
@@ -79,6 +101,16 @@ var hasher = rfc6962.DefaultHasher
 func main() {
 	flag.Parse()
 	log.SetFlags(0)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	// Tessera logs through klog; keep its chatter out of the results.
 	klog.LogToStderr(false)
 	klog.SetOutput(io.Discard)
@@ -106,33 +138,62 @@ func main() {
 	}
 	fmt.Printf("# log backends side by side (%s): %d CPUs, GOMAXPROCS %d, %s per run, %s, load average %s\n\n",
 		mode, runtime.NumCPU(), runtime.GOMAXPROCS(0), *duration, time.Now().UTC().Format(time.RFC3339), strings.Join(strings.Fields(string(load))[:min(3, len(strings.Fields(string(load))))], " "))
-	fmt.Println("| backend | appenders | durable appends/s | append p50 | append p99 | append → proof p50 | append → proof p99 |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| backend | appenders | durable appends/s | CPU/append | append p50 | append p99 | append → proof p50 | append → proof p99 |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
+	// Each round runs every backend at each concurrency, the backends one
+	// after the other at the same concurrency, so that they meet the
+	// same conditions; a cell reports the run with the median rate, and
+	// the range over the rounds.
+	names := strings.Split(*backends, ",")
+	results := map[string][]result{}
+	skipped := map[string]bool{}
 	run := 0
-	for _, name := range strings.Split(*backends, ",") {
+	for range *rounds {
 		for _, c := range cs {
-			run++
-			path := filepath.Join(dir, fmt.Sprintf("%s-%d", name, run))
-			if err := os.MkdirAll(path, 0o700); err != nil {
-				log.Fatal(err)
+			for _, name := range names {
+				if skipped[name] {
+					continue
+				}
+				run++
+				path := filepath.Join(dir, fmt.Sprintf("%s-%d", name, run))
+				if err := os.MkdirAll(path, 0o700); err != nil {
+					log.Fatal(err)
+				}
+				a, err := open(name, path)
+				if err != nil {
+					log.Printf("%s: %v", name, err)
+					skipped[name] = true
+					continue
+				}
+				r := measure(a, c, *duration, strings.HasPrefix(name, "trillian"))
+				if err := a.close(); err != nil {
+					log.Fatalf("%s: close: %v", name, err)
+				}
+				if r.err != nil {
+					log.Fatalf("%s at %d appenders: %v", name, c, r.err)
+				}
+				key := fmt.Sprint(name, "/", c)
+				results[key] = append(results[key], r)
 			}
-			a, err := open(name, path)
-			if err != nil {
-				log.Printf("%s: %v", name, err)
-				break
+		}
+	}
+	for _, name := range names {
+		for _, c := range cs {
+			rs := results[fmt.Sprint(name, "/", c)]
+			if len(rs) == 0 {
+				continue
 			}
-			r := measure(a, c, *duration)
-			if err := a.close(); err != nil {
-				log.Fatalf("%s: close: %v", name, err)
-			}
-			if r.err != nil {
-				log.Fatalf("%s at %d appenders: %v", name, c, r.err)
+			slices.SortFunc(rs, func(a, b result) int { return cmp.Compare(a.rate, b.rate) })
+			r := rs[len(rs)/2]
+			rate := fmt.Sprintf("%.0f", r.rate)
+			if len(rs) > 1 {
+				rate += fmt.Sprintf(" (%.0f–%.0f)", rs[0].rate, rs[len(rs)-1].rate)
 			}
 			p50, p99 := "–", "–"
 			if *proofs {
 				p50, p99 = ms(pct(r.proofLat, 50)), ms(pct(r.proofLat, 99))
 			}
-			fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %s |\n", name, c, r.rate,
+			fmt.Printf("| %s | %d | %s | %.0f µs | %s | %s | %s | %s |\n", name, c, rate, float64(r.cpu)/float64(time.Microsecond),
 				ms(pct(r.appendLat, 50)), ms(pct(r.appendLat, 99)), p50, p99)
 		}
 	}
@@ -149,11 +210,14 @@ func pct(ds []time.Duration, p int) time.Duration {
 
 type result struct {
 	rate                float64
+	cpu                 time.Duration // per append
 	appendLat, proofLat []time.Duration
 	err                 error
 }
 
-func measure(a appender, c int, d time.Duration) result {
+// measure runs c appenders on a for d; servers says whether the backend
+// runs in the Trillian stack, whose CPU time counts too.
+func measure(a appender, c int, d time.Duration, servers bool) result {
 	ctx := context.Background()
 	var (
 		mu       sync.Mutex
@@ -163,6 +227,7 @@ func measure(a appender, c int, d time.Duration) result {
 		firstErr atomic.Pointer[error]
 	)
 	fail := func(err error) { firstErr.CompareAndSwap(nil, &err) }
+	cpu0 := cpuUsed(servers)
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -209,6 +274,7 @@ func measure(a appender, c int, d time.Duration) result {
 		res.err = *p
 	}
 	res.rate = float64(count.Load()) / elapsed.Seconds()
+	res.cpu = (cpuUsed(servers) - cpu0) / time.Duration(max(1, count.Load()))
 	slices.Sort(res.appendLat)
 	slices.Sort(res.proofLat)
 	return res
@@ -245,8 +311,8 @@ func open(name, dir string) (appender, error) {
 		if err != nil {
 			return nil, err
 		}
-		return backendAppender{l}, nil
-	case "trillian":
+		return backendAppender{b: l}, nil
+	case "trillian", "trillian-log":
 		addr := os.Getenv("KBS_TRILLIAN_ADDR")
 		if addr == "" {
 			return nil, fmt.Errorf("skipped: KBS_TRILLIAN_ADDR is not set (scripts/trillian.sh up)")
@@ -255,17 +321,28 @@ func open(name, dir string) (appender, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer conn.Close()
-		tree, err := trillianlog.CreateTree(ctx, conn, "kbs-bench")
+		typ := trillian.TreeType_PREORDERED_LOG
+		if name == "trillian-log" {
+			typ = trillian.TreeType_LOG
+		}
+		tree, err := trillianlog.CreateTreeOfType(ctx, conn, "kbs-bench", typ)
 		if err != nil {
+			conn.Close()
 			return nil, err
 		}
 		_, _, cs := keys(tlog.OriginPrefix + "bench")
 		l, err := trillianlog.New(ctx, trillianlog.Config{Addr: addr, TreeID: tree, Signer: cs, StatePath: filepath.Join(dir, "state.json"), PollInterval: *poll})
 		if err != nil {
+			conn.Close()
 			return nil, err
 		}
-		return backendAppender{l}, nil
+		// Delete the tree afterwards: trillian_log_signer visits every
+		// live tree on each pass, and finished runs would load it.
+		return backendAppender{l, func() error {
+			defer conn.Close()
+			_, err := trillian.NewTrillianAdminClient(conn).DeleteTree(ctx, &trillian.DeleteTreeRequest{TreeId: tree})
+			return err
+		}}, nil
 	case "tessera":
 		return openTessera(ctx, dir)
 	}
@@ -273,8 +350,12 @@ func open(name, dir string) (appender, error) {
 }
 
 // backendAppender drives a tlog.Backend: Append returns a durable signed
-// checkpoint, and the proof is asked for in it.
-type backendAppender struct{ b tlog.Backend }
+// checkpoint, and the proof is asked for in it. cleanup, if set, runs
+// after Close.
+type backendAppender struct {
+	b       tlog.Backend
+	cleanup func() error
+}
 
 func (a backendAppender) append(ctx context.Context, e []byte) (func() error, error) {
 	idx, cp, err := a.b.Append(ctx, e)
@@ -290,7 +371,13 @@ func (a backendAppender) append(ctx context.Context, e []byte) (func() error, er
 	}, nil
 }
 
-func (a backendAppender) close() error { return a.b.Close() }
+func (a backendAppender) close() error {
+	err := a.b.Close()
+	if a.cleanup != nil {
+		err = errors.Join(err, a.cleanup())
+	}
+	return err
+}
 
 func verify(idx, size uint64, e []byte, p []tlog.Hash, root tlog.Hash) error {
 	hs := make([][]byte, len(p))

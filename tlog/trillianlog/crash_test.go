@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/trillian"
 	"github.com/kbs-dev/kbs/internal/testbin"
 )
 
@@ -21,9 +22,11 @@ import (
 // the process acknowledged is in the log at the index it was given, that
 // the reopened checkpoint covers every acknowledged checkpoint, and that
 // the log's size never decreases.
-func TestCrash(t *testing.T) {
+func TestCrash(t *testing.T) { forEachType(t, testCrash) }
+
+func testCrash(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
-	tree := newTree(t, conn)
+	tree := newTree(t, conn, typ)
 	state := filepath.Join(t.TempDir(), "state")
 	signer, _ := testSigner(t)
 	ctx := context.Background()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/google/trillian"
 	"github.com/kbs-dev/kbs/tlog"
-	"github.com/kbs-dev/kbs/tlog/tlogtest"
 	"github.com/transparency-dev/merkle/proof"
 	"golang.org/x/mod/sumdb/note"
 	sumdb "golang.org/x/mod/sumdb/tlog"
@@ -45,7 +45,7 @@ func testSigner(t testing.TB) (*tlog.CheckpointSigner, note.Verifier) {
 
 // trillianConn returns a connection to the Trillian named by
 // KBS_TRILLIAN_ADDR, or skips the test.
-func trillianConn(t *testing.T) (string, *grpc.ClientConn) {
+func trillianConn(t testing.TB) (string, *grpc.ClientConn) {
 	t.Helper()
 	addr := os.Getenv("KBS_TRILLIAN_ADDR")
 	if addr == "" {
@@ -59,11 +59,11 @@ func trillianConn(t *testing.T) (string, *grpc.ClientConn) {
 	return addr, conn
 }
 
-func newTree(t *testing.T, conn *grpc.ClientConn) int64 {
+func newTree(t testing.TB, conn *grpc.ClientConn, typ trillian.TreeType) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	id, err := CreateTree(ctx, conn, "kbs-test")
+	id, err := CreateTreeOfType(ctx, conn, "kbs-test", typ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,48 +74,30 @@ func newTree(t *testing.T, conn *grpc.ClientConn) int64 {
 	return id
 }
 
-func TestConformance(t *testing.T) {
+func TestConformance(t *testing.T) { forEachType(t, testConformance) }
+
+func testConformance(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
-	signer, v := testSigner(t)
-	cfgs := map[tlog.Backend]Config{}
-	open := func(t *testing.T, cfg Config) *Log {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		l, err := New(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
+	signer, _ := testSigner(t)
+	conformance(t, func(t *testing.T) Config {
+		return Config{
+			Addr:      addr,
+			TreeID:    newTree(t, conn, typ),
+			Signer:    signer,
+			StatePath: filepath.Join(t.TempDir(), "trillian-state.json"),
 		}
-		cfgs[l] = cfg
-		return l
-	}
-	tlogtest.Run(t, tlogtest.Harness{
-		Origin:   testOrigin,
-		Verifier: v,
-		New: func(t *testing.T) tlog.Backend {
-			return open(t, Config{
-				Addr:      addr,
-				TreeID:    newTree(t, conn),
-				Signer:    signer,
-				StatePath: filepath.Join(t.TempDir(), "trillian-state.json"),
-			})
-		},
-		Reopen: func(t *testing.T, b tlog.Backend) tlog.Backend {
-			if err := b.Close(); err != nil {
-				t.Fatal(err)
-			}
-			return open(t, cfgs[b])
-		},
 	})
 }
 
 // TestIdenticalEntries checks that identical entries are logged as distinct
 // leaves, although Trillian deduplicates identical leaves by default.
-func TestIdenticalEntries(t *testing.T) {
+func TestIdenticalEntries(t *testing.T) { forEachType(t, testIdenticalEntries) }
+
+func testIdenticalEntries(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, _ := testSigner(t)
 	ctx := context.Background()
-	l, err := New(ctx, Config{Addr: addr, TreeID: newTree(t, conn), Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")})
+	l, err := New(ctx, Config{Addr: addr, TreeID: newTree(t, conn, typ), Signer: signer, StatePath: filepath.Join(t.TempDir(), "state")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,19 +132,13 @@ func TestIdenticalEntries(t *testing.T) {
 	}
 }
 
-func hashesOf(p []tlog.Hash) [][]byte {
-	out := make([][]byte, len(p))
-	for i := range p {
-		out[i] = p[i][:]
-	}
-	return out
-}
-
 // TestRefusesForeignTree checks that a state file pointed at a Trillian
 // tree that does not extend its checkpoint (another tree, as after a
 // database restored from the wrong backup) is refused with ErrConflict,
 // and that a non-empty tree without state is refused unless adopted.
-func TestRefusesForeignTree(t *testing.T) {
+func TestRefusesForeignTree(t *testing.T) { forEachType(t, testRefusesForeignTree) }
+
+func testRefusesForeignTree(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, _ := testSigner(t)
 	ctx := context.Background()
@@ -182,7 +158,7 @@ func TestRefusesForeignTree(t *testing.T) {
 		}
 		return cp
 	}
-	treeA, treeB, treeC := newTree(t, conn), newTree(t, conn), newTree(t, conn)
+	treeA, treeB, treeC := newTree(t, conn, typ), newTree(t, conn, typ), newTree(t, conn, typ)
 	stateA, stateB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	appendN(treeA, stateA, 3, "A")
 	appendN(treeB, stateB, 5, "B") // longer, different leaves
@@ -249,11 +225,13 @@ func TestRefusesForeignTree(t *testing.T) {
 // Trillian (a fresh Log with a tiny cache, adopting a tree another Log
 // wrote) against tiles computed from the entries by golang.org/x/mod's
 // sumdb/tlog, and against the writer's cached tiles.
-func TestTilesFromTrillian(t *testing.T) {
+func TestTilesFromTrillian(t *testing.T) { forEachType(t, testTilesFromTrillian) }
+
+func testTilesFromTrillian(t *testing.T, typ trillian.TreeType) {
 	addr, conn := trillianConn(t)
 	signer, _ := testSigner(t)
 	ctx := context.Background()
-	tree := newTree(t, conn)
+	tree := newTree(t, conn, typ)
 	w, err := New(ctx, Config{Addr: addr, TreeID: tree, Signer: signer, StatePath: filepath.Join(t.TempDir(), "w")})
 	if err != nil {
 		t.Fatal(err)
@@ -350,7 +328,7 @@ func TestTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	signer, _ := testSigner(t)
-	tree := newTree(t, conn)
+	tree := newTree(t, conn, trillian.TreeType_PREORDERED_LOG)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for name, opts := range map[string][]grpc.DialOption{
@@ -373,5 +351,93 @@ func TestTLS(t *testing.T) {
 	}
 	if i != 0 || cp.Size != 1 {
 		t.Fatalf("Append over TLS = index %d, size %d; want 0, 1", i, cp.Size)
+	}
+}
+
+// TestMigrateTrillian moves a log from a LOG tree to a pre-ordered tree on
+// a real Trillian and goes on appending there with the same checkpoints.
+func TestMigrateTrillian(t *testing.T) {
+	addr, conn := trillianConn(t)
+	signer, _ := testSigner(t)
+	ctx := context.Background()
+	from, to := newTree(t, conn, trillian.TreeType_LOG), newTree(t, conn, trillian.TreeType_PREORDERED_LOG)
+	path := filepath.Join(t.TempDir(), "state")
+	l, err := New(ctx, Config{Addr: addr, TreeID: from, Signer: signer, StatePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries [][]byte
+	for i := range 40 {
+		e := fmt.Appendf(nil, "entry %d", i)
+		if _, _, err := l.Append(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, e)
+	}
+	want, _ := l.Checkpoint(ctx)
+	l.Close()
+	if err := Migrate(ctx, MigrateConfig{Addr: addr, From: from, To: to, StatePath: path}); err != nil {
+		t.Fatal(err)
+	}
+	l, err = New(ctx, Config{Addr: addr, TreeID: to, Signer: signer, StatePath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if cp, _ := l.Checkpoint(ctx); !bytes.Equal(cp.Note, want.Note) {
+		t.Fatalf("checkpoint after Migrate\n%s\nwant\n%s", cp.Note, want.Note)
+	}
+	i, cp, err := l.Append(ctx, []byte("on the new tree"))
+	if err != nil || i != want.Size {
+		t.Fatalf("Append after Migrate = %d, %v; want %d", i, err, want.Size)
+	}
+	p, err := l.ConsistencyProof(ctx, want.Size, cp.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proof.VerifyConsistency(hasher, want.Size, cp.Size, hashesOf(p), want.Hash[:], cp.Hash[:]); err != nil {
+		t.Fatalf("the new tree does not extend the old checkpoint: %v", err)
+	}
+	mustHaveEntries(t, l, entries)
+}
+
+// BenchmarkAddSequencedLeaves measures Trillian's write path for
+// pre-ordered trees alone, without kbs: one AddSequencedLeaves call of
+// batch entries (~330 bytes) per op, with identity hashes that start with
+// the index, as the Log sends them, or random ones. Against a real
+// Trillian (KBS_TRILLIAN_ADDR; scripts/trillian.sh up).
+func BenchmarkAddSequencedLeaves(b *testing.B) {
+	_, conn := trillianConn(b)
+	client := trillian.NewTrillianLogClient(conn)
+	ctx := context.Background()
+	value := bytes.Repeat([]byte("x"), 330)
+	for _, batch := range []int{1, 64, 512} {
+		for _, ids := range []string{"ordered", "random"} {
+			b.Run(fmt.Sprintf("batch=%d/ids=%s", batch, ids), func(b *testing.B) {
+				tree := newTree(b, conn, trillian.TreeType_PREORDERED_LOG)
+				next := uint64(0)
+				for b.Loop() {
+					req := &trillian.AddSequencedLeavesRequest{LogId: tree}
+					for range batch {
+						id := newLeafID(next)
+						if ids == "random" {
+							rand.Read(id[:])
+						}
+						req.Leaves = append(req.Leaves, &trillian.LogLeaf{LeafValue: value, LeafIdentityHash: id[:], LeafIndex: int64(next)})
+						next++
+					}
+					resp, err := client.AddSequencedLeaves(ctx, req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for _, r := range resp.Results {
+						if !stored(r) {
+							b.Fatalf("leaf not stored: %v", r.GetStatus())
+						}
+					}
+				}
+				b.ReportMetric(float64(next)/b.Elapsed().Seconds(), "leaves/s")
+			})
+		}
 	}
 }
