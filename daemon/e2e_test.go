@@ -122,7 +122,7 @@ func newClient(t testing.TB, d *daemon) *client {
 	return &client{t: t, d: d, verifier: v, manifest: m}
 }
 
-// verifyBroker is DESIGN.md §2.1: evidence bound to our nonce and the
+// verifyBroker is the client check of docs/protocol.md (step 1): evidence bound to our nonce and the
 // broker's keys and checkpoint, matching our manifest's service values;
 // the broker's manifest byte-identical to ours and included in the
 // checkpoint; the checkpoint consistent with the last one we saw; the TLS

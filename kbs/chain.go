@@ -2,11 +2,8 @@ package kbs
 
 import (
 	"bytes"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"sort"
 
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
@@ -14,8 +11,9 @@ import (
 
 // This file is the broker's one manifest-chain check: the stored records
 // (bodies and owner signatures, which the host can write) against the
-// chain the log holds. It is kept apart so that it can become a call to
-// the manifest package's chain verification when that exists.
+// chain the log holds. The signatures are checked by the manifest
+// package's chain verification (manifest.Chain), as clients and auditors
+// check them.
 
 // chainVersion is one manifest version: the log's link and entry, and the
 // record the broker keeps with its signatures.
@@ -25,113 +23,103 @@ type chainVersion struct {
 	rec   manifestRecord
 }
 
-// verifyChain checks the manifest chain, version i+1 at vs[i] (see
-// verifyLink), and returns the parsed manifests.
+// verifyChain checks the manifest chain, version i+1 at vs[i]: each
+// record is the log's version (checkRecord), and the records' bodies and
+// signatures form one manifest.Chain from version 1. It returns the parsed
+// manifests.
 func verifyChain(vs []chainVersion) ([]*manifest.Manifest, error) {
-	out := make([]*manifest.Manifest, 0, len(vs))
-	var prev *manifest.Manifest
+	var c manifest.Chain
 	for i, v := range vs {
 		if v.link.Version != uint64(i+1) {
 			return nil, fmt.Errorf("the log's chain has version %d in place %d", v.link.Version, i+1)
 		}
-		m, err := verifyLink(prev, v)
-		if err != nil {
+		if err := checkRecord(v); err != nil {
 			return nil, err
 		}
-		out = append(out, m)
-		prev = m
+		if _, err := c.Append(manifest.SignedVersion{Body: v.rec.Body, Signatures: v.rec.Signatures}); err != nil {
+			return nil, initialSignaturesError(err)
+		}
+		if got := c.Latest().Version(); got != v.link.Version {
+			return nil, fmt.Errorf("record %d holds version %d", v.link.Version, got)
+		}
+	}
+	out := make([]*manifest.Manifest, 0, c.Len())
+	for _, l := range c.Links() {
+		out = append(out, l.Manifest)
 	}
 	return out, nil
 }
 
 // verifyLink checks one version of the chain after prev (nil for version
-// 1): the record's body is the manifest the log's entry holds (same bytes,
-// same hash, same version, same index), version 1's signatures are by its
-// own owners (or there are none: the operator's decision), a later
-// version is signed by a threshold of prev's owners. It returns the parsed
-// manifest.
+// 1): the record is the log's version (checkRecord), version 1's
+// signatures are by its own owners (or there are none: the operator's
+// decision), a later version is signed by a threshold of prev's owners. It
+// returns the parsed manifest.
 func verifyLink(prev *manifest.Manifest, v chainVersion) (*manifest.Manifest, error) {
-	rec := v.rec
 	switch {
 	case prev == nil && v.link.Version != 1:
 		return nil, fmt.Errorf("the chain starts at version %d, not 1", v.link.Version)
 	case prev != nil && v.link.Version != prev.Version()+1:
 		return nil, fmt.Errorf("version %d does not follow version %d", v.link.Version, prev.Version())
 	}
-	if rec.Version != v.link.Version || rec.Hash != v.link.Hash || rec.LogIndex != v.link.Index {
-		return nil, fmt.Errorf("record of version %d (%s at %d) is not the log's version %d (%s at %d)", rec.Version, rec.Hash, rec.LogIndex, v.link.Version, v.link.Hash, v.link.Index)
-	}
-	m, err := manifest.Parse(rec.Body)
-	if err != nil {
-		return nil, fmt.Errorf("version %d: %w", rec.Version, err)
-	}
-	if m.Version() != rec.Version || m.Hash() != rec.Hash {
-		return nil, fmt.Errorf("record %d holds version %d (%s)", rec.Version, m.Version(), m.Hash())
-	}
-	e, err := tlog.DecodeEntry(v.entry)
-	if err != nil || e.Type != tlog.TypeManifest || !bytes.Equal(e.Manifest.Body, rec.Body) {
-		return nil, fmt.Errorf("version %d: log entry %d is not this manifest", rec.Version, rec.LogIndex)
+	if err := checkRecord(v); err != nil {
+		return nil, err
 	}
 	if prev == nil {
-		_, err = verifySelfSigned(m, rec.Signatures)
-	} else {
-		_, err = manifest.Verify(prev, m, rec.Signatures)
+		c, err := manifest.VerifyChain(nil, []manifest.SignedVersion{{Body: v.rec.Body, Signatures: v.rec.Signatures}})
+		if err != nil {
+			return nil, initialSignaturesError(err)
+		}
+		return c.Latest(), nil
 	}
+	m, err := manifest.Parse(v.rec.Body)
 	if err != nil {
-		return nil, fmt.Errorf("version %d: %w", rec.Version, err)
+		return nil, fmt.Errorf("version %d: %w", v.rec.Version, err)
+	}
+	if _, err := manifest.Verify(prev, m, v.rec.Signatures); err != nil {
+		return nil, fmt.Errorf("version %d: %w", v.rec.Version, err)
 	}
 	return m, nil
 }
 
-// verifySelfSigned checks the signatures of version 1, if any: each must be
-// by a distinct owner of its own, and together they must reach its
-// threshold, so the log can record who admitted it. Without signatures it
-// returns no signers: version 1 is then trusted by the operator's decision
-// alone.
-func verifySelfSigned(m *manifest.Manifest, sigs []string) ([]string, error) {
-	if len(sigs) == 0 {
-		return nil, nil
+// checkRecord checks that the stored record of a version is the manifest
+// the log holds at that position: same version, hash and index, and the
+// log entry's exact bytes.
+func checkRecord(v chainVersion) error {
+	rec := v.rec
+	if rec.Version != v.link.Version || rec.Hash != v.link.Hash || rec.LogIndex != v.link.Index {
+		return fmt.Errorf("record of version %d (%s at %d) is not the log's version %d (%s at %d)", rec.Version, rec.Hash, rec.LogIndex, v.link.Version, v.link.Hash, v.link.Index)
 	}
-	var keys []any
-	for _, p := range m.Document().Owners.Keys {
-		block, _ := pem.Decode([]byte(p))
-		if block == nil {
-			return nil, errors.New("owner key is not PEM")
-		}
-		k, err := x509.ParsePKIXPublicKey(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		keys = append(keys, k)
+	if manifest.HashOf(rec.Body) != rec.Hash {
+		return fmt.Errorf("record %d holds a manifest with hash %s", rec.Version, manifest.HashOf(rec.Body))
 	}
-	seen := map[string]bool{}
-	for i, s := range sigs {
-		ok := false
-		for _, k := range keys {
-			if manifest.VerifyBlob(k, m.Bytes(), s) == nil {
-				fp, err := manifest.Fingerprint(k)
-				if err != nil {
-					return nil, err
-				}
-				if seen[fp] {
-					return nil, fmt.Errorf("signature %d: owner %s signed twice", i, fp)
-				}
-				seen[fp] = true
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return nil, fmt.Errorf("signature %d is not a valid signature of an owner of version 1", i)
-		}
+	e, err := tlog.DecodeEntry(v.entry)
+	if err != nil || e.Type != tlog.TypeManifest || !bytes.Equal(e.Manifest.Body, rec.Body) {
+		return fmt.Errorf("version %d: log entry %d is not this manifest", rec.Version, rec.LogIndex)
 	}
-	if len(seen) < m.Threshold() {
-		return nil, fmt.Errorf("%w: signed version 1 needs signatures of %d of its own owners over its exact bytes, has %d valid (give all of them, or none to trust version 1 by the operator's decision alone)", ErrInitialSignatures, m.Threshold(), len(seen))
+	return nil
+}
+
+// verifyInitial checks a version 1 that the operator configured: it is
+// version 1, and its signatures, if any, are by at least its threshold of
+// its own distinct owners. It returns their fingerprints, none for an
+// unsigned version 1 (trusted by the operator's decision alone).
+func verifyInitial(m *manifest.Manifest, sigs []string) ([]string, error) {
+	if m.Version() != 1 {
+		return nil, fmt.Errorf("the first manifest must be version 1, not version %d", m.Version())
 	}
-	var fps []string
-	for fp := range seen {
-		fps = append(fps, fp)
+	c, err := manifest.VerifyChain(m, []manifest.SignedVersion{{Body: m.Bytes(), Signatures: sigs}})
+	if err != nil {
+		return nil, initialSignaturesError(err)
 	}
-	sort.Strings(fps)
-	return fps, nil
+	return c.Links()[0].Signers, nil
+}
+
+// initialSignaturesError marks a version 1 whose own signatures do not
+// reach its threshold with ErrInitialSignatures, and says what to do.
+func initialSignaturesError(err error) error {
+	if errors.Is(err, manifest.ErrTooFewSignatures) {
+		return fmt.Errorf("%w: %w (give signatures of enough of its own owners over its exact bytes, or none to trust version 1 by the operator's decision alone)", ErrInitialSignatures, err)
+	}
+	return err
 }

@@ -230,10 +230,7 @@ func (b *Broker) loadInitialManifest(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kbs: initial manifest: %w", err)
 	}
-	if err := manifest.VerifyInitial(m, m.Hash()); err != nil {
-		return fmt.Errorf("kbs: initial manifest: %w", err)
-	}
-	signers, err := verifySelfSigned(m, b.cfg.InitialSignatures)
+	signers, err := verifyInitial(m, b.cfg.InitialSignatures)
 	if err != nil {
 		return fmt.Errorf("kbs: initial manifest: %w", err)
 	}

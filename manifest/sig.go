@@ -41,9 +41,6 @@ var (
 	ErrMalformedSignature = errors.New("malformed signature")
 	// ErrBadSignature: a well-formed signature that does not verify (VerifyBlob).
 	ErrBadSignature = errors.New("invalid signature")
-	// ErrNotInitial: the deprecated VerifyInitial got a manifest whose
-	// version is not 1.
-	ErrNotInitial = errors.New("manifest is not version 1")
 	// ErrUntrusted: a chain does not start at the version the caller
 	// trusts (VerifyChain's anchor).
 	ErrUntrusted = errors.New("manifest is not the trusted one")
@@ -288,25 +285,6 @@ func wellFormed(keys []*pubKey, sig []byte) bool {
 		}
 	}
 	return false
-}
-
-// VerifyInitial reports whether m is version 1 with the hash trustedHash.
-// It decides nothing about signatures, and a call with m's own hash
-// compares m with itself; it stays only until the broker's own chain
-// checks use VerifyChain, and will then be removed. New code uses
-// VerifyChain, which verifies version 1's own owner signatures when it
-// carries any and takes the version the caller trusts as its anchor.
-func VerifyInitial(m *Manifest, trustedHash string) error {
-	if m == nil {
-		return errors.New("manifest: VerifyInitial needs a manifest")
-	}
-	if m.doc.Version != 1 {
-		return fmt.Errorf("%w: version %d", ErrNotInitial, m.doc.Version)
-	}
-	if m.hash != trustedHash {
-		return fmt.Errorf("%w: hash %s, trusted %s", ErrUntrusted, m.hash, trustedHash)
-	}
-	return nil
 }
 
 // ParsePrivateKey parses a PEM private key for signing: unencrypted PKCS#8

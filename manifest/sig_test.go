@@ -53,9 +53,6 @@ func TestChainGolden(t *testing.T) {
 	v1 := mustParse(t, readFile(t, "chain/v1.json"))
 	v2 := mustParse(t, readFile(t, "chain/v2.json"))
 	v3 := mustParse(t, readFile(t, "chain/v3.json"))
-	if err := manifest.VerifyInitial(v1, manifest.HashOf(readFile(t, "chain/v1.json"))); err != nil {
-		t.Fatalf("VerifyInitial(v1) = %v", err)
-	}
 	fps, err := manifest.Verify(v1, v2, []string{sigFile(t, "chain/v2.json.sig.owner1"), sigFile(t, "chain/v2.json.sig.owner3")})
 	if err != nil {
 		t.Fatalf("Verify(v1, v2) = %v", err)
@@ -188,24 +185,6 @@ func mustECDSA(t testing.TB) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
-}
-
-func TestVerifyInitial(t *testing.T) {
-	b := readFile(t, "chain/v1.json")
-	v1 := mustParse(t, b)
-	if err := manifest.VerifyInitial(v1, manifest.HashOf(b)); err != nil {
-		t.Errorf("VerifyInitial = %v", err)
-	}
-	if err := manifest.VerifyInitial(v1, ""); !errors.Is(err, manifest.ErrUntrusted) {
-		t.Errorf("VerifyInitial(no trusted hash) = %v, want ErrUntrusted", err)
-	}
-	if err := manifest.VerifyInitial(v1, manifest.HashOf(readFile(t, "valid/snp.json"))); !errors.Is(err, manifest.ErrUntrusted) {
-		t.Errorf("VerifyInitial(other hash) = %v, want ErrUntrusted", err)
-	}
-	v2b := readFile(t, "chain/v2.json")
-	if err := manifest.VerifyInitial(mustParse(t, v2b), manifest.HashOf(v2b)); !errors.Is(err, manifest.ErrNotInitial) {
-		t.Errorf("VerifyInitial(v2) = %v, want ErrNotInitial", err)
-	}
 }
 
 func TestSignRoundTrip(t *testing.T) {
