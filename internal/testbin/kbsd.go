@@ -56,6 +56,45 @@ func StartKbsd(t testing.TB, bin, data string, args ...string) *Kbsd {
 // a *RefusedError (with kbsd's output) if kbsd exits before it serves.
 func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error) {
 	t.Helper()
+	return startKbsd(t, bin, data, true, args...)
+}
+
+// StartKbsdServing is StartKbsd for a kbsd that serves but may not be
+// ready: it waits until kbsd logs that it serves and answers /healthz with
+// any status (503 while it waits for its witnesses, or is behind them).
+func StartKbsdServing(t testing.TB, bin, data string, args ...string) *Kbsd {
+	t.Helper()
+	k, err := startKbsd(t, bin, data, false, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// WaitHealthy waits up to 60 s until kbsd answers /healthz with 200.
+func (k *Kbsd) WaitHealthy() {
+	k.t.Helper()
+	hc := k.HTTPClient()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := hc.Get("http://kbsd/healthz")
+		if err == nil {
+			body := make([]byte, 512)
+			n, _ := resp.Body.Read(body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			if time.Now().After(deadline) {
+				k.t.Fatalf("kbsd not healthy: %d %s\n%s", resp.StatusCode, body[:n], k.out)
+			}
+		} else if k.Exited() || time.Now().After(deadline) {
+			k.t.Fatalf("kbsd not healthy: %v\n%s", err, k.out)
+		}
+	}
+}
+
+func startKbsd(t testing.TB, bin, data string, healthy bool, args ...string) (*Kbsd, error) {
+	t.Helper()
 	k := &Kbsd{t: t, Data: data, Socket: filepath.Join(data, "kbs.sock"), out: new(SyncBuffer), done: make(chan struct{})}
 	k.cmd = Command(t, bin, append([]string{"--data", data}, args...)...)
 	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out
@@ -71,7 +110,7 @@ func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error)
 		if out := k.out.Bytes(); bytes.Contains(out, serving) {
 			if resp, err := hc.Get("http://kbsd/healthz"); err == nil {
 				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
+				if resp.StatusCode == http.StatusOK || !healthy {
 					k.HTTPS = httpsRE.FindString(string(out))
 					return k, nil
 				}
