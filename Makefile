@@ -52,16 +52,19 @@ test-trillian:
 # Real C2SP tlog-witnesses, transparency-dev's omniwitness and torchwood's
 # litewitness, each built once from its own module (tools/witness,
 # tools/litewitness) into ~/.cache/kbs by scripts/witness.sh, and the
-# process tests that run them against boltlog logs: cosigning, split views,
-# a restored snapshot, a witness that is down (tlog/realwitness_test.go;
-# `make test` skips them). CI runs test-witness.
+# process tests that run them: against boltlog logs (cosigning, split views,
+# a restored snapshot, a witness that is down: tlog/realwitness_test.go) and
+# against kbsd itself with kbsctl as client, worker and auditor (a restored
+# data directory, two brokers with one log key: daemon/witness_test.go).
+# `make test` skips them (the same logic runs there against in-process fake
+# witnesses). CI runs test-witness.
 witness:
 	@scripts/witness.sh build
 
 test-witness:
 	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
 	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
-	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/
+	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/ ./daemon/
 
 # Time from a signed checkpoint to the real witness's verified cosignature
 # (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).

@@ -50,7 +50,7 @@ func newRealWitnessEnv(t testing.TB, impl witnesstest.Impl, bin string) *realWit
 	if err := os.Mkdir(e.wdir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	e.w = impl.Start(t, bin, e.wdir, e.origin, e.logVKey)
+	e.w = impl.Start(t, bin, e.wdir, e.origin, e.logVKey, "")
 	var err error
 	if e.witness, err = tlog.NewWitness(impl.Name, e.w.VKey, e.w.URL); err != nil {
 		t.Fatalf("the witness's own verifier key %q: %v", e.w.VKey, err)
@@ -65,7 +65,7 @@ func newRealWitnessEnv(t testing.TB, impl witnesstest.Impl, bin string) *realWit
 func (e *realWitnessEnv) restartWitness(t testing.TB) {
 	t.Helper()
 	e.w.Stop()
-	e.w = e.impl.Start(t, e.bin, e.wdir, e.origin, e.logVKey)
+	e.w = e.impl.Start(t, e.bin, e.wdir, e.origin, e.logVKey, "")
 	e.witness.URL = e.w.URL
 	var err error
 	if e.client, err = tlog.NewWitnessClient(e.witness, nil, 10*time.Second); err != nil {
@@ -409,7 +409,7 @@ func BenchmarkRealWitnessAppendToCosigned(b *testing.B) {
 					if err := os.Mkdir(dir, 0o700); err != nil {
 						b.Fatal(err)
 					}
-					rw := impl.Start(b, bin, dir, e.origin, e.logVKey)
+					rw := impl.Start(b, bin, dir, e.origin, e.logVKey, "")
 					w, err := tlog.NewWitness(fmt.Sprintf("%s-%d", impl.Name, i), rw.VKey, rw.URL)
 					if err != nil {
 						b.Fatal(err)

@@ -53,9 +53,9 @@ type Impl struct {
 	// manifest names the key before the witness knows the log).
 	VKey func(t testing.TB, bin, dir string) string
 	// Start runs the witness whose state is in dir (kept across restarts)
-	// for the log origin with note verifier key logVKey, on a free
-	// loopback port, and waits until it listens.
-	Start func(t testing.TB, bin, dir, origin, logVKey string) *Running
+	// for the log origin with note verifier key logVKey, on the loopback
+	// address addr ("": a free port), and waits until it listens.
+	Start func(t testing.TB, bin, dir, origin, logVKey, addr string) *Running
 	// UnknownLog and Untrusted recognize the errors it gives for an origin
 	// it does not know and a checkpoint signed by another key (the spec
 	// says 404 and 403; see Impls).
@@ -160,14 +160,14 @@ func omniVKey(t testing.TB, bin, dir string) string {
 
 // startOmniwitness starts omniwitness with a key made by its own
 // generate_keys.
-func startOmniwitness(t testing.TB, bin, dir, origin, logVKey string) *Running {
+func startOmniwitness(t testing.TB, bin, dir, origin, logVKey, addr string) *Running {
 	t.Helper()
 	vkey := omniVKey(t, bin, dir)
 	cfg := fmt.Sprintf("Logs:\n  - Origin: %s\n    PublicKey: %s\n", origin, logVKey)
 	if err := os.WriteFile(filepath.Join(dir, "logs.yaml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return listen(t, func(addr string) []string {
+	return listen(t, addr, func(addr string) []string {
 		return []string{filepath.Join(bin, "omniwitness"), "--listen", addr, "--metrics_listen", "",
 			"--db_file", filepath.Join(dir, "witness.db"), "--additional_logs", filepath.Join(dir, "logs.yaml"),
 			"--private_key_path", filepath.Join(dir, "witness.key")}
@@ -205,7 +205,7 @@ func liteVKey(t testing.TB, bin, dir string) string {
 
 // startLitewitness starts litewitness with an Ed25519 SSH key held by an
 // ssh-agent of its own, the log added with its witnessctl.
-func startLitewitness(t testing.TB, bin, dir, origin, logVKey string) *Running {
+func startLitewitness(t testing.TB, bin, dir, origin, logVKey, addr string) *Running {
 	t.Helper()
 	key := filepath.Join(dir, "key")
 	want := liteVKey(t, bin, dir)
@@ -241,7 +241,7 @@ func startLitewitness(t testing.TB, bin, dir, origin, logVKey string) *Running {
 		}
 	}
 	Run(t, []string{"SSH_AUTH_SOCK=" + sock}, "ssh-add", "-q", key)
-	return listen(t, func(addr string) []string {
+	return listen(t, addr, func(addr string) []string {
 		return []string{filepath.Join(bin, "litewitness"), "-name", liteName, "-db", db,
 			"-ssh-agent", sock, "-key", fp, "-listen", addr}
 	}, stopAgent, func(out *testbin.SyncBuffer) string {
@@ -272,14 +272,17 @@ func Run(t testing.TB, env []string, name string, args ...string) string {
 	return string(out)
 }
 
-// listen starts the command args(addr) on a free loopback port and waits
-// until it listens, trying another port if that one was taken meanwhile.
-// after runs when the witness is stopped; vkey reads the witness's
-// verifier key once it listens.
-func listen(t testing.TB, args func(addr string) []string, after func(), vkey func(*testbin.SyncBuffer) string) *Running {
+// listen starts the command args(addr) on fixed, or on a free loopback
+// port when fixed is "", and waits until it listens, trying another free
+// port if that one was taken meanwhile. after runs when the witness is
+// stopped; vkey reads the witness's verifier key once it listens.
+func listen(t testing.TB, fixed string, args func(addr string) []string, after func(), vkey func(*testbin.SyncBuffer) string) *Running {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		addr := FreeLoopbackAddr(t)
+		addr := fixed
+		if addr == "" {
+			addr = FreeLoopbackAddr(t)
+		}
 		w, portTaken := tryListen(t, addr, args(addr))
 		if w != nil {
 			stop := w.Stop
@@ -293,7 +296,7 @@ func listen(t testing.TB, args func(addr string) []string, after func(), vkey fu
 			t.Cleanup(w.Stop)
 			return w
 		}
-		if !portTaken || attempt == 3 {
+		if !portTaken || attempt == 3 || fixed != "" {
 			t.Fatalf("%s did not start", a0(args(addr)))
 		}
 	}
