@@ -67,11 +67,14 @@ test-witness:
 	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/ ./daemon/
 
 # Time from a signed checkpoint to the real witness's verified cosignature
-# (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).
+# (p50/p99 over 2000 checkpoints, three runs), then releases through kbsd's
+# broker with 0, 1 and 3 real omniwitnesses side by side, three runs
+# (BENCHMARKS.md).
 bench-witness:
 	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
 	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
-	  $(GO) test -run '^$$' -bench 'RealWitness' -benchtime 2000x -count 3 ./tlog/
+	  $(GO) test -run '^$$' -bench 'RealWitness' -benchtime 2000x -count 3 ./tlog/ && \
+	  KBS_WITNESS_BIN=$$bin $(GO) test -run '^$$' -bench 'ReleaseWitnesses' -benchtime 1x -count 3 ./kbs/
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
 # stopped by scripts/trillian.sh).

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -121,6 +122,44 @@ type witnesses struct {
 	// each witness's last error text, to log changes only.
 	failures map[[2]string]uint64
 	lastErr  map[string]string
+	// waits is the time from a change's append to a witnessed checkpoint
+	// containing it (witnessed), for /metrics.
+	waits histogram
+}
+
+// histogram is a Prometheus histogram of durations in seconds.
+type histogram struct {
+	counts []uint64 // per bucket of waitBuckets, cumulative
+	sum    float64
+	n      uint64
+}
+
+var waitBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+func (h *histogram) add(d time.Duration) {
+	if h.counts == nil {
+		h.counts = make([]uint64, len(waitBuckets))
+	}
+	s := d.Seconds()
+	for i, ub := range waitBuckets {
+		if s <= ub {
+			h.counts[i]++
+		}
+	}
+	h.sum += s
+	h.n++
+}
+
+func (h *histogram) write(out io.Writer, name, help string) {
+	fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name)
+	for i, ub := range waitBuckets {
+		var c uint64
+		if h.counts != nil {
+			c = h.counts[i]
+		}
+		fmt.Fprintf(out, "%s_bucket{le=\"%g\"} %d\n", name, ub, c)
+	}
+	fmt.Fprintf(out, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %g\n%s_count %d\n", name, h.n, name, h.sum, name, h.n)
 }
 
 // witnessRun is the witnessing of one policy.
@@ -404,6 +443,7 @@ func (w *witnesses) served(ctx context.Context) (tlog.SignedCheckpoint, error) {
 func (w *witnesses) witnessed(ctx context.Context, size uint64, cp tlog.SignedCheckpoint, what string) (tlog.SignedCheckpoint, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.opts.Wait)
 	defer cancel()
+	start := time.Now()
 	for {
 		w.mu.Lock()
 		r := w.run
@@ -420,6 +460,9 @@ func (w *witnesses) witnessed(ctx context.Context, size uint64, cp tlog.SignedCh
 		stop()
 		wcancel()
 		if err == nil {
+			w.mu.Lock()
+			w.waits.add(time.Since(start))
+			w.mu.Unlock()
 			out := c.Checkpoint
 			out.Note = c.Note
 			return out, nil
@@ -621,6 +664,8 @@ func (w *witnesses) writeMetrics(ctx context.Context, out io.Writer) {
 	for k, v := range w.failures {
 		failures[k] = v
 	}
+	waits := w.waits
+	waits.counts = slices.Clone(waits.counts)
 	w.mu.Unlock()
 	gauge := func(name, help string, v uint64) {
 		fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %d\n", name, help, name, name, v)
@@ -638,6 +683,7 @@ func (w *witnesses) writeMetrics(ctx context.Context, out io.Writer) {
 	if r.w == nil {
 		return
 	}
+	waits.write(out, "kbs_witness_wait_seconds", "Time from a release's, upload's, deletion's or manifest change's append to a checkpoint containing it that the witness quorum cosigned.")
 	st := r.w.Status()
 	fmt.Fprintln(out, "# HELP kbs_witness_cosigned_size Size of the last checkpoint each witness cosigned since start.")
 	fmt.Fprintln(out, "# TYPE kbs_witness_cosigned_size gauge")
