@@ -599,9 +599,11 @@ func (w *witnesses) health() error {
 func (b *Broker) Witnesses(ctx context.Context) (*api.WitnessesStatus, error) {
 	w := b.wit
 	w.mu.Lock()
-	r, checked, behind, startErr := w.run, w.checked, w.behind, w.startErr
+	r, checked, behind, startErr, lastRound := w.run, w.checked, w.behind, w.startErr, w.lastRound
 	w.mu.Unlock()
-	out := &api.WitnessesStatus{Policy: policyString(r.m), ManifestVersion: r.m.Version(), State: "acting", Witnesses: []api.WitnessStatus{}}
+	_, version := b.ActiveManifest()
+	out := &api.WitnessesStatus{Policy: policyString(r.m), ManifestVersion: version, State: "acting", Witnesses: []api.WitnessStatus{}}
+	var qe *tlog.QuorumError
 	switch {
 	case behind != nil:
 		out.State, out.Reason = "behind", behind.Error()+". "+behindAdvice
@@ -610,6 +612,8 @@ func (b *Broker) Witnesses(ctx context.Context) (*api.WitnessesStatus, error) {
 		if startErr != nil {
 			out.Reason += ": " + startErr.Error()
 		}
+	case errors.As(lastRound, &qe):
+		out.State, out.Reason = "no_quorum", "the last round lacked a quorum, so releases, uploads and manifest changes are refused until one has it (retried every "+w.opts.Retry.String()+"): "+lastRound.Error()
 	}
 	cp, err := b.cfg.Log.Checkpoint(ctx)
 	if err != nil {

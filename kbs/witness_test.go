@@ -275,6 +275,9 @@ func TestWitnessOutage(t *testing.T) {
 	if st != 503 || ae.Code != api.CodeWitnessesUnavailable || !strings.Contains(ae.Message, `"demo/b" version 1 was uploaded and logged at index`) || !strings.Contains(ae.Message, `"b"`) {
 		t.Fatalf("upload during an outage = %d %+v", st, ae)
 	}
+	if ws := e.witnessStatus(); ws.State != "no_quorum" || !strings.Contains(ws.Reason, `"b"`) || ws.Witnesses[1].Error == "" {
+		t.Errorf("/v1/witnesses during the outage = %+v", ws)
+	}
 	before := e.state()
 	st, ae, _ = e.upload("demo/c", 1, []byte("material-c......................"))
 	if st != 503 || ae.Code != api.CodeWitnessesUnavailable || !strings.Contains(ae.Message, "nothing was done") {

@@ -8,13 +8,16 @@ import "time"
 type WitnessesStatus struct {
 	// Policy is the active manifest's witness policy: "none" or "K of N".
 	Policy string `json:"policy"`
-	// ManifestVersion is the version that states it.
+	// ManifestVersion is the active manifest version, which states it.
 	ManifestVersion uint64 `json:"manifest_version"`
 	// State is "acting" (a quorum cosigned the log's checkpoint since
-	// start, or the policy names no witnesses), "checking" (not yet: the
-	// broker refuses releases, uploads and manifest changes) or "behind"
-	// (a witness cosigned a larger or another tree: the broker refuses
-	// them until an operator restarts it on the latest data directory).
+	// start and in the last round, or the policy names no witnesses);
+	// "no_quorum" (the last round lacked a quorum: releases, uploads and
+	// manifest changes are refused until a round has one again; the broker
+	// retries by itself); "checking" (no quorum has cosigned since start:
+	// they are refused too) or "behind" (a witness cosigned a larger or
+	// another tree: they are refused until an operator restarts the broker
+	// on the latest data directory).
 	State string `json:"state"`
 	// Reason says why the state is not "acting", and what to do.
 	Reason string `json:"reason,omitempty"`

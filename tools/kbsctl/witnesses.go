@@ -154,8 +154,12 @@ Exits 1 unless the broker acts.`, useBroker)
 			fmt.Fprintf(e.stdout, "                %s\n", st.Reason)
 		}
 		fmt.Fprintf(e.stdout, "log size        %d, witnessed up to %d", st.LogSize, st.WitnessedSize)
-		if st.LogSize > st.WitnessedSize {
-			fmt.Fprintf(e.stdout, " (%d entries not yet witnessed)", st.LogSize-st.WitnessedSize)
+		switch n := st.LogSize - st.WitnessedSize; {
+		case st.LogSize <= st.WitnessedSize:
+		case n == 1:
+			fmt.Fprintf(e.stdout, " (1 entry not yet witnessed)")
+		default:
+			fmt.Fprintf(e.stdout, " (%d entries not yet witnessed)", n)
 		}
 		fmt.Fprintln(e.stdout)
 		if len(st.Witnesses) > 0 {
