@@ -123,8 +123,10 @@ type witnesses struct {
 	failures map[[2]string]uint64
 	lastErr  map[string]string
 	// waits is the time from a change's append to a witnessed checkpoint
-	// containing it (witnessed), for /metrics.
-	waits histogram
+	// containing it (witnessed), and rounds the rounds of the running
+	// policy, for /metrics.
+	waits  histogram
+	rounds uint64
 }
 
 // histogram is a Prometheus histogram of durations in seconds.
@@ -305,6 +307,7 @@ func (w *witnesses) onRound(tw *tlog.Witnessing, res *tlog.CosignResult, err err
 	if w.run == nil || w.run.w != tw {
 		return
 	}
+	w.rounds++
 	var qe *tlog.QuorumError
 	lost := errors.As(err, &qe) && w.lastRound == nil && w.checked
 	regained := err == nil && w.lastRound != nil && w.checked
@@ -670,6 +673,7 @@ func (w *witnesses) writeMetrics(ctx context.Context, out io.Writer) {
 	}
 	waits := w.waits
 	waits.counts = slices.Clone(waits.counts)
+	rounds := w.rounds
 	w.mu.Unlock()
 	gauge := func(name, help string, v uint64) {
 		fmt.Fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %d\n", name, help, name, name, v)
@@ -687,6 +691,7 @@ func (w *witnesses) writeMetrics(ctx context.Context, out io.Writer) {
 	if r.w == nil {
 		return
 	}
+	fmt.Fprintf(out, "# HELP kbs_witness_rounds_total Checkpoints submitted to the witnesses (one round covers every append made before it starts).\n# TYPE kbs_witness_rounds_total counter\nkbs_witness_rounds_total %d\n", rounds)
 	waits.write(out, "kbs_witness_wait_seconds", "Time from a release's, upload's, deletion's or manifest change's append to a checkpoint containing it that the witness quorum cosigned.")
 	st := r.w.Status()
 	fmt.Fprintln(out, "# HELP kbs_witness_cosigned_size Size of the last checkpoint each witness cosigned since start.")

@@ -208,7 +208,7 @@ func TestWitnessedBroker(t *testing.T) {
 		t.Errorf("/v1/witnesses = %+v", ws)
 	}
 	_, metrics := e.get(api.PathMetrics)
-	for _, want := range []string{`kbs_witness_threshold 2`, `kbs_witness_checked 1`, `kbs_witness_halted 0`, `kbs_witness_up{witness="a"} 1`, `kbs_witness_cosigned_size{witness="c"} `, "kbs_log_witnessed_size ", "kbs_witness_wait_seconds_count 2"} {
+	for _, want := range []string{`kbs_witness_threshold 2`, `kbs_witness_checked 1`, `kbs_witness_halted 0`, `kbs_witness_up{witness="a"} 1`, `kbs_witness_cosigned_size{witness="c"} `, "kbs_log_witnessed_size ", "kbs_witness_wait_seconds_count 2", "kbs_witness_rounds_total "} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -38,6 +38,8 @@ type Running struct {
 	VKey string
 	// Out is what it wrote to stdout and stderr.
 	Out *testbin.SyncBuffer
+	// Pid is its process id (for benchmarks that count its CPU time).
+	Pid int
 	// Stop kills it (and its helpers) and waits; calling it again does
 	// nothing. It runs when the test ends.
 	Stop func()
@@ -328,7 +330,7 @@ func tryListen(t testing.TB, addr string, a []string) (*Running, bool) {
 		}
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return &Running{URL: "http://" + addr, Out: out, Stop: stop}, false
+			return &Running{URL: "http://" + addr, Out: out, Stop: stop, Pid: cmd.Process.Pid}, false
 		}
 	}
 	stop()
