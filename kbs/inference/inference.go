@@ -157,13 +157,13 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed" // 405
 	CodeKeyRefused       = "key_refused"        // 403: the key is deleted, unknown, or not served
 	// Worker.
-	CodeDecryption     = "decryption_failed"  // 400: the sealed request does not open
-	CodeStale          = "stale_request"      // 400: sealed too long ago, or in the future
-	CodeReplayed       = "replayed_request"   // 409: a request id seen before
-	CodeWorkerInstance = "worker_instance"    // 409: sealed for another worker instance
-	CodeBusy           = "replay_cache_full"  // 429: too many recent requests to remember
-	CodeKeyUnavailable = "key_unavailable"    // 503: the key could not be fetched now
-	CodeUpstream       = "upstream_error"     // 502: the inference server failed (sealed)
+	CodeDecryption     = "decryption_failed" // 400: the sealed request does not open
+	CodeStale          = "stale_request"     // 400: sealed too long ago, or in the future
+	CodeReplayed       = "replayed_request"  // 409: a request id seen before
+	CodeWorkerInstance = "worker_instance"   // 409: sealed for another worker instance
+	CodeBusy           = "replay_cache_full" // 429: too many recent requests to remember
+	CodeKeyUnavailable = "key_unavailable"   // 503: the key could not be fetched now
+	CodeUpstream       = "upstream_error"    // 502: the inference server failed (sealed)
 	// Proxy.
 	CodeBrokerUnverified  = "broker_verification_failed" // 503
 	CodeWorkerUnreachable = "worker_unreachable"         // 502
