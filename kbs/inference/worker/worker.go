@@ -89,12 +89,10 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Keys == nil {
 		return nil, errors.New("worker: no keyring")
 	}
-	u, err := url.Parse(cfg.Upstream)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.User != nil {
-		return nil, fmt.Errorf("worker: upstream %q: want http://HOST:PORT or https://HOST:PORT[/PREFIX]", cfg.Upstream)
+	u, err := ParseUpstream(cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
 	}
-	u.Path = strings.TrimSuffix(u.Path, "/")
-	u.Path = strings.TrimSuffix(u.Path, "/v1")
 	if cfg.UpstreamTimeout <= 0 {
 		cfg.UpstreamTimeout = 10 * time.Minute
 	}
@@ -121,6 +119,19 @@ func New(cfg Config) (*Worker, error) {
 	rand.Read(w.instance[:])
 	w.hex = hex.EncodeToString(w.instance[:])
 	return w, nil
+}
+
+// ParseUpstream parses an upstream base URL: http or https, a host, an
+// optional path prefix; a trailing "/v1" is dropped (the OpenAI paths
+// bring their own).
+func ParseUpstream(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("upstream %q: want http://HOST:PORT or https://HOST:PORT[/PREFIX]", s)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.Path = strings.TrimSuffix(u.Path, "/v1")
+	return u, nil
 }
 
 // Instance returns the worker's instance id in hex.
