@@ -18,14 +18,14 @@
 // sent on every answer in the Kbs-Worker-Instance header); its time is
 // outside the replay window (400 stale_request); the key is not one the
 // worker serves or can fetch (403 key_refused, 503 key_unavailable); it
-// does not open (400 decryption_failed); its request id was accepted
-// before (409 replayed_request) or the replay cache is full (429); the
-// opened body's model and stream differ from the header's (400). Only then
-// is the upstream called, and everything after — the upstream's status,
-// headers and body, or the worker's own error when the upstream fails — is
-// sealed to the answer key of exactly that request. Refusals are
-// OpenAI-style JSON errors and change nothing (a request is remembered as
-// seen only once it authenticated).
+// does not open (400 decryption_failed); the opened body's model and
+// stream differ from the header's (400); its request id was accepted
+// before (409 replayed_request) or the replay cache is full (429). Only
+// then is the request id remembered and the upstream called, and
+// everything after — the upstream's status, content type and body, or the
+// worker's own error when the upstream fails — is sealed to the answer
+// key of exactly that request. Refusals are OpenAI-style JSON errors and
+// change nothing.
 package worker
 
 import (
@@ -225,16 +225,6 @@ func (w *Worker) open(ctx context.Context, rw http.ResponseWriter, r *http.Reque
 	if err != nil {
 		return nil, refuse(http.StatusBadRequest, inference.CodeDecryption, "%v", err)
 	}
-	if err := w.cfg.Replay.Add(h.ID, h.Time, now); err != nil {
-		clear(body)
-		switch {
-		case errors.Is(err, inference.ErrReplayed):
-			return nil, refuse(http.StatusConflict, inference.CodeReplayed, "request %x: %v", h.ID, err)
-		case errors.Is(err, inference.ErrCacheFull):
-			return nil, refuse(http.StatusTooManyRequests, inference.CodeBusy, "%v", err)
-		}
-		return nil, refuse(http.StatusBadRequest, inference.CodeStale, "%v", err)
-	}
 	if ep.HasBody {
 		model, stream, err := inference.RequestFields(body)
 		if err != nil || model != h.Model || (stream && ep.CanStream) != h.Stream {
@@ -244,6 +234,16 @@ func (w *Worker) open(ctx context.Context, rw http.ResponseWriter, r *http.Reque
 	} else if len(body) != 0 {
 		clear(body)
 		return nil, refuse(http.StatusBadRequest, inference.CodeInvalidRequest, "%s %s takes no body", ep.Method, ep.Path)
+	}
+	if err := w.cfg.Replay.Add(h.ID, h.Time, now); err != nil {
+		clear(body)
+		switch {
+		case errors.Is(err, inference.ErrReplayed):
+			return nil, refuse(http.StatusConflict, inference.CodeReplayed, "request %x: %v", h.ID, err)
+		case errors.Is(err, inference.ErrCacheFull):
+			return nil, refuse(http.StatusTooManyRequests, inference.CodeBusy, "%v", err)
+		}
+		return nil, refuse(http.StatusBadRequest, inference.CodeStale, "%v", err)
 	}
 	s, err := api.NewResponseSealer(k, env.Sealed)
 	if err != nil {
