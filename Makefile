@@ -142,7 +142,8 @@ test-openai:
 # Added latency of the proxy and worker per request and per streamed chunk,
 # against calling the upstream directly (BENCHMARKS.md).
 bench-inference:
-	$(GO) test -run '^$$' -bench 'BenchmarkInference' -benchtime 2000x -count 3 ./kbs/inference/
+	$(GO) test -run '^$$' -bench 'BenchmarkInferenceRequest' -benchtime 2000x -count 3 ./kbs/inference/
+	$(GO) test -run '^$$' -bench 'BenchmarkInferenceChunk' -benchtime 200x -count 3 ./kbs/inference/
 
 # A development broker with some history, its audit report with the sample
 # monitor rules (docs/monitor-rules.txt), and a screenshot of the report by
