@@ -2,10 +2,64 @@ package api
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// inferenceFixtures returns testdata's key, sealed request and the frames
+// of its answer (testdata/gen_inference.go made them).
+func inferenceFixtures(t testing.TB) (*KeyFile, []byte, [][]byte) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("testdata", "prompt.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ParseKeyFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := os.ReadFile(filepath.Join("testdata", "inference-request.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ans, err := os.ReadFile(filepath.Join("testdata", "inference-answer.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames [][]byte
+	for _, ev := range strings.Split(strings.TrimSuffix(string(ans), "\n\n"), "\n\n") {
+		f, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(ev, "data: "))
+		if err != nil {
+			t.Fatal(err)
+		}
+		frames = append(frames, f)
+	}
+	return k, req, frames
+}
+
+// TestInferenceGolden opens a request and an answer sealed by an earlier
+// build: the wire format has not changed.
+func TestInferenceGolden(t *testing.T) {
+	k, req, frames := inferenceFixtures(t)
+	h, body, err := OpenInferenceRequest(k, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Path != "/v1/chat/completions" || h.Model != "kbs-echo" || !h.Stream || h.Time != 1767225600 || string(h.ID[:]) != "fixture-request!" || !strings.Contains(string(body), `"content":"hello"`) {
+		t.Fatalf("request %+v %s", h, body)
+	}
+	got, ended, err := openAll(k, req, frames)
+	if err != nil || !ended || len(got) != 4 || !strings.Contains(got[1], "HELLO") || got[2] != "data: [DONE]\n\n" {
+		t.Fatalf("answer %q, ended %v, %v", got, ended, err)
+	}
+	if hd, err := ParseInferenceHead([]byte(got[0])); err != nil || hd.Status != 200 {
+		t.Fatalf("head %+v, %v", hd, err)
+	}
+}
 
 func testInferenceKey(version uint64) *KeyFile {
 	return &KeyFile{ID: "demo/prompt-key", Version: version, Material: bytes.Repeat([]byte{byte(version)}, 32)}
@@ -232,6 +286,8 @@ func TestPadding(t *testing.T) {
 }
 
 func FuzzParseInferenceRequest(f *testing.F) {
+	_, golden, _ := inferenceFixtures(f)
+	f.Add(golden)
 	k := testInferenceKey(1)
 	for _, body := range []string{"", "{}", `{"model":"m"}`} {
 		msg, _ := SealInferenceRequest(k, testInferenceHeader(), []byte(body))
@@ -269,6 +325,10 @@ func FuzzResponseOpener(f *testing.F) {
 		f.Add(fr)
 	}
 	f.Add([]byte{2})
+	_, _, golden := inferenceFixtures(f)
+	for _, fr := range golden {
+		f.Add(fr)
+	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		o, _ := NewResponseOpener(k, req)
 		p, _, err := o.Open(frame)

@@ -29,12 +29,11 @@ import (
 
 // tamper says what the relay does to the events of an answer.
 type tamper struct {
-	flip    int // flip a bit inside frame n (1-based; 0: none)
-	drop    int // drop event n
-	swap    int // swap events n and n+1
-	cutAt   int // end the answer after n events
-	dupe    int // send event n twice
-	replace []byte
+	flip  int // flip a bit inside frame n (1-based; 0: none)
+	drop  int // drop event n
+	swap  int // swap events n and n+1
+	cutAt int // end the answer after n events
+	dupe  int // send event n twice
 }
 
 // relay is a recording, tampering HTTP relay in front of a worker.
@@ -96,7 +95,6 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 4<<20)
-	var events []string
 	n := 0
 	var held string
 	emit := func(ev string) {
@@ -111,7 +109,6 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ev := line + "\n\n"
 		n++
-		events = append(events, ev)
 		switch {
 		case t.cutAt > 0 && n > t.cutAt:
 			continue
@@ -133,7 +130,6 @@ func (rl *relay) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			held = ""
 		}
 	}
-	_ = events
 }
 
 // fixture is a running proxy, relay, worker and upstream.
