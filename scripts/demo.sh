@@ -85,6 +85,24 @@ runsh() {
 }
 # has PATTERN: the last command's stdout+stderr contain PATTERN.
 has() { grep -q -- "$1" "$D/out" "$D/err" || fail "expected output matching '$1'"; }
+# background NAME PIDVAR -- CMD...: prints CMD, starts it in the background
+# (stdout in $D/NAME.url, stderr in $D/NAME.log, its pid in PIDVAR for the
+# cleanup), waits until it prints its URL, shows its log, and sets BG_URL.
+background() {
+  local name=$1 pidvar=$2; shift 3
+  echo "\$ $(quote "$@") > $D/$name.url &"
+  : >"$D/$name.url"
+  "$@" >"$D/$name.url" 2>"$D/$name.log" &
+  printf -v "$pidvar" '%s' "$!"
+  for _ in $(seq 1 300); do
+    [ -s "$D/$name.url" ] && break
+    kill -0 "${!pidvar}" 2>/dev/null || { cat "$D/$name.log" >&2; fail "$name exited"; }
+    sleep 0.1
+  done
+  BG_URL=$(head -n 1 "$D/$name.url")
+  [ -n "$BG_URL" ] || fail "$name did not start"
+  sed 's/^/  /' "$D/$name.log"
+}
 
 step "start kbsd --dev (simulated SNP TEE) with its state in $D/kbs"
 echo "\$ $(quote bin/kbsd --dev --data "$D/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-}) > $D/kbsd.log 2>&1 &"
@@ -137,20 +155,10 @@ run 0 -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" receipt verify "$RE
 has "release of demo/prompt-key v1 to class demo-worker"
 
 step "worker: serve encrypted prompts with 'kbsctl worker run' (keys in memory only)"
-line="$(quote bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run --manifest "$D/worker/manifest.json" \
-  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 --receipts "$D/worker/receipts") > $D/worker.url &"
-echo "\$ $line"
-bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run --manifest "$D/worker/manifest.json" \
-  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 --receipts "$D/worker/receipts" >"$D/worker.url" 2>"$D/worker.log" &
-WORKER_PID=$!
-for _ in $(seq 1 300); do
-  [ -s "$D/worker.url" ] && break
-  kill -0 "$WORKER_PID" 2>/dev/null || { cat "$D/worker.log" >&2; fail "worker exited"; }
-  sleep 0.1
-done
-WORKER_URL=$(head -n 1 "$D/worker.url")
-[ -n "$WORKER_URL" ] || fail "worker did not start"
-sed 's/^/  /' "$D/worker.log"
+background worker WORKER_PID -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run \
+  --manifest "$D/worker/manifest.json" --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 \
+  --receipts "$D/worker/receipts"
+WORKER_URL=$BG_URL
 echo "  the worker serves on $WORKER_URL"
 
 step "client: an encrypted prompt round trip through the worker"
@@ -211,34 +219,14 @@ run 0 -- bin/kbsctl --addr "$HTTPS" log verify
 has "consistent with the stored size"
 
 step "an application's OpenAI-style requests through the client proxy to the worker (the sealed OpenAI API)"
-line="$(quote bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run --manifest "$D/worker/manifest.json" \
-  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 --receipts "$D/worker/receipts") > $D/worker.url &"
-echo "\$ $line    # no --upstream: the built-in echo model kbs-echo"
-bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run --manifest "$D/worker/manifest.json" \
-  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 --receipts "$D/worker/receipts" >"$D/worker.url" 2>"$D/worker.log" &
-WORKER_PID=$!
-: >"$D/proxy.url"
-for _ in $(seq 1 300); do
-  [ -s "$D/worker.url" ] && break
-  kill -0 "$WORKER_PID" 2>/dev/null || { cat "$D/worker.log" >&2; fail "worker exited"; }
-  sleep 0.1
-done
-WORKER_URL=$(head -n 1 "$D/worker.url")
-[ -n "$WORKER_URL" ] || fail "worker did not start"
-line="$(quote bin/kbsctl --addr "$HTTPS" --sim-root "$SIMROOT" proxy --manifest "$D/client/manifest.json" --key "$D/client/prompt.key" \
-  --worker "$WORKER_URL" --listen 127.0.0.1:0) > $D/proxy.url &"
-echo "\$ $line"
-bin/kbsctl --addr "$HTTPS" --sim-root "$SIMROOT" proxy --manifest "$D/client/manifest.json" --key "$D/client/prompt.key" \
-  --worker "$WORKER_URL" --listen 127.0.0.1:0 >"$D/proxy.url" 2>"$D/proxy.log" &
-PROXY_PID=$!
-for _ in $(seq 1 300); do
-  [ -s "$D/proxy.url" ] && break
-  kill -0 "$PROXY_PID" 2>/dev/null || { cat "$D/proxy.log" >&2; fail "proxy exited"; }
-  sleep 0.1
-done
-PROXY_URL=$(head -n 1 "$D/proxy.url")
-[ -n "$PROXY_URL" ] || fail "proxy did not start"
-sed 's/^/  /' "$D/proxy.log"
+echo "  (no --upstream: the worker answers with the built-in echo model kbs-echo)"
+background worker WORKER_PID -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run \
+  --manifest "$D/worker/manifest.json" --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 \
+  --receipts "$D/worker/receipts"
+WORKER_URL=$BG_URL
+background proxy PROXY_PID -- bin/kbsctl --addr "$HTTPS" --sim-root "$SIMROOT" proxy --manifest "$D/client/manifest.json" \
+  --key "$D/client/prompt.key" --worker "$WORKER_URL" --listen 127.0.0.1:0
+PROXY_URL=$BG_URL
 echo "  applications use the OpenAI base URL $PROXY_URL/v1 (e.g. OpenAI(base_url=\"$PROXY_URL/v1\", api_key=\"unused\"))"
 run 0 -- curl -sS "$PROXY_URL/v1/chat/completions" -H 'Content-Type: application/json' \
   -d '{"model": "kbs-echo", "messages": [{"role": "user", "content": "what is the capital of france?"}]}'

@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -102,30 +99,7 @@ one line of JSON); stops on SIGINT or SIGTERM.`, useVerify)
 		res.BrokerVerified = true
 		fmt.Fprintf(e.stderr, "proxy: broker %s verified; key %s version %d; sealing requests for the worker at %s\n", e.g.addr, k.ID, k.Version, *workerURL)
 	}
-	srv := &http.Server{Handler: p, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	if e.g.json {
-		json.NewEncoder(e.stdout).Encode(res)
-	} else {
-		fmt.Fprintln(e.stdout, res.URL)
-	}
-	if f, ok := e.stdout.(interface{ Sync() error }); ok {
-		f.Sync()
-	}
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		fmt.Fprintln(e.stderr, "proxy: stopped")
-		return nil
-	case err := <-errc:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
-	}
+	return serve(ctx, e, "proxy", p, ln, res)
 }
 
 // keySource reads the prompt key, again whenever its file changes.

@@ -171,17 +171,22 @@ URL, class, receipt, upstream and instance id); stops on SIGINT or SIGTERM.`, us
 	fctx, stopFollow := context.WithCancel(ctx)
 	defer stopFollow()
 	go worker.FollowDeletions(fctx, src, keys, rel.Receipt.Index+1, *refresh, logger)
-	// No write timeout: streamed answers last as long as the model
-	// writes; the upstream request has its own timeout.
-	srv := &http.Server{Handler: w, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second}
+	return serve(ctx, e, "worker", w, ln, workerResult{URL: "http://" + ln.Addr().String(), Class: rel.Class, LogIndex: rel.Receipt.Index, Receipt: receipt, Keys: ids, Upstream: up, Instance: w.Instance()})
+}
+
+// serve serves h on ln until ctx is done (SIGINT, SIGTERM), after printing
+// url on stdout (with --json, result as one line of JSON, so that a reader
+// can take it as soon as it is there). There is no write timeout: streamed
+// answers last as long as the model writes (the worker's upstream request
+// has its own timeout).
+func serve(ctx context.Context, e *env, name string, h http.Handler, ln net.Listener, result any) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	url := "http://" + ln.Addr().String()
 	if e.g.json {
-		// One line, so that a reader can take it as soon as it is there.
-		json.NewEncoder(e.stdout).Encode(workerResult{URL: url, Class: rel.Class, LogIndex: rel.Receipt.Index, Receipt: receipt, Keys: ids, Upstream: up, Instance: w.Instance()})
+		json.NewEncoder(e.stdout).Encode(result)
 	} else {
-		fmt.Fprintln(e.stdout, url)
+		fmt.Fprintln(e.stdout, "http://"+ln.Addr().String())
 	}
 	if f, ok := e.stdout.(interface{ Sync() error }); ok {
 		f.Sync()
@@ -191,7 +196,7 @@ URL, class, receipt, upstream and instance id); stops on SIGINT or SIGTERM.`, us
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(sctx)
-		fmt.Fprintln(e.stderr, "worker: stopped")
+		fmt.Fprintf(e.stderr, "%s: stopped\n", name)
 		return nil
 	case err := <-errc:
 		if errors.Is(err, http.ErrServerClosed) {
