@@ -7,7 +7,9 @@
 // applications that use them: key files (KeyFile, a PEM block with the key
 // id and version) and encrypted prompts and replies (SealPrompt,
 // OpenPrompt: an authenticated text header naming the key, then
-// AES-256-GCM).
+// AES-256-GCM); and the sealed requests and answer frames of encrypted
+// inference between kbsctl proxy and kbsctl worker run
+// (SealInferenceRequest, ResponseSealer, ResponseOpener; inference.go).
 //
 // The package holds no state and does no I/O. Both sides of the protocol use
 // it: kbsd to decode requests and build answers, kbs/client and kbsctl to
