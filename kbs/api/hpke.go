@@ -115,7 +115,9 @@ func (in Info) Bytes() []byte {
 }
 
 func (in Info) check() error {
-	if in.Purpose != PurposeUpload && in.Purpose != PurposeRelease {
+	switch in.Purpose {
+	case PurposeUpload, PurposeRelease, PurposeHandover, PurposeRecoveryShare:
+	default:
 		return fmt.Errorf("unknown HPKE purpose %q", in.Purpose)
 	}
 	if strings.ContainsRune(in.KeyID, '\n') {
