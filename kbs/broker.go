@@ -185,6 +185,9 @@ type Broker struct {
 	handoverNonces *nonceTable
 	snapshot       snapshotGrant
 
+	// recovering marks the read-only broker of a Recovery.
+	recovering bool
+
 	closing atomic.Bool
 	// appendFailing is set while appends to the log fail (health checks
 	// report it), and cleared by the next successful append.
