@@ -251,7 +251,7 @@ func serve(ctx context.Context, c *Config) error {
 	hash, version := broker.ActiveManifest()
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
-	if dev != nil {
+	if dev != nil && c.HandoverFrom == "" {
 		var steps strings.Builder
 		dev.printNextSteps(&steps, c, addrs, id.NoteKey)
 		if c.LogFormat == "json" {
