@@ -54,6 +54,9 @@ type snapshotGrant struct {
 // HandoverChallenge returns a fresh single-use nonce for one handover
 // (POST /v1/handover/challenge).
 func (b *Broker) HandoverChallenge(ctx context.Context) (*api.Challenge, error) {
+	if err := b.fencedNow(); err != nil {
+		return nil, err
+	}
 	if !b.limit.allow() {
 		return nil, api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
 	}

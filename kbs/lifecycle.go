@@ -143,6 +143,14 @@ func (b *Broker) fencedError() error {
 	return nil
 }
 
+// fencedNow is fencedError for callers that do not hold the sequencer (a
+// challenge: the decision it leads to is checked again).
+func (b *Broker) fencedNow() error {
+	b.seq.RLock()
+	defer b.seq.RUnlock()
+	return b.fencedError()
+}
+
 // HandedOver reports whether the broker handed its master key over (its
 // log's latest handover entry is not one it took over at), and at which
 // log index.
