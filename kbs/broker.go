@@ -221,19 +221,19 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg.AttestationBurst = 100
 	}
 	b := &Broker{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		nonces:    newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
-		limit:     newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
+		cfg:    cfg,
+		log:    cfg.Logger,
+		now:    cfg.Now,
+		nonces: newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
+		limit:  newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
 		// Handovers are rare: a few pending challenges suffice.
 		handoverNonces: newNonceTable(16, cfg.NonceTTL, cfg.Now),
-		m:         newMetrics(),
-		confirm:   policy.Confirm,
-		flushReq:  make(chan struct{}, 1),
-		haltCh:    make(chan struct{}),
-		quit:      make(chan struct{}),
-		flushDone: make(chan struct{}),
+		m:              newMetrics(),
+		confirm:        policy.Confirm,
+		flushReq:       make(chan struct{}, 1),
+		haltCh:         make(chan struct{}),
+		quit:           make(chan struct{}),
+		flushDone:      make(chan struct{}),
 	}
 	var err error
 	if b.manifests, err = openManifestStore(cfg.DB); err != nil {
