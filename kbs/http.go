@@ -210,7 +210,7 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 	if cause != nil {
 		args = append(args, "cause", cause.Error())
 	}
-	if status >= 500 {
+	if status >= 500 && ae.Code != api.CodeRecovering {
 		b.log.Error("request failed", args...)
 	} else {
 		b.log.Debug("request rejected", args...)

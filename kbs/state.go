@@ -122,6 +122,8 @@ func (s *authState) apply(index uint64, e *tlog.Entry) (ok bool, why noEffect) {
 	case tlog.TypeRecoveryShares:
 		s.shares = newSharesState(index, e.RecoveryShares)
 		return true, ""
+	case tlog.TypeRecovery:
+		return true, "" // a record: the state is what it was
 	}
 	return false, ""
 }
