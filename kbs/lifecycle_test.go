@@ -449,3 +449,48 @@ func TestRecoveryIntake(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzHandoverHandler sends arbitrary bodies to POST /v1/handover and POST
+// /v1/recovery/share of a live broker (seeded with a valid handover
+// request whose nonce the broker issued): no answer is a 5xx, a decoded
+// request re-encodes to itself, and a refused request changes nothing. A
+// handover that succeeds grows the log by exactly its entry (and the
+// broker is then fenced for the rest of the run, which the target allows).
+func FuzzHandoverHandler(f *testing.F) {
+	e := newEnv(f)
+	sk, _ := api.GenerateKey(api.KEMX25519)
+	pub := api.MarshalPublicKey(sk.PublicKey())
+	f.Add(false, mustJSON(e.handoverReq(sim.Options{}, e.handoverNonce(), pub, e.id.NoteKey)))
+	f.Add(false, mustJSON(e.handoverReq(sim.Options{Debug: true}, e.handoverNonce(), pub, e.id.NoteKey)))
+	f.Add(true, []byte(`{"holder":"alice","sealed":"AAAA"}`))
+	files, _ := filepath.Glob("testdata/requests/*.json")
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		f.Add(false, b)
+	}
+	f.Fuzz(func(t *testing.T, share bool, body []byte) {
+		e.t = t
+		var req api.HandoverRequest
+		if decodeJSON(body, &req) == nil {
+			roundTrip(t, &req)
+		}
+		before := e.state()
+		path := api.PathHandover
+		if share {
+			path = api.PathRecoveryShare
+		}
+		st, ae := e.do("POST", path, body, nil)
+		if st == 200 {
+			if share || e.treeSize() != before.size+1 {
+				t.Fatalf("POST %s answered 200, log %d -> %d", path, before.size, e.treeSize())
+			}
+			return
+		}
+		if st >= 500 {
+			t.Fatalf("status %d: %+v", st, ae)
+		}
+		if after := e.state(); !reflect.DeepEqual(before, after) {
+			t.Fatalf("rejected request (%d %s) changed state", st, ae.Code)
+		}
+	})
+}
