@@ -7,7 +7,12 @@
 // The store trusts its Sealer for one 32-byte key-encryption key (KEK) that
 // only this broker can reproduce (the SNP firmware's derived key, bound to
 // the launch measurement and policy; or a plain file in development). The
-// KEK seals a random 256-bit master key, kept in the database. The master
+// KEK seals a random 256-bit master key, kept in the database. A TEE
+// without a sealing key (TDX: NoSealer) keeps the master key in memory
+// only. The master key leaves the store only through MasterKey, for the
+// broker's two logged paths (a handover to an attested successor, which
+// opens the store with OpenWithMaster; Shamir shares for the recovery
+// holders, Split and Combine). The master
 // key wraps one random AES-256-GCM data key per key id, and each data key
 // encrypts that id's key material. The broker's secrets are encrypted under
 // the master key directly. Every ciphertext is AES-256-GCM with associated
