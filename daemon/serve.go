@@ -243,6 +243,9 @@ func serve(ctx context.Context, c *Config) error {
 			return err
 		}
 	}
+	if sealer.Name() == (keystore.NoSealer{}).Name() && !broker.Recoverable() {
+		logger.Warn("this TEE has no sealing key and the active manifest names no recovery holders: the master key lives in memory only, and an unplanned restart loses every key; hand over to a new instance before each restart (--handover-from), or publish a manifest version that names recovery holders")
+	}
 	fe.set(broker.Handler(), &id.TLS)
 	if !fe.started() {
 		fe.start(unixLn, tcpLn)

@@ -226,6 +226,16 @@ func (b *Broker) ensureShares(tx *changeTx) error {
 	return nil
 }
 
+// Recoverable reports whether the log holds recovery shares for the
+// active manifest's holders: whether this broker's master key can come
+// back from its holders if it cannot be unsealed.
+func (b *Broker) Recoverable() bool {
+	b.seq.RLock()
+	defer b.seq.RUnlock()
+	am := b.active.Load()
+	return am != nil && am.m.Recovery().Active() && b.st.shares.matches(am.m.Recovery())
+}
+
 // Recovered says that the broker's master key was restored from recovery
 // shares (Config.Recovered): New logs a recovery entry before it serves.
 type Recovered struct {

@@ -70,10 +70,22 @@ func TestHandoverRefusals(t *testing.T) {
 		req  func() any
 		code string
 	}{
-		{"bad platform", func() any { r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk); r.Platform = "sev"; return r }, api.CodeBadRequest},
-		{"short nonce", func() any { r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk); r.Nonce = r.Nonce[:8]; return r }, api.CodeBadRequest},
+		{"bad platform", func() any {
+			r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk)
+			r.Platform = "sev"
+			return r
+		}, api.CodeBadRequest},
+		{"short nonce", func() any {
+			r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk)
+			r.Nonce = r.Nonce[:8]
+			return r
+		}, api.CodeBadRequest},
 		{"no evidence", func() any { r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk); r.Evidence = nil; return r }, api.CodeBadRequest},
-		{"bad key", func() any { r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk); r.HPKEPublicKey = []byte{0, 0x20, 1}; return r }, api.CodeBadRequest},
+		{"bad key", func() any {
+			r := e.handoverReq(sim.Options{}, e.handoverNonce(), pub, nk)
+			r.HPKEPublicKey = []byte{0, 0x20, 1}
+			return r
+		}, api.CodeBadRequest},
 		{"unknown nonce", func() any { return e.handoverReq(sim.Options{}, bytes.Repeat([]byte{7}, 32), pub, nk) }, api.CodeNonceInvalid},
 		{"release nonce", func() any { return e.handoverReq(sim.Options{}, e.challenge(), pub, nk) }, api.CodeNonceInvalid},
 		{"evidence bound to another key", func() any {
@@ -315,7 +327,9 @@ func TestRecoveryShares(t *testing.T) {
 	for n, k := range keys2 {
 		keys[n] = k
 	}
-	e.mustOK(next(func(d *manifest.Document) { d.Recovery = &manifest.RecoveryPolicy{Threshold: 1, Holders: append(hs[:1], hs2...)} }))
+	e.mustOK(next(func(d *manifest.Document) {
+		d.Recovery = &manifest.RecoveryPolicy{Threshold: 1, Holders: append(hs[:1], hs2...)}
+	}))
 	i2, rs2 := e.latestShares()
 	if i2 <= idx || rs2.Threshold != 1 || len(rs2.Shares) != 2 || rs2.Shares[1].Holder != "dave" {
 		t.Fatalf("shares for the new holders: %d %+v", i2, rs2)
