@@ -93,7 +93,7 @@ func startWitnessed(t *testing.T, impl witnesstest.Impl, bin, data, wdir string)
 func (wd *witnessedDaemon) startKbsd(t *testing.T, data string, extra ...string) *daemon {
 	t.Helper()
 	args := append([]string{"--dev", "--listen-tcp", "127.0.0.1:0", "--witness-retry", "100ms", "--witness-wait", "10s"}, extra...)
-	k := testbin.StartKbsdServing(t, kbsdBin, data, args...)
+	k := testbin.StartKbsdUntil(t, kbsdBin, data, "kbsd serving", args...)
 	return &daemon{Kbsd: k, t: t, tcp: strings.TrimPrefix(k.HTTPS, "https://"), hc: k.HTTPClient()}
 }
 

@@ -484,7 +484,7 @@ func (w *witnesses) witnessed(ctx context.Context, size uint64, cp tlog.SignedCh
 		if why != nil {
 			reason = why.Error()
 		}
-		return tlog.SignedCheckpoint{}, &statusError{err: api.Errorf(api.CodeWitnessesUnavailable, "%s, but no quorum of witnesses cosigned a checkpoint containing it within %s (%s); retry later", what, w.opts.Wait, reason), cause: err}
+		return tlog.SignedCheckpoint{}, &statusError{err: api.Errorf(api.CodeWitnessesUnavailable, "%s, but no quorum of witnesses cosigned a checkpoint containing it within %s (%s)", what, w.opts.Wait, reason), cause: err}
 	}
 }
 

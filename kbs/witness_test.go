@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -19,6 +20,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
+	"github.com/kbs-dev/kbs/tlog/boltlog"
 	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
 
@@ -476,5 +478,101 @@ func TestWitnessPolicyChange(t *testing.T) {
 	}
 	if ws := e.witnessStatus(); ws.Policy != "none" || ws.State != "acting" || ws.WitnessedSize != ws.LogSize {
 		t.Errorf("/v1/witnesses after none = %+v", ws)
+	}
+}
+
+// TestRecoveryWitnessed: a recovering broker (Recovery) whose manifest
+// names witnesses submits its log's checkpoint to them and attests with
+// the cosigned checkpoint, so that holders, who require the quorum as any
+// client does, can verify it. A copy of the database older than what the
+// witness cosigned finds itself behind and attests with no cosignature.
+func TestRecoveryWitnessed(t *testing.T) {
+	fakes := newFakes(t, 1)
+	hs, _ := holders(t, "alice", "bob")
+	e, err := newEnvSetup(t, func(d *manifest.Document) {
+		d.Witnesses = witnessPolicy(1, fakes)
+		d.Recovery = &manifest.RecoveryPolicy{Threshold: 2, Holders: hs}
+	}, nil, func(e *env) { e.witnesses, e.witnessOpts = fakes, fastWitnesses })
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitWitnessState("acting")
+	e.close()
+	old := filepath.Join(t.TempDir(), "kbs.db")
+	copyFile(t, filepath.Join(e.dir, "kbs.db"), old)
+	e.open(t)
+	e.waitWitnessState("acting")
+	e.mustOK2(e.upload("demo/r", 1, []byte("material-r......................")))
+	q := e.quorumOf(t)
+	e.close()
+
+	// recovering runs a Recovery on the database at path until the test
+	// ends, and returns it and the checkpoint of its attestation once
+	// cosigned or behind (done reports which it waits for).
+	recovering := func(path string, done func(*Recovery, []byte) bool) []byte {
+		t.Helper()
+		db, err := bbolt.Open(path, 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		vkey, err := LoggedNoteKey(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		signer, err := ReadOnlySigner(vkey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lg, err := boltlog.New(db, boltlog.Config{Signer: signer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lg.Close() })
+		issuer, err := sim.NewIssuer(e.simDir, attest.SNP, sim.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := NewRecovery(context.Background(), RecoveryConfig{DB: db, Log: lg, NoteKey: vkey, Issuer: issuer, Simulated: true, Witnesses: fastWitnesses})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(r.Close)
+		srv := httpServer(t, r.Handler())
+		t.Cleanup(srv.Close)
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			e.srv = srv
+			var att api.Attestation
+			if st, ae := e.do("GET", api.PathAttestation+"?nonce="+strings.Repeat("ab", 32), nil, &att); st != 200 || !att.Recovering {
+				t.Fatalf("recovery attestation: %d %+v", st, ae)
+			}
+			if done(r, []byte(att.Checkpoint)) {
+				return []byte(att.Checkpoint)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("recovery witnesses: %v\n%s", r.b.wit.health(), att.Checkpoint)
+			}
+		}
+	}
+
+	cosigned := func(_ *Recovery, cp []byte) bool {
+		_, err := q.Verify(cp, e.id.Checkpoints.Origin(), e.id.Checkpoints.Verifier())
+		return err == nil
+	}
+	cp := recovering(filepath.Join(e.dir, "kbs.db"), cosigned)
+	if got := e.cosignedBy(t, cp, fakes); len(got) != 1 {
+		t.Errorf("the recovering broker's checkpoint is cosigned by %v", got)
+	}
+
+	behind := func(r *Recovery, _ []byte) bool {
+		err := r.b.wit.health()
+		return err != nil && strings.Contains(err.Error(), "behind")
+	}
+	cp = recovering(old, behind)
+	if got := e.cosignedBy(t, cp, fakes); len(got) != 0 {
+		t.Errorf("the recovering copy from before the upload serves cosignatures by %v", got)
+	}
+	if _, err := q.Verify(cp, e.id.Checkpoints.Origin(), e.id.Checkpoints.Verifier()); err == nil {
+		t.Error("the quorum accepts the checkpoint of a recovering copy that is behind")
 	}
 }

@@ -56,15 +56,16 @@ func StartKbsd(t testing.TB, bin, data string, args ...string) *Kbsd {
 // a *RefusedError (with kbsd's output) if kbsd exits before it serves.
 func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error) {
 	t.Helper()
-	return startKbsd(t, bin, data, true, args...)
+	return startKbsd(t, bin, data, "", args...)
 }
 
-// StartKbsdServing is StartKbsd for a kbsd that serves but may not be
-// ready: it waits until kbsd logs that it serves and answers /healthz with
-// any status (503 while it waits for its witnesses, or is behind them).
-func StartKbsdServing(t testing.TB, bin, data string, args ...string) *Kbsd {
+// StartKbsdUntil is StartKbsd for a kbsd that serves without being
+// healthy (a broker that handed over, one that waits for its recovery
+// holders or for its witnesses): it waits until kbsd's output holds line
+// instead.
+func StartKbsdUntil(t testing.TB, bin, data, line string, args ...string) *Kbsd {
 	t.Helper()
-	k, err := startKbsd(t, bin, data, false, args...)
+	k, err := startKbsd(t, bin, data, line, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,9 @@ func (k *Kbsd) WaitHealthy() {
 	}
 }
 
-func startKbsd(t testing.TB, bin, data string, healthy bool, args ...string) (*Kbsd, error) {
+// startKbsd starts kbsd and waits until it serves and is healthy, or,
+// when line is not empty, until its output holds line.
+func startKbsd(t testing.TB, bin, data, line string, args ...string) (*Kbsd, error) {
 	t.Helper()
 	k := &Kbsd{t: t, Data: data, Socket: filepath.Join(data, "kbs.sock"), out: new(SyncBuffer), done: make(chan struct{})}
 	k.cmd = Command(t, bin, append([]string{"--data", data}, args...)...)
@@ -107,10 +110,14 @@ func startKbsd(t testing.TB, bin, data string, healthy bool, args ...string) (*K
 	}()
 	hc := k.HTTPClient()
 	for deadline := time.Now().Add(60 * time.Second); ; {
-		if out := k.out.Bytes(); bytes.Contains(out, serving) {
+		if out := k.out.Bytes(); line != "" && bytes.Contains(out, []byte(line)) {
+			k.HTTPS = httpsRE.FindString(string(out))
+			return k, nil
+		}
+		if out := k.out.Bytes(); line == "" && bytes.Contains(out, serving) {
 			if resp, err := hc.Get("http://kbsd/healthz"); err == nil {
 				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK || !healthy {
+				if resp.StatusCode == http.StatusOK {
 					k.HTTPS = httpsRE.FindString(string(out))
 					return k, nil
 				}

@@ -45,7 +45,7 @@ func startWitnessedKbsd(t *testing.T, fakes []*witnesstest.Fake, teach bool) *wi
 	for _, f := range fakes {
 		args = append(args, "--dev-witness", f.URL+","+f.Cosigner.VerifierKey())
 	}
-	w.k = testbin.StartKbsdServing(t, kbsdBin, w.data, args...)
+	w.k = testbin.StartKbsdUntil(t, kbsdBin, w.data, "kbsd serving", args...)
 	t.Cleanup(func() { w.k.Stop() })
 	m := noteKeyRE.FindStringSubmatch(w.k.Output())
 	if m == nil {

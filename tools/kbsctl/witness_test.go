@@ -49,7 +49,7 @@ func TestWitnessedKbsd(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "kbs")
 	fake := witnesstest.NewFake(t, "witness.example/m", "m", nil)
-	k := testbin.StartKbsdServing(t, kbsdBin, data, "--dev", "--listen-tcp", "none", "--attestation-rate", "1000",
+	k := testbin.StartKbsdUntil(t, kbsdBin, data, "kbsd serving", "--dev", "--listen-tcp", "none", "--attestation-rate", "1000",
 		"--dev-witness", fake.URL+","+fake.Cosigner.VerifierKey(), "--witness-retry", "50ms", "--witness-refresh", "200ms")
 	t.Cleanup(func() { k.Stop() })
 	m := regexp.MustCompile(`note_key="?([^"\s]+)`).FindStringSubmatch(k.Output())
