@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,23 +27,12 @@ import (
 	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
 
-var (
-	kbsctlOnce sync.Once
-	kbsctlPath string
-	kbsctlErr  error
-)
+var kbsctlLazy = testbin.Lazy{Pkg: "github.com/kbs-dev/kbs/tools/kbsctl"}
 
 // kbsctl returns the kbsctl binary, built once next to the test's kbsd.
 func kbsctl(t *testing.T) string {
 	t.Helper()
-	kbsctlOnce.Do(func() {
-		kbsctlPath = filepath.Join(filepath.Dir(kbsdBin), "kbsctl")
-		kbsctlErr = testbin.Build(kbsctlPath, "github.com/kbs-dev/kbs/tools/kbsctl")
-	})
-	if kbsctlErr != nil {
-		t.Fatal(kbsctlErr)
-	}
-	return kbsctlPath
+	return kbsctlLazy.Path(t, filepath.Dir(kbsdBin))
 }
 
 // witnessedDaemon is a kbsd --dev whose dev manifest names one real

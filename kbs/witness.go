@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -713,21 +712,7 @@ func (w *witnesses) writeMetrics(ctx context.Context, out io.Writer) {
 	for _, s := range st {
 		fmt.Fprintf(out, "kbs_witness_up{witness=%q} %d\n", s.Name, b2u(s.Err == nil && s.CosignedSize > 0))
 	}
-	fmt.Fprintln(out, "# HELP kbs_witness_failures_total Submissions a witness did not cosign, by kind (unavailable, ahead, inconsistent, conflict, forbidden, unknown_log, protocol, other).")
-	fmt.Fprintln(out, "# TYPE kbs_witness_failures_total counter")
-	keys := make([][2]string, 0, len(failures))
-	for k := range failures {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i][0] != keys[j][0] {
-			return keys[i][0] < keys[j][0]
-		}
-		return keys[i][1] < keys[j][1]
-	})
-	for _, k := range keys {
-		fmt.Fprintf(out, "kbs_witness_failures_total{witness=%q,kind=%q} %d\n", k[0], k[1], failures[k])
-	}
+	writeCounters(out, "kbs_witness_failures_total", "Submissions a witness did not cosign, by kind (unavailable, ahead, inconsistent, conflict, forbidden, unknown_log, protocol, other).", "witness", "kind", failures)
 }
 
 // serveCheckpoint serves GET /log/checkpoint: the served checkpoint (a

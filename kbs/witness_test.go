@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -20,7 +19,6 @@ import (
 	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
-	"github.com/kbs-dev/kbs/tlog/boltlog"
 	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
 
@@ -511,33 +509,7 @@ func TestRecoveryWitnessed(t *testing.T) {
 	// cosigned or behind (done reports which it waits for).
 	recovering := func(path string, done func(*Recovery, []byte) bool) []byte {
 		t.Helper()
-		db, err := bbolt.Open(path, 0o600, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		vkey, err := LoggedNoteKey(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		signer, err := ReadOnlySigner(vkey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lg, err := boltlog.New(db, boltlog.Config{Signer: signer})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { lg.Close() })
-		issuer, err := sim.NewIssuer(e.simDir, attest.SNP, sim.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := NewRecovery(context.Background(), RecoveryConfig{DB: db, Log: lg, NoteKey: vkey, Issuer: issuer, Simulated: true, Witnesses: fastWitnesses})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(r.Close)
+		r, _, _, _ := e.newRecovery(t, path, fastWitnesses)
 		srv := httpServer(t, r.Handler())
 		t.Cleanup(srv.Close)
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {

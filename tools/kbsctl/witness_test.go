@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,24 +17,6 @@ import (
 	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
-
-// syncBuffer collects what a monitor writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestWitnessedKbsd runs kbsctl against a real dev kbsd whose manifest
 // names a witness (an in-process fake; daemon/witness_test.go runs real
@@ -122,7 +103,7 @@ func TestWitnessedKbsd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var alerts syncBuffer
+	var alerts testbin.SyncBuffer
 	mon, err := monitor.Open(monitor.Config{Client: c, NoteKey: noteKey, State: filepath.Join(dir, "monitor.db"), Rules: rules, Out: &alerts})
 	if err != nil {
 		t.Fatal(err)
