@@ -28,6 +28,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
+	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
@@ -65,12 +66,13 @@ type fakeLog struct {
 
 // NewFake starts a fake witness whose key is named keyName and derived
 // from seed (the same seed gives the same key), timestamping its
-// cosignatures with now (nil: time.Now). The server stops when the test
-// ends.
+// cosignatures with now (nil: the wall clock through internal/clock, so
+// that under make test-future the fake is as far ahead as its clients).
+// The server stops when the test ends.
 func NewFake(t testing.TB, keyName, seed string, now func() time.Time) *Fake {
 	t.Helper()
 	if now == nil {
-		now = time.Now
+		now = clock.Now
 	}
 	s := sha256.Sum256([]byte(seed))
 	cs, err := tlog.NewCosigner(keyName, ed25519.NewKeyFromSeed(s[:]), now)
