@@ -37,15 +37,16 @@ fuzz:
 # The Trillian log backend (tlog/trillianlog) against a real trillian_log_server
 # and trillian_log_signer on a private PostgreSQL, started and stopped by
 # scripts/trillian.sh (which installs PostgreSQL and builds Trillian if needed),
-# on both kinds of tree. The signer runs every 10ms: appends to LOG trees wait
-# for it.
+# on both kinds of tree, and kbsd on Trillian with a real omniwitness
+# (TestRealWitnessTrillian). The signer runs every 10ms: appends to LOG trees
+# wait for it.
 TRILLIAN_TEST_DIR ?= $(CURDIR)/.cache/trillian-test
 test-trillian:
 	@set -e; export TRILLIAN_RUN_DIR=$(TRILLIAN_TEST_DIR) TRILLIAN_SEQUENCER_INTERVAL=10ms; \
 	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
 	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
 	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... ./tools/trillian-migrate/ && \
-	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/ && \
+	    KBS_WITNESS_BIN=$$(scripts/witness.sh build) $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/ && \
 	    $(GO) test -race -count=1 -timeout 10m -v -run 'TestDecideAndAppendOneStep|TestUnknownOutcomeSettles' ./kbs/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 

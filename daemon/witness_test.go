@@ -53,15 +53,15 @@ var noteKeyLog = regexp.MustCompile(`note_key="?([^"\s]+)`)
 // startWitnessed creates a dev broker in data whose manifest names a new
 // witness of impl (state in wdir, at a fixed loopback address), starts
 // the witness for kbsd's log once kbsd has said its key, and waits until
-// kbsd acts (a quorum cosigned its checkpoint).
-func startWitnessed(t *testing.T, impl witnesstest.Impl, bin, data, wdir string) *witnessedDaemon {
+// kbsd acts (a quorum cosigned its checkpoint). extra are more kbsd flags.
+func startWitnessed(t *testing.T, impl witnesstest.Impl, bin, data, wdir string, extra ...string) *witnessedDaemon {
 	t.Helper()
 	if err := os.MkdirAll(wdir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	wd := &witnessedDaemon{impl: impl, bin: bin, wdir: wdir, waddr: witnesstest.FreeLoopbackAddr(t)}
 	vkey := impl.VKey(t, bin, wdir)
-	wd.daemon = wd.startKbsd(t, data, "--dev-witness", "http://"+wd.waddr+","+vkey)
+	wd.daemon = wd.startKbsd(t, data, append([]string{"--dev-witness", "http://" + wd.waddr + "," + vkey}, extra...)...)
 	m := noteKeyLog.FindStringSubmatch(wd.Output())
 	if m == nil {
 		t.Fatalf("kbsd did not log its note key:\n%s", wd.Output())
@@ -317,4 +317,38 @@ func TestRealWitnessKbsdSplitView(t *testing.T) {
 		b.stop()
 		a.stop()
 	})
+}
+
+// TestRealWitnessTrillian: kbsd with its log on a real Trillian and a real
+// omniwitness (make test-trillian, which builds the witness too): the
+// witness cosigns the Trillian log's checkpoints; a client requiring the
+// quorum verifies the broker, uploads, and a worker gets the key with a
+// witnessed receipt; after a restart on the same tree kbsd checks its
+// witness again and goes on, the served checkpoint cosigned and larger.
+func TestRealWitnessTrillian(t *testing.T) {
+	impl, bin := witnesstest.Omniwitness(t)
+	flags := trillianFlags(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "kbs")
+	wd := startWitnessed(t, impl, bin, data, filepath.Join(dir, "witness"), flags...)
+	if !strings.Contains(wd.Output(), "using a Trillian log") {
+		t.Fatalf("kbsd did not say it uses Trillian:\n%s", wd.Output())
+	}
+	c := newClient(t, wd.daemon)
+	c.verifyBroker()
+	c.upload("demo/tw", 1, []byte("trillian and a witness..........."))
+	if _, _, err := fetch(wd.daemon, attest.SNP, api.KEMX25519, "demo/tw"); err != nil {
+		t.Fatal(err)
+	}
+	before := wd.checkServedCheckpoint(t)
+	wd.stop()
+
+	wd.daemon = wd.startKbsd(t, data, flags...)
+	wd.WaitHealthy()
+	c.d = wd.daemon
+	c.upload("demo/tw", 2, []byte("trillian and a witness, again..."))
+	if after := wd.checkServedCheckpoint(t); after <= before {
+		t.Errorf("served checkpoint of size %d after a restart and an upload, %d before", after, before)
+	}
+	wd.stop()
 }
