@@ -48,7 +48,8 @@ func (b *Broker) authorizeChange(seen *activeManifest, client, id string, statem
 // exactly the next version of the id. Order: check the signature, open the
 // sealed key; then, as one step against the state: check the version,
 // stage the key, log the upload (naming the staged record's sealed
-// digest) durably, commit the key.
+// digest) durably, commit the key. Uploads that arrive together take that
+// step together (keys_batch.go).
 func (b *Broker) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUploadResult, error) {
 	if req.Version == 0 {
 		return nil, api.Errorf(api.CodeBadRequest, "version must be at least 1")
@@ -67,31 +68,7 @@ func (b *Broker) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUpl
 	if len(material) == 0 || len(material) > api.MaxKeySize {
 		return nil, api.Errorf(api.CodeBadRequest, "key is %d bytes, want 1 to %d", len(material), api.MaxKeySize)
 	}
-	var l logged
-	err = b.exclusive(ctx, func(tx *changeTx) error {
-		if _, err := b.authorizeChange(seen, req.Client, req.ID, stmt, req.Signature); err != nil {
-			return err
-		}
-		if next := b.st.nextVersion(req.ID); req.Version != next {
-			return api.Errorf(api.CodeConflict, "key %q needs version %d, not %d (a replayed or stale upload)", req.ID, next, req.Version)
-		}
-		// Stage the key, log the upload, then commit: a key is never
-		// released without its upload in the log, and a crash in between
-		// is settled against the log at the next start.
-		digest, err := b.cfg.Keys.PreparePut(req.ID, req.Version, req.Client, material, b.st.size, b.now())
-		if err != nil {
-			return err
-		}
-		entry := &tlog.Entry{
-			Type:      tlog.TypeKeyUpload,
-			Time:      b.now(),
-			KeyUpload: &tlog.KeyEntry{ID: req.ID, Version: req.Version, Client: req.Client, SealedDigest: digest},
-		}
-		if l, err = tx.log(entry, func() { b.abortStaged(req.ID) }); err != nil {
-			return err
-		}
-		return b.commitStaged(req.ID, l.index)
-	})
+	l, err := b.uploadBatched(ctx, &uploadJob{req: req, stmt: stmt, seen: seen, material: material})
 	if err != nil {
 		return nil, err
 	}

@@ -316,55 +316,92 @@ const (
 // NextVersion(id) (ErrVersion otherwise). A change already staged for id
 // is replaced. It returns the staged version's sealed digest (see Key).
 func (s *Store) PreparePut(id string, version uint64, client string, material []byte, logSize uint64, now time.Time) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var digest string
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		rec, err := getMeta(tx, id)
-		if err != nil {
-			return err
-		}
-		var want uint64 = 1
-		if rec != nil {
-			want = rec.Version + 1
-		}
-		if version != want {
-			return fmt.Errorf("%w: key %q needs version %d, got %d", ErrVersion, id, want, version)
-		}
-		p := &pendingRecord{ID: id, Op: OpPut, LogSize: logSize}
-		wrapped := []byte(nil)
-		if rec != nil {
-			wrapped = rec.WrappedDEK
-		}
-		if wrapped == nil {
-			// A new or deleted key gets a fresh data key.
-			dek := make([]byte, 32)
-			if _, err := rand.Read(dek); err != nil {
-				return err
-			}
-			wrapped, err = seal(s.master, dek, dekAD(id))
-			clear(dek)
-			if err != nil {
-				return err
-			}
-			p.WrappedDEK = wrapped
-		}
-		dek, err := s.dek(id, wrapped)
-		if err != nil {
-			return err
-		}
-		ct, err := seal(dek, material, materialAD(id, version))
-		if err != nil {
-			return err
-		}
-		p.Version = versionRecord{Version: version, Client: client, Created: now.UTC(), Ciphertext: ct}
-		digest = sealedDigest(ct)
-		return putJSON(tx, bucketPending, []byte(id), p)
-	})
+	digests, errs, err := s.PreparePuts([]Put{{ID: id, Version: version, Client: client, Material: material}}, logSize, now)
 	if err != nil {
 		return "", err
 	}
-	return digest, nil
+	return digests[0], errs[0]
+}
+
+// Put is one key version to stage (PreparePuts).
+type Put struct {
+	ID       string
+	Version  uint64
+	Client   string
+	Material []byte
+}
+
+// PreparePuts stages puts, as PreparePut would one by one, in one
+// transaction (one fsync for all). The ids must differ. It returns, for
+// each put, its sealed digest or why it was not staged (ErrVersion...);
+// err is a failure of the transaction, which stages none of them.
+func (s *Store) PreparePuts(puts []Put, logSize uint64, now time.Time) (digests []string, errs []error, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		digests, errs = make([]string, len(puts)), make([]error, len(puts))
+		for i, p := range puts {
+			p, err := s.preparePut(tx, p, logSize, now)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			digests[i] = sealedDigest(p.Version.Ciphertext)
+			if err := putJSON(tx, bucketPending, []byte(p.ID), p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return digests, errs, nil
+}
+
+// preparePut returns the staged change of put, checked against the
+// store's record of its id.
+func (s *Store) preparePut(tx *bbolt.Tx, put Put, logSize uint64, now time.Time) (*pendingRecord, error) {
+	id, version := put.ID, put.Version
+	rec, err := getMeta(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	var want uint64 = 1
+	if rec != nil {
+		want = rec.Version + 1
+	}
+	if version != want {
+		return nil, fmt.Errorf("%w: key %q needs version %d, got %d", ErrVersion, id, want, version)
+	}
+	p := &pendingRecord{ID: id, Op: OpPut, LogSize: logSize}
+	wrapped := []byte(nil)
+	if rec != nil {
+		wrapped = rec.WrappedDEK
+	}
+	if wrapped == nil {
+		// A new or deleted key gets a fresh data key.
+		dek := make([]byte, 32)
+		if _, err := rand.Read(dek); err != nil {
+			return nil, err
+		}
+		wrapped, err = seal(s.master, dek, dekAD(id))
+		clear(dek)
+		if err != nil {
+			return nil, err
+		}
+		p.WrappedDEK = wrapped
+	}
+	dek, err := s.dek(id, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	ct, err := seal(dek, put.Material, materialAD(id, version))
+	if err != nil {
+		return nil, err
+	}
+	p.Version = versionRecord{Version: version, Client: put.Client, Created: now.UTC(), Ciphertext: ct}
+	return p, nil
 }
 
 // PrepareDelete stages the deletion of key id, whose latest version must
@@ -394,58 +431,71 @@ func (s *Store) PrepareDelete(id string, version uint64, logSize uint64, now tim
 // version; a delete destroys the data key and every ciphertext
 // (crypto-shredding), keeping the metadata so that versions are never
 // reused.
-func (s *Store) Commit(id string) error {
+func (s *Store) Commit(id string) error { return s.CommitAll([]string{id}) }
+
+// CommitAll commits the changes staged for ids (see Commit) in one
+// transaction: all of them, or none if one fails.
+func (s *Store) CommitAll(ids []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Update(func(tx *bbolt.Tx) error {
-		p, err := getPending(tx, id)
-		if err != nil {
-			return err
-		}
-		if p == nil {
-			return fmt.Errorf("keystore: no change staged for key %q", id)
-		}
-		rec, err := getMeta(tx, id)
-		if err != nil {
-			return err
-		}
-		switch p.Op {
-		case OpPut:
-			if rec == nil {
-				rec = &metaRecord{ID: id, Created: p.Version.Created}
-			}
-			if p.Version.Version != rec.Version+1 {
-				return fmt.Errorf("%w: staged version %d of key %q does not follow %d", ErrVersion, p.Version.Version, id, rec.Version)
-			}
-			if p.WrappedDEK != nil {
-				rec.WrappedDEK = p.WrappedDEK
-			}
-			if rec.WrappedDEK == nil {
-				return fmt.Errorf("corrupt record for key %q: no data key", id)
-			}
-			rec.Version, rec.Client, rec.VersionCreated = p.Version.Version, p.Version.Client, p.Version.Created
-			rec.Deleted = false
-			rec.SealedDigest = sealedDigest(p.Version.Ciphertext)
-			if err := putJSON(tx, bucketVersions, versionKey(id, rec.Version), &p.Version); err != nil {
+		for _, id := range ids {
+			if err := commit(tx, id); err != nil {
 				return err
 			}
-		case OpDelete:
-			if rec == nil || rec.Deleted || rec.Version != p.Version.Version {
-				return fmt.Errorf("%w: staged deletion of version %d of key %q, which is not its live version", ErrVersion, p.Version.Version, id)
-			}
-			rec.Deleted = true
-			rec.WrappedDEK, rec.SealedDigest, rec.VersionCreated = nil, "", time.Time{}
-			if err := shredVersions(tx, id); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("keystore: unknown staged operation %q for key %q", p.Op, id)
 		}
-		if err := tx.Bucket(bucketRoot).Bucket(bucketPending).Delete([]byte(id)); err != nil {
-			return err
-		}
-		return putJSON(tx, bucketKeyMeta, []byte(id), rec)
+		return nil
 	})
+}
+
+func commit(tx *bbolt.Tx, id string) error {
+	p, err := getPending(tx, id)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		return fmt.Errorf("keystore: no change staged for key %q", id)
+	}
+	rec, err := getMeta(tx, id)
+	if err != nil {
+		return err
+	}
+	switch p.Op {
+	case OpPut:
+		if rec == nil {
+			rec = &metaRecord{ID: id, Created: p.Version.Created}
+		}
+		if p.Version.Version != rec.Version+1 {
+			return fmt.Errorf("%w: staged version %d of key %q does not follow %d", ErrVersion, p.Version.Version, id, rec.Version)
+		}
+		if p.WrappedDEK != nil {
+			rec.WrappedDEK = p.WrappedDEK
+		}
+		if rec.WrappedDEK == nil {
+			return fmt.Errorf("corrupt record for key %q: no data key", id)
+		}
+		rec.Version, rec.Client, rec.VersionCreated = p.Version.Version, p.Version.Client, p.Version.Created
+		rec.Deleted = false
+		rec.SealedDigest = sealedDigest(p.Version.Ciphertext)
+		if err := putJSON(tx, bucketVersions, versionKey(id, rec.Version), &p.Version); err != nil {
+			return err
+		}
+	case OpDelete:
+		if rec == nil || rec.Deleted || rec.Version != p.Version.Version {
+			return fmt.Errorf("%w: staged deletion of version %d of key %q, which is not its live version", ErrVersion, p.Version.Version, id)
+		}
+		rec.Deleted = true
+		rec.WrappedDEK, rec.SealedDigest, rec.VersionCreated = nil, "", time.Time{}
+		if err := shredVersions(tx, id); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("keystore: unknown staged operation %q for key %q", p.Op, id)
+	}
+	if err := tx.Bucket(bucketRoot).Bucket(bucketPending).Delete([]byte(id)); err != nil {
+		return err
+	}
+	return putJSON(tx, bucketKeyMeta, []byte(id), rec)
 }
 
 // shredVersions deletes every stored version of id.
@@ -549,24 +599,34 @@ func (s *Store) Meta(id string) (Meta, error) {
 	return m, err
 }
 
-// List returns the metadata of every key id, sorted by id. It reads the
-// metadata records only, never a ciphertext. A record that does not
-// decode, or is stored under another id than its own, is an error.
+// List returns the metadata of every key id, sorted by id (see
+// ForEachMeta).
 func (s *Store) List() ([]Meta, error) {
 	var out []Meta
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.ForEachMeta(func(m Meta) error {
+		out = append(out, m)
+		return nil
+	})
+	return out, err
+}
+
+// ForEachMeta calls fn with the metadata of every key id, in id order,
+// until fn returns an error, which it returns. It reads the metadata
+// records only, never a ciphertext. A record that does not decode, or is
+// stored under another id than its own, is an error.
+func (s *Store) ForEachMeta(fn func(Meta) error) error {
+	return s.db.View(func(tx *bbolt.Tx) error {
 		return tx.Bucket(bucketRoot).Bucket(bucketKeyMeta).ForEach(func(k, v []byte) error {
 			rec, err := decodeMeta(string(k), v)
 			if err != nil {
 				return err
 			}
-			if rec.Version > 0 {
-				out = append(out, rec.meta())
+			if rec.Version == 0 {
+				return nil
 			}
-			return nil
+			return fn(rec.meta())
 		})
 	})
-	return out, err
 }
 
 // IDs calls fn with the ids of the stored keys (committed at least once,
