@@ -80,3 +80,50 @@ func FuzzStoredRecord(f *testing.F) {
 		s.IDs("demo/", "", func(string) bool { return true })
 	})
 }
+
+// FuzzMigrateRecord gives the migration of the old layout arbitrary bytes
+// as a key id's old record (the host can write them before the first
+// start of a newer kbsd), beside a genuine record of another id: the
+// migration never panics, either fails or moves both, and the genuine key
+// still yields its own material and nothing else yields any other.
+func FuzzMigrateRecord(f *testing.F) {
+	raw, err := oldLayoutDB()
+	if err != nil {
+		f.Fatal(err)
+	}
+	var seeds [][]byte
+	db, _ := openOldCopy(f, raw)
+	db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketRoot).Bucket(bucketOldKeys).ForEach(func(_, v []byte) error {
+			seeds = append(seeds, bytes.Clone(v))
+			return nil
+		})
+	})
+	db.Close()
+	for _, sd := range seeds {
+		f.Add(sd)
+	}
+	f.Add([]byte(`{"id":"demo/x","version":1,"versions":[{"version":1,"ciphertext":""}],"pending":{"op":"put"}}`))
+	f.Fuzz(func(t *testing.T, rec []byte) {
+		db, sealer := openOldCopy(t, raw)
+		defer db.Close()
+		if err := db.Update(func(tx *bbolt.Tx) error {
+			return tx.Bucket(bucketRoot).Bucket(bucketOldKeys).Put([]byte("demo/x"), rec)
+		}); err != nil {
+			t.Skip(err)
+		}
+		s, err := Open(context.Background(), db, sealer)
+		if err != nil {
+			return // refused: the old records stay as they were
+		}
+		if k, err := s.Get("demo/a"); err != nil || string(k.Material) != "demo/a version 2" {
+			t.Fatalf("Get(demo/a) after migrating beside a forged record = %+v, %v", k, err)
+		}
+		if k, err := s.Get("demo/x"); err == nil {
+			t.Fatalf("a forged old record yields material %q", k.Material)
+		}
+		s.List()
+		s.PendingChanges()
+		s.Commit("demo/x")
+	})
+}

@@ -15,25 +15,26 @@ import (
 	"go.etcd.io/bbolt"
 )
 
-// oldStore copies the committed store of the old layout
-// (testdata/oldlayout, see gen.go there) into a new directory and returns
-// its database and sealer.
-func oldStore(t *testing.T) (*bbolt.DB, Sealer) {
-	t.Helper()
-	dir := t.TempDir()
+// oldLayoutDB returns the bytes of the committed store of the old layout
+// (testdata/oldlayout, see gen.go there).
+func oldLayoutDB() ([]byte, error) {
 	f, err := os.Open("testdata/oldlayout/kbs.db.gz")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer f.Close()
 	zr, err := gzip.NewReader(f)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	raw, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	return io.ReadAll(zr)
+}
+
+// openOldCopy writes raw (an old-layout database) and the committed
+// sealing key into a new directory and opens the database.
+func openOldCopy(t testing.TB, raw []byte) (*bbolt.DB, Sealer) {
+	t.Helper()
+	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "kbs.db"), raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +45,21 @@ func oldStore(t *testing.T) (*bbolt.DB, Sealer) {
 	if err := os.WriteFile(filepath.Join(dir, "sealing.key"), key, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	db := openDB(t, filepath.Join(dir, "kbs.db"))
+	db, err := bbolt.Open(filepath.Join(dir, "kbs.db"), 0o600, &bbolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, &SimSealer{Path: filepath.Join(dir, "sealing.key")}
+}
+
+// oldStore opens a copy of the committed store of the old layout.
+func oldStore(t *testing.T) (*bbolt.DB, Sealer) {
+	t.Helper()
+	raw, err := oldLayoutDB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, sealer := openOldCopy(t, raw)
 	t.Cleanup(func() { db.Close() })
 	if err := db.View(func(tx *bbolt.Tx) error {
 		if tx.Bucket(bucketRoot).Bucket(bucketOldKeys) == nil {
@@ -54,7 +69,7 @@ func oldStore(t *testing.T) (*bbolt.DB, Sealer) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return db, &SimSealer{Path: filepath.Join(dir, "sealing.key")}
+	return db, sealer
 }
 
 // TestMigrateOldLayout opens a store written by the key store before
