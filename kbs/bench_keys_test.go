@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
+	"github.com/kbs-dev/kbs/kbs/keystore"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
@@ -196,31 +198,37 @@ func listPagePath(after string) string {
 
 // bulkKeys stores one version of each id and logs its upload, without
 // the upload path's signature checks and HPKE: the key store's staging
-// and commit, then key-upload entries appended with group commit while
-// the broker runs; then a restart applies them.
+// and commit, 2000 keys per transaction, then key-upload entries appended
+// with group commit while the broker runs; then a restart applies them.
 func bulkKeys(b testing.TB, e *env, ids []string) {
 	ctx := context.Background()
 	material := []byte("bench key material")
 	now := e.clock.Now()
 	entries := make([][]byte, len(ids))
-	e.db.NoSync = true
-	for i, id := range ids {
-		d, err := e.keys.PreparePut(id, 1, "demo-client", material, 0, now)
+	const chunk = 2000
+	for start := 0; start < len(ids); start += chunk {
+		part := ids[start:min(start+chunk, len(ids))]
+		puts := make([]keystore.Put, len(part))
+		for i, id := range part {
+			puts[i] = keystore.Put{ID: id, Version: 1, Client: "demo-client", Material: material}
+		}
+		digests, errs, err := e.keys.PreparePuts(puts, 0, now)
 		if err == nil {
-			err = e.keys.Commit(id)
+			err = errors.Join(errs...)
+		}
+		if err == nil {
+			err = e.keys.CommitAll(part)
 		}
 		if err != nil {
 			b.Fatal(err)
 		}
-		entries[i], err = tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeKeyUpload, Time: now,
-			KeyUpload: &tlog.KeyEntry{ID: id, Version: 1, Client: "demo-client", SealedDigest: d}})
-		if err != nil {
-			b.Fatal(err)
+		for i, id := range part {
+			entries[start+i], err = tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeKeyUpload, Time: now,
+				KeyUpload: &tlog.KeyEntry{ID: id, Version: 1, Client: "demo-client", SealedDigest: digests[i]}})
+			if err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
-	e.db.NoSync = false
-	if err := e.db.Sync(); err != nil {
-		b.Fatal(err)
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
