@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -214,4 +216,79 @@ func copyStore(t *testing.T, db *bbolt.DB, s *Store) *Store {
 	cdb := openDB(t, path)
 	t.Cleanup(func() { cdb.Close() })
 	return &Store{db: cdb, master: s.master}
+}
+
+// BenchmarkMigrate times the migration of a store of 100,000 keys of the
+// old layout (one version each, written here as the old key store wrote
+// them) on every iteration.
+func BenchmarkMigrate(b *testing.B) {
+	const keys = 100000
+	dir := b.TempDir()
+	path := filepath.Join(dir, "kbs.db")
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sealer := &SimSealer{Path: filepath.Join(dir, "k")}
+	s, err := Open(context.Background(), db, sealer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Unix(1700000000, 0).UTC()
+	err = db.Update(func(tx *bbolt.Tx) error {
+		old, err := tx.Bucket(bucketRoot).CreateBucket(bucketOldKeys)
+		if err != nil {
+			return err
+		}
+		for i := range keys {
+			id := fmt.Sprintf("demo/m/%07d", i)
+			wrapped, err := seal(s.master, make([]byte, 32), dekAD(id))
+			if err != nil {
+				return err
+			}
+			dek, err := s.dek(id, wrapped)
+			if err != nil {
+				return err
+			}
+			ct, err := seal(dek, []byte("old layout material"), materialAD(id, 1))
+			if err != nil {
+				return err
+			}
+			raw, err := json.Marshal(&oldKeyRecord{ID: id, Version: 1, Client: "c", Created: now, WrappedDEK: wrapped,
+				Versions: []versionRecord{{Version: 1, Client: "c", Created: now, Ciphertext: ct}}})
+			if err != nil {
+				return err
+			}
+			if err := old.Put([]byte(id), raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	db.Close()
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		if err := os.WriteFile(path, orig, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		db, err := bbolt.Open(path, 0o600, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if _, err := Open(context.Background(), db, sealer); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		db.Close()
+	}
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/100k-keys")
 }
