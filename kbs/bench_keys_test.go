@@ -306,6 +306,7 @@ func BenchmarkUpload(b *testing.B) {
 			b.ReportMetric(limit, "limit/s")
 			b.ReportMetric(cpuPer, "cpu-ms/upload")
 			b.ReportMetric(100*cryptoCPU/cpuPer, "crypto-cpu-%")
+			b.ReportMetric((cpu-clientCPU).Seconds()*1000/float64(len(lat))-cryptoCPU, "kbsd-noncrypto-ms/upload")
 			b.Logf("concurrency %2d: %6.0f uploads/s (%3.0f%% of the crypto-bound %.0f/s); %.3f cpu-ms per upload (%.3f of it the load generator's), %.3f of it crypto",
 				conc, tput, 100*tput/limit, limit, cpuPer, clientCPU.Seconds()*1000/float64(len(lat)), cryptoCPU)
 		})
