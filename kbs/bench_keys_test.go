@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -196,12 +195,42 @@ func listPagePath(after string) string {
 	return api.PathKeys + "?" + api.KeyListAfter + "=" + url.QueryEscape(after) + "&" + api.KeyListLimit + "=100"
 }
 
+// appendConcurrently appends entry(i) for i from from to n-1 to lg, from
+// 256 goroutines, so that the log's group commit batches them.
+func appendConcurrently(tb testing.TB, lg tlog.Backend, from, n uint64, entry func(i uint64) ([]byte, error)) {
+	ctx := context.Background()
+	var next atomic.Uint64
+	next.Store(from)
+	var wg sync.WaitGroup
+	errs := make(chan error, 256)
+	for range 256 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
+				raw, err := entry(i)
+				if err == nil {
+					_, _, err = lg.Append(ctx, raw)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		tb.Fatal(err)
+	}
+}
+
 // bulkKeys stores one version of each id and logs its upload, without
 // the upload path's signature checks and HPKE: the key store's staging
 // and commit, 2000 keys per transaction, then key-upload entries appended
 // with group commit while the broker runs; then a restart applies them.
 func bulkKeys(b testing.TB, e *env, ids []string) {
-	ctx := context.Background()
 	material := []byte("bench key material")
 	now := e.clock.Now()
 	entries := make([][]byte, len(ids))
@@ -230,26 +259,7 @@ func bulkKeys(b testing.TB, e *env, ids []string) {
 			}
 		}
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 256)
-	for range 256 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < int64(len(entries)); i = next.Add(1) - 1 {
-				if _, _, err := e.log.Append(ctx, entries[i]); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	appendConcurrently(b, e.log, 0, uint64(len(entries)), func(i uint64) ([]byte, error) { return entries[i], nil })
 	e.close()
 	e.open(b)
 	if resp, err := http.Get(e.srv.URL + api.PathHealth); err != nil || resp.StatusCode != http.StatusOK {
@@ -320,7 +330,6 @@ func BenchmarkUpload(b *testing.B) {
 // key under its data key. It returns uploads per second and the CPU time
 // of one upload's crypto in milliseconds.
 func uploadCryptoLimit(b *testing.B, e *env) (perSecond, cpuMillis float64) {
-	const perCore = 200
 	req := e.uploadReq("demo-client", e.client, "demo/limit", 1, []byte("an uploaded key, 32 bytes long.."))
 	stmt := api.UploadStatement(req.Client, req.ID, req.Version, e.id.HPKEPublicKey, req.Sealed)
 	dek, err := aes.NewCipher(make([]byte, 32))
@@ -331,30 +340,15 @@ func uploadCryptoLimit(b *testing.B, e *env) (perSecond, cpuMillis float64) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cores := runtime.GOMAXPROCS(0)
-	var wg sync.WaitGroup
-	cpu0 := processCPU()
-	start := time.Now()
-	for range cores {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			nonce := make([]byte, gcm.NonceSize())
-			for range perCore {
-				if err := api.VerifyStatement(&e.client.PublicKey, stmt, req.Signature); err != nil {
-					b.Error(err)
-					return
-				}
-				m, err := api.Open(e.id.HPKE, api.UploadInfo(req.ID, req.Version), req.Sealed)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				gcm.Seal(nil, nonce, m, []byte(req.ID))
-			}
-		}()
-	}
-	wg.Wait()
-	n := float64(cores * perCore)
-	return n / time.Since(start).Seconds(), (processCPU() - cpu0).Seconds() * 1000 / n
+	return onEveryCore(b, func(int) error {
+		if err := api.VerifyStatement(&e.client.PublicKey, stmt, req.Signature); err != nil {
+			return err
+		}
+		m, err := api.Open(e.id.HPKE, api.UploadInfo(req.ID, req.Version), req.Sealed)
+		if err != nil {
+			return err
+		}
+		gcm.Seal(nil, make([]byte, gcm.NonceSize()), m, []byte(req.ID))
+		return nil
+	})
 }
