@@ -134,9 +134,9 @@ run: build
 # The whole story end to end against a fresh dev broker (scripts/demo.sh):
 # verify, upload, attested release, encrypted prompts through the example
 # worker, manifest v2 rollout (openssl and kbsctl signatures), a refused
-# worker, audit, and OpenAI-style requests through kbsctl proxy. Every
-# command is printed with its real paths, ready to paste from this
-# directory; intentional failures say "(expected: ...)".
+# worker, audit, OpenAI-style requests through kbsctl proxy, and an upgrade
+# by handover to a new kbsd. Every command is printed with its real paths,
+# ready to paste from this directory; intentional failures say "(expected: ...)".
 # The files stay in DEMO_DIR (default kbs-demo). CI runs it.
 DEMO_DIR ?= kbs-demo
 demo: build

@@ -17,6 +17,9 @@ import (
 // Challenge returns a fresh single-use nonce for one release
 // (POST /v1/release/challenge).
 func (b *Broker) Challenge(ctx context.Context) (*api.Challenge, error) {
+	if err := b.fencedNow(); err != nil {
+		return nil, err
+	}
 	if !b.limit.allow() {
 		return nil, api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
 	}

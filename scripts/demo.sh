@@ -4,9 +4,11 @@
 # that attests and fetches the key, an encrypted prompt round trip through
 # the example worker, an owner rolling out manifest version 2 (signed with
 # openssl and with kbsctl), a worker with a wrong measurement refused, an
-# audit of the log, and at the end an application's OpenAI-style requests
-# (one streamed) through the client proxy (kbsctl proxy) to the worker's echo
-# model. Every step is checked; any failure fails the demo.
+# audit of the log, an application's OpenAI-style requests (one streamed)
+# through the client proxy (kbsctl proxy) to the worker's echo model, and an
+# upgrade by handover (a manifest version listing the new build's
+# measurement; the new broker takes over the master key and the log; the
+# same keys from it). Every step is checked; any failure fails the demo.
 #
 # Every command is printed as it runs, with the real paths: run from the
 # repository's top directory, each can be pasted into a shell. The files stay
@@ -33,11 +35,13 @@ touch "$D/.kbs-demo"
 KBSD_PID=""
 WORKER_PID=""
 PROXY_PID=""
+NEW_PID=""
 cleanup() {
   status=$?
   [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
   [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
   [ -n "$KBSD_PID" ] && kill "$KBSD_PID" 2>/dev/null && wait "$KBSD_PID" 2>/dev/null || true
+  [ -n "$NEW_PID" ] && kill "$NEW_PID" 2>/dev/null && wait "$NEW_PID" 2>/dev/null || true
   if [ $status -ne 0 ]; then
     echo "demo FAILED (exit $status); kbsd log:" >&2
     tail -n 30 "$D/kbsd.log" >&2 || true
@@ -240,4 +244,50 @@ echo "\$ kill %?proxy %?worker    # stop the proxy and the worker"
 kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""
 kill "$WORKER_PID"; wait "$WORKER_PID" 2>/dev/null || true; WORKER_PID=""
 
-printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy\n'
+if [[ "${KBSD_ARGS:-}" == *trillian* ]]; then
+  printf '\n(the upgrade by handover moves the embedded log: skipped with the Trillian backend)\n'
+  printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy\n'
+  exit 0
+fi
+
+step "upgrade by handover: the owners list the new kbsd build's measurement (version 3), then the new broker takes over"
+NEWM=$(printf 'b7%.0s' $(seq 48))
+run 0 -- bin/kbsctl manifest next --add-service-measurement "snp:$NEWM" --out "$D/owner/manifest-v3.json" "$D/owner/manifest-v2.json"
+runsh "bin/kbsctl manifest sign --key $D/kbs/owner.key $D/owner/manifest-v3.json > $D/owner/v3.owner1.sig"
+runsh "openssl dgst -sha256 -sign $D/owner/owner2.key $D/owner/manifest-v3.json | base64 -w0 > $D/owner/v3.owner2.sig"
+run 0 -- bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" manifest set --sig "$D/owner/v3.owner1.sig" --sig "$D/owner/v3.owner2.sig" "$D/owner/manifest-v3.json"
+has "manifest version 3"
+runsh "cp $D/owner/manifest-v2.json $D/operator-manifest.json"
+echo "\$ $(quote bin/kbsd --dev --data "$D/kbs-new" --listen-tcp 127.0.0.1:0 --sim-dir "$D/kbs/sim" --sim-measurement "$NEWM" --handover-from "$UNIX" --manifest "$D/operator-manifest.json") > $D/kbsd-new.log 2>&1 &"
+bin/kbsd --dev --data "$D/kbs-new" --listen-tcp 127.0.0.1:0 --sim-dir "$D/kbs/sim" --sim-measurement "$NEWM" \
+  --handover-from "$UNIX" --manifest "$D/operator-manifest.json" >"$D/kbsd-new.log" 2>&1 &
+NEW_PID=$!
+for _ in $(seq 1 300); do
+  grep -q 'kbsd serving' "$D/kbsd-new.log" && break
+  kill -0 "$NEW_PID" 2>/dev/null || { cat "$D/kbsd-new.log" >&2; fail "the new kbsd exited"; }
+  sleep 0.1
+done
+grep -q 'took over from the running broker' "$D/kbsd-new.log" || { cat "$D/kbsd-new.log" >&2; fail "the new kbsd did not take over"; }
+grep 'took over' "$D/kbsd-new.log" | sed 's/^/  /'
+NEWUNIX=unix://$D/kbs-new/kbs.sock
+run 0 -- bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" verify --follow --manifest "$D/client/manifest.json"
+has "followed manifest version 3"
+run 2 "the old broker handed its master key over and decides nothing any more" -- \
+  bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" key put --manifest "$D/client/manifest.json" \
+  --client-key "$D/kbs/client.key" --id demo/after-handover --generate --out "$D/client/after.key"
+has "handed_over"
+echo "\$ kill $KBSD_PID    # stop the old broker"
+kill "$KBSD_PID"; wait "$KBSD_PID" 2>/dev/null || true; KBSD_PID=""
+
+step "client and worker: the new broker, the same log and the same keys"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --sim-root "$SIMROOT" verify --follow --manifest "$D/client/manifest.json"
+has "measurement   $NEWM"; has "consistent with the stored size"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/worker-state" --sim-root "$SIMROOT" verify --follow --manifest "$D/worker/manifest.json"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/worker-state" --sim-root "$SIMROOT" key get --manifest "$D/worker/manifest.json" \
+  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --out "$D/worker/keys-new"
+cmp "$D/client/prompt.key" "$D/worker/keys-new/demo/prompt-key.key" || fail "the new broker released another key"
+echo "  the new broker released the same key"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/auditor-state" audit --note-key "$NOTE_KEY"
+has "master key handed over to a snp(sim) broker"; has "audit OK"
+
+printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy, upgrade by handover\n'

@@ -112,6 +112,14 @@ type Attestation struct {
 	ConsistencyProof [][]byte `json:"consistency_proof,omitempty"`
 	// Since echoes the since parameter.
 	Since uint64 `json:"since,omitempty"`
+	// Recovering is true when the broker waits for its recovery holders'
+	// shares: HPKEPublicKey and TLSSPKISHA256 are then the keys of this
+	// recovery only (the broker's identity is under its master key), to
+	// which holders seal their shares; nothing else is served.
+	Recovering bool `json:"recovering,omitempty"`
+	// HandedOver is true when the broker has handed its master key over to
+	// a successor: it takes no decision any more (410 handed_over).
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 // ManifestRef is the active manifest as carried in an Attestation.

@@ -108,6 +108,9 @@ type Events interface {
 	KeyEvent(KeyEvent)
 	// Release is called once per key of a release entry.
 	Release(Release)
+	// Lifecycle is called for each handover, recovery-shares and recovery
+	// entry.
+	Lifecycle(Lifecycle)
 	Finding(Finding)
 }
 
@@ -151,6 +154,8 @@ type Replayer struct {
 	manifests []Manifest
 	counts    map[string]int
 	anomalies int
+	// shares are the recovery-shares entries, by index.
+	shares map[uint64]sharesRecord
 }
 
 // keyState is what the replay knows of one key id.
@@ -165,7 +170,7 @@ type keyState struct {
 // NewReplayer returns a replayer of the log signed with noteKey (identity
 // entries must name it) that reports to ev.
 func NewReplayer(noteKey string, ev Events) *Replayer {
-	return &Replayer{ev: ev, noteKey: noteKey, keys: map[string]*keyState{}, counts: map[string]int{}}
+	return &Replayer{ev: ev, noteKey: noteKey, keys: map[string]*keyState{}, counts: map[string]int{}, shares: map[uint64]sharesRecord{}}
 }
 
 // Next returns the index of the next entry the replayer expects.
@@ -359,6 +364,8 @@ func (a *Replayer) entry(index uint64, en *tlog.Entry, err error) {
 		ks.deleted = true
 	case tlog.TypeRelease:
 		a.releaseEntry(index, en)
+	case tlog.TypeHandover, tlog.TypeRecoveryShares, tlog.TypeRecovery:
+		a.lifecycleEntry(index, en)
 	}
 }
 

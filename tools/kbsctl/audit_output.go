@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,13 +22,14 @@ import (
 type auditJSON struct {
 	OK bool `json:"ok"`
 	*audit.Report
-	Manifests  []audit.Manifest `json:"manifests"`
-	Identities []audit.Identity `json:"identities"`
-	KeyEvents  []auditKeyEvent  `json:"key_events"`
-	Releases   []audit.Release  `json:"releases"`
-	Anomalies  []string         `json:"anomalies"`
-	Warnings   []string         `json:"warnings"`
-	Counts     map[string]int   `json:"counts"`
+	Manifests  []audit.Manifest  `json:"manifests"`
+	Identities []audit.Identity  `json:"identities"`
+	KeyEvents  []auditKeyEvent   `json:"key_events"`
+	Releases   []audit.Release   `json:"releases"`
+	Lifecycle  []audit.Lifecycle `json:"lifecycle"`
+	Anomalies  []string          `json:"anomalies"`
+	Warnings   []string          `json:"warnings"`
+	Counts     map[string]int    `json:"counts"`
 }
 
 type auditKeyEvent struct {
@@ -37,6 +39,10 @@ type auditKeyEvent struct {
 
 // entryTypes are the log's entry types, in the order the table counts them.
 var entryTypes = []string{tlog.TypeIdentity, tlog.TypeManifest, tlog.TypeKeyUpload, tlog.TypeKeyDelete, tlog.TypeRelease}
+
+// lifecycleTypes are the master key's entry types: counted in the table
+// when the log has any, always in --json.
+var lifecycleTypes = []string{tlog.TypeHandover, tlog.TypeRecoveryShares, tlog.TypeRecovery}
 
 func newAuditJSON(r *audit.Report) *auditJSON {
 	nonNil := func(s []string) []string {
@@ -56,7 +62,10 @@ func newAuditJSON(r *audit.Report) *auditJSON {
 	if j.Releases == nil {
 		j.Releases = []audit.Release{}
 	}
-	for _, t := range entryTypes {
+	if j.Lifecycle = r.LifecycleEvents; j.Lifecycle == nil {
+		j.Lifecycle = []audit.Lifecycle{}
+	}
+	for _, t := range slices.Concat(entryTypes, lifecycleTypes) {
 		j.Counts[t] = 0
 	}
 	for t, n := range r.Counts {

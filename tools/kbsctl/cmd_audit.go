@@ -205,9 +205,20 @@ func writeAuditTable(out io.Writer, r *audit.Report) {
 		line = appendReleaseRow(line[:0], &r.Releases[i])
 		w.Write(line)
 	}
+	if len(r.LifecycleEvents) > 0 {
+		fmt.Fprintf(w, "\nMASTER KEY (handover, recovery)\n%-9s %-20s %-16s %s\n", "LOG INDEX", "TIME", "EVENT", "WHAT")
+		for _, l := range r.LifecycleEvents {
+			fmt.Fprintf(w, "%-9d %-20s %-16s %s\n", l.Index, ts(l.Time), l.Type, l.Describe())
+		}
+	}
 	var parts []string
 	for _, t := range entryTypes {
 		parts = append(parts, fmt.Sprintf("%d %s", r.Counts[t], t))
+	}
+	for _, t := range lifecycleTypes {
+		if n := r.Counts[t]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, t))
+		}
 	}
 	fmt.Fprintf(w, "\n%s\n", strings.Join(parts, ", "))
 	if len(r.Warnings) > 0 {
@@ -279,6 +290,10 @@ func writeAuditCSV(w io.Writer, r *audit.Report) {
 	for _, x := range r.Releases {
 		rows = append(rows, row{x.Index, []string{u(x.Index), ts(x.Time), "release", x.ID, u(x.Version), "", x.WorkerClass, x.Platform,
 			strconv.FormatBool(x.Simulated), x.Measurement, x.ChipID, x.TCB, u(x.ManifestVersion), x.ManifestHash}})
+	}
+	for _, l := range r.LifecycleEvents {
+		rows = append(rows, row{l.Index, []string{u(l.Index), ts(l.Time), l.Type, "", "", "", "", l.Platform, strconv.FormatBool(l.Simulated),
+			l.Measurement, "", "", "", l.ManifestHash}})
 	}
 	slices.SortStableFunc(rows, func(a, b row) int { return cmp.Compare(a.idx, b.idx) })
 	for _, rw := range rows {

@@ -71,7 +71,12 @@ Worker:
 Owner:
   manifest sign --key FILE MANIFEST           print a base64 signature (openssl/cosign compatible)
   manifest set --sig FILE [--sig FILE...] [--receipt R] MANIFEST
-  manifest next [--add-owner PEM] [--threshold N] MANIFEST
+  manifest next [--add-owner PEM] [--threshold N] [--add-service-measurement P:HEX]
+                [--add-recovery-holder NAME=FILE] [--recovery-threshold K] MANIFEST
+Recovery holder:
+  recover keygen --out FILE [--pq]            make a holder key; prints the public key for the manifest
+  recover --manifest FILE --holder NAME --key FILE   verify a recovering broker, send it your share
+  recover status                              whose shares a recovering broker has
   manifest history [--manifest FILE]
   manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline] [--collateral DIR]
 Auditor:
@@ -191,6 +196,7 @@ var commands = []command{
 	{"worker", cmdWorker},
 	{"proxy", cmdProxy},
 	{"attest", cmdAttest},
+	{"recover", cmdRecover},
 }
 
 func main() {
