@@ -1,13 +1,17 @@
 package kbs
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/kbs-dev/kbs/internal/dbedit"
 	"github.com/kbs-dev/kbs/kbs/api"
@@ -160,4 +164,93 @@ func TestListOfManyKeys(t *testing.T) {
 	if len(l.Keys) != 5 || l.Next != "" || l.Keys[4].ID != ids[len(ids)-1] {
 		t.Fatalf("second page: %d keys, next %q", len(l.Keys), l.Next)
 	}
+}
+
+// TestOldKeyStoreLayout rewrites a broker's key store into the layout
+// before per-version records (one record per key id with every version and
+// its staged change, in "keys"), as a kbs.db from before this layout holds
+// it, and starts the broker on it: the store is migrated, the start checks
+// it against the log, and the keys list, release and take new versions as
+// before.
+func TestOldKeyStoreLayout(t *testing.T) {
+	e := newEnv(t)
+	e.mustOK2(e.upload("demo/a", 1, []byte("demo/a, version one")))
+	e.mustOK2(e.upload("demo/a", 2, []byte("demo/a, version two")))
+	e.mustOK2(e.upload("demo/b", 1, []byte("demo/b, to be deleted")))
+	e.mustOK(e.do("DELETE", api.PathKeys+"/demo/b", e.deleteReq("demo/b", 1), nil))
+	e.mustOK2(e.upload("demo/c", 1, []byte("demo/c, live")))
+	type version struct {
+		Version    uint64    `json:"version"`
+		Client     string    `json:"client"`
+		Created    time.Time `json:"created"`
+		Ciphertext []byte    `json:"ciphertext"`
+	}
+	type oldRecord struct {
+		ID         string    `json:"id"`
+		Version    uint64    `json:"version"`
+		Client     string    `json:"client"`
+		Created    time.Time `json:"created"`
+		Deleted    bool      `json:"deleted,omitempty"`
+		WrappedDEK []byte    `json:"wrapped_dek,omitempty"`
+		Versions   []version `json:"versions,omitempty"`
+	}
+	err := e.db.Update(func(tx *bbolt.Tx) error {
+		root := tx.Bucket([]byte("keystore"))
+		old, err := root.CreateBucket([]byte("keys"))
+		if err != nil {
+			return err
+		}
+		vs := root.Bucket([]byte("versions"))
+		err = root.Bucket([]byte("keymeta")).ForEach(func(k, v []byte) error {
+			var rec oldRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return err
+			}
+			c := vs.Cursor()
+			prefix := append([]byte(rec.ID), 0)
+			for vk, vv := c.Seek(prefix); vk != nil && bytes.HasPrefix(vk, prefix); vk, vv = c.Next() {
+				var ver version
+				if err := json.Unmarshal(vv, &ver); err != nil {
+					return err
+				}
+				rec.Versions = append(rec.Versions, ver)
+			}
+			raw, err := json.Marshal(&rec)
+			if err != nil {
+				return err
+			}
+			return old.Put(k, raw)
+		})
+		if err != nil {
+			return err
+		}
+		for _, name := range []string{"keymeta", "versions", "pending"} {
+			if err := root.DeleteBucket([]byte(name)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	e.open(t)
+	var l api.KeyList
+	e.mustOK(e.do("GET", api.PathKeys, nil, &l))
+	if len(l.Keys) != 3 || l.Keys[0].Version != 2 || !l.Keys[1].Deleted {
+		t.Fatalf("keys after the migration: %+v", l.Keys)
+	}
+	w := e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
+	var rel *api.Release
+	st, ae, rel := e.release(e.releaseReq(w, e.challenge(), "demo/a", "demo/c"))
+	if st != http.StatusOK || rel.Keys[0].Version != 2 {
+		t.Fatalf("release after the migration: %d %+v", st, ae)
+	}
+	if st, ae, _ := e.release(e.releaseReq(w, e.challenge(), "demo/b")); st != http.StatusNotFound {
+		t.Errorf("release of the deleted key after the migration: %d %+v", st, ae)
+	}
+	e.mustOK2(e.upload("demo/a", 3, []byte("demo/a, version three")))
+	e.mustOK2(e.upload("demo/b", 2, []byte("demo/b, back")))
+	e.mustOK2r(e.release(e.releaseReq(w, e.challenge(), "demo/a", "demo/b")))
 }
