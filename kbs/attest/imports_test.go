@@ -69,8 +69,8 @@ func TestVerifiersDoNotLinkTheForge(t *testing.T) {
 // TestLayering: kbs/attest (the evidence and claims types) imports nothing
 // but the standard library, and the manifest package, of kbs's own
 // packages, only kbs/attest and the leaf parsers of witness keys
-// (internal/witnesskey, shared with tlog) and of recovery holders' HPKE
-// keys (internal/hpkekey, shared with kbs/api); neither links a vendor
+// (internal/witnesskey, shared with tlog) and HPKE public keys
+// (internal/hpkekey, shared with kbs/api); neither links a vendor
 // attestation library.
 func TestLayering(t *testing.T) {
 	allowed := map[string][]string{
