@@ -130,6 +130,9 @@ type Config struct {
 	// size). Optional; defaults 50 and 100.
 	AttestationRate  float64
 	AttestationBurst int
+	// Witnesses tunes the work with the witnesses the active manifest
+	// names (witness.go). Optional; the zero value is the defaults.
+	Witnesses WitnessOptions
 }
 
 // ErrInitialSignatures is returned by New when signatures were given for the
@@ -165,7 +168,10 @@ type Broker struct {
 	restored bool
 
 	// active is the active manifest (the last of the state's chain).
-	active    atomic.Pointer[activeManifest]
+	active atomic.Pointer[activeManifest]
+	// wit is the witnessing of the active manifest's witness policy
+	// (witness.go); nil until New has logged what a first start logs.
+	wit       *witnesses
 	manifests *manifestStore
 	index     *stateIndex
 
@@ -280,6 +286,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.flush(ctx); err != nil {
 		return nil, err
 	}
+	if b.wit, err = startWitnesses(b); err != nil {
+		return nil, err
+	}
 	go b.flushLoop()
 	return b, nil
 }
@@ -299,6 +308,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		b.closing.Store(true)
 		close(b.quit)
 		<-b.flushDone
+		b.wit.stop()
 		err = b.flush(ctx)
 	})
 	return err

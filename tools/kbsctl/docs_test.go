@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,24 +74,13 @@ func TestDocs(t *testing.T) {
 	}
 }
 
-var (
-	kbsctlOnce sync.Once
-	kbsctlPath string
-	kbsctlErr  error
-)
+var kbsctlLazy = testbin.Lazy{Pkg: "github.com/kbs-dev/kbs/tools/kbsctl"}
 
 // kbsctlBinary builds kbsctl once for the tests that run it as a process
 // (in the directory TestMain removes at the end).
 func kbsctlBinary(t *testing.T) string {
 	t.Helper()
-	kbsctlOnce.Do(func() {
-		kbsctlPath = filepath.Join(filepath.Dir(kbsdBin), "kbsctl")
-		kbsctlErr = testbin.Build(kbsctlPath, "github.com/kbs-dev/kbs/tools/kbsctl")
-	})
-	if kbsctlErr != nil {
-		t.Fatal(kbsctlErr)
-	}
-	return kbsctlPath
+	return kbsctlLazy.Path(t, filepath.Dir(kbsdBin))
 }
 
 // A docBlock is a fenced sh block or a setup comment of a document.
