@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -434,7 +435,10 @@ func TestProductionRefusals(t *testing.T) {
 		{[]string{"--dev", "--data", dir, "--log-backend", "trillian", "--trillian-addr", "127.0.0.1:1", "--trillian-tree-id", "5", "--trillian-tls-ca", filepath.Join(dir, "missing.pem")}, "--trillian-tls-ca"},
 		{[]string{"--dev", "--product", "Milan"}, "flag provided but not defined: -product"},
 	} {
-		out, err := testbin.Command(t, kbsdBin, tt.args...).CombinedOutput()
+		// kbsd binds its listeners before most checks: a free port, so
+		// that a broker on the default 8443 changes nothing here.
+		args := append(slices.Clone(tt.args), "--listen-tcp", "127.0.0.1:0")
+		out, err := testbin.Command(t, kbsdBin, args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tt.want) {
 			t.Errorf("kbsd %v: %v, output %q; want failure mentioning %q", tt.args, err, out, tt.want)
 		}
