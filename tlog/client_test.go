@@ -42,14 +42,14 @@ func TestTileClientHostile(t *testing.T) {
 	}{
 		{"redirected checkpoint", "/log/checkpoint", hostilebroker.Redirect("/elsewhere/log/checkpoint", http.StatusFound),
 			func(c *tlog.TileClient) error { _, err := c.Checkpoint(ctx); return err }, "redirect", 0},
-		{"endless checkpoint", "/log/checkpoint", hostilebroker.Endless("text/plain", "kbs/hostile\n"),
+		{"endless checkpoint", "/log/checkpoint", hostilebroker.Endless(http.StatusOK, "text/plain", "kbs/hostile\n"),
 			func(c *tlog.TileClient) error { _, err := c.Checkpoint(ctx); return err }, "larger than 16384 bytes", 200},
-		{"endless tile", "/log/tile/0/000", hostilebroker.Endless("application/octet-stream", ""),
+		{"endless tile", "/log/tile/0/000", hostilebroker.Endless(http.StatusOK, "application/octet-stream", ""),
 			func(c *tlog.TileClient) error {
 				_, err := c.Tile(ctx, tlog.TilePath{N: 0, Width: 256})
 				return err
 			}, "larger than 8192 bytes", 200},
-		{"endless bundle", "/log/tile/entries/000", hostilebroker.Endless("application/octet-stream", ""),
+		{"endless bundle", "/log/tile/entries/000", hostilebroker.Endless(http.StatusOK, "application/octet-stream", ""),
 			func(c *tlog.TileClient) error {
 				_, err := c.Tile(ctx, tlog.TilePath{Entries: true, N: 0, Width: 256})
 				return err

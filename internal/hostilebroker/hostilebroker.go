@@ -270,12 +270,12 @@ func Proxy(sock string) http.Handler {
 	return p
 }
 
-// Endless answers 200 with contentType and a body that never ends: prefix,
-// then 'A' forever (until the client goes away).
-func Endless(contentType, prefix string) http.Handler {
+// Endless answers status with contentType and a body that never ends:
+// prefix, then 'A' forever (until the client goes away).
+func Endless(status int, contentType, prefix string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", contentType)
-		w.WriteHeader(http.StatusOK)
+		w.WriteHeader(status)
 		io.WriteString(w, prefix)
 		chunk := []byte(strings.Repeat("A", 64<<10))
 		for r.Context().Err() == nil {
