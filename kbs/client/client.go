@@ -120,9 +120,19 @@ var (
 
 // Response size limits: generous for the largest legitimate answers.
 const (
-	maxJSONAnswer  = 32 << 20 // manifest history of many 48 KiB versions
+	maxJSONAnswer  = 4 << 20  // an attestation: evidence, a manifest and its entry
+	maxListAnswer  = 32 << 20 // manifest history of many 48 KiB versions, key lists
 	maxErrorAnswer = 64 << 10 // an error answer: {"error": {...}}
 )
+
+// answerLimit is the size limit of a success answer to a request for path.
+func answerLimit(path string) int64 {
+	switch pathOnly(path) {
+	case api.PathManifestHistory, api.PathKeys:
+		return maxListAnswer
+	}
+	return maxJSONAnswer
+}
 
 // Retry defaults (Config.Retries, Config.MaxRetryWait).
 const (
@@ -330,7 +340,7 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, b
 	}
 }
 
-// roundTrip sends one request and reads its answer: at most maxJSONAnswer
+// roundTrip sends one request and reads its answer: at most answerLimit
 // bytes of a success, maxErrorAnswer of anything else.
 func (c *Client) roundTrip(ctx context.Context, hc *http.Client, method, path string, payload []byte) (*http.Response, []byte, error) {
 	var rd io.Reader
@@ -350,7 +360,7 @@ func (c *Client) roundTrip(ctx context.Context, hc *http.Client, method, path st
 		return nil, nil, &TransportError{Addr: c.cfg.Addr, Err: err}
 	}
 	defer resp.Body.Close()
-	limit := int64(maxJSONAnswer)
+	limit := answerLimit(path)
 	if resp.StatusCode != http.StatusOK {
 		limit = maxErrorAnswer
 	}
