@@ -37,8 +37,9 @@ type TileClient struct {
 }
 
 // DefaultMaxBuffered bounds the entry bundles TileClient.Entries holds
-// ahead of the bundle it delivers: 32 MiB.
-const DefaultMaxBuffered = 32 << 20
+// ahead of the bundle it delivers: 16 MiB (64 bundles of 1 KiB entries,
+// one of the largest).
+const DefaultMaxBuffered = 16 << 20
 
 // DefaultSyncTimeout bounds TileClient.Sync when its context has no
 // earlier deadline.

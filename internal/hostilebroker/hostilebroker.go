@@ -95,6 +95,15 @@ func (l *Log) readHashes(idx []int64) ([]sumdb.Hash, error) {
 	return out, nil
 }
 
+// RootAt returns the root hash of the tree of the first n entries.
+func (l *Log) RootAt(n uint64) tlog.Hash {
+	h, err := sumdb.TreeHash(int64(n), sumdb.HashReaderFunc(l.readHashes))
+	if err != nil {
+		panic(err)
+	}
+	return tlog.Hash(h)
+}
+
 // Checkpoint returns the log's signed checkpoint.
 func (l *Log) Checkpoint() []byte { return l.Sign(l.Size, l.Root) }
 

@@ -54,7 +54,7 @@ func cmdLogCheckpoint(ctx context.Context, e *env, args []string) error {
 		`Fetches the log's latest checkpoint, verifies its signature with the log's
 key and its consistency with the checkpoint stored before (a consistency
 proof from the broker), says so, and prints the checkpoint. It stores
-nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBroker)
+nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBroker|useTimeout)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -63,6 +63,8 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 	if err != nil {
 		return err
 	}
+	ctx, cancel := e.bound(ctx, defaultTimeout)
+	defer cancel()
 	from := e.noteKeyFrom(*noteKey)
 	raw, err := c.Checkpoint(ctx)
 	if err != nil {
@@ -101,7 +103,7 @@ func cmdLogVerify(ctx context.Context, e *env, args []string) error {
 	fs := e.newFlags("log verify", "[--note-key KEY]",
 		`Fetches the log's latest checkpoint, verifies its signature and its
 consistency with the checkpoint stored before, and stores it. A rolled back
-or forked log fails with both checkpoints printed.`, useBroker)
+or forked log fails with both checkpoints printed.`, useBroker|useTimeout)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -110,6 +112,8 @@ or forked log fails with both checkpoints printed.`, useBroker)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := e.bound(ctx, defaultTimeout)
+	defer cancel()
 	synced, err := c.SyncLog(ctx, lv)
 	if err != nil {
 		return err

@@ -81,7 +81,7 @@ var (
 
 // kbsctlBinary builds kbsctl once for the tests that run it as a process
 // (in the directory TestMain removes at the end).
-func kbsctlBinary(t *testing.T) string {
+func kbsctlBinary(t testing.TB) string {
 	t.Helper()
 	kbsctlOnce.Do(func() {
 		kbsctlPath = filepath.Join(filepath.Dir(kbsdBin), "kbsctl")

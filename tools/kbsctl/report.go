@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -196,6 +197,10 @@ func hint(g *globals, err error) string {
 			"so take a fresh copy of it first (kbsd --dev: cp DATA/manifest.json FILE)", g.addr)
 	case errors.As(err, &mm):
 		return manifestHint(mm)
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the command did not complete within its deadline (--timeout): the broker answered too slowly, or not at all"
+	case errors.Is(err, client.ErrRedirect), errors.Is(err, tlog.ErrRedirect):
+		return "kbs clients never follow redirects: point --addr at the broker itself (kbsd serves every path; a proxy in front of it must not redirect)"
 	case errors.As(err, &nb):
 		return "check --addr: kbsd answers every request, even for unknown paths, with a JSON error; its TCP listener is https://HOST:PORT and its socket DATA/kbs.sock (kbsd logs both at start)"
 	case !errors.As(err, &te):
