@@ -71,11 +71,18 @@ type Config struct {
 	// served (docs/operating.md). Offline, TDX evidence verifies only with
 	// it (or with collateral an earlier online run cached). Optional.
 	Collateral string
-	// NonceTTL, MaxChallenges and AttestationRate tune the challenge table
-	// and the rate limit of attestation and challenge requests.
-	NonceTTL        time.Duration
-	MaxChallenges   int
+	// NonceTTL and MaxChallenges tune the challenge table.
+	NonceTTL      time.Duration
+	MaxChallenges int
+	// AttestationRate, ChallengeRate and ManifestRate are the admission
+	// budgets (requests per second, bursts twice that) of GET
+	// /v1/attestation, POST /v1/release/challenge and PUT /v1/manifest,
+	// for all clients together; PeerShare is the part of each one client
+	// (a process on the unix socket, a TCP source address) may use.
 	AttestationRate float64
+	ChallengeRate   float64
+	ManifestRate    float64
+	PeerShare       float64
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// on shutdown. Optional; default 10s.
 	ShutdownTimeout time.Duration
@@ -116,7 +123,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.Collateral, "collateral", "", "collateral bundle: directory of Intel PCS responses (TDX TCB info, QE identity, CRLs) used offline")
 	fs.DurationVar(&c.NonceTTL, "challenge-ttl", 60*time.Second, "lifetime of a release challenge nonce")
 	fs.IntVar(&c.MaxChallenges, "max-challenges", 100000, "most pending release challenges")
-	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation and challenge requests per second (burst twice that)")
+	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation requests per second, all clients together (burst twice that)")
+	fs.Float64Var(&c.ChallengeRate, "challenge-rate", 50, "release challenge requests per second, all clients together (burst twice that)")
+	fs.Float64Var(&c.ManifestRate, "manifest-rate", 5, "manifest update requests per second, all clients together (burst twice that)")
+	fs.Float64Var(&c.PeerShare, "peer-share", 0.25, "share of each request budget one client (unix socket process, TCP address) may use, 0 to 1")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time in-flight requests get to finish on shutdown")
 
 	// A first pass finds --config; the file presets values, then the
@@ -259,8 +269,11 @@ func (c *Config) check() error {
 	if c.ListenUnix == "none" && c.ListenTCP == "none" {
 		return errors.New("nothing to listen on: both --listen-unix and --listen-tcp are \"none\"")
 	}
-	if c.NonceTTL <= 0 || c.MaxChallenges <= 0 || c.AttestationRate <= 0 {
-		return errors.New("--challenge-ttl, --max-challenges and --attestation-rate must be positive")
+	if c.NonceTTL <= 0 || c.MaxChallenges <= 0 || c.AttestationRate <= 0 || c.ChallengeRate <= 0 || c.ManifestRate <= 0 {
+		return errors.New("--challenge-ttl, --max-challenges, --attestation-rate, --challenge-rate and --manifest-rate must be positive")
+	}
+	if c.PeerShare <= 0 || c.PeerShare > 1 {
+		return fmt.Errorf("--peer-share %v: want more than 0 and at most 1", c.PeerShare)
 	}
 	return nil
 }

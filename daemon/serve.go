@@ -163,7 +163,12 @@ func serve(ctx context.Context, c *Config) error {
 		NonceTTL:          c.NonceTTL,
 		MaxNonces:         c.MaxChallenges,
 		AttestationRate:   c.AttestationRate,
-		AttestationBurst:  int(2 * c.AttestationRate),
+		AttestationBurst:  burst(c.AttestationRate),
+		ChallengeRate:     c.ChallengeRate,
+		ChallengeBurst:    burst(c.ChallengeRate),
+		ManifestRate:      c.ManifestRate,
+		ManifestBurst:     burst(c.ManifestRate),
+		PeerShare:         c.PeerShare,
 	})
 	if errors.Is(err, kbs.ErrInitialSignatures) {
 		return fmt.Errorf("%w\nsign it with enough owner keys, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default),\nor pass no signature at all to trust version 1 by your decision alone", err, c.Manifest)
@@ -196,6 +201,7 @@ func serve(ctx context.Context, c *Config) error {
 			WriteTimeout:      writeTimeout,
 			IdleTimeout:       idleTimeout,
 			MaxHeaderBytes:    maxHeaderBytes,
+			ConnContext:       kbs.ConnContext,
 			ErrorLog:          logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 		}
 	}
@@ -322,6 +328,10 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// burst is the bucket size of a budget of rate requests per second: twice
+// the rate, at least 1.
+func burst(rate float64) int { return max(1, int(2*rate)) }
 
 // readManifest reads the manifest and its signature files (default
 // FILE.sig when it exists).

@@ -15,9 +15,6 @@ func (b *Broker) Attestation(ctx context.Context, nonce []byte, since uint64) (*
 	if len(nonce) != api.NonceSize {
 		return nil, api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(nonce), api.NonceSize)
 	}
-	if !b.limit.allow() {
-		return nil, api.Errorf(api.CodeRateLimited, "too many attestation requests; retry shortly")
-	}
 	am := b.active.Load()
 	cp, err := b.cfg.Log.Checkpoint(ctx)
 	if err != nil {

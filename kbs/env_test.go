@@ -305,6 +305,9 @@ func (e *env) tryOpen(t testing.TB) error {
 		MaxNonces:         64,
 		AttestationRate:   1000,
 		AttestationBurst:  1000,
+		ManifestRate:      1000,
+		ManifestBurst:     1000,
+		PeerShare:         1, // the budgets have tests of their own (ratelimit_test.go)
 	})
 	if e.afterNew != nil {
 		e.afterNew()

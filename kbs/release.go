@@ -15,14 +15,12 @@ import (
 )
 
 // Challenge returns a fresh single-use nonce for one release
-// (POST /v1/release/challenge).
+// (POST /v1/release/challenge). Its budget (ratelimit.go) is applied by
+// the HTTP edge.
 func (b *Broker) Challenge(ctx context.Context) (*api.Challenge, error) {
-	if !b.limit.allow() {
-		return nil, api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
-	}
 	nonce, exp, ok := b.nonces.issue()
 	if !ok {
-		return nil, api.Errorf(api.CodeRateLimited, "too many pending challenges; retry after some expire")
+		return nil, throttle(api.CodeRateLimited, time.Second, "too many pending challenges; retry after some expire")
 	}
 	return &api.Challenge{Nonce: nonce[:], Expires: exp.UTC()}, nil
 }
