@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo
+.PHONY: all build test test-future lint fuzz bench bench-release bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo bench-hostile
 
 all: build
 
@@ -101,6 +101,13 @@ bench:
 bench-release:
 	$(GO) test -run '^$$' -bench 'BenchmarkRelease$$' -benchtime 1x -count 3 ./kbs
 	$(GO) test -run '^$$' -bench 'BenchmarkReleaseTransport' -benchtime 1x -count 1 ./kbs
+
+# A legitimate worker's kbsctl key get against a real kbsd (RLIMIT_NOFILE
+# 256), quiet and during floods of attestations, challenges, manifest PUTs
+# and idle connections from one client (BENCHMARKS.md; about a minute).
+# TestFloods, in make test, checks the same floods with two key gets each.
+bench-hostile:
+	$(GO) test -run '^$$' -bench 'BenchmarkFlood' -benchtime 20x -timeout 10m ./tools/kbsctl
 
 # Broker start-up (BENCHMARKS.md): New on logs of 1k and 2^20 entries, with
 # the state index current, 4096 entries behind (a crash), and rebuilt from the

@@ -83,6 +83,14 @@ type Config struct {
 	ChallengeRate   float64
 	ManifestRate    float64
 	PeerShare       float64
+	// MaxTCPConns and MaxUnixConns bound the open connections of each
+	// listener, MaxConnsPerPeer those of one client on either; 0 derives
+	// them from RLIMIT_NOFILE (connLimits). IdleTimeout closes keep-alive
+	// connections idle that long.
+	MaxTCPConns     int
+	MaxUnixConns    int
+	MaxConnsPerPeer int
+	IdleTimeout     time.Duration
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// on shutdown. Optional; default 10s.
 	ShutdownTimeout time.Duration
@@ -126,6 +134,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation requests per second, all clients together (burst twice that)")
 	fs.Float64Var(&c.ChallengeRate, "challenge-rate", 50, "release challenge requests per second, all clients together (burst twice that)")
 	fs.Float64Var(&c.ManifestRate, "manifest-rate", 5, "manifest update requests per second, all clients together (burst twice that)")
+	fs.IntVar(&c.MaxTCPConns, "max-tcp-conns", 0, "most open TCP connections (0: half of what RLIMIT_NOFILE leaves, at most 4096)")
+	fs.IntVar(&c.MaxUnixConns, "max-unix-conns", 0, "most open unix socket connections (0: a quarter of what RLIMIT_NOFILE leaves, at most 1024)")
+	fs.IntVar(&c.MaxConnsPerPeer, "max-conns-per-peer", 0, "most open connections of one client (0: a quarter of its listener's, at most 128)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 30*time.Second, "close keep-alive connections idle this long")
 	fs.Float64Var(&c.PeerShare, "peer-share", 0.25, "share of each request budget one client (unix socket process, TCP address) may use, 0 to 1")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time in-flight requests get to finish on shutdown")
 
@@ -271,6 +283,9 @@ func (c *Config) check() error {
 	}
 	if c.NonceTTL <= 0 || c.MaxChallenges <= 0 || c.AttestationRate <= 0 || c.ChallengeRate <= 0 || c.ManifestRate <= 0 {
 		return errors.New("--challenge-ttl, --max-challenges, --attestation-rate, --challenge-rate and --manifest-rate must be positive")
+	}
+	if c.MaxTCPConns < 0 || c.MaxUnixConns < 0 || c.MaxConnsPerPeer < 0 || c.IdleTimeout <= 0 {
+		return errors.New("--max-tcp-conns, --max-unix-conns and --max-conns-per-peer must not be negative, --idle-timeout must be positive")
 	}
 	if c.PeerShare <= 0 || c.PeerShare > 1 {
 		return fmt.Errorf("--peer-share %v: want more than 0 and at most 1", c.PeerShare)

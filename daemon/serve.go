@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -29,9 +30,57 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 30 * time.Second
 	writeTimeout      = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 16 << 10
 )
+
+// File descriptors: what RLIMIT_NOFILE allows is shared out ahead of time.
+// reservedFiles are kept for kbsd's own files (database, log, cache,
+// vendor fetches, the Trillian connection); of the rest, the TCP listener
+// gets at most half and the unix socket a quarter, so that a flood of TCP
+// connections leaves local workers and kbsd's files their share.
+const (
+	reservedFiles      = 64
+	defaultMaxTCP      = 4096
+	defaultMaxUnix     = 1024
+	defaultMaxPerPeer  = 128
+	minUsableFileLimit = reservedFiles + 16
+)
+
+// connLimits returns the limits of the TCP and unix listeners: c's, or
+// derived from the file limit nofile.
+func connLimits(c *Config, nofile uint64) (tcp, unix kbs.ConnLimits, err error) {
+	if nofile < minUsableFileLimit {
+		return tcp, unix, fmt.Errorf("the open file limit (RLIMIT_NOFILE, ulimit -n) is %d: kbsd needs at least %d", nofile, minUsableFileLimit)
+	}
+	avail := int(min(nofile-reservedFiles, 1<<20))
+	tcp.Max, unix.Max = c.MaxTCPConns, c.MaxUnixConns
+	if tcp.Max == 0 {
+		tcp.Max = min(defaultMaxTCP, avail/2)
+	}
+	if unix.Max == 0 {
+		unix.Max = min(defaultMaxUnix, avail/4)
+	}
+	if tcp.Max+unix.Max > avail {
+		return tcp, unix, fmt.Errorf("--max-tcp-conns %d and --max-unix-conns %d together exceed the %d file descriptors RLIMIT_NOFILE (%d) leaves kbsd beyond its own %d", tcp.Max, unix.Max, avail, nofile, reservedFiles)
+	}
+	for _, l := range []*kbs.ConnLimits{&tcp, &unix} {
+		l.PerPeer = c.MaxConnsPerPeer
+		if l.PerPeer == 0 {
+			l.PerPeer = max(1, min(defaultMaxPerPeer, l.Max/4))
+		}
+	}
+	return tcp, unix, nil
+}
+
+// fileLimit returns the soft RLIMIT_NOFILE (Go's runtime raised it to the
+// hard limit at start-up).
+func fileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("couldn't read RLIMIT_NOFILE: %w", err)
+	}
+	return rl.Cur, nil
+}
 
 func newLogger(c *Config) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
@@ -53,6 +102,14 @@ func serve(ctx context.Context, c *Config) error {
 	logger := newLogger(c)
 	if c.ListenUnix == "" {
 		c.ListenUnix = filepath.Join(c.Data, "kbs.sock")
+	}
+	nofile, err := fileLimit()
+	if err != nil {
+		return err
+	}
+	tcpLimits, unixLimits, err := connLimits(c, nofile)
+	if err != nil {
+		return err
 	}
 	unixLn, tcpLn, err := bindListeners(c)
 	if err != nil {
@@ -193,27 +250,30 @@ func serve(ctx context.Context, c *Config) error {
 
 	var servers []*http.Server
 	errc := make(chan error, 2)
-	newServer := func() *http.Server {
+	// newServer serves ln with its connections bounded by lim (connlimit.go).
+	newServer := func(ln net.Listener, lim kbs.ConnLimits) (*http.Server, net.Listener) {
+		lln := kbs.LimitListener(ln, lim)
 		return &http.Server{
 			Handler:           handler,
 			ReadHeaderTimeout: readHeaderTimeout,
 			ReadTimeout:       readTimeout,
 			WriteTimeout:      writeTimeout,
-			IdleTimeout:       idleTimeout,
+			IdleTimeout:       c.IdleTimeout,
 			MaxHeaderBytes:    maxHeaderBytes,
 			ConnContext:       kbs.ConnContext,
+			ConnState:         lln.ConnState,
 			ErrorLog:          logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-		}
+		}, lln
 	}
 	var addrs []string
-	if ln := unixLn; ln != nil {
-		srv := newServer()
+	if unixLn != nil {
+		srv, ln := newServer(unixLn, unixLimits)
 		servers = append(servers, srv)
 		go func() { errc <- srv.Serve(ln) }()
 		addrs = append(addrs, "unix://"+c.ListenUnix)
 	}
-	if ln := tcpLn; ln != nil {
-		srv := newServer()
+	if tcpLn != nil {
+		srv, ln := newServer(tcpLn, tcpLimits)
 		srv.TLSConfig = &tls.Config{
 			MinVersion:   tls.VersionTLS13,
 			Certificates: []tls.Certificate{id.TLS},
@@ -225,6 +285,8 @@ func serve(ctx context.Context, c *Config) error {
 	hash, version := broker.ActiveManifest()
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
+	logger.Debug("connection limits", "open_files", nofile, "tcp", tcpLimits.Max, "unix", unixLimits.Max,
+		"tcp_per_peer", tcpLimits.PerPeer, "unix_per_peer", unixLimits.PerPeer)
 	if dev != nil {
 		var steps strings.Builder
 		dev.printNextSteps(&steps, c, addrs, id.NoteKey)

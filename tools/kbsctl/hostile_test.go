@@ -60,7 +60,7 @@ func (c *capped) Write(p []byte) (int, error) {
 // runKbsctl runs the kbsctl binary with args and returns how it ended,
 // with its peak resident memory (testbin.MeasuredCommand). A process that
 // does not end within hostileWall is killed and fails the test.
-func runKbsctl(t *testing.T, args ...string) child {
+func runKbsctl(t testing.TB, args ...string) child {
 	t.Helper()
 	cmd, peak := testbin.MeasuredCommand(t, filepath.Dir(kbsdBin), kbsctlBinary(t), args...)
 	var out, errb capped
@@ -97,9 +97,12 @@ func errorsAs(err error, target **exec.ExitError) bool {
 
 // expect checks that c ended with exit want, within the memory bound,
 // with stderr containing each of says.
-func (c child) expect(t *testing.T, want int, says ...string) {
+func (c child) expect(t testing.TB, want int, says ...string) {
 	t.Helper()
 	t.Logf("exit %d in %v, peak RSS %.1f MiB, %d bytes of output", c.code, c.wall.Round(time.Millisecond), float64(c.peakRSS)/(1<<20), c.outBytes)
+	if c.code != want {
+		t.Logf("stderr: %.2000s", c.stderr)
+	}
 	if c.code != want {
 		t.Fatalf("exit %d, want %d\nstdout:\n%.2000s\nstderr:\n%.4000s", c.code, want, c.stdout, c.stderr)
 	}
