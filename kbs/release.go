@@ -69,7 +69,7 @@ func (b *Broker) Release(ctx context.Context, req *api.ReleaseRequest) (*api.Rel
 	if err != nil {
 		return nil, api.Errorf(api.CodeBadRequest, "hpke_public_key: %v", err)
 	}
-	release, err := releaseSlots.acquire(ctx)
+	ctx, release, err := releaseSlots.acquireYielding(ctx) // a vendor fetch gives the slot back (fetchslot.go)
 	if err != nil {
 		return nil, err
 	}
