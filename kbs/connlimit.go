@@ -1,7 +1,6 @@
 package kbs
 
 import (
-	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -22,13 +21,19 @@ import (
 //   - one peer cannot hold a listener's every place: beyond its share, a
 //     new connection of that peer closes its longest idle one, or is
 //     closed at once when it has none idle;
-//   - idle connections give way: when a listener is full, a new connection
-//     closes the one idle the longest (of any peer), once it has been idle
-//     for ConnLimits.IdleGrace; only when none is does Accept wait. Idle
-//     are the keep-alive connections between requests and the new ones
-//     that have not begun a request (a TLS handshake, or silence). The
-//     connections in a request end on their own, within the server's
-//     timeouts.
+//   - when a listener is full, a peer that holds less than its fair share
+//     (Max over the peers present) gets in at once: its connection closes
+//     an idle connection of the peer that holds the most. Others get in
+//     only in place of a connection idle for ConnLimits.IdleGrace (the one
+//     idle the longest), and are closed at once otherwise; a peer below
+//     its fair share with nothing to close waits. Idle are the keep-alive
+//     connections between requests and the new ones that have not begun a
+//     request (a TLS handshake, or silence). The connections in a request
+//     end on their own, within the server's timeouts.
+//
+// Accept never waits for a place while connections queue behind: the
+// kernel's queue of connections keeps moving, so a legitimate client's
+// connection is judged as soon as it arrives, not after a flood's.
 //
 // The server must report connection states to ConnState (http.Server's
 // ConnState field), which is how the listener knows which connections are
@@ -41,12 +46,12 @@ type ConnLimits struct {
 	// PerPeer is the most connections one peer may hold open. Optional;
 	// default Max.
 	PerPeer int
-	// IdleGrace is how long a connection must have been idle before it may
-	// be closed to make room: a client between two requests keeps its
-	// connection (closing it under a client that is sending its next
-	// request fails that request), and connections that go idle all the
-	// time cannot push the others out faster than that. Optional; default
-	// 1s.
+	// IdleGrace is how long a connection must have been idle before a peer
+	// at or above its fair share may take its place: a client between two
+	// requests keeps its connection (closing it under a client that is
+	// sending its next request fails that request), and connections that
+	// go idle all the time cannot push the others out faster than that.
+	// Optional; default 1s.
 	IdleGrace time.Duration
 }
 
@@ -55,18 +60,19 @@ type ConnLimits struct {
 type LimitedListener struct {
 	net.Listener
 	lim    ConnLimits
-	slots  chan struct{} // one per open connection
 	closed chan struct{}
 	once   sync.Once
-	// idled wakes a waiting Accept when a connection turns idle.
-	idled chan struct{}
+	// changed wakes a waiting Accept when a connection closes or turns
+	// idle.
+	changed chan struct{}
 
-	refused atomic.Uint64 // connections closed at once: their peer was full
+	refused atomic.Uint64 // connections closed at once
 	evicted atomic.Uint64 // idle connections closed to make room
 
 	mu    sync.Mutex
+	open  int
 	peers map[string]int
-	idle  map[*limitedConn]time.Time // connections between requests, since when
+	idle  map[*limitedConn]time.Time // new or between requests, since when
 }
 
 // LimitListener returns ln with its connections bounded by lim.
@@ -81,9 +87,8 @@ func LimitListener(ln net.Listener, lim ConnLimits) *LimitedListener {
 	return &LimitedListener{
 		Listener: ln,
 		lim:      lim,
-		slots:    make(chan struct{}, lim.Max),
 		closed:   make(chan struct{}),
-		idled:    make(chan struct{}, 1),
+		changed:  make(chan struct{}, 1),
 		peers:    map[string]int{},
 		idle:     map[*limitedConn]time.Time{},
 	}
@@ -93,124 +98,150 @@ func LimitListener(ln net.Listener, lim ConnLimits) *LimitedListener {
 func (l *LimitedListener) Limits() ConnLimits { return l.lim }
 
 // Stats returns how many connections are open, how many were closed at
-// once because their peer held its share, and how many idle ones were
-// closed to make room.
+// once (their peer held its share, or the listener was full), and how
+// many idle ones were closed to make room.
 func (l *LimitedListener) Stats() (open int, refused, evicted uint64) {
-	return len(l.slots), l.refused.Load(), l.evicted.Load()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open, l.refused.Load(), l.evicted.Load()
 }
 
-// Accept waits for a place, then for a connection, and admits it within
-// its peer's share.
+// Accept returns the next connection that the limits admit.
 func (l *LimitedListener) Accept() (net.Conn, error) {
 	for {
-		if err := l.takeSlot(); err != nil {
-			return nil, err
-		}
 		c, err := l.Listener.Accept()
 		if err != nil {
-			<-l.slots
 			return nil, err
 		}
-		peer := PeerOf(c)
-		if lc := l.admit(c, peer); lc != nil {
+		lc, err := l.admit(c, PeerOf(c))
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		if lc != nil {
 			return lc, nil
 		}
 		l.refused.Add(1)
 		c.Close()
-		<-l.slots
 	}
 }
 
-// takeSlot takes a place for one connection: a free one, else that of
-// the longest idle connection (closing it), else the first that frees up
-// or has been idle for idleGrace.
-func (l *LimitedListener) takeSlot() error {
+// admit admits c, closing an idle connection to make room if it must, or
+// waits; nil if c is refused.
+func (l *LimitedListener) admit(c net.Conn, peer string) (*limitedConn, error) {
 	for {
-		select {
-		case l.slots <- struct{}{}:
-			return nil
-		default:
-		}
-		v, wait := l.oldestIdle("")
-		if v != nil {
-			l.evicted.Add(1)
-			v.Close() // gives its place back
-		}
-		var (
-			timer *time.Timer
-			tc    <-chan time.Time
-		)
-		if wait > 0 {
-			timer = time.NewTimer(wait)
-			tc = timer.C
-		}
-		var err error
-		select {
-		case l.slots <- struct{}{}:
-			err = nil
-		case <-l.idled:
-			err = errRetry
-		case <-tc:
-			err = errRetry
-		case <-l.closed:
-			err = net.ErrClosed
-		}
-		if timer != nil {
-			timer.Stop()
-		}
-		if err != errRetry {
-			return err
-		}
-	}
-}
-
-// admit counts c against its peer's share, closing the peer's longest idle
-// connection if it is full; nil if the peer is full with none idle.
-func (l *LimitedListener) admit(c net.Conn, peer string) *limitedConn {
-	for range 2 {
 		l.mu.Lock()
-		if l.peers[peer] < l.lim.PerPeer {
+		held := l.peers[peer]
+		var (
+			victim *limitedConn
+			wait   time.Duration
+			light  bool
+		)
+		switch {
+		case held >= l.lim.PerPeer:
+			victim, _ = l.oldestIdle(func(v *limitedConn) bool { return v.peer == peer }, true)
+			if victim == nil {
+				l.mu.Unlock()
+				return nil, nil
+			}
+		case l.open < l.lim.Max:
+			l.open++
 			l.peers[peer]++
 			l.mu.Unlock()
-			return &limitedConn{Conn: c, l: l, peer: peer}
+			return &limitedConn{Conn: c, l: l, peer: peer}, nil
+		default:
+			present := len(l.peers)
+			if held == 0 {
+				present++
+			}
+			light = held < max(1, l.lim.Max/present)
+			if light {
+				victim = l.heaviestIdle()
+			}
+			if victim == nil {
+				victim, wait = l.oldestIdle(nil, true)
+			}
 		}
 		l.mu.Unlock()
-		v, _ := l.oldestIdle(peer)
-		if v == nil {
-			return nil
+		if victim != nil {
+			l.evicted.Add(1)
+			victim.Close() // gives its place back
+			continue
 		}
-		l.evicted.Add(1)
-		v.Close()
+		if !light {
+			return nil, nil
+		}
+		// Below its fair share with nothing idle: wait for a place.
+		if !l.await(wait) {
+			return nil, net.ErrClosed
+		}
 	}
-	return nil
 }
 
-var errRetry = errors.New("retry")
+// await waits until a connection closes or turns idle, or wait (if not
+// 0) passes; false if the listener closed.
+func (l *LimitedListener) await(wait time.Duration) bool {
+	var tc <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		tc = t.C
+	}
+	select {
+	case <-l.changed:
+	case <-tc:
+	case <-l.closed:
+		return false
+	}
+	return true
+}
 
-// oldestIdle returns the connection idle the longest, of peer if peer is
-// not "", if it has been idle for idleGrace, and no longer counts it idle.
-// If it has not, it returns how long until it will have; if there is none,
-// it returns nil, 0.
-func (l *LimitedListener) oldestIdle(peer string) (*limitedConn, time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// oldestIdle returns the connection idle the longest among those of which
+// (nil: all), and no longer counts it idle. With grace, only one idle for
+// IdleGrace qualifies; if one would later, it returns how long until then.
+// l.mu is held.
+func (l *LimitedListener) oldestIdle(which func(*limitedConn) bool, grace bool) (*limitedConn, time.Duration) {
 	var (
 		victim *limitedConn
 		since  time.Time
 	)
 	for c, t := range l.idle {
-		if (peer == "" || c.peer == peer) && (victim == nil || t.Before(since)) {
+		if (which == nil || which(c)) && (victim == nil || t.Before(since)) {
 			victim, since = c, t
 		}
 	}
 	if victim == nil {
 		return nil, 0
 	}
-	if wait := l.lim.IdleGrace - time.Since(since); wait > 0 {
-		return nil, wait
+	if grace {
+		if wait := l.lim.IdleGrace - time.Since(since); wait > 0 {
+			return nil, wait
+		}
 	}
 	delete(l.idle, victim)
 	return victim, 0
+}
+
+// heaviestIdle returns the idle connection, the longest idle, of the peer
+// that holds the most connections among those with one idle, and no
+// longer counts it idle; nil if none is idle. l.mu is held.
+func (l *LimitedListener) heaviestIdle() *limitedConn {
+	most := 0
+	for c := range l.idle {
+		most = max(most, l.peers[c.peer])
+	}
+	if most == 0 {
+		return nil
+	}
+	v, _ := l.oldestIdle(func(c *limitedConn) bool { return l.peers[c.peer] == most }, false)
+	return v
+}
+
+func (l *LimitedListener) notify() {
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
 }
 
 // ConnState is an http.Server.ConnState: it tells the listener which of
@@ -224,10 +255,7 @@ func (l *LimitedListener) ConnState(c net.Conn, s http.ConnState) {
 			l.mu.Lock()
 			if (s == http.StateIdle || s == http.StateNew) && !lc.isClosed {
 				l.idle[lc] = time.Now()
-				select {
-				case l.idled <- struct{}{}:
-				default:
-				}
+				l.notify()
 			} else {
 				delete(l.idle, lc)
 			}
@@ -271,8 +299,9 @@ func (c *limitedConn) Close() error {
 		if l.peers[c.peer]--; l.peers[c.peer] <= 0 {
 			delete(l.peers, c.peer)
 		}
+		l.open--
+		l.notify()
 		l.mu.Unlock()
-		<-l.slots
 	})
 	return err
 }

@@ -10,9 +10,10 @@ import (
 )
 
 // TestLimitListener: a peer beyond its share is closed at once unless it
-// has an idle connection to give up; a full listener closes the longest
-// idle connection for a newcomer, and with none idle waits until one
-// closes; Close ends a waiting Accept.
+// has a connection idle past the grace to give up; in a full listener, a
+// peer at or above its fair share is closed at once when nothing is idle
+// past the grace, a peer below it takes the place of the heaviest peer's
+// idle connection, or waits when nothing is idle; Close ends Accept.
 func TestLimitListener(t *testing.T) {
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,47 +59,59 @@ func TestLimitListener(t *testing.T) {
 			t.Fatalf("%s: read %v, want EOF (closed by the listener)", what, err)
 		}
 	}
+	stats := func(wantOpen int, wantRefused, wantEvicted uint64) {
+		t.Helper()
+		if open, refused, evicted := ln.Stats(); open != wantOpen || refused != wantRefused || evicted != wantEvicted {
+			t.Fatalf("Stats() = %d open, %d refused, %d evicted; want %d, %d, %d", open, refused, evicted, wantOpen, wantRefused, wantEvicted)
+		}
+	}
 
-	a1, a2 := dial("127.0.0.1"), dial("127.0.0.1")
-	s1, s2 := next("a1"), next("a2")
+	a1 := dial("127.0.0.1")
+	s1 := next("a1")
+	dial("127.0.0.1")
+	s2 := next("a2")
 	if PeerOf(s1) != "ip:127.0.0.1" {
 		t.Fatalf("PeerOf(accepted) = %q", PeerOf(s1))
 	}
 	closedByServer(dial("127.0.0.1"), "a third connection of a peer with a share of 2 and none idle")
-	if _, refused, _ := ln.Stats(); refused != 1 {
-		t.Fatalf("%d refused, want 1", refused)
-	}
-	_ = a2
+	stats(2, 1, 0)
 
 	ln.ConnState(s1, http.StateIdle)
 	closedByServer(dial("127.0.0.1"), "a third connection of a peer whose idle one is within its grace")
 	time.Sleep(20 * time.Millisecond)
 	dial("127.0.0.1")
-	next("a third connection of a peer with one idle")
+	s4 := next("a third connection of a peer with one idle past the grace")
 	closedByServer(a1, "the peer's idle connection")
+	stats(2, 2, 1)
 
-	dial("127.0.0.2")
+	b1 := dial("127.0.0.2")
 	sb1 := next("another peer's first")
-	// Full (a2, a3, b1), none idle: the next waits for a place.
-	dial("127.0.0.2")
+	// Full (a2, a4, b1). Peer .2 holds its fair share (3 over 2 peers: 1)
+	// and nothing is idle: closed at once.
+	closedByServer(dial("127.0.0.2"), "a peer at its fair share in a full listener")
+	stats(3, 3, 1)
+
+	// A newcomer (fair share 1, holds 0) with nothing idle waits.
+	dial("127.0.0.3")
 	select {
 	case <-accepted:
 		t.Fatal("a fourth connection accepted by a listener of 3")
 	case <-time.After(200 * time.Millisecond):
 	}
 	s2.Close()
-	next("the connection that waited")
-	if open, refused, evicted := ln.Stats(); open != 3 || refused != 2 || evicted != 1 {
-		t.Fatalf("Stats() = %d open, %d refused, %d evicted; want 3, 2, 1", open, refused, evicted)
-	}
+	next("the newcomer that waited")
+	stats(3, 3, 1)
 
-	// Full again: an idle connection of any peer makes room.
+	// Full (a4, b1, c1). A newcomer takes the place of the heaviest peer's
+	// idle connection (all hold 1: the one idle the longest), within the
+	// grace.
 	ln.ConnState(sb1, http.StateIdle)
-	dial("127.0.0.3")
-	next("a third peer's, in place of an idle one")
-
+	ln.ConnState(s4, http.StateIdle)
 	dial("127.0.0.4")
-	time.Sleep(50 * time.Millisecond)
+	next("a newcomer in place of an idle connection")
+	closedByServer(b1, "the idle connection that made room")
+	stats(3, 3, 2)
+
 	ln.Close()
 	select {
 	case err := <-acceptErr:
@@ -106,6 +119,6 @@ func TestLimitListener(t *testing.T) {
 			t.Fatalf("Accept after Close: %v", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Accept still waiting after Close")
+		t.Fatal("Accept still running after Close")
 	}
 }
