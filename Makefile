@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo bench-hostile
+.PHONY: all build test test-future lint fuzz bench bench-release bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo test-openai bench-inference bench-hostile
 
 all: build
 
@@ -132,8 +132,9 @@ run: build
 # The whole story end to end against a fresh dev broker (scripts/demo.sh):
 # verify, upload, attested release, encrypted prompts through the example
 # worker, manifest v2 rollout (openssl and kbsctl signatures), a refused
-# worker, audit. Every command is printed with its real paths, ready to
-# paste from this directory; intentional failures say "(expected: ...)".
+# worker, audit, OpenAI-style requests through kbsctl proxy, and an upgrade
+# by handover to a new kbsd. Every command is printed with its real paths,
+# ready to paste from this directory; intentional failures say "(expected: ...)".
 # The files stay in DEMO_DIR (default kbs-demo). CI runs it.
 DEMO_DIR ?= kbs-demo
 demo: build
@@ -146,6 +147,22 @@ demo: build
 # needed. CI runs it.
 test-report:
 	@bin=$$(scripts/chromium.sh) && KBS_CHROMIUM=$$bin $(GO) test -count=1 -run 'TestChromium' -v ./kbs/audit/report/
+
+# Encrypted inference with the official OpenAI client library for Node.js
+# (npm package openai, installed once into ~/.cache/kbs by
+# scripts/openai-node.sh) as the application: kbsctl proxy -> kbsctl worker
+# run -> an OpenAI-compatible upstream, streamed and not, and the SDK's
+# errors (tools/kbsctl TestOpenAINode; make test runs the same path with a
+# Go HTTP client, TestInferenceProxy). CI runs it.
+test-openai:
+	@mods=$$(scripts/openai-node.sh) && KBS_OPENAI_NODE_MODULES=$$mods \
+	  $(GO) test -count=1 -run 'TestOpenAINode' -v ./tools/kbsctl/
+
+# Added latency of the proxy and worker per request and per streamed chunk,
+# against calling the upstream directly (BENCHMARKS.md).
+bench-inference:
+	$(GO) test -run '^$$' -bench 'BenchmarkInferenceRequest' -benchtime 2000x -count 3 ./kbs/inference/
+	$(GO) test -run '^$$' -bench 'BenchmarkInferenceChunk' -benchtime 200x -count 3 ./kbs/inference/
 
 # A development broker with some history, its audit report with the sample
 # monitor rules (docs/monitor-rules.txt), and a screenshot of the report by

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,9 +31,10 @@ type Config struct {
 	// exists. Without any, version 1 is trusted by the operator's decision
 	// (Manifest) alone.
 	ManifestSigs []string
-	// TEE is the platform kbsd runs on: "snp" or "tdx" ("tdx" is refused
-	// for now: no sealing key). With Dev it picks the simulated platform;
-	// default "snp".
+	// TEE is the platform kbsd runs on: "snp" or "tdx". TDX has no sealing
+	// key: its master key comes from a peer (HandoverFrom) or from the
+	// recovery holders at every start but the first. With Dev it picks the
+	// simulated platform; default "snp".
 	TEE string
 	// ListenUnix is the unix socket path. Optional; default Data/kbs.sock.
 	// "none" disables it.
@@ -91,6 +93,21 @@ type Config struct {
 	MaxUnixConns    int
 	MaxConnsPerPeer int
 	IdleTimeout     time.Duration
+	// HandoverFrom is the address of a running broker (unix://PATH or
+	// https://HOST:PORT) whose master key, log and database this kbsd takes
+	// over (docs/operating.md, "Upgrade by handover"). Data must not hold a
+	// database yet; Manifest is then the manifest the operator trusts (any
+	// version of the running broker's chain), against which the running
+	// broker is verified. Optional.
+	HandoverFrom string
+	// SimDir, SimMeasurement and SimDebug choose the simulated TEE with
+	// Dev: its directory (default Data/sim; a second broker that takes over
+	// from a dev broker uses the first one's), the launch measurement of
+	// its evidence (SNP MEASUREMENT or TDX MRTD, 96 hex digits; default the
+	// sim's), and a debug guest (which every verifier refuses). Optional.
+	SimDir         string
+	SimMeasurement string
+	SimDebug       bool
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// on shutdown. Optional; default 10s.
 	ShutdownTimeout time.Duration
@@ -139,6 +156,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.IntVar(&c.MaxConnsPerPeer, "max-conns-per-peer", 0, "most open connections of one client (0: a quarter of its listener's, at most 128)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 30*time.Second, "close keep-alive connections idle this long")
 	fs.Float64Var(&c.PeerShare, "peer-share", 0.25, "share of each request budget one client (unix socket process, TCP address) may use, 0 to 1")
+	fs.StringVar(&c.HandoverFrom, "handover-from", "", "take over from the running broker at ADDR (unix://PATH or https://HOST:PORT): its master key, log and database; needs --manifest and an empty --data")
+	fs.StringVar(&c.SimDir, "sim-dir", "", "with --dev: the simulated TEE's directory (default DATA/sim)")
+	fs.StringVar(&c.SimMeasurement, "sim-measurement", "", "with --dev: the simulated launch measurement (SNP MEASUREMENT or TDX MRTD, 96 hex digits)")
+	fs.BoolVar(&c.SimDebug, "sim-debug", false, "with --dev: simulate a debug guest (every verifier refuses its evidence)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time in-flight requests get to finish on shutdown")
 
 	// A first pass finds --config; the file presets values, then the
@@ -255,6 +276,22 @@ func (c *Config) check() error {
 			return errors.New("--tee snp|tdx is required (or use --dev for a development broker)")
 		default:
 			return fmt.Errorf("--tee %q: want snp or tdx", c.TEE)
+		}
+	}
+	if !c.Dev && (c.SimDir != "" || c.SimMeasurement != "" || c.SimDebug) {
+		return errors.New("--sim-dir, --sim-measurement and --sim-debug choose the simulated TEE: they need --dev")
+	}
+	if c.SimMeasurement != "" {
+		if b, err := hex.DecodeString(c.SimMeasurement); err != nil || len(b) != 48 {
+			return fmt.Errorf("--sim-measurement: want 96 hex digits (48 bytes), got %q", c.SimMeasurement)
+		}
+	}
+	if c.HandoverFrom != "" {
+		if c.Manifest == "" {
+			return errors.New("--handover-from needs --manifest: the manifest you trust, against which the running broker is verified")
+		}
+		if c.LogBackend != "bolt" {
+			return errors.New("--handover-from needs --log-backend bolt: a handover moves the embedded log with the database")
 		}
 	}
 	if c.TEE != "snp" && c.TEE != "tdx" {

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -45,16 +46,37 @@ type devSetup struct {
 func prepareDev(ctx context.Context, c *Config, logger hclog.Logger) (*devSetup, error) {
 	logger.Warn("DEVELOPMENT MODE: simulated TEE, sealing key in a plain file, dev keys unencrypted on disk; never use --dev in production")
 	d := &devSetup{simDir: filepath.Join(c.Data, "sim"), manifestFile: filepath.Join(c.Data, "manifest.json")}
+	// The stand-in for the hardware sealing key belongs to this broker:
+	// in its own sim directory, or next to its database when it borrows
+	// another broker's simulated TEE (a second broker that takes over).
+	sealingKey := filepath.Join(d.simDir, "sealing.key")
+	if c.SimDir != "" {
+		d.simDir, sealingKey = c.SimDir, filepath.Join(c.Data, "sealing.key")
+	}
 	if err := sim.Init(d.simDir); err != nil {
 		return nil, fmt.Errorf("couldn't set up the simulated TEE: %w", err)
 	}
-	d.sealer = &keystore.SimSealer{Path: filepath.Join(d.simDir, "sealing.key")}
+	d.sealer = &keystore.SimSealer{Path: sealingKey}
+	if c.TEE == "tdx" {
+		// Like the hardware: no sealing key (the master key comes from a
+		// peer or the recovery holders at every start but the first).
+		d.sealer = keystore.NoSealer{}
+	}
+	opts := sim.Options{Debug: c.SimDebug}
+	if c.SimMeasurement != "" {
+		opts.Measurement, _ = hex.DecodeString(c.SimMeasurement) // checked by Config.check
+	}
 	var err error
-	if d.issuer, err = sim.NewIssuer(d.simDir, attest.Platform(c.TEE), sim.Options{}); err != nil {
+	if d.issuer, err = sim.NewIssuer(d.simDir, attest.Platform(c.TEE), opts); err != nil {
 		return nil, fmt.Errorf("simulated %s: %w", c.TEE, err)
 	}
 	if d.verifier, err = verify.New(verify.Options{SimRootFile: sim.RootFile(d.simDir), CacheDir: c.CacheDir, Offline: true}); err != nil {
 		return nil, err
+	}
+	if c.HandoverFrom != "" {
+		// The manifest, the owners and the clients are the running
+		// broker's: nothing of them is made here.
+		return d, nil
 	}
 	ownerPub, err := devKey(filepath.Join(c.Data, "owner.key"), filepath.Join(c.Data, "owner.pub"))
 	if err != nil {

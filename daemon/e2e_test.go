@@ -268,6 +268,11 @@ func (c *client) clientKey() crypto.Signer {
 // fetch is the worker side of a release: challenge, evidence bound to a
 // fresh HPKE key, release, unseal, receipt check.
 func fetch(d *daemon, p attest.Platform, kem uint16, ids ...string) (map[string][]byte, *api.Release, error) {
+	return fetchWith(d, filepath.Join(d.Data, "sim"), p, kem, ids...)
+}
+
+// fetchWith is fetch by a worker of the simulated TEE in simDir.
+func fetchWith(d *daemon, simDir string, p attest.Platform, kem uint16, ids ...string) (map[string][]byte, *api.Release, error) {
 	var ch api.Challenge
 	if st, ae, err := d.call("POST", api.PathChallenge, nil, &ch); err != nil || st != 200 {
 		return nil, nil, fmt.Errorf("challenge: %d %+v %v", st, ae, err)
@@ -277,7 +282,7 @@ func fetch(d *daemon, p attest.Platform, kem uint16, ids ...string) (map[string]
 		return nil, nil, err
 	}
 	pub := api.MarshalPublicKey(sk.PublicKey())
-	iss, err := sim.NewIssuer(filepath.Join(d.Data, "sim"), p, sim.Options{})
+	iss, err := sim.NewIssuer(simDir, p, sim.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -416,7 +421,10 @@ func TestProductionRefusals(t *testing.T) {
 		want string
 	}{
 		{[]string{"--data", dir, "--tee", "sim"}, "development only"},
-		{[]string{"--data", dir, "--tee", "tdx", "--manifest", "x"}, "TDX has no hardware-derived sealing key"},
+		{[]string{"--data", dir, "--tee", "tdx", "--manifest", "x"}, "self-attestation"},
+		{[]string{"--data", dir, "--tee", "snp", "--sim-measurement", "00"}, "need --dev"},
+		{[]string{"--dev", "--sim-measurement", "00"}, "96 hex digits"},
+		{[]string{"--dev", "--handover-from", "unix:///x"}, "--handover-from needs --manifest"},
 		{[]string{"--data", dir}, "--tee snp|tdx is required"},
 		{[]string{"--tee", "snp"}, "--data is required"},
 		{[]string{"--dev", "--log-backend", "trillian"}, "--trillian-addr"},

@@ -31,9 +31,26 @@
 // them kbsd starts, warns that version 1 is trusted by the operator's
 // decision only, and the log's manifest entry names no signers. Clients
 // likewise trust version 1 by their own file. Later versions arrive only through PUT
-// /v1/manifest. The key store is sealed with the SEV-SNP derived key; TDX has
-// no such key, so --tee tdx is refused until a recovery sealer exists. The
+// /v1/manifest. The key store's master key is sealed with the SEV-SNP derived
+// key; TDX has no such key, so a TDX kbsd keeps it in memory only. The
 // simulated TEE is refused outside --dev.
+//
+// # Upgrades, moves and recovery
+//
+//	kbsd --data EMPTYDIR --tee snp|tdx --manifest FILE --handover-from ADDR
+//
+// takes over from the running broker at ADDR: kbsd verifies it against FILE
+// (following its signed chain), attests to it, and receives its master key,
+// sealed to this process's attested key after the running broker logged a
+// handover entry, together with its database; it checks that the log it
+// received ends with that entry, seals the master key with its own sealer,
+// and serves the same log. The running broker's evidence check uses the
+// active manifest's service reference values: publish a version that lists
+// the new measurement first. A kbsd that cannot unseal its master key (a
+// lost sealing key, another machine, a TDX restart) starts in recovery: it
+// serves attestation and its log and waits for the recovery holders the
+// manifest names to send their shares (kbsctl recover). See
+// docs/operating.md.
 //
 // Flags may also come from a JSON config file (--config FILE) whose keys
 // are the flag names; flags on the command line win.

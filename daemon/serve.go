@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -22,6 +21,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/cvm"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
+	kbsclient "github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/kbs/keystore"
 )
 
@@ -164,6 +164,18 @@ func serve(ctx context.Context, c *Config) error {
 		}
 	}
 
+	// A newcomer takes over the running broker's master key and database
+	// before anything else is opened (docs/operating.md, "Upgrade by
+	// handover").
+	var joined *kbsclient.Handover
+	var from *kbsclient.Broker
+	if c.HandoverFrom != "" {
+		if joined, from, err = joinByHandover(ctx, c, issuer, verifier, logger); err != nil {
+			return err
+		}
+		defer clear(joined.Master)
+	}
+
 	db, err := bbolt.Open(filepath.Join(c.Data, "kbs.db"), 0o600, &bbolt.Options{
 		Timeout:      2 * time.Second,
 		FreelistType: bbolt.FreelistMapType,
@@ -179,7 +191,44 @@ func serve(ctx context.Context, c *Config) error {
 			logger.Error("couldn't close the database", "error", err)
 		}
 	}()
-	store, err := keystore.Open(ctx, db, sealer)
+	fe := newFrontend(c, logger)
+	fe.tcpLimits, fe.unixLimits = tcpLimits, unixLimits
+	logger.Debug("connection limits", "open_files", nofile, "tcp", tcpLimits.Max, "unix", unixLimits.Max,
+		"tcp_per_peer", tcpLimits.PerPeer, "unix_per_peer", unixLimits.PerPeer)
+	defer func() {
+		if fe.started() {
+			sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
+			defer cancel()
+			fe.shutdown(sctx)
+		}
+	}()
+	var (
+		store     *keystore.Store
+		recovered *kbs.Recovered
+		recNoteKy string
+	)
+	switch {
+	case joined != nil:
+		store, err = keystore.OpenWithMaster(ctx, db, sealer, joined.Master)
+	default:
+		store, err = keystore.Open(ctx, db, sealer)
+		if errors.Is(err, keystore.ErrSealer) {
+			// The master key cannot be unsealed here: another
+			// measurement or machine, or a TEE without a sealing key.
+			logger.Warn("the key store's master key cannot be unsealed", "error", err)
+			res, vkey, rerr := recoverMaster(ctx, c, db, issuer, fe, unixLn, tcpLn, logger)
+			if rerr != nil {
+				if ctx.Err() != nil {
+					logger.Info("shutting down while recovering")
+					return nil
+				}
+				return rerr
+			}
+			defer clear(res.Master)
+			recovered, recNoteKy = &res.Recovered, vkey
+			store, err = keystore.OpenWithMaster(ctx, db, sealer, res.Master)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("couldn't open the key store: %w", err)
 	}
@@ -189,6 +238,9 @@ func serve(ctx context.Context, c *Config) error {
 	}
 	if created {
 		logger.Info("created broker identity", "note_key", id.NoteKey, "tls_spki_sha256", id.TLSSPKISHA256)
+	}
+	if recovered != nil && id.NoteKey != recNoteKy {
+		return fmt.Errorf("the recovered identity's note key %s is not the one the recovery attested (%s): the database was changed during the recovery", id.NoteKey, recNoteKy)
 	}
 	tl, err := openLog(ctx, c, db, id.Checkpoints, logger)
 	if err != nil {
@@ -205,6 +257,15 @@ func serve(ctx context.Context, c *Config) error {
 		}
 	}
 	defer closeLog()
+	if joined != nil {
+		if err := checkJoined(ctx, joined, from, id, tl); err != nil {
+			return fmt.Errorf("handover: %w; nothing was taken over (remove %s before trying again)", err, filepath.Join(c.Data, "kbs.db"))
+		}
+		if err := kbs.RecordTakeover(store, joined.Receipt.Index); err != nil {
+			return err
+		}
+		logger.Info("took over from the running broker; stop it once this kbsd serves", "handover_index", joined.Receipt.Index, "from", c.HandoverFrom)
+	}
 
 	broker, err := kbs.New(ctx, kbs.Config{
 		DB:                db,
@@ -214,8 +275,9 @@ func serve(ctx context.Context, c *Config) error {
 		Issuer:            issuer,
 		Verifier:          verifier,
 		Simulated:         c.Dev,
-		InitialManifest:   manifestBody,
+		InitialManifest:   initialManifest(manifestBody, joined != nil),
 		InitialSignatures: manifestSigs,
+		Recovered:         recovered,
 		Logger:            logger.Named("broker"),
 		NonceTTL:          c.NonceTTL,
 		MaxNonces:         c.MaxChallenges,
@@ -246,48 +308,18 @@ func serve(ctx context.Context, c *Config) error {
 			return err
 		}
 	}
-	handler := broker.Handler()
-
-	var servers []*http.Server
-	errc := make(chan error, 2)
-	// newServer serves ln with its connections bounded by lim (connlimit.go).
-	newServer := func(ln net.Listener, lim kbs.ConnLimits) (*http.Server, net.Listener) {
-		lln := kbs.LimitListener(ln, lim)
-		return &http.Server{
-			Handler:           handler,
-			ReadHeaderTimeout: readHeaderTimeout,
-			ReadTimeout:       readTimeout,
-			WriteTimeout:      writeTimeout,
-			IdleTimeout:       c.IdleTimeout,
-			MaxHeaderBytes:    maxHeaderBytes,
-			ConnContext:       kbs.ConnContext,
-			ConnState:         lln.ConnState,
-			ErrorLog:          logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-		}, lln
+	if sealer.Name() == (keystore.NoSealer{}).Name() && !broker.Recoverable() {
+		logger.Warn("this TEE has no sealing key and the active manifest names no recovery holders: the master key lives in memory only, and an unplanned restart loses every key; hand over to a new instance before each restart (--handover-from), or publish a manifest version that names recovery holders")
 	}
-	var addrs []string
-	if unixLn != nil {
-		srv, ln := newServer(unixLn, unixLimits)
-		servers = append(servers, srv)
-		go func() { errc <- srv.Serve(ln) }()
-		addrs = append(addrs, "unix://"+c.ListenUnix)
+	fe.set(broker.Handler(), &id.TLS)
+	if !fe.started() {
+		fe.start(unixLn, tcpLn)
 	}
-	if tcpLn != nil {
-		srv, ln := newServer(tcpLn, tcpLimits)
-		srv.TLSConfig = &tls.Config{
-			MinVersion:   tls.VersionTLS13,
-			Certificates: []tls.Certificate{id.TLS},
-		}
-		servers = append(servers, srv)
-		go func() { errc <- srv.ServeTLS(ln, "", "") }()
-		addrs = append(addrs, "https://"+ln.Addr().String())
-	}
+	addrs := fe.addrs
 	hash, version := broker.ActiveManifest()
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,
 		"note_key", id.NoteKey, "simulated", c.Dev)
-	logger.Debug("connection limits", "open_files", nofile, "tcp", tcpLimits.Max, "unix", unixLimits.Max,
-		"tcp_per_peer", tcpLimits.PerPeer, "unix_per_peer", unixLimits.PerPeer)
-	if dev != nil {
+	if dev != nil && c.HandoverFrom == "" {
 		var steps strings.Builder
 		dev.printNextSteps(&steps, c, addrs, id.NoteKey)
 		if c.LogFormat == "json" {
@@ -302,7 +334,7 @@ func serve(ctx context.Context, c *Config) error {
 	select {
 	case <-ctx.Done():
 		logger.Info("shutting down")
-	case serveErr = <-errc:
+	case serveErr = <-fe.errc:
 		logger.Error("listener failed", "error", serveErr)
 	case <-broker.Halted():
 		// The broker's state may no longer be its log's; only a start
@@ -314,12 +346,8 @@ func serve(ctx context.Context, c *Config) error {
 	broker.Close()
 	sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
 	defer cancel()
-	for _, srv := range servers {
-		if err := srv.Shutdown(sctx); err != nil {
-			logger.Warn("in-flight requests did not finish in time", "error", err)
-			srv.Close()
-		}
-	}
+	fe.shutdown(sctx)
+	fe.servers = nil
 	// 3. Write the broker's state index (the next start replays nothing),
 	// 4. close the log: appends in flight complete durably or fail; the
 	// latest checkpoint is durable with the last entry. 5. The deferred
@@ -430,4 +458,14 @@ func hardwareIssuer(tee string) (attest.Issuer, error) {
 		return nil, fmt.Errorf("self-attestation: this machine is a %s guest, not --tee %s", iss.Platform(), tee)
 	}
 	return iss, nil
+}
+
+// initialManifest is the version 1 New gets: none for a newcomer, whose
+// --manifest is the version it verified the running broker against, and
+// whose database holds the chain.
+func initialManifest(body []byte, joined bool) []byte {
+	if joined {
+		return nil
+	}
+	return body
 }

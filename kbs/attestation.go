@@ -57,6 +57,8 @@ func (b *Broker) Attestation(ctx context.Context, nonce []byte, since uint64) (*
 		},
 		Since: since,
 	}
+	_, ans.HandedOver = b.HandedOver()
+	ans.Recovering = b.recovering
 	if since > 0 {
 		ans.ConsistencyProof = hashesToBytes(cons)
 		if ans.ConsistencyProof == nil {

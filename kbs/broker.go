@@ -110,6 +110,11 @@ type Config struct {
 	InitialManifest   []byte
 	InitialSignatures []string
 
+	// Recovered says that the master key was restored from recovery
+	// shares just now: New logs a recovery entry before it serves.
+	// Optional.
+	Recovered *Recovered
+
 	// Logger receives the broker's log. Optional; default hclog.NewNullLogger.
 	Logger hclog.Logger
 	// Now returns the current time. Optional; default clock.Now (the wall clock).
@@ -184,6 +189,18 @@ type Broker struct {
 	// confirm is policy.Confirm (replaced in tests).
 	confirm confirmFunc
 
+	// takeover is the handover entry this broker took over at, if
+	// hasTakeover (lifecycle.go).
+	takeover    uint64
+	hasTakeover bool
+	// handoverNonces are the pending handover challenges; snapshot the
+	// database snapshot a handover authorized (handover.go).
+	handoverNonces *nonceTable
+	snapshot       snapshotGrant
+
+	// recovering marks the read-only broker of a Recovery.
+	recovering bool
+
 	closing atomic.Bool
 	// appendFailing is set while appends to the log fail (health checks
 	// report it), and cleared by the next successful append.
@@ -232,17 +249,19 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		cfg.PeerShare = 0.25
 	}
 	b := &Broker{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		nonces:    newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
-		budgets:   newBudgets(cfg),
-		m:         newMetrics(),
-		confirm:   policy.Confirm,
-		flushReq:  make(chan struct{}, 1),
-		haltCh:    make(chan struct{}),
-		quit:      make(chan struct{}),
-		flushDone: make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		nonces:  newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
+		budgets: newBudgets(cfg),
+		// Handovers are rare: a few pending challenges suffice.
+		handoverNonces: newNonceTable(16, cfg.NonceTTL, cfg.Now),
+		m:              newMetrics(),
+		confirm:        policy.Confirm,
+		flushReq:       make(chan struct{}, 1),
+		haltCh:         make(chan struct{}),
+		quit:           make(chan struct{}),
+		flushDone:      make(chan struct{}),
 	}
 	var err error
 	if b.manifests, err = openManifestStore(cfg.DB); err != nil {
@@ -251,14 +270,30 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if b.index, err = openIndex(cfg.DB, cfg.Keys); err != nil {
 		return nil, fmt.Errorf("kbs: %w", err)
 	}
+	if err := b.loadTakeover(); err != nil {
+		return nil, err
+	}
 	if err := b.restore(ctx); err != nil {
 		return nil, err
 	}
-	if err := b.logIdentity(ctx); err != nil {
-		return nil, err
+	if err := b.writeNoteKey(); err != nil {
+		return nil, fmt.Errorf("kbs: couldn't record the note key: %w", err)
 	}
-	if err := b.loadInitialManifest(ctx); err != nil {
-		return nil, err
+	if idx, fenced := b.HandedOver(); fenced {
+		b.log.Warn("this broker handed its master key over to a successor: it serves its log and refuses every change and release", "handover_index", idx)
+	} else {
+		if err := b.logIdentity(ctx); err != nil {
+			return nil, err
+		}
+		if err := b.loadInitialManifest(ctx); err != nil {
+			return nil, err
+		}
+		if err := b.logRecovered(ctx); err != nil {
+			return nil, err
+		}
+		if err := b.exclusive(ctx, func(tx *changeTx) error { return b.ensureShares(tx) }); err != nil {
+			return nil, err
+		}
 	}
 	// A broker that its own manifest does not describe still serves (the
 	// owners may be rolling out a new manifest), but clients will reject

@@ -52,6 +52,7 @@ func (b *Broker) Handler() http.Handler {
 		ans, err := b.Release(r.Context(), &req)
 		return reply(w, ans, err)
 	})
+	b.lifecycleRoutes(route)
 	route("GET "+api.PathLogProof, "log_proof", b.serveLogProof)
 	route("GET "+api.PathLogConsistency, "log_consistency", b.serveLogConsistency)
 	// C2SP tlog-tiles, served by the log package with its own errors.
@@ -228,7 +229,7 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 	if cause != nil {
 		args = append(args, "cause", cause.Error())
 	}
-	if status >= 500 && te == nil {
+	if status >= 500 && te == nil && ae.Code != api.CodeRecovering {
 		b.log.Error("request failed", args...)
 	} else {
 		b.log.Debug("request rejected", args...)
@@ -333,6 +334,10 @@ func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
 	}
 	if b.halted.Load() != nil {
 		http.Error(w, "stopped after a log or store failure; restart kbsd", http.StatusServiceUnavailable)
+		return
+	}
+	if _, ok := b.HandedOver(); ok {
+		http.Error(w, "handed over to its successor; stop this kbsd", http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -78,7 +78,11 @@ type indexHead struct {
 	Identities []loggedIdentity `json:"identities"`
 	Keys       int              `json:"keys"`
 	KeysDigest []byte           `json:"keys_digest"`
-	MAC        []byte           `json:"mac,omitempty"`
+	// Handover and Shares are the state's lifecycle entries (absent
+	// before the first of each, so older heads keep their MAC).
+	Handover *handoverState `json:"handover,omitempty"`
+	Shares   *sharesState   `json:"shares,omitempty"`
+	MAC      []byte         `json:"mac,omitempty"`
 }
 
 type loggedIdentity struct {
@@ -219,6 +223,7 @@ func (x *stateIndex) load(ctx context.Context, lg tlog.Backend, cp tlog.SignedCh
 		st.identities[id.NoteKey] = id.Index
 	}
 	st.keys = recs
+	st.handover, st.shares = head.Handover, head.Shares
 	x.mu.Lock()
 	x.recMAC, x.digest, x.reset = macs, digest, false
 	x.mu.Unlock()
@@ -255,7 +260,7 @@ func (x *stateIndex) rebuild() {
 func (s *authState) snapshot(all bool) stateSnapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap := stateSnapshot{all: all, head: indexHead{Size: s.size, Root: bytes.Clone(s.root[:]), Manifests: slices.Clone(s.chain)}}
+	snap := stateSnapshot{all: all, head: indexHead{Size: s.size, Root: bytes.Clone(s.root[:]), Manifests: slices.Clone(s.chain), Handover: s.handover, Shares: s.shares}}
 	if snap.head.Manifests == nil {
 		snap.head.Manifests = []chainLink{}
 	}

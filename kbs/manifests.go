@@ -311,6 +311,9 @@ func (b *Broker) UpdateManifest(ctx context.Context, req *api.ManifestUpdate) (*
 	if _, err := verifyUpdate(b.active.Load().m, next, req.Signatures); err != nil {
 		return nil, err
 	}
+	if err := manifest.CheckRecoveryKept(b.active.Load().m, next); err != nil {
+		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
+	}
 	if err := b.checkServesManifest(ctx, next); err != nil {
 		return nil, err
 	}
@@ -320,8 +323,15 @@ func (b *Broker) UpdateManifest(ctx context.Context, req *api.ManifestUpdate) (*
 		if err != nil {
 			return err
 		}
-		am, err = b.activate(tx, next, req.Signatures, signers)
-		return err
+		if am, err = b.activate(tx, next, req.Signatures, signers); err != nil {
+			return err
+		}
+		// New recovery holders get their shares now. The version is
+		// active either way: a failure here is retried at the next start.
+		if err := b.ensureShares(tx); err != nil {
+			b.log.Error("couldn't log recovery shares for the new manifest version; the next start tries again", "error", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err

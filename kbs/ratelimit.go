@@ -13,11 +13,13 @@ import (
 // the whole broker and a smaller one for each peer (peer.go):
 //
 //	attestation  GET /v1/attestation: fresh evidence from the TEE
-//	challenge    POST /v1/release/challenge: the releases' budget, apart
-//	             from the attestations', so that a flood of attestations
-//	             never stops releases
+//	challenge    POST /v1/release/challenge (and /v1/handover/challenge):
+//	             the releases' budget, apart from the attestations', so
+//	             that a flood of attestations never stops releases
 //	manifest     PUT /v1/manifest: up to ~33 signature checks, and a body
-//	             of up to 256 KiB; also at most maxManifestInFlight at once
+//	             of up to 256 KiB; also at most maxManifestInFlight at
+//	             once; a recovering broker's POST /v1/recovery/share
+//	             (an HPKE open) draws on it too
 //
 // A peer may use at most Config.PeerShare of a budget, so one client that
 // floods cannot spend what every other client needs (several peers

@@ -18,6 +18,9 @@ import (
 // (POST /v1/release/challenge). Its budget (ratelimit.go) is applied by
 // the HTTP edge.
 func (b *Broker) Challenge(ctx context.Context) (*api.Challenge, error) {
+	if err := b.fencedNow(); err != nil {
+		return nil, err
+	}
 	nonce, exp, ok := b.nonces.issue()
 	if !ok {
 		return nil, throttle(api.CodeRateLimited, time.Second, "too many pending challenges; retry after some expire")

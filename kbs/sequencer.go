@@ -56,6 +56,9 @@ func (b *Broker) shared(f func() error) error {
 	if err := b.haltedError(); err != nil {
 		return err
 	}
+	if err := b.fencedError(); err != nil {
+		return err
+	}
 	return f()
 }
 
@@ -102,6 +105,9 @@ func (b *Broker) exclusive(ctx context.Context, f func(tx *changeTx) error) erro
 		return err
 	}
 	if _, err := b.catchUp(ctx); err != nil {
+		return err
+	}
+	if err := b.fencedError(); err != nil {
 		return err
 	}
 	return f(&changeTx{b: b, ctx: ctx})

@@ -40,6 +40,10 @@ type authState struct {
 	identities map[string]uint64
 	// dirty holds the key ids changed since the last snapshot (index.go).
 	dirty map[string]bool
+	// handover is the log's latest handover entry, shares its latest
+	// recovery-shares entry (lifecycle.go); nil if none.
+	handover *handoverState
+	shares   *sharesState
 }
 
 // chainLink is a manifest version as the log holds it.
@@ -112,6 +116,14 @@ func (s *authState) apply(index uint64, e *tlog.Entry) (ok bool, why noEffect) {
 		return s.applyUpload(index, e.Time, e.KeyUpload)
 	case tlog.TypeKeyDelete:
 		return s.applyDelete(index, e.KeyDelete)
+	case tlog.TypeHandover:
+		s.handover = &handoverState{Index: index, EvidenceDigest: e.Handover.EvidenceDigest}
+		return true, ""
+	case tlog.TypeRecoveryShares:
+		s.shares = newSharesState(index, e.RecoveryShares)
+		return true, ""
+	case tlog.TypeRecovery:
+		return true, "" // a record: the state is what it was
 	}
 	return false, ""
 }

@@ -38,6 +38,7 @@ func (c Change) String() string {
 // Diff lists what changed from old to new: reference values, worker
 // classes, clients and their key patterns, key release rules, owners and
 // threshold, the witness policy (quorum, and each witness's key and URL),
+// the recovery policy (threshold, and each holder's key by fingerprint),
 // and the header fields. Owner and client keys are shown by
 // fingerprint. A class, alternative, client or rule that appears or
 // disappears as a whole is one change. Changes are sorted by field.
@@ -222,6 +223,14 @@ func flatten(m *Manifest) map[string]leaf {
 			entity(p)
 			scalar(p+".key", w.Key)
 			scalar(p+".url", w.URL)
+		}
+	}
+	scalar("recovery", d.Recovery.String())
+	if d.Recovery != nil {
+		for _, h := range d.Recovery.Holders {
+			p := keyPath("recovery", h.Name)
+			entity(p)
+			scalar(p+".public_key", h.Fingerprint())
 		}
 	}
 	return f

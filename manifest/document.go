@@ -2,6 +2,8 @@ package manifest
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -55,6 +57,114 @@ type Document struct {
 	// had witnesses, which require none. New manifests should state the
 	// choice: NoWitnesses(), or a quorum.
 	Witnesses *WitnessPolicy `json:"witnesses,omitempty"`
+	// Recovery names the holders of the broker's recovery shares and how
+	// many of them restore its master key (docs/operating.md, "Recovery").
+	// Nil when the manifest has no "recovery" field: manifests written
+	// before recovery existed, which name no holders. New manifests should
+	// state the choice: NoRecovery(), or holders and a threshold.
+	Recovery *RecoveryPolicy `json:"recovery,omitempty"`
+}
+
+// NoRecoveryValue is the JSON value of an explicit "no recovery holders"
+// policy.
+const NoRecoveryValue = "none"
+
+// MaxRecoveryHolders is the most recovery holders a manifest may name.
+const MaxRecoveryHolders = 16
+
+// RecoveryPolicy is a manifest's explicit recovery choice: None, or
+// Threshold of the Holders' shares restore the broker's master key.
+type RecoveryPolicy struct {
+	// None is the explicit choice of no recovery ("recovery": "none"): a
+	// broker that loses its sealing key loses every key it holds.
+	None bool
+	// Threshold is how many holders' shares restore the master key:
+	// 1..len(Holders).
+	Threshold int
+	// Holders are the holders, in the order owners wrote them.
+	Holders []RecoveryHolder
+}
+
+// NoRecovery returns the explicit policy of no recovery holders.
+func NoRecovery() *RecoveryPolicy { return &RecoveryPolicy{None: true} }
+
+// RecoveryHolder is one holder of a recovery share.
+type RecoveryHolder struct {
+	// Name labels the holder in log entries, errors and diffs: 1-64 of
+	// [A-Za-z0-9._-].
+	Name string `json:"name"`
+	// PublicKey is the holder's HPKE public key, base64 of its wire
+	// encoding (KEM id, then the key: X25519 or MLKEM768-X25519), as
+	// `kbsctl recover keygen` prints it. The broker seals the holder's
+	// share to it.
+	PublicKey string `json:"public_key"`
+}
+
+// Key returns the holder's public key in its wire encoding.
+func (h RecoveryHolder) Key() []byte {
+	b, _ := base64.StdEncoding.DecodeString(h.PublicKey) // checked by Parse
+	return b
+}
+
+// Fingerprint returns "sha256:<hex>" of the holder's public key in its
+// wire encoding.
+func (h RecoveryHolder) Fingerprint() string {
+	sum := sha256.Sum256(h.Key())
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Recovery returns a copy of the manifest's recovery policy, or nil if the
+// manifest has no "recovery" field (no recovery holders).
+func (m *Manifest) Recovery() *RecoveryPolicy {
+	if m.doc.Recovery == nil {
+		return nil
+	}
+	p := *m.doc.Recovery
+	p.Holders = append([]RecoveryHolder(nil), p.Holders...)
+	return &p
+}
+
+// Active reports whether the policy names holders (it is neither nil nor
+// None).
+func (p *RecoveryPolicy) Active() bool { return p != nil && !p.None && len(p.Holders) > 0 }
+
+// CheckRecoveryKept reports whether next may follow prev as far as the
+// recovery policy goes: once a version states one, a later version must
+// state one too. Dropping the "recovery" field would silently drop the
+// holders; going without them takes an explicit "recovery": "none", which
+// Diff shows.
+func CheckRecoveryKept(prev, next *Manifest) error {
+	if prev.doc.Recovery != nil && next.doc.Recovery == nil {
+		return fieldErr("recovery", "version %d states a recovery policy (%s) and version %d leaves the field out: write \"recovery\": %q to go without recovery holders", prev.doc.Version, prev.doc.Recovery, next.doc.Version, NoRecoveryValue)
+	}
+	return nil
+}
+
+// MarshalJSON implements json.Marshaler: "none", or {"threshold",
+// "holders"}.
+func (p RecoveryPolicy) MarshalJSON() ([]byte, error) {
+	if p.None {
+		return json.Marshal(NoRecoveryValue)
+	}
+	list := p.Holders
+	if list == nil {
+		list = []RecoveryHolder{}
+	}
+	return json.Marshal(struct {
+		Threshold int              `json:"threshold"`
+		Holders   []RecoveryHolder `json:"holders"`
+	}{p.Threshold, list})
+}
+
+// String summarizes the policy: "none", or "2 of 3".
+func (p *RecoveryPolicy) String() string {
+	switch {
+	case p == nil:
+		return "not stated (no recovery holders)"
+	case p.None:
+		return NoRecoveryValue
+	}
+	return fmt.Sprintf("%d of %d", p.Threshold, len(p.Holders))
 }
 
 // NoWitnessesValue is the JSON value of an explicit "no witnesses" policy.

@@ -2,7 +2,9 @@ package manifest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kbs-dev/kbs/internal/hpkekey"
 	"github.com/kbs-dev/kbs/internal/witnesskey"
 )
 
@@ -180,6 +183,11 @@ func decodeDocument(root *node) (*Document, error) {
 		o.fail(err)
 		d.Witnesses = w
 	}
+	if n, p := o.optional("recovery"); n != nil {
+		r, err := decodeRecovery(n, p)
+		o.fail(err)
+		d.Recovery = r
+	}
 	if err := o.done(); err != nil {
 		return nil, err
 	}
@@ -291,6 +299,103 @@ func decodeWitness(n *node, path string) (Witness, witnesskey.Key, error) {
 		w.URL = s
 	}
 	return w, k, o.done()
+}
+
+// decodeRecovery reads the recovery policy: "none", or {"threshold",
+// "holders"} with 1..MaxRecoveryHolders holders of distinct names and
+// keys.
+func decodeRecovery(n *node, path string) (*RecoveryPolicy, error) {
+	if n.kind == jString {
+		if n.s != NoRecoveryValue {
+			return nil, fieldErr(path, "want %q or an object {\"threshold\", \"holders\"}, got %q", NoRecoveryValue, clip(n.s))
+		}
+		return NoRecovery(), nil
+	}
+	o, err := asObject(n, path)
+	if err != nil {
+		return nil, fieldErr(path, "want %q or an object {\"threshold\", \"holders\"}, got %v", NoRecoveryValue, n.kind)
+	}
+	rp := &RecoveryPolicy{}
+	var threshold uint64
+	if tn, p := o.get("threshold"); tn != nil {
+		threshold, err = asUint(tn, p, MaxRecoveryHolders)
+		o.fail(err)
+		if err == nil && threshold == 0 {
+			o.fail(fieldErr(p, "must be at least 1 (write \"recovery\": %q for no recovery holders)", NoRecoveryValue))
+		}
+	}
+	if ln, p := o.get("holders"); ln != nil {
+		elems, err := asArray(ln, p)
+		o.fail(err)
+		if err == nil && len(elems) == 0 {
+			o.fail(fieldErr(p, "empty: write \"recovery\": %q for no recovery holders", NoRecoveryValue))
+		}
+		if len(elems) > MaxRecoveryHolders {
+			o.fail(fieldErr(p, "at most %d recovery holders", MaxRecoveryHolders))
+		}
+		names := map[string]int{}
+		keys := map[string]int{}
+		for i, e := range elems {
+			if o.err != nil {
+				break
+			}
+			ep := indexPath(p, i)
+			h, err := decodeHolder(e, ep)
+			if err != nil {
+				o.fail(err)
+				break
+			}
+			if j, dup := names[h.Name]; dup {
+				o.fail(fieldErr(ep+".name", "%q is also the name of holders[%d]", h.Name, j))
+				break
+			}
+			if j, dup := keys[string(h.Key())]; dup {
+				o.fail(fieldErr(ep+".public_key", "the same public key as holders[%d]: one key holds one share", j))
+				break
+			}
+			names[h.Name], keys[string(h.Key())] = i, i
+			rp.Holders = append(rp.Holders, h)
+		}
+		if o.err == nil && threshold > uint64(len(elems)) {
+			o.fail(fieldErr(memberPath(path, "threshold"), "%d exceeds the number of holders (%d)", threshold, len(elems)))
+		}
+	}
+	rp.Threshold = int(threshold)
+	return rp, o.done()
+}
+
+func decodeHolder(n *node, path string) (RecoveryHolder, error) {
+	var h RecoveryHolder
+	o, err := asObject(n, path)
+	if err != nil {
+		return h, err
+	}
+	if fn, p := o.get("name"); fn != nil {
+		s, err := asString(fn, p)
+		o.fail(err)
+		if err == nil && !nameRE.MatchString(s) {
+			o.fail(fieldErr(p, "invalid holder name %q: want 1-64 of [A-Za-z0-9._-], starting with a letter or digit", clip(s)))
+		}
+		h.Name = s
+	}
+	if fn, p := o.get("public_key"); fn != nil {
+		s, err := asString(fn, p)
+		o.fail(err)
+		if err == nil {
+			raw, err := base64.StdEncoding.Strict().DecodeString(s)
+			if err == nil && base64.StdEncoding.EncodeToString(raw) != s {
+				err = errors.New("not canonical base64")
+			}
+			if err == nil {
+				_, err = hpkekey.Parse(raw)
+			}
+			if err != nil {
+				o.fail(fieldErr(p, "want base64 of an HPKE public key (as kbsctl recover keygen prints it): %v", err))
+			}
+		}
+		h.PublicKey = s
+	}
+	return h, o.done()
 }
 
 const maxOwners = 32

@@ -3,15 +3,19 @@
 # simulated TEE, a client that verifies it and uploads a prompt key, a worker
 # that attests and fetches the key, an encrypted prompt round trip through
 # the example worker, an owner rolling out manifest version 2 (signed with
-# openssl and with kbsctl), a worker with a wrong measurement refused, and an
-# audit of the log. Every step is checked; any failure fails the demo.
+# openssl and with kbsctl), a worker with a wrong measurement refused, an
+# audit of the log, an application's OpenAI-style requests (one streamed)
+# through the client proxy (kbsctl proxy) to the worker's echo model, and an
+# upgrade by handover (a manifest version listing the new build's
+# measurement; the new broker takes over the master key and the log; the
+# same keys from it). Every step is checked; any failure fails the demo.
 #
 # Every command is printed as it runs, with the real paths: run from the
 # repository's top directory, each can be pasted into a shell. The files stay
 # in DEMO_DIR (default kbs-demo) after the demo; the next demo replaces them.
 # Commands that are meant to fail say so: "(expected: exit 1, ...)".
 #
-# Needs: bin/kbsd and bin/kbsctl (make build), openssl. KBSD_ARGS adds kbsd
+# Needs: bin/kbsd and bin/kbsctl (make build), openssl, curl. KBSD_ARGS adds kbsd
 # flags (make demo-trillian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +24,7 @@ for b in bin/kbsd bin/kbsctl; do
   [ -x "$b" ] || { echo "demo: $b is missing: run make build" >&2; exit 2; }
 done
 command -v openssl >/dev/null || { echo "demo: openssl is required" >&2; exit 2; }
+command -v curl >/dev/null || { echo "demo: curl is required" >&2; exit 2; }
 if [ -e "$D" ]; then
   [ -e "$D/.kbs-demo" ] || { echo "demo: $D exists and is not a previous demo's directory: set DEMO_DIR" >&2; exit 2; }
   rm -rf "$D"
@@ -29,10 +34,14 @@ touch "$D/.kbs-demo"
 
 KBSD_PID=""
 WORKER_PID=""
+PROXY_PID=""
+NEW_PID=""
 cleanup() {
   status=$?
+  [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
   [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
   [ -n "$KBSD_PID" ] && kill "$KBSD_PID" 2>/dev/null && wait "$KBSD_PID" 2>/dev/null || true
+  [ -n "$NEW_PID" ] && kill "$NEW_PID" 2>/dev/null && wait "$NEW_PID" 2>/dev/null || true
   if [ $status -ne 0 ]; then
     echo "demo FAILED (exit $status); kbsd log:" >&2
     tail -n 30 "$D/kbsd.log" >&2 || true
@@ -80,6 +89,24 @@ runsh() {
 }
 # has PATTERN: the last command's stdout+stderr contain PATTERN.
 has() { grep -q -- "$1" "$D/out" "$D/err" || fail "expected output matching '$1'"; }
+# background NAME PIDVAR -- CMD...: prints CMD, starts it in the background
+# (stdout in $D/NAME.url, stderr in $D/NAME.log, its pid in PIDVAR for the
+# cleanup), waits until it prints its URL, shows its log, and sets BG_URL.
+background() {
+  local name=$1 pidvar=$2; shift 3
+  echo "\$ $(quote "$@") > $D/$name.url &"
+  : >"$D/$name.url"
+  "$@" >"$D/$name.url" 2>"$D/$name.log" &
+  printf -v "$pidvar" '%s' "$!"
+  for _ in $(seq 1 300); do
+    [ -s "$D/$name.url" ] && break
+    kill -0 "${!pidvar}" 2>/dev/null || { cat "$D/$name.log" >&2; fail "$name exited"; }
+    sleep 0.1
+  done
+  BG_URL=$(head -n 1 "$D/$name.url")
+  [ -n "$BG_URL" ] || fail "$name did not start"
+  sed 's/^/  /' "$D/$name.log"
+}
 
 step "start kbsd --dev (simulated SNP TEE) with its state in $D/kbs"
 echo "\$ $(quote bin/kbsd --dev --data "$D/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-}) > $D/kbsd.log 2>&1 &"
@@ -132,20 +159,10 @@ run 0 -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" receipt verify "$RE
 has "release of demo/prompt-key v1 to class demo-worker"
 
 step "worker: serve encrypted prompts with 'kbsctl worker run' (keys in memory only)"
-line="$(quote bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run --manifest "$D/worker/manifest.json" \
-  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 --receipts "$D/worker/receipts") > $D/worker.url &"
-echo "\$ $line"
-bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run --manifest "$D/worker/manifest.json" \
-  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 --receipts "$D/worker/receipts" >"$D/worker.url" 2>"$D/worker.log" &
-WORKER_PID=$!
-for _ in $(seq 1 300); do
-  [ -s "$D/worker.url" ] && break
-  kill -0 "$WORKER_PID" 2>/dev/null || { cat "$D/worker.log" >&2; fail "worker exited"; }
-  sleep 0.1
-done
-WORKER_URL=$(head -n 1 "$D/worker.url")
-[ -n "$WORKER_URL" ] || fail "worker did not start"
-sed 's/^/  /' "$D/worker.log"
+background worker WORKER_PID -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run \
+  --manifest "$D/worker/manifest.json" --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 \
+  --receipts "$D/worker/receipts"
+WORKER_URL=$BG_URL
 echo "  the worker serves on $WORKER_URL"
 
 step "client: an encrypted prompt round trip through the worker"
@@ -205,4 +222,72 @@ has "release,demo/prompt-key,1"
 run 0 -- bin/kbsctl --addr "$HTTPS" log verify
 has "consistent with the stored size"
 
-printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit\n'
+step "an application's OpenAI-style requests through the client proxy to the worker (the sealed OpenAI API)"
+echo "  (no --upstream: the worker answers with the built-in echo model kbs-echo)"
+background worker WORKER_PID -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run \
+  --manifest "$D/worker/manifest.json" --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --listen 127.0.0.1:0 \
+  --receipts "$D/worker/receipts"
+WORKER_URL=$BG_URL
+background proxy PROXY_PID -- bin/kbsctl --addr "$HTTPS" --sim-root "$SIMROOT" proxy --manifest "$D/client/manifest.json" \
+  --key "$D/client/prompt.key" --worker "$WORKER_URL" --listen 127.0.0.1:0
+PROXY_URL=$BG_URL
+echo "  applications use the OpenAI base URL $PROXY_URL/v1 (e.g. OpenAI(base_url=\"$PROXY_URL/v1\", api_key=\"unused\"))"
+run 0 -- curl -sS "$PROXY_URL/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "kbs-echo", "messages": [{"role": "user", "content": "what is the capital of france?"}]}'
+has '"content":"echo from a kbs worker: WHAT IS THE CAPITAL OF FRANCE?"'
+run 0 -- curl -sSN "$PROXY_URL/v1/chat/completions" -H 'Content-Type: application/json' \
+  -d '{"model": "kbs-echo", "stream": true, "messages": [{"role": "user", "content": "stream this answer"}]}'
+has '"content":" ANSWER"'; has 'data: \[DONE\]'
+run 0 -- curl -sS "$PROXY_URL/v1/models"
+has '"id":"kbs-echo"'
+echo "\$ kill %?proxy %?worker    # stop the proxy and the worker"
+kill "$PROXY_PID"; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""
+kill "$WORKER_PID"; wait "$WORKER_PID" 2>/dev/null || true; WORKER_PID=""
+
+if [[ "${KBSD_ARGS:-}" == *trillian* ]]; then
+  printf '\n(the upgrade by handover moves the embedded log: skipped with the Trillian backend)\n'
+  printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy\n'
+  exit 0
+fi
+
+step "upgrade by handover: the owners list the new kbsd build's measurement (version 3), then the new broker takes over"
+NEWM=$(printf 'b7%.0s' $(seq 48))
+run 0 -- bin/kbsctl manifest next --add-service-measurement "snp:$NEWM" --out "$D/owner/manifest-v3.json" "$D/owner/manifest-v2.json"
+runsh "bin/kbsctl manifest sign --key $D/kbs/owner.key $D/owner/manifest-v3.json > $D/owner/v3.owner1.sig"
+runsh "openssl dgst -sha256 -sign $D/owner/owner2.key $D/owner/manifest-v3.json | base64 -w0 > $D/owner/v3.owner2.sig"
+run 0 -- bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" manifest set --sig "$D/owner/v3.owner1.sig" --sig "$D/owner/v3.owner2.sig" "$D/owner/manifest-v3.json"
+has "manifest version 3"
+runsh "cp $D/owner/manifest-v2.json $D/operator-manifest.json"
+echo "\$ $(quote bin/kbsd --dev --data "$D/kbs-new" --listen-tcp 127.0.0.1:0 --sim-dir "$D/kbs/sim" --sim-measurement "$NEWM" --handover-from "$UNIX" --manifest "$D/operator-manifest.json") > $D/kbsd-new.log 2>&1 &"
+bin/kbsd --dev --data "$D/kbs-new" --listen-tcp 127.0.0.1:0 --sim-dir "$D/kbs/sim" --sim-measurement "$NEWM" \
+  --handover-from "$UNIX" --manifest "$D/operator-manifest.json" >"$D/kbsd-new.log" 2>&1 &
+NEW_PID=$!
+for _ in $(seq 1 300); do
+  grep -q 'kbsd serving' "$D/kbsd-new.log" && break
+  kill -0 "$NEW_PID" 2>/dev/null || { cat "$D/kbsd-new.log" >&2; fail "the new kbsd exited"; }
+  sleep 0.1
+done
+grep -q 'took over from the running broker' "$D/kbsd-new.log" || { cat "$D/kbsd-new.log" >&2; fail "the new kbsd did not take over"; }
+grep 'took over' "$D/kbsd-new.log" | sed 's/^/  /'
+NEWUNIX=unix://$D/kbs-new/kbs.sock
+run 0 -- bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" verify --follow --manifest "$D/client/manifest.json"
+has "followed manifest version 3"
+run 2 "the old broker handed its master key over and decides nothing any more" -- \
+  bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" key put --manifest "$D/client/manifest.json" \
+  --client-key "$D/kbs/client.key" --id demo/after-handover --generate --out "$D/client/after.key"
+has "handed_over"
+echo "\$ kill $KBSD_PID    # stop the old broker"
+kill "$KBSD_PID"; wait "$KBSD_PID" 2>/dev/null || true; KBSD_PID=""
+
+step "client and worker: the new broker, the same log and the same keys"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --sim-root "$SIMROOT" verify --follow --manifest "$D/client/manifest.json"
+has "measurement   $NEWM"; has "consistent with the stored size"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/worker-state" --sim-root "$SIMROOT" verify --follow --manifest "$D/worker/manifest.json"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/worker-state" --sim-root "$SIMROOT" key get --manifest "$D/worker/manifest.json" \
+  --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --out "$D/worker/keys-new"
+cmp "$D/client/prompt.key" "$D/worker/keys-new/demo/prompt-key.key" || fail "the new broker released another key"
+echo "  the new broker released the same key"
+run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/auditor-state" audit --note-key "$NOTE_KEY"
+has "master key handed over to a snp(sim) broker"; has "audit OK"
+
+printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy, upgrade by handover\n'

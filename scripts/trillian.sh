@@ -29,10 +29,11 @@
 # Environment (all optional):
 #   TRILLIAN_RUN_DIR   run directory (database, logs, pid files, env file)
 #   KBS_CACHE_DIR      cache of built binaries
-#   TRILLIAN_PG_PORT, TRILLIAN_RPC_PORT, TRILLIAN_HTTP_PORT,
+#   TRILLIAN_RPC_PORT, TRILLIAN_HTTP_PORT,
 #   TRILLIAN_SIGNER_HTTP_PORT   loopback ports (default: the first free ones
-#                               from 25432 and 28090 up; the signer's own
-#                               gRPC port is the next free one)
+#                               from a random base in 28090-32089; the
+#                               signer's own gRPC port is the next free one).
+#                               PostgreSQL listens on a unix socket only.
 #   TRILLIAN_TREE_TYPE          PREORDERED_LOG (default) or LOG (Trillian orders
 #                               the entries: the slower mode of older kbs trees)
 #   TRILLIAN_SEQUENCER_INTERVAL signer's pass interval (default 100ms, Trillian's
@@ -167,9 +168,12 @@ up() {
   # From here on, a failure stops whatever was started.
   trap 'st=$?; if [ $st -ne 0 ]; then down; fi; exit $st' EXIT
 
-  local pg_port rpc_port http_port signer_port signer_rpc_port
-  pg_port="${TRILLIAN_PG_PORT:-$(free_port 25432)}"
-  rpc_port="${TRILLIAN_RPC_PORT:-$(free_port 28090)}"
+  # PostgreSQL listens on a unix socket in its own directory only, so that
+  # concurrent runs never race for a TCP port; Trillian's ports start at a
+  # random base for the same reason (free_port checks, but another run may
+  # take a port between the check and the bind).
+  local pg_port=5432 rpc_port http_port signer_port signer_rpc_port
+  rpc_port="${TRILLIAN_RPC_PORT:-$(free_port $((28090 + RANDOM % 4000)))}"
   http_port="${TRILLIAN_HTTP_PORT:-$(free_port $((rpc_port + 1)))}"
   signer_port="${TRILLIAN_SIGNER_HTTP_PORT:-$(free_port $((http_port + 1)))}"
   signer_rpc_port="$(free_port $((signer_port + 1)))"
@@ -186,18 +190,18 @@ up() {
   as_db "$pg/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 >"$run_dir/initdb.log" 2>&1 ||
     die "initdb failed: $(tail -5 "$run_dir/initdb.log")"
   as_db "$pg/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $pg_port -c unix_socket_directories='$pgdir' -c max_connections=200 -c random_page_cost=1.1" \
+    -o "-c listen_addresses='' -p $pg_port -c unix_socket_directories='$pgdir' -c max_connections=200 -c random_page_cost=1.1" \
     start >"$run_dir/pg_ctl.log" 2>&1 || die "PostgreSQL did not start: $(tail -5 "$pgdir/postgres.log" 2>/dev/null)"
   echo "$pg" >"$run_dir/pg_bin"
 
-  local psql=("$pg/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$pg_port" -U postgres)
+  local psql=("$pg/psql" -X -q -v ON_ERROR_STOP=1 -h "$pgdir" -p "$pg_port" -U postgres)
   "${psql[@]}" -d postgres -c "CREATE DATABASE trillian;" >/dev/null
   local dir
   dir="$(cd "$repo" && go mod download -json "github.com/google/trillian@$v" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
   "${psql[@]}" -d trillian -f "$dir/storage/postgresql/schema/storage.sql" >"$run_dir/schema.log" 2>&1 ||
     die "loading Trillian's schema failed: $(tail -5 "$run_dir/schema.log")"
 
-  local uri="postgresql:///trillian?host=127.0.0.1&port=$pg_port&user=postgres&sslmode=disable"
+  local uri="postgresql:///trillian?host=$pgdir&port=$pg_port&user=postgres&sslmode=disable"
   local common=(--storage_system=postgresql --quota_system=noop --postgresql_uri="$uri" --logtostderr)
   start_bg log_server "$bins/trillian_log_server" "${common[@]}" \
     --rpc_endpoint="127.0.0.1:$rpc_port" --http_endpoint="127.0.0.1:$http_port"
@@ -236,7 +240,7 @@ KBS_TRILLIAN_POSTGRESQL_URI=$uri
 KBS_TRILLIAN_RUN_DIR=$run_dir
 $tls_env
 EOF
-  log "Trillian $v up: log server 127.0.0.1:$rpc_port, PostgreSQL 127.0.0.1:$pg_port, tree $tree"
+  log "Trillian $v up: log server 127.0.0.1:$rpc_port, PostgreSQL on $pgdir, tree $tree"
   cat "$run_dir/env"
 }
 

@@ -21,6 +21,10 @@ const (
 	TypeKeyUpload = "key-upload"
 	TypeKeyDelete = "key-delete"
 	TypeRelease   = "release"
+	// Lifecycle of the broker's master key (docs/operating.md).
+	TypeHandover       = "handover"
+	TypeRecoveryShares = "recovery-shares"
+	TypeRecovery       = "recovery"
 )
 
 // Entry is one leaf of the log. Exactly the payload field that matches Type
@@ -33,6 +37,10 @@ type Entry struct {
 	KeyUpload *KeyEntry      `json:"key_upload,omitempty"`
 	KeyDelete *KeyEntry      `json:"key_delete,omitempty"`
 	Release   *ReleaseEntry  `json:"release,omitempty"`
+
+	Handover       *HandoverEntry       `json:"handover,omitempty"`
+	RecoveryShares *RecoverySharesEntry `json:"recovery_shares,omitempty"`
+	Recovery       *RecoveryEntry       `json:"recovery,omitempty"`
 }
 
 // ManifestEntry records a manifest version. Body is the manifest's exact
@@ -93,6 +101,67 @@ type ReleaseEntry struct {
 	EvidenceDigest  string   `json:"evidence_digest"`
 	WorkerKeyDigest string   `json:"worker_key_digest"`
 	ManifestHash    string   `json:"manifest_hash"`
+}
+
+// HandoverEntry records that the broker handed its master key over to a
+// newcomer whose evidence matched the service reference values of the
+// active manifest: the newcomer continues this log, and the broker that
+// logged the entry takes no decision after it.
+type HandoverEntry struct {
+	// ManifestHash is the active manifest that admitted the newcomer.
+	ManifestHash string `json:"manifest_hash"`
+	// FromEvidenceDigest is the digest of the handing-over broker's own
+	// evidence for this handover (binding the newcomer's evidence).
+	FromEvidenceDigest string `json:"from_evidence_digest"`
+	// The newcomer: its platform, whether its evidence is simulated, its
+	// launch measurement (SNP MEASUREMENT or TDX MRTD, hex), the digest
+	// of its evidence and of the HPKE key the master key was sealed to.
+	Platform       string `json:"platform"`
+	Simulated      bool   `json:"simulated"`
+	Measurement    string `json:"measurement"`
+	EvidenceDigest string `json:"evidence_digest"`
+	KeyDigest      string `json:"key_digest"`
+}
+
+// RecoverySharesEntry records the recovery shares of the broker's master
+// key for the holders a manifest names: Threshold of them restore it. Each
+// share is sealed (HPKE) to its holder's key, so the entry is public and
+// only the holders can open their shares.
+type RecoverySharesEntry struct {
+	// ManifestHash is the manifest that names the holders.
+	ManifestHash string        `json:"manifest_hash"`
+	Threshold    int           `json:"threshold"`
+	Shares       []SealedShare `json:"shares"`
+}
+
+// SealedShare is one holder's share.
+type SealedShare struct {
+	// Holder is the holder's name in the manifest, Fingerprint
+	// "sha256:<hex>" of its public key.
+	Holder      string `json:"holder"`
+	Fingerprint string `json:"fingerprint"`
+	// Sealed is the share, HPKE-sealed to the holder's key.
+	Sealed []byte `json:"sealed"`
+	// Commitment is "sha256:<hex>" of the share (with a label naming its
+	// holder), by which a recovering broker and the holder tell a genuine
+	// share from any other bytes.
+	Commitment string `json:"commitment"`
+}
+
+// RecoveryEntry records that a broker restored its master key from the
+// shares of a recovery-shares entry.
+type RecoveryEntry struct {
+	// SharesIndex is the index of the recovery-shares entry whose shares
+	// were used, and Holders the names of the holders who took part.
+	SharesIndex uint64   `json:"shares_index"`
+	Holders     []string `json:"holders"`
+	// ManifestHash is the manifest active at the recovery.
+	ManifestHash string `json:"manifest_hash"`
+	// The recovering broker's evidence, as the holders verified it.
+	Platform       string `json:"platform"`
+	Simulated      bool   `json:"simulated"`
+	Measurement    string `json:"measurement"`
+	EvidenceDigest string `json:"evidence_digest"`
 }
 
 // EncodeEntry validates e and returns its canonical JSON encoding. Time is
@@ -225,7 +294,8 @@ func (e *Entry) validate() error {
 		return fmt.Errorf("tlog: entry time %v out of range", e.Time)
 	}
 	n := 0
-	for _, set := range []bool{e.Manifest != nil, e.Identity != nil, e.KeyUpload != nil, e.KeyDelete != nil, e.Release != nil} {
+	for _, set := range []bool{e.Manifest != nil, e.Identity != nil, e.KeyUpload != nil, e.KeyDelete != nil, e.Release != nil,
+		e.Handover != nil, e.RecoveryShares != nil, e.Recovery != nil} {
 		if set {
 			n++
 		}
@@ -263,6 +333,21 @@ func (e *Entry) validate() error {
 			return errors.New("tlog: release entry without release payload")
 		}
 		err = e.Release.validate()
+	case TypeHandover:
+		if e.Handover == nil {
+			return errors.New("tlog: handover entry without handover payload")
+		}
+		err = e.Handover.validate()
+	case TypeRecoveryShares:
+		if e.RecoveryShares == nil {
+			return errors.New("tlog: recovery-shares entry without recovery_shares payload")
+		}
+		err = e.RecoveryShares.validate()
+	case TypeRecovery:
+		if e.Recovery == nil {
+			return errors.New("tlog: recovery entry without recovery payload")
+		}
+		err = e.Recovery.validate()
 	default:
 		return fmt.Errorf("tlog: unknown entry type %q", e.Type)
 	}
@@ -396,4 +481,79 @@ func (r *ReleaseEntry) validate() error {
 		return err
 	}
 	return checkDigest("manifest_hash", r.ManifestHash)
+}
+
+func (h *HandoverEntry) validate() error {
+	if err := checkDigest("manifest_hash", h.ManifestHash); err != nil {
+		return err
+	}
+	if err := checkDigest("from_evidence_digest", h.FromEvidenceDigest); err != nil {
+		return err
+	}
+	if err := checkPlatform(h.Platform); err != nil {
+		return err
+	}
+	if h.Measurement == "" {
+		return errors.New("empty measurement")
+	}
+	if err := checkDigest("evidence_digest", h.EvidenceDigest); err != nil {
+		return err
+	}
+	return checkDigest("key_digest", h.KeyDigest)
+}
+
+// MaxShares bounds the shares of a recovery-shares entry (the manifest's
+// limit on recovery holders).
+const MaxShares = 16
+
+func (r *RecoverySharesEntry) validate() error {
+	if err := checkDigest("manifest_hash", r.ManifestHash); err != nil {
+		return err
+	}
+	if len(r.Shares) == 0 || len(r.Shares) > MaxShares {
+		return fmt.Errorf("%d shares, want 1 to %d", len(r.Shares), MaxShares)
+	}
+	if r.Threshold < 1 || r.Threshold > len(r.Shares) {
+		return fmt.Errorf("threshold %d of %d shares", r.Threshold, len(r.Shares))
+	}
+	seen := map[string]bool{}
+	for _, s := range r.Shares {
+		if s.Holder == "" || seen[s.Holder] {
+			return fmt.Errorf("holder %q empty or named twice", s.Holder)
+		}
+		seen[s.Holder] = true
+		if err := checkDigest("fingerprint", s.Fingerprint); err != nil {
+			return err
+		}
+		if len(s.Sealed) == 0 {
+			return fmt.Errorf("holder %q: empty sealed share", s.Holder)
+		}
+		if err := checkDigest("commitment", s.Commitment); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *RecoveryEntry) validate() error {
+	if len(r.Holders) == 0 || len(r.Holders) > MaxShares {
+		return fmt.Errorf("%d holders, want 1 to %d", len(r.Holders), MaxShares)
+	}
+	seen := map[string]bool{}
+	for _, h := range r.Holders {
+		if h == "" || seen[h] {
+			return fmt.Errorf("holder %q empty or named twice", h)
+		}
+		seen[h] = true
+	}
+	if err := checkDigest("manifest_hash", r.ManifestHash); err != nil {
+		return err
+	}
+	if err := checkPlatform(r.Platform); err != nil {
+		return err
+	}
+	if r.Measurement == "" {
+		return errors.New("empty measurement")
+	}
+	return checkDigest("evidence_digest", r.EvidenceDigest)
 }

@@ -13,7 +13,8 @@ import (
 // escapes. It never rejects: on anything else (an escape, a field that
 // canonical encodings omit, a validation failure, an unexpected byte) it
 // reports ok == false and DecodeEntry falls back to the reflective decoder,
-// which decides and names the problem. So the fast path can only make an
+// which decides and names the problem (and takes every lifecycle entry:
+// handover, recovery-shares, recovery, a few per log). So the fast path can only make an
 // accepted entry cheaper, never change a decision or a result;
 // FuzzDecodeEntryFastPath checks that against the reflective decoder.
 func decodeCanonical(b []byte) (e *Entry, ok bool) {

@@ -28,6 +28,12 @@ func testEntries() []*Entry {
 		{Type: TypeKeyDelete, Time: testTime, KeyDelete: &KeyEntry{ID: "demo/a", Version: 3, Client: "demo-client"}},
 		{Type: TypeRelease, Time: testTime, Release: &ReleaseEntry{Keys: []KeyRef{{ID: "demo/a", Version: 1}, {ID: "demo/b", Version: 2}}, WorkerClass: "demo-worker", Platform: "tdx", Measurement: strings.Repeat("aa", 48), ChipID: "", TCB: "bl=3,tee=0,snp=8,ucode=115", EvidenceDigest: testDigest, WorkerKeyDigest: testDigest2, ManifestHash: testDigest}},
 		{Type: TypeKeyUpload, Time: testTime, KeyUpload: &KeyEntry{ID: "demo/a", Version: 2, Client: "demo-client", SealedDigest: testDigest2}},
+		{Type: TypeHandover, Time: testTime, Handover: &HandoverEntry{ManifestHash: testDigest, FromEvidenceDigest: testDigest2, Platform: "tdx", Measurement: strings.Repeat("bb", 48), EvidenceDigest: testDigest, KeyDigest: testDigest2}},
+		{Type: TypeRecoveryShares, Time: testTime, RecoveryShares: &RecoverySharesEntry{ManifestHash: testDigest, Threshold: 2, Shares: []SealedShare{
+			{Holder: "alice", Fingerprint: testDigest, Sealed: []byte{1, 2, 3}, Commitment: testDigest2},
+			{Holder: "bob", Fingerprint: testDigest2, Sealed: []byte{4, 5, 6}, Commitment: testDigest},
+		}}},
+		{Type: TypeRecovery, Time: testTime, Recovery: &RecoveryEntry{SharesIndex: 9, Holders: []string{"alice", "bob"}, ManifestHash: testDigest, Platform: "snp", Simulated: true, Measurement: strings.Repeat("cc", 48), EvidenceDigest: testDigest2}},
 	}
 }
 
@@ -146,6 +152,34 @@ func TestEncodeEntryRejects(t *testing.T) {
 	if _, err := EncodeEntry(nil); err == nil {
 		t.Error("EncodeEntry(nil) succeeded")
 	}
+	lifecycle := []struct {
+		i int
+		f func(e *Entry)
+	}{
+		{8, func(e *Entry) { e.Handover.FromEvidenceDigest = "" }},
+		{8, func(e *Entry) { e.Handover.Platform = "sim" }},
+		{8, func(e *Entry) { e.Handover.Measurement = "" }},
+		{8, func(e *Entry) { e.Handover.KeyDigest = "sha256:x" }},
+		{8, func(e *Entry) { e.Recovery = testEntries()[10].Recovery }},
+		{9, func(e *Entry) { e.RecoveryShares.Threshold = 0 }},
+		{9, func(e *Entry) { e.RecoveryShares.Threshold = 3 }},
+		{9, func(e *Entry) { e.RecoveryShares.Shares[1].Holder = "alice" }},
+		{9, func(e *Entry) { e.RecoveryShares.Shares[0].Sealed = nil }},
+		{9, func(e *Entry) { e.RecoveryShares.Shares[0].Commitment = "" }},
+		{9, func(e *Entry) { e.RecoveryShares.Shares = nil }},
+		{9, func(e *Entry) { e.RecoveryShares.Shares = make([]SealedShare, MaxShares+1) }},
+		{10, func(e *Entry) { e.Recovery.Holders = nil }},
+		{10, func(e *Entry) { e.Recovery.Holders = []string{"a", "a"} }},
+		{10, func(e *Entry) { e.Recovery.EvidenceDigest = "" }},
+		{10, func(e *Entry) { e.Type = TypeHandover }},
+	}
+	for j, c := range lifecycle {
+		e := testEntries()[c.i]
+		c.f(e)
+		if b, err := EncodeEntry(e); err == nil {
+			t.Errorf("lifecycle case %d: EncodeEntry = %s, want error", j, b)
+		}
+	}
 	upload := testEntries()[7]
 	upload.KeyUpload.SealedDigest = "sha256:AB"
 	if b, err := EncodeEntry(upload); err == nil {
@@ -252,4 +286,23 @@ func TestLargestManifestFits(t *testing.T) {
 	if _, err := EncodeEntry(e); err == nil {
 		t.Errorf("48 KiB manifest fits, MaxEntrySize changed?")
 	}
+}
+
+// TestLargestSharesFit: a recovery-shares entry for the most holders a
+// manifest names, each with a post-quantum (MLKEM768-X25519) key, fits in
+// one entry: a sealed 33-byte share is its 1120-byte encapsulated key and
+// 49 bytes of ciphertext.
+func TestLargestSharesFit(t *testing.T) {
+	e := &Entry{Type: TypeRecoveryShares, Time: testTime, RecoveryShares: &RecoverySharesEntry{ManifestHash: testDigest, Threshold: MaxShares}}
+	for i := range MaxShares {
+		e.RecoveryShares.Shares = append(e.RecoveryShares.Shares, SealedShare{
+			Holder: fmt.Sprintf("holder-%02d-%s", i, strings.Repeat("x", 50)), Fingerprint: testDigest,
+			Sealed: make([]byte, 1120+33+16), Commitment: testDigest2,
+		})
+	}
+	b, err := EncodeEntry(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("largest recovery-shares entry: %d bytes of %d", len(b), MaxEntrySize)
 }

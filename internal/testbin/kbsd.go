@@ -56,6 +56,25 @@ func StartKbsd(t testing.TB, bin, data string, args ...string) *Kbsd {
 // a *RefusedError (with kbsd's output) if kbsd exits before it serves.
 func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error) {
 	t.Helper()
+	return startKbsd(t, bin, data, "", args...)
+}
+
+// StartKbsdUntil is StartKbsd for a kbsd that serves without being
+// healthy (a broker that handed over, one that waits for its recovery
+// holders): it waits until kbsd's output holds line instead.
+func StartKbsdUntil(t testing.TB, bin, data, line string, args ...string) *Kbsd {
+	t.Helper()
+	k, err := startKbsd(t, bin, data, line, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// startKbsd starts kbsd and waits until it serves and is healthy, or,
+// when line is not empty, until its output holds line.
+func startKbsd(t testing.TB, bin, data, line string, args ...string) (*Kbsd, error) {
+	t.Helper()
 	k := &Kbsd{t: t, Data: data, Socket: filepath.Join(data, "kbs.sock"), out: new(SyncBuffer), done: make(chan struct{})}
 	k.cmd = Command(t, bin, append([]string{"--data", data}, args...)...)
 	k.cmd.Stdout, k.cmd.Stderr = k.out, k.out
@@ -68,7 +87,11 @@ func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error)
 	}()
 	hc := k.HTTPClient()
 	for deadline := time.Now().Add(60 * time.Second); ; {
-		if out := k.out.Bytes(); bytes.Contains(out, serving) {
+		if out := k.out.Bytes(); line != "" && bytes.Contains(out, []byte(line)) {
+			k.HTTPS = httpsRE.FindString(string(out))
+			return k, nil
+		}
+		if out := k.out.Bytes(); line == "" && bytes.Contains(out, serving) {
 			if resp, err := hc.Get("http://kbsd/healthz"); err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {

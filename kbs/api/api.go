@@ -7,7 +7,9 @@
 // applications that use them: key files (KeyFile, a PEM block with the key
 // id and version) and encrypted prompts and replies (SealPrompt,
 // OpenPrompt: an authenticated text header naming the key, then
-// AES-256-GCM).
+// AES-256-GCM); and the sealed requests and answer frames of encrypted
+// inference between kbsctl proxy and kbsctl worker run
+// (SealInferenceRequest, ResponseSealer, ResponseOpener; inference.go).
 //
 // The package holds no state and does no I/O. Both sides of the protocol use
 // it: kbsd to decode requests and build answers, kbs/client and kbsctl to
@@ -109,6 +111,14 @@ type Attestation struct {
 	ConsistencyProof [][]byte `json:"consistency_proof,omitempty"`
 	// Since echoes the since parameter.
 	Since uint64 `json:"since,omitempty"`
+	// Recovering is true when the broker waits for its recovery holders'
+	// shares: HPKEPublicKey and TLSSPKISHA256 are then the keys of this
+	// recovery only (the broker's identity is under its master key), to
+	// which holders seal their shares; nothing else is served.
+	Recovering bool `json:"recovering,omitempty"`
+	// HandedOver is true when the broker has handed its master key over to
+	// a successor: it takes no decision any more (410 handed_over).
+	HandedOver bool `json:"handed_over,omitempty"`
 }
 
 // ManifestRef is the active manifest as carried in an Attestation.

@@ -41,9 +41,11 @@ const (
 	CodeNotFound         = "not_found"          // 404: unknown key, path or manifest version
 	CodeMethodNotAllowed = "method_not_allowed" // 405
 	CodeConflict         = "conflict"           // 409: stale or replayed version (key or manifest)
+	CodeHandedOver       = "handed_over"        // 410: this broker handed its master key over; its successor serves
 	CodeRateLimited      = "rate_limited"       // 429: too many attestation or challenge requests
 	CodeLogUnavailable   = "log_unavailable"    // 503: the log could not be written; nothing happened
 	CodeUnavailable      = "unavailable"        // 503: shutting down, or challenge table full
+	CodeRecovering       = "recovering"         // 503: the broker waits for its recovery holders' shares
 	CodeInternal         = "internal"           // 500: a bug; details are in the broker's log
 )
 
@@ -64,9 +66,11 @@ func StatusOf(code string) int {
 		return http.StatusMethodNotAllowed
 	case CodeConflict:
 		return http.StatusConflict
+	case CodeHandedOver:
+		return http.StatusGone
 	case CodeRateLimited:
 		return http.StatusTooManyRequests
-	case CodeLogUnavailable, CodeUnavailable:
+	case CodeLogUnavailable, CodeUnavailable, CodeRecovering:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

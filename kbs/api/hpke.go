@@ -1,38 +1,27 @@
 package api
 
 import (
-	"crypto/ecdh"
 	"crypto/hpke"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/kbs-dev/kbs/internal/hpkekey"
 )
 
 // HPKE KEM identifiers kbs accepts (RFC 9180 and draft-ietf-hpke-pq). The
 // KDF is always HKDF-SHA256 and the AEAD always AES-256-GCM.
 const (
-	KEMX25519         uint16 = 0x0020 // DHKEM(X25519, HKDF-SHA256): the default
-	KEMMLKEM768X25519 uint16 = 0x647a // MLKEM768-X25519 (X-Wing): post-quantum hybrid
+	KEMX25519         = hpkekey.KEMX25519         // DHKEM(X25519, HKDF-SHA256): the default
+	KEMMLKEM768X25519 = hpkekey.KEMMLKEM768X25519 // MLKEM768-X25519 (X-Wing): post-quantum hybrid
 )
-
-// kem returns the HPKE KEM for id, or an error for KEMs kbs does not accept.
-func kem(id uint16) (hpke.KEM, error) {
-	switch id {
-	case KEMX25519:
-		return hpke.DHKEM(ecdh.X25519()), nil
-	case KEMMLKEM768X25519:
-		return hpke.MLKEM768X25519(), nil
-	default:
-		return nil, fmt.Errorf("unsupported HPKE KEM 0x%04x (want 0x%04x X25519 or 0x%04x MLKEM768-X25519)", id, KEMX25519, KEMMLKEM768X25519)
-	}
-}
 
 // GenerateKey returns a new HPKE key pair for the KEM kemID (KEMX25519 or
 // KEMMLKEM768X25519).
 func GenerateKey(kemID uint16) (hpke.PrivateKey, error) {
-	k, err := kem(kemID)
+	k, err := hpkekey.KEM(kemID)
 	if err != nil {
 		return nil, err
 	}
@@ -43,27 +32,11 @@ func GenerateKey(kemID uint16) (hpke.PrivateKey, error) {
 // big-endian uint16, then the KEM's serialized public key (RFC 9180
 // SerializePublicKey). This is the encoding in hpke_public_key fields and
 // in the binding strings, so evidence binds the suite as well as the key.
-func MarshalPublicKey(pk hpke.PublicKey) []byte {
-	b := binary.BigEndian.AppendUint16(nil, pk.KEM().ID())
-	return append(b, pk.Bytes()...)
-}
+func MarshalPublicKey(pk hpke.PublicKey) []byte { return hpkekey.Marshal(pk) }
 
 // ParsePublicKey decodes the encoding of MarshalPublicKey. It accepts only
 // KEMX25519 and KEMMLKEM768X25519 and rejects keys of the wrong length.
-func ParsePublicKey(b []byte) (hpke.PublicKey, error) {
-	if len(b) < 2 {
-		return nil, errors.New("HPKE public key too short")
-	}
-	k, err := kem(binary.BigEndian.Uint16(b))
-	if err != nil {
-		return nil, err
-	}
-	pk, err := k.NewPublicKey(b[2:])
-	if err != nil {
-		return nil, fmt.Errorf("invalid HPKE public key: %w", err)
-	}
-	return pk, nil
-}
+func ParsePublicKey(b []byte) (hpke.PublicKey, error) { return hpkekey.Parse(b) }
 
 // MarshalPrivateKey encodes an HPKE private key like MarshalPublicKey: KEM
 // id, then RFC 9180 SerializePrivateKey. It is for storage inside sealed
@@ -82,7 +55,7 @@ func ParsePrivateKey(b []byte) (hpke.PrivateKey, error) {
 	if len(b) < 2 {
 		return nil, errors.New("HPKE private key too short")
 	}
-	k, err := kem(binary.BigEndian.Uint16(b))
+	k, err := hpkekey.KEM(binary.BigEndian.Uint16(b))
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +115,9 @@ func (in Info) Bytes() []byte {
 }
 
 func (in Info) check() error {
-	if in.Purpose != PurposeUpload && in.Purpose != PurposeRelease {
+	switch in.Purpose {
+	case PurposeUpload, PurposeRelease, PurposeHandover, PurposeRecoveryShare:
+	default:
 		return fmt.Errorf("unknown HPKE purpose %q", in.Purpose)
 	}
 	if strings.ContainsRune(in.KeyID, '\n') {

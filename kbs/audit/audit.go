@@ -152,6 +152,8 @@ type Report struct {
 	Identities []Identity `json:"identities"`
 	KeyEvents  []KeyEvent `json:"key_events"`
 	Releases   []Release  `json:"releases"`
+	// Lifecycle are the handover, recovery-shares and recovery entries.
+	LifecycleEvents []Lifecycle `json:"lifecycle"`
 	// Anomalies are inconsistencies: any fails the audit. Warnings are
 	// events that look odd but tell a consistent story: an upload the log
 	// records twice (a retried request).
@@ -222,6 +224,16 @@ func (c *collector) Release(x Release) {
 		}
 	}
 	c.Releases = append(c.Releases, x)
+}
+
+func (c *collector) Lifecycle(l Lifecycle) {
+	if c.events != nil {
+		c.events.Lifecycle(l)
+		if !c.keep {
+			return
+		}
+	}
+	c.LifecycleEvents = append(c.LifecycleEvents, l)
 }
 
 func (c *collector) Finding(f Finding) {
@@ -312,7 +324,7 @@ func audit(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	r := &Report{
 		Origin: cp.Origin, Size: cp.Size, RootHash: base64.StdEncoding.EncodeToString(cp.Hash[:]), Checkpoint: cp,
-		Identities: []Identity{}, KeyEvents: []KeyEvent{}, Anomalies: []string{}, Warnings: []string{},
+		Identities: []Identity{}, KeyEvents: []KeyEvent{}, LifecycleEvents: []Lifecycle{}, Anomalies: []string{}, Warnings: []string{},
 		maxFindings: cfg.MaxFindings, events: cfg.Events, keep: cfg.KeepEvents, Filter: cfg.Filter,
 	}
 	if r.maxFindings <= 0 {

@@ -363,11 +363,12 @@ func TestAuditStoredCheckpoint(t *testing.T) {
 // discard is an Events that keeps nothing.
 type discard struct{}
 
-func (discard) Manifest(audit.Manifest) {}
-func (discard) Identity(audit.Identity) {}
-func (discard) KeyEvent(audit.KeyEvent) {}
-func (discard) Release(audit.Release)   {}
-func (discard) Finding(audit.Finding)   {}
+func (discard) Manifest(audit.Manifest)   {}
+func (discard) Identity(audit.Identity)   {}
+func (discard) KeyEvent(audit.KeyEvent)   {}
+func (discard) Release(audit.Release)     {}
+func (discard) Finding(audit.Finding)     {}
+func (discard) Lifecycle(audit.Lifecycle) {}
 
 // BenchmarkAudit audits a log of 100,002 entries (a manifest, an upload,
 // 100,000 releases) served over a unix socket, the report collecting every

@@ -95,6 +95,14 @@ type filtered struct {
 func (x *filtered) Manifest(m Manifest) { x.next.Manifest(m) }
 func (x *filtered) Finding(f Finding)   { x.next.Finding(f) }
 
+// Lifecycle events concern the whole log, not a key: kept in the time
+// range.
+func (x *filtered) Lifecycle(l Lifecycle) {
+	if x.f.inTime(l.Time) {
+		x.next.Lifecycle(l)
+	}
+}
+
 func (x *filtered) Identity(id Identity) {
 	if x.f.inTime(id.Time) {
 		x.next.Identity(id)

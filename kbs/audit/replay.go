@@ -108,6 +108,9 @@ type Events interface {
 	KeyEvent(KeyEvent)
 	// Release is called once per key of a release entry.
 	Release(Release)
+	// Lifecycle is called for each handover, recovery-shares and recovery
+	// entry.
+	Lifecycle(Lifecycle)
 	Finding(Finding)
 }
 
@@ -153,6 +156,8 @@ type Replayer struct {
 	manifests []Manifest
 	counts    map[string]int
 	anomalies int
+	// shares are the recovery-shares entries, by index.
+	shares map[uint64]sharesRecord
 }
 
 // keyState is what the replay knows of one key id.
@@ -167,7 +172,7 @@ type keyState struct {
 // NewReplayer returns a replayer of the log signed with noteKey (identity
 // entries must name it) that reports to ev, with the default Limits.
 func NewReplayer(noteKey string, ev Events) *Replayer {
-	return &Replayer{ev: ev, noteKey: noteKey, keys: map[string]*keyState{}, counts: map[string]int{}, limits: Limits{}.withDefaults()}
+	return &Replayer{ev: ev, noteKey: noteKey, keys: map[string]*keyState{}, counts: map[string]int{}, shares: map[uint64]sharesRecord{}, limits: Limits{}.withDefaults()}
 }
 
 // Limits bound what a Replayer keeps, which grows with the log's key ids
@@ -179,7 +184,7 @@ type Limits struct {
 	// default DefaultMaxKeyIDs (about 200 MB of state at most).
 	MaxKeyIDs int
 	// MaxManifests is how many manifest entries the replay keeps (with
-	// their changes). Optional; default DefaultMaxManifests. (A broker's
+	// their changes), and how many recovery-shares entries. Optional; default DefaultMaxManifests. (A broker's
 	// manifest history answer holds at most about 700 versions of the
 	// largest size.)
 	MaxManifests int
@@ -455,6 +460,8 @@ func (a *Replayer) entry(index uint64, en *tlog.Entry, err error) {
 		ks.deleted = true
 	case tlog.TypeRelease:
 		a.releaseEntry(index, en)
+	case tlog.TypeHandover, tlog.TypeRecoveryShares, tlog.TypeRecovery:
+		a.lifecycleEntry(index, en)
 	}
 }
 

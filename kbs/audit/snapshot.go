@@ -21,6 +21,9 @@ type snapshot struct {
 	Manifests []manifestEntry     `json:"manifests"`
 	Counts    map[string]int      `json:"counts"`
 	Anomalies int                 `json:"anomalies"`
+	// Shares are the recovery-shares entries by index (absent in states
+	// written before lifecycle entries).
+	Shares map[uint64]sharesRecord `json:"shares,omitempty"`
 }
 
 type keyEntry struct {
@@ -45,7 +48,7 @@ type manifestEntry struct {
 // versions, not with the log.
 func (a *Replayer) Snapshot() ([]byte, error) {
 	s := snapshot{Format: snapshotVersion, NoteKey: a.noteKey, Next: a.next, Keys: make(map[string]keyEntry, len(a.keys)),
-		Manifests: make([]manifestEntry, len(a.manifests)), Counts: a.counts, Anomalies: a.anomalies}
+		Manifests: make([]manifestEntry, len(a.manifests)), Counts: a.counts, Anomalies: a.anomalies, Shares: a.shares}
 	if a.active != nil {
 		s.Active = a.active.Bytes()
 	}
@@ -103,6 +106,10 @@ func (a *Replayer) Restore(b []byte) error {
 	if s.Counts == nil {
 		s.Counts = map[string]int{}
 	}
+	if s.Shares == nil {
+		s.Shares = map[uint64]sharesRecord{}
+	}
+	a.shares = s.Shares
 	a.next, a.active, a.keys, a.manifests, a.counts, a.anomalies = s.Next, active, keys, manifests, s.Counts, s.Anomalies
 	a.allowed = map[[2]string]bool{}
 	return nil

@@ -97,6 +97,13 @@ type Broker struct {
 	// oldest first, after the caller's own. Empty when the broker runs the
 	// caller's manifest.
 	Followed []LoggedVersion
+	// Recovering is true when the broker waits for its recovery holders
+	// (its HPKE and TLS keys are then those of the recovery only, and it
+	// serves nothing but attestation, the manifest and the log);
+	// HandedOver when it handed its master key over to a successor and
+	// decides nothing any more.
+	Recovering bool
+	HandedOver bool
 
 	c   *Client
 	log *tlog.Verifier
@@ -221,6 +228,7 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 		NoteKey: att.NoteKey, Origin: origin, HPKEPublicKey: att.HPKEPublicKey,
 		TLSSPKISHA256: strings.ToLower(att.TLSSPKISHA256), Checkpoint: cp,
 		ManifestLogIndex: att.Manifest.LogIndex, c: c, log: lv,
+		Recovering: att.Recovering, HandedOver: att.HandedOver,
 	}
 	body := att.Manifest.Body
 	if h := manifest.HashOf(body); h != att.Manifest.Hash {

@@ -7,7 +7,12 @@
 // The store trusts its Sealer for one 32-byte key-encryption key (KEK) that
 // only this broker can reproduce (the SNP firmware's derived key, bound to
 // the launch measurement and policy; or a plain file in development). The
-// KEK seals a random 256-bit master key, kept in the database. The master
+// KEK seals a random 256-bit master key, kept in the database. A TEE
+// without a sealing key (TDX: NoSealer) keeps the master key in memory
+// only. The master key leaves the store only through MasterKey, for the
+// broker's two logged paths (a handover to an attested successor, which
+// opens the store with OpenWithMaster; Shamir shares for the recovery
+// holders, Split and Combine). The master
 // key wraps one random AES-256-GCM data key per key id, and each data key
 // encrypts that id's key material. The broker's secrets are encrypted under
 // the master key directly. Every ciphertext is AES-256-GCM with associated
@@ -41,6 +46,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
@@ -83,12 +89,14 @@ var (
 type Store struct {
 	db     *bbolt.DB
 	master cipher.AEAD
-	mu     sync.Mutex // serializes mutations
+	// masterKey is the raw master key, for MasterKey.
+	masterKey []byte
+	mu        sync.Mutex // serializes mutations
 }
 
 type masterRecord struct {
 	Sealer string `json:"sealer"`
-	Sealed []byte `json:"sealed"`
+	Sealed []byte `json:"sealed"` // empty for NoSealer
 }
 
 type keyRecord struct {
@@ -144,35 +152,40 @@ func sealedDigest(ct []byte) string {
 // Open opens the store in db, creating its buckets and master key on first
 // use. The master key is sealed under sealer's key; opening a store created
 // with another sealer, or one whose KEK differs (another machine or
-// measurement), fails with ErrSealer.
+// measurement), fails with ErrSealer. With NoSealer (a TEE without a
+// sealing key) a new store's master key is kept in memory only, and an
+// existing store always fails with ErrSealer: its master key comes back
+// only through OpenWithMaster.
 func Open(ctx context.Context, db *bbolt.DB, sealer Sealer) (*Store, error) {
-	kek, err := sealer.Key(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("couldn't get the sealing key: %w", err)
-	}
-	kekAEAD, err := newGCM(kek[:])
-	if err != nil {
-		return nil, err
+	var kekAEAD cipher.AEAD
+	if sealer.Name() != noSealerName {
+		kek, err := sealer.Key(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("couldn't get the sealing key: %w", err)
+		}
+		if kekAEAD, err = newGCM(kek[:]); err != nil {
+			return nil, err
+		}
 	}
 	var master []byte
-	err = db.Update(func(tx *bbolt.Tx) error {
-		root, err := tx.CreateBucketIfNotExists(bucketRoot)
+	err := db.Update(func(tx *bbolt.Tx) error {
+		meta, err := createBuckets(tx)
 		if err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketSecrets} {
-			if _, err := root.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := root.Bucket(bucketMeta)
 		if raw := meta.Get(keyMaster); raw != nil {
 			var rec masterRecord
 			if err := json.Unmarshal(raw, &rec); err != nil {
 				return fmt.Errorf("corrupt master key record: %w", err)
 			}
+			if rec.Sealer == noSealerName {
+				return fmt.Errorf("%w: its master key is not sealed at rest (a TEE without a sealing key): it comes back only from a peer (handover) or from the recovery holders' shares", ErrSealer)
+			}
 			if rec.Sealer != sealer.Name() {
 				return fmt.Errorf("%w: the store was sealed by %q, not %q", ErrSealer, rec.Sealer, sealer.Name())
+			}
+			if kekAEAD == nil {
+				return fmt.Errorf("%w: the store was sealed by %q, and this TEE has no sealing key", ErrSealer, rec.Sealer)
 			}
 			m, err := open(kekAEAD, rec.Sealed, []byte("kbs-master-v1"))
 			if err != nil {
@@ -185,26 +198,113 @@ func Open(ctx context.Context, db *bbolt.DB, sealer Sealer) (*Store, error) {
 		if _, err := rand.Read(master); err != nil {
 			return err
 		}
-		sealed, err := seal(kekAEAD, master, []byte("kbs-master-v1"))
-		if err != nil {
-			return err
-		}
-		raw, err := json.Marshal(masterRecord{Sealer: sealer.Name(), Sealed: sealed})
-		if err != nil {
-			return err
-		}
-		return meta.Put(keyMaster, raw)
+		return putMaster(meta, kekAEAD, sealer.Name(), master)
 	})
 	if err != nil {
 		return nil, err
+	}
+	return newStore(db, master)
+}
+
+// OpenWithMaster opens the store in db with master, its master key as
+// another broker held it (a handover) or as the recovery shares restore it,
+// and seals it under sealer from then on (replacing the record of the
+// sealer it had). master must open every broker secret the store holds,
+// and the store must hold at least one (the broker identity), else
+// OpenWithMaster fails and changes nothing.
+func OpenWithMaster(ctx context.Context, db *bbolt.DB, sealer Sealer, master []byte) (*Store, error) {
+	if len(master) != 32 {
+		return nil, fmt.Errorf("keystore: a master key is 32 bytes, got %d", len(master))
 	}
 	m, err := newGCM(master)
 	if err != nil {
 		return nil, err
 	}
-	clear(master)
-	return &Store{db: db, master: m}, nil
+	var kekAEAD cipher.AEAD
+	if sealer.Name() != noSealerName {
+		kek, err := sealer.Key(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("couldn't get the sealing key: %w", err)
+		}
+		if kekAEAD, err = newGCM(kek[:]); err != nil {
+			return nil, err
+		}
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		meta, err := createBuckets(tx)
+		if err != nil {
+			return err
+		}
+		n := 0
+		err = tx.Bucket(bucketRoot).Bucket(bucketSecrets).ForEach(func(k, v []byte) error {
+			n++
+			if _, err := open(m, v, secretAD(string(k))); err != nil {
+				return fmt.Errorf("%w: it does not open the broker secret %q", ErrMasterKey, k)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("%w: the store holds no broker secret to check it against", ErrMasterKey)
+		}
+		return putMaster(meta, kekAEAD, sealer.Name(), master)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return newStore(db, bytes.Clone(master))
 }
+
+// ErrMasterKey is returned by OpenWithMaster for a master key that is not
+// the store's.
+var ErrMasterKey = errors.New("keystore: not this store's master key")
+
+func createBuckets(tx *bbolt.Tx) (*bbolt.Bucket, error) {
+	root, err := tx.CreateBucketIfNotExists(bucketRoot)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range [][]byte{bucketMeta, bucketKeys, bucketSecrets} {
+		if _, err := root.CreateBucketIfNotExists(name); err != nil {
+			return nil, err
+		}
+	}
+	return root.Bucket(bucketMeta), nil
+}
+
+// putMaster writes the master key record: sealed under kek, or, for
+// NoSealer (kek nil), only the sealer's name.
+func putMaster(meta *bbolt.Bucket, kek cipher.AEAD, sealer string, master []byte) error {
+	rec := masterRecord{Sealer: sealer}
+	if kek != nil {
+		sealed, err := seal(kek, master, []byte("kbs-master-v1"))
+		if err != nil {
+			return err
+		}
+		rec.Sealed = sealed
+	}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyMaster, raw)
+}
+
+func newStore(db *bbolt.DB, master []byte) (*Store, error) {
+	m, err := newGCM(master)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: db, master: m, masterKey: master}, nil
+}
+
+// MasterKey returns a copy of the store's master key. It leaves the broker
+// only by the two logged paths: sealed to an attested successor
+// (handover), or split into shares sealed to the recovery holders the
+// manifest names. Callers clear the copy when done.
+func (s *Store) MasterKey() []byte { return bytes.Clone(s.masterKey) }
 
 // NextVersion returns the version an upload of id must carry: 1 for a new
 // id, else one more than the latest version (deleted or not).

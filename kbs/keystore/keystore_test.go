@@ -183,8 +183,8 @@ func TestSNPSealer(t *testing.T) {
 }
 
 func TestNewSealer(t *testing.T) {
-	if _, err := NewSealer("tdx", ""); !errors.Is(err, ErrTDXSealing) {
-		t.Errorf("NewSealer(tdx) = %v, want ErrTDXSealing", err)
+	if s, err := NewSealer("tdx", ""); err != nil || s.Name() != "none" {
+		t.Errorf("NewSealer(tdx) = %v, %v, want NoSealer", s, err)
 	}
 	if _, err := NewSealer("sim", ""); err == nil {
 		t.Error("NewSealer(sim) without a path succeeded")
@@ -281,5 +281,97 @@ func TestStagedChanges(t *testing.T) {
 	}
 	if p, _ := s.PendingChanges(); len(p) != 0 {
 		t.Fatalf("PendingChanges at the end = %+v", p)
+	}
+}
+
+// TestOpenWithMaster follows a master key across sealers: a store sealed by
+// one SNP measurement opens under another only with its master key (a
+// handover), which is then sealed for the new one; NoSealer keeps it in
+// memory only, so every later Open needs the key again; a wrong key, or a
+// store without a secret to check it against, changes nothing.
+func TestOpenWithMaster(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "kbs.db"))
+	defer db.Close()
+	oldSealer, newSealer := &SNPSealer{Device: mockDevice(t, 1)}, &SNPSealer{Device: mockDevice(t, 2)}
+	if _, err := OpenWithMaster(ctx, db, newSealer, bytes.Repeat([]byte{1}, 32)); !errors.Is(err, ErrMasterKey) {
+		t.Fatalf("OpenWithMaster on an empty store = %v, want ErrMasterKey", err)
+	}
+	s, err := Open(ctx, db, oldSealer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSecret("identity", []byte("id")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put("demo/a", 1, "c", []byte("material"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	master := s.MasterKey()
+	wrong := bytes.Clone(master)
+	wrong[0] ^= 1
+	if _, err := OpenWithMaster(ctx, db, newSealer, wrong); !errors.Is(err, ErrMasterKey) {
+		t.Fatalf("OpenWithMaster with a wrong key = %v, want ErrMasterKey", err)
+	}
+	if _, err := Open(ctx, db, oldSealer); err != nil {
+		t.Fatalf("a refused OpenWithMaster changed the store: %v", err)
+	}
+	if _, err := OpenWithMaster(ctx, db, newSealer, master); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, db, oldSealer); !errors.Is(err, ErrSealer) {
+		t.Fatalf("Open under the old measurement after a handover = %v, want ErrSealer", err)
+	}
+	s2, err := Open(ctx, db, newSealer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := s2.Get("demo/a"); err != nil || string(k.Material) != "material" {
+		t.Fatalf("Get under the new sealer = %q, %v", k.Material, err)
+	}
+	// To a TEE without a sealing key: in memory only.
+	if _, err := OpenWithMaster(ctx, db, NoSealer{}, master); err != nil {
+		t.Fatal(err)
+	}
+	for _, sl := range []Sealer{NoSealer{}, newSealer} {
+		if _, err := Open(ctx, db, sl); !errors.Is(err, ErrSealer) {
+			t.Fatalf("Open(%s) of a store without a sealed master key = %v, want ErrSealer", sl.Name(), err)
+		}
+	}
+	s3, err := OpenWithMaster(ctx, db, NoSealer{}, master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, err := s3.Get("demo/a"); err != nil || string(k.Material) != "material" {
+		t.Fatalf("Get with the master key in memory = %q, %v", k.Material, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "kbs.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, master) {
+		t.Fatal("the database holds the master key in the clear")
+	}
+}
+
+// TestNoSealerNewStore: a new store under NoSealer works, with its master
+// key in memory only.
+func TestNoSealerNewStore(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, filepath.Join(t.TempDir(), "kbs.db"))
+	defer db.Close()
+	s, err := Open(ctx, db, NoSealer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutSecret("identity", []byte("id")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, db, NoSealer{}); !errors.Is(err, ErrSealer) {
+		t.Fatalf("second Open(NoSealer) = %v, want ErrSealer", err)
+	}
+	if _, err := OpenWithMaster(ctx, db, NoSealer{}, s.MasterKey()); err != nil {
+		t.Fatal(err)
 	}
 }

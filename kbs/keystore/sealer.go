@@ -25,9 +25,23 @@ type Sealer interface {
 	Key(ctx context.Context) ([32]byte, error)
 }
 
-// ErrTDXSealing is returned by NewSealer for "tdx": TDX has no
-// firmware-derived sealing key, and kbs has no recovery sealer yet.
-var ErrTDXSealing = errors.New("TDX has no hardware-derived sealing key: kbsd cannot seal its keys at rest on TDX until a recovery sealer exists; run the broker on SEV-SNP")
+// NoSealer is the sealer of a TEE without a firmware sealing key (Intel
+// TDX): the master key is not sealed at rest at all. A store opened with it
+// creates its master key on first use and keeps it in memory only; every
+// later Open fails with ErrSealer, and the master key comes back only
+// through OpenWithMaster: from a running peer by handover, or from the
+// recovery holders' shares (docs/operating.md, "TDX").
+type NoSealer struct{}
+
+// Name returns "none".
+func (NoSealer) Name() string { return noSealerName }
+
+// Key always fails: there is no key.
+func (NoSealer) Key(context.Context) ([32]byte, error) {
+	return [32]byte{}, errors.New("this TEE has no sealing key")
+}
+
+const noSealerName = "none"
 
 // SimSealer keeps the key-encryption key in a plain file. It protects
 // nothing against the host and exists only for development (kbsd --dev) and
@@ -126,8 +140,8 @@ func snpKeyRequest() *client.SnpDerivedKeyReq {
 }
 
 // NewSealer returns the sealer for the named TEE: "snp" (the SNP derived
-// key), "sim" (a file at simPath; development only). "tdx" returns
-// ErrTDXSealing.
+// key), "tdx" (NoSealer: TDX has no firmware sealing key), "sim" (a file at
+// simPath; development only).
 func NewSealer(tee, simPath string) (Sealer, error) {
 	switch tee {
 	case "snp":
@@ -138,8 +152,8 @@ func NewSealer(tee, simPath string) (Sealer, error) {
 		}
 		return &SimSealer{Path: simPath}, nil
 	case "tdx":
-		return nil, ErrTDXSealing
+		return NoSealer{}, nil
 	default:
-		return nil, fmt.Errorf("unknown sealer %q (want snp or sim)", tee)
+		return nil, fmt.Errorf("unknown sealer %q (want snp, tdx or sim)", tee)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,8 +25,8 @@ import (
 // auditJSON is 'audit --json': the report with "ok", the count of every
 // entry type (zero ones too), empty lists as [], and key events named as
 // the CSV's type column names them (key-upload, key-delete,
-// key-upload-repeat). Identities, key events and releases come from the
-// sink's spools: writeAuditJSON writes them where the placeholders are.
+// key-upload-repeat). Identities, key events, releases and lifecycle
+// entries come from the sink's spools: writeAuditJSON writes them where the placeholders are.
 type auditJSON struct {
 	OK bool `json:"ok"`
 	*audit.Report
@@ -33,6 +34,7 @@ type auditJSON struct {
 	Identities placeholder      `json:"identities"`
 	KeyEvents  placeholder      `json:"key_events"`
 	Releases   placeholder      `json:"releases"`
+	Lifecycle  placeholder      `json:"lifecycle"`
 	Anomalies  []string         `json:"anomalies"`
 	Warnings   []string         `json:"warnings"`
 	Counts     map[string]int   `json:"counts"`
@@ -50,6 +52,10 @@ type placeholder string
 // entryTypes are the log's entry types, in the order the table counts them.
 var entryTypes = []string{tlog.TypeIdentity, tlog.TypeManifest, tlog.TypeKeyUpload, tlog.TypeKeyDelete, tlog.TypeRelease}
 
+// lifecycleTypes are the master key's entry types: counted in the table
+// when the log has any, always in --json.
+var lifecycleTypes = []string{tlog.TypeHandover, tlog.TypeRecoveryShares, tlog.TypeRecovery}
+
 // writeAuditJSON prints the report as one JSON document (auditJSON), its
 // lists of events streamed from the sink's spools.
 func writeAuditJSON(e *env, r *audit.Report, sink *auditSink) error {
@@ -65,12 +71,12 @@ func writeAuditJSON(e *env, r *audit.Report, sink *auditSink) error {
 		return placeholder(fmt.Sprintf("kbsctl-spool-%x-%s", token, name))
 	}
 	j := &auditJSON{OK: r.OK(), Report: r, Manifests: r.Manifests,
-		Identities: mark("identities"), KeyEvents: mark("key_events"), Releases: mark("releases"),
+		Identities: mark("identities"), KeyEvents: mark("key_events"), Releases: mark("releases"), Lifecycle: mark("lifecycle"),
 		Anomalies: nonNil(r.Anomalies), Warnings: nonNil(r.Warnings), Counts: map[string]int{}}
 	if j.Manifests == nil {
 		j.Manifests = []audit.Manifest{}
 	}
-	for _, t := range entryTypes {
+	for _, t := range slices.Concat(entryTypes, lifecycleTypes) {
 		j.Counts[t] = 0
 	}
 	for t, n := range r.Counts {
@@ -88,7 +94,7 @@ func writeAuditJSON(e *env, r *audit.Report, sink *auditSink) error {
 	for _, l := range []struct {
 		mark placeholder
 		sp   *spool
-	}{{j.Identities, sink.identities}, {j.KeyEvents, sink.keyEvents}, {j.Releases, sink.releases}} {
+	}{{j.Identities, sink.identities}, {j.KeyEvents, sink.keyEvents}, {j.Releases, sink.releases}, {j.Lifecycle, sink.lifecycle}} {
 		q := []byte(`"` + string(l.mark) + `"`)
 		before, after, ok := bytes.Cut(rest, q)
 		if !ok {
@@ -136,18 +142,20 @@ type auditSink struct {
 	// table: keyEvents holds rows, sorted the releases' rows by key id.
 	// csv: events holds the key events' and releases' rows in log order,
 	// each after its index (8 bytes, big-endian).
-	// json: identities, keyEvents and releases hold JSON elements.
-	identities, keyEvents, releases, events *spool
-	sorted                                  sortedSpool
-	line                                    []byte
-	buf                                     bytes.Buffer
-	cw                                      *csv.Writer
-	err                                     error
+	// json: identities, keyEvents, releases and lifecycle hold JSON
+	// elements. lifecycle holds the table's rows in table mode; in csv
+	// mode lifecycle entries go to events.
+	identities, keyEvents, releases, lifecycle, events *spool
+	sorted                                             sortedSpool
+	line                                               []byte
+	buf                                                bytes.Buffer
+	cw                                                 *csv.Writer
+	err                                                error
 }
 
 func newAuditSink(mode sinkMode) (*auditSink, error) {
 	s := &auditSink{mode: mode}
-	for _, sp := range []**spool{&s.identities, &s.keyEvents, &s.releases, &s.events} {
+	for _, sp := range []**spool{&s.identities, &s.keyEvents, &s.releases, &s.lifecycle, &s.events} {
 		var err error
 		if *sp, err = newSpool(); err != nil {
 			s.close()
@@ -168,7 +176,7 @@ func (s *auditSink) failed() error {
 }
 
 func (s *auditSink) close() {
-	for _, sp := range []*spool{s.identities, s.keyEvents, s.releases, s.events} {
+	for _, sp := range []*spool{s.identities, s.keyEvents, s.releases, s.lifecycle, s.events} {
 		if sp != nil {
 			sp.close()
 		}
@@ -225,6 +233,18 @@ func (s *auditSink) Release(x audit.Release) {
 	default:
 		s.line = appendReleaseRow(s.line[:0], &x)
 		s.sorted.add([]byte(x.ID), s.line)
+	}
+}
+
+func (s *auditSink) Lifecycle(l audit.Lifecycle) {
+	switch s.mode {
+	case sinkJSON:
+		s.json(s.lifecycle, l)
+	case sinkCSV:
+		s.csvRow(l.Index, lifecycleCSV(&l))
+	default:
+		s.line = appendLifecycleRow(s.line[:0], &l)
+		s.lifecycle.add(s.line)
 	}
 }
 

@@ -232,9 +232,20 @@ func writeAuditTable(out io.Writer, r *audit.Report, sink *auditSink) error {
 	if err := sink.sorted.each(write); err != nil {
 		return err
 	}
+	if sink.lifecycle.n > 0 {
+		fmt.Fprintf(w, "\nMASTER KEY (handover, recovery)\n%-9s %-20s %-16s %s\n", "LOG INDEX", "TIME", "EVENT", "WHAT")
+		if err := sink.lifecycle.each(write); err != nil {
+			return err
+		}
+	}
 	var parts []string
 	for _, t := range entryTypes {
 		parts = append(parts, fmt.Sprintf("%d %s", r.Counts[t], t))
+	}
+	for _, t := range lifecycleTypes {
+		if n := r.Counts[t]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, t))
+		}
 	}
 	fmt.Fprintf(w, "\n%s\n", strings.Join(parts, ", "))
 	if len(r.Warnings) > 0 {
@@ -307,13 +318,24 @@ func keyEventCSV(k *audit.KeyEvent) []string {
 	return []string{u(k.Index), ts(k.Time), "key-" + k.Event, k.ID, u(k.Version), k.Client, "", "", "", "", "", "", "", ""}
 }
 
+func lifecycleCSV(l *audit.Lifecycle) []string {
+	return []string{u(l.Index), ts(l.Time), l.Type, "", "", "", "", l.Platform, strconv.FormatBool(l.Simulated),
+		l.Measurement, "", "", "", l.ManifestHash}
+}
+
+// appendLifecycleRow appends l's row of the master key table.
+func appendLifecycleRow(b []byte, l *audit.Lifecycle) []byte {
+	return fmt.Appendf(b, "%-9d %-20s %-16s %s\n", l.Index, ts(l.Time), l.Type, l.Describe())
+}
+
 func releaseCSV(x *audit.Release) []string {
 	return []string{u(x.Index), ts(x.Time), "release", x.ID, u(x.Version), "", x.WorkerClass, x.Platform,
 		strconv.FormatBool(x.Simulated), x.Measurement, x.ChipID, x.TCB, u(x.ManifestVersion), x.ManifestHash}
 }
 
 // writeAuditCSV prints every event in log order: the manifests (in the
-// report) merged with the key events and releases (spooled in log order,
+// report) merged with the key events, releases and lifecycle entries
+// (spooled in log order,
 // each record its index and its CSV row).
 func writeAuditCSV(out io.Writer, r *audit.Report, sink *auditSink) error {
 	w := bufio.NewWriter(out)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -217,13 +218,20 @@ timeout) is success: nothing is sent or logged.`, useBroker)
 }
 
 func cmdManifestNext(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("manifest next", "[--add-owner PEM] [--threshold N] [--out FILE] MANIFEST",
+	fs := e.newFlags("manifest next", "[--add-owner PEM] [--threshold N] [--add-service-measurement P:HEX] [--add-recovery-holder NAME=FILE] [--recovery-threshold K] [--out FILE] MANIFEST",
 		`Writes the skeleton of MANIFEST's next version: version + 1, previous set to
-MANIFEST's hash, optionally with another owner key and a new threshold. Edit
-it further as needed, then sign it with the owners of MANIFEST.`, 0)
-	var addOwners stringList
+MANIFEST's hash, optionally with another owner key and a new threshold,
+another accepted broker measurement (an upgrade: the service's first
+alternative of platform P, snp or tdx, gets HEX, a MEASUREMENT or MRTD, as
+one more accepted value), and recovery holders (FILE holds the public key
+'kbsctl recover keygen' printed). Edit it further as needed, then sign it
+with the owners of MANIFEST.`, 0)
+	var addOwners, addMeasurements, addHolders stringList
 	fs.Var(&addOwners, "add-owner", "PEM public key file of an owner to add (repeatable)")
 	threshold := fs.Int("threshold", 0, "new owner threshold (default unchanged)")
+	fs.Var(&addMeasurements, "add-service-measurement", "P:HEX: accept the broker measurement HEX on platform P (snp or tdx) too (repeatable)")
+	fs.Var(&addHolders, "add-recovery-holder", "NAME=FILE: add a recovery holder whose public key is in FILE (repeatable)")
+	recThreshold := fs.Int("recovery-threshold", 0, "recovery threshold k (default unchanged; 1 for a new policy)")
 	outFile := fs.String("out", "", "output file (default stdout)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
@@ -244,6 +252,31 @@ it further as needed, then sign it with the owners of MANIFEST.`, 0)
 	}
 	if *threshold > 0 {
 		d.Owners.Threshold = *threshold
+	}
+	for _, a := range addMeasurements {
+		if err := addServiceMeasurement(d, a); err != nil {
+			return usageErr("--add-service-measurement %s: %v", a, err)
+		}
+	}
+	for _, a := range addHolders {
+		name, file, ok := strings.Cut(a, "=")
+		if !ok {
+			return usageErr("--add-recovery-holder %q: want NAME=FILE", a)
+		}
+		pub, err := os.ReadFile(file)
+		if err != nil {
+			return usageErr("--add-recovery-holder: %v", err)
+		}
+		if d.Recovery == nil || d.Recovery.None {
+			d.Recovery = &manifest.RecoveryPolicy{Threshold: 1}
+		}
+		d.Recovery.Holders = append(d.Recovery.Holders, manifest.RecoveryHolder{Name: name, PublicKey: strings.TrimSpace(string(pub))})
+	}
+	if *recThreshold > 0 {
+		if d.Recovery == nil || d.Recovery.None {
+			return usageErr("--recovery-threshold without recovery holders: add some with --add-recovery-holder")
+		}
+		d.Recovery.Threshold = *recThreshold
 	}
 	body, err := manifest.Encode(d)
 	if err != nil {
@@ -456,6 +489,34 @@ evidence to check (with --sim-root).`, useSimRoot|useJSON|useOffline)
 	}
 	if !r.OK() {
 		return &exitError{code: 1, errCode: "no_match", err: fmt.Errorf("the evidence matches no class: %s", r.Summary())}
+	}
+	return nil
+}
+
+// addServiceMeasurement adds HEX as one more accepted measurement (SNP) or
+// MRTD (TDX) of the service's first alternative of platform P ("P:HEX").
+func addServiceMeasurement(d *manifest.Document, a string) error {
+	p, h, ok := strings.Cut(a, ":")
+	if !ok {
+		return errors.New("want PLATFORM:HEX")
+	}
+	v, err := hex.DecodeString(h)
+	if err != nil || len(v) != 48 {
+		return errors.New("want 96 hex digits (48 bytes)")
+	}
+	switch p {
+	case "snp":
+		if len(d.Service.SNP) == 0 {
+			return errors.New("the service has no snp alternative to add it to")
+		}
+		d.Service.SNP[0].Measurement.Values = append(d.Service.SNP[0].Measurement.Values, v)
+	case "tdx":
+		if len(d.Service.TDX) == 0 {
+			return errors.New("the service has no tdx alternative to add it to")
+		}
+		d.Service.TDX[0].MRTD.Values = append(d.Service.TDX[0].MRTD.Values, v)
+	default:
+		return fmt.Errorf("platform %q: want snp or tdx", p)
 	}
 	return nil
 }

@@ -1,17 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/kbs/inference"
+	"github.com/kbs-dev/kbs/kbs/inference/echo"
+	"github.com/kbs-dev/kbs/kbs/inference/proxy"
 )
 
 func cmdPrompt(ctx context.Context, e *env, args []string) error {
@@ -149,13 +152,17 @@ func cmdPromptDecrypt(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdPromptSend(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("prompt send", "--worker URL --key FILE [--id ID --key-version N] [--in F]",
-		`Encrypts a prompt, sends it to a worker started with 'kbsctl worker run',
-and decrypts the worker's encrypted reply.`, 0)
+	fs := e.newFlags("prompt send", "--worker URL --key FILE [--id ID --key-version N] [--model M] [--in F]",
+		`Sends a prompt to a worker started with 'kbsctl worker run', as an OpenAI
+completion (POST /v1/completions) sealed like 'kbsctl proxy' seals it (a fresh
+request id, bound to this request and the worker instance: the worker refuses
+a replay), and prints the completion's text from the worker's sealed answer.
+It does not verify the broker ('kbsctl proxy' does).`, 0)
 	worker := fs.String("worker", "", "worker URL, e.g. http://127.0.0.1:8080 (required)")
 	var key promptKey
 	key.register(fs)
 	in := fs.String("in", "", "input (default stdin)")
+	model := fs.String("model", echo.Model, "the model to ask")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -170,31 +177,48 @@ and decrypts the worker's encrypted reply.`, 0)
 	if err != nil {
 		return err
 	}
-	msg, err := api.SealPrompt(k, api.KindPrompt, pt)
-	if err != nil {
-		return err
+	if err := api.ValidModelName(*model); err != nil {
+		return usageErr("--model: %v", err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(*worker, "/")+"/v1/prompt", bytes.NewReader(msg))
+	c, err := proxy.NewClient(proxy.ClientConfig{Worker: *worker, Key: func() (*api.KeyFile, error) { return k, nil },
+		HTTPClient: &http.Client{Timeout: 10 * time.Minute}})
 	if err != nil {
 		return usageErr("--worker: %v", err)
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	body, err := json.Marshal(map[string]any{"model": *model, "prompt": string(pt)})
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, api.MaxPromptSize+1))
-	if err != nil {
+	resp, err := c.Do(ctx, http.MethodPost, "/v1/completions", body, *model, false)
+	var ie *proxy.IntegrityError
+	var we *proxy.WorkerError
+	switch {
+	case errors.As(err, &ie):
+		return failErr("%v", err)
+	case errors.As(err, &we) && we.Code == inference.CodeKeyRefused:
+		return &exitError{code: 1, errCode: we.Code, err: err}
+	case err != nil:
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("worker answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	_, reply, err := api.OpenPrompt(k, api.KindReply, body)
+	defer resp.Close()
+	ans, err := resp.ReadAll(api.MaxInferenceAnswer)
 	if err != nil {
-		return failErr("worker reply: %v", err)
+		return failErr("worker answer: %v", err)
 	}
-	_, err = e.stdout.Write(reply)
+	if resp.Status != http.StatusOK {
+		if d, ok := inference.ParseError(ans); ok {
+			return fmt.Errorf("the inference server answered %d: %s", resp.Status, d.Message)
+		}
+		return fmt.Errorf("the inference server answered %d", resp.Status)
+	}
+	var cmpl struct {
+		Choices []struct {
+			Text string `json:"text"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal(ans, &cmpl); err != nil || len(cmpl.Choices) == 0 {
+		return fmt.Errorf("the inference server's answer is not a completion: %.200s", ans)
+	}
+	_, err = io.WriteString(e.stdout, cmpl.Choices[0].Text)
 	return err
 }

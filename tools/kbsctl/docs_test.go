@@ -27,7 +27,9 @@ import (
 //     ./kbs-dev, before its first block. A command that starts one
 //     ('make run', 'kbsd --dev ...') is run by the test in the background
 //     (it waits until kbsd serves), with its TCP listener moved to a free
-//     port. 'make build' is a no-op: the binaries are built.
+//     port; one the document itself sends to the background ('kbsd ... &')
+//     runs as written, and lives until the file's next broker start or
+//     its end. 'make build' is a no-op: the binaries are built.
 //   - <!-- docs-test: setup ... --> holds commands the reader is assumed to
 //     have run (files the prose takes for granted); they run where the
 //     comment stands, unseen by readers.
@@ -244,8 +246,12 @@ func words(l string) []string {
 
 // brokerStart returns the kbsd arguments (without --data) and the data
 // directory when l starts a broker in the foreground: 'make run' or
-// '[bin/]kbsd --dev ...'.
+// '[bin/]kbsd --dev ...'. A command sent to the background ('... &') is
+// the reader's own job: it runs in the script, as written.
 func brokerStart(l string) (args []string, data string, ok bool) {
+	if strings.HasSuffix(strings.TrimSpace(l), "&") {
+		return nil, "", false
+	}
 	w := words(l)
 	switch {
 	case len(w) == 2 && w[0] == "make" && w[1] == "run":

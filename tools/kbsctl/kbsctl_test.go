@@ -677,7 +677,7 @@ func TestMessages(t *testing.T) {
 		{[]string{"audit", "--bogus"}, 2, []string{"kbsctl: audit: flag provided but not defined: -bogus (see 'kbsctl audit -h')\n"}},
 		{[]string{"receipt", "verify"}, 2, []string{"kbsctl: receipt verify: want at least 1 argument, got 0 (see 'kbsctl receipt verify -h')"}},
 		{[]string{"key"}, 2, []string{"kbsctl: key: want a subcommand: get, ls, put, rm (see 'kbsctl key -h')"}},
-		{[]string{"keys", "ls"}, 2, []string{`kbsctl: unknown command "keys" (want attest, audit, key, log, manifest, monitor, prompt, receipt, verify, worker; see 'kbsctl help')`}},
+		{[]string{"keys", "ls"}, 2, []string{`kbsctl: unknown command "keys" (want attest, audit, key, log, manifest, monitor, prompt, proxy, receipt, recover, verify, worker; see 'kbsctl help')`}},
 		{[]string{"help"}, 0, []string{"Usage:\n  kbsctl [global flags] <command>", "Global flags:"}},
 		{[]string{"help", "audit"}, 0, []string{"Usage: kbsctl audit [--manifest FILE]", "-csv"}},
 		{[]string{"help", "key", "put"}, 0, []string{"Usage: kbsctl key put --manifest FILE", "-client-key"}},

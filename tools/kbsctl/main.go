@@ -63,15 +63,21 @@ Client:
   key rm [--manifest FILE] --client-key FILE --id ID [--receipt R]
   key ls                                      list key metadata
   prompt encrypt|decrypt --key FILE           AES-256-GCM prompts (stdin to stdout)
-  prompt send --worker URL --key FILE         encrypt stdin, ask a worker, decrypt the answer
+  prompt send --worker URL --key FILE         ask a worker (a sealed completion), print the answer
+  proxy --manifest FILE --key FILE --worker URL [--listen ADDR]  OpenAI API for local apps, sealed to a worker
 Worker:
   key get --manifest FILE --tee snp|tdx|sim [--sim-dir DIR] [--sim-measurement HEX] --id ID... --out DIR
-  worker run --manifest FILE --tee ... --id ID... --listen ADDR [--receipt R]
+  worker run --manifest FILE --tee ... --id ID... --listen ADDR [--upstream URL] [--receipts DIR]
   attest --tee snp|tdx|sim [--report-data HEX] --out FILE   write evidence (for manifest check)
 Owner:
   manifest sign --key FILE MANIFEST           print a base64 signature (openssl/cosign compatible)
   manifest set --sig FILE [--sig FILE...] [--receipt R] MANIFEST
-  manifest next [--add-owner PEM] [--threshold N] MANIFEST
+  manifest next [--add-owner PEM] [--threshold N] [--add-service-measurement P:HEX]
+                [--add-recovery-holder NAME=FILE] [--recovery-threshold K] MANIFEST
+Recovery holder:
+  recover keygen --out FILE [--pq]            make a holder key; prints the public key for the manifest
+  recover --manifest FILE --holder NAME --key FILE   verify a recovering broker, send it your share
+  recover status                              whose shares a recovering broker has
   manifest history [--manifest FILE]
   manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline] [--collateral DIR]
 Auditor:
@@ -209,7 +215,9 @@ var commands = []command{
 	{"receipt", cmdReceipt},
 	{"prompt", cmdPrompt},
 	{"worker", cmdWorker},
+	{"proxy", cmdProxy},
 	{"attest", cmdAttest},
+	{"recover", cmdRecover},
 }
 
 func main() {

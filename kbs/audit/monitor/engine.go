@@ -135,6 +135,10 @@ func (e *engine) Manifest(m audit.Manifest) {
 // Identity implements audit.Events.
 func (e *engine) Identity(audit.Identity) { e.flush() }
 
+// Lifecycle implements audit.Events: a handover or recovery that breaks
+// the rules is an inconsistency the replay reports as a finding.
+func (e *engine) Lifecycle(audit.Lifecycle) { e.flush() }
+
 // KeyEvent implements audit.Events.
 func (e *engine) KeyEvent(k audit.KeyEvent) {
 	e.flush()

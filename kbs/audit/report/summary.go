@@ -162,6 +162,10 @@ func (s *Summary) Manifest(audit.Manifest) {}
 // Finding implements audit.Events (findings are in the audit.Report).
 func (s *Summary) Finding(audit.Finding) {}
 
+// Lifecycle implements audit.Events (lifecycle entries are in the
+// audit.Report).
+func (s *Summary) Lifecycle(audit.Lifecycle) {}
+
 // Identity implements audit.Events.
 func (s *Summary) Identity(id audit.Identity) {
 	if len(s.Identities) < MaxIdentities {
@@ -296,6 +300,12 @@ func (t tee) Manifest(m audit.Manifest) {
 func (t tee) Identity(id audit.Identity) {
 	for _, e := range t {
 		e.Identity(id)
+	}
+}
+
+func (t tee) Lifecycle(l audit.Lifecycle) {
+	for _, e := range t {
+		e.Lifecycle(l)
 	}
 }
 
