@@ -119,7 +119,8 @@ func NewRecovery(ctx context.Context, cfg RecoveryConfig) (*Recovery, error) {
 		log: cfg.Logger,
 		now: cfg.Now,
 		budgets: newBudgets(Config{AttestationRate: cfg.AttestationRate, AttestationBurst: cfg.AttestationBurst,
-			ChallengeRate: cfg.AttestationRate, ChallengeBurst: cfg.AttestationBurst, ManifestRate: 5, ManifestBurst: 10,
+			ChallengeRate: cfg.AttestationRate, ChallengeBurst: cfg.AttestationBurst,
+			ManifestRate: cfg.AttestationRate, ManifestBurst: cfg.AttestationBurst, // shares
 			PeerShare: 0.25, Now: cfg.Now}),
 		m:          newMetrics(),
 		haltCh:     make(chan struct{}),
