@@ -201,12 +201,6 @@ func (l *rateLimiter) refill() {
 	l.last = now
 }
 
-// allow takes a token if one is available.
-func (l *rateLimiter) allow() bool {
-	ok, _ := l.take()
-	return ok
-}
-
 // take takes a token if one is available; if not, it returns how long
 // until one is.
 func (l *rateLimiter) take() (bool, time.Duration) {
