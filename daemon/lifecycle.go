@@ -34,8 +34,9 @@ type frontend struct {
 	addrs   []string
 	errc    chan error
 	// tcpLimits and unixLimits bound the listeners' connections
-	// (kbs.LimitListener).
+	// (kbs.LimitListener); limited are the listeners so bounded, by name.
 	tcpLimits, unixLimits kbs.ConnLimits
+	limited               map[string]*kbs.LimitedListener
 }
 
 func newFrontend(c *Config, logger hclog.Logger) *frontend {
@@ -54,8 +55,10 @@ func (f *frontend) started() bool { return f.servers != nil }
 func (f *frontend) start(unixLn, tcpLn net.Listener) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*f.handler.Load()).ServeHTTP(w, r) })
 	// newServer serves ln with its connections bounded by lim.
+	f.limited = map[string]*kbs.LimitedListener{}
 	newServer := func(ln net.Listener, lim kbs.ConnLimits) (*http.Server, net.Listener) {
 		lln := kbs.LimitListener(ln, lim)
+		f.limited[ln.Addr().Network()] = lln
 		return &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: readHeaderTimeout,

@@ -315,6 +315,9 @@ func serve(ctx context.Context, c *Config) error {
 	if !fe.started() {
 		fe.start(unixLn, tcpLn)
 	}
+	for name, l := range fe.limited {
+		broker.ReportListener(name, l)
+	}
 	addrs := fe.addrs
 	hash, version := broker.ActiveManifest()
 	logger.Info("kbsd serving", "listen", strings.Join(addrs, " "), "manifest_version", version, "manifest_hash", hash,

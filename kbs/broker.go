@@ -157,7 +157,12 @@ type Broker struct {
 	now     func() time.Time
 	nonces  *nonceTable
 	budgets budgets
-	m       *metrics
+
+	// listeners are kbsd's connection-limited listeners, for /metrics
+	// (ReportListener).
+	listenersMu sync.Mutex
+	listeners   map[string]*LimitedListener
+	m           *metrics
 
 	// seq orders decisions with appends (sequencer.go).
 	seq sync.RWMutex

@@ -1,8 +1,12 @@
 package kbs
 
 import (
+	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +64,7 @@ type ConnLimits struct {
 type LimitedListener struct {
 	net.Listener
 	lim    ConnLimits
+	now    func() time.Time // time.Now; tests set it
 	closed chan struct{}
 	once   sync.Once
 	// changed wakes a waiting Accept when a connection closes or turns
@@ -87,10 +92,45 @@ func LimitListener(ln net.Listener, lim ConnLimits) *LimitedListener {
 	return &LimitedListener{
 		Listener: ln,
 		lim:      lim,
+		now:      time.Now,
 		closed:   make(chan struct{}),
 		changed:  make(chan struct{}, 1),
 		peers:    map[string]int{},
 		idle:     map[*limitedConn]time.Time{},
+	}
+}
+
+// ReportListener adds l, named name ("tcp", "unix"), to the broker's
+// metrics: kbs_connections_open, kbs_connections_refused_total and
+// kbs_connections_evicted_total, labelled listener=name.
+func (b *Broker) ReportListener(name string, l *LimitedListener) {
+	b.listenersMu.Lock()
+	defer b.listenersMu.Unlock()
+	if b.listeners == nil {
+		b.listeners = map[string]*LimitedListener{}
+	}
+	b.listeners[name] = l
+}
+
+// writeListenerMetrics writes the metrics of the reported listeners.
+func (b *Broker) writeListenerMetrics(w io.Writer) {
+	b.listenersMu.Lock()
+	defer b.listenersMu.Unlock()
+	if len(b.listeners) == 0 {
+		return
+	}
+	names := slices.Sorted(maps.Keys(b.listeners))
+	for _, m := range []struct{ name, kind, help string }{
+		{"kbs_connections_open", "gauge", "Connections open, by listener."},
+		{"kbs_connections_refused_total", "counter", "Connections closed at once: their client held its share, or the listener was full."},
+		{"kbs_connections_evicted_total", "counter", "Idle connections closed to make room for a new one."},
+	} {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", m.name, m.help, m.name, m.kind)
+		for _, n := range names {
+			open, refused, evicted := b.listeners[n].Stats()
+			v := map[string]uint64{"kbs_connections_open": uint64(open), "kbs_connections_refused_total": refused, "kbs_connections_evicted_total": evicted}[m.name]
+			fmt.Fprintf(w, "%s{listener=%q} %d\n", m.name, n, v)
+		}
 	}
 }
 
@@ -214,7 +254,7 @@ func (l *LimitedListener) oldestIdle(which func(*limitedConn) bool, grace bool) 
 		return nil, 0
 	}
 	if grace {
-		if wait := l.lim.IdleGrace - time.Since(since); wait > 0 {
+		if wait := l.lim.IdleGrace - l.now().Sub(since); wait > 0 {
 			return nil, wait
 		}
 	}
@@ -254,7 +294,7 @@ func (l *LimitedListener) ConnState(c net.Conn, s http.ConnState) {
 			}
 			l.mu.Lock()
 			if (s == http.StateIdle || s == http.StateNew) && !lc.isClosed {
-				l.idle[lc] = time.Now()
+				l.idle[lc] = l.now()
 				l.notify()
 			} else {
 				delete(l.idle, lc)

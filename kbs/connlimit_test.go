@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -19,7 +20,9 @@ func TestLimitListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := LimitListener(inner, ConnLimits{Max: 3, PerPeer: 2, IdleGrace: 20 * time.Millisecond})
+	ln := LimitListener(inner, ConnLimits{Max: 3, PerPeer: 2, IdleGrace: time.Second})
+	var clock atomic.Int64 // seconds past the epoch of the listener's clock
+	ln.now = func() time.Time { return time.Unix(clock.Load(), 0) }
 	accepted := make(chan net.Conn, 8)
 	acceptErr := make(chan error, 1)
 	go func() {
@@ -78,7 +81,7 @@ func TestLimitListener(t *testing.T) {
 
 	ln.ConnState(s1, http.StateIdle)
 	closedByServer(dial("127.0.0.1"), "a third connection of a peer whose idle one is within its grace")
-	time.Sleep(20 * time.Millisecond)
+	clock.Add(1)
 	dial("127.0.0.1")
 	s4 := next("a third connection of a peer with one idle past the grace")
 	closedByServer(a1, "the peer's idle connection")
@@ -106,6 +109,7 @@ func TestLimitListener(t *testing.T) {
 	// idle connection (all hold 1: the one idle the longest), within the
 	// grace.
 	ln.ConnState(sb1, http.StateIdle)
+	clock.Add(1)
 	ln.ConnState(s4, http.StateIdle)
 	dial("127.0.0.4")
 	next("a newcomer in place of an idle connection")

@@ -355,4 +355,5 @@ func (b *Broker) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	b.m.write(w, g)
+	b.writeListenerMetrics(w)
 }

@@ -300,6 +300,28 @@ func TestFloods(t *testing.T) {
 			}
 		})
 	}
+	// kbsd's metrics show its listeners at work.
+	resp, err := e.d.HTTPClient().Get("http://kbsd/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, l := range []string{"tcp", "unix"} {
+		var refused, evicted int
+		for _, line := range strings.Split(string(metrics), "\n") {
+			if strings.HasPrefix(line, fmt.Sprintf("kbs_connections_refused_total{listener=%q} ", l)) {
+				fmt.Sscanf(strings.Fields(line)[1], "%d", &refused)
+			}
+			if strings.HasPrefix(line, fmt.Sprintf("kbs_connections_evicted_total{listener=%q} ", l)) {
+				fmt.Sscanf(strings.Fields(line)[1], "%d", &evicted)
+			}
+		}
+		t.Logf("%s listener: %d connections refused, %d evicted", l, refused, evicted)
+		if refused+evicted == 0 {
+			t.Errorf("the %s listener never refused or evicted a connection:\n%s", l, metrics)
+		}
+	}
 	if out := e.d.Output(); strings.Contains(out, "too many open files") {
 		t.Errorf("kbsd ran out of file descriptors:\n%.4000s", out)
 	}
