@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo test-openai bench-inference bench-hostile
+.PHONY: all build test test-future lint fuzz bench bench-release bench-keys bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo test-openai bench-inference bench-hostile
 
 all: build
 
@@ -101,6 +101,15 @@ bench:
 bench-release:
 	$(GO) test -run '^$$' -bench 'BenchmarkRelease$$' -benchtime 1x -count 3 ./kbs
 	$(GO) test -run '^$$' -bench 'BenchmarkReleaseTransport' -benchtime 1x -count 1 ./kbs
+
+# Key store scaling (BENCHMARKS.md): upload, release, a list page and a
+# restart at 1k, 10k and 100k keys and at 1, 100 and 10,000 versions of one
+# key (KBS_BENCH_KEYS=1M adds a million keys: about 20 minutes); then upload
+# throughput at 1, 8 and 64 concurrent clients against its crypto-bound limit.
+bench-keys:
+	KBS_BENCH_KEYS=$${KBS_BENCH_KEYS:-1k,10k,100k} KBS_BENCH_VERSIONS=$${KBS_BENCH_VERSIONS:-1,100,10k} \
+	  $(GO) test -run '^$$' -bench 'BenchmarkKeyStore' -benchtime 50x -timeout 90m ./kbs
+	$(GO) test -run '^$$' -bench 'BenchmarkUpload$$' -benchtime 1x -count 3 ./kbs
 
 # A legitimate worker's kbsctl key get against a real kbsd (RLIMIT_NOFILE
 # 256), quiet and during floods of attestations, challenges, manifest PUTs

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -39,8 +40,9 @@ var hostileMaterial = map[string][]byte{
 }
 
 var (
-	keystoreKeys = dbedit.Path{"keystore", "keys"}
-	logEntries   = dbedit.Path{"tlog", "entries"}
+	keystoreKeys     = dbedit.Path{"keystore", "keymeta"}
+	keystoreVersions = dbedit.Path{"keystore", "versions"}
+	logEntries       = dbedit.Path{"tlog", "entries"}
 )
 
 // TestHostileHost plays the host against a real kbsd. The history: four
@@ -224,9 +226,21 @@ func TestHostileHost(t *testing.T) {
 	}
 	checkHostileReleases(t, d)
 	d.stop()
-	if _, err := testbin.TryStartKbsd(t, kbsdBin, live, "--dev", "--listen-tcp", "none"); err == nil || !strings.Contains(err.Error(), "the key store disagrees with the log") {
-		t.Errorf("restart after a live edit: %v, want a refusal", err)
+	// A start reads the staged changes and the keys' metadata records,
+	// not their ciphertexts: kbsd starts, and the swapped keys are still
+	// refused when asked for.
+	k, err := testbin.TryStartKbsd(t, kbsdBin, live, "--dev", "--listen-tcp", "none")
+	if err != nil {
+		t.Fatalf("restart after a live edit of ciphertexts: %v", err)
 	}
+	d = &daemon{Kbsd: k, t: t, hc: k.HTTPClient()}
+	defer d.Kill()
+	for _, id := range []string{keyLive, keyOther} {
+		if _, _, err := fetch(d, attest.SNP, api.KEMX25519, id); err == nil || !strings.Contains(err.Error(), "does not hold the version the log says is live") {
+			t.Errorf("release of %s after a restart on swapped ciphertexts: %v, want an error naming the mismatch", id, err)
+		}
+	}
+	checkHostileReleases(t, d)
 }
 
 // checkHostileReleases asks for each key of the scenario and fails the test
@@ -289,18 +303,20 @@ func swapCiphertexts(t *testing.T, path, a, b string) {
 	}
 	ct := func(id string) []byte {
 		raw, err := dbedit.Get(db, keystoreKeys, []byte(id))
-		if err != nil || raw == nil {
+		var meta struct {
+			Version uint64 `json:"version"`
+		}
+		if err != nil || raw == nil || json.Unmarshal(raw, &meta) != nil {
 			t.Fatalf("record of %s: %v", id, err)
 		}
+		raw, err = dbedit.Get(db, keystoreVersions, binary.BigEndian.AppendUint64([]byte(id+"\x00"), meta.Version))
 		var rec struct {
-			Versions []struct {
-				Ciphertext []byte `json:"ciphertext"`
-			} `json:"versions"`
+			Ciphertext []byte `json:"ciphertext"`
 		}
-		if err := json.Unmarshal(raw, &rec); err != nil || len(rec.Versions) == 0 {
-			t.Fatalf("record of %s: %v", id, err)
+		if err != nil || raw == nil || json.Unmarshal(raw, &rec) != nil {
+			t.Fatalf("record of %s version %d: %v", id, meta.Version, err)
 		}
-		return []byte(base64.StdEncoding.EncodeToString(rec.Versions[len(rec.Versions)-1].Ciphertext))
+		return []byte(base64.StdEncoding.EncodeToString(rec.Ciphertext))
 	}
 	ca, cb := ct(a), ct(b)
 	db.Close()

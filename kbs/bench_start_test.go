@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -127,33 +125,11 @@ func (e *startEnv) appendReleases(b *testing.B, template *tlog.Entry, n uint64) 
 	if err != nil {
 		b.Fatal(err)
 	}
-	var next atomic.Uint64
-	next.Store(cp.Size)
-	var wg sync.WaitGroup
-	errs := make(chan error, 256)
-	for range 256 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
-				r := *template
-				r.Time = template.Time.Add(time.Duration(i))
-				raw, err := tlog.EncodeEntry(&r)
-				if err == nil {
-					_, _, err = e.log.Append(ctx, raw)
-				}
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
+	appendConcurrently(b, e.log, cp.Size, n, func(i uint64) ([]byte, error) {
+		r := *template
+		r.Time = template.Time.Add(time.Duration(i))
+		return tlog.EncodeEntry(&r)
+	})
 }
 
 // indexBehind puts back the index head written behindBy entries before

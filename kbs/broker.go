@@ -166,6 +166,8 @@ type Broker struct {
 
 	// seq orders decisions with appends (sequencer.go).
 	seq sync.RWMutex
+	// uploads gathers the uploads decided and logged together (keys_batch.go).
+	uploads uploadQueue
 	// st is the authorization state, a function of the log (state.go).
 	st *authState
 	// appended counts the releases appended since the state's size was

@@ -33,7 +33,8 @@ func (b *Broker) Handler() http.Handler {
 	route("GET "+api.PathManifestHistory, "manifest_history", noBody(b.ManifestHistory))
 	route("PUT "+api.PathManifest, "manifest_put", b.admitted(budgetManifest, withBody(api.MaxManifestBody, b.UpdateManifest)))
 	route("POST "+api.PathKeys, "key_upload", withBody(api.MaxKeyBody, b.UploadKey))
-	route("GET "+api.PathKeys, "key_list", noBody(b.ListKeys))
+	route("GET "+api.PathKeys, "key_list", b.serveKeyList)
+	route("GET "+api.PathKeys+"/{id...}", "key_info", b.serveKeyInfo)
 	route("DELETE "+api.PathKeys+"/{id...}", "key_delete", func(w http.ResponseWriter, r *http.Request) error {
 		return withBody(api.MaxKeyBody, func(ctx context.Context, req *api.KeyDelete) (*api.KeyDeleteResult, error) {
 			return b.DeleteKey(ctx, r.PathValue("id"), req)

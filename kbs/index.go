@@ -2,6 +2,7 @@ package kbs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
@@ -275,6 +276,11 @@ func (s *authState) snapshot(all bool) stateSnapshot {
 			snap.keys = append(snap.keys, s.keys[id])
 		}
 	}
+	// In key order: bbolt splits a node only when its transaction
+	// commits, so puts in random order into one transaction move ever
+	// larger node slices (quadratic: minutes for a million keys), while
+	// puts in order append.
+	slices.SortFunc(snap.keys, func(a, b keyState) int { return cmp.Compare(a.ID, b.ID) })
 	clear(s.dirty)
 	return snap
 }

@@ -48,7 +48,8 @@ func (b *Broker) authorizeChange(seen *activeManifest, client, id string, statem
 // exactly the next version of the id. Order: check the signature, open the
 // sealed key; then, as one step against the state: check the version,
 // stage the key, log the upload (naming the staged record's sealed
-// digest) durably, commit the key.
+// digest) durably, commit the key. Uploads that arrive together take that
+// step together (keys_batch.go).
 func (b *Broker) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUploadResult, error) {
 	if req.Version == 0 {
 		return nil, api.Errorf(api.CodeBadRequest, "version must be at least 1")
@@ -67,31 +68,7 @@ func (b *Broker) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUpl
 	if len(material) == 0 || len(material) > api.MaxKeySize {
 		return nil, api.Errorf(api.CodeBadRequest, "key is %d bytes, want 1 to %d", len(material), api.MaxKeySize)
 	}
-	var l logged
-	err = b.exclusive(ctx, func(tx *changeTx) error {
-		if _, err := b.authorizeChange(seen, req.Client, req.ID, stmt, req.Signature); err != nil {
-			return err
-		}
-		if next := b.st.nextVersion(req.ID); req.Version != next {
-			return api.Errorf(api.CodeConflict, "key %q needs version %d, not %d (a replayed or stale upload)", req.ID, next, req.Version)
-		}
-		// Stage the key, log the upload, then commit: a key is never
-		// released without its upload in the log, and a crash in between
-		// is settled against the log at the next start.
-		digest, err := b.cfg.Keys.PreparePut(req.ID, req.Version, req.Client, material, b.st.size, b.now())
-		if err != nil {
-			return err
-		}
-		entry := &tlog.Entry{
-			Type:      tlog.TypeKeyUpload,
-			Time:      b.now(),
-			KeyUpload: &tlog.KeyEntry{ID: req.ID, Version: req.Version, Client: req.Client, SealedDigest: digest},
-		}
-		if l, err = tx.log(entry, func() { b.abortStaged(req.ID) }); err != nil {
-			return err
-		}
-		return b.commitStaged(req.ID, l.index)
-	})
+	l, err := b.uploadBatched(ctx, &uploadJob{req: req, stmt: stmt, seen: seen, material: material})
 	if err != nil {
 		return nil, err
 	}
@@ -172,15 +149,74 @@ func (b *Broker) commitStaged(id string, idx uint64) error {
 	return nil
 }
 
-// ListKeys returns the metadata of every key id, as the log says
-// (GET /v1/keys).
-func (b *Broker) ListKeys(ctx context.Context) (*api.KeyList, error) {
-	keys := b.st.keyList()
-	out := &api.KeyList{Keys: make([]api.KeyInfo, len(keys))}
-	for i, k := range keys {
-		out.Keys[i] = api.KeyInfo{ID: k.ID, Version: k.Version, Client: k.Client, Created: k.Created, VersionCreated: k.VersionCreated, Deleted: k.Deleted}
+// ListKeys returns a page of key metadata, as the log says (GET
+// /v1/keys): the keys whose ids start with prefix, sorted by id, after the
+// id after, at most limit (1 to api.MaxKeyListLimit; 0 for
+// api.DefaultKeyListLimit). The key store gives the ids in order (its
+// metadata records, never a ciphertext); the log's state says what each
+// key is, and ids the log does not hold are left out.
+func (b *Broker) ListKeys(ctx context.Context, prefix, after string, limit int) (*api.KeyList, error) {
+	for _, p := range []struct{ name, v string }{{api.KeyListPrefix, prefix}, {api.KeyListAfter, after}} {
+		if err := validIDPart(p.v); err != nil {
+			return nil, api.Errorf(api.CodeBadRequest, "%s: %v", p.name, err)
+		}
+	}
+	switch {
+	case limit == 0:
+		limit = api.DefaultKeyListLimit
+	case limit < 0 || limit > api.MaxKeyListLimit:
+		return nil, api.Errorf(api.CodeBadRequest, "%s must be 1 to %d, not %d", api.KeyListLimit, api.MaxKeyListLimit, limit)
+	}
+	out := &api.KeyList{Keys: []api.KeyInfo{}}
+	err := b.cfg.Keys.IDs(prefix, after, func(id string) bool {
+		k, ok := b.st.key(id)
+		if !ok {
+			return true // staged, or a record the log does not back
+		}
+		if len(out.Keys) == limit {
+			out.Next = out.Keys[limit-1].ID
+			return false
+		}
+		out.Keys = append(out.Keys, k.info())
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("couldn't read the key store: %w", err)
 	}
 	return out, nil
+}
+
+// KeyInfo returns the metadata of key id, deleted or not, as the log says
+// (GET /v1/keys/{id}).
+func (b *Broker) KeyInfo(ctx context.Context, id string) (*api.KeyInfo, error) {
+	if err := api.ValidKeyID(id); err != nil {
+		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
+	}
+	k, ok := b.st.key(id)
+	if !ok {
+		return nil, api.Errorf(api.CodeNotFound, "no key %q", id)
+	}
+	info := k.info()
+	return &info, nil
+}
+
+func (k keyState) info() api.KeyInfo {
+	return api.KeyInfo{ID: k.ID, Version: k.Version, Client: k.Client, Created: k.Created, VersionCreated: k.VersionCreated, Deleted: k.Deleted}
+}
+
+// validIDPart checks a prefix of a key id, or an id to list after: empty,
+// or at most api.MaxKeyIDLen key id characters.
+func validIDPart(s string) error {
+	if len(s) > api.MaxKeyIDLen {
+		return fmt.Errorf("%d bytes, longer than %d", len(s), api.MaxKeyIDLen)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/') {
+			return fmt.Errorf("%q has a character outside [A-Za-z0-9._-/]", s)
+		}
+	}
+	return nil
 }
 
 // KeyMismatchError reports a key whose stored record is not the one the

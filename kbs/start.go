@@ -72,8 +72,8 @@ func (e *StoreMismatchError) Error() string {
 	return fmt.Sprintf("kbs: the key store disagrees with the log about %d key(s); the log is the record of what happened, so the database was modified or rolled back outside kbsd:\n  %s%s", len(e.Keys), strings.Join(lines, "\n  "), more)
 }
 
-// loadKeys settles the key changes left staged, and checks every key
-// record against the state.
+// loadKeys settles the key changes left staged (the store's small index
+// of them), and checks every key's metadata record against the state.
 func (b *Broker) loadKeys() error {
 	st := b.st
 	var diff []string
@@ -107,26 +107,33 @@ func (b *Broker) loadKeys() error {
 			return fmt.Errorf("kbs: couldn't settle the staged change of key %q: %w", p.ID, err)
 		}
 	}
-	metas, err := b.cfg.Keys.List()
-	if err != nil {
-		return fmt.Errorf("kbs: the key store does not read back (the database was modified?): %w", err)
-	}
-	stored := map[string]bool{}
-	for _, m := range metas {
-		stored[m.ID] = true
+	// Every metadata record against the state (never a ciphertext: a
+	// version's sealed material is checked when it is released), then, if
+	// the log holds keys the records did not name, which.
+	matched := 0
+	err = b.cfg.Keys.ForEachMeta(func(m keystore.Meta) error {
 		k, ok := st.key(m.ID)
+		if ok {
+			matched++
+		}
 		if ok && k.matches(m) {
-			continue
+			return nil
 		}
 		got := fmt.Sprintf("version %d live (%s)", m.Version, m.SealedDigest)
 		if m.Deleted {
 			got = fmt.Sprintf("version %d deleted", m.Version)
 		}
 		diff = append(diff, fmt.Sprintf("%q: log: %s; store: %s", m.ID, k.describe(ok), got))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("kbs: the key store does not read back (the database was modified?): %w", err)
 	}
-	for _, k := range st.keyList() {
-		if !stored[k.ID] {
-			diff = append(diff, fmt.Sprintf("%q: log: %s; store: no record", k.ID, k.describe(true)))
+	if st.keyCount() != matched {
+		for _, k := range st.keyList() {
+			if _, err := b.cfg.Keys.Meta(k.ID); errors.Is(err, keystore.ErrNotFound) {
+				diff = append(diff, fmt.Sprintf("%q: log: %s; store: no record", k.ID, k.describe(true)))
+			}
 		}
 	}
 	if len(diff) > 0 {

@@ -186,6 +186,13 @@ func (s *authState) key(id string) (keyState, bool) {
 // nextVersion returns the version the next upload of id must carry.
 func (s *authState) nextVersion(id string) uint64 { return s.keys[id].Version + 1 }
 
+// keyCount returns the number of key ids the log holds.
+func (s *authState) keyCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.keys)
+}
+
 // keyList returns the state of every key id, sorted by id.
 func (s *authState) keyList() []keyState {
 	s.mu.RLock()

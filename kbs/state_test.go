@@ -96,7 +96,7 @@ func (s *syncWriter) Reset() {
 }
 
 var (
-	keystoreKeys   = dbedit.Path{"keystore", "keys"}
+	keystoreKeys   = dbedit.Path{"keystore", "keymeta"}
 	brokerManifest = dbedit.Path{"broker", "manifests"}
 	stateIndexKeys = dbedit.Path{"broker", "state", "keys"}
 	stateIndexPath = dbedit.Path{"broker", "state"}

@@ -6,7 +6,7 @@
 // bbolt's answer to a torn file.
 //
 // Buckets and records are named by paths: the names of the nested buckets
-// from the top level down, e.g. Path{"keystore", "keys"}.
+// from the top level down, e.g. Path{"keystore", "keymeta"}.
 package dbedit
 
 import (

@@ -32,7 +32,8 @@
 //	PUT    /v1/manifest                        ManifestUpdate -> Manifest
 //	POST   /v1/keys                            KeyUpload -> KeyUploadResult
 //	DELETE /v1/keys/{id}                       KeyDelete -> KeyDeleteResult
-//	GET    /v1/keys                            -> KeyList
+//	GET    /v1/keys?prefix=&after=&limit=      -> KeyList (one page)
+//	GET    /v1/keys/{id}                       -> KeyInfo
 //	POST   /v1/release/challenge               (no body) -> Challenge
 //	POST   /v1/release                         ReleaseRequest -> Release
 //	GET    /v1/log/proof?index=&size=          -> InclusionProof
@@ -50,7 +51,7 @@ const (
 	PathAttestation     = "/v1/attestation"
 	PathManifest        = "/v1/manifest"
 	PathManifestHistory = "/v1/manifest/history"
-	PathKeys            = "/v1/keys" // POST, GET; DELETE under PathKeys + "/" + id
+	PathKeys            = "/v1/keys" // POST, GET; GET and DELETE under PathKeys + "/" + id
 	PathChallenge       = "/v1/release/challenge"
 	PathRelease         = "/v1/release"
 	PathLogProof        = "/v1/log/proof"
@@ -212,9 +213,29 @@ type KeyDeleteResult struct {
 	Receipt  string `json:"receipt"`
 }
 
-// KeyList is the answer to GET /v1/keys: metadata only, never key material.
+// Pages of GET /v1/keys: the query parameters and the number of keys on
+// a page.
+const (
+	// KeyListPrefix keeps only the key ids that start with it (any
+	// string of key id characters, e.g. "acme/" or "acme/mod").
+	KeyListPrefix = "prefix"
+	// KeyListAfter starts the page after this key id: the Next of the
+	// page before.
+	KeyListAfter = "after"
+	// KeyListLimit is the most keys on the page: 1 to MaxKeyListLimit,
+	// DefaultKeyListLimit when absent.
+	KeyListLimit        = "limit"
+	DefaultKeyListLimit = 1000
+	MaxKeyListLimit     = 10000
+)
+
+// KeyList is the answer to GET /v1/keys: one page of key metadata, sorted
+// by id; metadata only, never key material.
 type KeyList struct {
 	Keys []KeyInfo `json:"keys"`
+	// Next, when set, is the id of the last key on this page, and more
+	// keys follow: ask again with after=Next for the next page.
+	Next string `json:"next,omitempty"`
 }
 
 // KeyInfo is the metadata of one key id.

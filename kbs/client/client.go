@@ -489,11 +489,71 @@ func (c *Client) PutManifest(ctx context.Context, body []byte, sigs []string) (*
 	return &m, err
 }
 
-// Keys lists key metadata.
-func (c *Client) Keys(ctx context.Context) (*api.KeyList, error) {
+// KeysPage fetches one page of key metadata: the keys whose ids start
+// with prefix, sorted by id, after the id after, at most limit (0 for the
+// broker's default of api.DefaultKeyListLimit). The answer's Next, when
+// set, is the after of the next page.
+func (c *Client) KeysPage(ctx context.Context, prefix, after string, limit int) (*api.KeyList, error) {
+	q := url.Values{}
+	if prefix != "" {
+		q.Set(api.KeyListPrefix, prefix)
+	}
+	if after != "" {
+		q.Set(api.KeyListAfter, after)
+	}
+	if limit != 0 {
+		q.Set(api.KeyListLimit, strconv.Itoa(limit))
+	}
+	path := api.PathKeys
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
 	var l api.KeyList
-	_, err := c.do(ctx, c.pinned, http.MethodGet, api.PathKeys, nil, &l)
+	_, err := c.do(ctx, c.pinned, http.MethodGet, path, nil, &l)
+	if err == nil && l.Next != "" && (len(l.Keys) == 0 || l.Next <= after) {
+		return nil, fmt.Errorf("client: GET %s: the page's next key %q does not follow %q", api.PathKeys, l.Next, after)
+	}
 	return &l, err
+}
+
+// Keys fetches the metadata of every key, page by page (KeysPage). It
+// costs O(keys): to look up one key, use Key.
+func (c *Client) Keys(ctx context.Context) (*api.KeyList, error) {
+	return c.KeysWithPrefix(ctx, "")
+}
+
+// KeysWithPrefix fetches the metadata of every key whose id starts with
+// prefix, page by page (KeysPage).
+func (c *Client) KeysWithPrefix(ctx context.Context, prefix string) (*api.KeyList, error) {
+	all := &api.KeyList{Keys: []api.KeyInfo{}}
+	after := ""
+	for {
+		l, err := c.KeysPage(ctx, prefix, after, api.MaxKeyListLimit)
+		if err != nil {
+			return nil, err
+		}
+		all.Keys = append(all.Keys, l.Keys...)
+		if l.Next == "" {
+			return all, nil
+		}
+		after = l.Next
+	}
+}
+
+// Key fetches the metadata of key id, deleted or not. A key the broker
+// does not hold is an *api.Error with Code api.CodeNotFound.
+func (c *Client) Key(ctx context.Context, id string) (*api.KeyInfo, error) {
+	if err := api.ValidKeyID(id); err != nil {
+		return nil, err
+	}
+	var k api.KeyInfo
+	if _, err := c.do(ctx, c.pinned, http.MethodGet, api.PathKeys+"/"+id, nil, &k); err != nil {
+		return nil, err
+	}
+	if k.ID != id {
+		return nil, fmt.Errorf("client: GET %s/%s: the broker answered about key %q", api.PathKeys, id, k.ID)
+	}
+	return &k, nil
 }
 
 // UploadKey sends a sealed, signed key upload (see Broker.UploadKey for the

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -15,8 +16,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kbs-dev/kbs/internal/testbin"
@@ -541,5 +545,57 @@ func TestNewAddress(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("New(%q) error = %v, want ok %v", tt.addr, err, tt.ok)
 		}
+	}
+}
+
+// TestKeyPages checks that Keys walks a broker's pages (GET /v1/keys with
+// after=Next) until a page has no Next, that Key reads one key, and that
+// a page whose Next does not advance is refused rather than looped on.
+func TestKeyPages(t *testing.T) {
+	ids := make([]string, 2*api.MaxKeyListLimit+3)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("demo/%06d", i)
+	}
+	var stuck atomic.Bool
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id, ok := strings.CutPrefix(r.URL.Path, api.PathKeys+"/"); ok {
+			json.NewEncoder(w).Encode(api.KeyInfo{ID: id, Version: 7})
+			return
+		}
+		q := r.URL.Query()
+		limit, _ := strconv.Atoi(q.Get(api.KeyListLimit))
+		i, _ := slices.BinarySearch(ids, q.Get(api.KeyListAfter))
+		if i < len(ids) && ids[i] == q.Get(api.KeyListAfter) {
+			i++
+		}
+		var l api.KeyList
+		for _, id := range ids[i:min(i+limit, len(ids))] {
+			l.Keys = append(l.Keys, api.KeyInfo{ID: id, Version: 1})
+		}
+		if i+limit < len(ids) {
+			l.Next = ids[i+limit-1]
+		}
+		if stuck.Load() {
+			l.Next = q.Get(api.KeyListAfter)
+		}
+		json.NewEncoder(w).Encode(&l)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.StartTLS()
+	defer srv.Close()
+	c, err := client.New(client.Config{Addr: srv.URL, AllowUnpinned: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := c.Keys(context.Background())
+	if err != nil || len(l.Keys) != len(ids) || l.Keys[len(ids)-1].ID != ids[len(ids)-1] {
+		t.Fatalf("Keys() = %d keys, %v; want %d", len(l.Keys), err, len(ids))
+	}
+	if k, err := c.Key(context.Background(), "demo/x"); err != nil || k.Version != 7 {
+		t.Fatalf("Key(demo/x) = %+v, %v", k, err)
+	}
+	stuck.Store(true)
+	if _, err := c.KeysPage(context.Background(), "", ids[5], 10); err == nil {
+		t.Fatal("a page whose next does not advance was accepted")
 	}
 }

@@ -92,16 +92,15 @@ func (c *Client) SyncLog(ctx context.Context, lv *tlog.Verifier) (tlog.Advanced,
 // more than the broker's latest version (deleted versions are never
 // reused), or 1.
 func (b *Broker) NextVersion(ctx context.Context, id string) (uint64, error) {
-	l, err := b.c.Keys(ctx)
+	k, err := b.c.Key(ctx, id)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeNotFound {
+		return 1, nil
+	}
 	if err != nil {
 		return 0, err
 	}
-	for _, k := range l.Keys {
-		if k.ID == id {
-			return k.Version + 1, nil
-		}
-	}
-	return 1, nil
+	return k.Version + 1, nil
 }
 
 // UploadKey seals material to the broker's attested HPKE key, signs the

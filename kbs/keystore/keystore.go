@@ -42,6 +42,29 @@
 // released, a key whose deletion is staged no longer is, and after a crash
 // PendingChanges tells which changes to settle against the log.
 //
+// # Layout
+//
+// Everything is in the bucket "keystore" of the database:
+//
+//   - "meta": the sealed master key ("master");
+//   - "keymeta": per key id, its metadata (JSON: latest version, uploader,
+//     times, deleted, the sealed digest of the latest version) and its
+//     wrapped data key. A few hundred bytes, never a ciphertext: listing
+//     and checking keys reads only these.
+//   - "versions": one record per stored version, under the key
+//     id, a zero byte and the version (8 bytes, big-endian), so that the
+//     versions of an id are adjacent and in order: its ciphertext, uploader
+//     and time;
+//   - "pending": per key id with a staged change, that change (with the
+//     staged ciphertext, and the fresh data key of a new or deleted id);
+//   - "secrets": the broker's secrets, by name.
+//
+// An upload and a release touch O(1) records whatever the number of keys
+// and of versions; a start reads only "pending" to settle changes. Stores
+// written before this layout (one record per key id holding every
+// version, in "keys") are migrated by Open, in batches that each commit
+// atomically, so a crash during the migration loses nothing.
+//
 // A Store is safe for concurrent use. Mutations are serialized.
 package keystore
 
@@ -52,11 +75,11 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -66,11 +89,16 @@ import (
 
 // Bucket names inside the shared database.
 var (
-	bucketRoot    = []byte("keystore")
-	bucketMeta    = []byte("meta")
-	bucketKeys    = []byte("keys")
-	bucketSecrets = []byte("secrets")
-	keyMaster     = []byte("master")
+	bucketRoot     = []byte("keystore")
+	bucketMeta     = []byte("meta")
+	bucketKeyMeta  = []byte("keymeta")
+	bucketVersions = []byte("versions")
+	bucketPending  = []byte("pending")
+	bucketSecrets  = []byte("secrets")
+	keyMaster      = []byte("master")
+	// bucketOldKeys is the layout before "keymeta", "versions" and
+	// "pending": one record per key id (oldKeyRecord). Open migrates it.
+	bucketOldKeys = []byte("keys")
 )
 
 // Errors callers branch on.
@@ -99,22 +127,38 @@ type masterRecord struct {
 	Sealed []byte `json:"sealed"` // empty for NoSealer
 }
 
-type keyRecord struct {
-	ID         string          `json:"id"`
-	Version    uint64          `json:"version"`
-	Client     string          `json:"client"`
-	Created    time.Time       `json:"created"`
-	Deleted    bool            `json:"deleted,omitempty"`
-	WrappedDEK []byte          `json:"wrapped_dek,omitempty"`
-	Versions   []versionRecord `json:"versions,omitempty"`
-	Pending    *pendingRecord  `json:"pending,omitempty"`
+// metaRecord is a key id's record in "keymeta".
+type metaRecord struct {
+	ID             string    `json:"id"`
+	Version        uint64    `json:"version"`
+	Client         string    `json:"client"`
+	Created        time.Time `json:"created"`
+	VersionCreated time.Time `json:"version_created,omitzero"`
+	Deleted        bool      `json:"deleted,omitempty"`
+	// SealedDigest is that of the latest version's ciphertext (empty once
+	// deleted). Get recomputes it from the ciphertext it decrypts.
+	SealedDigest string `json:"sealed_digest,omitempty"`
+	WrappedDEK   []byte `json:"wrapped_dek,omitempty"`
 }
 
+// versionRecord is one stored version, in "versions" (and, staged, in a
+// pendingRecord).
 type versionRecord struct {
 	Version    uint64    `json:"version"`
 	Client     string    `json:"client"`
 	Created    time.Time `json:"created"`
 	Ciphertext []byte    `json:"ciphertext"`
+}
+
+// pendingRecord is a staged change, in "pending".
+type pendingRecord struct {
+	ID      string        `json:"id"`
+	Op      string        `json:"op"`
+	LogSize uint64        `json:"log_size"`
+	Version versionRecord `json:"version"`
+	// WrappedDEK is the fresh data key of a put staged for a new or
+	// deleted id; Commit makes it the id's data key.
+	WrappedDEK []byte `json:"wrapped_dek,omitempty"`
 }
 
 // Meta is the metadata of a key id. It never holds key material.
@@ -150,12 +194,13 @@ func sealedDigest(ct []byte) string {
 }
 
 // Open opens the store in db, creating its buckets and master key on first
-// use. The master key is sealed under sealer's key; opening a store created
-// with another sealer, or one whose KEK differs (another machine or
-// measurement), fails with ErrSealer. With NoSealer (a TEE without a
-// sealing key) a new store's master key is kept in memory only, and an
-// existing store always fails with ErrSealer: its master key comes back
-// only through OpenWithMaster.
+// use, and migrating a store of the older layout (see Layout). The master
+// key is sealed under sealer's key; opening a store created with another
+// sealer, or one whose KEK differs (another machine or measurement), fails
+// with ErrSealer. With NoSealer (a TEE without a sealing key) a new
+// store's master key is kept in memory only, and an existing store always
+// fails with ErrSealer: its master key comes back only through
+// OpenWithMaster.
 func Open(ctx context.Context, db *bbolt.DB, sealer Sealer) (*Store, error) {
 	var kekAEAD cipher.AEAD
 	if sealer.Name() != noSealerName {
@@ -203,13 +248,16 @@ func Open(ctx context.Context, db *bbolt.DB, sealer Sealer) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := migrate(ctx, db); err != nil {
+		return nil, err
+	}
 	return newStore(db, master)
 }
 
 // OpenWithMaster opens the store in db with master, its master key as
 // another broker held it (a handover) or as the recovery shares restore it,
 // and seals it under sealer from then on (replacing the record of the
-// sealer it had). master must open every broker secret the store holds,
+// sealer it had); it migrates a store of the older layout as Open does. master must open every broker secret the store holds,
 // and the store must hold at least one (the broker identity), else
 // OpenWithMaster fails and changes nothing.
 func OpenWithMaster(ctx context.Context, db *bbolt.DB, sealer Sealer, master []byte) (*Store, error) {
@@ -254,6 +302,9 @@ func OpenWithMaster(ctx context.Context, db *bbolt.DB, sealer Sealer, master []b
 	if err != nil {
 		return nil, err
 	}
+	if err := migrate(ctx, db); err != nil {
+		return nil, err
+	}
 	return newStore(db, bytes.Clone(master))
 }
 
@@ -266,7 +317,7 @@ func createBuckets(tx *bbolt.Tx) (*bbolt.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range [][]byte{bucketMeta, bucketKeys, bucketSecrets} {
+	for _, name := range [][]byte{bucketMeta, bucketKeyMeta, bucketVersions, bucketPending, bucketSecrets} {
 		if _, err := root.CreateBucketIfNotExists(name); err != nil {
 			return nil, err
 		}
@@ -311,7 +362,7 @@ func (s *Store) MasterKey() []byte { return bytes.Clone(s.masterKey) }
 func (s *Store) NextVersion(id string) (uint64, error) {
 	var next uint64 = 1
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
+		rec, err := getMeta(tx, id)
 		if err != nil || rec == nil {
 			return err
 		}
@@ -362,65 +413,97 @@ const (
 	OpDelete = "delete"
 )
 
-type pendingRecord struct {
-	Op      string        `json:"op"`
-	LogSize uint64        `json:"log_size"`
-	Version versionRecord `json:"version"`
-}
-
 // PreparePut stages version of key id with material: it is stored
 // (encrypted) but not released by Get until Commit. version must equal
 // NextVersion(id) (ErrVersion otherwise). A change already staged for id
 // is replaced. It returns the staged version's sealed digest (see Key).
 func (s *Store) PreparePut(id string, version uint64, client string, material []byte, logSize uint64, now time.Time) (string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var digest string
-	err := s.db.Update(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
-		if err != nil {
-			return err
-		}
-		var want uint64 = 1
-		if rec != nil {
-			want = rec.Version + 1
-		}
-		if version != want {
-			return fmt.Errorf("%w: key %q needs version %d, got %d", ErrVersion, id, want, version)
-		}
-		if rec == nil {
-			rec = &keyRecord{ID: id, Created: now.UTC()}
-		}
-		if rec.WrappedDEK == nil {
-			// A new or deleted key gets a fresh data key.
-			dek := make([]byte, 32)
-			if _, err := rand.Read(dek); err != nil {
-				return err
-			}
-			wrapped, err := seal(s.master, dek, dekAD(id))
-			clear(dek)
-			if err != nil {
-				return err
-			}
-			rec.WrappedDEK = wrapped
-		}
-		dek, err := s.dek(rec)
-		if err != nil {
-			return err
-		}
-		ct, err := seal(dek, material, materialAD(id, version))
-		if err != nil {
-			return err
-		}
-		rec.Pending = &pendingRecord{Op: OpPut, LogSize: logSize,
-			Version: versionRecord{Version: version, Client: client, Created: now.UTC(), Ciphertext: ct}}
-		digest = sealedDigest(ct)
-		return putRecord(tx, rec)
-	})
+	digests, errs, err := s.PreparePuts([]Put{{ID: id, Version: version, Client: client, Material: material}}, logSize, now)
 	if err != nil {
 		return "", err
 	}
-	return digest, nil
+	return digests[0], errs[0]
+}
+
+// Put is one key version to stage (PreparePuts).
+type Put struct {
+	ID       string
+	Version  uint64
+	Client   string
+	Material []byte
+}
+
+// PreparePuts stages puts, as PreparePut would one by one, in one
+// transaction (one fsync for all). The ids must differ. It returns, for
+// each put, its sealed digest or why it was not staged (ErrVersion...);
+// err is a failure of the transaction, which stages none of them.
+func (s *Store) PreparePuts(puts []Put, logSize uint64, now time.Time) (digests []string, errs []error, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err = s.db.Update(func(tx *bbolt.Tx) error {
+		digests, errs = make([]string, len(puts)), make([]error, len(puts))
+		for i, p := range puts {
+			p, err := s.preparePut(tx, p, logSize, now)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			digests[i] = sealedDigest(p.Version.Ciphertext)
+			if err := putJSON(tx, bucketPending, []byte(p.ID), p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return digests, errs, nil
+}
+
+// preparePut returns the staged change of put, checked against the
+// store's record of its id.
+func (s *Store) preparePut(tx *bbolt.Tx, put Put, logSize uint64, now time.Time) (*pendingRecord, error) {
+	id, version := put.ID, put.Version
+	rec, err := getMeta(tx, id)
+	if err != nil {
+		return nil, err
+	}
+	var want uint64 = 1
+	if rec != nil {
+		want = rec.Version + 1
+	}
+	if version != want {
+		return nil, fmt.Errorf("%w: key %q needs version %d, got %d", ErrVersion, id, want, version)
+	}
+	p := &pendingRecord{ID: id, Op: OpPut, LogSize: logSize}
+	wrapped := []byte(nil)
+	if rec != nil {
+		wrapped = rec.WrappedDEK
+	}
+	if wrapped == nil {
+		// A new or deleted key gets a fresh data key.
+		dek := make([]byte, 32)
+		if _, err := rand.Read(dek); err != nil {
+			return nil, err
+		}
+		wrapped, err = seal(s.master, dek, dekAD(id))
+		clear(dek)
+		if err != nil {
+			return nil, err
+		}
+		p.WrappedDEK = wrapped
+	}
+	dek, err := s.dek(id, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	ct, err := seal(dek, put.Material, materialAD(id, version))
+	if err != nil {
+		return nil, err
+	}
+	p.Version = versionRecord{Version: version, Client: put.Client, Created: now.UTC(), Ciphertext: ct}
+	return p, nil
 }
 
 // PrepareDelete stages the deletion of key id, whose latest version must
@@ -431,7 +514,7 @@ func (s *Store) PrepareDelete(id string, version uint64, logSize uint64, now tim
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Update(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
+		rec, err := getMeta(tx, id)
 		if err != nil {
 			return err
 		}
@@ -441,8 +524,8 @@ func (s *Store) PrepareDelete(id string, version uint64, logSize uint64, now tim
 		if rec.Version != version {
 			return fmt.Errorf("%w: key %q is at version %d, not %d", ErrVersion, id, rec.Version, version)
 		}
-		rec.Pending = &pendingRecord{Op: OpDelete, LogSize: logSize, Version: versionRecord{Version: version, Created: now.UTC()}}
-		return putRecord(tx, rec)
+		return putJSON(tx, bucketPending, []byte(id), &pendingRecord{ID: id, Op: OpDelete, LogSize: logSize,
+			Version: versionRecord{Version: version, Created: now.UTC()}})
 	})
 }
 
@@ -450,37 +533,83 @@ func (s *Store) PrepareDelete(id string, version uint64, logSize uint64, now tim
 // version; a delete destroys the data key and every ciphertext
 // (crypto-shredding), keeping the metadata so that versions are never
 // reused.
-func (s *Store) Commit(id string) error {
+func (s *Store) Commit(id string) error { return s.CommitAll([]string{id}) }
+
+// CommitAll commits the changes staged for ids (see Commit) in one
+// transaction: all of them, or none if one fails.
+func (s *Store) CommitAll(ids []string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Update(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
-		if err != nil {
+		for _, id := range ids {
+			if err := commit(tx, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func commit(tx *bbolt.Tx, id string) error {
+	p, err := getPending(tx, id)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		return fmt.Errorf("keystore: no change staged for key %q", id)
+	}
+	rec, err := getMeta(tx, id)
+	if err != nil {
+		return err
+	}
+	switch p.Op {
+	case OpPut:
+		if rec == nil {
+			rec = &metaRecord{ID: id, Created: p.Version.Created}
+		}
+		if p.Version.Version != rec.Version+1 {
+			return fmt.Errorf("%w: staged version %d of key %q does not follow %d", ErrVersion, p.Version.Version, id, rec.Version)
+		}
+		if p.WrappedDEK != nil {
+			rec.WrappedDEK = p.WrappedDEK
+		}
+		if rec.WrappedDEK == nil {
+			return fmt.Errorf("corrupt record for key %q: no data key", id)
+		}
+		rec.Version, rec.Client, rec.VersionCreated = p.Version.Version, p.Version.Client, p.Version.Created
+		rec.Deleted = false
+		rec.SealedDigest = sealedDigest(p.Version.Ciphertext)
+		if err := putJSON(tx, bucketVersions, versionKey(id, rec.Version), &p.Version); err != nil {
 			return err
 		}
-		if rec == nil || rec.Pending == nil {
-			return fmt.Errorf("keystore: no change staged for key %q", id)
+	case OpDelete:
+		if rec == nil || rec.Deleted || rec.Version != p.Version.Version {
+			return fmt.Errorf("%w: staged deletion of version %d of key %q, which is not its live version", ErrVersion, p.Version.Version, id)
 		}
-		p := rec.Pending
-		rec.Pending = nil
-		switch p.Op {
-		case OpPut:
-			if p.Version.Version != rec.Version+1 {
-				return fmt.Errorf("%w: staged version %d of key %q does not follow %d", ErrVersion, p.Version.Version, id, rec.Version)
-			}
-			rec.Version = p.Version.Version
-			rec.Client = p.Version.Client
-			rec.Deleted = false
-			rec.Versions = append(rec.Versions, p.Version)
-		case OpDelete:
-			rec.Deleted = true
-			rec.WrappedDEK = nil
-			rec.Versions = nil
-		default:
-			return fmt.Errorf("keystore: unknown staged operation %q for key %q", p.Op, id)
+		rec.Deleted = true
+		rec.WrappedDEK, rec.SealedDigest, rec.VersionCreated = nil, "", time.Time{}
+		if err := shredVersions(tx, id); err != nil {
+			return err
 		}
-		return putRecord(tx, rec)
-	})
+	default:
+		return fmt.Errorf("keystore: unknown staged operation %q for key %q", p.Op, id)
+	}
+	if err := tx.Bucket(bucketRoot).Bucket(bucketPending).Delete([]byte(id)); err != nil {
+		return err
+	}
+	return putJSON(tx, bucketKeyMeta, []byte(id), rec)
+}
+
+// shredVersions deletes every stored version of id.
+func shredVersions(tx *bbolt.Tx, id string) error {
+	prefix := versionKey(id, 0)[:len(id)+1]
+	c := tx.Bucket(bucketRoot).Bucket(bucketVersions).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Abort drops the change staged for key id, if any.
@@ -488,38 +617,25 @@ func (s *Store) Abort(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Update(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
-		if err != nil || rec == nil || rec.Pending == nil {
-			return err
-		}
-		rec.Pending = nil
-		if rec.Version == 0 {
-			// Never committed: the id does not exist.
-			return tx.Bucket(bucketRoot).Bucket(bucketKeys).Delete([]byte(id))
-		}
-		if rec.Deleted {
-			rec.WrappedDEK = nil // the fresh data key of the aborted put
-		}
-		return putRecord(tx, rec)
+		return tx.Bucket(bucketRoot).Bucket(bucketPending).Delete([]byte(id))
 	})
 }
 
-// PendingChanges lists the staged changes, sorted by key id.
+// PendingChanges lists the staged changes, sorted by key id. It reads only
+// the staged changes, whatever the number of keys.
 func (s *Store) PendingChanges() ([]Pending, error) {
 	var out []Pending
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketRoot).Bucket(bucketKeys).ForEach(func(k, v []byte) error {
-			var rec keyRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("corrupt record for key %q: %w", k, err)
+		return tx.Bucket(bucketRoot).Bucket(bucketPending).ForEach(func(k, v []byte) error {
+			var p pendingRecord
+			if err := json.Unmarshal(v, &p); err != nil || p.ID != string(k) {
+				return fmt.Errorf("corrupt staged change for key %q", k)
 			}
-			if p := rec.Pending; p != nil {
-				pc := Pending{ID: rec.ID, Op: p.Op, Version: p.Version.Version, Client: p.Version.Client, LogSize: p.LogSize}
-				if p.Op == OpPut {
-					pc.SealedDigest = sealedDigest(p.Version.Ciphertext)
-				}
-				out = append(out, pc)
+			pc := Pending{ID: p.ID, Op: p.Op, Version: p.Version.Version, Client: p.Version.Client, LogSize: p.LogSize}
+			if p.Op == OpPut {
+				pc.SealedDigest = sealedDigest(p.Version.Ciphertext)
 			}
+			out = append(out, pc)
 			return nil
 		})
 	})
@@ -528,24 +644,35 @@ func (s *Store) PendingChanges() ([]Pending, error) {
 
 // Get returns the latest committed version of key id. It returns
 // ErrNotFound for unknown and deleted ids, and for ids whose deletion is
-// staged.
+// staged. It reads the id's metadata, its staged change and one version.
 func (s *Store) Get(id string) (Key, error) {
 	var k Key
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
+		rec, err := getMeta(tx, id)
 		if err != nil {
 			return err
 		}
-		if rec == nil || rec.Deleted || len(rec.Versions) == 0 || (rec.Pending != nil && rec.Pending.Op == OpDelete) {
+		if rec == nil || rec.Deleted || rec.Version == 0 {
 			return fmt.Errorf("%w: key %q", ErrNotFound, id)
 		}
-		dek, err := s.dek(rec)
+		p, err := getPending(tx, id)
 		if err != nil {
 			return err
 		}
-		v := rec.Versions[len(rec.Versions)-1]
-		if v.Version != rec.Version {
-			return fmt.Errorf("corrupt record for key %q: latest version %d, stored %d", id, rec.Version, v.Version)
+		if p != nil && p.Op == OpDelete {
+			return fmt.Errorf("%w: key %q", ErrNotFound, id)
+		}
+		var v versionRecord
+		raw := tx.Bucket(bucketRoot).Bucket(bucketVersions).Get(versionKey(id, rec.Version))
+		if raw == nil {
+			return fmt.Errorf("corrupt store: key %q has no record of its latest version %d", id, rec.Version)
+		}
+		if err := json.Unmarshal(raw, &v); err != nil || v.Version != rec.Version {
+			return fmt.Errorf("corrupt record of key %q version %d", id, rec.Version)
+		}
+		dek, err := s.dek(id, rec.WrappedDEK)
+		if err != nil {
+			return err
 		}
 		m, err := open(dek, v.Ciphertext, materialAD(id, v.Version))
 		if err != nil {
@@ -561,7 +688,7 @@ func (s *Store) Get(id string) (Key, error) {
 func (s *Store) Meta(id string) (Meta, error) {
 	var m Meta
 	err := s.db.View(func(tx *bbolt.Tx) error {
-		rec, err := getRecord(tx, id)
+		rec, err := getMeta(tx, id)
 		if err != nil {
 			return err
 		}
@@ -574,28 +701,54 @@ func (s *Store) Meta(id string) (Meta, error) {
 	return m, err
 }
 
-// List returns the metadata of every key id, sorted by id. A record that
-// does not decode, or is stored under another id than its own, is an
-// error.
+// List returns the metadata of every key id, sorted by id (see
+// ForEachMeta).
 func (s *Store) List() ([]Meta, error) {
 	var out []Meta
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketRoot).Bucket(bucketKeys).ForEach(func(k, v []byte) error {
-			var rec keyRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("corrupt record for key %q: %w", k, err)
+	err := s.ForEachMeta(func(m Meta) error {
+		out = append(out, m)
+		return nil
+	})
+	return out, err
+}
+
+// ForEachMeta calls fn with the metadata of every key id, in id order,
+// until fn returns an error, which it returns. It reads the metadata
+// records only, never a ciphertext. A record that does not decode, or is
+// stored under another id than its own, is an error.
+func (s *Store) ForEachMeta(fn func(Meta) error) error {
+	return s.db.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketRoot).Bucket(bucketKeyMeta).ForEach(func(k, v []byte) error {
+			rec, err := decodeMeta(string(k), v)
+			if err != nil {
+				return err
 			}
-			if rec.ID != string(k) {
-				return fmt.Errorf("corrupt record: key %q stored under %q", rec.ID, k)
+			if rec.Version == 0 {
+				return nil
 			}
-			if rec.Version > 0 {
-				out = append(out, rec.meta())
-			}
-			return nil
+			return fn(rec.meta())
 		})
 	})
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, err
+}
+
+// IDs calls fn with the ids of the stored keys (committed at least once,
+// deleted or not) that start with prefix and sort after after, in order,
+// until fn returns false. It reads no record: a caller takes what it says
+// about each id from elsewhere (the broker, from its log).
+func (s *Store) IDs(prefix, after string, fn func(id string) bool) error {
+	return s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketRoot).Bucket(bucketKeyMeta).Cursor()
+		seek := prefix
+		if after >= prefix {
+			seek = after + "\x00"
+		}
+		for k, _ := c.Seek([]byte(seek)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+			if !fn(string(k)) {
+				return nil
+			}
+		}
+		return nil
+	})
 }
 
 // PutSecret stores a broker secret under name, encrypted under the master
@@ -630,32 +783,33 @@ func (s *Store) Secret(name string) ([]byte, error) {
 	return out, err
 }
 
-func (r *keyRecord) meta() Meta {
+func (r *metaRecord) meta() Meta {
 	m := Meta{ID: r.ID, Version: r.Version, Client: r.Client, Created: r.Created, Deleted: r.Deleted}
-	if n := len(r.Versions); n > 0 {
-		m.VersionCreated = r.Versions[n-1].Created
-		if !r.Deleted {
-			m.SealedDigest = sealedDigest(r.Versions[n-1].Ciphertext)
-		}
+	if !r.Deleted {
+		m.VersionCreated, m.SealedDigest = r.VersionCreated, r.SealedDigest
 	}
 	return m
 }
 
-func (s *Store) dek(rec *keyRecord) (cipher.AEAD, error) {
-	raw, err := open(s.master, rec.WrappedDEK, dekAD(rec.ID))
+func (s *Store) dek(id string, wrapped []byte) (cipher.AEAD, error) {
+	raw, err := open(s.master, wrapped, dekAD(id))
 	if err != nil {
-		return nil, fmt.Errorf("couldn't unwrap the data key of %q: %w", rec.ID, err)
+		return nil, fmt.Errorf("couldn't unwrap the data key of %q: %w", id, err)
 	}
 	defer clear(raw)
 	return newGCM(raw)
 }
 
-func getRecord(tx *bbolt.Tx, id string) (*keyRecord, error) {
-	raw := tx.Bucket(bucketRoot).Bucket(bucketKeys).Get([]byte(id))
+func getMeta(tx *bbolt.Tx, id string) (*metaRecord, error) {
+	raw := tx.Bucket(bucketRoot).Bucket(bucketKeyMeta).Get([]byte(id))
 	if raw == nil {
 		return nil, nil
 	}
-	var rec keyRecord
+	return decodeMeta(id, raw)
+}
+
+func decodeMeta(id string, raw []byte) (*metaRecord, error) {
+	var rec metaRecord
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return nil, fmt.Errorf("corrupt record for key %q: %w", id, err)
 	}
@@ -665,12 +819,33 @@ func getRecord(tx *bbolt.Tx, id string) (*keyRecord, error) {
 	return &rec, nil
 }
 
-func putRecord(tx *bbolt.Tx, rec *keyRecord) error {
-	raw, err := json.Marshal(rec)
+func getPending(tx *bbolt.Tx, id string) (*pendingRecord, error) {
+	raw := tx.Bucket(bucketRoot).Bucket(bucketPending).Get([]byte(id))
+	if raw == nil {
+		return nil, nil
+	}
+	var p pendingRecord
+	if err := json.Unmarshal(raw, &p); err != nil || p.ID != id {
+		return nil, fmt.Errorf("corrupt staged change for key %q", id)
+	}
+	return &p, nil
+}
+
+func putJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketRoot).Bucket(bucketKeys).Put([]byte(rec.ID), raw)
+	return tx.Bucket(bucketRoot).Bucket(bucket).Put(key, raw)
+}
+
+// versionKey is the key of a version record: the id, a zero byte (which
+// no key id holds) and the version, big-endian.
+func versionKey(id string, version uint64) []byte {
+	k := make([]byte, len(id)+9)
+	copy(k, id)
+	binary.BigEndian.PutUint64(k[len(id)+1:], version)
+	return k
 }
 
 func dekAD(id string) []byte { return []byte("kbs-dek-v1\n" + id) }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -135,12 +136,19 @@ func TestMovedCiphertext(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(bucketRoot).Bucket(bucketKeys)
+		b := tx.Bucket(bucketRoot).Bucket(bucketKeyMeta)
 		raw := bytes.Replace(b.Get([]byte("a")), []byte(`"id":"a"`), []byte(`"id":"b"`), 1)
-		return b.Put([]byte("b"), raw)
+		if err := b.Put([]byte("b"), raw); err != nil {
+			return err
+		}
+		v := tx.Bucket(bucketRoot).Bucket(bucketVersions)
+		return v.Put(versionKey("b", 1), v.Get(versionKey("a", 1)))
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := s.Meta("b"); err != nil {
+		t.Fatalf("Meta of the moved record: %v", err)
 	}
 	if _, err := s.Get("b"); err == nil {
 		t.Fatal("Get of a moved record succeeded")
@@ -281,6 +289,58 @@ func TestStagedChanges(t *testing.T) {
 	}
 	if p, _ := s.PendingChanges(); len(p) != 0 {
 		t.Fatalf("PendingChanges at the end = %+v", p)
+	}
+}
+
+// TestIDs checks the id scan behind paginated lists: committed ids only
+// (a staged new id is not one), in order, within the prefix, after the
+// given id.
+func TestIDs(t *testing.T) {
+	dir := t.TempDir()
+	db := openDB(t, filepath.Join(dir, "kbs.db"))
+	defer db.Close()
+	s, err := Open(context.Background(), db, &SimSealer{Path: filepath.Join(dir, "k")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1700000000, 0)
+	for _, id := range []string{"a", "a/b", "a/c", "ab", "b/x", "b/y"} {
+		if err := s.Put(id, 1, "c", []byte("k"), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Put("a/b", 2, "c", []byte("k2"), now); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("b/x", 1, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PreparePut("a/staged", 1, "c", []byte("k"), 0, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		prefix, after string
+		limit         int
+		want          []string
+	}{
+		{"", "", 100, []string{"a", "a/b", "a/c", "ab", "b/x", "b/y"}},
+		{"", "", 2, []string{"a", "a/b"}},
+		{"", "a/b", 2, []string{"a/c", "ab"}},
+		{"a/", "", 100, []string{"a/b", "a/c"}},
+		{"a/", "a/b", 100, []string{"a/c"}},
+		{"a/", "0", 100, []string{"a/b", "a/c"}},
+		{"a/", "zz", 100, nil},
+		{"b/", "", 100, []string{"b/x", "b/y"}},
+		{"c", "", 100, nil},
+	} {
+		var got []string
+		err := s.IDs(tt.prefix, tt.after, func(id string) bool {
+			got = append(got, id)
+			return len(got) < tt.limit
+		})
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("IDs(%q, %q) limit %d = %q, %v; want %q", tt.prefix, tt.after, tt.limit, got, err, tt.want)
+		}
 	}
 }
 

@@ -268,19 +268,13 @@ already deleted is success (exit 0) and nothing is logged, so a retry is safe.`,
 	if !ok {
 		return failErr("the key in %s is not a client of manifest version %d", *keyPath, b.Manifest.Version())
 	}
-	l, err := b.Client().Keys(ctx)
-	if err != nil {
-		return err
-	}
-	var info *api.KeyInfo
-	for i, k := range l.Keys {
-		if k.ID == *id {
-			info = &l.Keys[i]
-		}
-	}
+	info, err := b.Client().Key(ctx, *id)
+	var ae *api.Error
 	switch {
-	case info == nil:
+	case errors.As(err, &ae) && ae.Code == api.CodeNotFound:
 		return &exitError{code: 2, errCode: "not_found", err: fmt.Errorf("the broker has no key %q", *id), hint: "'kbsctl key ls' lists its keys"}
+	case err != nil:
+		return err
 	case info.Deleted:
 		out := keyResult{ID: info.ID, Version: info.Version, Client: ci.Name, AlreadyDeleted: true}
 		return e.out(out, func() {
@@ -303,9 +297,12 @@ already deleted is success (exit 0) and nothing is logged, so a retry is safe.`,
 }
 
 func cmdKeyLs(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("key ls", "", `Lists key metadata: ids, the latest version, who uploaded it and when
+	fs := e.newFlags("key ls", "[--prefix P]", `Lists key metadata: ids, the latest version, who uploaded it and when
 (VERSION CREATED), and whether the key was deleted. Never key material.
+--prefix lists only the key ids that start with it (e.g. acme/). The
+broker answers in pages of up to 10,000 keys; ls reads them all.
 --json adds when each key id was first created.`, useBroker)
+	prefix := fs.String("prefix", "", "list only the key ids that start with this")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -313,12 +310,9 @@ func cmdKeyLs(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := c.Keys(ctx)
+	l, err := c.KeysWithPrefix(ctx, *prefix)
 	if err != nil {
 		return err
-	}
-	if l.Keys == nil {
-		l.Keys = []api.KeyInfo{}
 	}
 	return e.out(l, func() {
 		fmt.Fprintf(e.stdout, "%-32s %7s %-16s %-20s %s\n", "ID", "VERSION", "CLIENT", "VERSION CREATED", "STATE")
@@ -367,18 +361,15 @@ func fetchKeys(ctx context.Context, e *env, manifestFile string, tee *teeFlags, 
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := b.Client().Keys(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	live := map[string]bool{}
-	for _, k := range l.Keys {
-		live[k.ID] = !k.Deleted
-	}
 	for _, id := range ids {
-		if on, ok := live[id]; !ok || !on {
+		k, err := b.Client().Key(ctx, id)
+		var ae *api.Error
+		if err != nil && !(errors.As(err, &ae) && ae.Code == api.CodeNotFound) {
+			return nil, nil, err
+		}
+		if err != nil || k.Deleted {
 			what := "has no key"
-			if ok {
+			if err == nil {
 				what = "deleted the key"
 			}
 			return nil, nil, &exitError{code: 1, errCode: "not_found", err: fmt.Errorf("the broker %s %q: nothing was requested", what, id),

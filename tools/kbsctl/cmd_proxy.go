@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -155,7 +156,7 @@ type brokerChecker struct {
 	verified time.Time
 	tried    time.Time
 	err      error
-	latest   map[string]uint64 // by key id, from the key list
+	latest   map[string]uint64 // by key id, from the broker's answer (GET /v1/keys/{id})
 	deleted  map[string]bool
 	version  uint64 // the key version last checked
 }
@@ -187,13 +188,15 @@ func (c *brokerChecker) Check(ctx context.Context) error {
 			c.verified, c.version, c.err = time.Time{}, k.Version, &proxy.CheckError{Code: inference.CodeBrokerUnverified, Err: err}
 			return c.err
 		}
-		l, err := b.Client().Keys(ctx)
-		if err != nil {
-			c.verified, c.version, c.err = time.Time{}, k.Version, &proxy.CheckError{Code: inference.CodeBrokerUnverified, Err: fmt.Errorf("couldn't list the broker's keys: %w", err)}
+		ki, err := b.Client().Key(ctx, k.ID)
+		var ae *api.Error
+		unknown := errors.As(err, &ae) && ae.Code == api.CodeNotFound
+		if err != nil && !unknown {
+			c.verified, c.version, c.err = time.Time{}, k.Version, &proxy.CheckError{Code: inference.CodeBrokerUnverified, Err: fmt.Errorf("couldn't read the broker's key %s: %w", k.ID, err)}
 			return c.err
 		}
 		c.latest, c.deleted = map[string]uint64{}, map[string]bool{}
-		for _, ki := range l.Keys {
+		if !unknown {
 			c.latest[ki.ID], c.deleted[ki.ID] = ki.Version, ki.Deleted
 		}
 		c.verified = now

@@ -103,7 +103,7 @@ func TestHelp(t *testing.T) {
 		want, not []string
 	}{
 		{[]string{"prompt", "encrypt", "-h"}, []string{"--key", "--key-version"}, []string{"--addr", "--sim-root", "--state", "--json", "Global flags"}},
-		{[]string{"key", "ls", "-h"}, []string{"Global flags it uses", "--addr", "--state", "--json"}, []string{"--sim-root", "--offline", "\nFlags:"}},
+		{[]string{"key", "ls", "-h"}, []string{"--prefix", "Global flags it uses", "--addr", "--state", "--json"}, []string{"--sim-root", "--offline"}},
 		{[]string{"key", "get", "-h"}, []string{"--out", "--tee", "--sim-root", "--offline"}, nil},
 		{[]string{"manifest", "sign", "-h"}, []string{"--key", "--json"}, []string{"--addr", "--state"}},
 		{[]string{"attest", "-h"}, []string{"--tee", "--report-data", "--out"}, []string{"--addr"}},
@@ -190,6 +190,15 @@ func TestSaysWhatItVerified(t *testing.T) {
 	}
 	out, _ = ctl(t, 0, append(g, "key", "ls")...)
 	contains(t, out, ts(l2.Keys[0].VersionCreated))
+	var l3 api.KeyList
+	out, _ = ctl(t, 0, append(g, "--json", "key", "ls", "--prefix", "demo/")...)
+	if err := json.Unmarshal([]byte(out), &l3); err != nil || len(l3.Keys) != 1 || l3.Keys[0].ID != "demo/k" {
+		t.Fatalf("key ls --prefix demo/: %+v, %v", l3, err)
+	}
+	out, _ = ctl(t, 0, append(g, "--json", "key", "ls", "--prefix", "other/")...)
+	if err := json.Unmarshal([]byte(out), &l3); err != nil || len(l3.Keys) != 0 {
+		t.Fatalf("key ls --prefix other/: %+v, %v", l3, err)
+	}
 
 	out, _ = ctl(t, 0, append(g, "--json", "manifest", "history", "--manifest", mf)...)
 	var h historyResult

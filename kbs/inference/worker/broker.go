@@ -59,23 +59,23 @@ func (s *BrokerSource) broker(ctx context.Context) (*client.Broker, error) {
 	return b, nil
 }
 
-// Status reads the broker's key list (GET /v1/keys over the connection
-// pinned by the verification).
+// Status reads what the broker says about key id (GET /v1/keys/{id} over
+// the connection pinned by the verification): its latest version and
+// whether it is deleted; 0 for a key it does not hold.
 func (s *BrokerSource) Status(ctx context.Context, id string) (uint64, bool, error) {
 	b, err := s.broker(ctx)
 	if err != nil {
 		return 0, false, err
 	}
-	l, err := b.Client().Keys(ctx)
+	k, err := b.Client().Key(ctx, id)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeNotFound {
+		return 0, false, nil
+	}
 	if err != nil {
 		return 0, false, err
 	}
-	for _, k := range l.Keys {
-		if k.ID == id {
-			return k.Version, k.Deleted, nil
-		}
-	}
-	return 0, false, nil
+	return k.Version, k.Deleted, nil
 }
 
 // Release verifies the broker again, then runs a release of id
