@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release bench-keys bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness test-report report-demo test-openai bench-inference bench-hostile
+.PHONY: all build test test-future lint fuzz bench bench-release bench-keys bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness demo-witness test-report report-demo test-openai bench-inference bench-hostile
 
 all: build
 
@@ -37,38 +37,45 @@ fuzz:
 # The Trillian log backend (tlog/trillianlog) against a real trillian_log_server
 # and trillian_log_signer on a private PostgreSQL, started and stopped by
 # scripts/trillian.sh (which installs PostgreSQL and builds Trillian if needed),
-# on both kinds of tree. The signer runs every 10ms: appends to LOG trees wait
-# for it.
+# on both kinds of tree, and kbsd on Trillian with a real omniwitness
+# (TestRealWitnessTrillian). The signer runs every 10ms: appends to LOG trees
+# wait for it.
 TRILLIAN_TEST_DIR ?= $(CURDIR)/.cache/trillian-test
 test-trillian:
 	@set -e; export TRILLIAN_RUN_DIR=$(TRILLIAN_TEST_DIR) TRILLIAN_SEQUENCER_INTERVAL=10ms; \
 	  scripts/trillian.sh down >/dev/null 2>&1 || true; \
 	  env=$$(scripts/trillian.sh up); eval "$$(echo "$$env" | sed 's/^/export /')"; \
 	  status=0; { $(GO) test -race -count=1 -timeout 15m -v ./tlog/trillianlog/... ./tools/trillian-migrate/ && \
-	    $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/ && \
+	    KBS_WITNESS_BIN=$$(scripts/witness.sh build) $(GO) test -race -count=1 -timeout 5m -v -run Trillian ./daemon/ && \
 	    $(GO) test -race -count=1 -timeout 10m -v -run 'TestDecideAndAppendOneStep|TestUnknownOutcomeSettles' ./kbs/; } || status=$$?; \
 	  scripts/trillian.sh down; exit $$status
 
 # Real C2SP tlog-witnesses, transparency-dev's omniwitness and torchwood's
 # litewitness, each built once from its own module (tools/witness,
 # tools/litewitness) into ~/.cache/kbs by scripts/witness.sh, and the
-# process tests that run them against boltlog logs: cosigning, split views,
-# a restored snapshot, a witness that is down (tlog/realwitness_test.go;
-# `make test` skips them). CI runs test-witness.
+# process tests that run them: against boltlog logs (cosigning, split views,
+# a restored snapshot, a witness that is down: tlog/realwitness_test.go) and
+# against kbsd itself with kbsctl as client, worker and auditor (a restored
+# data directory, two brokers with one log key: daemon/witness_test.go).
+# `make test` skips them (the same logic runs there against in-process fake
+# witnesses). CI runs test-witness.
 witness:
 	@scripts/witness.sh build
 
 test-witness:
 	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
 	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
-	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/
+	  $(GO) test -race -count=1 -timeout 10m -run 'RealWitness' -v ./tlog/ ./daemon/
 
 # Time from a signed checkpoint to the real witness's verified cosignature
-# (p50/p99 over 2000 checkpoints, three runs; BENCHMARKS.md).
+# (p50/p99 over 2000 checkpoints, three runs), then releases through kbsd's
+# broker with 0, 1 and 3 real omniwitnesses side by side, three runs
+# (BENCHMARKS.md).
 bench-witness:
 	@bin=$$(scripts/witness.sh build) && lite=$$(scripts/witness.sh build-lite) && \
 	  KBS_WITNESS_BIN=$$bin KBS_LITEWITNESS_BIN=$$lite \
-	  $(GO) test -run '^$$' -bench 'RealWitness' -benchtime 2000x -count 3 ./tlog/
+	  $(GO) test -run '^$$' -bench 'RealWitness' -benchtime 2000x -count 3 ./tlog/ && \
+	  KBS_WITNESS_BIN=$$bin $(GO) test -run '^$$' -bench 'ReleaseWitnesses' -benchtime 1x -count 3 ./kbs/
 
 # make demo with the log on a Trillian tree (PostgreSQL + Trillian started and
 # stopped by scripts/trillian.sh).
@@ -148,6 +155,13 @@ run: build
 DEMO_DIR ?= kbs-demo
 demo: build
 	DEMO_DIR=$(DEMO_DIR) ./scripts/demo.sh
+
+# make demo with a real witness: the dev manifest names an omniwitness that
+# scripts/witness.sh builds (once) and runs; every checkpoint and receipt the
+# clients rely on carries its cosignature, and the demo takes the witness
+# down and up again. The files stay in DEMO_DIR (default kbs-demo). CI runs it.
+demo-witness: build
+	DEMO_DIR=$(DEMO_DIR) DEMO_WITNESS=1 ./scripts/demo.sh
 
 # The audit report (kbsctl audit --html) in headless Chromium: no console
 # messages, no network requests, the JSON audit's numbers in the visible

@@ -111,6 +111,19 @@ type Config struct {
 	// ShutdownTimeout bounds how long in-flight requests may take to finish
 	// on shutdown. Optional; default 10s.
 	ShutdownTimeout time.Duration
+	// WitnessTimeout, WitnessWait, WitnessRefresh and WitnessRetry tune the
+	// work with the witnesses the active manifest names (kbs.WitnessOptions:
+	// one add-checkpoint request; how long a receipt waits for the quorum;
+	// how often the idle log is resubmitted; how soon a round without a
+	// quorum, or the start-up check, is repeated).
+	WitnessTimeout time.Duration
+	WitnessWait    time.Duration
+	WitnessRefresh time.Duration
+	WitnessRetry   time.Duration
+	// DevWitnesses are "URL,VKEY" pairs (a witness's submission prefix and
+	// its cosignature/v1 verifier key) that the dev manifest names, all of
+	// them required, when --dev creates it. Only with Dev.
+	DevWitnesses []string
 }
 
 type stringList []string
@@ -126,7 +139,7 @@ func (s *stringList) Set(v string) error {
 func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	c := &Config{}
 	var configFile string
-	var sigs stringList
+	var sigs, devWitnesses stringList
 	fs.StringVar(&configFile, "config", "", "JSON config file whose keys are flag names (flags win)")
 	fs.BoolVar(&c.Dev, "dev", false, "development mode: simulated TEE, generated dev keys and manifest (never in production)")
 	fs.StringVar(&c.Data, "data", "", "data directory (default ./kbs-dev with --dev)")
@@ -161,6 +174,11 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.SimMeasurement, "sim-measurement", "", "with --dev: the simulated launch measurement (SNP MEASUREMENT or TDX MRTD, 96 hex digits)")
 	fs.BoolVar(&c.SimDebug, "sim-debug", false, "with --dev: simulate a debug guest (every verifier refuses its evidence)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "time in-flight requests get to finish on shutdown")
+	fs.DurationVar(&c.WitnessTimeout, "witness-timeout", 10*time.Second, "bound on one add-checkpoint request to a witness")
+	fs.DurationVar(&c.WitnessWait, "witness-wait", 5*time.Second, "how long a release, upload or manifest change waits for the witness quorum to cosign its entry")
+	fs.DurationVar(&c.WitnessRefresh, "witness-refresh", time.Minute, "how often the latest checkpoint is resubmitted to the witnesses when the log is idle")
+	fs.DurationVar(&c.WitnessRetry, "witness-retry", 5*time.Second, "how soon a witness round without a quorum (and the start-up check) is repeated")
+	fs.Var(&devWitnesses, "dev-witness", "with --dev, when it creates the dev manifest: a witness it names, as URL,VKEY (repeatable; all are required)")
 
 	// A first pass finds --config; the file presets values, then the
 	// command line is parsed again so that it wins.
@@ -182,6 +200,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	c.ManifestSigs = sigs
+	c.DevWitnesses = devWitnesses
 	return c, c.check()
 }
 
@@ -326,6 +345,17 @@ func (c *Config) check() error {
 	}
 	if c.PeerShare <= 0 || c.PeerShare > 1 {
 		return fmt.Errorf("--peer-share %v: want more than 0 and at most 1", c.PeerShare)
+	}
+	if c.WitnessTimeout <= 0 || c.WitnessWait <= 0 || c.WitnessRefresh <= 0 || c.WitnessRetry <= 0 {
+		return errors.New("--witness-timeout, --witness-wait, --witness-refresh and --witness-retry must be positive")
+	}
+	if len(c.DevWitnesses) > 0 {
+		if !c.Dev {
+			return errors.New("--dev-witness is for --dev only: in production the manifest names the witnesses")
+		}
+		if _, err := devWitnessPolicy(c.DevWitnesses); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/kbs/keystore"
 	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
 )
 
 // devSetup is what --dev prepares in the data directory.
@@ -95,7 +96,9 @@ func prepareDev(ctx context.Context, c *Config, logger hclog.Logger) (*devSetup,
 		if err := d.writeManifest(ctx, c, ownerPub, clientPub); err != nil {
 			return nil, fmt.Errorf("couldn't create the dev manifest: %w", err)
 		}
-		logger.Info("created the dev manifest", "file", d.manifestFile)
+		logger.Info("created the dev manifest", "file", d.manifestFile, "witnesses", len(c.DevWitnesses))
+	} else if len(c.DevWitnesses) > 0 {
+		logger.Warn("--dev-witness applies only when the dev manifest is created; it exists, so its witness policy stands (change witnesses with a manifest version, or start over with a new --data)", "file", d.manifestFile)
 	}
 	return d, nil
 }
@@ -135,7 +138,14 @@ func (d *devSetup) writeManifest(ctx context.Context, c *Config, ownerPub, clien
 	if err != nil {
 		return err
 	}
-	body, err := manifest.Encode(manifest.DevDocument(ownerPub, clientPub, cl, cl))
+	doc := manifest.DevDocument(ownerPub, clientPub, cl, cl)
+	doc.Witnesses = manifest.NoWitnesses()
+	if len(c.DevWitnesses) > 0 {
+		if doc.Witnesses, err = devWitnessPolicy(c.DevWitnesses); err != nil {
+			return err
+		}
+	}
+	body, err := manifest.Encode(doc)
 	if err != nil {
 		return err
 	}
@@ -256,4 +266,58 @@ To start over, stop kbsd and remove its state, the client's state and the files 
 		root, mf, q(d.simDir),
 		q(noteKey), root, q(noteKey),
 		mf, q(filepath.Join(dir, "owner.key")), root, root, mf, q(dir))
+	if len(c.DevWitnesses) > 0 {
+		origin, _, _ := strings.Cut(noteKey, "+")
+		fmt.Fprintf(w, `The dev manifest names witnesses (--dev-witness): until they cosign this log,
+kbsd refuses uploads, releases and manifest changes (kbsctl log witnesses says
+why). Configure each for the log %s with the note key
+  %s
+e.g. with a witness from scripts/witness.sh:
+  scripts/witness.sh up WITNESS_DIR %s %s
+
+`, origin, noteKey, origin, q(noteKey))
+	}
+}
+
+// devWitnessPolicy returns the witness policy --dev-witness asks for: every
+// witness named, all of them required. Each value is URL,VKEY; the
+// witness's name in the manifest comes from its key name.
+func devWitnessPolicy(vals []string) (*manifest.WitnessPolicy, error) {
+	p := &manifest.WitnessPolicy{Threshold: len(vals)}
+	seen := map[string]bool{}
+	for _, v := range vals {
+		u, vkey, ok := strings.Cut(v, ",")
+		if !ok || u == "" || vkey == "" {
+			return nil, fmt.Errorf("--dev-witness %q: want URL,VKEY (the witness's submission prefix, a comma, its verifier key)", v)
+		}
+		keyName, _, _ := strings.Cut(vkey, "+")
+		name := devWitnessName(keyName)
+		for i := 2; seen[name]; i++ {
+			name = fmt.Sprintf("%s-%d", devWitnessName(keyName), i)
+		}
+		seen[name] = true
+		if _, err := tlog.NewWitness(name, vkey, u); err != nil {
+			return nil, fmt.Errorf("--dev-witness %q: %w", v, err)
+		}
+		p.List = append(p.List, manifest.Witness{Name: name, Key: vkey, URL: u})
+	}
+	return p, nil
+}
+
+// devWitnessName turns a witness key name (witness.example/w1) into a
+// manifest witness name (witness.example-w1): 1-64 of [A-Za-z0-9._-].
+func devWitnessName(keyName string) string {
+	b := []byte(keyName)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 60 {
+		b = b[:60]
+	}
+	if len(b) == 0 {
+		return "witness"
+	}
+	return string(b)
 }

@@ -213,6 +213,7 @@ func recoverMaster(ctx context.Context, c *Config, db *bbolt.DB, issuer attest.I
 	rec, err := kbs.NewRecovery(ctx, kbs.RecoveryConfig{
 		DB: db, Log: tl, NoteKey: vkey, Issuer: issuer, Simulated: c.Dev,
 		Logger: logger.Named("recovery"), AttestationRate: c.AttestationRate, AttestationBurst: int(2 * c.AttestationRate),
+		Witnesses: witnessOptions(c),
 	})
 	if errors.Is(err, kbs.ErrNoShares) {
 		return nil, "", fmt.Errorf("%w: with no peer to take over from, its keys are lost. A broker whose manifest names recovery holders can be recovered; one that runs can hand over (--handover-from)", err)
@@ -220,6 +221,7 @@ func recoverMaster(ctx context.Context, c *Config, db *bbolt.DB, issuer attest.I
 	if err != nil {
 		return nil, "", err
 	}
+	defer rec.Close()
 	fe.set(rec.Handler(), rec.TLSCertificate())
 	fe.start(unixLn, tcpLn)
 	k, holders := rec.Threshold()

@@ -288,6 +288,7 @@ func serve(ctx context.Context, c *Config) error {
 		ManifestRate:      c.ManifestRate,
 		ManifestBurst:     burst(c.ManifestRate),
 		PeerShare:         c.PeerShare,
+		Witnesses:         witnessOptions(c),
 	})
 	if errors.Is(err, kbs.ErrInitialSignatures) {
 		return fmt.Errorf("%w\nsign it with enough owner keys, e.g.\n  kbsctl manifest sign --key OWNER.key %[2]s > %[2]s.sig\n  openssl dgst -sha256 -sign OWNER.key %[2]s | base64 -w0 > %[2]s.sig\nand pass each file with --manifest-sig (FILE.sig is read by default),\nor pass no signature at all to trust version 1 by your decision alone", err, c.Manifest)
@@ -471,4 +472,9 @@ func initialManifest(body []byte, joined bool) []byte {
 		return nil
 	}
 	return body
+}
+
+// witnessOptions returns the --witness-* flags as kbs.WitnessOptions.
+func witnessOptions(c *Config) kbs.WitnessOptions {
+	return kbs.WitnessOptions{Timeout: c.WitnessTimeout, Wait: c.WitnessWait, Refresh: c.WitnessRefresh, Retry: c.WitnessRetry}
 }

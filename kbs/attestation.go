@@ -9,16 +9,28 @@ import (
 
 // Attestation answers GET /v1/attestation?nonce=HEX&since=N: fresh
 // evidence binding the client's nonce, the broker's identity keys and the
-// current checkpoint, with the active manifest, its inclusion proof and,
-// when since > 0, a consistency proof from the tree of that size.
+// served checkpoint, with the manifest active in its tree, that manifest's
+// inclusion proof and, when since > 0, a consistency proof from the tree
+// of that size.
+//
+// The checkpoint is the one /log/checkpoint serves: the newest the witness
+// policy's quorum cosigned, as one note with the log's signature and the
+// cosignatures. The binding covers that note exactly as served, its
+// cosignature lines included (api.BrokerBinding): the evidence then says
+// that this broker, at this nonce, presented this witnessed checkpoint. The
+// cosignatures sign the checkpoint text only (the note's first part), so a
+// client checks them with the witnesses' keys whatever the binding.
 func (b *Broker) Attestation(ctx context.Context, nonce []byte, since uint64) (*api.Attestation, error) {
 	if len(nonce) != api.NonceSize {
 		return nil, api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(nonce), api.NonceSize)
 	}
-	am := b.active.Load()
-	cp, err := b.cfg.Log.Checkpoint(ctx)
+	cp, err := b.wit.served(ctx)
 	if err != nil {
 		return nil, logUnavailable(err)
+	}
+	am, err := b.manifestAt(ctx, cp)
+	if err != nil {
+		return nil, err
 	}
 	if since > cp.Size {
 		return nil, api.Errorf(api.CodeConflict, "since=%d is beyond this log's tree size %d: the log you saw is not this one, or it was rolled back", since, cp.Size)

@@ -126,7 +126,12 @@ func (t *transport) client() (*http.Client, error) {
 }
 
 func newBenchEnv(b *testing.B) *benchEnv {
-	e := &benchEnv{env: newEnv(b)}
+	return newBenchEnvOf(b, newEnv(b))
+}
+
+// newBenchEnvOf makes a benchmark environment of the broker of env.
+func newBenchEnvOf(b *testing.B, env *env) *benchEnv {
+	e := &benchEnv{env: env}
 	e.b.nonces = newNonceTable(1<<20, time.Hour, time.Now)
 	e.b.budgets = unlimited() // the benchmark measures releases, not the budgets
 	e.material = bytes.Repeat([]byte{7}, 32)

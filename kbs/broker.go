@@ -143,6 +143,9 @@ type Config struct {
 	// socket, a TCP source address; see PeerOf) may use, 0 to 1. Optional;
 	// default 0.25.
 	PeerShare float64
+	// Witnesses tunes the work with the witnesses the active manifest
+	// names (witness.go). Optional; the zero value is the defaults.
+	Witnesses WitnessOptions
 }
 
 // ErrInitialSignatures is returned by New when signatures were given for the
@@ -183,7 +186,10 @@ type Broker struct {
 	restored bool
 
 	// active is the active manifest (the last of the state's chain).
-	active    atomic.Pointer[activeManifest]
+	active atomic.Pointer[activeManifest]
+	// wit is the witnessing of the active manifest's witness policy
+	// (witness.go); nil until New has logged what a first start logs.
+	wit       *witnesses
 	manifests *manifestStore
 	index     *stateIndex
 
@@ -313,6 +319,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if err := b.flush(ctx); err != nil {
 		return nil, err
 	}
+	if b.wit, err = startWitnesses(b); err != nil {
+		return nil, err
+	}
 	go b.flushLoop()
 	return b, nil
 }
@@ -332,6 +341,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 		b.closing.Store(true)
 		close(b.quit)
 		<-b.flushDone
+		b.wit.stop()
 		err = b.flush(ctx)
 	})
 	return err

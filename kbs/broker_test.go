@@ -553,6 +553,10 @@ func TestHTTPEdges(t *testing.T) {
 		{"GET", api.PathLogProof + "?index=99", 400},
 		{"GET", api.PathLogProof, 400},
 		{"GET", api.PathLogConsistency + "?old=5&new=2", 400},
+		{"POST", api.PathWitnesses, 405},
+		{"GET", api.PathWitnesses + "?x=%zz&y=" + strings.Repeat("a", 4000), 200},
+		{"PUT", api.PathLogPrefix + "checkpoint", 405},
+		{"GET", api.PathLogPrefix + "checkpoint?since=1", 200},
 	} {
 		if st, _ := e.do(tt.method, tt.path, nil, nil); st != tt.status {
 			t.Errorf("%s %s = %d, want %d", tt.method, tt.path, st, tt.status)

@@ -37,6 +37,7 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 	"github.com/kbs-dev/kbs/tlog/boltlog"
 	"github.com/kbs-dev/kbs/tlog/tlogtest"
+	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
 
 var (
@@ -116,6 +117,10 @@ type env struct {
 	// beforeNew and afterNew, when set, run right before and after New
 	// (benchmarks time New alone).
 	beforeNew, afterNew func()
+	// witnesses learn the broker's log key before each New (witness
+	// tests); witnessOpts is Config.Witnesses.
+	witnesses   []*witnesstest.Fake
+	witnessOpts WitnessOptions
 }
 
 func pubPEM(t testing.TB, k *ecdsa.PrivateKey) string {
@@ -270,6 +275,9 @@ func (e *env) tryOpen(t testing.TB) error {
 	if err != nil {
 		return err
 	}
+	for _, f := range e.witnesses {
+		f.AddLog(e.id.Checkpoints.Origin(), e.id.Checkpoints.Verifier())
+	}
 	if e.openLog != nil {
 		e.log, err = e.openLog(e)
 	} else {
@@ -308,6 +316,7 @@ func (e *env) tryOpen(t testing.TB) error {
 		ManifestRate:      1000,
 		ManifestBurst:     1000,
 		PeerShare:         1, // the budgets have tests of their own (ratelimit_test.go)
+		Witnesses:         e.witnessOpts,
 	})
 	if e.afterNew != nil {
 		e.afterNew()

@@ -142,10 +142,16 @@ func (b *Broker) Handover(ctx context.Context, req *api.HandoverRequest) (*api.H
 	if err != nil {
 		return nil, fmt.Errorf("couldn't seal the master key: %w", err)
 	}
-	receipt, err := b.receipt(ctx, l.entry, l.index, l.cp)
+	// With witnesses, the key leaves only once a checkpoint containing the
+	// handover entry carries their quorum, as a release's keys do.
+	receipt, err := b.receipt(ctx, fmt.Sprintf("the handover was logged at index %d, so this broker decides nothing any more, and the master key is withheld (the recovery holders can restore it)", l.index), l.entry, l.index, l.cp)
 	if err != nil {
 		return nil, err
 	}
+	// The log stops growing here and goes on with the successor, which
+	// submits its own checkpoints: this broker's rounds would only meet
+	// witnesses that cosigned more (and log that it is behind).
+	b.wit.stop()
 	token := make([]byte, 32)
 	if _, err := rand.Read(token); err != nil {
 		return nil, err

@@ -56,6 +56,8 @@ func (b *Broker) Handler() http.Handler {
 	b.lifecycleRoutes(route)
 	route("GET "+api.PathLogProof, "log_proof", b.serveLogProof)
 	route("GET "+api.PathLogConsistency, "log_consistency", b.serveLogConsistency)
+	route("GET "+api.PathWitnesses, "witnesses", noBody(b.Witnesses))
+	mux.HandleFunc("GET "+api.PathLogPrefix+"checkpoint", b.serveCheckpoint) // cosigned (witness.go)
 	// C2SP tlog-tiles, served by the log package with its own errors.
 	tiles := tlog.NewHandler(b.cfg.Log)
 	mux.HandleFunc("GET "+api.PathLogPrefix, func(w http.ResponseWriter, r *http.Request) {
@@ -341,6 +343,10 @@ func (b *Broker) handleHealth(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "handed over to its successor; stop this kbsd", http.StatusServiceUnavailable)
 		return
 	}
+	if err := b.wit.health(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintln(w, "ok")
 }
@@ -356,5 +362,6 @@ func (b *Broker) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	b.m.write(w, g)
+	b.wit.writeMetrics(r.Context(), w)
 	b.writeListenerMetrics(w)
 }

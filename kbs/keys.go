@@ -74,7 +74,7 @@ func (b *Broker) UploadKey(ctx context.Context, req *api.KeyUpload) (*api.KeyUpl
 	}
 	b.m.uploads.Add(1)
 	b.log.Info("key uploaded", "id", req.ID, "version", req.Version, "client", req.Client, "log_index", l.index)
-	receipt, err := b.receipt(ctx, l.entry, l.index, l.cp)
+	receipt, err := b.receipt(ctx, fmt.Sprintf("key %q version %d was uploaded and logged at index %d", req.ID, req.Version, l.index), l.entry, l.index, l.cp)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func (b *Broker) DeleteKey(ctx context.Context, keyID string, req *api.KeyDelete
 	}
 	b.m.deletes.Add(1)
 	b.log.Info("key deleted", "id", keyID, "version", req.Version, "client", req.Client, "log_index", l.index)
-	receipt, err := b.receipt(ctx, l.entry, l.index, l.cp)
+	receipt, err := b.receipt(ctx, fmt.Sprintf("key %q version %d was deleted and logged at index %d", keyID, req.Version, l.index), l.entry, l.index, l.cp)
 	if err != nil {
 		return nil, err
 	}

@@ -358,34 +358,12 @@ func TestRecoveryIntake(t *testing.T) {
 	idx, rs := e.latestShares()
 	noteKey := e.id.NoteKey
 	e.close()
-	db, err := bbolt.Open(filepath.Join(e.dir, "kbs.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
+	r, db, lg, vkey := e.newRecovery(t, filepath.Join(e.dir, "kbs.db"), WitnessOptions{})
+	if vkey != noteKey {
+		t.Fatalf("LoggedNoteKey = %q, want %q", vkey, noteKey)
 	}
-	defer db.Close()
-	vkey, err := LoggedNoteKey(db)
-	if err != nil || vkey != noteKey {
-		t.Fatalf("LoggedNoteKey = %q, %v; want %q", vkey, err, noteKey)
-	}
-	signer, err := ReadOnlySigner(vkey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lg, err := boltlog.New(db, boltlog.Config{Signer: signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lg.Close()
 	if _, _, err := lg.Append(context.Background(), []byte(`{}`)); err == nil {
 		t.Fatal("a read-only log appended")
-	}
-	issuer, err := sim.NewIssuer(e.simDir, attest.SNP, sim.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := NewRecovery(context.Background(), RecoveryConfig{DB: db, Log: lg, NoteKey: vkey, Issuer: issuer, Simulated: true})
-	if err != nil {
-		t.Fatal(err)
 	}
 	srv := httpServer(t, r.Handler())
 	do := func(method, path string, body, out any) (int, *api.Error) {
@@ -462,6 +440,43 @@ func TestRecoveryIntake(t *testing.T) {
 	if _, err := keystore.OpenWithMaster(context.Background(), db, &keystore.SimSealer{Path: filepath.Join(e.dir, "new-sealing.key")}, got.Master); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newRecovery runs a Recovery on the broker database at path (e's broker
+// closed), as kbsd does for a broker that cannot unseal its master key:
+// the log opened read-only under the note key the database records. It
+// returns the Recovery, the database, the log and that note key; all are
+// closed when the test ends.
+func (e *env) newRecovery(t testing.TB, path string, wopts WitnessOptions) (*Recovery, *bbolt.DB, tlog.Backend, string) {
+	t.Helper()
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	vkey, err := LoggedNoteKey(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ReadOnlySigner(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lg, err := boltlog.New(db, boltlog.Config{Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lg.Close() })
+	issuer, err := sim.NewIssuer(e.simDir, attest.SNP, sim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRecovery(context.Background(), RecoveryConfig{DB: db, Log: lg, NoteKey: vkey, Issuer: issuer, Simulated: true, Witnesses: wopts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r, db, lg, vkey
 }
 
 // FuzzHandoverHandler sends arbitrary bodies to POST /v1/handover and POST

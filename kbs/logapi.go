@@ -7,10 +7,18 @@ import (
 	"github.com/kbs-dev/kbs/tlog"
 )
 
-// receipt returns the C2SP tlog-proof of entry at index in the tree of cp:
-// the entry's exact bytes as extra data, the inclusion proof and the signed
-// checkpoint. The file alone proves what was logged.
-func (b *Broker) receipt(ctx context.Context, entry []byte, index uint64, cp tlog.SignedCheckpoint) (string, error) {
+// receipt returns the C2SP tlog-proof of entry at index: the entry's exact
+// bytes as extra data, the inclusion proof and the signed checkpoint, one
+// that contains it and that the witness policy's quorum cosigned (the
+// answer waits for it; with no witnesses, cp, what the append returned).
+// The file alone proves what was logged, to anyone with the log's and the
+// witnesses' keys. what names the change for the error when no quorum
+// cosigns in time.
+func (b *Broker) receipt(ctx context.Context, what string, entry []byte, index uint64, cp tlog.SignedCheckpoint) (string, error) {
+	cp, err := b.wit.witnessed(ctx, index+1, cp, what)
+	if err != nil {
+		return "", err
+	}
 	r, err := tlog.NewReceipt(ctx, b.cfg.Log, index, entry, cp)
 	if err != nil {
 		return "", logUnavailable(err)

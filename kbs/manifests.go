@@ -245,6 +245,9 @@ func (b *Broker) manifestApplied(link chainLink, entry []byte) error {
 		return err
 	}
 	b.active.Store(&activeManifest{m: m, rec: rec, entry: entry})
+	if err := b.wit.policyChanged(prevM, m, link.Index); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	s.recs = append(s.recs, rec)
 	s.mu.Unlock()
@@ -298,9 +301,13 @@ func (b *Broker) ManifestHistory(ctx context.Context) (*api.ManifestHistory, err
 
 // UpdateManifest activates the next manifest version (PUT /v1/manifest): it
 // must parse, follow the active version and carry threshold signatures of
-// the active version's owners, and its service reference values must match
-// this broker. It is logged durably, and only then active; the decision
-// and the append are one step (no release or other change in between).
+// the active version's owners (and keep stating a witness policy if the
+// active one does), its service reference values must match this broker,
+// and, when it changes the witness policy, its witnesses must cosign the
+// log as it is now. It is logged durably, and only then active; the
+// decision and the append are one step (no release or other change in
+// between). The answer comes once a checkpoint containing it is witnessed
+// (under its own policy), so that /log/checkpoint proves it logged.
 func (b *Broker) UpdateManifest(ctx context.Context, req *api.ManifestUpdate) (*api.Manifest, error) {
 	next, err := manifest.Parse(req.Body)
 	if err != nil {
@@ -317,6 +324,13 @@ func (b *Broker) UpdateManifest(ctx context.Context, req *api.ManifestUpdate) (*
 	if err := b.checkServesManifest(ctx, next); err != nil {
 		return nil, err
 	}
+	if err := b.wit.gate(); err != nil {
+		return nil, err
+	}
+	if err := b.wit.prepare(ctx, b.active.Load().m, next); err != nil {
+		return nil, err
+	}
+	defer b.wit.unprepare(next)
 	var am *activeManifest
 	err = b.exclusive(ctx, func(tx *changeTx) error {
 		signers, err := verifyUpdate(b.active.Load().m, next, req.Signatures)
@@ -337,6 +351,13 @@ func (b *Broker) UpdateManifest(ctx context.Context, req *api.ManifestUpdate) (*
 		return nil, err
 	}
 	b.m.manifests.Add(1)
+	cp, err := b.cfg.Log.Checkpoint(ctx)
+	if err != nil {
+		return nil, logUnavailable(err)
+	}
+	if _, err := b.wit.witnessed(ctx, am.rec.LogIndex+1, cp, fmt.Sprintf("manifest version %d is active (logged at index %d)", am.rec.Version, am.rec.LogIndex)); err != nil {
+		return nil, err
+	}
 	m := am.rec.api()
 	return &m, nil
 }
@@ -350,7 +371,7 @@ func verifyUpdate(prev, next *manifest.Manifest, sigs []string) ([]string, error
 		return signers, nil
 	case errors.Is(err, manifest.ErrVersionRollback), errors.Is(err, manifest.ErrVersionSkip), errors.Is(err, manifest.ErrPreviousMismatch):
 		return nil, api.Errorf(api.CodeConflict, "%v", err)
-	case errors.Is(err, manifest.ErrMalformedSignature):
+	case errors.Is(err, manifest.ErrMalformedSignature), errors.As(err, new(*manifest.FieldError)):
 		return nil, api.Errorf(api.CodeBadRequest, "%v", err)
 	default:
 		return nil, api.Errorf(api.CodeUnauthorized, "%v", err)

@@ -60,21 +60,7 @@ type gauges struct {
 func (m *metrics) write(w io.Writer, g gauges) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	fmt.Fprintln(w, "# HELP kbs_http_requests_total HTTP requests by route and result code.")
-	fmt.Fprintln(w, "# TYPE kbs_http_requests_total counter")
-	keys := make([][2]string, 0, len(m.requests))
-	for k := range m.requests {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i][0] != keys[j][0] {
-			return keys[i][0] < keys[j][0]
-		}
-		return keys[i][1] < keys[j][1]
-	})
-	for _, k := range keys {
-		fmt.Fprintf(w, "kbs_http_requests_total{route=%q,code=%q} %d\n", k[0], k[1], m.requests[k])
-	}
+	writeCounters(w, "kbs_http_requests_total", "HTTP requests by route and result code.", "route", "code", m.requests)
 	counter := func(name, help string, v uint64) {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", name, help, name, name, v)
 	}
@@ -97,4 +83,23 @@ func (m *metrics) write(w io.Writer, g gauges) {
 	fmt.Fprintf(w, "kbs_release_duration_seconds_bucket{le=\"+Inf\"} %d\n", m.relCount)
 	fmt.Fprintf(w, "kbs_release_duration_seconds_sum %g\n", m.relSum)
 	fmt.Fprintf(w, "kbs_release_duration_seconds_count %d\n", m.relCount)
+}
+
+// writeCounters writes the counter name with the labels l1 and l2, one
+// line per key of m ({l1 value, l2 value}), in order.
+func writeCounters(w io.Writer, name, help, l1, l2 string, m map[[2]string]uint64) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n", name, help, name)
+	keys := make([][2]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i][0] != keys[j][0] {
+			return keys[i][0] < keys[j][0]
+		}
+		return keys[i][1] < keys[j][1]
+	})
+	for _, k := range keys {
+		fmt.Fprintf(w, "%s{%s=%q,%s=%q} %d\n", name, l1, k[0], l2, k[1], m[k])
+	}
 }

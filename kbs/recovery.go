@@ -65,12 +65,13 @@ type RecoveryConfig struct {
 	// simulated TEE. Required.
 	Issuer    attest.Issuer
 	Simulated bool
-	// Logger, Now, AttestationRate and AttestationBurst as in Config.
-	// Optional.
+	// Logger, Now, AttestationRate, AttestationBurst and Witnesses as in
+	// Config. Optional.
 	Logger           hclog.Logger
 	Now              func() time.Time
 	AttestationRate  float64
 	AttestationBurst int
+	Witnesses        WitnessOptions
 }
 
 // RecoveryResult is what a completed Recovery restored.
@@ -145,6 +146,16 @@ func NewRecovery(ctx context.Context, cfg RecoveryConfig) (*Recovery, error) {
 	}
 	if b.st.shares == nil {
 		return nil, ErrNoShares
+	}
+	// Under a witness policy, the log's checkpoint is submitted to the
+	// witnesses (the log does not grow while recovering) and served with
+	// their cosignatures, so that holders, who require the quorum as any
+	// client does, can verify this broker; a copy of the data directory
+	// older than what they cosigned gets none (kbsd logs BEHIND ITS
+	// WITNESSES), and holders refuse it. Close stops it.
+	b.cfg.Witnesses = cfg.Witnesses
+	if b.wit, err = startWitnesses(b); err != nil {
+		return nil, err
 	}
 	return &Recovery{b: b, shares: b.st.shares, received: map[string]keystore.Share{}, done: make(chan struct{})}, nil
 }
@@ -253,6 +264,10 @@ func (r *Recovery) Wait(ctx context.Context) (*RecoveryResult, error) {
 		return nil, ctx.Err()
 	}
 }
+
+// Close stops the recovery's work with its witnesses. The caller closes
+// the log and the database afterwards.
+func (r *Recovery) Close() { r.b.wit.stop() }
 
 // Threshold returns how many shares the recovery waits for, and the
 // holders' names.

@@ -133,7 +133,10 @@ func (b *Broker) Release(ctx context.Context, req *api.ReleaseRequest) (*api.Rel
 		}
 		ans.Keys[i] = api.ReleasedKey{ID: k.ref.ID, Version: k.ref.Version, Sealed: sealed}
 	}
-	if ans.Receipt, err = b.receipt(ctx, entry, idx, cp); err != nil {
+	// Waiting for the witnesses is not work: give the slot to the next
+	// release (its round may cover both entries).
+	release()
+	if ans.Receipt, err = b.receipt(ctx, fmt.Sprintf("the release was logged at index %d and its keys are withheld", idx), entry, idx, cp); err != nil {
 		return nil, err
 	}
 	b.m.releases.Add(1)

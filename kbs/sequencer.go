@@ -45,6 +45,7 @@ func (b *Broker) appendLog(ctx context.Context, entry []byte) (uint64, tlog.Sign
 		return 0, cp, err
 	}
 	b.appendFailing.Store(false)
+	b.wit.notify()
 	return idx, cp, nil
 }
 
@@ -57,6 +58,9 @@ func (b *Broker) shared(f func() error) error {
 		return err
 	}
 	if err := b.fencedError(); err != nil {
+		return err
+	}
+	if err := b.wit.gate(); err != nil {
 		return err
 	}
 	return f()
@@ -102,6 +106,9 @@ func (b *Broker) exclusive(ctx context.Context, f func(tx *changeTx) error) erro
 	b.seq.Lock()
 	defer b.seq.Unlock()
 	if err := b.haltedError(); err != nil {
+		return err
+	}
+	if err := b.wit.gate(); err != nil {
 		return err
 	}
 	if _, err := b.catchUp(ctx); err != nil {

@@ -146,7 +146,7 @@ func newHostileEnv(t *testing.T, logger hclog.Logger) *hostileEnv {
 	return h
 }
 
-func copyFile(t *testing.T, from, to string) {
+func copyFile(t testing.TB, from, to string) {
 	t.Helper()
 	b, err := os.ReadFile(from)
 	if err != nil {

@@ -191,17 +191,24 @@ func VerifyBlob(pub crypto.PublicKey, body []byte, sigB64 string) error {
 // detached signatures over next's exact bytes) hold valid signatures of at
 // least prev's threshold of distinct owner keys of prev. Every signature
 // must be well formed and verify under an owner key of prev, and no key may
-// sign twice. It returns the fingerprints of the signing keys, sorted.
-// This is one link of a chain; VerifyChain verifies a whole chain.
+// sign twice; and next keeps stating a witness policy if prev states one
+// (CheckWitnessesKept). It returns the fingerprints of the signing keys,
+// sorted. This is one link of a chain; VerifyChain verifies a whole chain,
+// so the broker, clients and auditors all refuse a chain that silently
+// drops its witness policy.
 //
 // Errors wrap ErrVersionSkip, ErrVersionRollback, ErrPreviousMismatch,
 // ErrMalformedSignature, ErrSignerNotOwner, ErrUnknownSigner,
-// ErrDuplicateSigner or ErrTooFewSignatures.
+// ErrDuplicateSigner or ErrTooFewSignatures, or are a *FieldError naming
+// "witnesses".
 func Verify(prev, next *Manifest, sigs []string) ([]string, error) {
 	if prev == nil || next == nil {
 		return nil, errors.New("manifest: Verify needs both versions")
 	}
 	if err := Follows(prev, next); err != nil {
+		return nil, err
+	}
+	if err := CheckWitnessesKept(prev, next); err != nil {
 		return nil, err
 	}
 	return signers(prev, next, sigs)

@@ -122,3 +122,41 @@ func TestCheckWitnessesKept(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyKeepsWitnesses: Verify, and so every chain verification (the
+// broker's, clients', auditors'), refuses a version that drops the witness
+// policy its predecessor states, however well signed, and accepts the
+// explicit "none".
+func TestVerifyKeepsWitnesses(t *testing.T) {
+	owner := loadKey(t, "owner1")
+	v1 := mustParse(t, readFile(t, "valid/snp.json")) // owner1, threshold 1
+	d := v1.Document()
+	d.Version, d.Previous = 2, v1.Hash()
+	d.Witnesses = mustParse(t, readFile(t, "valid/witnesses.json")).Witnesses()
+	v2 := mustParse(t, mustEncode(t, d))
+	next := func(prev *manifest.Manifest, p *manifest.WitnessPolicy) *manifest.Manifest {
+		d := prev.Document()
+		d.Version, d.Previous, d.Witnesses = prev.Version()+1, prev.Hash(), p
+		return mustParse(t, mustEncode(t, d))
+	}
+	sign := func(m *manifest.Manifest) []string {
+		s, err := manifest.Sign(owner, m.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []string{s}
+	}
+	dropped := next(v2, nil)
+	var fe *manifest.FieldError
+	if _, err := manifest.Verify(v2, dropped, sign(dropped)); !errors.As(err, &fe) || fe.Field != "witnesses" {
+		t.Errorf("Verify(v2 with witnesses, v3 without the field) = %v, want a FieldError on witnesses", err)
+	}
+	chain := []manifest.SignedVersion{{Body: v1.Bytes()}, {Body: v2.Bytes(), Signatures: sign(v2)}, {Body: dropped.Bytes(), Signatures: sign(dropped)}}
+	if _, err := manifest.VerifyChain(v1, chain); !errors.As(err, &fe) {
+		t.Errorf("VerifyChain(... a version dropping the witnesses) = %v", err)
+	}
+	none := next(v2, manifest.NoWitnesses())
+	if _, err := manifest.Verify(v2, none, sign(none)); err != nil {
+		t.Errorf("Verify(v2 with witnesses, v3 with \"none\") = %v", err)
+	}
+}

@@ -15,8 +15,11 @@
 # in DEMO_DIR (default kbs-demo) after the demo; the next demo replaces them.
 # Commands that are meant to fail say so: "(expected: exit 1, ...)".
 #
-# Needs: bin/kbsd and bin/kbsctl (make build), openssl, curl. KBSD_ARGS adds kbsd
-# flags (make demo-trillian).
+# Needs: bin/kbsd and bin/kbsctl (make build), openssl, curl. KBSD_ARGS adds
+# kbsd flags (make demo-trillian). With DEMO_WITNESS=1 (make demo-witness),
+# the dev manifest names a real witness, transparency-dev's omniwitness run
+# by scripts/witness.sh: every checkpoint and receipt the clients rely on
+# carries its cosignature, and the demo shows what a witness outage does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DEMO_DIR:-kbs-demo}
@@ -34,10 +37,12 @@ touch "$D/.kbs-demo"
 
 KBSD_PID=""
 WORKER_PID=""
+WITNESS_DIR=""
 PROXY_PID=""
 NEW_PID=""
 cleanup() {
   status=$?
+  [ -n "$WITNESS_DIR" ] && scripts/witness.sh down "$WITNESS_DIR" 2>/dev/null || true
   [ -n "$PROXY_PID" ] && kill "$PROXY_PID" 2>/dev/null && wait "$PROXY_PID" 2>/dev/null || true
   [ -n "$WORKER_PID" ] && kill "$WORKER_PID" 2>/dev/null && wait "$WORKER_PID" 2>/dev/null || true
   [ -n "$KBSD_PID" ] && kill "$KBSD_PID" 2>/dev/null && wait "$KBSD_PID" 2>/dev/null || true
@@ -108,10 +113,20 @@ background() {
   sed 's/^/  /' "$D/$name.log"
 }
 
+WITNESS_ARGS=()
+if [ -n "${DEMO_WITNESS:-}" ]; then
+  step "a witness (omniwitness, built once by scripts/witness.sh): its key and address, for the dev manifest"
+  WITNESS_DIR=$D/witness
+  runsh "scripts/witness.sh keygen $WITNESS_DIR witness.kbs.test/demo > $D/witness.env"
+  # shellcheck disable=SC1090,SC1091
+  . "$D/witness.env"
+  WITNESS_ARGS=(--dev-witness "$KBS_WITNESS_URL,$KBS_WITNESS_VKEY" --witness-retry 200ms)
+fi
+
 step "start kbsd --dev (simulated SNP TEE) with its state in $D/kbs"
-echo "\$ $(quote bin/kbsd --dev --data "$D/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-}) > $D/kbsd.log 2>&1 &"
+echo "\$ $(quote bin/kbsd --dev --data "$D/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-} "${WITNESS_ARGS[@]}") > $D/kbsd.log 2>&1 &"
 # shellcheck disable=SC2086
-bin/kbsd --dev --data "$D/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-} >"$D/kbsd.log" 2>&1 &
+bin/kbsd --dev --data "$D/kbs" --listen-tcp 127.0.0.1:0 ${KBSD_ARGS:-} "${WITNESS_ARGS[@]}" >"$D/kbsd.log" 2>&1 &
 KBSD_PID=$!
 for _ in $(seq 1 300); do
   [ -S "$D/kbs/kbs.sock" ] && grep -q 'kbsd serving' "$D/kbsd.log" && break
@@ -126,6 +141,26 @@ NOTE_KEY=$(grep -o 'note_key="[^"]*"' "$D/kbsd.log" | head -n 1 | cut -d'"' -f2)
 echo "kbsd listens on $UNIX and $HTTPS; its log's note key is $NOTE_KEY"
 SIMROOT=$D/kbs/sim/root.pem
 
+# wait_witnessed [ADDR]: until the kbsd at ADDR (default $UNIX) acts (a
+# quorum of its witnesses cosigned).
+wait_witnessed() {
+  for _ in $(seq 1 300); do
+    bin/kbsctl --addr "${1:-$UNIX}" log witnesses >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  fail "kbsd did not get its witness's cosignature"
+}
+if [ -n "$WITNESS_DIR" ]; then
+  step "witness: until it knows kbsd's log, kbsd refuses changes; configure it with the log's origin and key"
+  run 1 "the witness does not know the log yet" -- bin/kbsctl --addr "$UNIX" log witnesses
+  has "state           checking"
+  ORIGIN=${NOTE_KEY%%+*}
+  runsh "scripts/witness.sh up $WITNESS_DIR $ORIGIN $NOTE_KEY witness.kbs.test/demo"
+  wait_witnessed
+  run 0 -- bin/kbsctl --addr "$UNIX" log witnesses
+  has "state           acting"
+fi
+
 step "client and worker: their own copies of the manifest, their own state"
 runsh "cp $D/kbs/manifest.json $D/client/manifest.json"
 runsh "cp $D/kbs/manifest.json $D/worker/manifest.json"
@@ -135,6 +170,7 @@ export KBS_STATE=$D/client-state
 step "client: verify the broker (unix socket, then TCP with the TLS key pinned through the evidence)"
 run 0 -- bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" verify --manifest "$D/client/manifest.json"
 has "manifest      version 1"; has "SIMULATED TEE"; has "checkpoint stored"
+if [ -n "$WITNESS_DIR" ]; then has "witnesses     cosigned by witness.kbs.test-demo"; fi
 run 0 -- bin/kbsctl --addr "$HTTPS" --sim-root "$SIMROOT" verify --manifest "$D/client/manifest.json"
 has "tls key       sha256"
 run 1 "simulated evidence is rejected without --sim-root" -- bin/kbsctl --addr "$UNIX" verify --manifest "$D/client/manifest.json"
@@ -157,6 +193,7 @@ cmp "$D/client/prompt.key" "$D/worker/keys/demo/prompt-key.key" || fail "the wor
 RECEIPT=$(ls "$D"/worker/keys/demo/prompt-key.v1.*.receipt)
 run 0 -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" receipt verify "$RECEIPT"
 has "release of demo/prompt-key v1 to class demo-worker"
+if [ -n "$WITNESS_DIR" ]; then has "witnesses: cosigned by witness.kbs.test-demo"; fi
 
 step "worker: serve encrypted prompts with 'kbsctl worker run' (keys in memory only)"
 background worker WORKER_PID -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run \
@@ -222,6 +259,24 @@ has "release,demo/prompt-key,1"
 run 0 -- bin/kbsctl --addr "$HTTPS" log verify
 has "consistent with the stored size"
 
+if [ -n "$WITNESS_DIR" ]; then
+  step "witness outage: releases wait for a cosignature that does not come, then are refused; the log is not behind, so kbsd recovers by itself"
+  runsh "scripts/witness.sh down $WITNESS_DIR"
+  run 2 "the witness is down: the release is logged, its keys are withheld" -- \
+    bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" key get --manifest "$D/worker/manifest.json" \
+    --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --out "$D/worker/outage"
+  has "witnesses_unavailable"
+  run 1 "no quorum answered the last round" -- bin/kbsctl --addr "$UNIX" log witnesses
+  has "unavailable"
+  runsh "scripts/witness.sh up $WITNESS_DIR $ORIGIN $NOTE_KEY witness.kbs.test/demo"
+  wait_witnessed
+  run 0 -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" key get --manifest "$D/worker/manifest.json" \
+    --tee sim --sim-dir "$D/kbs/sim" --id demo/prompt-key --out "$D/worker/after-outage"
+  has "receipt witnesses: cosigned by witness.kbs.test-demo"
+fi
+
+WITNESSED=${WITNESS_DIR:+, every checkpoint cosigned by a real witness, a witness outage}
+
 step "an application's OpenAI-style requests through the client proxy to the worker (the sealed OpenAI API)"
 echo "  (no --upstream: the worker answers with the built-in echo model kbs-echo)"
 background worker WORKER_PID -- bin/kbsctl --addr "$UNIX" --state "$D/worker-state" --sim-root "$SIMROOT" worker run \
@@ -246,7 +301,7 @@ kill "$WORKER_PID"; wait "$WORKER_PID" 2>/dev/null || true; WORKER_PID=""
 
 if [[ "${KBSD_ARGS:-}" == *trillian* ]]; then
   printf '\n(the upgrade by handover moves the embedded log: skipped with the Trillian backend)\n'
-  printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy\n'
+  printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy%s\n' "$WITNESSED"
   exit 0
 fi
 
@@ -270,6 +325,7 @@ done
 grep -q 'took over from the running broker' "$D/kbsd-new.log" || { cat "$D/kbsd-new.log" >&2; fail "the new kbsd did not take over"; }
 grep 'took over' "$D/kbsd-new.log" | sed 's/^/  /'
 NEWUNIX=unix://$D/kbs-new/kbs.sock
+if [ -n "$WITNESS_DIR" ]; then wait_witnessed "$NEWUNIX"; fi
 run 0 -- bin/kbsctl --addr "$UNIX" --sim-root "$SIMROOT" verify --follow --manifest "$D/client/manifest.json"
 has "followed manifest version 3"
 run 2 "the old broker handed its master key over and decides nothing any more" -- \
@@ -290,4 +346,4 @@ echo "  the new broker released the same key"
 run 0 -- bin/kbsctl --addr "$NEWUNIX" --state "$D/auditor-state" audit --note-key "$NOTE_KEY"
 has "master key handed over to a snp(sim) broker"; has "audit OK"
 
-printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy, upgrade by handover\n'
+printf '\ndemo OK: verified broker, key upload, attested release, encrypted prompt round trip, manifest v2 rollout, refused worker, audit, OpenAI-style requests through the proxy, upgrade by handover%s\n' "$WITNESSED"

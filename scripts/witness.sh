@@ -7,10 +7,16 @@
 #   scripts/witness.sh build-lite
 #       build (or find) torchwood's litewitness and witnessctl (the second
 #       implementation the tests run); prints their directory
+#   scripts/witness.sh keygen DIR [NAME]
+#       prepare a witness in DIR before the log it will witness exists:
+#       its key (named NAME, default witness.kbs.test/w1) and its loopback
+#       port; prints KBS_WITNESS_URL and KBS_WITNESS_VKEY, what a manifest
+#       names (kbsd --dev --dev-witness "$KBS_WITNESS_URL,$KBS_WITNESS_VKEY")
 #   scripts/witness.sh up DIR ORIGIN LOG_VKEY [NAME]
 #       run one witness for the kbs log ORIGIN ("kbs/<log id>") whose
 #       checkpoints LOG_VKEY (the log's note verifier key) signs, with its
-#       state in DIR; prints its environment (see `env`)
+#       state in DIR (the key and port keygen chose, if it ran); prints its
+#       environment (see `env`)
 #   scripts/witness.sh env DIR      print KBS_WITNESS_URL, KBS_WITNESS_VKEY,
 #                                   KBS_WITNESS_NAME of the witness in DIR
 #   scripts/witness.sh down DIR     stop the witness running in DIR
@@ -98,6 +104,19 @@ env_of() {
   cat "$dir/env"
 }
 
+# keygen DIR NAME makes the witness key in DIR (once) and picks its port
+# (once, kept in DIR/port).
+keygen() {
+  local dir=$1 name=${2:-witness.kbs.test/w1} bin
+  bin="$(build)"
+  mkdir -p "$dir"
+  if [ ! -f "$dir/witness.key" ]; then
+    "$bin/generate_keys" --origin "$name" --out_priv "$dir/witness.key" --out_pub "$dir/witness.vkey" 2>/dev/null
+  fi
+  [ -f "$dir/port" ] || echo "${KBS_WITNESS_PORT:-$(free_port 28180)}" >"$dir/port"
+  printf 'KBS_WITNESS_URL=http://127.0.0.1:%s\nKBS_WITNESS_VKEY=%s\n' "$(cat "$dir/port")" "$(cat "$dir/witness.vkey")"
+}
+
 up() {
   local dir=$1 origin=$2 logkey=$3 name=${4:-witness.kbs.test/w1}
   [[ "$origin" == kbs/* ]] || die "origin $origin is not a kbs log origin (kbs/<log id>)"
@@ -108,15 +127,13 @@ up() {
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
     die "a witness already runs in $dir (pid $(cat "$dir/pid"))"
   fi
-  if [ ! -f "$dir/witness.key" ]; then
-    "$bin/generate_keys" --origin "$name" --out_priv "$dir/witness.key" --out_pub "$dir/witness.vkey" 2>/dev/null
-  fi
+  keygen "$dir" "$name" >/dev/null
   cat >"$dir/logs.yaml" <<EOF
 Logs:
   - Origin: $origin
     PublicKey: $logkey
 EOF
-  port="${KBS_WITNESS_PORT:-$(free_port 28180)}"
+  port="${KBS_WITNESS_PORT:-$(cat "$dir/port")}"
   setsid "$bin/omniwitness" --listen "127.0.0.1:$port" --metrics_listen "" \
     --db_file "$dir/witness.db" --additional_logs "$dir/logs.yaml" \
     --private_key_path "$dir/witness.key" --logtostderr >"$dir/witness.log" 2>&1 </dev/null &
@@ -146,8 +163,9 @@ down() {
 case "${1:-}" in
   build) build ;;
   build-lite) build_lite ;;
+  keygen) [ $# -ge 2 ] || die "usage: witness.sh keygen DIR [NAME]"; keygen "$2" "${3:-}" ;;
   up) [ $# -ge 4 ] || die "usage: witness.sh up DIR ORIGIN LOG_VKEY [NAME]"; up "$2" "$3" "$4" "${5:-}" ;;
   env) [ $# -eq 2 ] || die "usage: witness.sh env DIR"; env_of "$2" ;;
   down) [ $# -eq 2 ] || die "usage: witness.sh down DIR"; down "$2" ;;
-  *) die "usage: witness.sh build | build-lite | up DIR ORIGIN LOG_VKEY [NAME] | env DIR | down DIR" ;;
+  *) die "usage: witness.sh build | build-lite | keygen DIR [NAME] | up DIR ORIGIN LOG_VKEY [NAME] | env DIR | down DIR" ;;
 esac

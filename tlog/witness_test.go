@@ -1,7 +1,6 @@
 package tlog_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -9,113 +8,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
-	sumdb "golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kbs-dev/kbs/tlog"
 	"github.com/kbs-dev/kbs/tlog/boltlog"
+	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
-
-// fakeWitness is a hand-written tlog-witness server for the client's unit
-// tests: it follows the add-checkpoint rules of the spec for one log, and
-// fault lets a test answer in its place. The real witness (omniwitness)
-// runs in tools/witness's process tests.
-type fakeWitness struct {
-	t      testing.TB
-	origin string
-	logV   note.Verifier
-	cs     *tlog.Cosigner
-
-	mu       sync.Mutex
-	size     uint64
-	root     tlog.Hash
-	seen     bool
-	requests int
-	fault    func(w http.ResponseWriter, body []byte) bool
-}
-
-func (f *fakeWitness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.requests++
-	if r.Method != http.MethodPost || r.URL.Path != "/w/add-checkpoint" {
-		http.Error(w, "not found", http.StatusNotFound)
-		return
-	}
-	body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
-	if f.fault != nil && f.fault(w, body) {
-		return
-	}
-	br := bufio.NewReader(bytes.NewReader(body))
-	line, _ := br.ReadString('\n')
-	old, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(line, "old "), "\n"), 10, 64)
-	if err != nil {
-		http.Error(w, "bad old line", http.StatusBadRequest)
-		return
-	}
-	var proof []tlog.Hash
-	for {
-		l, _ := br.ReadString('\n')
-		if l == "\n" || l == "" {
-			break
-		}
-		h, err := base64.StdEncoding.DecodeString(strings.TrimSuffix(l, "\n"))
-		if err != nil || len(h) != 32 {
-			http.Error(w, "bad proof", http.StatusBadRequest)
-			return
-		}
-		proof = append(proof, tlog.Hash(h))
-	}
-	msg, _ := io.ReadAll(br)
-	if !strings.HasPrefix(string(msg), f.origin+"\n") {
-		w.WriteHeader(http.StatusNotFound)
-		return
-	}
-	cp, err := tlog.OpenCheckpoint(msg, f.origin, f.logV)
-	if err != nil {
-		w.WriteHeader(http.StatusForbidden)
-		return
-	}
-	if old > cp.Size {
-		w.WriteHeader(http.StatusBadRequest)
-		return
-	}
-	if old != f.size {
-		w.Header().Set("Content-Type", "text/x.tlog.size")
-		w.WriteHeader(http.StatusConflict)
-		fmt.Fprintf(w, "%d\n", f.size)
-		return
-	}
-	switch {
-	case f.seen && old == cp.Size && cp.Hash != f.root:
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		return
-	case f.seen && old > 0 && old < cp.Size:
-		if err := sumdb.CheckTree(proof, int64(cp.Size), cp.Hash, int64(old), f.root); err != nil {
-			w.WriteHeader(http.StatusUnprocessableEntity)
-			return
-		}
-	case old == 0 && len(proof) > 0:
-		w.WriteHeader(http.StatusUnprocessableEntity)
-		return
-	}
-	signed, err := note.Sign(&note.Note{Text: string(tlog.FormatCheckpoint(cp.Origin, cp.Root))}, f.cs)
-	if err != nil {
-		f.t.Error(err)
-		w.WriteHeader(http.StatusInternalServerError)
-		return
-	}
-	f.size, f.root, f.seen = cp.Size, cp.Hash, true
-	w.Write(signed[bytes.LastIndex(signed, []byte("\n\n"))+2:])
-}
 
 // openSignedLog opens the boltlog at path, signing checkpoints for origin
 // with signer; the log is closed when the test ends.
@@ -133,17 +36,23 @@ func openSignedLog(t testing.TB, path, origin string, signer note.Signer, v note
 	return l
 }
 
+// newFake starts a fake witness of e's log named name, with a key derived
+// from name, cosigning at fixedTime.
+func newFake(t *testing.T, e *witnessEnv, name string) *witnesstest.Fake {
+	t.Helper()
+	f := witnesstest.NewFake(t, "witness.example/"+name, name, func() time.Time { return fixedTime })
+	f.AddLog(e.origin, e.logV)
+	return f
+}
+
 // fakeWitnesses starts one fake witness of e's log per name.
-func fakeWitnesses(t *testing.T, e *witnessEnv, names ...string) ([]tlog.Witness, []*fakeWitness) {
+func fakeWitnesses(t *testing.T, e *witnessEnv, names ...string) ([]tlog.Witness, []*witnesstest.Fake) {
 	t.Helper()
 	var ws []tlog.Witness
-	var fakes []*fakeWitness
+	var fakes []*witnesstest.Fake
 	for _, name := range names {
-		cos := testCosigner(t, "witness.example/"+name, name, fixedTime)
-		f := &fakeWitness{t: t, origin: e.origin, logV: e.logV, cs: cos}
-		srv := httptest.NewServer(f)
-		t.Cleanup(srv.Close)
-		ws = append(ws, mustWitness(t, name, cos, srv.URL+"/w"))
+		f := newFake(t, e, name)
+		ws = append(ws, f.Witness(t, name))
 		fakes = append(fakes, f)
 	}
 	return ws, fakes
@@ -151,7 +60,7 @@ func fakeWitnesses(t *testing.T, e *witnessEnv, names ...string) ([]tlog.Witness
 
 // fakeGroup returns a 2-of-3 witness group of e's log over fake witnesses
 // a, b and c.
-func fakeGroup(t *testing.T, e *witnessEnv) (*tlog.WitnessGroup, *tlog.Quorum, []*fakeWitness) {
+func fakeGroup(t *testing.T, e *witnessEnv) (*tlog.WitnessGroup, *tlog.Quorum, []*witnesstest.Fake) {
 	t.Helper()
 	ws, fakes := fakeWitnesses(t, e, "a", "b", "c")
 	q, err := tlog.NewQuorum(2, ws...)
@@ -169,7 +78,7 @@ type witnessEnv struct {
 	log     *boltlog.Log
 	logV    note.Verifier
 	origin  string
-	fake    *fakeWitness
+	fake    *witnesstest.Fake
 	witness tlog.Witness
 	client  *tlog.WitnessClient
 }
@@ -179,16 +88,15 @@ func newWitnessEnv(t *testing.T, name string) *witnessEnv {
 	origin := "kbs/witness-test"
 	signer, logV, _ := testLogKey(t, origin)
 	l := openSignedLog(t, filepath.Join(t.TempDir(), "log.db"), origin, signer, logV)
-	cos := testCosigner(t, "witness.example/"+name, name, fixedTime)
-	fake := &fakeWitness{t: t, origin: origin, logV: logV, cs: cos}
-	srv := httptest.NewServer(fake)
-	t.Cleanup(srv.Close)
-	w := mustWitness(t, name, cos, srv.URL+"/w")
-	c, err := tlog.NewWitnessClient(w, srv.Client(), 5*time.Second)
+	e := &witnessEnv{log: l, logV: logV, origin: origin}
+	e.fake = newFake(t, e, name)
+	e.witness = e.fake.Witness(t, name)
+	c, err := tlog.NewWitnessClient(e.witness, nil, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &witnessEnv{log: l, logV: logV, origin: origin, fake: fake, witness: w, client: c}
+	e.client = c
+	return e
 }
 
 func (e *witnessEnv) append(t *testing.T, n int) tlog.SignedCheckpoint {
@@ -228,8 +136,8 @@ func TestWitnessClientCosign(t *testing.T) {
 		}
 	}
 	// One request per checkpoint once the client knows the witness's size.
-	if e.fake.requests != 4 {
-		t.Errorf("witness saw %d requests for 4 checkpoints, want 4", e.fake.requests)
+	if e.fake.Requests() != 4 {
+		t.Errorf("witness saw %d requests for 4 checkpoints, want 4", e.fake.Requests())
 	}
 }
 
@@ -248,11 +156,11 @@ func TestWitnessClientConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	cp = e.append(t, 5)
-	before := e.fake.requests
+	before := e.fake.Requests()
 	if _, err := fresh.Cosign(ctx, cp, e.log.ConsistencyProof); err != nil {
 		t.Fatalf("Cosign after a restart = %v", err)
 	}
-	if got := e.fake.requests - before; got != 2 {
+	if got := e.fake.Requests() - before; got != 2 {
 		t.Errorf("Cosign after a restart took %d requests, want 2 (409, then success)", got)
 	}
 	// AddCheckpoint alone reports the conflict with the witness's size.
@@ -334,7 +242,7 @@ func TestWitnessClientHostile(t *testing.T) {
 		msg, _ := note.Sign(&note.Note{Text: text}, c)
 		return string(msg[bytes.LastIndex(msg, []byte("\n\n"))+2:])
 	}
-	good := lineBy(e.fake.cs, text)
+	good := lineBy(e.fake.Cosigner, text)
 	tests := []struct {
 		name   string
 		status int
@@ -360,19 +268,19 @@ func TestWitnessClientHostile(t *testing.T) {
 		{"oversized 200", 200, "", strings.Repeat(good, 1000), tlog.ErrWitnessProtocol, "larger than"},
 		{"other key only", 200, "", "— witness.example/b AAAAAAE=\n", tlog.ErrWitnessProtocol, "no cosignature by its key"},
 		{"same name other key", 200, "", lineBy(other, text), tlog.ErrWitnessProtocol, "no cosignature by its key"},
-		{"cosignature of another tree", 200, "", lineBy(e.fake.cs, strings.Replace(text, "\n2\n", "\n3\n", 1)), tlog.ErrWitnessProtocol, "does not verify"},
+		{"cosignature of another tree", 200, "", lineBy(e.fake.Cosigner, strings.Replace(text, "\n2\n", "\n3\n", 1)), tlog.ErrWitnessProtocol, "does not verify"},
 		{"zero timestamp", 200, "", lineBy(zero, text), tlog.ErrWitnessProtocol, "zero timestamp"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e.fake.fault = func(w http.ResponseWriter, _ []byte) bool {
+			e.fake.SetFault(func(w http.ResponseWriter, _ []byte) bool {
 				if tt.ctype != "" {
 					w.Header().Set("Content-Type", tt.ctype)
 				}
 				w.WriteHeader(tt.status)
 				io.WriteString(w, tt.body)
 				return true
-			}
+			})
 			sig, err := e.client.Cosign(t.Context(), cp, e.log.ConsistencyProof)
 			var we *tlog.WitnessError
 			if !errors.As(err, &we) || !errors.Is(err, tt.want) || we.Witness != "a" {
@@ -384,23 +292,23 @@ func TestWitnessClientHostile(t *testing.T) {
 		})
 	}
 	// An answer with the witness's line among unknown ones is fine.
-	e.fake.fault = func(w http.ResponseWriter, _ []byte) bool {
+	e.fake.SetFault(func(w http.ResponseWriter, _ []byte) bool {
 		io.WriteString(w, "— witness.example/b AAAAAAE=\n"+good)
 		return true
-	}
+	})
 	if _, err := e.client.Cosign(t.Context(), cp, e.log.ConsistencyProof); err != nil {
 		t.Errorf("Cosign(answer with an unknown line first) = %v", err)
 	}
 	// A witness that keeps answering 409 with sizes below ours is given up
 	// on after a bounded number of requests.
 	n := 0
-	e.fake.fault = func(w http.ResponseWriter, _ []byte) bool {
+	e.fake.SetFault(func(w http.ResponseWriter, _ []byte) bool {
 		n++
 		w.Header().Set("Content-Type", "text/x.tlog.size")
 		w.WriteHeader(409)
 		fmt.Fprintf(w, "%d\n", n%2)
 		return true
-	}
+	})
 	if _, err := e.client.Cosign(t.Context(), cp, e.log.ConsistencyProof); !errors.Is(err, tlog.ErrWitnessConflict) || n != 3 {
 		t.Errorf("Cosign(endless 409) = %v after %d requests, want ErrWitnessConflict after 3", err, n)
 	}
@@ -413,15 +321,13 @@ func TestWitnessClientTimeout(t *testing.T) {
 	cp := e.append(t, 1)
 	release := make(chan struct{})
 	defer close(release)
-	e.fake.fault = func(w http.ResponseWriter, _ []byte) bool {
-		e.fake.mu.Unlock()
-		defer e.fake.mu.Lock()
+	e.fake.SetFault(func(w http.ResponseWriter, _ []byte) bool {
 		select {
 		case <-release:
 		case <-time.After(10 * time.Second):
 		}
 		return true
-	}
+	})
 	c, _ := tlog.NewWitnessClient(e.witness, nil, 100*time.Millisecond)
 	_, err := c.Cosign(t.Context(), cp, e.log.ConsistencyProof)
 	if !errors.Is(err, tlog.ErrWitnessUnavailable) {
@@ -446,10 +352,10 @@ func TestWitnessClientRequest(t *testing.T) {
 	}
 	cp := e.append(t, 8)
 	var got []byte
-	e.fake.fault = func(w http.ResponseWriter, body []byte) bool {
+	e.fake.SetFault(func(w http.ResponseWriter, body []byte) bool {
 		got = body
 		return false
-	}
+	})
 	if _, err := e.client.Cosign(ctx, cp, e.log.ConsistencyProof); err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +385,7 @@ func TestWitnessGroup(t *testing.T) {
 	}
 
 	// c is down: 2 of 3 is still a quorum; the failure is reported.
-	fakes[2].fault = func(w http.ResponseWriter, _ []byte) bool { w.WriteHeader(503); return true }
+	fakes[2].SetFault(witnesstest.Down)
 	cp = base.append(t, 1)
 	res, err = g.Cosign(ctx, cp, base.log.ConsistencyProof)
 	if err != nil || len(res.Cosignatures) != 2 || !errors.Is(res.Failures["c"], tlog.ErrWitnessUnavailable) {
@@ -489,7 +395,7 @@ func TestWitnessGroup(t *testing.T) {
 		t.Errorf("an unreachable witness counted as evidence: %v", res.Behind(q))
 	}
 	// b down too: no quorum; the error names both and says why.
-	fakes[1].fault = fakes[2].fault
+	fakes[1].SetFault(witnesstest.Down)
 	cp = base.append(t, 1)
 	res, err = g.Cosign(ctx, cp, base.log.ConsistencyProof)
 	var qe *tlog.QuorumError
@@ -501,10 +407,9 @@ func TestWitnessGroup(t *testing.T) {
 	}
 
 	// A witness that saw more than the log shows: Behind reports it.
-	fakes[1].fault, fakes[2].fault = nil, nil
-	fakes[0].mu.Lock()
-	fakes[0].size += 100
-	fakes[0].mu.Unlock()
+	fakes[1].SetFault(nil)
+	fakes[2].SetFault(nil)
+	fakes[0].SetSize(base.origin, fakes[0].Size(base.origin)+100)
 	cp = base.append(t, 1)
 	res, err = g.Cosign(ctx, cp, base.log.ConsistencyProof)
 	if err != nil {

@@ -3,17 +3,17 @@ package tlog_test
 import (
 	"context"
 	"errors"
-	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kbs-dev/kbs/tlog"
+	"github.com/kbs-dev/kbs/tlog/witnesstest"
 )
 
 // threeWitnesses returns a 2-of-3 witnessing of e's log over fake witnesses.
-func threeWitnesses(t *testing.T, e *witnessEnv, onRound func(*tlog.CosignResult, error)) (*tlog.Witnessing, *tlog.Quorum, []*fakeWitness) {
+func threeWitnesses(t *testing.T, e *witnessEnv, onRound func(*tlog.CosignResult, error)) (*tlog.Witnessing, *tlog.Quorum, []*witnesstest.Fake) {
 	t.Helper()
 	g, q, fakes := fakeGroup(t, e)
 	w, err := tlog.NewWitnessing(tlog.WitnessingConfig{Group: g, Log: e.log, Refresh: time.Hour, Retry: 20 * time.Millisecond, OnRound: onRound})
@@ -21,11 +21,6 @@ func threeWitnesses(t *testing.T, e *witnessEnv, onRound func(*tlog.CosignResult
 		t.Fatal(err)
 	}
 	return w, q, fakes
-}
-
-func down(w http.ResponseWriter, _ []byte) bool {
-	w.WriteHeader(http.StatusServiceUnavailable)
-	return true
 }
 
 func TestWitnessingCheck(t *testing.T) {
@@ -44,7 +39,8 @@ func TestWitnessingCheck(t *testing.T) {
 		t.Errorf("the cosigned note does not verify: %v", err)
 	}
 	// Two witnesses down: not proven, not halted.
-	fakes[0].fault, fakes[1].fault = down, down
+	fakes[0].SetFault(witnesstest.Down)
+	fakes[1].SetFault(witnesstest.Down)
 	e.append(t, 1)
 	err := w.Check(ctx)
 	var qe *tlog.QuorumError
@@ -60,10 +56,9 @@ func TestWitnessingCheck(t *testing.T) {
 	}
 	// One witness has seen a larger tree: halted, even though the other
 	// two make a quorum.
-	fakes[0].fault, fakes[1].fault = nil, nil
-	fakes[1].mu.Lock()
-	fakes[1].size = 1000
-	fakes[1].mu.Unlock()
+	fakes[0].SetFault(nil)
+	fakes[1].SetFault(nil)
+	fakes[1].SetSize(e.origin, 1000)
 	err = w.Check(ctx)
 	var be *tlog.BehindError
 	if !errors.As(err, &be) || be.Size != 4 || len(be.Witnesses) != 1 || !errors.Is(be.Witnesses[0], tlog.ErrWitnessAhead) {
@@ -76,9 +71,7 @@ func TestWitnessingCheck(t *testing.T) {
 		t.Errorf("Halted = %v", h)
 	}
 	// Halted stays halted.
-	fakes[1].mu.Lock()
-	fakes[1].size = 4
-	fakes[1].mu.Unlock()
+	fakes[1].SetSize(e.origin, 4)
 	w.Check(ctx)
 	if w.Halted() == nil {
 		t.Error("the halt was lifted by a later round")
@@ -107,7 +100,8 @@ func TestWitnessingRun(t *testing.T) {
 		}
 	}
 	// A round without quorum is retried until the witnesses are back.
-	fakes[0].fault, fakes[1].fault = down, down
+	fakes[0].SetFault(witnesstest.Down)
+	fakes[1].SetFault(witnesstest.Down)
 	cp := e.append(t, 1)
 	w.Notify()
 	before := rounds.Load()
@@ -116,7 +110,8 @@ func TestWitnessingRun(t *testing.T) {
 			t.Fatalf("Run made %d rounds in 10s without a quorum, want retries", rounds.Load()-before)
 		}
 	}
-	fakes[0].fault, fakes[1].fault = nil, nil
+	fakes[0].SetFault(nil)
+	fakes[1].SetFault(nil)
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	if _, err := w.WaitCosigned(wctx, cp.Size); err != nil {
 		t.Fatalf("WaitCosigned after the witnesses came back = %v", err)

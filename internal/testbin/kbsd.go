@@ -61,7 +61,8 @@ func TryStartKbsd(t testing.TB, bin, data string, args ...string) (*Kbsd, error)
 
 // StartKbsdUntil is StartKbsd for a kbsd that serves without being
 // healthy (a broker that handed over, one that waits for its recovery
-// holders): it waits until kbsd's output holds line instead.
+// holders or for its witnesses): it waits until kbsd's output holds line
+// instead.
 func StartKbsdUntil(t testing.TB, bin, data, line string, args ...string) *Kbsd {
 	t.Helper()
 	k, err := startKbsd(t, bin, data, line, args...)
@@ -69,6 +70,28 @@ func StartKbsdUntil(t testing.TB, bin, data, line string, args ...string) *Kbsd 
 		t.Fatal(err)
 	}
 	return k
+}
+
+// WaitHealthy waits up to 60 s until kbsd answers /healthz with 200.
+func (k *Kbsd) WaitHealthy() {
+	k.t.Helper()
+	hc := k.HTTPClient()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := hc.Get("http://kbsd/healthz")
+		if err == nil {
+			body := make([]byte, 512)
+			n, _ := resp.Body.Read(body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			if time.Now().After(deadline) {
+				k.t.Fatalf("kbsd not healthy: %d %s\n%s", resp.StatusCode, body[:n], k.out)
+			}
+		} else if k.Exited() || time.Now().After(deadline) {
+			k.t.Fatalf("kbsd not healthy: %v\n%s", err, k.out)
+		}
+	}
 }
 
 // startKbsd starts kbsd and waits until it serves and is healthy, or,

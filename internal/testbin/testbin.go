@@ -60,6 +60,31 @@ func Build(out, pkg string) error {
 	return nil
 }
 
+// A Lazy is a binary built on first use, for the tests of a package that
+// need it only sometimes (kbsctl beside a TestMain that builds kbsd).
+type Lazy struct {
+	// Pkg is the Go package to build.
+	Pkg  string
+	once sync.Once
+	path string
+	err  error
+}
+
+// Path builds l.Pkg into dir the first time it is called (later calls
+// return the same binary, whatever their dir) and returns the binary's
+// path; a failed build fails t.
+func (l *Lazy) Path(t testing.TB, dir string) string {
+	t.Helper()
+	l.once.Do(func() {
+		l.path = filepath.Join(dir, filepath.Base(l.Pkg))
+		l.err = Build(l.path, l.Pkg)
+	})
+	if l.err != nil {
+		t.Fatal(l.err)
+	}
+	return l.path
+}
+
 // Command returns a command that cannot outlive the test t: it runs in its
 // own process group, the kernel sends it SIGKILL when the test process dies,
 // and when t ends (its Context is done) the whole group is killed. Run,

@@ -38,6 +38,7 @@
 //	POST   /v1/release                         ReleaseRequest -> Release
 //	GET    /v1/log/proof?index=&size=          -> InclusionProof
 //	GET    /v1/log/consistency?old=&new=       -> ConsistencyProof
+//	GET    /v1/witnesses                       -> WitnessesStatus
 //	GET    /log/checkpoint, /log/tile/...      C2SP tlog-tiles (not JSON)
 //	GET    /healthz, /metrics                  text
 //
@@ -56,6 +57,7 @@ const (
 	PathRelease         = "/v1/release"
 	PathLogProof        = "/v1/log/proof"
 	PathLogConsistency  = "/v1/log/consistency"
+	PathWitnesses       = "/v1/witnesses"
 	PathLogPrefix       = "/log/" // C2SP tlog-tiles: checkpoint, tile/...
 	PathHealth          = "/healthz"
 	PathMetrics         = "/metrics"

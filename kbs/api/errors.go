@@ -46,7 +46,17 @@ const (
 	CodeLogUnavailable   = "log_unavailable"    // 503: the log could not be written; nothing happened
 	CodeUnavailable      = "unavailable"        // 503: shutting down, or challenge table full
 	CodeRecovering       = "recovering"         // 503: the broker waits for its recovery holders' shares
-	CodeInternal         = "internal"           // 500: a bug; details are in the broker's log
+	// CodeWitnessesUnavailable: too few of the manifest's witnesses answer
+	// for the broker to show that its log is not behind what they cosigned
+	// (at start), or to cosign the checkpoint a receipt needs. Nothing was
+	// done, or the message says what was logged; retry later.
+	CodeWitnessesUnavailable = "witnesses_unavailable" // 503
+	// CodeBehindWitnesses: a witness cosigned a larger or another tree of
+	// the broker's log than the broker holds (a restored copy of its data
+	// directory, or a second broker with its key): it acts on nothing until
+	// an operator restarts it on the latest data directory.
+	CodeBehindWitnesses = "behind_witnesses" // 503
+	CodeInternal        = "internal"         // 500: a bug; details are in the broker's log
 )
 
 // StatusOf returns the HTTP status the broker uses for code.
@@ -70,7 +80,7 @@ func StatusOf(code string) int {
 		return http.StatusGone
 	case CodeRateLimited:
 		return http.StatusTooManyRequests
-	case CodeLogUnavailable, CodeUnavailable, CodeRecovering:
+	case CodeLogUnavailable, CodeUnavailable, CodeRecovering, CodeWitnessesUnavailable, CodeBehindWitnesses:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

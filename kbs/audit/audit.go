@@ -22,8 +22,11 @@
 // cross-checks the broker's manifest history, which carries the owner
 // signatures the log only names, with manifest.Chain (see
 // Replayer.CheckHistory), and, given the caller's own manifest, checks
-// that the log holds it. It stores the checkpoint only when nothing was
-// inconsistent.
+// that the log holds it. Finally the checkpoint must carry the cosignatures
+// of the witness quorum that the manifest active in its tree names (recent
+// ones when nothing was stored before: client.MaxCosignatureAge). It
+// stores the checkpoint only when nothing was inconsistent and the quorum
+// is there.
 //
 // # Memory and time
 //
@@ -62,6 +65,7 @@ import (
 
 	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
@@ -167,6 +171,10 @@ type Report struct {
 	Counts map[string]int `json:"counts"`
 	// Stored reports whether the checkpoint was stored (no anomalies).
 	Stored bool `json:"stored"`
+	// Witnesses says which witnesses cosigned the checkpoint, under the
+	// policy of the manifest active in its tree. Nil when the audit found
+	// anomalies (the policy is then not checked).
+	Witnesses *WitnessCheck `json:"witnesses,omitempty"`
 	// Filter is the filter of the listed events, if any.
 	Filter *Filter `json:"filter,omitempty"`
 	// Checkpoint is the verified checkpoint.
@@ -175,6 +183,25 @@ type Report struct {
 	maxFindings int
 	events      Events
 	keep        bool
+}
+
+// WitnessCheck is the witness quorum an audited checkpoint carried.
+type WitnessCheck struct {
+	// Policy is the active manifest's policy: "none" or "K of N".
+	Policy          string `json:"policy"`
+	ManifestVersion uint64 `json:"manifest_version"`
+	// Cosigned are the witnesses whose valid cosignature it carries, with
+	// each cosignature's time.
+	Cosigned []Cosignature `json:"cosigned"`
+	// FreshnessChecked: the cosignatures had to be recent (no checkpoint
+	// of this log was stored before).
+	FreshnessChecked bool `json:"freshness_checked"`
+}
+
+// Cosignature is one witness's cosignature of the audited checkpoint.
+type Cosignature struct {
+	Witness string    `json:"witness"`
+	Time    time.Time `json:"time"`
 }
 
 // OK reports whether the audit found no inconsistency.
@@ -368,11 +395,30 @@ func audit(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	r.Manifests = append([]Manifest{}, rp.Manifests()...)
 	r.Counts = rp.Counts()
-	if r.OK() {
-		if _, err := cfg.Log.Advance(ctx, raw, prover, tlog.AdvanceOptions{}); err != nil {
-			return nil, err
-		}
-		r.Stored = true
+	if !r.OK() {
+		return r, nil
 	}
+	// The log's own chain, verified above, says whose cosignatures its
+	// head needs.
+	am := rp.ActiveManifest()
+	if am == nil {
+		return nil, &client.VerifyError{Step: "witnesses", Err: errors.New("the log holds no manifest, so no witness policy")}
+	}
+	q, err := policy.Witnesses(am)
+	if err != nil {
+		return nil, &client.VerifyError{Step: "witnesses", Err: err}
+	}
+	cc, fresh, err := cfg.Client.CheckWitnessed(raw, cfg.Log, q)
+	if err != nil {
+		return nil, err
+	}
+	r.Witnesses = &WitnessCheck{Policy: am.Witnesses().String(), ManifestVersion: am.Version(), Cosigned: []Cosignature{}, FreshnessChecked: fresh}
+	for _, c := range cc.Cosignatures {
+		r.Witnesses.Cosigned = append(r.Witnesses.Cosigned, Cosignature{Witness: c.Witness, Time: c.Time.UTC()})
+	}
+	if _, err := cfg.Log.Advance(ctx, raw, prover, tlog.AdvanceOptions{}); err != nil {
+		return nil, err
+	}
+	r.Stored = true
 	return r, nil
 }

@@ -543,6 +543,8 @@ func (a *Replayer) manifestEntry(index uint64, en *tlog.Entry) {
 		}
 	} else if manifest.Follows(a.active, m) != nil {
 		a.anomaly(index, "manifest version %d (previous %s) does not follow version %d (%s)", m.Version(), m.Previous(), a.active.Version(), a.active.Hash())
+	} else if err := manifest.CheckWitnessesKept(a.active, m); err != nil {
+		a.anomaly(index, "%v", err)
 	}
 	fps := owners.OwnerFingerprints()
 	for _, s := range me.Signers {

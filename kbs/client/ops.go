@@ -25,14 +25,18 @@ type Receipt struct {
 	Entry *tlog.Entry
 	// Raw is the receipt text as received.
 	Raw []byte
+	// Cosigned is the receipt's checkpoint with the witness quorum's
+	// verified cosignatures.
+	Cosigned *tlog.CosignedCheckpoint
 }
 
 // VerifyReceipt checks a receipt of the broker's log: the checkpoint's
-// signature, the inclusion of the entry it carries, the entry's encoding,
-// and the consistency of its checkpoint with the stored one (fetching a
-// proof from the broker); a newer checkpoint is stored.
+// signature and the cosignatures of the verified manifest's witness
+// quorum, the inclusion of the entry it carries, the entry's encoding, and
+// the consistency of its checkpoint with the stored one (fetching a proof
+// from the broker); a newer checkpoint is stored.
 func (b *Broker) VerifyReceipt(ctx context.Context, receipt []byte) (*Receipt, error) {
-	r, err := VerifyReceiptOffline(receipt, b.log)
+	r, err := VerifyReceiptOffline(receipt, b.log, b.Quorum)
 	if err != nil {
 		return nil, err
 	}
@@ -42,11 +46,19 @@ func (b *Broker) VerifyReceipt(ctx context.Context, receipt []byte) (*Receipt, e
 	return r, nil
 }
 
-// VerifyReceiptOffline checks a receipt with the log's key alone: the
-// checkpoint's signature and origin, the inclusion proof of the entry the
-// receipt carries, and the entry's strict encoding. It does not check the
-// checkpoint against earlier ones.
-func VerifyReceiptOffline(receipt []byte, lv *tlog.Verifier) (*Receipt, error) {
+// VerifyReceiptOffline checks a receipt with the log's key and the
+// witnesses' keys alone: the checkpoint's signature and origin, the
+// cosignatures of the quorum q (policy.Witnesses of the manifest whose
+// witnesses the caller trusts; a quorum of no witnesses requires none),
+// the inclusion proof of the entry the receipt carries, and the entry's
+// strict encoding. It does not check the checkpoint against earlier ones,
+// nor the age of the cosignatures (a receipt is about the past). Too few
+// cosignatures are a *VerifyError (step "receipt witnesses") wrapping a
+// *tlog.QuorumError that names the missing witnesses.
+func VerifyReceiptOffline(receipt []byte, lv *tlog.Verifier, q *tlog.Quorum) (*Receipt, error) {
+	if q == nil {
+		return nil, errors.New("client: VerifyReceiptOffline needs the witness quorum (policy.Witnesses)")
+	}
 	vr, err := lv.VerifyReceipt(receipt)
 	if err != nil {
 		if r, perr := tlog.ParseReceipt(receipt); perr == nil {
@@ -56,11 +68,15 @@ func VerifyReceiptOffline(receipt []byte, lv *tlog.Verifier) (*Receipt, error) {
 		}
 		return nil, &VerifyError{Step: "receipt", Err: err}
 	}
+	cc, err := q.Verify(vr.Checkpoint.Note, lv.Origin(), lv.NoteVerifier())
+	if err != nil {
+		return nil, &VerifyError{Step: "receipt witnesses", Err: err}
+	}
 	e, err := tlog.DecodeEntry(vr.Entry)
 	if err != nil {
 		return nil, &VerifyError{Step: "receipt entry", Err: err}
 	}
-	return &Receipt{VerifiedReceipt: vr, Entry: e, Raw: receipt}, nil
+	return &Receipt{VerifiedReceipt: vr, Entry: e, Raw: receipt, Cosigned: cc}, nil
 }
 
 // sync checks that cp (a receipt's checkpoint) and the stored checkpoint
@@ -73,19 +89,43 @@ func (b *Broker) sync(ctx context.Context, cp tlog.SignedCheckpoint) error {
 }
 
 // SyncLog fetches the latest checkpoint of lv's log, verifies its
-// signature, and advances lv to it (tlog.Verifier.Advance) with
-// consistency proofs from the broker: the result holds the new checkpoint
-// and the one stored before. A rolled back or forked log is a
-// *tlog.ForkError.
-func (c *Client) SyncLog(ctx context.Context, lv *tlog.Verifier) (tlog.Advanced, error) {
+// signature and the cosignatures of the witness quorum q (recent ones when
+// lv has no stored checkpoint; see MaxCosignatureAge), and advances lv to
+// it (tlog.Verifier.Advance) with consistency proofs from the broker: the
+// result holds the new checkpoint and the one stored before. A rolled back
+// or forked log is a *tlog.ForkError; a checkpoint without the quorum a
+// *VerifyError (step "witnesses").
+func (c *Client) SyncLog(ctx context.Context, lv *tlog.Verifier, q *tlog.Quorum) (Synced, error) {
 	raw, err := c.Checkpoint(ctx)
 	if err != nil {
-		return tlog.Advanced{}, err
+		return Synced{}, err
 	}
 	if _, err := lv.VerifyCheckpoint(raw); err != nil {
-		return tlog.Advanced{}, &VerifyError{Step: "checkpoint", Err: err}
+		return Synced{}, &VerifyError{Step: "checkpoint", Err: err}
 	}
-	return lv.Advance(ctx, raw, c, tlog.AdvanceOptions{})
+	return c.AdvanceTo(ctx, lv, raw, q, tlog.AdvanceOptions{})
+}
+
+// AdvanceTo checks that raw, a checkpoint note of lv's log whose
+// signature was verified, carries the witness quorum q (CheckWitnessed),
+// then advances lv to it with consistency proofs from the broker
+// (tlog.Verifier.Advance with opts).
+func (c *Client) AdvanceTo(ctx context.Context, lv *tlog.Verifier, raw []byte, q *tlog.Quorum, opts tlog.AdvanceOptions) (Synced, error) {
+	cc, fresh, err := c.CheckWitnessed(raw, lv, q)
+	if err != nil {
+		return Synced{}, err
+	}
+	res, err := lv.Advance(ctx, raw, c, opts)
+	return Synced{Advanced: res, Cosigned: cc, FreshnessChecked: fresh}, err
+}
+
+// Synced is what SyncLog established: the advance, and the checkpoint
+// with its verified cosignatures; FreshnessChecked reports whether they
+// had to be recent (nothing stored before).
+type Synced struct {
+	tlog.Advanced
+	Cosigned         *tlog.CosignedCheckpoint
+	FreshnessChecked bool
 }
 
 // NextVersion returns the version the next upload of id must carry: one

@@ -30,14 +30,19 @@ func (s State) Checkpoints() tlog.CheckpointStore {
 // BrokerState is what a client remembers about a broker address after
 // verifying it.
 type BrokerState struct {
-	Addr            string    `json:"addr"`
-	Origin          string    `json:"origin"`
-	NoteKey         string    `json:"note_key"`
-	TLSSPKISHA256   string    `json:"tls_spki_sha256"`
-	HPKEPublicKey   []byte    `json:"hpke_public_key"`
-	ManifestVersion uint64    `json:"manifest_version"`
-	ManifestHash    string    `json:"manifest_hash"`
-	Verified        time.Time `json:"verified"`
+	Addr            string `json:"addr"`
+	Origin          string `json:"origin"`
+	NoteKey         string `json:"note_key"`
+	TLSSPKISHA256   string `json:"tls_spki_sha256"`
+	HPKEPublicKey   []byte `json:"hpke_public_key"`
+	ManifestVersion uint64 `json:"manifest_version"`
+	ManifestHash    string `json:"manifest_hash"`
+	// Manifest is the exact bytes of that version: its witness policy
+	// says which cosignatures receipts and checkpoints of this broker
+	// need (kbsctl receipt verify). Absent in states written before kbs
+	// had witnesses.
+	Manifest []byte    `json:"manifest,omitempty"`
+	Verified time.Time `json:"verified"`
 }
 
 func (s State) brokerFile(addr string) string {
@@ -65,7 +70,7 @@ func (s State) SaveBroker(b *Broker) error {
 	st := &BrokerState{
 		Addr: b.c.Addr(), Origin: b.Origin, NoteKey: b.NoteKey, TLSSPKISHA256: b.TLSSPKISHA256,
 		HPKEPublicKey: b.HPKEPublicKey, ManifestVersion: b.Manifest.Version(), ManifestHash: b.Manifest.Hash(),
-		Verified: b.c.cfg.Now().UTC(),
+		Manifest: b.Manifest.Bytes(), Verified: b.c.cfg.Now().UTC(),
 	}
 	raw, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -97,6 +98,15 @@ type Broker struct {
 	// oldest first, after the caller's own. Empty when the broker runs the
 	// caller's manifest.
 	Followed []LoggedVersion
+	// Quorum is the witness policy of Manifest, which every checkpoint
+	// this Broker relies on must carry (receipts included); Cosigned is
+	// Checkpoint with the quorum's verified cosignatures (none when the
+	// policy names no witnesses). FreshnessChecked reports whether the
+	// cosignatures had to be recent (nothing stored to prove consistency
+	// from: MaxCosignatureAge).
+	Quorum           *tlog.Quorum
+	Cosigned         *tlog.CosignedCheckpoint
+	FreshnessChecked bool
 	// Recovering is true when the broker waits for its recovery holders
 	// (its HPKE and TLS keys are then those of the recovery only, and it
 	// serves nothing but attestation, the manifest and the log);
@@ -276,6 +286,16 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 		return nil, &VerifyError{Step: "manifest inclusion", Err: fmt.Errorf("log entry %d: %w", att.Manifest.LogIndex, err)}
 	}
 
+	// 5b. The checkpoint carries the quorum of the manifest's witnesses:
+	// the log's head as independent witnesses saw it (fresh, when there is
+	// no stored checkpoint to prove consistency from).
+	if b.Quorum, err = policy.Witnesses(b.Manifest); err != nil {
+		return nil, &VerifyError{Step: "witnesses", Err: err}
+	}
+	if b.Cosigned, b.FreshnessChecked, err = c.CheckWitnessed([]byte(att.Checkpoint), lv, b.Quorum); err != nil {
+		return nil, err
+	}
+
 	// 6. The broker's evidence against the service reference values.
 	b.Service = b.Manifest.MatchService(claims)
 	if !b.Service.OK() {
@@ -304,6 +324,40 @@ func (c *Client) VerifyBroker(ctx context.Context, mine *manifest.Manifest, opts
 	}
 	b.Previous, b.CheckpointStored = res.Previous, res.Stored
 	return b, nil
+}
+
+// MaxCosignatureAge is how recent the quorum's cosignatures must be on a
+// checkpoint a client relies on without a stored checkpoint of the log to
+// prove consistency from (first use): an old checkpoint with old, valid
+// cosignatures is what a broker restored from an old copy could show. A
+// broker refreshes its cosignatures every minute.
+const MaxCosignatureAge = 10 * time.Minute
+
+// CheckWitnessed checks that msg, a checkpoint note of lv's log, carries
+// the cosignatures of q's quorum and, when lv has no stored checkpoint,
+// that enough of them are recent (MaxCosignatureAge, by the client's
+// clock); it reports whether freshness was required. A failure is a
+// *VerifyError (step "witnesses") wrapping a *tlog.QuorumError that names
+// the missing witnesses.
+func (c *Client) CheckWitnessed(msg []byte, lv *tlog.Verifier, q *tlog.Quorum) (*tlog.CosignedCheckpoint, bool, error) {
+	cc, err := q.Verify(msg, lv.Origin(), lv.NoteVerifier())
+	if err != nil {
+		return nil, false, &VerifyError{Step: "witnesses", Err: err}
+	}
+	if q.Threshold() == 0 {
+		return cc, false, nil
+	}
+	_, stored, err := lv.Latest()
+	if err != nil {
+		return nil, false, err
+	}
+	if stored {
+		return cc, false, nil
+	}
+	if err := q.CheckFresh(cc, c.cfg.Now(), MaxCosignatureAge); err != nil {
+		return nil, false, &VerifyError{Step: "witnesses", Err: fmt.Errorf("first checkpoint of this log, so its cosignatures must be recent: %w", err)}
+	}
+	return cc, true, nil
 }
 
 // latest returns the stored checkpoint of origin, if any.
@@ -352,7 +406,45 @@ func (c *Client) ManifestChain(ctx context.Context, cp tlog.SignedCheckpoint, an
 	if err != nil {
 		return nil, err
 	}
-	h := hist.Manifests
+	return c.manifestChain(ctx, cp, anchor, to, hist.Manifests)
+}
+
+// WitnessPolicyAt returns the manifest version active in the tree of the
+// verified checkpoint cp (the newest of the broker's history whose entry
+// cp contains), verified as ManifestChain verifies it from anchor (nil:
+// from version 1, when the log's key is what the caller trusts, as an
+// auditor's), with its witness policy as a quorum: the cosignatures a
+// checkpoint of that tree must carry.
+func (c *Client) WitnessPolicyAt(ctx context.Context, cp tlog.SignedCheckpoint, anchor *manifest.Manifest) (*tlog.Quorum, *manifest.Manifest, error) {
+	hist, err := c.ManifestHistory(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	var to uint64
+	for _, v := range hist.Manifests {
+		if v.LogIndex < cp.Size {
+			to = v.Version
+		}
+	}
+	if to == 0 {
+		return nil, nil, verr("manifest chain", "the checkpoint of size %d holds no manifest version of the broker's history", cp.Size)
+	}
+	if anchor != nil && anchor.Version() > to {
+		return nil, nil, verr("manifest chain", "your manifest is version %d, the checkpoint of size %d holds the log up to version %d", anchor.Version(), cp.Size, to)
+	}
+	chain, err := c.manifestChain(ctx, cp, anchor, to, hist.Manifests)
+	if err != nil {
+		return nil, nil, err
+	}
+	m := chain[len(chain)-1].Manifest
+	q, err := policy.Witnesses(m)
+	if err != nil {
+		return nil, nil, &VerifyError{Step: "witnesses", Err: err}
+	}
+	return q, m, nil
+}
+
+func (c *Client) manifestChain(ctx context.Context, cp tlog.SignedCheckpoint, anchor *manifest.Manifest, to uint64, h []api.Manifest) ([]LoggedVersion, error) {
 	if len(h) == 0 {
 		return nil, verr("manifest chain", "the broker has no manifest history")
 	}

@@ -53,6 +53,13 @@
 // It trusts the claims it is given to come from a Verifier (signatures and
 // REPORT_DATA checked there) and the manifest to be the verified, active
 // one.
+//
+// # Witnesses
+//
+// Witnesses (witnesses.go) turns the manifest's witness policy into the
+// tlog.Quorum that the broker submits its checkpoints to and that clients,
+// workers and auditors require on the checkpoints they rely on: one
+// conversion for every party.
 package policy
 
 import (

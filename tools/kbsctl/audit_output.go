@@ -49,6 +49,15 @@ type auditKeyEvent struct {
 // random token), for writeAuditJSON to replace with a spooled list.
 type placeholder string
 
+// auditWitnesses is the one-line form of an audit's witness check.
+func auditWitnesses(x *audit.WitnessCheck) string {
+	r := &witnessResult{Policy: x.Policy, ManifestVersion: x.ManifestVersion, FreshnessChecked: x.FreshnessChecked}
+	for _, c := range x.Cosigned {
+		r.Cosigned = append(r.Cosigned, cosignatureResult(c))
+	}
+	return r.String()
+}
+
 // entryTypes are the log's entry types, in the order the table counts them.
 var entryTypes = []string{tlog.TypeIdentity, tlog.TypeManifest, tlog.TypeKeyUpload, tlog.TypeKeyDelete, tlog.TypeRelease}
 

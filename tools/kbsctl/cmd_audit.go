@@ -209,6 +209,9 @@ func writeAuditTable(out io.Writer, r *audit.Report, sink *auditSink) error {
 	} else {
 		fmt.Fprintf(w, "no stored checkpoint for this log: trusted on first use\n")
 	}
+	if x := r.Witnesses; x != nil {
+		fmt.Fprintf(w, "witnesses: %s\n", auditWitnesses(x))
+	}
 	fmt.Fprintf(w, "\nMANIFEST HISTORY\n%-7s %-9s %-20s %-71s %s\n", "VERSION", "LOG INDEX", "TIME", "HASH", "SIGNERS")
 	for _, m := range r.Manifests {
 		sig := fmt.Sprintf("%d", len(m.Signers))

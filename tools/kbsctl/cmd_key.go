@@ -542,6 +542,7 @@ DIR/<id>.v<N>.key), and no receipt is ever overwritten.`, useVerify|useTimeout)
 	return e.out(out, func() {
 		fmt.Fprintf(e.stdout, "broker verified (manifest version %d, log size %d)\n", b.Manifest.Version(), b.Checkpoint.Size)
 		fmt.Fprintf(e.stdout, "released to worker class %s; release logged at index %d, receipt verified\n", rel.Class, rel.Receipt.Index)
+		fmt.Fprintf(e.stdout, "receipt witnesses: %s\n", newWitnessResult(b.Manifest, rel.Receipt.Cosigned, false))
 		for _, k := range out.Keys {
 			fmt.Fprintf(e.stdout, "  %s version %d -> %s (receipt %s)\n", k.ID, k.Version, k.KeyFile, k.Receipt)
 			if k.PreviousKeyFile != "" {

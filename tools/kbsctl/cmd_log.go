@@ -14,6 +14,7 @@ func cmdLog(ctx context.Context, e *env, args []string) error {
 	return subcommand(ctx, e, "log", args, map[string]func(context.Context, *env, []string) error{
 		"checkpoint": cmdLogCheckpoint,
 		"verify":     cmdLogVerify,
+		"witnesses":  cmdLogWitnesses,
 	})
 }
 
@@ -34,6 +35,9 @@ type checkpointResult struct {
 	Consistent bool `json:"consistent_with_stored"`
 	// Stored: the checkpoint is now the stored one ('log verify' only).
 	Stored bool `json:"stored"`
+	// Witnesses: the witness quorum the checkpoint carries, under the
+	// manifest active in its tree.
+	Witnesses *witnessResult `json:"witnesses"`
 }
 
 func newCheckpointResult(cp tlog.SignedCheckpoint) *checkpointResult {
@@ -50,12 +54,17 @@ func (e *env) noteKeyFrom(noteKey string) string {
 }
 
 func cmdLogCheckpoint(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("log checkpoint", "[--note-key KEY]",
+	fs := e.newFlags("log checkpoint", "[--note-key KEY] [--manifest FILE]",
 		`Fetches the log's latest checkpoint, verifies its signature with the log's
-key and its consistency with the checkpoint stored before (a consistency
-proof from the broker), says so, and prints the checkpoint. It stores
-nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBroker|useTimeout)
+key, the cosignatures of the witnesses that the manifest active in its tree
+requires (found through the signed, logged manifest chain from your manifest:
+--manifest, else the one 'kbsctl verify' remembered, else from version 1) and
+its consistency with the checkpoint stored before (a consistency proof from
+the broker), says so, and prints the checkpoint. It stores nothing (see
+'kbsctl log verify'). A rolled back or forked log, or a checkpoint without
+the witness quorum, exits 1.`, useBroker|useTimeout)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
+	mf := fs.String("manifest", "", "your manifest: the chain to the checkpoint's manifest starts from it (default: remembered by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -65,21 +74,19 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 	}
 	ctx, cancel := e.bound(ctx, defaultTimeout)
 	defer cancel()
+	anchor, err := e.manifestOrRemembered(*mf)
+	if err != nil {
+		return err
+	}
 	from := e.noteKeyFrom(*noteKey)
-	raw, err := c.Checkpoint(ctx)
+	synced, wr, err := e.syncWitnessed(ctx, c, lv, anchor, tlog.AdvanceOptions{DryRun: true})
 	if err != nil {
 		return err
 	}
-	if _, err := lv.VerifyCheckpoint(raw); err != nil {
-		return &client.VerifyError{Step: "checkpoint", Err: err}
-	}
-	res, err := lv.Advance(ctx, raw, c, tlog.AdvanceOptions{DryRun: true})
-	if err != nil {
-		return err
-	}
+	res := synced.Advanced
 	cp := res.Checkpoint
 	r := newCheckpointResult(cp)
-	r.NoteKeyFrom = from
+	r.NoteKeyFrom, r.Witnesses = from, wr
 	if res.Previous != nil {
 		s := res.Previous.Size
 		r.PreviousSize, r.Consistent = &s, true
@@ -87,6 +94,7 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 	return e.out(r, func() {
 		fmt.Fprintf(e.stdout, "checkpoint of log %s, size %d, root %s\n", cp.Origin, cp.Size, r.RootHash)
 		fmt.Fprintf(e.stdout, "  signature     verified with the log key %s\n", from)
+		fmt.Fprintf(e.stdout, "  witnesses     %s\n", wr)
 		switch {
 		case res.Previous != nil && res.Previous.Size == cp.Size:
 			fmt.Fprintf(e.stdout, "  consistency   the stored checkpoint has this size and root; nothing to store\n")
@@ -100,11 +108,15 @@ nothing (see 'kbsctl log verify'). A rolled back or forked log exits 1.`, useBro
 }
 
 func cmdLogVerify(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("log verify", "[--note-key KEY]",
-		`Fetches the log's latest checkpoint, verifies its signature and its
-consistency with the checkpoint stored before, and stores it. A rolled back
-or forked log fails with both checkpoints printed.`, useBroker|useTimeout)
+	fs := e.newFlags("log verify", "[--note-key KEY] [--manifest FILE]",
+		`Fetches the log's latest checkpoint, verifies its signature, the cosignatures
+of the witnesses the manifest active in its tree requires (as 'kbsctl log
+checkpoint' finds it) and its consistency with the checkpoint stored before,
+and stores it. A rolled back or forked log fails with both checkpoints
+printed; a checkpoint without the witness quorum fails naming the missing
+witnesses.`, useBroker|useTimeout)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
+	mf := fs.String("manifest", "", "your manifest: the chain to the checkpoint's manifest starts from it (default: remembered by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -114,13 +126,17 @@ or forked log fails with both checkpoints printed.`, useBroker|useTimeout)
 	}
 	ctx, cancel := e.bound(ctx, defaultTimeout)
 	defer cancel()
-	synced, err := c.SyncLog(ctx, lv)
+	anchor, err := e.manifestOrRemembered(*mf)
+	if err != nil {
+		return err
+	}
+	synced, wr, err := e.syncWitnessed(ctx, c, lv, anchor, tlog.AdvanceOptions{})
 	if err != nil {
 		return err
 	}
 	cp, prev := synced.Checkpoint, synced.Previous
 	r := newCheckpointResult(cp)
-	r.Stored, r.NoteKeyFrom = synced.Stored, e.noteKeyFrom(*noteKey)
+	r.Stored, r.NoteKeyFrom, r.Witnesses = synced.Stored, e.noteKeyFrom(*noteKey), wr
 	if prev != nil {
 		r.Consistent = true
 		s := prev.Size
@@ -135,6 +151,7 @@ or forked log fails with both checkpoints printed.`, useBroker|useTimeout)
 		default:
 			fmt.Fprintf(e.stdout, "log %s: size %d; first checkpoint for this log stored (trusted on first use)\n", cp.Origin, cp.Size)
 		}
+		fmt.Fprintf(e.stdout, "witnesses: %s\n", wr)
 	})
 }
 
@@ -144,6 +161,9 @@ type receiptResult struct {
 	Index          uint64      `json:"index"`
 	CheckpointSize uint64      `json:"checkpoint_size"`
 	Entry          *tlog.Entry `json:"entry"`
+	// Witnesses: the cosignatures the receipt's checkpoint carries, under
+	// the witness policy of the manifest given.
+	Witnesses *witnessResult `json:"witnesses"`
 }
 
 func cmdReceipt(ctx context.Context, e *env, args []string) error {
@@ -153,12 +173,20 @@ func cmdReceipt(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdReceiptVerify(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("receipt verify", "[--note-key KEY] FILE...",
+	fs := e.newFlags("receipt verify", "[--note-key KEY] [--manifest FILE] FILE...",
 		`Verifies receipts (C2SP tlog-proof) offline: each checkpoint's signature by the
-log key, and the inclusion of the entry each receipt carries. Prints the
-entries. With --json, a list with one result per file.`, useBroker)
+log key and the cosignatures of the witness quorum your manifest names
+(--manifest, else the one 'kbsctl verify' remembered for --addr), and the
+inclusion of the entry each receipt carries. Prints the entries. A receipt
+without the quorum fails naming the missing witnesses. With --json, a list
+with one result per file.`, useBroker)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify' for --addr)")
+	mf := fs.String("manifest", "", "the manifest whose witnesses must have cosigned (default: remembered by 'kbsctl verify' for --addr)")
 	if err := parse(fs, args, -2); err != nil {
+		return err
+	}
+	q, m, err := e.receiptQuorum(*mf)
+	if err != nil {
 		return err
 	}
 	key := *noteKey
@@ -186,11 +214,12 @@ entries. With --json, a list with one result per file.`, useBroker)
 		if err != nil {
 			return err
 		}
-		r, err := client.VerifyReceiptOffline(raw, lv)
+		r, err := client.VerifyReceiptOffline(raw, lv, q)
 		if err != nil {
 			return fmt.Errorf("%s: %w", f, err)
 		}
-		out = append(out, receiptResult{File: f, Origin: r.Checkpoint.Origin, Index: r.Index, CheckpointSize: r.Checkpoint.Size, Entry: r.Entry})
+		out = append(out, receiptResult{File: f, Origin: r.Checkpoint.Origin, Index: r.Index, CheckpointSize: r.Checkpoint.Size, Entry: r.Entry,
+			Witnesses: newWitnessResult(m, r.Cosigned, false)})
 	}
 	return e.out(out, func() {
 		for _, r := range out {
@@ -199,6 +228,7 @@ entries. With --json, a list with one result per file.`, useBroker)
 			}
 			fmt.Fprintf(e.stdout, "receipt verified: entry %d is in log %s at size %d\n", r.Index, r.Origin, r.CheckpointSize)
 			fmt.Fprintf(e.stdout, "  %s\n", describeEntry(r.Entry))
+			fmt.Fprintf(e.stdout, "  witnesses: %s\n", r.Witnesses)
 		}
 	})
 }

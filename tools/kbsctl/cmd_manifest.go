@@ -13,6 +13,7 @@ import (
 	"github.com/kbs-dev/kbs/kbs/attest"
 	"github.com/kbs-dev/kbs/kbs/attest/verify"
 	"github.com/kbs-dev/kbs/manifest"
+	"github.com/kbs-dev/kbs/tlog"
 )
 
 func cmdManifest(ctx context.Context, e *env, args []string) error {
@@ -88,6 +89,9 @@ type setResult struct {
 	// broker's active version when a later one superseded it.
 	AlreadyActive bool   `json:"already_active,omitempty"`
 	ActiveVersion uint64 `json:"active_version,omitempty"`
+	// Witnesses: the cosignatures of the checkpoint the inclusion was
+	// verified against (with Logged).
+	Witnesses *witnessResult `json:"witnesses,omitempty"`
 }
 
 func cmdManifestSet(ctx context.Context, e *env, args []string) error {
@@ -178,10 +182,11 @@ timeout) is success: nothing is sent or logged.`, useBroker)
 		if err != nil {
 			return err
 		}
-		synced, err := c.SyncLog(ctx, lv)
+		synced, wr, err := e.syncWitnessed(ctx, c, lv, next, tlog.AdvanceOptions{})
 		if err != nil {
 			return err
 		}
+		out.Witnesses = wr
 		r, err := c.ManifestReceipt(ctx, synced.Checkpoint, out.LogIndex, next)
 		if err != nil {
 			return err
@@ -208,6 +213,7 @@ timeout) is success: nothing is sent or logged.`, useBroker)
 		}
 		if out.Logged {
 			fmt.Fprintf(e.stdout, "logged at index %d: inclusion verified against a checkpoint consistent with the stored one; receipt in %s\n", out.LogIndex, out.Receipt)
+			fmt.Fprintf(e.stdout, "witnesses: %s\n", out.Witnesses)
 		} else {
 			fmt.Fprintf(e.stdout, "logged at index %d (not verified, no receipt: run 'kbsctl verify' once to learn the log key)\n", out.LogIndex)
 		}
@@ -316,6 +322,8 @@ type historyResult struct {
 		// with (absent: none stored, trusted on first use).
 		PreviousSize     *uint64 `json:"previous_size,omitempty"`
 		CheckpointStored bool    `json:"checkpoint_stored"`
+		// Witnesses: the cosignatures the checkpoint carries.
+		Witnesses *witnessResult `json:"witnesses"`
 	} `json:"log"`
 }
 
@@ -341,7 +349,7 @@ contain your version.`, useBroker)
 			return err
 		}
 	}
-	synced, err := c.SyncLog(ctx, lv)
+	synced, wr, err := e.syncWitnessed(ctx, c, lv, mine, tlog.AdvanceOptions{})
 	if err != nil {
 		return err
 	}
@@ -351,7 +359,7 @@ contain your version.`, useBroker)
 		return err
 	}
 	out := historyResult{ChainVerified: true, Chain: make([]historyItem, len(chain)), Active: uint64(len(chain))}
-	out.Log.Origin, out.Log.Size, out.Log.CheckpointStored = cp.Origin, cp.Size, synced.Stored
+	out.Log.Origin, out.Log.Size, out.Log.CheckpointStored, out.Log.Witnesses = cp.Origin, cp.Size, synced.Stored, wr
 	if synced.Previous != nil {
 		s := synced.Previous.Size
 		out.Log.PreviousSize = &s
@@ -391,6 +399,7 @@ contain your version.`, useBroker)
 			}
 		}
 		fmt.Fprintf(e.stdout, "chain verified: signatures, and inclusion in the log of size %d\n", cp.Size)
+		fmt.Fprintf(e.stdout, "witnesses: %s\n", wr)
 	})
 }
 

@@ -28,6 +28,9 @@ type verifyResult struct {
 	CheckpointStored bool              `json:"checkpoint_stored"`
 	Followed         []followedVersion `json:"followed,omitempty"`
 	Service          *manifest.Report  `json:"service"`
+	// Witnesses: the cosignatures of the manifest's witnesses that the
+	// checkpoint carries.
+	Witnesses *witnessResult `json:"witnesses"`
 }
 
 type followedVersion struct {
@@ -45,6 +48,7 @@ func newVerifyResult(addr string, b *client.Broker) *verifyResult {
 		ManifestVersion: b.Manifest.Version(), ManifestHash: b.Manifest.Hash(), ManifestLogIndex: b.ManifestLogIndex,
 		Origin: b.Origin, NoteKey: b.NoteKey, TLSSPKISHA256: b.TLSSPKISHA256,
 		LogSize: b.Checkpoint.Size, Service: b.Service, CheckpointStored: b.CheckpointStored,
+		Witnesses: newWitnessResult(b.Manifest, b.Cosigned, b.FreshnessChecked),
 	}
 	if b.Previous != nil {
 		s := b.Previous.Size
@@ -74,6 +78,7 @@ func (r *verifyResult) print(e *env) {
 	} else {
 		fmt.Fprintf(e.stdout, " (first checkpoint for this log: trusted on first use)\n")
 	}
+	fmt.Fprintf(e.stdout, "  witnesses     %s\n", r.Witnesses)
 	if r.TLSSPKISHA256 != "" {
 		fmt.Fprintf(e.stdout, "  tls key       sha256 %s (bound in the evidence)\n", r.TLSSPKISHA256)
 	}
@@ -99,7 +104,9 @@ func cmdVerify(ctx context.Context, e *env, args []string) error {
 checked against the service reference values of your manifest; the broker's
 active manifest identical to yours and included in the log; the checkpoint
 consistent with the one stored before. Stores the checkpoint only when all of
-this holds. With --follow, a later manifest is accepted through its signed,
+this holds. The checkpoint must carry the cosignatures of the witness quorum
+the manifest names (recent ones the first time this log is seen). With
+--follow, a later manifest is accepted through its signed,
 logged chain; the changes are shown and the file is updated (the old one is
 kept as FILE.v<N>). A broker presenting another log than the one verified at
 this address before fails unless --accept-new-log.`, useVerify|useTimeout)

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,24 +74,13 @@ func TestDocs(t *testing.T) {
 	}
 }
 
-var (
-	kbsctlOnce sync.Once
-	kbsctlPath string
-	kbsctlErr  error
-)
+var kbsctlLazy = testbin.Lazy{Pkg: "github.com/kbs-dev/kbs/tools/kbsctl"}
 
 // kbsctlBinary builds kbsctl once for the tests that run it as a process
 // (in the directory TestMain removes at the end).
 func kbsctlBinary(t testing.TB) string {
 	t.Helper()
-	kbsctlOnce.Do(func() {
-		kbsctlPath = filepath.Join(filepath.Dir(kbsdBin), "kbsctl")
-		kbsctlErr = testbin.Build(kbsctlPath, "github.com/kbs-dev/kbs/tools/kbsctl")
-	})
-	if kbsctlErr != nil {
-		t.Fatal(kbsctlErr)
-	}
-	return kbsctlPath
+	return kbsctlLazy.Path(t, filepath.Dir(kbsdBin))
 }
 
 // A docBlock is a fenced sh block or a setup comment of a document.
@@ -255,7 +243,7 @@ func brokerStart(l string) (args []string, data string, ok bool) {
 	w := words(l)
 	switch {
 	case len(w) == 2 && w[0] == "make" && w[1] == "run":
-		return []string{"--dev"}, "kbs-dev", true
+		return []string{"--dev", "--listen-tcp", "127.0.0.1:0"}, "kbs-dev", true // a free port, not 8443
 	case len(w) > 0 && (w[0] == "kbsd" || w[0] == "bin/kbsd") && contains1(w, "--dev"):
 	default:
 		return nil, "", false
@@ -533,6 +521,9 @@ func TestDocsConventions(t *testing.T) {
 	if args, data, ok := brokerStart("bin/kbsd --dev --data kbs-tdx --listen-tcp 127.0.0.1:8443 --tee tdx"); !ok || data != "kbs-tdx" ||
 		strings.Join(args, " ") != "--dev --tee tdx --listen-tcp 127.0.0.1:0" {
 		t.Errorf("brokerStart = %q, %q, %v", args, data, ok)
+	}
+	if args, data, ok := brokerStart("make run"); !ok || data != "kbs-dev" || strings.Join(args, " ") != "--dev --listen-tcp 127.0.0.1:0" {
+		t.Errorf("brokerStart(make run) = %q, %q, %v: want a free port, not make run's 8443", args, data, ok)
 	}
 	if _, _, ok := brokerStart("kbsd --data /var/lib/kbs --tee snp"); ok {
 		t.Error("a production kbsd counts as a dev broker start")

@@ -81,12 +81,13 @@ Recovery holder:
   manifest history [--manifest FILE]
   manifest check --manifest FILE --platform snp|tdx --evidence FILE [--class C] [--report-data HEX] [--offline] [--collateral DIR]
 Auditor:
-  log checkpoint                              fetch the latest checkpoint; check signature and consistency
-  log verify                                  check consistency with the stored checkpoint, store it
+  log checkpoint [--manifest FILE]            fetch the latest checkpoint; check signature, witnesses, consistency
+  log verify [--manifest FILE]                check witnesses and consistency with the stored checkpoint, store it
+  log witnesses                               the broker's account of its witnesses: who cosigned what, who fails
   audit [--manifest FILE] [--csv | --html FILE] [--key P] [--client N] [--class C] [--since T] [--until T] [--rules FILE]
                                               verify every entry; manifest history, releases, a report
   monitor [--rules FILE] [--webhook URL] [--once]  follow the log; alert on rules, forks, inconsistencies
-  receipt verify [--note-key KEY] FILE...     check receipts offline
+  receipt verify [--note-key KEY] [--manifest FILE] FILE...  check receipts and their witnesses offline
 
 Run 'kbsctl help <command>' (or 'kbsctl <command> -h') for the flags of a command.
 A development broker: 'kbsd --dev' prints the --addr and --sim-root to use.

@@ -201,6 +201,13 @@ func hint(g *globals, err error) string {
 		return "the command did not complete within its deadline (--timeout): the broker answered too slowly, or not at all"
 	case errors.Is(err, client.ErrRedirect), errors.Is(err, tlog.ErrRedirect):
 		return "kbs clients never follow redirects: point --addr at the broker itself (kbsd serves every path; a proxy in front of it must not redirect)"
+	case errors.As(err, new(*tlog.QuorumError)):
+		return "the checkpoint lacks cosignatures of the witnesses your manifest names: 'kbsctl log witnesses' shows which witnesses the broker reaches and why others fail. " +
+			"A broker that has just started, or whose witnesses are down, gets them once enough answer: retry. A broker restored from an old copy of its data never gets them"
+	case isAPICode(err, api.CodeWitnessesUnavailable):
+		return "'kbsctl log witnesses' shows which witnesses fail and why; the broker retries by itself, so retry later"
+	case isAPICode(err, api.CodeBehindWitnesses):
+		return "the broker's witnesses cosigned more of its log than it holds (a restored copy of its data directory, or a second broker with its key): its operator must restart it on its latest data directory (docs/operating.md)"
 	case errors.As(err, &nb):
 		return "check --addr: kbsd answers every request, even for unknown paths, with a JSON error; its TCP listener is https://HOST:PORT and its socket DATA/kbs.sock (kbsd logs both at start)"
 	case !errors.As(err, &te):
@@ -258,6 +265,12 @@ func manifestHint(mm *client.ManifestMismatchError) string {
 	}
 }
 
+// isAPICode reports whether err is a broker error with code.
+func isAPICode(err error, code string) bool {
+	var ae *api.Error
+	return errors.As(err, &ae) && ae.Code == code
+}
+
 // exitCode maps an error to 1 (verification or policy failure) or 2.
 func exitCode(err error) int {
 	var ee *exitError
@@ -275,7 +288,7 @@ func exitCode(err error) int {
 	case errors.As(err, &ae):
 		switch ae.Code {
 		case api.CodeUnauthorized, api.CodeNonceInvalid, api.CodeEvidenceRejected, api.CodePolicyDenied,
-			api.CodeForbidden, api.CodeConflict:
+			api.CodeForbidden, api.CodeConflict, api.CodeBehindWitnesses:
 			return 1
 		}
 	}
@@ -309,6 +322,8 @@ func errorCode(err error, exit int) string {
 		return "pin_mismatch"
 	case errors.As(err, &mm):
 		return "manifest_mismatch"
+	case errors.As(err, new(*tlog.QuorumError)):
+		return "witnesses_missing"
 	case errors.As(err, &ae):
 		return ae.Code
 	case errors.As(err, &nb):

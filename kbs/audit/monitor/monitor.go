@@ -67,6 +67,7 @@ import (
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/audit"
 	"github.com/kbs-dev/kbs/kbs/client"
+	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
@@ -426,17 +427,10 @@ func (m *Monitor) witnesses(raw []byte) witnessView {
 		return witnessView{}
 	}
 	w := witnessView{policy: p.String(), threshold: p.Threshold}
-	var ws []tlog.Witness
 	for _, x := range p.List {
 		w.names = append(w.names, x.Name)
-		tw, err := tlog.NewWitness(x.Name, x.Key, "")
-		if err != nil {
-			w.err = err.Error()
-			return w
-		}
-		ws = append(ws, tw)
 	}
-	q, err := tlog.NewQuorum(p.Threshold, ws...)
+	q, err := policy.Witnesses(am)
 	if err != nil {
 		w.err = err.Error()
 		return w
