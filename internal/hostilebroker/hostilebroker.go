@@ -33,6 +33,7 @@ import (
 	sumdb "golang.org/x/mod/sumdb/tlog"
 
 	"github.com/kbs-dev/kbs/kbs/api"
+	"github.com/kbs-dev/kbs/manifest"
 	"github.com/kbs-dev/kbs/tlog"
 )
 
@@ -53,8 +54,9 @@ type Log struct {
 	// Entry returns entry i.
 	Entry func(i uint64) []byte
 
-	signer note.Signer
-	hashes []sumdb.Hash // stored hashes, sumdb's layout
+	signer   note.Signer
+	hashes   []sumdb.Hash // stored hashes, sumdb's layout
+	manifest []byte       // version 1 at entry 0 (NewManifestLog), or nil
 }
 
 // NewLog builds the tree of size entries made by entry, signed by a key
@@ -168,10 +170,58 @@ func (l *Log) Handler(checkpoint []byte) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ans)
 	})
+	mux.HandleFunc("GET "+api.PathLogProof, func(w http.ResponseWriter, r *http.Request) {
+		idx, _ := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+		size, _ := strconv.ParseUint(r.URL.Query().Get("size"), 10, 64)
+		if idx >= size || size > l.Size {
+			writeJSON(w, http.StatusBadRequest, api.ErrorBody{Error: &api.Error{Code: api.CodeBadRequest, Message: "bad index or size"}})
+			return
+		}
+		p, err := sumdb.ProveRecord(int64(size), int64(idx), sumdb.HashReaderFunc(l.readHashes))
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, api.ErrorBody{Error: &api.Error{Code: api.CodeInternal, Message: err.Error()}})
+			return
+		}
+		ans := api.InclusionProof{Index: idx, TreeSize: size, Proof: [][]byte{}}
+		for _, h := range p {
+			ans.Proof = append(ans.Proof, h[:])
+		}
+		writeJSON(w, http.StatusOK, ans)
+	})
 	mux.HandleFunc("GET "+api.PathManifestHistory, func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, api.ManifestHistory{Manifests: []api.Manifest{}})
+		h := api.ManifestHistory{Manifests: []api.Manifest{}}
+		if l.manifest != nil {
+			h.Manifests = append(h.Manifests, api.Manifest{Version: 1, Hash: manifest.HashOf(l.manifest), Body: l.manifest, Signatures: []string{}, LogIndex: 0})
+		}
+		writeJSON(w, http.StatusOK, h)
 	})
 	return mux
+}
+
+// NewManifestLog is NewLog with entry 0 the manifest entry of version 1
+// body (unsigned: trusted as a version 1 is), which the log's Handler
+// lists as its manifest history: clients that find the witness policy in
+// the log (log verify, log checkpoint) get past it to what the test
+// serves.
+func NewManifestLog(tb testing.TB, size uint64, seed byte, body []byte, entry func(i uint64) []byte) *Log {
+	tb.Helper()
+	m, err := manifest.Parse(body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	first, err := tlog.EncodeEntry(&tlog.Entry{Type: tlog.TypeManifest, Time: time.Unix(1.7e9, 0).UTC(),
+		Manifest: &tlog.ManifestEntry{Version: 1, Hash: m.Hash(), Body: body}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	l := NewLog(tb, size, seed, func(i uint64) []byte {
+		if i == 0 {
+			return first
+		}
+		return entry(i)
+	})
+	l.manifest = body
+	return l
 }
 
 // tile returns a hash tile or entry bundle of the tree; beyond Size,

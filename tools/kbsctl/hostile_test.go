@@ -218,7 +218,13 @@ func TestLongLogAudit(t *testing.T) {
 
 // TestHostileLogVerify: 'kbsctl log verify' against a broker that lies.
 func TestHostileLogVerify(t *testing.T) {
-	l := hostilebroker.NewLog(t, 2000, 4, hostilebroker.Malformed(30))
+	// Version 1 of a manifest at entry 0: log verify finds the witness
+	// policy (none) in the log before it checks the rest.
+	body, err := os.ReadFile(filepath.Join("..", "..", "testdata", "manifest", "valid", "snp.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := hostilebroker.NewManifestLog(t, 2000, 4, body, hostilebroker.Malformed(30))
 	verify := func(s *hostilebroker.Server, state string, extra ...string) []string {
 		return append([]string{"--addr", s.Addr, "--state", state, "log", "verify", "--note-key", l.NoteKey}, extra...)
 	}
