@@ -4,7 +4,7 @@ FUZZTIME  ?= 10s
 BENCHTIME ?= 1x
 GOFILES    = $(shell find . -name '*.go' -not -path './bin/*' -not -path './.git/*')
 
-.PHONY: all build test test-future lint fuzz bench bench-release bench-keys bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness demo-witness test-report report-demo test-openai bench-inference
+.PHONY: all build test test-future lint fuzz bench bench-release bench-keys bench-start run clean demo crash-kbsd test-trillian bench-logs demo-trillian bench-tlog crash-tlog witness test-witness bench-witness demo-witness test-report report-demo test-openai bench-inference bench-hostile
 
 all: build
 
@@ -117,6 +117,13 @@ bench-keys:
 	KBS_BENCH_KEYS=$${KBS_BENCH_KEYS:-1k,10k,100k} KBS_BENCH_VERSIONS=$${KBS_BENCH_VERSIONS:-1,100,10k} \
 	  $(GO) test -run '^$$' -bench 'BenchmarkKeyStore' -benchtime 50x -timeout 90m ./kbs
 	$(GO) test -run '^$$' -bench 'BenchmarkUpload$$' -benchtime 1x -count 3 ./kbs
+
+# A legitimate worker's kbsctl key get against a real kbsd (RLIMIT_NOFILE
+# 256), quiet and during floods of attestations, challenges, manifest PUTs
+# and idle connections from one client (BENCHMARKS.md; about a minute).
+# TestFloods, in make test, checks the same floods with two key gets each.
+bench-hostile:
+	$(GO) test -run '^$$' -bench 'BenchmarkFlood' -benchtime 20x -timeout 10m ./tools/kbsctl
 
 # Broker start-up (BENCHMARKS.md): New on logs of 1k and 2^20 entries, with
 # the state index current, 4096 entries behind (a crash), and rebuilt from the

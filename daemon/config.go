@@ -73,11 +73,26 @@ type Config struct {
 	// served (docs/operating.md). Offline, TDX evidence verifies only with
 	// it (or with collateral an earlier online run cached). Optional.
 	Collateral string
-	// NonceTTL, MaxChallenges and AttestationRate tune the challenge table
-	// and the rate limit of attestation and challenge requests.
-	NonceTTL        time.Duration
-	MaxChallenges   int
+	// NonceTTL and MaxChallenges tune the challenge table.
+	NonceTTL      time.Duration
+	MaxChallenges int
+	// AttestationRate, ChallengeRate and ManifestRate are the admission
+	// budgets (requests per second, bursts twice that) of GET
+	// /v1/attestation, POST /v1/release/challenge and PUT /v1/manifest,
+	// for all clients together; PeerShare is the part of each one client
+	// (a process on the unix socket, a TCP source address) may use.
 	AttestationRate float64
+	ChallengeRate   float64
+	ManifestRate    float64
+	PeerShare       float64
+	// MaxTCPConns and MaxUnixConns bound the open connections of each
+	// listener, MaxConnsPerPeer those of one client on either; 0 derives
+	// them from RLIMIT_NOFILE (connLimits). IdleTimeout closes keep-alive
+	// connections idle that long.
+	MaxTCPConns     int
+	MaxUnixConns    int
+	MaxConnsPerPeer int
+	IdleTimeout     time.Duration
 	// HandoverFrom is the address of a running broker (unix://PATH or
 	// https://HOST:PORT) whose master key, log and database this kbsd takes
 	// over (docs/operating.md, "Upgrade by handover"). Data must not hold a
@@ -146,7 +161,14 @@ func parseFlags(fs *flag.FlagSet, args []string) (*Config, error) {
 	fs.StringVar(&c.Collateral, "collateral", "", "collateral bundle: directory of Intel PCS responses (TDX TCB info, QE identity, CRLs) used offline")
 	fs.DurationVar(&c.NonceTTL, "challenge-ttl", 60*time.Second, "lifetime of a release challenge nonce")
 	fs.IntVar(&c.MaxChallenges, "max-challenges", 100000, "most pending release challenges")
-	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation and challenge requests per second (burst twice that)")
+	fs.Float64Var(&c.AttestationRate, "attestation-rate", 50, "attestation requests per second, all clients together (burst twice that)")
+	fs.Float64Var(&c.ChallengeRate, "challenge-rate", 50, "release challenge requests per second, all clients together (burst twice that)")
+	fs.Float64Var(&c.ManifestRate, "manifest-rate", 5, "manifest update requests per second, all clients together (burst twice that)")
+	fs.IntVar(&c.MaxTCPConns, "max-tcp-conns", 0, "most open TCP connections (0: half of what RLIMIT_NOFILE leaves, at most 4096)")
+	fs.IntVar(&c.MaxUnixConns, "max-unix-conns", 0, "most open unix socket connections (0: a quarter of what RLIMIT_NOFILE leaves, at most 1024)")
+	fs.IntVar(&c.MaxConnsPerPeer, "max-conns-per-peer", 0, "most open connections of one client (0: a quarter of its listener's, at most 128)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 30*time.Second, "close keep-alive connections idle this long")
+	fs.Float64Var(&c.PeerShare, "peer-share", 0.25, "share of each request budget one client (unix socket process, TCP address) may use, 0 to 1")
 	fs.StringVar(&c.HandoverFrom, "handover-from", "", "take over from the running broker at ADDR (unix://PATH or https://HOST:PORT): its master key, log and database; needs --manifest and an empty --data")
 	fs.StringVar(&c.SimDir, "sim-dir", "", "with --dev: the simulated TEE's directory (default DATA/sim)")
 	fs.StringVar(&c.SimMeasurement, "sim-measurement", "", "with --dev: the simulated launch measurement (SNP MEASUREMENT or TDX MRTD, 96 hex digits)")
@@ -315,8 +337,14 @@ func (c *Config) check() error {
 	if c.ListenUnix == "none" && c.ListenTCP == "none" {
 		return errors.New("nothing to listen on: both --listen-unix and --listen-tcp are \"none\"")
 	}
-	if c.NonceTTL <= 0 || c.MaxChallenges <= 0 || c.AttestationRate <= 0 {
-		return errors.New("--challenge-ttl, --max-challenges and --attestation-rate must be positive")
+	if c.NonceTTL <= 0 || c.MaxChallenges <= 0 || c.AttestationRate <= 0 || c.ChallengeRate <= 0 || c.ManifestRate <= 0 {
+		return errors.New("--challenge-ttl, --max-challenges, --attestation-rate, --challenge-rate and --manifest-rate must be positive")
+	}
+	if c.MaxTCPConns < 0 || c.MaxUnixConns < 0 || c.MaxConnsPerPeer < 0 || c.IdleTimeout <= 0 {
+		return errors.New("--max-tcp-conns, --max-unix-conns and --max-conns-per-peer must not be negative, --idle-timeout must be positive")
+	}
+	if c.PeerShare <= 0 || c.PeerShare > 1 {
+		return fmt.Errorf("--peer-share %v: want more than 0 and at most 1", c.PeerShare)
 	}
 	if c.WitnessTimeout <= 0 || c.WitnessWait <= 0 || c.WitnessRefresh <= 0 || c.WitnessRetry <= 0 {
 		return errors.New("--witness-timeout, --witness-wait, --witness-refresh and --witness-retry must be positive")

@@ -33,6 +33,10 @@ type frontend struct {
 	servers []*http.Server
 	addrs   []string
 	errc    chan error
+	// tcpLimits and unixLimits bound the listeners' connections
+	// (kbs.LimitListener); limited are the listeners so bounded, by name.
+	tcpLimits, unixLimits kbs.ConnLimits
+	limited               map[string]*kbs.LimitedListener
 }
 
 func newFrontend(c *Config, logger hclog.Logger) *frontend {
@@ -50,26 +54,32 @@ func (f *frontend) started() bool { return f.servers != nil }
 // handler and certificate.
 func (f *frontend) start(unixLn, tcpLn net.Listener) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*f.handler.Load()).ServeHTTP(w, r) })
-	newServer := func() *http.Server {
+	// newServer serves ln with its connections bounded by lim.
+	f.limited = map[string]*kbs.LimitedListener{}
+	newServer := func(ln net.Listener, lim kbs.ConnLimits) (*http.Server, net.Listener) {
+		lln := kbs.LimitListener(ln, lim)
+		f.limited[ln.Addr().Network()] = lln
 		return &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: readHeaderTimeout,
 			ReadTimeout:       readTimeout,
 			WriteTimeout:      writeTimeout,
-			IdleTimeout:       idleTimeout,
+			IdleTimeout:       f.c.IdleTimeout,
 			MaxHeaderBytes:    maxHeaderBytes,
+			ConnContext:       kbs.ConnContext,
+			ConnState:         lln.ConnState,
 			ErrorLog:          f.logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-		}
+		}, lln
 	}
 	f.servers = []*http.Server{}
-	if ln := unixLn; ln != nil {
-		srv := newServer()
+	if unixLn != nil {
+		srv, ln := newServer(unixLn, f.unixLimits)
 		f.servers = append(f.servers, srv)
 		go func() { f.errc <- srv.Serve(ln) }()
 		f.addrs = append(f.addrs, "unix://"+f.c.ListenUnix)
 	}
-	if ln := tcpLn; ln != nil {
-		srv := newServer()
+	if tcpLn != nil {
+		srv, ln := newServer(tcpLn, f.tcpLimits)
 		srv.TLSConfig = &tls.Config{
 			MinVersion:     tls.VersionTLS13,
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return f.cert.Load(), nil },

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -29,9 +30,57 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 30 * time.Second
 	writeTimeout      = 30 * time.Second
-	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 16 << 10
 )
+
+// File descriptors: what RLIMIT_NOFILE allows is shared out ahead of time.
+// reservedFiles are kept for kbsd's own files (database, log, cache,
+// vendor fetches, the Trillian connection); of the rest, the TCP listener
+// gets at most half and the unix socket a quarter, so that a flood of TCP
+// connections leaves local workers and kbsd's files their share.
+const (
+	reservedFiles      = 64
+	defaultMaxTCP      = 4096
+	defaultMaxUnix     = 1024
+	defaultMaxPerPeer  = 128
+	minUsableFileLimit = reservedFiles + 16
+)
+
+// connLimits returns the limits of the TCP and unix listeners: c's, or
+// derived from the file limit nofile.
+func connLimits(c *Config, nofile uint64) (tcp, unix kbs.ConnLimits, err error) {
+	if nofile < minUsableFileLimit {
+		return tcp, unix, fmt.Errorf("the open file limit (RLIMIT_NOFILE, ulimit -n) is %d: kbsd needs at least %d", nofile, minUsableFileLimit)
+	}
+	avail := int(min(nofile-reservedFiles, 1<<20))
+	tcp.Max, unix.Max = c.MaxTCPConns, c.MaxUnixConns
+	if tcp.Max == 0 {
+		tcp.Max = min(defaultMaxTCP, avail/2)
+	}
+	if unix.Max == 0 {
+		unix.Max = min(defaultMaxUnix, avail/4)
+	}
+	if tcp.Max+unix.Max > avail {
+		return tcp, unix, fmt.Errorf("--max-tcp-conns %d and --max-unix-conns %d together exceed the %d file descriptors RLIMIT_NOFILE (%d) leaves kbsd beyond its own %d", tcp.Max, unix.Max, avail, nofile, reservedFiles)
+	}
+	for _, l := range []*kbs.ConnLimits{&tcp, &unix} {
+		l.PerPeer = c.MaxConnsPerPeer
+		if l.PerPeer == 0 {
+			l.PerPeer = max(1, min(defaultMaxPerPeer, l.Max/4))
+		}
+	}
+	return tcp, unix, nil
+}
+
+// fileLimit returns the soft RLIMIT_NOFILE (Go's runtime raised it to the
+// hard limit at start-up).
+func fileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("couldn't read RLIMIT_NOFILE: %w", err)
+	}
+	return rl.Cur, nil
+}
 
 func newLogger(c *Config) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
@@ -53,6 +102,14 @@ func serve(ctx context.Context, c *Config) error {
 	logger := newLogger(c)
 	if c.ListenUnix == "" {
 		c.ListenUnix = filepath.Join(c.Data, "kbs.sock")
+	}
+	nofile, err := fileLimit()
+	if err != nil {
+		return err
+	}
+	tcpLimits, unixLimits, err := connLimits(c, nofile)
+	if err != nil {
+		return err
 	}
 	unixLn, tcpLn, err := bindListeners(c)
 	if err != nil {
@@ -135,6 +192,9 @@ func serve(ctx context.Context, c *Config) error {
 		}
 	}()
 	fe := newFrontend(c, logger)
+	fe.tcpLimits, fe.unixLimits = tcpLimits, unixLimits
+	logger.Debug("connection limits", "open_files", nofile, "tcp", tcpLimits.Max, "unix", unixLimits.Max,
+		"tcp_per_peer", tcpLimits.PerPeer, "unix_per_peer", unixLimits.PerPeer)
 	defer func() {
 		if fe.started() {
 			sctx, cancel := context.WithTimeout(context.Background(), c.ShutdownTimeout)
@@ -222,7 +282,12 @@ func serve(ctx context.Context, c *Config) error {
 		NonceTTL:          c.NonceTTL,
 		MaxNonces:         c.MaxChallenges,
 		AttestationRate:   c.AttestationRate,
-		AttestationBurst:  int(2 * c.AttestationRate),
+		AttestationBurst:  burst(c.AttestationRate),
+		ChallengeRate:     c.ChallengeRate,
+		ChallengeBurst:    burst(c.ChallengeRate),
+		ManifestRate:      c.ManifestRate,
+		ManifestBurst:     burst(c.ManifestRate),
+		PeerShare:         c.PeerShare,
 		Witnesses:         witnessOptions(c),
 	})
 	if errors.Is(err, kbs.ErrInitialSignatures) {
@@ -250,6 +315,9 @@ func serve(ctx context.Context, c *Config) error {
 	fe.set(broker.Handler(), &id.TLS)
 	if !fe.started() {
 		fe.start(unixLn, tcpLn)
+	}
+	for name, l := range fe.limited {
+		broker.ReportListener(name, l)
 	}
 	addrs := fe.addrs
 	hash, version := broker.ActiveManifest()
@@ -354,6 +422,10 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	return ln, nil
 }
+
+// burst is the bucket size of a budget of rate requests per second: twice
+// the rate, at least 1.
+func burst(rate float64) int { return max(1, int(2*rate)) }
 
 // readManifest reads the manifest and its signature files (default
 // FILE.sig when it exists).

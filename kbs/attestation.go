@@ -24,9 +24,6 @@ func (b *Broker) Attestation(ctx context.Context, nonce []byte, since uint64) (*
 	if len(nonce) != api.NonceSize {
 		return nil, api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(nonce), api.NonceSize)
 	}
-	if !b.limit.allow() {
-		return nil, api.Errorf(api.CodeRateLimited, "too many attestation requests; retry shortly")
-	}
 	cp, err := b.wit.served(ctx)
 	if err != nil {
 		return nil, logUnavailable(err)

@@ -115,7 +115,7 @@ type keysEnv struct {
 
 func newKeysEnv(b *testing.B) *keysEnv {
 	e := &keysEnv{env: newEnv(b)}
-	e.b.limit = newRateLimiter(1e9, 1<<30, time.Now)
+	e.b.budgets = unlimited()
 	e.w = e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)
 	return e
 }
@@ -278,7 +278,7 @@ func bulkKeys(b testing.TB, e *env, ids []string) {
 // and the share of it the crypto takes.
 func BenchmarkUpload(b *testing.B) {
 	e := newEnv(b)
-	e.b.limit = newRateLimiter(1e9, 1<<30, time.Now)
+	e.b.budgets = unlimited()
 	tcp := &transport{URL: e.srv.URL}
 	n := 0
 	for _, conc := range []int{1, 8, 64} {

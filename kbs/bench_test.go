@@ -133,7 +133,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 func newBenchEnvOf(b *testing.B, env *env) *benchEnv {
 	e := &benchEnv{env: env}
 	e.b.nonces = newNonceTable(1<<20, time.Hour, time.Now)
-	e.b.limit = newRateLimiter(1e9, 1<<30, time.Now) // the benchmark measures releases, not the limiter
+	e.b.budgets = unlimited() // the benchmark measures releases, not the budgets
 	e.material = bytes.Repeat([]byte{7}, 32)
 	e.mustOK2(e.upload("demo/bench", 1, e.material))
 	e.w = e.newWorker(attest.SNP, sim.Options{}, api.KEMX25519)

@@ -125,11 +125,24 @@ type Config struct {
 	// MaxNonces bounds the number of pending challenges. Optional; default
 	// 100000 (about 10 MB).
 	MaxNonces int
-	// AttestationRate and AttestationBurst limit GET /v1/attestation and
-	// POST /v1/release/challenge (requests per second, and the bucket
-	// size). Optional; defaults 50 and 100.
+	// AttestationRate and AttestationBurst limit GET /v1/attestation
+	// (requests per second, and the bucket size) for the whole broker.
+	// Optional; defaults 50 and 100.
 	AttestationRate  float64
 	AttestationBurst int
+	// ChallengeRate and ChallengeBurst limit POST /v1/release/challenge:
+	// the releases' own budget (ratelimit.go). Optional; defaults
+	// AttestationRate and AttestationBurst.
+	ChallengeRate  float64
+	ChallengeBurst int
+	// ManifestRate and ManifestBurst limit PUT /v1/manifest, unauthenticated
+	// signature checks. Optional; defaults 5 and 10.
+	ManifestRate  float64
+	ManifestBurst int
+	// PeerShare is the share of each budget one peer (a process on the unix
+	// socket, a TCP source address; see PeerOf) may use, 0 to 1. Optional;
+	// default 0.25.
+	PeerShare float64
 	// Witnesses tunes the work with the witnesses the active manifest
 	// names (witness.go). Optional; the zero value is the defaults.
 	Witnesses WitnessOptions
@@ -142,12 +155,17 @@ var ErrInitialSignatures = errors.New("initial manifest not signed by its owners
 // Broker serves the kbs API. Create it with New; serve Handler; call Close
 // when shutting down starts and Shutdown once requests are drained.
 type Broker struct {
-	cfg    Config
-	log    hclog.Logger
-	now    func() time.Time
-	nonces *nonceTable
-	limit  *rateLimiter
-	m      *metrics
+	cfg     Config
+	log     hclog.Logger
+	now     func() time.Time
+	nonces  *nonceTable
+	budgets budgets
+
+	// listeners are kbsd's connection-limited listeners, for /metrics
+	// (ReportListener).
+	listenersMu sync.Mutex
+	listeners   map[string]*LimitedListener
+	m           *metrics
 
 	// seq orders decisions with appends (sequencer.go).
 	seq sync.RWMutex
@@ -228,12 +246,27 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if cfg.AttestationBurst <= 0 {
 		cfg.AttestationBurst = 100
 	}
+	if cfg.ChallengeRate <= 0 {
+		cfg.ChallengeRate = cfg.AttestationRate
+	}
+	if cfg.ChallengeBurst <= 0 {
+		cfg.ChallengeBurst = cfg.AttestationBurst
+	}
+	if cfg.ManifestRate <= 0 {
+		cfg.ManifestRate = 5
+	}
+	if cfg.ManifestBurst <= 0 {
+		cfg.ManifestBurst = 10
+	}
+	if cfg.PeerShare <= 0 || cfg.PeerShare > 1 {
+		cfg.PeerShare = 0.25
+	}
 	b := &Broker{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		now:    cfg.Now,
-		nonces: newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
-		limit:  newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		nonces:  newNonceTable(cfg.MaxNonces, cfg.NonceTTL, cfg.Now),
+		budgets: newBudgets(cfg),
 		// Handovers are rare: a few pending challenges suffice.
 		handoverNonces: newNonceTable(16, cfg.NonceTTL, cfg.Now),
 		m:              newMetrics(),

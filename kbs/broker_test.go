@@ -624,15 +624,21 @@ func TestRestartKeepsIdentityAndKeys(t *testing.T) {
 	}
 }
 
+// TestAttestationRateLimited: attestations beyond their budget are 429,
+// and spend nothing of the challenges' budget.
 func TestAttestationRateLimited(t *testing.T) {
 	e := newEnv(t)
-	e.b.limit = newRateLimiter(1, 2, e.clock.Now)
+	e.b.budgets = newBudgets(Config{AttestationRate: 1, AttestationBurst: 2, ChallengeRate: 1, ChallengeBurst: 2,
+		ManifestRate: 1, ManifestBurst: 1, PeerShare: 1, Now: e.clock.Now})
 	nonce := hex.EncodeToString(bytes.Repeat([]byte{1}, 32))
 	for i := 0; i < 2; i++ {
 		e.mustOK(e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil))
 	}
 	if st, ae := e.do("GET", api.PathAttestation+"?nonce="+nonce, nil, nil); st != 429 || ae.Code != api.CodeRateLimited {
 		t.Fatalf("third attestation in a burst of 2: %d %+v, want 429", st, ae)
+	}
+	for i := 0; i < 2; i++ {
+		e.mustOK(e.do("POST", api.PathChallenge, nil, nil))
 	}
 	if st, ae := e.do("POST", api.PathChallenge, nil, nil); st != 429 {
 		t.Fatalf("challenge with an empty bucket: %d %+v, want 429", st, ae)

@@ -313,6 +313,9 @@ func (e *env) tryOpen(t testing.TB) error {
 		MaxNonces:         64,
 		AttestationRate:   1000,
 		AttestationBurst:  1000,
+		ManifestRate:      1000,
+		ManifestBurst:     1000,
+		PeerShare:         1, // the budgets have tests of their own (ratelimit_test.go)
 		Witnesses:         e.witnessOpts,
 	})
 	if e.afterNew != nil {

@@ -57,9 +57,6 @@ func (b *Broker) HandoverChallenge(ctx context.Context) (*api.Challenge, error) 
 	if err := b.fencedNow(); err != nil {
 		return nil, err
 	}
-	if !b.limit.allow() {
-		return nil, api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
-	}
 	nonce, exp, ok := b.handoverNonces.issue()
 	if !ok {
 		return nil, api.Errorf(api.CodeRateLimited, "too many pending handover challenges; retry after some expire")
@@ -203,7 +200,7 @@ func (b *Broker) serveSnapshot(w http.ResponseWriter, r *http.Request) error {
 
 // lifecycleRoutes registers the handover endpoints.
 func (b *Broker) lifecycleRoutes(route func(pattern, name string, h handlerFunc)) {
-	route("POST "+api.PathHandoverChallenge, "handover_challenge", noBody(b.HandoverChallenge))
+	route("POST "+api.PathHandoverChallenge, "handover_challenge", b.admitted(budgetChallenge, noBody(b.HandoverChallenge)))
 	route("POST "+api.PathHandover, "handover", withBody(api.MaxHandoverBody, b.Handover))
 	route("GET "+api.PathHandoverSnapshot, "handover_snapshot", b.serveSnapshot)
 	route("GET "+api.PathRecovery, "recovery", noBody(b.recoveryStatus))

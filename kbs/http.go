@@ -28,10 +28,10 @@ func (b *Broker) Handler() http.Handler {
 	route := func(pattern, name string, h handlerFunc) {
 		mux.HandleFunc(pattern, b.wrap(name, h))
 	}
-	route("GET "+api.PathAttestation, "attestation", b.serveAttestation)
+	route("GET "+api.PathAttestation, "attestation", b.admitted(budgetAttestation, b.serveAttestation))
 	route("GET "+api.PathManifest, "manifest", noBody(b.Manifest))
 	route("GET "+api.PathManifestHistory, "manifest_history", noBody(b.ManifestHistory))
-	route("PUT "+api.PathManifest, "manifest_put", withBody(api.MaxManifestBody, b.UpdateManifest))
+	route("PUT "+api.PathManifest, "manifest_put", b.admitted(budgetManifest, withBody(api.MaxManifestBody, b.UpdateManifest)))
 	route("POST "+api.PathKeys, "key_upload", withBody(api.MaxKeyBody, b.UploadKey))
 	route("GET "+api.PathKeys, "key_list", b.serveKeyList)
 	route("GET "+api.PathKeys+"/{id...}", "key_info", b.serveKeyInfo)
@@ -40,7 +40,7 @@ func (b *Broker) Handler() http.Handler {
 			return b.DeleteKey(ctx, r.PathValue("id"), req)
 		})(w, r)
 	})
-	route("POST "+api.PathChallenge, "challenge", noBody(b.Challenge))
+	route("POST "+api.PathChallenge, "challenge", b.admitted(budgetChallenge, noBody(b.Challenge)))
 	route("POST "+api.PathRelease, "release", func(w http.ResponseWriter, r *http.Request) error {
 		body, err := readBody(w, r, api.MaxReleaseBody)
 		if err != nil {
@@ -67,6 +67,20 @@ func (b *Broker) Handler() http.Handler {
 	mux.HandleFunc("GET "+api.PathHealth, b.handleHealth)
 	mux.HandleFunc("GET "+api.PathMetrics, b.handleMetrics)
 	return &notFound{mux: mux, b: b}
+}
+
+// admitted serves h within the budget of class (ratelimit.go): a request
+// beyond it, from its peer (PeerOf) or from all, is refused with
+// Retry-After before its body is read.
+func (b *Broker) admitted(class budgetClass, h handlerFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		done, err := b.budgets.of(class).admit(peerOf(r))
+		if err != nil {
+			return err
+		}
+		defer done()
+		return h(w, r)
+	}
 }
 
 // noBody serves a method that takes no request body.
@@ -185,6 +199,7 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 	var (
 		ae    *api.Error
 		se    *statusError
+		te    *throttleError
 		mbe   *http.MaxBytesError
 		kme   *KeyMismatchError
 		cause error
@@ -192,6 +207,10 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 	switch {
 	case errors.As(err, &se):
 		ae, cause = se.err, se.cause
+	case errors.As(err, &te):
+		// Nothing was done: say when to try again (kbs/client does).
+		ae = te.err
+		w.Header().Set("Retry-After", strconv.FormatInt(retryAfterSeconds(te.after), 10))
 	case errors.As(err, &ae):
 	case errors.As(err, &mbe):
 		ae = api.Errorf(api.CodeTooLarge, "request body larger than %d bytes", mbe.Limit)
@@ -213,7 +232,7 @@ func (b *Broker) writeError(w http.ResponseWriter, r *http.Request, route string
 	if cause != nil {
 		args = append(args, "cause", cause.Error())
 	}
-	if status >= 500 && ae.Code != api.CodeRecovering {
+	if status >= 500 && te == nil && ae.Code != api.CodeRecovering {
 		b.log.Error("request failed", args...)
 	} else {
 		b.log.Debug("request rejected", args...)
@@ -344,4 +363,5 @@ func (b *Broker) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	b.m.write(w, g)
 	b.wit.writeMetrics(r.Context(), w)
+	b.writeListenerMetrics(w)
 }

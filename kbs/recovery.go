@@ -116,10 +116,13 @@ func NewRecovery(ctx context.Context, cfg RecoveryConfig) (*Recovery, error) {
 	}
 	id.NoteKey, id.Checkpoints = cfg.NoteKey, nil
 	b := &Broker{
-		cfg:        Config{DB: cfg.DB, Log: cfg.Log, Identity: id, Issuer: cfg.Issuer, Simulated: cfg.Simulated},
-		log:        cfg.Logger,
-		now:        cfg.Now,
-		limit:      newRateLimiter(cfg.AttestationRate, cfg.AttestationBurst, cfg.Now),
+		cfg: Config{DB: cfg.DB, Log: cfg.Log, Identity: id, Issuer: cfg.Issuer, Simulated: cfg.Simulated},
+		log: cfg.Logger,
+		now: cfg.Now,
+		budgets: newBudgets(Config{AttestationRate: cfg.AttestationRate, AttestationBurst: cfg.AttestationBurst,
+			ChallengeRate: cfg.AttestationRate, ChallengeBurst: cfg.AttestationBurst,
+			ManifestRate: cfg.AttestationRate, ManifestBurst: cfg.AttestationBurst, // shares
+			PeerShare: 0.25, Now: cfg.Now}),
 		m:          newMetrics(),
 		haltCh:     make(chan struct{}),
 		st:         newAuthState(),
@@ -166,11 +169,11 @@ func (r *Recovery) Handler() http.Handler {
 	b := r.b
 	mux := http.NewServeMux()
 	route := func(pattern, name string, h handlerFunc) { mux.HandleFunc(pattern, b.wrap(name, h)) }
-	route("GET "+api.PathAttestation, "attestation", b.serveAttestation)
+	route("GET "+api.PathAttestation, "attestation", b.admitted(budgetAttestation, b.serveAttestation))
 	route("GET "+api.PathManifest, "manifest", noBody(b.Manifest))
 	route("GET "+api.PathManifestHistory, "manifest_history", noBody(b.ManifestHistory))
 	route("GET "+api.PathRecovery, "recovery", noBody(r.Status))
-	route("POST "+api.PathRecoveryShare, "recovery_share", withBody(api.MaxShareBody, r.AddShare))
+	route("POST "+api.PathRecoveryShare, "recovery_share", b.admitted(budgetManifest, withBody(api.MaxShareBody, r.AddShare)))
 	route("GET "+api.PathLogProof, "log_proof", b.serveLogProof)
 	route("GET "+api.PathLogConsistency, "log_consistency", b.serveLogConsistency)
 	tiles := tlog.NewHandler(b.cfg.Log)
@@ -203,9 +206,6 @@ func (r *Recovery) Status(context.Context) (*api.RecoveryStatus, error) {
 // that does not open, or is not the one the log committed to, is refused
 // and changes nothing; a holder's second share replaces nothing.
 func (r *Recovery) AddShare(ctx context.Context, req *api.RecoveryShare) (*api.RecoveryShareResult, error) {
-	if !r.b.limit.allow() {
-		return nil, api.Errorf(api.CodeRateLimited, "too many requests; retry shortly")
-	}
 	h, ok := r.shares.holder(req.Holder)
 	if !ok {
 		return nil, api.Errorf(api.CodeNotFound, "no holder %q in the recovery-shares entry at log index %d", req.Holder, r.shares.Index)

@@ -15,17 +15,15 @@ import (
 )
 
 // Challenge returns a fresh single-use nonce for one release
-// (POST /v1/release/challenge).
+// (POST /v1/release/challenge). Its budget (ratelimit.go) is applied by
+// the HTTP edge.
 func (b *Broker) Challenge(ctx context.Context) (*api.Challenge, error) {
 	if err := b.fencedNow(); err != nil {
 		return nil, err
 	}
-	if !b.limit.allow() {
-		return nil, api.Errorf(api.CodeRateLimited, "too many challenge requests; retry shortly")
-	}
 	nonce, exp, ok := b.nonces.issue()
 	if !ok {
-		return nil, api.Errorf(api.CodeRateLimited, "too many pending challenges; retry after some expire")
+		return nil, throttle(api.CodeRateLimited, time.Second, "too many pending challenges; retry after some expire")
 	}
 	return &api.Challenge{Nonce: nonce[:], Expires: exp.UTC()}, nil
 }
@@ -74,7 +72,7 @@ func (b *Broker) Release(ctx context.Context, req *api.ReleaseRequest) (*api.Rel
 	if err != nil {
 		return nil, api.Errorf(api.CodeBadRequest, "hpke_public_key: %v", err)
 	}
-	release, err := releaseSlots.acquire(ctx)
+	ctx, release, err := releaseSlots.acquireYielding(ctx) // a vendor fetch gives the slot back (fetchslot.go)
 	if err != nil {
 		return nil, err
 	}

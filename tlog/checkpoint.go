@@ -23,6 +23,15 @@ const OriginPrefix = "kbs/"
 // maxCheckpointSize bounds the signed notes this package parses.
 const maxCheckpointSize = 16 << 10
 
+// MaxTreeSize is the largest tree size this package parses, signs or
+// serves: 2^40 entries (a log of at least 2^40 bytes). It is far below
+// what the arithmetic of tree sizes can hold: golang.org/x/mod/sumdb/tlog
+// loops forever on trees above 2^62 (its maxpow2 shifts past 2^63), and
+// index and tile computations multiply sizes by up to 2^9. A checkpoint,
+// tile path, receipt index or backend root above it is malformed, so a
+// hostile log cannot make a client or auditor spin on a signed size.
+const MaxTreeSize = 1 << 40
+
 // Errors callers branch on.
 var (
 	// ErrOutOfRange reports an index, size or tile beyond the log's latest
@@ -62,8 +71,8 @@ func FormatCheckpoint(origin string, r Root) []byte {
 // ParseCheckpoint parses C2SP tlog-checkpoint note text (without
 // signatures). It accepts extension lines but returns them only as a count;
 // kbs does not write any. It rejects a size with leading zeroes or a sign,
-// a root hash that is not canonical base64 of 32 bytes, an empty origin,
-// and empty extension lines.
+// a size above MaxTreeSize, a root hash that is not canonical base64 of 32
+// bytes, an empty origin, and empty extension lines.
 func ParseCheckpoint(text []byte) (origin string, r Root, err error) {
 	if len(text) == 0 || text[len(text)-1] != '\n' {
 		return "", Root{}, errors.New("tlog: malformed checkpoint: does not end in a newline")
@@ -78,15 +87,18 @@ func ParseCheckpoint(text []byte) (origin string, r Root, err error) {
 	}
 	s := lines[1]
 	if s == "" || (s[0] == '0' && len(s) > 1) || s[0] < '0' || s[0] > '9' {
-		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: bad tree size %q", s)
+		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: bad tree size %q", clipText(s))
 	}
 	r.Size, err = strconv.ParseUint(s, 10, 64)
-	if err != nil || r.Size > 1<<62 {
-		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: bad tree size %q", s)
+	if err != nil {
+		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: bad tree size %q", clipText(s))
+	}
+	if r.Size > MaxTreeSize {
+		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: tree size %d is above the largest kbs accepts (%d)", r.Size, uint64(MaxTreeSize))
 	}
 	h, err := base64.StdEncoding.Strict().DecodeString(lines[2])
 	if err != nil || len(h) != len(r.Hash) {
-		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: root hash %q is not base64 of 32 bytes", lines[2])
+		return "", Root{}, fmt.Errorf("tlog: malformed checkpoint: root hash %q is not base64 of 32 bytes", clipText(lines[2]))
 	}
 	copy(r.Hash[:], h)
 	for _, l := range lines[3:] {
@@ -204,11 +216,12 @@ func (s *CheckpointSigner) Verifier() note.Verifier { return s.v }
 // checkpoint (nil for a new log), and proof is the RFC 6962 consistency
 // proof from last to next. Sign returns an error wrapping ErrConflict if
 // next is smaller than last, has another root at the same size, or the
-// proof does not show that next extends last; and an error if last is not
-// a checkpoint of this log signed by this key.
+// proof does not show that next extends last; an error wrapping
+// ErrInvalidArgument if next is above MaxTreeSize (the log is full); and an
+// error if last is not a checkpoint of this log signed by this key.
 func (s *CheckpointSigner) Sign(last *SignedCheckpoint, next Root, proof []Hash) (SignedCheckpoint, error) {
-	if next.Size > 1<<62 {
-		return SignedCheckpoint{}, fmt.Errorf("%w: tree size %d", ErrInvalidArgument, next.Size)
+	if next.Size > MaxTreeSize {
+		return SignedCheckpoint{}, fmt.Errorf("%w: tree size %d is above the largest kbs signs (%d)", ErrInvalidArgument, next.Size, uint64(MaxTreeSize))
 	}
 	if next.Size == 0 && next.Hash != EmptyRoot {
 		return SignedCheckpoint{}, fmt.Errorf("%w: empty tree with root %x", ErrConflict, next.Hash[:])
@@ -267,4 +280,13 @@ func (s *CheckpointSigner) checkLast(last *SignedCheckpoint) error {
 		return errors.New("tlog: last signed checkpoint does not match its note")
 	}
 	return nil
+}
+
+// clipText shortens text quoted in an error to 64 bytes: a malformed
+// checkpoint may be up to 16 KiB of a hostile server's choice.
+func clipText(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	return s[:64] + "…"
 }

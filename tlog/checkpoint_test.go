@@ -82,6 +82,43 @@ func TestParseCheckpoint(t *testing.T) {
 	}
 }
 
+// TestTreeSizeLimit is issue 19's first finding: a signed checkpoint of
+// size 2^62 made the auditor spin forever in golang.org/x/mod/sumdb/tlog.
+// Sizes up to MaxTreeSize parse and sign; above it, nothing does.
+func TestTreeSizeLimit(t *testing.T) {
+	h := sumdb.RecordHash([]byte("x"))
+	s, v, _ := testKeys(t, 1)
+	cs, err := NewCheckpointSigner(testOrigin, s, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []uint64{MaxTreeSize - 1, MaxTreeSize} {
+		if _, r, err := ParseCheckpoint(FormatCheckpoint("o", Root{Size: size, Hash: h})); err != nil || r.Size != size {
+			t.Errorf("ParseCheckpoint(size %d) = %v, %v", size, r, err)
+		}
+		if _, err := cs.Sign(nil, Root{Size: size, Hash: h}, nil); err != nil {
+			t.Errorf("Sign(size %d) = %v", size, err)
+		}
+	}
+	for _, size := range []uint64{MaxTreeSize + 1, 1<<62 - 1, 1 << 62, 1<<62 + 1, 1 << 63, 1<<64 - 1} {
+		text := FormatCheckpoint("o", Root{Size: size, Hash: h})
+		if _, _, err := ParseCheckpoint(text); err == nil || !strings.Contains(err.Error(), "above the largest") {
+			t.Errorf("ParseCheckpoint(size %d) = %v, want an error", size, err)
+		}
+		if _, err := cs.Sign(nil, Root{Size: size, Hash: h}, nil); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("Sign(size %d) = %v, want ErrInvalidArgument", size, err)
+		}
+		// Signed by the log key all the same: refused.
+		msg, err := note.Sign(&note.Note{Text: string(FormatCheckpoint(testOrigin, Root{Size: size, Hash: h}))}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := OpenCheckpoint(msg, testOrigin, v); err == nil {
+			t.Errorf("OpenCheckpoint(signed, size %d) accepted", size)
+		}
+	}
+}
+
 func TestOpenCheckpoint(t *testing.T) {
 	s, v, _ := testKeys(t, 1)
 	_, otherV, _ := testKeys(t, 2)
@@ -280,10 +317,28 @@ func FuzzParseCheckpoint(f *testing.F) {
 	f.Add(FormatCheckpoint(testOrigin, Root{Size: 5, Hash: EmptyRoot}))
 	f.Add([]byte("example.com/behind-the-sofa\n20852163\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"))
 	f.Add([]byte("o\n0\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\next\n"))
+	// Sizes at and around the limit, and around 2^62, 2^63 and 2^64.
+	for _, n := range []uint64{MaxTreeSize - 1, MaxTreeSize, MaxTreeSize + 1, 1<<62 - 1, 1 << 62, 1<<62 + 1, 1 << 63, 1<<64 - 1} {
+		f.Add(FormatCheckpoint(testOrigin, Root{Size: n, Hash: EmptyRoot}))
+	}
+	f.Add([]byte("o\n18446744073709551616\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\n"))
 	f.Fuzz(func(t *testing.T, text []byte) {
 		o, r, err := ParseCheckpoint(text)
 		if err != nil {
 			return
+		}
+		if r.Size > MaxTreeSize {
+			t.Fatalf("ParseCheckpoint(%q) accepted size %d, above MaxTreeSize", text, r.Size)
+		}
+		// The tiles that the last entry of such a tree touches are tiles
+		// this package accepts, and sumdb's tile math on it ends.
+		if r.Size > 0 {
+			for _, tile := range sumdb.NewTiles(TileHeight, int64(r.Size-1), int64(r.Size)) {
+				p := TilePath{Level: tile.L, N: uint64(tile.N), Width: tile.W}
+				if err := p.Check(); err != nil {
+					t.Fatalf("size %d: tile %s of its right edge: %v", r.Size, p, err)
+				}
+			}
 		}
 		// Without extension lines, the text is exactly the canonical form.
 		if bytes.Count(text, []byte("\n")) == 3 && !bytes.Equal(FormatCheckpoint(o, r), text) {
@@ -299,7 +354,7 @@ func FuzzParseCheckpoint(f *testing.F) {
 func FuzzOpenCheckpoint(f *testing.F) {
 	s, v, _ := testKeys(f, 0)
 	f.Add(testdataCheckpoint(f))
-	for _, n := range []uint64{0, 1, 1 << 40} {
+	for _, n := range []uint64{0, 1, MaxTreeSize - 1, MaxTreeSize, MaxTreeSize + 1, 1 << 62, 1<<64 - 1} {
 		msg, _ := note.Sign(&note.Note{Text: string(FormatCheckpoint(testOrigin, Root{Size: n, Hash: EmptyRoot}))}, s)
 		f.Add(msg)
 	}

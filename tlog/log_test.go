@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -333,10 +334,15 @@ func TestTilePaths(t *testing.T) {
 		{"tile/0/000", tlog.TilePath{Level: 0, N: 0, Width: 256}},
 		{"tile/0/x001/x234/067", tlog.TilePath{Level: 0, N: 1234067, Width: 256}},
 		{"tile/1/005.p/17", tlog.TilePath{Level: 1, N: 5, Width: 17}},
-		{"tile/63/x001/000.p/255", tlog.TilePath{Level: 63, N: 1000, Width: 255}},
+		{"tile/2/x001/000.p/255", tlog.TilePath{Level: 2, N: 1000, Width: 255}},
 		{"tile/entries/x001/x234/067.p/1", tlog.TilePath{Entries: true, N: 1234067, Width: 1}},
 		{"tile/entries/999", tlog.TilePath{Entries: true, N: 999, Width: 256}},
-		{"tile/0/x018/x446/x744/x073/x709/x551/615", tlog.TilePath{N: 1<<64 - 1, Width: 256}},
+		// The last tiles of a tree of MaxTreeSize entries, at each level.
+		{"tile/0/x004/x294/x967/295", tlog.TilePath{N: tlog.MaxTreeSize/256 - 1, Width: 256}},
+		{"tile/entries/x004/x294/x967/295", tlog.TilePath{Entries: true, N: tlog.MaxTreeSize/256 - 1, Width: 256}},
+		{"tile/1/x016/x777/215", tlog.TilePath{Level: 1, N: tlog.MaxTreeSize>>16 - 1, Width: 256}},
+		{"tile/4/000", tlog.TilePath{Level: 4, N: 0, Width: 256}},
+		{"tile/5/000.p/1", tlog.TilePath{Level: 5, N: 0, Width: 1}},
 	}
 	for _, tt := range tests {
 		got, err := tlog.ParseTilePath(tt.path)
@@ -367,19 +373,52 @@ func TestTilePaths(t *testing.T) {
 		{"tile/0", "bad tile index"},
 		{"tile/entries/", "3 digits"},
 		{"tile/0/x018/x446/x744/x073/x709/x551/616", "overflows"},
+		{"tile/0/x018/x446/x744/x073/x709/x551/615", "beyond the largest tree"},
+		{"tile/0/x004/x294/x967/296.p/1", "beyond the largest tree"},
+		{"tile/entries/x004/x294/x967/296.p/1", "beyond the largest tree"},
+		{"tile/entries/x004/x294/x967/295.p/255", ""}, // valid: below
+		{"tile/1/x016/x777/216.p/1", "beyond the largest tree"},
+		{"tile/4/001.p/1", "beyond the largest tree"},
+		{"tile/5/000.p/2", "beyond the largest tree"},
+		{"tile/6/000.p/1", "beyond the largest tree"},
+		{"tile/63/x001/000.p/255", "beyond the largest tree"},
 		{"tile/0/x001/x001/x001/x001/x001/x001/x001/001", "bad tile index"},
 		{"tile/0/0a0", "3 digits"},
 	}
 	for _, b := range bad {
+		if b.want == "" {
+			if _, err := tlog.ParseTilePath(b.path); err != nil {
+				t.Errorf("ParseTilePath(%q) = %v, want a tile", b.path, err)
+			}
+			continue
+		}
 		if got, err := tlog.ParseTilePath(b.path); err == nil || !strings.Contains(err.Error(), b.want) {
 			t.Errorf("ParseTilePath(%q) = %+v, %v; want error containing %q", b.path, got, err, b.want)
 		}
 	}
 }
 
+// FuzzParseTilePath checks round trips, and that every tile it accepts
+// lies within a tree of MaxTreeSize entries, seeded with the tiles at and
+// around that limit at every level.
 func FuzzParseTilePath(f *testing.F) {
 	for _, s := range []string{"tile/0/000", "tile/0/x001/x234/067", "tile/1/005.p/17", "tile/entries/x001/000.p/3", "tile/63/999"} {
 		f.Add(s)
+	}
+	for l := 0; l <= 6; l++ {
+		for _, entries := range []bool{false, true} {
+			if entries && l > 0 {
+				continue
+			}
+			// The last full tile below the limit, the first beyond it, and
+			// partial ones around the boundary.
+			last := uint64(tlog.MaxTreeSize) >> (8 * (l + 1))
+			for _, n := range []uint64{last - 1, last, last + 1, 1<<62/256 - 1, 1 << 56} {
+				for _, w := range []int{1, 255, 256} {
+					f.Add(tlog.TilePath{Entries: entries, Level: l, N: n, Width: w}.String())
+				}
+			}
+		}
 	}
 	f.Fuzz(func(t *testing.T, p string) {
 		tp, err := tlog.ParseTilePath(p)
@@ -388,6 +427,17 @@ func FuzzParseTilePath(f *testing.F) {
 		}
 		if s := tp.String(); s != p {
 			t.Fatalf("ParseTilePath(%q) = %+v, which formats as %q", p, tp, s)
+		}
+		// Entries (or leaves, for a hash tile) up to the tile's last hash.
+		end := new(big.Int).SetUint64(tp.N*256 + uint64(tp.Width))
+		if !tp.Entries {
+			end.Lsh(end, uint(8*tp.Level))
+		}
+		if end.Cmp(big.NewInt(tlog.MaxTreeSize)) > 0 {
+			t.Fatalf("ParseTilePath(%q) = %+v, which reaches entry %v, beyond MaxTreeSize", p, tp, end)
+		}
+		if err := tp.Check(); err != nil {
+			t.Fatalf("ParseTilePath(%q) accepted a tile that Check refuses: %v", p, err)
 		}
 	})
 }

@@ -89,8 +89,8 @@ func ParseReceipt(b []byte) (*Receipt, error) {
 		return nil, fmt.Errorf("tlog: malformed receipt: bad index %q", idx)
 	}
 	var err error
-	if r.Index, err = strconv.ParseUint(idx, 10, 64); err != nil {
-		return nil, fmt.Errorf("tlog: malformed receipt: bad index %q", idx)
+	if r.Index, err = strconv.ParseUint(idx, 10, 64); err != nil || r.Index >= MaxTreeSize {
+		return nil, fmt.Errorf("tlog: malformed receipt: bad index %q", clipText(idx))
 	}
 	for {
 		l, ok = line()

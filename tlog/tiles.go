@@ -56,7 +56,8 @@ func formatTileIndex(n uint64) string {
 // prefix ("tile/..."). It accepts only the canonical encoding: level
 // 0..63 without leading zeroes, N in 3-digit groups with an "x" on all but
 // the last and no leading "x000" group, and a partial width 1..255 without
-// leading zeroes.
+// leading zeroes; and only tiles of trees up to MaxTreeSize (Check): a
+// path beyond is an error wrapping ErrOutOfRange.
 func ParseTilePath(p string) (TilePath, error) {
 	rest, ok := strings.CutPrefix(p, "tile/")
 	if !ok {
@@ -107,7 +108,33 @@ func ParseTilePath(p string) (TilePath, error) {
 		}
 		t.N = t.N*1000 + d
 	}
+	if t.Check() != nil {
+		return TilePath{}, fmt.Errorf("%w: tile path %q lies beyond the largest tree (%d entries)", ErrOutOfRange, p, uint64(MaxTreeSize))
+	}
 	return t, nil
+}
+
+// Check reports whether t can be a tile of a tree of at most MaxTreeSize
+// entries: its width is 1..256, its level at most 63, and the entries
+// below its last hash (N*256+Width hashes, each of 256^Level entries for a
+// hash tile at Level) end at or before MaxTreeSize. The error wraps
+// ErrInvalidArgument.
+func (t TilePath) Check() error {
+	if t.Width < 1 || t.Width > 256 || t.Level < 0 || t.Level > 63 {
+		return fmt.Errorf("%w: tile level %d, width %d", ErrInvalidArgument, t.Level, t.Width)
+	}
+	limit := uint64(MaxTreeSize) // hashes the tile's level can hold
+	if !t.Entries {
+		if 8*t.Level >= 64 {
+			limit = 0
+		} else {
+			limit >>= 8 * t.Level
+		}
+	}
+	if limit < uint64(t.Width) || t.N > (limit-uint64(t.Width))/256 {
+		return fmt.Errorf("%w: tile %s lies beyond the largest tree (%d entries)", ErrInvalidArgument, t, uint64(MaxTreeSize))
+	}
+	return nil
 }
 
 func parseSmallDecimal(s string, max int) (int, error) {
@@ -224,6 +251,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t, err := ParseTilePath(p)
+	if errors.Is(err, ErrOutOfRange) {
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "bad_path", err.Error())
 		return
@@ -258,10 +289,7 @@ func (h *handler) read(ctx context.Context, t TilePath) ([]byte, error) {
 	if !t.Entries {
 		return h.b.HashTile(ctx, t.Level, t.N, t.Width)
 	}
-	if t.N > (1<<62)/256 {
-		return nil, fmt.Errorf("%w: entry bundle %d", ErrOutOfRange, t.N)
-	}
-	start := t.N * 256
+	start := t.N * 256 // ParseTilePath checked that it is at most MaxTreeSize
 	es, err := h.b.Entries(ctx, start, start+uint64(t.Width))
 	if err != nil {
 		return nil, err

@@ -301,7 +301,7 @@ func parseSizeAnswer(contentType string, b []byte, tooLong bool) (uint64, error)
 		return 0, fmt.Errorf("body %q is not a tree size", clipDetail(b))
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
-	if err != nil || n > 1<<62 {
+	if err != nil || n > MaxTreeSize {
 		return 0, fmt.Errorf("body %q is not a tree size", clipDetail(b))
 	}
 	return n, nil

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -120,4 +121,47 @@ func KillGroup(cmd *exec.Cmd) error {
 		return os.ErrProcessDone
 	}
 	return err
+}
+
+// MeasuredCommand is Command for a process whose peak memory the test
+// measures: it runs name under the peakrss launcher (built into dir once
+// per dir), and peak returns the process's peak resident set size in
+// bytes once it has been waited for (0 if it is unknown). Started
+// directly, a process would report the test process's own memory as its
+// peak (Linux keeps ru_maxrss across execve, and Go starts processes with
+// vfork).
+func MeasuredCommand(t testing.TB, dir, name string, args ...string) (cmd *exec.Cmd, peak func() int64) {
+	t.Helper()
+	launcher, err := peakRSSLauncher(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "peakrss")
+	cmd = Command(t, launcher, append([]string{out, name}, args...)...)
+	return cmd, func() int64 {
+		b, err := os.ReadFile(out)
+		if err != nil {
+			return 0
+		}
+		n, _ := strconv.ParseInt(string(b), 10, 64)
+		return n
+	}
+}
+
+var launchers sync.Map // dir -> *launcherBuild
+
+type launcherBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+func peakRSSLauncher(dir string) (string, error) {
+	v, _ := launchers.LoadOrStore(dir, &launcherBuild{})
+	lb := v.(*launcherBuild)
+	lb.once.Do(func() {
+		lb.path = filepath.Join(dir, "peakrss")
+		lb.err = Build(lb.path, "github.com/kbs-dev/kbs/internal/testbin/peakrss")
+	})
+	return lb.path, lb.err
 }

@@ -28,22 +28,42 @@
 // stores the checkpoint only when nothing was inconsistent and the quorum
 // is there.
 //
-// # Memory
+// # Memory and time
 //
-// The replay keeps state per key id and a row per manifest entry, nothing
-// for other entries. A Report keeps every event unless Config.Events takes
-// them: a monitor,
-// or a report streamed to disk, then holds the manifest history, counts
-// and findings only. Findings are clipped to a few KiB each and a Report
-// keeps at most Config.MaxFindings of each kind, counting the rest.
+// An audit is built to end, within bounded memory, against a broker that
+// is hostile. The replay keeps state per key id and a row per manifest
+// entry, nothing for other entries, each bounded (Limits); entries flow
+// from the tile client to the judgement through a pipeline bounded in
+// bytes (about 64 MiB at most: tlog.DefaultMaxBuffered, the bundle being
+// delivered, and 16 MiB of chunks being decoded). A
+// Report keeps every event unless Config.Events takes them: a monitor, or
+// a report streamed to disk, then holds the manifest history, counts and
+// findings only. Findings are clipped to 1 KiB each and a Report keeps at
+// most Config.MaxFindings of each kind, counting the rest. Config.MaxEntries
+// and Config.MaxGrowth bound the log an auditor accepts to replay, and
+// Config.Timeout the whole audit (default an hour).
+//
+// # Errors
+//
+// An audit that could not be completed returns an error of one of two
+// kinds. Verification failures: a *tlog.ForkError, or a
+// *client.VerifyError (a checkpoint, proof, tile or entry bundle that
+// does not verify). Everything else is not about the log's contents:
+// failures to fetch (IsTransport: the broker unreachable, a timeout or the
+// audit's deadline, an error status, an answer too large), a *LimitError,
+// or the checkpoint store failing. kbsctl audit exits 1 for the first
+// kind and 2 for the second.
 package audit
 
 import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"net"
 	"time"
 
+	"github.com/kbs-dev/kbs/kbs/api"
 	"github.com/kbs-dev/kbs/kbs/client"
 	"github.com/kbs-dev/kbs/kbs/policy"
 	"github.com/kbs-dev/kbs/manifest"
@@ -80,10 +100,46 @@ type Config struct {
 	// MaxFindings is how many anomalies, and how many warnings, the Report
 	// keeps; the rest are only counted. Optional; default 1000.
 	MaxFindings int
+	// MaxEntries refuses, with a *LimitError before anything is replayed,
+	// a checkpoint of more entries. Optional; 0: no limit.
+	MaxEntries uint64
+	// MaxGrowth refuses, with a *LimitError before anything is replayed,
+	// a checkpoint more than MaxGrowth entries larger than the stored one
+	// (than 0 when none is stored). Optional; 0: no limit.
+	MaxGrowth uint64
+	// Limits bound the replay's state (Limits). Optional; zero fields
+	// take their defaults.
+	Limits Limits
+	// Timeout bounds the whole audit, unless ctx ends earlier: an audit
+	// that does not complete in time fails with an error that
+	// IsTransport reports. Optional; default DefaultTimeout; negative:
+	// only ctx bounds it.
+	Timeout time.Duration
 }
 
-// DefaultMaxFindings is Config.MaxFindings when it is not set.
-const DefaultMaxFindings = 1000
+// Defaults of Config.
+const (
+	DefaultMaxFindings = 1000
+	DefaultTimeout     = time.Hour
+)
+
+// IsTransport reports whether err, returned by Audit or a Replayer, is a
+// failure to get the log's data rather than data that does not verify:
+// the broker unreachable, a timeout or canceled context, an error answer
+// or one that is too large or cut short (tlog.FetchError,
+// client.TransportError, client.NotBrokerError, an *api.Error). Monitors
+// retry those.
+func IsTransport(err error) bool {
+	var (
+		fe *tlog.FetchError
+		te *client.TransportError
+		nb *client.NotBrokerError
+		ae *api.Error
+		ne net.Error
+	)
+	return errors.As(err, &fe) || errors.As(err, &te) || errors.As(err, &nb) || errors.As(err, &ae) || errors.As(err, &ne) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
 
 // Report is what an audit found. Its JSON form is what 'kbsctl audit
 // --json' prints.
@@ -226,13 +282,34 @@ func (c *collector) Finding(f Finding) {
 // documentation for every check). It returns the Report of a completed
 // audit, whether or not the story holds (Report.OK), and stores the
 // checkpoint only when it does. An error means the audit could not be
-// completed: a *tlog.ForkError (the log rolled back or forked since the
-// stored checkpoint), a *client.VerifyError (a checkpoint or tile that
-// does not verify), or a failure to reach the broker.
+// completed: a verification failure (a *tlog.ForkError, the log rolled
+// back or forked since the stored checkpoint; a *client.VerifyError, a
+// checkpoint or tile that does not verify), or not (IsTransport, a
+// *LimitError, the checkpoint store): see the package documentation.
 func Audit(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Client == nil || cfg.Log == nil {
 		return nil, errors.New("audit: Config.Client and Config.Log are required")
 	}
+	if cfg.Filter != nil {
+		if err := cfg.Filter.Check(); err != nil {
+			return nil, err
+		}
+	}
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = DefaultTimeout
+	}
+	parent := ctx
+	ctx, cancel := tlog.WithDefaultTimeout(ctx, timeout)
+	defer cancel()
+	r, err := audit(ctx, cfg)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && parent.Err() == nil {
+		return nil, fmt.Errorf("audit: not completed within its deadline (%v): %w", timeout, err)
+	}
+	return r, err
+}
+
+func audit(ctx context.Context, cfg Config) (*Report, error) {
 	raw, err := cfg.Client.Checkpoint(ctx)
 	if err != nil {
 		return nil, err
@@ -241,10 +318,33 @@ func Audit(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, &client.VerifyError{Step: "checkpoint", Err: err}
 	}
+	if cfg.MaxEntries > 0 && cp.Size > cfg.MaxEntries {
+		return nil, &LimitError{What: "entries", Limit: cfg.MaxEntries, Got: cp.Size, Index: -1}
+	}
+	if cfg.MaxGrowth > 0 {
+		var stored uint64
+		if last, ok, err := cfg.Log.Latest(); err != nil {
+			return nil, err
+		} else if ok {
+			stored = last.Size
+		}
+		if cp.Size > stored && cp.Size-stored > cfg.MaxGrowth {
+			return nil, &LimitError{What: fmt.Sprintf("entries beyond the stored checkpoint of size %d", stored), Limit: cfg.MaxGrowth, Got: cp.Size - stored, Index: -1}
+		}
+	}
 	tiles := cfg.Client.Tiles()
 	// Consistency with the stored checkpoint, from authenticated tiles:
-	// checked now, stored only after the replay found nothing wrong.
-	prover := tiles.Prover(cp)
+	// checked now, stored only after the replay found nothing wrong. A
+	// proof that cannot be built from tiles that arrived is a
+	// verification failure; one whose tiles did not arrive is not.
+	tileProver := tiles.Prover(cp)
+	prover := tlog.ProofFunc(func(ctx context.Context, oldSize, newSize uint64) ([]tlog.Hash, error) {
+		p, err := tileProver.ConsistencyProof(ctx, oldSize, newSize)
+		if err != nil && !IsTransport(err) {
+			return nil, &client.VerifyError{Step: "consistency proof from tiles", Err: err}
+		}
+		return p, err
+	})
 	checked, err := cfg.Log.Advance(ctx, raw, prover, tlog.AdvanceOptions{DryRun: true})
 	if err != nil {
 		return nil, err
@@ -270,17 +370,19 @@ func Audit(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	var ev Events = (*collector)(r)
 	if cfg.Filter != nil {
-		if err := cfg.Filter.Check(); err != nil {
-			return nil, err
-		}
 		ev = cfg.Filter.Events(ev)
 	}
 	rp := NewReplayer(cfg.Log.NoteKey(), ev)
+	rp.SetLimits(cfg.Limits)
 	var progress func(uint64)
 	if cfg.Progress != nil {
 		progress = func(done uint64) { cfg.Progress(done, cp.Size) }
 	}
 	if err := rp.Replay(ctx, tiles, cp, progress); err != nil {
+		var le *LimitError
+		if errors.As(err, &le) || IsTransport(err) {
+			return nil, fmt.Errorf("audit: log entries: %w", err)
+		}
 		return nil, &client.VerifyError{Step: "log tiles", Err: err}
 	}
 	h, err := cfg.Client.ManifestHistory(ctx)

@@ -87,6 +87,11 @@ func (a *Replayer) lifecycleEntry(index uint64, en *tlog.Entry) {
 		for _, s := range rs.Shares {
 			l.Holders = append(l.Holders, s.Holder)
 		}
+		if len(a.shares) >= a.limits.MaxManifests {
+			// Kept like manifests, and bounded alike against a hostile log.
+			a.limitErr = &LimitError{What: "recovery-shares entries", Limit: uint64(a.limits.MaxManifests), Got: uint64(len(a.shares)) + 1, Index: int64(index)}
+			return
+		}
 		a.shares[index] = sharesRecord{Threshold: rs.Threshold, Holders: slices.Clone(l.Holders)}
 		if !a.underActive(index, "recovery-shares", rs.ManifestHash) {
 			return

@@ -141,12 +141,14 @@ func clip(s string, max int) string {
 //
 // A Replayer keeps what the judgement needs and nothing per entry: the
 // active manifest, the state of each key id, and the log's manifest
-// entries. Replay can be called again as the log grows, continuing where
-// the last call stopped, as a monitor does. It is not safe for concurrent
-// use.
+// entries, each bounded by its Limits. Replay can be called again as the
+// log grows, continuing where the last call stopped, as a monitor does. It
+// is not safe for concurrent use.
 type Replayer struct {
 	ev        Events
 	noteKey   string
+	limits    Limits
+	limitErr  *LimitError // a limit was passed: the replay stops
 	next      uint64
 	active    *manifest.Manifest
 	allowed   map[[2]string]bool // active.ReleaseAllowed(class, id), memoized
@@ -168,9 +170,65 @@ type keyState struct {
 }
 
 // NewReplayer returns a replayer of the log signed with noteKey (identity
-// entries must name it) that reports to ev.
+// entries must name it) that reports to ev, with the default Limits.
 func NewReplayer(noteKey string, ev Events) *Replayer {
-	return &Replayer{ev: ev, noteKey: noteKey, keys: map[string]*keyState{}, counts: map[string]int{}, shares: map[uint64]sharesRecord{}}
+	return &Replayer{ev: ev, noteKey: noteKey, keys: map[string]*keyState{}, counts: map[string]int{}, shares: map[uint64]sharesRecord{}, limits: Limits{}.withDefaults()}
+}
+
+// Limits bound what a Replayer keeps, which grows with the log's key ids
+// and manifest versions, not its length: a log that passes one is not
+// judged further (Replay returns a *LimitError), so that a hostile log
+// cannot exhaust the auditor's memory.
+type Limits struct {
+	// MaxKeyIDs is how many distinct key ids the replay tracks. Optional;
+	// default DefaultMaxKeyIDs (about 200 MB of state at most).
+	MaxKeyIDs int
+	// MaxManifests is how many manifest entries the replay keeps (with
+	// their changes), and how many recovery-shares entries. Optional; default DefaultMaxManifests. (A broker's
+	// manifest history answer holds at most about 700 versions of the
+	// largest size.)
+	MaxManifests int
+}
+
+// Defaults of Limits.
+const (
+	DefaultMaxKeyIDs    = 1 << 20
+	DefaultMaxManifests = 1 << 12
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxKeyIDs <= 0 {
+		l.MaxKeyIDs = DefaultMaxKeyIDs
+	}
+	if l.MaxManifests <= 0 {
+		l.MaxManifests = DefaultMaxManifests
+	}
+	return l
+}
+
+// SetLimits replaces the replayer's limits (zero fields: the defaults).
+func (a *Replayer) SetLimits(l Limits) { a.limits = l.withDefaults() }
+
+// A LimitError reports that a log passed a bound the auditor set: more
+// entries, more growth since the stored checkpoint, more key ids or more
+// manifest versions than it accepts. The audit was not completed; it
+// says nothing about the log's consistency.
+type LimitError struct {
+	// What names the bound ("entries", "entries since the stored
+	// checkpoint", "key ids", "manifest entries"); Limit is its value and
+	// Got what the log has (at least).
+	What       string
+	Limit, Got uint64
+	// Index is the entry at which the replay stopped, or -1.
+	Index int64
+}
+
+func (e *LimitError) Error() string {
+	at := ""
+	if e.Index >= 0 {
+		at = fmt.Sprintf(" (at entry %d)", e.Index)
+	}
+	return fmt.Sprintf("audit: the log has %d %s, more than the %d this audit accepts%s", e.Got, e.What, e.Limit, at)
 }
 
 // Next returns the index of the next entry the replayer expects.
@@ -201,9 +259,15 @@ func (a *Replayer) Logged(m *manifest.Manifest) bool {
 	return false
 }
 
-func (a *Replayer) key(id string) *keyState {
+// key returns the state of key id, creating it; nil once the log names
+// more key ids than Limits.MaxKeyIDs (the replay then stops).
+func (a *Replayer) key(index uint64, id string) *keyState {
 	k := a.keys[id]
 	if k == nil {
+		if len(a.keys) >= a.limits.MaxKeyIDs {
+			a.limitErr = &LimitError{What: "key ids", Limit: uint64(a.limits.MaxKeyIDs), Got: uint64(len(a.keys)) + 1, Index: int64(index)}
+			return &keyState{} // judged, not kept
+		}
 		k = &keyState{}
 		a.keys[id] = k
 	}
@@ -226,22 +290,27 @@ func (a *Replayer) warning(index uint64, format string, args ...any) {
 }
 
 // Decoding runs in chunks of at most chunkEntries entries or chunkBytes
-// bytes, whichever comes first, so the pipeline holds a bounded amount of
-// entry data whatever the entries' size.
+// bytes, whichever comes first, each copied out of its entry bundle into
+// the chunk's own buffer; at most maxChunks chunks are in flight between
+// the tile client and the judgement. So the pipeline holds at most about
+// maxChunks * chunkBytes of entries (16 MiB, with their decoded forms),
+// whatever the entries' size and however many CPUs decode them, on top of
+// what tlog.TileClient.Entries buffers (tlog.DefaultMaxBuffered).
 const (
 	chunkEntries = 1024
-	chunkBytes   = 4 << 20
+	chunkBytes   = 1 << 20
+	maxChunks    = 16
 )
 
 // Replay fetches the entries [Next(), cp.Size) of the log through tiles,
 // each verified against cp (a verified checkpoint: tlog.TileClient.Entries),
 // and replays them in order (ReplayTo with end cp.Size). Strict decoding (tlog.DecodeEntry) is the
-// bulk of the work, so it runs on every CPU while the tile client goes on
+// bulk of the work, so it runs on every CPU (up to 8) while the tile client goes on
 // fetching and verifying; the judgement is sequential. progress, if not
 // nil, is called with the number of entries replayed so far after each
 // chunk, on the replaying goroutine. An error (a tile that does not
-// verify, the log unreachable) stops the replay after the last complete
-// chunk; Next says where to resume.
+// verify, the log unreachable, a *LimitError) stops the replay after the
+// last complete chunk; Next says where to resume.
 func (a *Replayer) Replay(ctx context.Context, tiles *tlog.TileClient, cp tlog.SignedCheckpoint, progress func(done uint64)) error {
 	return a.ReplayTo(ctx, tiles, cp, cp.Size, progress)
 }
@@ -254,6 +323,9 @@ var errEnd = errors.New("audit: end of the range")
 // many entries, as a monitor catching up on a long log does, replays in
 // steps of bounded size against one checkpoint.
 func (a *Replayer) ReplayTo(ctx context.Context, tiles *tlog.TileClient, cp tlog.SignedCheckpoint, end uint64, progress func(done uint64)) error {
+	if a.limitErr != nil {
+		return a.limitErr
+	}
 	if cp.Size < a.next {
 		return fmt.Errorf("audit: the checkpoint has %d entries, %d were replayed already", cp.Size, a.next)
 	}
@@ -263,18 +335,23 @@ func (a *Replayer) ReplayTo(ctx context.Context, tiles *tlog.TileClient, cp tlog
 	if end == a.next {
 		return nil
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	type decoded struct {
 		entry *tlog.Entry
 		err   error
 	}
 	type chunk struct {
+		buf  []byte // the entries' bytes, copied out of their bundles
 		raws [][]byte
 		out  []decoded
 		done chan struct{}
 	}
-	workers := runtime.GOMAXPROCS(0)
+	workers := min(runtime.GOMAXPROCS(0), maxChunks/2)
 	jobs := make(chan *chunk, workers)
-	ordered := make(chan *chunk, 2*workers+2)
+	// In order; with the chunk being filled, the one being judged and
+	// those with the workers, at most maxChunks exist at once.
+	ordered := make(chan *chunk, maxChunks-2-workers)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -293,8 +370,15 @@ func (a *Replayer) ReplayTo(ctx context.Context, tiles *tlog.TileClient, cp tlog
 		defer close(replayed)
 		for c := range ordered {
 			<-c.done
+			if a.limitErr != nil {
+				continue // drain: nothing after the limit is judged
+			}
 			for _, d := range c.out {
 				a.entry(a.next, d.entry, d.err)
+				if a.limitErr != nil {
+					cancel()
+					break
+				}
 				a.next++
 			}
 			if progress != nil {
@@ -302,24 +386,33 @@ func (a *Replayer) ReplayTo(ctx context.Context, tiles *tlog.TileClient, cp tlog
 			}
 		}
 	}()
-	cur := &chunk{raws: make([][]byte, 0, chunkEntries)}
-	curBytes := 0
-	send := func() {
+	newChunk := func() *chunk {
+		return &chunk{buf: make([]byte, 0, chunkBytes+tlog.MaxEntrySize), raws: make([][]byte, 0, chunkEntries)}
+	}
+	cur := newChunk()
+	send := func() bool {
 		cur.out = make([]decoded, len(cur.raws))
 		cur.done = make(chan struct{})
-		ordered <- cur // in order first: jobs may complete before this
-		jobs <- cur
-		cur = &chunk{raws: make([][]byte, 0, chunkEntries)}
-		curBytes = 0
+		select {
+		case ordered <- cur: // in order first: jobs may complete before this
+		case <-ctx.Done():
+			return false
+		}
+		jobs <- cur // a worker is free soon: ordered holds the rest
+		cur = newChunk()
+		return true
 	}
 	err := tiles.Entries(ctx, cp, a.next, func(index uint64, entry []byte) error {
 		if index >= end {
 			return errEnd
 		}
-		cur.raws = append(cur.raws, entry)
-		curBytes += len(entry)
-		if len(cur.raws) == chunkEntries || curBytes >= chunkBytes {
-			send()
+		off := len(cur.buf)
+		cur.buf = append(cur.buf, entry...)
+		cur.raws = append(cur.raws, cur.buf[off:len(cur.buf):len(cur.buf)])
+		if len(cur.raws) == chunkEntries || len(cur.buf) >= chunkBytes {
+			if !send() {
+				return ctx.Err()
+			}
 		}
 		return nil
 	})
@@ -333,6 +426,9 @@ func (a *Replayer) ReplayTo(ctx context.Context, tiles *tlog.TileClient, cp tlog
 	wg.Wait()
 	close(ordered)
 	<-replayed
+	if a.limitErr != nil {
+		return a.limitErr
+	}
 	return err
 }
 
@@ -357,7 +453,7 @@ func (a *Replayer) entry(index uint64, en *tlog.Entry, err error) {
 	case tlog.TypeKeyDelete:
 		k := en.KeyDelete
 		a.ev.KeyEvent(KeyEvent{Index: index, Time: en.Time, Event: "delete", ID: k.ID, Version: k.Version, Client: k.Client})
-		ks := a.key(k.ID)
+		ks := a.key(index, k.ID)
 		if ks.version != k.Version || ks.deleted {
 			a.anomaly(index, "deletion of %s version %d, but the latest live version is %d", k.ID, k.Version, ks.version)
 		}
@@ -379,7 +475,7 @@ func (a *Replayer) entry(index uint64, en *tlog.Entry, err error) {
 // the key behind that version may have changed), fails the audit.
 func (a *Replayer) uploadEntry(index uint64, en *tlog.Entry) {
 	k := en.KeyUpload
-	ks := a.key(k.ID)
+	ks := a.key(index, k.ID)
 	ev := KeyEvent{Index: index, Time: en.Time, Event: "upload", ID: k.ID, Version: k.Version, Client: k.Client}
 	if a.active == nil {
 		a.anomaly(index, "upload before any manifest")
@@ -416,6 +512,10 @@ func (a *Replayer) uploadEntry(index uint64, en *tlog.Entry) {
 func (a *Replayer) manifestEntry(index uint64, en *tlog.Entry) {
 	me := en.Manifest
 	lm := Manifest{Index: index, Time: en.Time, Version: me.Version, Hash: me.Hash, Previous: me.Previous, Signers: me.Signers}
+	if len(a.manifests) >= a.limits.MaxManifests {
+		a.limitErr = &LimitError{What: "manifest entries", Limit: uint64(a.limits.MaxManifests), Got: uint64(len(a.manifests)) + 1, Index: int64(index)}
+		return
+	}
 	defer func() {
 		a.manifests = append(a.manifests, lm)
 		a.ev.Manifest(lm)
@@ -492,7 +592,7 @@ func (a *Replayer) releaseEntry(index uint64, en *tlog.Entry) {
 			ManifestVersion: a.active.Version(), ManifestHash: re.ManifestHash,
 			EvidenceDigest: re.EvidenceDigest, WorkerKeyDigest: re.WorkerKeyDigest,
 		})
-		ks := a.key(k.ID)
+		ks := a.key(index, k.ID)
 		if ks.version != k.Version || ks.deleted {
 			a.anomaly(index, "release of %s version %d, but the latest live version is %d", k.ID, k.Version, ks.version)
 		} else {

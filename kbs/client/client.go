@@ -43,6 +43,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -77,8 +78,20 @@ type Config struct {
 	// are verified by other means (checkpoints, tiles and proofs, signed
 	// manifests). Optional; default false.
 	AllowUnpinned bool
-	// Timeout bounds each HTTP request. Optional; default 30s.
+	// Timeout bounds each HTTP request, its answer's body included.
+	// Optional; default 30s.
 	Timeout time.Duration
+	// Retries is how many times a request is sent again after an answer
+	// that says nothing was done and when to try again: 429 or 503 with a
+	// Retry-After header (the broker's rate limits and admission control).
+	// Each retry waits the longer of Retry-After and an exponential
+	// back-off from 250 ms with jitter, and none is made when the wait
+	// would pass MaxRetryWait or ctx's deadline. Optional; default 4;
+	// negative disables retries.
+	Retries int
+	// MaxRetryWait is the longest a single retry waits. Optional; default
+	// 30s.
+	MaxRetryWait time.Duration
 	// Now returns the current time. Optional; default clock.Now (the wall clock).
 	Now func() time.Time
 }
@@ -107,13 +120,45 @@ var (
 
 // Response size limits: generous for the largest legitimate answers.
 const (
-	maxJSONAnswer = 32 << 20 // manifest history of many 48 KiB versions
+	maxJSONAnswer  = 4 << 20  // an attestation: evidence, a manifest and its entry
+	maxListAnswer  = 32 << 20 // manifest history of many 48 KiB versions, key lists
+	maxErrorAnswer = 64 << 10 // an error answer: {"error": {...}}
 )
+
+// answerLimit is the size limit of a success answer to a request for path.
+func answerLimit(path string) int64 {
+	switch pathOnly(path) {
+	case api.PathManifestHistory, api.PathKeys:
+		return maxListAnswer
+	}
+	return maxJSONAnswer
+}
+
+// Retry defaults (Config.Retries, Config.MaxRetryWait).
+const (
+	defaultRetries      = 4
+	defaultMaxRetryWait = 30 * time.Second
+	firstBackoff        = 250 * time.Millisecond
+)
+
+// ErrRedirect is the error (inside a *TransportError) for an answer that
+// redirects: a kbs client never follows one. A broker serves every path
+// itself; a redirect could only lead a client away from the address it
+// verified (over TLS, past the pinned key to plain HTTP or another host).
+var ErrRedirect = errors.New("the server answered with a redirect, which kbs clients never follow")
+
+func refuseRedirect(*http.Request, []*http.Request) error { return ErrRedirect }
 
 // New returns a client of the broker at cfg.Addr. It does not connect.
 func New(cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Second
+	}
+	if cfg.Retries == 0 {
+		cfg.Retries = defaultRetries
+	}
+	if cfg.MaxRetryWait <= 0 {
+		cfg.MaxRetryWait = defaultMaxRetryWait
 	}
 	if cfg.Now == nil {
 		cfg.Now = clock.Now
@@ -140,9 +185,11 @@ func New(cfg Config) (*Client, error) {
 			// fetches several at once).
 			MaxIdleConns:        16,
 			MaxIdleConnsPerHost: 16,
-			IdleConnTimeout:     30 * time.Second,
+			// Below kbsd's idle timeout, so that the client drops a
+			// connection before the broker does.
+			IdleConnTimeout: idleConnTimeout,
 		}
-		hc := &http.Client{Transport: tr, Timeout: cfg.Timeout}
+		hc := &http.Client{Transport: tr, Timeout: cfg.Timeout, CheckRedirect: refuseRedirect}
 		c.pinned, c.unpinned = hc, hc
 		c.base = "http://kbs"
 	case strings.HasPrefix(cfg.Addr, "https://"):
@@ -174,10 +221,15 @@ func (c *Client) tlsClient(verify func(tls.ConnectionState) error) *http.Client 
 		},
 		ForceAttemptHTTP2: true,
 		MaxIdleConns:      4,
-		IdleConnTimeout:   30 * time.Second,
+		IdleConnTimeout:   idleConnTimeout,
 	}
-	return &http.Client{Transport: tr, Timeout: c.cfg.Timeout}
+	return &http.Client{Transport: tr, Timeout: c.cfg.Timeout, CheckRedirect: refuseRedirect}
 }
+
+// idleConnTimeout is how long the client keeps an idle connection: less
+// than kbsd's idle timeout (daemon/serve.go), so that a request is not sent
+// on a connection the broker is closing.
+const idleConnTimeout = 10 * time.Second
 
 func (c *Client) checkPinned(cs tls.ConnectionState) error {
 	pin := c.TLSPin()
@@ -238,50 +290,115 @@ func (c *Client) LogURL() string { return c.base + strings.TrimSuffix(api.PathLo
 func (c *Client) Tiles() *tlog.TileClient { return tlog.NewTileClient(c.LogURL(), c.pinned) }
 
 // do sends a request and decodes a JSON answer into out (when non-nil). A
-// broker error answer becomes an *api.Error with its status.
+// broker error answer becomes an *api.Error with its status. An answer
+// that says to retry (retryAfter) is retried as Config.Retries says.
 func (c *Client) do(ctx context.Context, hc *http.Client, method, path string, body, out any) (*http.Response, error) {
-	var rd io.Reader
+	var payload []byte
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return nil, fmt.Errorf("client: couldn't encode request: %w", err)
 		}
-		rd = bytes.NewReader(b)
+		payload = b
+	}
+	for attempt := 0; ; attempt++ {
+		resp, raw, err := c.roundTrip(ctx, hc, method, path, payload)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusOK {
+			if out != nil {
+				if err := json.Unmarshal(raw, out); err != nil {
+					return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw)), Malformed: err}
+				}
+			}
+			return resp, nil
+		}
+		var eb api.ErrorBody
+		if json.Unmarshal(raw, &eb) != nil || eb.Error == nil || eb.Error.Code == "" {
+			return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw))}
+		}
+		eb.Error.Status = resp.StatusCode
+		after, ok := retryAfter(resp)
+		if !ok || attempt >= c.cfg.Retries {
+			return nil, eb.Error
+		}
+		wait := max(after, backoff(attempt))
+		if wait > c.cfg.MaxRetryWait {
+			return nil, eb.Error
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return nil, eb.Error
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, eb.Error
+		case <-t.C:
+		}
+	}
+}
+
+// roundTrip sends one request and reads its answer: at most answerLimit
+// bytes of a success, maxErrorAnswer of anything else.
+func (c *Client) roundTrip(ctx context.Context, hc *http.Client, method, path string, payload []byte) (*http.Response, []byte, error) {
+	var rd io.Reader
+	if payload != nil {
+		rd = bytes.NewReader(payload)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, nil, fmt.Errorf("client: %w", err)
 	}
-	if body != nil {
+	if payload != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, &TransportError{Addr: c.cfg.Addr, Err: err}
+		return nil, nil, &TransportError{Addr: c.cfg.Addr, Err: err}
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxJSONAnswer+1))
-	if err != nil {
-		return nil, &TransportError{Addr: c.cfg.Addr, Err: err}
-	}
-	if len(raw) > maxJSONAnswer {
-		return nil, fmt.Errorf("client: %s %s: answer larger than %d bytes", method, path, maxJSONAnswer)
-	}
+	limit := answerLimit(path)
 	if resp.StatusCode != http.StatusOK {
-		var eb api.ErrorBody
-		if json.Unmarshal(raw, &eb) == nil && eb.Error != nil && eb.Error.Code != "" {
-			eb.Error.Status = resp.StatusCode
-			return nil, eb.Error
-		}
-		return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw))}
+		limit = maxErrorAnswer
 	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw)), Malformed: err}
-		}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, nil, &TransportError{Addr: c.cfg.Addr, Err: err}
 	}
-	return resp, nil
+	if int64(len(raw)) > limit {
+		if resp.StatusCode != http.StatusOK {
+			return nil, nil, &NotBrokerError{Addr: c.cfg.Addr, Method: method, Path: pathOnly(path), Status: resp.StatusCode, Body: string(firstLine(raw))}
+		}
+		return nil, nil, &TransportError{Addr: c.cfg.Addr, Err: fmt.Errorf("%s %s: answer larger than %d bytes", method, pathOnly(path), limit)}
+	}
+	return resp, raw, nil
+}
+
+// retryAfter returns the wait an answer asks for: a 429 or 503 with a
+// Retry-After header in seconds (kbsd sends it only when it did nothing).
+func retryAfter(resp *http.Response) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return 0, false
+	}
+	secs, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return time.Duration(secs) * time.Second, true
+}
+
+// backoff is the wait before retry attempt+1: 250 ms doubling, with
+// jitter of up to half of it either way.
+func backoff(attempt int) time.Duration {
+	d := firstBackoff << min(attempt, 8)
+	return d/2 + rand.N(d)
 }
 
 // pathOnly is path without its query.

@@ -42,7 +42,7 @@ func TestMain(m *testing.M) { testbin.Main(m, &kbsdBin, "github.com/kbs-dev/kbs/
 // socket path.
 func startKbsd(t *testing.T, data string) string {
 	t.Helper()
-	k := testbin.StartKbsd(t, kbsdBin, data, "--dev", "--listen-tcp", "none", "--attestation-rate", "1000")
+	k := testbin.StartKbsd(t, kbsdBin, data, "--dev", "--listen-tcp", "none", "--attestation-rate", "1000", "--challenge-rate", "1000")
 	t.Cleanup(func() { k.Stop() })
 	return k.Socket
 }

@@ -30,7 +30,7 @@ func parseRoot(slr *trillian.SignedLogRoot) (tlog.Root, error) {
 	if err := r.UnmarshalBinary(slr.LogRoot); err != nil {
 		return tlog.Root{}, fmt.Errorf("trillianlog: couldn't parse Trillian's root: %w", err)
 	}
-	if len(r.RootHash) != len(tlog.Hash{}) || r.TreeSize > 1<<62 {
+	if len(r.RootHash) != len(tlog.Hash{}) || r.TreeSize > tlog.MaxTreeSize {
 		return tlog.Root{}, fmt.Errorf("trillianlog: Trillian's root has a bad hash or size %d", r.TreeSize)
 	}
 	return tlog.Root{Size: r.TreeSize, Hash: tlog.Hash(r.RootHash)}, nil

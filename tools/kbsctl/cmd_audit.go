@@ -3,13 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"context"
+	"encoding/binary"
 	"encoding/csv"
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,7 +23,7 @@ import (
 )
 
 func cmdAudit(ctx context.Context, e *env, args []string) error {
-	fs := e.newFlags("audit", "[--manifest FILE] [--note-key KEY] [--csv] [--html FILE [--rules FILE]] [--key P] [--client N] [--class C] [--since T] [--until T]",
+	fs := e.newFlags("audit", "[--manifest FILE] [--note-key KEY] [--csv] [--html FILE [--rules FILE]] [--key P] [--client N] [--class C] [--since T] [--until T] [--max-entries N] [--max-growth N] [--timeout D]",
 		`Fetches every tile and entry of the log and verifies them against a fresh
 checkpoint, checks that checkpoint's consistency with the stored one, replays
 the entries (manifest chain and signers, uploads, deletions, releases under
@@ -41,7 +40,13 @@ the table, JSON, CSV and report); every entry is verified whatever they say.
 Times are RFC 3339 or dates (2026-01-31, midnight UTC); --until excludes its
 instant.
 
---json prints the report with "ok", every count, and the CSV's event names.`, useBroker)
+--json prints the report with "ok", every count, and the CSV's event names.
+
+An audit that cannot be completed exits 2, not 1: the broker unreachable,
+an answer too large or cut short, a redirect, the --timeout passed (default
+1h), or a log beyond --max-entries or --max-growth. Nothing is stored then.
+Its memory stays bounded whatever the log's length: the events listed go to
+a temporary file as they come.`, useBroker|useTimeout)
 	mf := fs.String("manifest", "", "your copy of a manifest version the log's chain must contain")
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	asCSV := fs.Bool("csv", false, "print every event as CSV")
@@ -53,6 +58,8 @@ instant.
 	fs.StringVar(&filter.Class, "class", "", "list only releases to this worker class")
 	since := fs.String("since", "", "list only events at or after this time")
 	until := fs.String("until", "", "list only events before this time")
+	maxEntries := fs.Uint64("max-entries", 0, "refuse (exit 2) a log of more entries, before fetching any (0: no limit)")
+	maxGrowth := fs.Uint64("max-growth", 0, "refuse (exit 2) a log that grew by more entries since the stored checkpoint, before fetching any (0: no limit)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -99,18 +106,37 @@ instant.
 	if err != nil {
 		return err
 	}
-	cfg := audit.Config{Client: c, Log: lv, Manifest: mine}
+	timeout := e.g.timeout
+	if timeout <= 0 {
+		timeout = audit.DefaultTimeout
+	}
+	cfg := audit.Config{Client: c, Log: lv, Manifest: mine, Timeout: timeout, MaxEntries: *maxEntries, MaxGrowth: *maxGrowth}
 	if filter != (audit.Filter{}) {
 		cfg.Filter = &filter
 	}
+	// The events listed go to disk as they come (auditSink): memory stays
+	// bounded whatever the log's length.
+	mode := sinkTable
+	switch {
+	case e.g.json:
+		mode = sinkJSON
+	case *asCSV:
+		mode = sinkCSV
+	}
+	sink, err := newAuditSink(mode)
+	if err != nil {
+		return err
+	}
+	defer sink.close()
+	cfg.Events = sink
 	var sum *auditreport.Summary
 	var eval *monitor.Evaluator
 	if *htmlFile != "" {
 		sum = auditreport.NewSummary()
-		cfg.Events, cfg.KeepEvents = sum, true
+		cfg.Events = auditreport.Tee(sum, sink)
 		if rules != nil {
 			eval = monitor.NewEvaluator(rules, lv.Origin(), clock.Now)
-			cfg.Events = auditreport.Tee(sum, eval)
+			cfg.Events = auditreport.Tee(sum, eval, sink)
 		}
 	}
 	prog := newProgress(e.stderr)
@@ -118,7 +144,7 @@ instant.
 	r, err := audit.Audit(ctx, cfg)
 	prog.done()
 	if err != nil {
-		return err
+		return auditError(err, timeout)
 	}
 	if *htmlFile != "" {
 		d := auditreport.Data{Report: r, Summary: sum, NoteKey: lv.NoteKey(), Addr: e.g.addr, Rules: rules, Generated: clock.Now()}
@@ -134,13 +160,18 @@ instant.
 		}
 		fmt.Fprintf(e.stderr, "report written to %s\n", *htmlFile)
 	}
-	if err := e.out(newAuditJSON(r), func() {
-		if *asCSV {
-			writeAuditCSV(e.stdout, r)
-		} else {
-			writeAuditTable(e.stdout, r)
-		}
-	}); err != nil {
+	if err := sink.failed(); err != nil {
+		return err
+	}
+	switch mode {
+	case sinkJSON:
+		err = writeAuditJSON(e, r, sink)
+	case sinkCSV:
+		err = writeAuditCSV(e.stdout, r, sink)
+	default:
+		err = writeAuditTable(e.stdout, r, sink)
+	}
+	if err != nil {
 		return err
 	}
 	if !r.OK() {
@@ -169,7 +200,7 @@ func parseTime(flag, s string) (time.Time, error) {
 
 func ts(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05Z") }
 
-func writeAuditTable(out io.Writer, r *audit.Report) {
+func writeAuditTable(out io.Writer, r *audit.Report, sink *auditSink) error {
 	w := bufio.NewWriter(out)
 	defer w.Flush()
 	fmt.Fprintf(w, "log %s: %d entries fetched from tiles and verified against the checkpoint (root %s)\n", r.Origin, r.Size, r.RootHash)
@@ -193,25 +224,21 @@ func writeAuditTable(out io.Writer, r *audit.Report) {
 		fmt.Fprintf(w, "%-7d %-9d %-20s %-71s %s\n", m.Version, m.Index, ts(m.Time), m.Hash, sig)
 	}
 	fmt.Fprintf(w, "\nKEY EVENTS\n%-9s %-20s %-13s %-32s %-7s %s\n", "LOG INDEX", "TIME", "EVENT", "KEY", "VERSION", "CLIENT")
-	for _, k := range r.KeyEvents {
-		fmt.Fprintf(w, "%-9d %-20s %-13s %-32s %-7d %s\n", k.Index, ts(k.Time), k.Event, k.ID, k.Version, k.Client)
+	write := func(rec []byte) error {
+		_, err := w.Write(rec)
+		return err
+	}
+	if err := sink.keyEvents.each(write); err != nil {
+		return err
 	}
 	fmt.Fprintf(w, "\nRELEASES (per key)\n%-32s %-7s %-16s %-9s %-22s %-8s %-9s %s\n", "KEY", "VERSION", "WORKER CLASS", "PLATFORM", "MEASUREMENT", "MANIFEST", "LOG INDEX", "TIME")
-	// Sort indices, not the (large) rows.
-	order := make([]int32, len(r.Releases))
-	for i := range order {
-		order[i] = int32(i)
+	if err := sink.sorted.each(write); err != nil {
+		return err
 	}
-	slices.SortStableFunc(order, func(a, b int32) int { return strings.Compare(r.Releases[a].ID, r.Releases[b].ID) })
-	var line []byte
-	for _, i := range order {
-		line = appendReleaseRow(line[:0], &r.Releases[i])
-		w.Write(line)
-	}
-	if len(r.LifecycleEvents) > 0 {
+	if sink.lifecycle.n > 0 {
 		fmt.Fprintf(w, "\nMASTER KEY (handover, recovery)\n%-9s %-20s %-16s %s\n", "LOG INDEX", "TIME", "EVENT", "WHAT")
-		for _, l := range r.LifecycleEvents {
-			fmt.Fprintf(w, "%-9d %-20s %-16s %s\n", l.Index, ts(l.Time), l.Type, l.Describe())
+		if err := sink.lifecycle.each(write); err != nil {
+			return err
 		}
 	}
 	var parts []string
@@ -242,6 +269,12 @@ func writeAuditTable(out io.Writer, r *audit.Report) {
 	} else {
 		fmt.Fprintf(w, "audit FAILED: %d inconsistencies\n", r.AnomalyCount())
 	}
+	return w.Flush()
+}
+
+// appendKeyEventRow appends k's row of the key events table.
+func appendKeyEventRow(b []byte, k *audit.KeyEvent) []byte {
+	return fmt.Appendf(b, "%-9d %-20s %-13s %-32s %-7d %s\n", k.Index, ts(k.Time), k.Event, k.ID, k.Version, k.Client)
 }
 
 // appendReleaseRow appends x's row of the releases table: what
@@ -274,33 +307,64 @@ func appendPadded(b []byte, s string, width int) []byte {
 	return append(b, ' ')
 }
 
-func writeAuditCSV(w io.Writer, r *audit.Report) {
+// csvHeader is the first row of 'audit --csv'.
+var csvHeader = []string{"log_index", "time", "type", "key", "version", "client", "worker_class", "platform", "simulated",
+	"measurement", "chip_id", "tcb", "manifest_version", "manifest_hash"}
+
+func u(v uint64) string { return strconv.FormatUint(v, 10) }
+
+func manifestCSV(m *audit.Manifest) []string {
+	return []string{u(m.Index), ts(m.Time), "manifest", "", "", "", "", "", "", "", "", "", u(m.Version), m.Hash}
+}
+
+func keyEventCSV(k *audit.KeyEvent) []string {
+	return []string{u(k.Index), ts(k.Time), "key-" + k.Event, k.ID, u(k.Version), k.Client, "", "", "", "", "", "", "", ""}
+}
+
+func lifecycleCSV(l *audit.Lifecycle) []string {
+	return []string{u(l.Index), ts(l.Time), l.Type, "", "", "", "", l.Platform, strconv.FormatBool(l.Simulated),
+		l.Measurement, "", "", "", l.ManifestHash}
+}
+
+// appendLifecycleRow appends l's row of the master key table.
+func appendLifecycleRow(b []byte, l *audit.Lifecycle) []byte {
+	return fmt.Appendf(b, "%-9d %-20s %-16s %s\n", l.Index, ts(l.Time), l.Type, l.Describe())
+}
+
+func releaseCSV(x *audit.Release) []string {
+	return []string{u(x.Index), ts(x.Time), "release", x.ID, u(x.Version), "", x.WorkerClass, x.Platform,
+		strconv.FormatBool(x.Simulated), x.Measurement, x.ChipID, x.TCB, u(x.ManifestVersion), x.ManifestHash}
+}
+
+// writeAuditCSV prints every event in log order: the manifests (in the
+// report) merged with the key events, releases and lifecycle entries
+// (spooled in log order,
+// each record its index and its CSV row).
+func writeAuditCSV(out io.Writer, r *audit.Report, sink *auditSink) error {
+	w := bufio.NewWriter(out)
 	cw := csv.NewWriter(w)
-	cw.Write([]string{"log_index", "time", "type", "key", "version", "client", "worker_class", "platform", "simulated",
-		"measurement", "chip_id", "tcb", "manifest_version", "manifest_hash"})
-	type row struct {
-		idx uint64
-		rec []string
+	cw.Write(csvHeader)
+	cw.Flush()
+	ms := r.Manifests
+	err := sink.events.each(func(rec []byte) error {
+		idx := binary.BigEndian.Uint64(rec)
+		for len(ms) > 0 && ms[0].Index < idx {
+			cw.Write(manifestCSV(&ms[0]))
+			ms = ms[1:]
+		}
+		cw.Flush()
+		_, err := w.Write(rec[8:])
+		return err
+	})
+	if err != nil {
+		return err
 	}
-	var rows []row
-	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
-	for _, m := range r.Manifests {
-		rows = append(rows, row{m.Index, []string{u(m.Index), ts(m.Time), "manifest", "", "", "", "", "", "", "", "", "", u(m.Version), m.Hash}})
-	}
-	for _, k := range r.KeyEvents {
-		rows = append(rows, row{k.Index, []string{u(k.Index), ts(k.Time), "key-" + k.Event, k.ID, u(k.Version), k.Client, "", "", "", "", "", "", "", ""}})
-	}
-	for _, x := range r.Releases {
-		rows = append(rows, row{x.Index, []string{u(x.Index), ts(x.Time), "release", x.ID, u(x.Version), "", x.WorkerClass, x.Platform,
-			strconv.FormatBool(x.Simulated), x.Measurement, x.ChipID, x.TCB, u(x.ManifestVersion), x.ManifestHash}})
-	}
-	for _, l := range r.LifecycleEvents {
-		rows = append(rows, row{l.Index, []string{u(l.Index), ts(l.Time), l.Type, "", "", "", "", l.Platform, strconv.FormatBool(l.Simulated),
-			l.Measurement, "", "", "", l.ManifestHash}})
-	}
-	slices.SortStableFunc(rows, func(a, b row) int { return cmp.Compare(a.idx, b.idx) })
-	for _, rw := range rows {
-		cw.Write(rw.rec)
+	for i := range ms {
+		cw.Write(manifestCSV(&ms[i]))
 	}
 	cw.Flush()
+	if err := cw.Error(); err != nil {
+		return err
+	}
+	return w.Flush()
 }

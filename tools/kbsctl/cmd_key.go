@@ -497,7 +497,7 @@ verifies the release receipt, and writes each key to DIR/<id>.key (mode
 0600) with the receipt DIR/<id>.v<version>.<log index>.receipt. Before any
 request it checks that DIR can take the files: a key file already there
 must hold the same key id (a release of another version keeps it as
-DIR/<id>.v<N>.key), and no receipt is ever overwritten.`, useVerify)
+DIR/<id>.v<N>.key), and no receipt is ever overwritten.`, useVerify|useTimeout)
 	mf := fs.String("manifest", "", "your copy of the manifest (required)")
 	var tee teeFlags
 	tee.register(fs)
@@ -519,6 +519,8 @@ DIR/<id>.v<N>.key), and no receipt is ever overwritten.`, useVerify)
 	if err := outs.prepare("--out", ids); err != nil {
 		return err
 	}
+	ctx, cancel := e.bound(ctx, defaultTimeout)
+	defer cancel()
 	b, rel, err := fetchKeys(ctx, e, *mf, &tee, ids, *pq)
 	if err != nil {
 		return err

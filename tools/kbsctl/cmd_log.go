@@ -62,7 +62,7 @@ requires (found through the signed, logged manifest chain from your manifest:
 its consistency with the checkpoint stored before (a consistency proof from
 the broker), says so, and prints the checkpoint. It stores nothing (see
 'kbsctl log verify'). A rolled back or forked log, or a checkpoint without
-the witness quorum, exits 1.`, useBroker)
+the witness quorum, exits 1.`, useBroker|useTimeout)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	mf := fs.String("manifest", "", "your manifest: the chain to the checkpoint's manifest starts from it (default: remembered by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
@@ -72,6 +72,8 @@ the witness quorum, exits 1.`, useBroker)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := e.bound(ctx, defaultTimeout)
+	defer cancel()
 	anchor, err := e.manifestOrRemembered(*mf)
 	if err != nil {
 		return err
@@ -112,7 +114,7 @@ of the witnesses the manifest active in its tree requires (as 'kbsctl log
 checkpoint' finds it) and its consistency with the checkpoint stored before,
 and stores it. A rolled back or forked log fails with both checkpoints
 printed; a checkpoint without the witness quorum fails naming the missing
-witnesses.`, useBroker)
+witnesses.`, useBroker|useTimeout)
 	noteKey := fs.String("note-key", "", "the log's note key (default: learned by 'kbsctl verify')")
 	mf := fs.String("manifest", "", "your manifest: the chain to the checkpoint's manifest starts from it (default: remembered by 'kbsctl verify')")
 	if err := parse(fs, args, 0); err != nil {
@@ -122,6 +124,8 @@ witnesses.`, useBroker)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := e.bound(ctx, defaultTimeout)
+	defer cancel()
 	anchor, err := e.manifestOrRemembered(*mf)
 	if err != nil {
 		return err

@@ -109,7 +109,7 @@ the manifest names (recent ones the first time this log is seen). With
 --follow, a later manifest is accepted through its signed,
 logged chain; the changes are shown and the file is updated (the old one is
 kept as FILE.v<N>). A broker presenting another log than the one verified at
-this address before fails unless --accept-new-log.`, useVerify)
+this address before fails unless --accept-new-log.`, useVerify|useTimeout)
 	file := fs.String("manifest", "", "your copy of the manifest (required)")
 	follow := fs.Bool("follow", false, "accept a later manifest version through its signed, logged chain")
 	acceptNew := fs.Bool("accept-new-log", false, "accept a broker whose log is not the one verified before at this address")
@@ -119,6 +119,8 @@ this address before fails unless --accept-new-log.`, useVerify)
 	if *file == "" {
 		return usageErr("verify: --manifest is required")
 	}
+	ctx, cancel := e.bound(ctx, defaultTimeout)
+	defer cancel()
 	b, err := e.verifyBroker(ctx, *file, *follow, *acceptNew)
 	if err != nil {
 		return err

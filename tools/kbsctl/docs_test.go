@@ -78,7 +78,7 @@ var kbsctlLazy = testbin.Lazy{Pkg: "github.com/kbs-dev/kbs/tools/kbsctl"}
 
 // kbsctlBinary builds kbsctl once for the tests that run it as a process
 // (in the directory TestMain removes at the end).
-func kbsctlBinary(t *testing.T) string {
+func kbsctlBinary(t testing.TB) string {
 	t.Helper()
 	return kbsctlLazy.Path(t, filepath.Dir(kbsdBin))
 }

@@ -53,7 +53,7 @@ func (d *daemon) stop() { d.Stop() }
 // stopped (SIGTERM) at the end of the test.
 func startKbsd(t *testing.T, data string) *daemon {
 	t.Helper()
-	k := testbin.StartKbsd(t, kbsdBin, data, "--dev", "--listen-tcp", "127.0.0.1:0", "--attestation-rate", "1000")
+	k := testbin.StartKbsd(t, kbsdBin, data, "--dev", "--listen-tcp", "127.0.0.1:0", "--attestation-rate", "1000", "--challenge-rate", "1000")
 	t.Cleanup(func() { k.Stop() })
 	return &daemon{Kbsd: k, data: data, unix: "unix://" + k.Socket, https: k.HTTPS}
 }

@@ -47,6 +47,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kbs-dev/kbs/internal/version"
 )
@@ -104,6 +105,7 @@ type globals struct {
 	simRoot string
 	json    bool
 	offline bool
+	timeout time.Duration
 }
 
 // uses says which global flags a command uses: only those are registered
@@ -116,6 +118,7 @@ const (
 	useSimRoot                  // --sim-root
 	useJSON                     // --json
 	useOffline                  // --offline
+	useTimeout                  // --timeout (see env.bound)
 
 	// useBroker is what a command that talks to the broker without
 	// verifying its evidence uses; useVerify what one that verifies it.
@@ -139,12 +142,15 @@ func (g *globals) register(fs *flag.FlagSet, u uses) {
 	if u&useOffline != 0 {
 		fs.BoolVar(&g.offline, "offline", g.offline, "never fetch vendor certificates or revocation lists: evidence must carry its certificates (no revocation check)")
 	}
+	if u&useTimeout != 0 {
+		fs.DurationVar(&g.timeout, "timeout", g.timeout, "give up (exit 2) when the command has not completed after this long (default 10m; audit: 1h)")
+	}
 }
 
 // globalFlag reports whether name is a global flag.
 func globalFlag(name string) bool {
 	switch name {
-	case "addr", "state", "sim-root", "json", "offline":
+	case "addr", "state", "sim-root", "json", "offline", "timeout":
 		return true
 	}
 	return false
@@ -167,6 +173,21 @@ func defaultGlobals() *globals {
 		}
 	}
 	return g
+}
+
+// defaultTimeout bounds a command that uses --timeout when it is not set
+// (audit sets its own).
+const defaultTimeout = 10 * time.Minute
+
+// bound returns ctx with the command's deadline: --timeout, or def when it
+// is not set. A broker that answers slowly, each answer within a request's
+// timeout, cannot stretch the command beyond it.
+func (e *env) bound(ctx context.Context, def time.Duration) (context.Context, context.CancelFunc) {
+	d := e.g.timeout
+	if d <= 0 {
+		d = def
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // env is what a command runs with.
@@ -217,7 +238,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		g.json = true
 	}
 	fs := flag.NewFlagSet("kbsctl", flag.ContinueOnError)
-	g.register(fs, useVerify)
+	g.register(fs, useVerify|useTimeout)
 	showVersion := fs.Bool("version", false, "print what kbsctl was built from (module version, VCS revision) and exit")
 	printUsage := func() {
 		fmt.Fprint(stderr, usage)

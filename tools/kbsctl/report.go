@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -196,6 +197,10 @@ func hint(g *globals, err error) string {
 			"so take a fresh copy of it first (kbsd --dev: cp DATA/manifest.json FILE)", g.addr)
 	case errors.As(err, &mm):
 		return manifestHint(mm)
+	case errors.Is(err, context.DeadlineExceeded):
+		return "the command did not complete within its deadline (--timeout): the broker answered too slowly, or not at all"
+	case errors.Is(err, client.ErrRedirect), errors.Is(err, tlog.ErrRedirect):
+		return "kbs clients never follow redirects: point --addr at the broker itself (kbsd serves every path; a proxy in front of it must not redirect)"
 	case errors.As(err, new(*tlog.QuorumError)):
 		return "the checkpoint lacks cosignatures of the witnesses your manifest names: 'kbsctl log witnesses' shows which witnesses the broker reaches and why others fail. " +
 			"A broker that has just started, or whose witnesses are down, gets them once enough answer: retry. A broker restored from an old copy of its data never gets them"

@@ -51,7 +51,10 @@
 // Offline is the default: the endorsement certificate comes from the
 // evidence's certificate table or the cache, nothing is fetched and no CRL is
 // consulted. Options.Online fetches missing certificates from AMD's KDS and
-// checks the ASK against AMD's CRL.
+// checks the ASK against AMD's CRL, through a kbs/attest/fetch gate
+// (Options.Fetches): a few fetches at once, each with a deadline, a failed
+// URL not fetched again for a while, and the caller's release slot given
+// back meanwhile.
 //
 // # Cost
 //

@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-sev-guest/kds"
 	sevtest "github.com/google/go-sev-guest/testing"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/fetch"
 	"github.com/kbs-dev/kbs/kbs/attest/sim"
 )
 
@@ -155,4 +157,62 @@ func TestOnlineRevoked(t *testing.T) {
 	if _, err := onlineVerifier(t, dir, "", srv).Verify(ctx, ev, rd); !errors.Is(err, errRevoked) {
 		t.Errorf("Verify without a reachable CRL = %v, want errRevoked", err)
 	}
+}
+
+// TestOnlineFetchFailureRemembered: a report whose VCEK AMD's KDS does not
+// serve is refused, and the failed fetch is not repeated for the next such
+// report (kbs/attest/fetch's negative cache) until NegativeTTL has passed.
+func TestOnlineFetchFailureRemembered(t *testing.T) {
+	ctx := context.Background()
+	dir, srv := onlineSim(t, false)
+	rd := [64]byte{9}
+	ev := issue(t, dir, sim.SNPOptions{}, rd)
+	bare := attest.Evidence{Platform: attest.SNP, Data: ev.Data[:ReportSize]}
+	srv.mu.Lock()
+	for u := range srv.files {
+		if strings.Contains(u, "/vcek/") && !strings.HasSuffix(u, "/crl") && !strings.HasSuffix(u, "/cert_chain") {
+			delete(srv.files, u) // KDS does not know this chip
+		}
+	}
+	srv.mu.Unlock()
+	now := simNow(t, dir)
+	clock := now
+	certs, err := sim.SNPRoots(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := fetch.NewGate(fetch.Limits{NegativeTTL: time.Minute, Now: func() time.Time { return clock }})
+	v, err := NewVerifier(Options{Roots: RootsFromCerts(certs), Now: func() time.Time { return now },
+		Online: true, Getter: srv, Fetches: gate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetches := func() int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		n := 0
+		for u, h := range srv.hits {
+			if !strings.HasSuffix(u, "/crl") && !strings.HasSuffix(u, "/cert_chain") {
+				n += h
+			}
+		}
+		return n
+	}
+	for i := range 3 {
+		if _, err := v.Verify(ctx, bare, rd); err == nil {
+			t.Fatalf("verification %d of a report whose VCEK KDS does not serve succeeded", i)
+		}
+	}
+	first := fetches()
+	if first == 0 {
+		t.Fatal("the VCEK was never fetched")
+	}
+	clock = clock.Add(time.Minute)
+	if _, err := v.Verify(ctx, bare, rd); err == nil {
+		t.Fatal("succeeded after NegativeTTL")
+	}
+	if again := fetches(); again <= first {
+		t.Errorf("%d fetches after NegativeTTL, want more than the %d of the first three verifications", again, first)
+	}
+	t.Logf("three verifications cost %d VCEK fetches", first)
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/fetch"
 )
 
 // Options configure a Verifier. The zero value verifies offline against
@@ -46,6 +47,9 @@ type Options struct {
 	// Getter fetches URLs in online mode. Optional; default go-sev-guest's
 	// retrying HTTPS getter.
 	Getter trust.HTTPSGetter
+	// Fetches bounds the fetches of online mode (kbs/attest/fetch).
+	// Optional; default a gate of its own with fetch's default limits.
+	Fetches *fetch.Gate
 }
 
 // Verifier verifies SNP evidence. It is safe for concurrent use.
@@ -117,6 +121,11 @@ func NewVerifier(opts Options) (*Verifier, error) {
 		if v.getter == nil {
 			v.getter = trust.DefaultHTTPSGetter()
 		}
+		gate := opts.Fetches
+		if gate == nil {
+			gate = fetch.NewGate(fetch.Limits{})
+		}
+		v.getter = &gatedGetter{gate: gate, next: v.getter}
 		if v.cacheDir != "" {
 			v.getter = &cachingGetter{dir: v.cacheDir, next: v.getter}
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-tdx-guest/verify/trust"
 
 	"github.com/kbs-dev/kbs/internal/clock"
+	"github.com/kbs-dev/kbs/kbs/attest/fetch"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 )
 
@@ -32,6 +33,7 @@ type collateralGetter struct {
 	ctx    context.Context
 	dir    string
 	online trust.HTTPSGetter // nil: offline
+	gate   *fetch.Gate       // bounds online fetches
 }
 
 func (g *collateralGetter) get(u string) (*pcscache.Response, error) {
@@ -41,12 +43,15 @@ func (g *collateralGetter) get(u string) (*pcscache.Response, error) {
 	if g.online != nil {
 		var hdr map[string][]string
 		var body []byte
-		var err error
-		if cg, ok := g.online.(httpGetter); ok {
-			hdr, body, err = cg.getContext(g.ctx, u)
-		} else {
-			hdr, body, err = g.online.Get(u)
-		}
+		err := g.gate.Do(g.ctx, u, func(ctx context.Context) error {
+			var err error
+			if cg, ok := g.online.(httpGetter); ok {
+				hdr, body, err = cg.getContext(ctx, u)
+			} else {
+				hdr, body, err = g.online.Get(u)
+			}
+			return err
+		})
 		if err == nil && len(body) > pcscache.MaxSize {
 			err = fmt.Errorf("response larger than %d bytes", pcscache.MaxSize)
 		}

@@ -82,7 +82,9 @@
 // read again on every cold verification; without one every quote is
 // refused. Online mode (Options.Online) fetches it from Intel PCS on every
 // cold verification, stores it in CollateralDir, and falls back to it when a
-// fetch fails.
+// fetch fails; fetches go through a kbs/attest/fetch gate (Options.Fetches:
+// a few at once, each with a deadline, a failed URL not fetched again for a
+// while).
 //
 // # Cost
 //

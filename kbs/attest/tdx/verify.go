@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-tdx-guest/verify/trust"
 	"github.com/kbs-dev/kbs/internal/clock"
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/fetch"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx/pcscache"
 )
 
@@ -64,6 +65,10 @@ type Options struct {
 	// a 30 s timeout.
 	Getter trust.HTTPSGetter
 
+	// Fetches bounds the fetches of online mode (kbs/attest/fetch).
+	// Optional; default a gate of its own with fetch's default limits.
+	Fetches *fetch.Gate
+
 	// ChainCacheSize bounds the number of verified PCK chains kept in
 	// memory. Optional: DefaultChainCacheSize; negative disables the cache.
 	ChainCacheSize int
@@ -81,6 +86,7 @@ type Verifier struct {
 	opts      Options
 	roots     *x509.CertPool
 	getter    trust.HTTPSGetter
+	fetches   *fetch.Gate
 	cacheSize int
 	ttl       time.Duration
 
@@ -122,6 +128,10 @@ func NewVerifier(opts Options) (*Verifier, error) {
 	v.getter = opts.Getter
 	if opts.Online && v.getter == nil {
 		v.getter = httpGetter{client: &http.Client{Timeout: 30 * time.Second}}
+	}
+	v.fetches = opts.Fetches
+	if opts.Online && v.fetches == nil {
+		v.fetches = fetch.NewGate(fetch.Limits{})
 	}
 	v.cacheSize = opts.ChainCacheSize
 	if v.cacheSize == 0 {
@@ -353,7 +363,7 @@ func (v *Verifier) verifyCold(ctx context.Context, q *rawQuote, raw []byte, now 
 // CollateralDir.
 func (v *Verifier) collateral(ctx context.Context, fmspc, ca string, root *x509.Certificate) (*Collateral, error) {
 	if v.opts.Online {
-		g := &collateralGetter{ctx: ctx, dir: v.opts.CollateralDir, online: v.getter}
+		g := &collateralGetter{ctx: ctx, dir: v.opts.CollateralDir, online: v.getter, gate: v.fetches}
 		var rs []*pcscache.Response
 		urls := append([]string{pcs.TcbInfoURL(fmspc), pcs.QeIdentityURL(), pcs.PckCrlURL(ca)}, root.CRLDistributionPoints...)
 		for i, u := range urls {

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/kbs-dev/kbs/kbs/attest"
+	"github.com/kbs-dev/kbs/kbs/attest/fetch"
 	"github.com/kbs-dev/kbs/kbs/attest/snp"
 	"github.com/kbs-dev/kbs/kbs/attest/tdx"
 )
@@ -64,6 +65,10 @@ type Options struct {
 	// online verification left in CacheDir): collateral is never skipped.
 	// Optional; when set it wins over CacheDir.
 	Collateral string
+	// Fetches bounds the vendor fetches of both platforms together, online
+	// (kbs/attest/fetch). Optional; default one gate with fetch's default
+	// limits.
+	Fetches *fetch.Gate
 }
 
 // pair is a platform's verifier for hardware evidence and, when a sim root
@@ -85,6 +90,9 @@ func New(opts Options) (attest.Verifier, error) {
 		if simRoots, err = readRoots(opts.SimRootFile); err != nil {
 			return nil, err
 		}
+	}
+	if opts.Fetches == nil && !opts.Offline {
+		opts.Fetches = fetch.NewGate(fetch.Limits{})
 	}
 	snpPair, err := newSNP(opts, simRoots)
 	if err != nil {
@@ -108,7 +116,7 @@ func (o Options) cacheDir(p attest.Platform) string {
 // newSNP sets up SNP verification: AMD's roots, and the sim's ARK and ASK
 // when simRoots holds them.
 func newSNP(opts Options, simRoots []*x509.Certificate) (pair, error) {
-	hw, err := snp.NewVerifier(snp.Options{Now: opts.Now, CacheDir: opts.cacheDir(attest.SNP), Online: !opts.Offline})
+	hw, err := snp.NewVerifier(snp.Options{Now: opts.Now, CacheDir: opts.cacheDir(attest.SNP), Online: !opts.Offline, Fetches: opts.Fetches})
 	if err != nil {
 		return pair{}, err
 	}
@@ -139,6 +147,7 @@ func newTDX(opts Options, simRoots []*x509.Certificate) (pair, error) {
 		Now:           opts.Now,
 		CollateralDir: dir,
 		Online:        !opts.Offline,
+		Fetches:       opts.Fetches,
 	})
 	if err != nil {
 		return pair{}, err

@@ -56,7 +56,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -101,6 +100,14 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Interval is the time between polls of Run. Optional; default 30 s.
 	Interval time.Duration
+	// PollTimeout bounds each poll (Poll, and every poll of Run): a broker
+	// that answers slowly or endlessly stalls one poll, never the monitor.
+	// What a poll replayed before its deadline is committed; the next
+	// poll goes on from there. Optional; default 10 min.
+	PollTimeout time.Duration
+	// Limits bound the replay's state (audit.Limits). Optional; zero
+	// fields take their defaults.
+	Limits audit.Limits
 	// SkipHistory makes the first poll of a new state file replay the log
 	// up to its current checkpoint without raising rule alerts (forks and
 	// inconsistencies are still raised): for a monitor started on a log
@@ -148,10 +155,11 @@ type Status struct {
 }
 
 const (
-	sinkOut         = "out"
-	webhookPrefix   = "webhook "
-	defaultBatch    = 16384
-	defaultInterval = 30 * time.Second
+	sinkOut            = "out"
+	webhookPrefix      = "webhook "
+	defaultBatch       = 16384
+	defaultInterval    = 30 * time.Second
+	defaultPollTimeout = 10 * time.Minute
 )
 
 // Open opens (or creates) the monitor's state and restores where it
@@ -233,6 +241,7 @@ func (m *Monitor) restore() error {
 	eng := s.engine
 	m.eng = newEngine(m.cfg.Rules, m.origin, &eng, m.cfg.Now, m.raise)
 	m.rp = audit.NewReplayer(m.cfg.NoteKey, m.eng)
+	m.rp.SetLimits(m.cfg.Limits)
 	if s.replayer != nil {
 		if err := m.rp.Restore(s.replayer); err != nil {
 			return err
@@ -302,7 +311,16 @@ func (m *Monitor) Poll(ctx context.Context) (Status, error) {
 		return Status{}, m.broken
 	}
 	before := m.seq
-	st, err := m.poll(ctx)
+	timeout := m.cfg.PollTimeout
+	if timeout <= 0 {
+		timeout = defaultPollTimeout
+	}
+	pctx, cancel := tlog.WithDefaultTimeout(ctx, timeout)
+	st, err := m.poll(pctx)
+	cancel()
+	if err != nil && pctx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("monitor: the poll did not complete within %v (it goes on from entry %d): %w", timeout, m.rp.Next(), err)
+	}
 	if m.broken == nil {
 		if derr := m.deliverOut(); derr != nil && err == nil {
 			err = derr
@@ -381,32 +399,20 @@ func (m *Monitor) step(ctx context.Context, tiles *tlog.TileClient, cp tlog.Sign
 	end := min(m.rp.Next()+uint64(m.cfg.Batch), cp.Size)
 	rerr := m.rp.ReplayTo(ctx, tiles, cp, end, nil)
 	m.eng.endStep()
-	if rerr != nil && ctx.Err() == nil && !isTransport(rerr) {
+	var le *audit.LimitError
+	if rerr != nil && ctx.Err() == nil && !audit.IsTransport(rerr) && !errors.As(rerr, &le) {
 		m.eng.broken(cp, rerr)
 	}
 	if err := m.commit(nil, true); err != nil {
 		return err
 	}
+	if rerr != nil && (audit.IsTransport(rerr) || errors.As(rerr, &le)) {
+		return rerr
+	}
 	if rerr != nil {
 		return &client.VerifyError{Step: "log tiles", Err: rerr}
 	}
 	return nil
-}
-
-// isTransport reports whether err is a failure to reach the broker
-// rather than data that does not verify.
-func isTransport(err error) bool {
-	var (
-		te *client.TransportError
-		ne net.Error
-	)
-	switch {
-	case errors.As(err, &te), errors.As(err, &ne), errors.Is(err, tlog.ErrOutOfRange),
-		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
-		return true
-	}
-	// tlog.TileClient: the request failed, or the answer was not 200.
-	return strings.Contains(err.Error(), "couldn't fetch")
 }
 
 // witnesses judges the checkpoint's cosignatures against the witness

@@ -37,6 +37,11 @@ const (
 // maxMinutes bounds Summary.Minutes.
 const maxMinutes = 2 * maxBars
 
+// MaxHours bounds Summary.Hours: about 15 years of hours. A log whose
+// release times span more (a hostile one) has the rest counted in
+// HoursOmitted.
+const MaxHours = 1 << 17
+
 // A Summary aggregates the events of one audit. Its zero value is not
 // ready: use NewSummary.
 type Summary struct {
@@ -56,8 +61,10 @@ type Summary struct {
 	Uploads, Repeats, Deletions uint64
 	// Simulated counts released keys on simulated TEEs.
 	Simulated uint64
-	// Hours counts released keys per UTC hour (Unix time / 3600).
-	Hours map[int64]uint64
+	// Hours counts released keys per UTC hour (Unix time / 3600), for at
+	// most MaxHours hours; HoursOmitted counts those of other hours.
+	Hours        map[int64]uint64
+	HoursOmitted uint64
 	// Minutes counts released keys per minute (Unix time / 60) while
 	// they span few minutes; nil once they span more than maxMinutes.
 	Minutes map[int64]uint64
@@ -198,7 +205,11 @@ func (s *Summary) Release(x audit.Release) {
 		s.Simulated++
 	}
 	t := x.Time.UTC()
-	s.Hours[t.Unix()/3600]++
+	if h := t.Unix() / 3600; len(s.Hours) < MaxHours || s.Hours[h] > 0 {
+		s.Hours[h]++
+	} else {
+		s.HoursOmitted++
+	}
 	if s.Minutes != nil {
 		s.Minutes[t.Unix()/60]++
 		if len(s.Minutes) > maxMinutes {
