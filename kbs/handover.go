@@ -54,27 +54,11 @@ type snapshotGrant struct {
 // HandoverChallenge returns a fresh single-use nonce for one handover
 // (POST /v1/handover/challenge).
 func (b *Broker) HandoverChallenge(ctx context.Context) (*api.Challenge, error) {
-	if err := b.fencedNow(); err != nil {
-		return nil, err
-	}
-	nonce, exp, ok := b.handoverNonces.issue()
-	if !ok {
-		return nil, api.Errorf(api.CodeRateLimited, "too many pending handover challenges; retry after some expire")
-	}
-	return &api.Challenge{Nonce: nonce[:], Expires: exp.UTC()}, nil
+	return b.challenge(b.handoverNonces, "handover challenges")
 }
 
 func checkHandoverRequest(req *api.HandoverRequest) error {
-	if req.Platform != string(attest.SNP) && req.Platform != string(attest.TDX) {
-		return api.Errorf(api.CodeBadRequest, "platform %q: want snp or tdx", req.Platform)
-	}
-	if len(req.Nonce) != api.NonceSize {
-		return api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(req.Nonce), api.NonceSize)
-	}
-	if len(req.Evidence) == 0 {
-		return api.Errorf(api.CodeBadRequest, "no evidence")
-	}
-	return nil
+	return checkEvidenceShape(req.Platform, req.Nonce, req.Evidence)
 }
 
 // Handover hands the master key over to the newcomer broker whose evidence

@@ -18,26 +18,42 @@ import (
 // (POST /v1/release/challenge). Its budget (ratelimit.go) is applied by
 // the HTTP edge.
 func (b *Broker) Challenge(ctx context.Context) (*api.Challenge, error) {
+	return b.challenge(b.nonces, "challenges")
+}
+
+// challenge issues a nonce from table (releases' or handovers'), unless
+// this broker handed over; a full table is a throttled refusal.
+func (b *Broker) challenge(table *nonceTable, what string) (*api.Challenge, error) {
 	if err := b.fencedNow(); err != nil {
 		return nil, err
 	}
-	nonce, exp, ok := b.nonces.issue()
+	nonce, exp, ok := table.issue()
 	if !ok {
-		return nil, throttle(api.CodeRateLimited, time.Second, "too many pending challenges; retry after some expire")
+		return nil, throttle(api.CodeRateLimited, time.Second, "too many pending %s; retry after some expire", what)
 	}
 	return &api.Challenge{Nonce: nonce[:], Expires: exp.UTC()}, nil
 }
 
+// checkEvidenceShape validates the shape of attested evidence in a
+// request (release or handover): a known platform, a nonce of the right
+// size, some evidence.
+func checkEvidenceShape(platform string, nonce, evidence []byte) error {
+	if platform != string(attest.SNP) && platform != string(attest.TDX) {
+		return api.Errorf(api.CodeBadRequest, "platform %q: want snp or tdx", platform)
+	}
+	if len(nonce) != api.NonceSize {
+		return api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(nonce), api.NonceSize)
+	}
+	if len(evidence) == 0 {
+		return api.Errorf(api.CodeBadRequest, "no evidence")
+	}
+	return nil
+}
+
 // checkReleaseRequest validates the shape of a release request.
 func checkReleaseRequest(req *api.ReleaseRequest) error {
-	if req.Platform != string(attest.SNP) && req.Platform != string(attest.TDX) {
-		return api.Errorf(api.CodeBadRequest, "platform %q: want snp or tdx", req.Platform)
-	}
-	if len(req.Nonce) != api.NonceSize {
-		return api.Errorf(api.CodeBadRequest, "nonce is %d bytes, want %d", len(req.Nonce), api.NonceSize)
-	}
-	if len(req.Evidence) == 0 {
-		return api.Errorf(api.CodeBadRequest, "no evidence")
+	if err := checkEvidenceShape(req.Platform, req.Nonce, req.Evidence); err != nil {
+		return err
 	}
 	if len(req.KeyIDs) == 0 || len(req.KeyIDs) > api.MaxReleaseKeys {
 		return api.Errorf(api.CodeBadRequest, "%d key ids: want 1 to %d", len(req.KeyIDs), api.MaxReleaseKeys)
